@@ -1,0 +1,44 @@
+// Operator schemas of the torch_ntk library, and the Python module stub that
+// makes `import torch_ntk._C` run the registrations in every linked source file.
+#include <Python.h>
+
+#include <torch/library.h>
+#include <pybind11/pybind11.h>
+
+#include "math/activations.h"
+
+TORCH_LIBRARY(torch_ntk, m) {
+  // Infinite-width NNGP and NTK of an MLP (csrc/math/recursion.h for the formulas).
+  // x1 [N1, n0], x2 [N2, n0] or None (x2 = x1, result exactly symmetric). One entry
+  // per hidden layer (activation followed by a dense layer) in each list.
+  // Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not wanted is an empty
+  // tensor of shape [0].
+  m.def(
+      "analytic_kernels(Tensor x1, Tensor? x2, float w0, float b0, float tw0, float tb0, "
+      "int[] act_ids, float[] act_params, float[] weight_var, float[] bias_var, "
+      "float[] ntk_weight, float[] ntk_bias, Tensor gh_nodes, Tensor gh_weights, "
+      "bool force_quadrature, bool want_nngp, bool want_ntk) -> (Tensor, Tensor)");
+  // phi(x) (derivative=False) or phi'(x) (derivative=True) of a registered activation,
+  // elementwise, evaluated by the same code the kernels use.
+  m.def("activation(Tensor x, int act_id, float param, bool derivative) -> Tensor");
+}
+
+namespace {
+pybind11::dict activation_table() {
+  pybind11::dict table;
+  for (int id = 0; id < torch_ntk::math::kNumActivations; ++id) {
+    table[torch_ntk::math::activation_name(id)] = id;
+  }
+  return table;
+}
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Compiled operators of torch_ntk (registered under torch.ops.torch_ntk).";
+  m.def("activation_table", &activation_table, "Activation name -> id of the C++ table.");
+#ifdef TORCH_NTK_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

@@ -1,0 +1,82 @@
+"""Build torch_ntk._C with torch.utils.cpp_extension.
+
+CPU ops are always built. CUDA ops (csrc/cuda/*.cu) are added when a CUDA
+toolkit is found, or when FORCE_CUDA=1 (then the toolkit must exist; set
+CUDA_HOME to its root if nvcc is a wrapper script). Without a visible GPU the
+default TORCH_CUDA_ARCH_LIST is "8.0;9.0" (A100, H100/H200). FORCE_CUDA=0
+builds a CPU-only package even where a toolkit exists.
+
+Install with: pip install --no-build-isolation -e .
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # pragma: no cover - message for people who skip the README
+    sys.exit(
+        "torch_ntk: PyTorch must be installed before building (pip install torch), and the "
+        "build must see it: pip install --no-build-isolation ."
+    )
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    force = os.environ.get("FORCE_CUDA")
+    if force is not None and force.strip() not in ("", "0"):
+        if CUDA_HOME is None:
+            sys.exit("torch_ntk: FORCE_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME.")
+        if torch.version.cuda is None:
+            sys.exit(
+                "torch_ntk: FORCE_CUDA=1 needs a CUDA build of torch; this torch "
+                f"({torch.__version__}) is CPU-only."
+            )
+        return True
+    if force is not None and force.strip() == "0":
+        return False
+    return CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def get_extensions():
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp"]
+    extra_link = ["-fopenmp"]
+    define_macros = []
+    if _want_cuda():
+        if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        define_macros.append(("TORCH_NTK_WITH_CUDA", None))
+        nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo"]
+        return [
+            CUDAExtension(
+                "torch_ntk._C",
+                sources,
+                define_macros=define_macros,
+                extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+                extra_link_args=extra_link,
+            )
+        ]
+    return [
+        CppExtension(
+            "torch_ntk._C",
+            sources,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=extra_link,
+        )
+    ]
+
+
+setup(
+    packages=find_packages(include=["torch_ntk", "torch_ntk.*"]),
+    ext_modules=get_extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

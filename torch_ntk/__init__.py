@@ -1,0 +1,41 @@
+"""torch_ntk: Neural Tangent Kernels for PyTorch.
+
+Finite-width NTKs of ``nn.Sequential`` MLPs by fused kernels, their exact
+infinite-width limits (NNGP and NTK), and the tools built on them.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+try:
+    from . import _C  # noqa: F401
+except ImportError as _error:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "torch_ntk: the compiled extension torch_ntk/_C could not be imported from "
+        f"{_os.path.dirname(__file__)} ({_error}). Build it with "
+        "'pip install --no-build-isolation -e .' from the repository root (after installing "
+        "torch), or run 'bash scripts/test.sh' which does everything."
+    ) from _error
+
+from . import activations, arch, nn, ops
+from .analytic import Kernels, analytic_kernels
+from .arch import Dense, LayerSpec, lift, mlp_spec
+from .nn import NTKLinear, ntk_mlp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dense",
+    "Kernels",
+    "LayerSpec",
+    "NTKLinear",
+    "activations",
+    "analytic_kernels",
+    "arch",
+    "lift",
+    "mlp_spec",
+    "nn",
+    "ntk_mlp",
+    "ops",
+]

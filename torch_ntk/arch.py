@@ -1,0 +1,283 @@
+"""Lift an ``nn.Sequential`` MLP into a layer spec.
+
+A spec is the alternating sequence ``Dense, Activation, Dense, …, Dense`` that
+the analytic and structured kernels consume. Lifting accepts ``NTKLinear`` (either
+parametrization), ``nn.Linear``, the registered activations
+(:mod:`torch_ntk.activations`), and ``nn.Identity``, ``nn.Flatten`` and ``nn.Dropout``
+(no-ops for kernels; Dropout only in eval mode for finite-width kernels). Two
+dense layers in a row are joined by an identity activation. Anything else raises
+ValueError naming the module and its position.
+
+Example::
+
+    >>> spec = lift(ntk_mlp([3, 64, 1], "erf"))
+    >>> [type(layer).__name__ for layer in spec.layers]
+    ['Dense', 'Activation', 'Dense']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+from torch import nn
+
+from .activations import Activation, from_module
+from .nn import PARAMETRIZATIONS, NTKLinear
+
+__all__ = ["Dense", "LayerSpec", "lift", "mlp_spec"]
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A dense layer: its law at initialization and its parametrization.
+
+    At initialization z = W̃ a + b̃ with Var(W̃_ij) = σ_w²/n_in and Var(b̃_i) = σ_b²
+    (whatever the parametrization). The parametrization decides the NTK: the layer
+    contributes (c_w·⟨a, a′⟩ + c_b)·⟨δ, δ′⟩, see ``ntk_weight_coef``/``ntk_bias_coef``.
+
+    Attributes:
+        in_features, out_features: n_in and n_out.
+        weight_var: σ_w² — the law of the function has Var(z_i) = σ_w²·|a|²/n_in + σ_b².
+        bias_var: σ_b² (0 when the layer has no bias).
+        parametrization: "ntk" or "standard".
+        has_bias: whether b exists (and so contributes to the NTK).
+        position: index of the module in the lifted model (None for hand-built specs).
+    """
+
+    in_features: int
+    out_features: int
+    weight_var: float = 1.0
+    bias_var: float = 0.01
+    parametrization: str = "ntk"
+    has_bias: bool = True
+    position: Optional[int] = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"Dense: parametrization must be one of {PARAMETRIZATIONS}; "
+                f"got {self.parametrization!r}"
+            )
+        if not self.weight_var >= 0 or not self.bias_var >= 0:
+            raise ValueError(
+                f"Dense: weight_var and bias_var must be non-negative; got {self.weight_var}, "
+                f"{self.bias_var}"
+            )
+
+    @property
+    def ntk_weight_coef(self) -> float:
+        """c_w: the NTK term of W is c_w·⟨a, a′⟩ (σ_w²/n_in for ntk, 1 for standard)."""
+        return self.weight_var / self.in_features if self.parametrization == "ntk" else 1.0
+
+    @property
+    def ntk_bias_coef(self) -> float:
+        """c_b: the NTK term of b (σ_b² for ntk, 1 for standard, 0 without bias)."""
+        if not self.has_bias:
+            return 0.0
+        return self.bias_var if self.parametrization == "ntk" else 1.0
+
+
+Layer = Union[Dense, Activation]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """An MLP as ``Dense, Activation, Dense, …, Dense`` (L dense layers, L ≥ 1).
+
+    ``flatten_input`` is True when the model starts with ``nn.Flatten``: inputs of
+    any shape [N, ...] are then flattened to [N, n_0].
+    """
+
+    layers: tuple[Layer, ...]
+    flatten_input: bool = False
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        object.__setattr__(self, "layers", layers)
+        if not layers:
+            raise ValueError("LayerSpec: a spec needs at least one Dense layer")
+        for k, layer in enumerate(layers):
+            expected = Dense if k % 2 == 0 else Activation
+            if not isinstance(layer, expected):
+                raise ValueError(
+                    f"LayerSpec: layer {k} must be a {expected.__name__} (specs alternate Dense, "
+                    f"Activation, ..., Dense); got {type(layer).__name__}"
+                )
+        if not isinstance(layers[-1], Dense):
+            raise ValueError("LayerSpec: the last layer must be Dense")
+        dense = self.dense_layers
+        for a, b in zip(dense[:-1], dense[1:]):
+            if a.out_features != b.in_features:
+                raise ValueError(
+                    f"LayerSpec: a dense layer with out_features={a.out_features} is followed "
+                    f"by one with in_features={b.in_features}"
+                )
+
+    @property
+    def dense_layers(self) -> tuple[Dense, ...]:
+        return self.layers[0::2]
+
+    @property
+    def activations(self) -> tuple[Activation, ...]:
+        return self.layers[1::2]
+
+    @property
+    def input_features(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def output_features(self) -> int:
+        return self.layers[-1].out_features
+
+    @property
+    def depth(self) -> int:
+        """L, the number of dense layers."""
+        return len(self.dense_layers)
+
+    def op_args(self) -> dict:
+        """The layer arguments of ``torch.ops.torch_ntk.analytic_kernels``.
+
+        w0, b0 — Σ^(1) = w0·⟨x, x′⟩ + b0 (w0 = σ_w²/n_0, b0 = σ_b²);
+        tw0, tb0 — Θ^(1) = tw0·⟨x, x′⟩ + tb0 (the first layer's c_w, c_b);
+        per hidden layer (activation, then dense): act_ids, act_params, σ_w², σ_b², and the
+        NTK's additive term tw·E[φφ] + tb with tw = c_w·n_in (σ_w² for ntk, n_in for
+        standard), tb = c_b.
+        """
+        first, rest = self.dense_layers[0], self.dense_layers[1:]
+        return dict(
+            w0=first.weight_var / first.in_features,
+            b0=first.bias_var,
+            tw0=first.ntk_weight_coef,
+            tb0=first.ntk_bias_coef,
+            act_ids=[a.id for a in self.activations],
+            act_params=[float(a.param) for a in self.activations],
+            weight_var=[float(d.weight_var) for d in rest],
+            bias_var=[float(d.bias_var) for d in rest],
+            ntk_weight=[float(d.ntk_weight_coef * d.in_features) for d in rest],
+            ntk_bias=[float(d.ntk_bias_coef) for d in rest],
+        )
+
+
+def mlp_spec(
+    widths: Sequence[int],
+    activation: Union[str, Activation] = "relu",
+    weight_std: float = 1.0,
+    bias_std: float = 0.1,
+    parametrization: str = "ntk",
+    bias: bool = True,
+) -> LayerSpec:
+    """The spec of ``ntk_mlp(widths, activation, ...)`` without building the model."""
+    from .activations import from_name
+
+    act = from_name(activation) if isinstance(activation, str) else activation
+    widths = list(widths)
+    if len(widths) < 2:
+        raise ValueError(f"mlp_spec: widths must have at least two entries; got {widths!r}")
+    layers: list[Layer] = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        if i > 0:
+            layers.append(act)
+        layers.append(
+            Dense(n_in, n_out, weight_std**2, bias_std**2 if bias else 0.0, parametrization, bias)
+        )
+    return LayerSpec(tuple(layers))
+
+
+def _describe(position: int, module: nn.Module) -> str:
+    return f"module {position} ({type(module).__name__})"
+
+
+def lift(
+    model: nn.Module,
+    linear_weight_var: Optional[float] = None,
+    linear_bias_var: Optional[float] = None,
+) -> LayerSpec:
+    """The layer spec of an ``nn.Sequential`` MLP.
+
+    Args:
+        model: ``nn.Sequential`` (nested Sequentials are flattened) of NTKLinear,
+            nn.Linear, registered activations, nn.Identity, nn.Flatten, nn.Dropout.
+        linear_weight_var, linear_bias_var: σ_w², σ_b² assumed for ``nn.Linear`` layers
+            (standard parametrization). Default: PyTorch's initialization, uniform on
+            ±1/√fan_in, i.e. σ_w² = 1/3 and σ_b² = 1/(3·fan_in).
+
+    Raises:
+        ValueError: a module that does not lift (naming it and its position), a model
+            that does not start and end with a dense layer, or two activations in a row.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(
+            f"lift: the model must be an nn.Sequential MLP; got {type(model).__name__}. "
+            "Use method='jacobian' or 'ntk_vp' for other models."
+        )
+    modules = list(_flat_modules(model))
+    layers: list[Layer] = []
+    flatten_input = False
+    for position, module in modules:
+        if isinstance(module, (nn.Identity, nn.Dropout)):
+            continue
+        if isinstance(module, nn.Flatten):
+            if module.end_dim != -1:
+                raise ValueError(
+                    f"lift: {_describe(position, module)} must flatten to the last dimension "
+                    "(end_dim=-1)"
+                )
+            if not layers:
+                flatten_input = True
+            continue
+        if isinstance(module, (NTKLinear, nn.Linear)):
+            dense = _dense_of(position, module, linear_weight_var, linear_bias_var)
+            if layers and isinstance(layers[-1], Dense):
+                layers.append(Activation("identity"))
+            layers.append(dense)
+            continue
+        act = from_module(module)
+        if act is None:
+            raise ValueError(
+                f"lift: {_describe(position, module)} does not lift to an MLP layer spec; "
+                "supported: NTKLinear, nn.Linear, registered activations "
+                "(torch_ntk.activations.REGISTRY), nn.Identity, nn.Flatten, nn.Dropout"
+            )
+        if not layers:
+            raise ValueError(
+                f"lift: {_describe(position, module)} comes before the first dense layer; "
+                "the model must start with a dense layer"
+            )
+        if isinstance(layers[-1], Activation):
+            raise ValueError(
+                f"lift: {_describe(position, module)} follows another activation; "
+                "two activations in a row do not lift"
+            )
+        layers.append(act)
+    if not layers:
+        raise ValueError("lift: the model has no dense layer")
+    if isinstance(layers[-1], Activation):
+        raise ValueError(
+            "lift: the model ends with an activation; the output layer must be dense"
+        )
+    return LayerSpec(tuple(layers), flatten_input)
+
+
+def _flat_modules(model: nn.Sequential, prefix: str = ""):
+    for i, module in enumerate(model):
+        if isinstance(module, nn.Sequential):
+            yield from _flat_modules(module, f"{prefix}{i}.")
+        else:
+            yield (f"{prefix}{i}" if prefix else i), module
+
+
+def _dense_of(position, module, linear_weight_var, linear_bias_var) -> Dense:
+    has_bias = module.bias is not None
+    if isinstance(module, NTKLinear):
+        return Dense(
+            module.in_features, module.out_features, module.weight_std**2,
+            module.bias_std**2 if has_bias else 0.0, module.parametrization, has_bias, position,
+        )
+    fan_in = module.in_features
+    weight_var = 1.0 / 3.0 if linear_weight_var is None else float(linear_weight_var)
+    bias_var = 1.0 / (3.0 * fan_in) if linear_bias_var is None else float(linear_bias_var)
+    return Dense(
+        fan_in, module.out_features, weight_var, bias_var if has_bias else 0.0, "standard",
+        has_bias, position,
+    )
