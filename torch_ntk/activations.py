@@ -38,11 +38,15 @@ __all__ = [
     "hermite_rule",
 ]
 
-# Degree of the Gauss–Hermite rule per dimension (degree² evaluations per
-# expectation). For the smooth registered activations (tanh, sigmoid, SiLU, GELU,
-# softplus, ELU, SELU) it keeps the relative error of the NNGP/NTK recursion below
-# 1e-4 on unit-scale inputs; tests/test_activations.py measures this against degree 160.
-DEFAULT_QUADRATURE_DEGREE = 32
+# Gauss–Hermite degree per dimension (degree² evaluations per expectation) used
+# when a spec mixes activations and none is given: the largest per-activation
+# default below. Each activation's default keeps the relative error of a depth-3
+# NTK/NNGP on unit-scale inputs below 1e-4 where the activation is smooth
+# (measured against degree 256 in tests/test_activations.py): sigmoid and softplus
+# 24, SiLU and GELU 32, tanh 64 (its poles at ±iπ/2 slow the convergence). ELU and
+# SELU have a kink in φ′ (SELU in φ′ itself) and converge slowly: about 1e-2 relative
+# at degree 64, the default for both.
+DEFAULT_QUADRATURE_DEGREE = 64
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
@@ -76,6 +80,13 @@ def _relu_family(a_of_param: Callable[[float], float]) -> Expectations:
     return lambda q11, q22, q12, p: _abrelu_expectations(a_of_param(p), 1.0, q11, q22, q12)
 
 
+def _where(cond: Tensor, a, b, like: Tensor) -> Tensor:
+    """torch.where in the dtype of ``like`` (scalar branches would give float32)."""
+    a = a if isinstance(a, Tensor) else torch.full_like(like, a)
+    b = b if isinstance(b, Tensor) else torch.full_like(like, b)
+    return torch.where(cond, a, b)
+
+
 def _gelu(x: Tensor, p: float) -> Tensor:
     return F.gelu(x, approximate="tanh" if p else "none")
 
@@ -99,6 +110,7 @@ class _Entry:
     default_param: float
     make_module: Callable[[float], nn.Module]
     description: str
+    quadrature_degree: int = 0  # default Gauss–Hermite degree (0: closed form)
 
 
 def _abs_module(p: float) -> nn.Module:
@@ -123,12 +135,12 @@ REGISTRY: dict[str, _Entry] = {
         _relu_family(lambda p: 0.0), 0.0, lambda p: nn.ReLU(), "φ(x) = max(x, 0) (Cho & Saul 2009)",
     ),
     "leaky_relu": _Entry(
-        2, lambda x, p: F.leaky_relu(x, p), lambda x, p: torch.where(x > 0, 1.0, p).to(x.dtype),
+        2, lambda x, p: F.leaky_relu(x, p), lambda x, p: _where(x > 0, 1.0, p, x),
         _relu_family(lambda p: p), 0.01, lambda p: nn.LeakyReLU(p),
         "φ(x) = max(x, 0) + p·min(x, 0), p the negative slope",
     ),
     "abs": _Entry(
-        3, lambda x, p: torch.abs(x), lambda x, p: torch.where(x > 0, 1.0, -1.0).to(x.dtype),
+        3, lambda x, p: torch.abs(x), lambda x, p: _where(x > 0, 1.0, -1.0, x),
         _relu_family(lambda p: -1.0), 0.0, _abs_module, "φ(x) = |x| (the ReLU family, a = −1)",
     ),
     "erf": _Entry(
@@ -138,36 +150,36 @@ REGISTRY: dict[str, _Entry] = {
     "gelu": _Entry(
         5, _gelu, _gelu_derivative, None, 0.0,
         lambda p: nn.GELU(approximate="tanh" if p else "none"),
-        "φ(x) = x·Φ(x); p = 1 selects the tanh approximation",
+        "φ(x) = x·Φ(x); p = 1 selects the tanh approximation", 32,
     ),
     "tanh": _Entry(
         6, lambda x, p: torch.tanh(x), lambda x, p: 1 - torch.tanh(x) ** 2, None, 0.0,
-        lambda p: nn.Tanh(), "φ(x) = tanh(x)",
+        lambda p: nn.Tanh(), "φ(x) = tanh(x)", 64,
     ),
     "sigmoid": _Entry(
         7, lambda x, p: torch.sigmoid(x),
         lambda x, p: torch.sigmoid(x) * (1 - torch.sigmoid(x)), None, 0.0,
-        lambda p: nn.Sigmoid(), "φ(x) = 1 / (1 + e^{−x})",
+        lambda p: nn.Sigmoid(), "φ(x) = 1 / (1 + e^{−x})", 24,
     ),
     "silu": _Entry(
         8, lambda x, p: F.silu(x),
         lambda x, p: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))), None, 0.0,
-        lambda p: nn.SiLU(), "φ(x) = x·sigmoid(x)",
+        lambda p: nn.SiLU(), "φ(x) = x·sigmoid(x)", 32,
     ),
     "softplus": _Entry(
         9, lambda x, p: F.softplus(x, beta=p, threshold=20.0),
-        lambda x, p: torch.where(p * x > 20, 1.0, torch.sigmoid(p * x)).to(x.dtype), None, 1.0,
-        lambda p: nn.Softplus(beta=p), "φ(x) = log(1 + e^{βx}) / β (linear where βx > 20)",
+        lambda x, p: _where(p * x > 20, 1.0, torch.sigmoid(p * x), x), None, 1.0,
+        lambda p: nn.Softplus(beta=p), "φ(x) = log(1 + e^{βx}) / β (linear where βx > 20)", 24,
     ),
     "elu": _Entry(
         10, lambda x, p: F.elu(x, alpha=p),
-        lambda x, p: torch.where(x > 0, 1.0, p * torch.exp(x)).to(x.dtype), None, 1.0,
-        lambda p: nn.ELU(alpha=p), "φ(x) = x for x > 0, α(e^x − 1) otherwise",
+        lambda x, p: _where(x > 0, 1.0, p * torch.exp(x), x), None, 1.0,
+        lambda p: nn.ELU(alpha=p), "φ(x) = x for x > 0, α(e^x − 1) otherwise", 64,
     ),
     "selu": _Entry(
         11, lambda x, p: F.selu(x),
-        lambda x, p: _SELU_SCALE * torch.where(x > 0, 1.0, _SELU_ALPHA * torch.exp(x)).to(x.dtype),
-        None, 0.0, lambda p: nn.SELU(), "φ(x) = λ·elu(x, α) with Klambauer et al.'s constants",
+        lambda x, p: _SELU_SCALE * _where(x > 0, 1.0, _SELU_ALPHA * torch.exp(x), x),
+        None, 0.0, lambda p: nn.SELU(), "φ(x) = λ·elu(x, α) with Klambauer et al.'s constants", 64,
     ),
 }
 
@@ -190,6 +202,11 @@ class Activation:
     @property
     def id(self) -> int:
         return REGISTRY[self.name].id
+
+    @property
+    def default_quadrature_degree(self) -> int:
+        """Gauss–Hermite degree used by default (0 for closed-form activations)."""
+        return REGISTRY[self.name].quadrature_degree
 
     @property
     def has_closed_form(self) -> bool:

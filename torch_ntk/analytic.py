@@ -92,6 +92,15 @@ def check_kernel_inputs(
     return x
 
 
+def default_quadrature_degree(spec: LayerSpec, force_quadrature: bool = False) -> int:
+    """The largest default Gauss–Hermite degree among the spec's activations (≥ 1)."""
+    degrees = [
+        a.default_quadrature_degree or (DEFAULT_QUADRATURE_DEGREE if force_quadrature else 1)
+        for a in spec.activations
+    ]
+    return max(degrees, default=1)
+
+
 def _check_get(get: Union[str, Sequence[str]]) -> tuple[str, ...]:
     wanted = (get,) if isinstance(get, str) else tuple(get)
     unknown = [g for g in wanted if g not in KERNEL_NAMES]
@@ -106,7 +115,7 @@ def analytic_kernels(
     x2: Optional[Tensor] = None,
     get: Union[str, Sequence[str]] = ("nngp", "ntk"),
     *,
-    quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE,
+    quadrature_degree: Optional[int] = None,
     force_quadrature: bool = False,
 ) -> Kernels:
     """The infinite-width NNGP and NTK of an MLP architecture.
@@ -120,8 +129,9 @@ def analytic_kernels(
             and only the upper triangle is computed).
         get: "nngp", "ntk" or both.
         quadrature_degree: Gauss–Hermite degree per dimension for activations without a
-            closed form (cost ∝ degree²; the default keeps smooth activations below 1e-4
-            relative error).
+            closed form (cost ∝ degree²). Default: the largest per-activation default of
+            the spec (:data:`torch_ntk.activations.DEFAULT_QUADRATURE_DEGREE` explains the
+            choice; it keeps smooth activations below 1e-4 relative error).
         force_quadrature: integrate closed-form activations by quadrature too (for tests).
 
     Returns:
@@ -129,6 +139,11 @@ def analytic_kernels(
         requested). For n_L > 1 outputs the full kernels are Σ ⊗ Id and Θ∞ ⊗ Id.
         With "standard" parametrization the NTK grows with the hidden widths; the
         value returned is its large-width approximation at the spec's widths.
+
+    Precision: the angle between nearly coincident inputs from different batches (x in
+    both x1 and x2) is resolved to about √eps (3e-4 in float32, 1e-8 in float64), so such
+    entries carry that relative error for kinked activations; with x2=None the diagonal is
+    exact. Prefer float64 when entries for (near-)duplicate points matter.
 
     Raises:
         TypeError: non-floating inputs. ValueError: wrong shapes, empty batches,
@@ -139,6 +154,8 @@ def analytic_kernels(
     x1 = check_kernel_inputs("x1", x1, spec.input_features, spec.flatten_input)
     if x2 is not None:
         x2 = check_kernel_inputs("x2", x2, spec.input_features, spec.flatten_input, like=x1)
+    if quadrature_degree is None:
+        quadrature_degree = default_quadrature_degree(spec, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)
     nngp, ntk = ops.analytic_kernels(
         x1, x2, **spec.op_args(), gh_nodes=nodes.to(x1.device), gh_weights=weights.to(x1.device),

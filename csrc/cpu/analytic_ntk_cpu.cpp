@@ -59,6 +59,9 @@ inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, in
     const math::HiddenLayer<T> layer = P.layers[l];
     const T q11 = P.var1[l * P.n1 + i];
     const T* q22 = P.var2 + l * P.n2 + j0;
+    // The diagonal pair (i, i) has Sigma^(l)(x, x) = q11 by definition; setting it
+    // exactly keeps its angle at zero instead of ~sqrt(eps) from rounding.
+    if (P.symmetric && j0 == i) sigma[0] = q11;
     switch (layer.kind) {
       case math::kAbRelu:
         for (int64_t k = 0; k < n; ++k) {
@@ -147,7 +150,9 @@ void run_analytic(const at::Tensor& x1, const at::Tensor& x2, bool symmetric,
                            static_cast<int>(nodes.numel())};
 
   const T w0 = static_cast<T>(args.w0), b0 = static_cast<T>(args.b0);
-  at::Tensor sq1 = x1.mul(x1).sum(1);
+  // Squared norms from the Gram diagonal when symmetric, so that pair (i, i) sees
+  // exactly the variances of sample i and its angle is exactly zero.
+  at::Tensor sq1 = symmetric ? gram.diagonal().contiguous() : x1.mul(x1).sum(1);
   at::Tensor sq2 = symmetric ? sq1 : x2.mul(x2).sum(1);
   at::Tensor var1 = at::empty({std::max<int64_t>(num_layers, 1), n1}, x1.options());
   sample_variances(layers, gh, w0, b0, sq1.data_ptr<T>(), n1, var1.data_ptr<T>());

@@ -169,8 +169,12 @@ TNTK_HD void abrelu_expectations(T a, T b, T q11, T q22, T q12, T& e_phi, T& e_d
   const T norm = fsqrt(prod);
   // Zero variance: theta = 0, the convention of atan2(0, 0) used by the Python oracle.
   const T rho = norm > T(0) ? q12 / norm : T(1);
-  const T theta = acos_fast(rho);
-  const T s = fsqrt(max0(prod - q12 * q12));
+  // (norm - q12)(norm + q12) rather than prod - q12^2: exactly zero when q12 = norm,
+  // even where the compiler contracts the product into a fused multiply-add.
+  const T s = fsqrt(max0((norm - q12) * (norm + q12)));
+  // theta from (cos, sin) as atan2 would: for nearly parallel inputs theta must agree with
+  // s, or s - theta q12 loses its O(theta^3) cancellation and deeper layers amplify it.
+  const T theta = angle_from_cos_sin(rho, norm > T(0) ? s / norm : T(0));
   const T sq = a * a + b * b;
   const T ab2 = T(2) * a * b;
   e_phi = (sq * (s + (Constants<T>::pi - theta) * q12) - ab2 * (s - theta * q12)) *

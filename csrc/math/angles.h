@@ -90,5 +90,16 @@ TNTK_HD T acos_fast(T x) {
   return x < T(0) ? Constants<T>::pi - acos_a : acos_a;
 }
 
+// The angle theta in [0, pi] with cos theta = c and sin theta = s >= 0 (c^2 + s^2 ~ 1),
+// like atan2(s, c): the better-conditioned of the two is inverted (asin of the sine
+// when |c| > 1/sqrt(2)), so theta stays consistent with s for nearly parallel vectors.
+template <typename T>
+TNTK_HD T angle_from_cos_sin(T c, T s) {
+  const bool use_sin = c * c > T(0.5);
+  const T a = asin_fast(use_sin ? s : c);
+  const T from_sin = c > T(0) ? a : Constants<T>::pi - a;
+  return use_sin ? from_sin : Constants<T>::half_pi - a;
+}
+
 }  // namespace math
 }  // namespace torch_ntk
