@@ -1,0 +1,73 @@
+"""Lifting nn.Sequential models into layer specs."""
+
+import pytest
+from torch import nn
+
+import torch_ntk as tn
+from torch_ntk.activations import Activation
+from torch_ntk.arch import Dense, LayerSpec, lift
+
+
+def test_lift_ntk_mlp_matches_mlp_spec():
+    for p in ("ntk", "standard"):
+        model = tn.ntk_mlp([3, 16, 8, 2], "gelu", weight_std=1.3, bias_std=0.2, parametrization=p)
+        assert lift(model) == tn.mlp_spec([3, 16, 8, 2], "gelu", 1.3, 0.2, p)
+
+
+def test_lift_torch_linear_uses_default_init_variances():
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 1, bias=False))
+    d0, d1 = lift(model).dense_layers
+    assert (d0.weight_var, d0.bias_var, d0.parametrization) == (1 / 3, 1 / 15, "standard")
+    assert (d1.bias_var, d1.has_bias, d1.ntk_bias_coef) == (0.0, False, 0.0)
+    over = lift(model, linear_weight_var=2.0, linear_bias_var=0.5).dense_layers[0]
+    assert (over.weight_var, over.bias_var) == (2.0, 0.5)
+
+
+def test_lift_skips_identity_dropout_flatten_and_joins_dense_layers():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.Identity(), nn.Dropout(0.2),
+                          nn.Sequential(nn.Linear(4, 4), nn.Tanh()), tn.NTKLinear(4, 1))
+    spec = lift(model)
+    assert spec.flatten_input
+    assert [type(l).__name__ for l in spec.layers] == ["Dense", "Activation", "Dense",
+                                                        "Activation", "Dense"]
+    assert spec.activations == (Activation("identity"), Activation("tanh"))
+    assert spec.depth == 3 and spec.input_features == 6 and spec.output_features == 1
+
+
+def test_op_args_coefficients():
+    spec = tn.mlp_spec([4, 10, 1], "relu", weight_std=2.0, bias_std=0.5, parametrization="ntk")
+    a = spec.op_args()
+    assert (a["w0"], a["b0"], a["tw0"], a["tb0"]) == (1.0, 0.25, 1.0, 0.25)
+    assert (a["weight_var"], a["ntk_weight"], a["ntk_bias"]) == ([4.0], [4.0], [0.25])
+    std = tn.mlp_spec([4, 10, 1], "relu", weight_std=2.0, bias_std=0.5, parametrization="standard")
+    a = std.op_args()
+    assert (a["tw0"], a["tb0"], a["ntk_weight"], a["ntk_bias"]) == (1.0, 1.0, [10.0], [1.0])
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1)),
+         r"module 1 \(LayerNorm\) does not lift"),
+        (nn.Sequential(nn.ReLU(), nn.Linear(3, 1)), r"module 0 \(ReLU\) comes before the first dense"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Tanh(), nn.Linear(4, 1)),
+         r"module 2 \(Tanh\) follows another activation"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ReLU()), "ends with an activation"),
+        (nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.ReLU(), nn.Conv1d(1, 1, 1))),
+         r"module 1.1 \(Conv1d\) does not lift"),
+        (nn.Sequential(), "has no dense layer"),
+        (nn.Linear(3, 1), "must be an nn.Sequential"),
+    ],
+)
+def test_lift_errors_name_the_module(model, match):
+    with pytest.raises(ValueError, match=match):
+        lift(model)
+
+
+def test_layer_spec_validation():
+    with pytest.raises(ValueError, match="must be a Dense"):
+        LayerSpec((Activation("relu"),))
+    with pytest.raises(ValueError, match="out_features=4 is followed by one with in_features=5"):
+        LayerSpec((Dense(3, 4), Activation("relu"), Dense(5, 1)))
+    with pytest.raises(ValueError, match="parametrization must be one of"):
+        Dense(3, 4, parametrization="other")
