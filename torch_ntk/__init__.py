@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os as _os
 
+import torch as _torch  # noqa: F401  (loads libtorch, which _C links against)
+
 try:
     from . import _C  # noqa: F401
 except ImportError as _error:  # pragma: no cover - depends on the installation
