@@ -115,7 +115,9 @@ class GaussianPredictions(NamedTuple):
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_tensor(name: str, x: object, like: Optional[Tensor] = None) -> Tensor:
+def _check_tensor(
+    name: str, x: object, like: Optional[Tensor] = None, like_name: str = "k_train_train"
+) -> Tensor:
     """A finite float32/float64 tensor on like's dtype and device, else a clear error."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
@@ -127,12 +129,12 @@ def _check_tensor(name: str, x: object, like: Optional[Tensor] = None) -> Tensor
     if like is not None:
         if x.dtype != like.dtype:
             raise ValueError(
-                f"{name} must have the dtype of k_train_train ({like.dtype}); got {x.dtype}. "
+                f"{name} must have the dtype of {like_name} ({like.dtype}); got {x.dtype}. "
                 f"Convert it with .to({like.dtype})."
             )
         if x.device != like.device:
             raise ValueError(
-                f"{name} must be on the device of k_train_train ({like.device}); got {x.device}"
+                f"{name} must be on the device of {like_name} ({like.device}); got {x.device}"
             )
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf")
@@ -148,18 +150,6 @@ def _check_number(name: str, value: object, minimum: float, strict: bool) -> flo
         relation = ">" if strict else ">="
         raise ValueError(f"{name} must be finite and {relation} {minimum:g}; got {value!r}")
     return value
-
-
-class _Layout(NamedTuple):
-    """How a kernel and targets map to the flat [R, R] system solved internally."""
-
-    n: int  # training samples N (the cost averages over these)
-    outputs: Optional[int]  # n_L for a full kernel; None for a scalar kernel
-    y_shape: tuple  # y_train's shape, reused for every output on the training set
-
-    @property
-    def full(self) -> bool:
-        return self.outputs is not None
 
 
 def _check_train_kernel(
@@ -331,13 +321,13 @@ class _Spectrum:
         self.singular = bool(self.zero.any())
 
     def warn_singular(self, what: str, stacklevel: int = 4) -> None:
-        count = int(self.zero.sum())
+        count, dtype = int(self.zero.sum()), self.values.dtype
         warnings.warn(
             f"{self.name} is singular to working precision ({count} of "
             f"{self.values.numel()} eigenvalues ≤ {self.level:.2e}, the largest "
             f"{self.lambda_max:.3e}): {what} Pass diag_reg="
-            f"{_ridge_hint(self.diag_reg, self.lambda_min, self.lambda_max, self.level, self.values.dtype)}"
-            f" for a unique, well-conditioned answer{_F64_HINT[self.values.dtype]}.",
+            f"{_ridge_hint(self.diag_reg, self.lambda_min, self.lambda_max, self.level, dtype)}"
+            f" for a unique, well-conditioned answer{_F64_HINT[dtype]}.",
             KernelConditioningWarning,
             stacklevel=stacklevel,
         )
@@ -351,7 +341,7 @@ class _Spectrum:
         return torch.where(infinite, at_inf, torch.exp(-z))
 
     def gain(self, times: Tensor, rate: float) -> Tensor:
-        """[T, R] (1 − e^{−rate·t·λ})/λ, = rate·t at λ = 0; at t = ∞, pinv 1/λ (0 on null)."""
+        """[T, R] (1 − e^{−rate·t·λ})/λ (rate·t at λ = 0); at t = ∞ 1/λ, 0 on the null space."""
         t = times[:, None]
         infinite = torch.isinf(t)
         a = rate * torch.where(infinite, torch.zeros_like(t), t)
@@ -430,7 +420,7 @@ def gradient_descent_mse(
     learning_rate = _check_number("learning_rate", learning_rate, 0.0, strict=True)
     diag_reg = _check_number("diag_reg", diag_reg, 0.0, strict=False)
     spectrum = _Spectrum("k_train_train", flat, diag_reg)
-    layout = _Layout(n, outputs, tuple(y_train.shape))
+    y_shape = tuple(y_train.shape)
     rows = flat.shape[0]
     u = spectrum.vectors
     rate = learning_rate / n
@@ -443,7 +433,7 @@ def gradient_descent_mse(
         k_test_train: Optional[Tensor] = None,
     ) -> Predictions:
         times, scalar = _as_times(t, flat)
-        f0 = _check_like("fx_train_0", fx_train_0, flat, layout.y_shape)
+        f0 = _check_like("fx_train_0", fx_train_0, flat, y_shape)
         residual = y_flat if f0 is None else y_flat - f0.reshape(rows, -1)
         coeffs = u.mT @ residual  # Uᵀ(Y − f_0(X)), [R, C]
         if spectrum.singular and bool(torch.isinf(times).any()):
@@ -453,7 +443,7 @@ def gradient_descent_mse(
             )
         decay = spectrum.decay(times, rate)  # [T, R]
         train = y_flat - u @ (decay[:, :, None] * coeffs)
-        train = _shape_out(train, scalar, layout.y_shape)
+        train = _shape_out(train, scalar, y_shape)
         if k_test_train is None:
             if fx_test_0 is not None:
                 raise ValueError(
@@ -462,7 +452,7 @@ def gradient_descent_mse(
                 )
             return Predictions(train, None)
         k_flat, m = _check_cross_kernel("k_test_train", k_test_train, flat, n, outputs)
-        test_shape = (m, *layout.y_shape[1:])
+        test_shape = (m, *y_shape[1:])
         g0 = _check_like("fx_test_0", fx_test_0, flat, test_shape)
         gain = spectrum.gain(times, rate)  # [T, R]
         test = (k_flat @ u) @ (gain[:, :, None] * coeffs)  # [T, M·(n_L or 1), C]
@@ -511,8 +501,9 @@ def gradient_descent_mse_ensemble(
     Raises/Warns: as :func:`gradient_descent_mse`.
     """
     ntk, n, _ = _check_train_kernel("ntk_train_train", ntk_train_train, allow_full=False)
+    _check_tensor("nngp_train_train", nngp_train_train, ntk, "ntk_train_train")
+    _check_tensor("y_train", y_train, ntk, "ntk_train_train")
     nngp, _, _ = _check_train_kernel("nngp_train_train", nngp_train_train, allow_full=False)
-    _check_tensor("nngp_train_train", nngp_train_train, ntk)
     if nngp.shape != ntk.shape:
         raise ValueError(
             f"nngp_train_train must have the shape of ntk_train_train ({list(ntk.shape)}); "
@@ -536,6 +527,11 @@ def gradient_descent_mse_ensemble(
         nngp_test_test: Optional[Tensor] = None,
     ) -> GaussianPredictions:
         times, scalar = _as_times(t, ntk)
+        for name, value in (("ntk_test_train", ntk_test_train),
+                            ("nngp_test_train", nngp_test_train),
+                            ("nngp_test_test", nngp_test_test)):
+            if value is not None:
+                _check_tensor(name, value, ntk, "ntk_train_train")
         if spectrum.singular and bool(torch.isinf(times).any()):
             spectrum.warn_singular(
                 "at t = ∞ its null space is not fitted (pseudo-inverse used).", stacklevel=3
@@ -722,17 +718,21 @@ class KernelPCA(NamedTuple):
         return (squares if squares.dim() == 1 else squares.sum(1)) / total
 
     def decay(self, t: Times, learning_rate: float = 1.0) -> Tensor:
-        """e^{−ηtλ_i/N}: [k] for a scalar t, [T, k] for T times (0 at t = ∞ if λ_i > 0).
+        """e^{−ηtλ_i/N}: [k] for a scalar t, [T, k] for T times.
 
         The training residual of gradient flow along u_i at time t is this factor times
-        its initial value ⟨u_i, f_0(X) − Y⟩.
+        its initial value ⟨u_i, f_0(X) − Y⟩ (as in :func:`gradient_descent_mse`). At
+        t = ∞ it is 0, or 1 for eigenvalues that are zero to working precision.
         """
         learning_rate = _check_number("learning_rate", learning_rate, 0.0, strict=True)
         times, scalar = _as_times(t, self.eigenvalues)
-        z = learning_rate / self.eigenvectors.shape[0] * self.eigenvalues
+        n = self.eigenvectors.shape[0]
+        zero = self.eigenvalues <= _rounding_level(self.eigenvalues, n)
         infinite = torch.isinf(times)[:, None]
         finite_t = torch.where(infinite, torch.zeros_like(times[:, None]), times[:, None])
-        out = torch.where(infinite & (z > 0), 0.0, torch.exp(-finite_t * z))
+        at_inf = zero.to(self.eigenvalues.dtype).expand(times.shape[0], -1)
+        rates = (learning_rate / n) * self.eigenvalues
+        out = torch.where(infinite, at_inf, torch.exp(-finite_t * rates))
         return out[0] if scalar else out
 
 
