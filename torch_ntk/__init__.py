@@ -24,6 +24,7 @@ from . import activations, arch, nn, ops
 from .analytic import Kernels, analytic_kernels
 from .arch import Dense, LayerSpec, lift, mlp_spec
 from .nn import NTKLinear, ntk_mlp
+from . import predict
 
 __version__ = "0.1.0"
 
@@ -40,4 +41,5 @@ __all__ = [
     "nn",
     "ntk_mlp",
     "ops",
+    "predict",
 ]
