@@ -92,11 +92,14 @@ def test_symmetric_exact_psd_and_consistent(name, param, dtype):
 
 
 def test_positive_definite_on_sphere():
-    """Jacot Prop. 2: Θ∞ is PD on distinct points of the sphere (non-polynomial φ)."""
-    x = torch.nn.functional.normalize(torch.randn(80, 3, dtype=torch.float64), dim=1)
+    """Jacot Prop. 2: Θ∞ is PD on distinct points of the sphere (non-polynomial φ).
+
+    24 points: smooth activations give analytic kernels whose spectra decay exponentially
+    (min eigenvalue ~1e-7 of the max here, ~1e-11 at 80 points: then rounding decides)."""
+    x = torch.nn.functional.normalize(torch.randn(24, 3, dtype=torch.float64), dim=1)
     for name in ("relu", "tanh", "erf"):
         k = tn.analytic_kernels(tn.mlp_spec([3, 8, 8, 1], name, bias_std=0.0), x)
-        assert torch.linalg.eigvalsh(k.ntk).min() > 1e-10 * k.ntk.diagonal().max()
+        assert torch.linalg.eigvalsh(k.ntk).min() > 1e-9 * k.ntk.diagonal().max()
 
 
 @pytest.mark.parametrize("name", ["relu", "erf", "tanh", "selu"])
