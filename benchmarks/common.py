@@ -2,8 +2,8 @@
 
 Timings are wall-clock medians after warm-up (CUDA: events around the call, with
 synchronization). Peak memory: on CUDA the allocator's peak; on CPU the growth of the
-process's peak resident set, measured in a fresh child process per case so earlier
-cases cannot hide it.
+peak resident set (VmHWM, reset before the call) over the resident set before it, in a
+fresh child process per case so memory cached by earlier cases cannot hide it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -44,16 +43,22 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, devic
             "repeats": repeats}
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _child(setup, conn):
     try:
         fn = setup()
-        base = _peak_rss_bytes()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set size (VmHWM) to the current one
+        base = _rss_bytes("VmRSS")
         fn()
-        conn.send({"peak_extra_bytes": _peak_rss_bytes() - base})
+        conn.send({"peak_extra_bytes": _rss_bytes("VmHWM") - base})
     except Exception as error:  # reported, not raised: the parent records it
         conn.send({"error": f"{type(error).__name__}: {error}"})
 
@@ -61,7 +66,8 @@ def _child(setup, conn):
 def peak_memory(setup: Callable[[], Callable[[], object]], device: str = "cpu") -> dict:
     """Peak extra memory of one call of ``setup()()`` beyond what setup allocated.
 
-    ``setup`` must be picklable (a module-level function or functools.partial) on CPU.
+    ``setup`` must be picklable (a module-level function or functools.partial) on CPU,
+    where it runs in a fresh child process.
     """
     if device == "cuda":
         fn = setup()
@@ -71,13 +77,27 @@ def peak_memory(setup: Callable[[], Callable[[], object]], device: str = "cpu") 
         fn()
         torch.cuda.synchronize()
         return {"peak_extra_bytes": torch.cuda.max_memory_allocated() - base}
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a forked child of a process whose OpenMP pool has run deadlocks.
+    ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_child, args=(setup, child))
     proc.start()
     result = parent.recv() if parent.poll(600) else {"error": "timed out"}
     proc.join()
     return result
+
+
+def roofline(device: str = "cpu", n_matmul: int = 2048, copy_mb: int = 256) -> dict:
+    """The two ceilings measured in this run: a float32 n³ matmul's FLOP/s and the
+    bandwidth of a large same-device copy (bytes read + bytes written per second)."""
+    a = torch.randn(n_matmul, n_matmul, device=device)
+    b = torch.randn(n_matmul, n_matmul, device=device)
+    t_mm = time_call(lambda: torch.mm(a, b), repeats=5, device=device)["median_s"]
+    src = torch.randn(copy_mb * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    t_copy = time_call(lambda: dst.copy_(src), repeats=5, device=device)["median_s"]
+    return {"matmul_n": n_matmul, "matmul_flops": 2 * n_matmul**3 / t_mm,
+            "copy_bytes_per_s": 2 * src.numel() * 4 / t_copy}
 
 
 def machine_info(device: str = "cpu") -> dict:

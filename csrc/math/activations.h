@@ -157,6 +157,62 @@ TNTK_HD T activation_derivative(int id, T param, T x) {
   }
 }
 
+// phi(x) and phi'(x) together, sharing the transcendental evaluation (the inner loop
+// of the quadrature needs both at every node).
+template <typename T>
+TNTK_HD void activation_and_derivative(int id, T param, T x, T& phi, T& dphi) {
+  switch (id) {
+    case kTanh: {
+      const T t = ftanh(x);
+      phi = t;
+      dphi = T(1) - t * t;
+      return;
+    }
+    case kSigmoid: {
+      const T sg = sigmoid(x);
+      phi = sg;
+      dphi = sg * (T(1) - sg);
+      return;
+    }
+    case kSilu: {
+      const T sg = sigmoid(x);
+      phi = x * sg;
+      dphi = sg * (T(1) + x * (T(1) - sg));
+      return;
+    }
+    case kSoftplus: {
+      const T bx = param * x;
+      if (bx > T(20)) {
+        phi = x;
+        dphi = T(1);
+      } else {
+        const T e = fexp(bx);
+        phi = flog1p(e) / param;
+        dphi = e / (T(1) + e);
+      }
+      return;
+    }
+    case kElu:
+    case kSelu: {
+      const T alpha = id == kElu ? param : SeluConstants<T>::alpha;
+      const T scale = id == kElu ? T(1) : SeluConstants<T>::scale;
+      if (x > T(0)) {
+        phi = scale * x;
+        dphi = scale;
+      } else {
+        const T e = fexp(x);
+        phi = scale * alpha * (e - T(1));
+        dphi = scale * alpha * e;
+      }
+      return;
+    }
+    default:
+      phi = activation(id, param, x);
+      dphi = activation_derivative(id, param, x);
+      return;
+  }
+}
+
 // Closed form for phi(x) = a min(x, 0) + b max(x, 0) (ReLU, LeakyReLU, Abs,
 // identity). With theta the angle between u and v (cos theta = q12 / sqrt(q11 q22))
 // and s = sqrt(q11 q22 - q12^2) = sqrt(q11 q22) sin theta:

@@ -35,16 +35,18 @@ TNTK_HD void quadrature_expectations(int id, T param, const GaussHermite<T>& gh,
   T acc = T(0), acc_d = T(0);
   for (int i = 0; i < gh.degree; ++i) {
     const T ti = gh.nodes[i];
-    const T u = su * ti;
     const T base = rho * ti;
     T inner = T(0), inner_d = T(0);
     for (int j = 0; j < gh.degree; ++j) {
-      const T v = sv * (base + perp * gh.nodes[j]);
-      inner += gh.weights[j] * activation(id, param, v);
-      inner_d += gh.weights[j] * activation_derivative(id, param, v);
+      T phi_v, dphi_v;
+      activation_and_derivative(id, param, sv * (base + perp * gh.nodes[j]), phi_v, dphi_v);
+      inner += gh.weights[j] * phi_v;
+      inner_d += gh.weights[j] * dphi_v;
     }
-    acc += gh.weights[i] * activation(id, param, u) * inner;
-    acc_d += gh.weights[i] * activation_derivative(id, param, u) * inner_d;
+    T phi_u, dphi_u;
+    activation_and_derivative(id, param, su * ti, phi_u, dphi_u);
+    acc += gh.weights[i] * phi_u * inner;
+    acc_d += gh.weights[i] * dphi_u * inner_d;
   }
   e_phi = acc * Constants<T>::inv_pi;
   e_dphi = acc_d * Constants<T>::inv_pi;
