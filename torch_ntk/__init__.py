@@ -21,6 +21,7 @@ except ImportError as _error:  # pragma: no cover - depends on the installation
 from . import activations, arch, nn, ops
 from .analytic import Kernels, analytic_kernels
 from .arch import Dense, LayerSpec, lift, mlp_spec
+from .empirical import NTKInfo, empirical_ntk
 from .nn import NTKLinear, ntk_mlp
 
 __version__ = "0.1.0"
@@ -28,10 +29,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Dense",
     "Kernels",
+    "NTKInfo",
     "LayerSpec",
     "NTKLinear",
     "activations",
     "analytic_kernels",
+    "empirical_ntk",
     "arch",
     "lift",
     "mlp_spec",
