@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os as _os
 
+import torch as _torch  # noqa: F401  (loads libc10/libtorch before _C needs them)
+
 try:
     from . import _C  # noqa: F401
 except ImportError as _error:  # pragma: no cover - depends on the installation
