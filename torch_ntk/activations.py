@@ -123,7 +123,8 @@ REGISTRY: dict[str, _Entry] = {
         _relu_family(lambda p: 0.0), 0.0, lambda p: nn.ReLU(), "φ(x) = max(x, 0) (Cho & Saul 2009)",
     ),
     "leaky_relu": _Entry(
-        2, lambda x, p: F.leaky_relu(x, p), lambda x, p: torch.where(x > 0, 1.0, p).to(x.dtype),
+        2, lambda x, p: F.leaky_relu(x, p),
+        lambda x, p: torch.where(x > 0, 1.0, torch.full_like(x, p)),  # p exact in x's dtype
         _relu_family(lambda p: p), 0.01, lambda p: nn.LeakyReLU(p),
         "φ(x) = max(x, 0) + p·min(x, 0), p the negative slope",
     ),
