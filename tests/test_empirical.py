@@ -23,6 +23,9 @@ MODES = ("full", "trace", "diagonal")
 METHODS = ("structured", "jacobian", "ntk_vp")
 TOL = 1e-10
 
+# torch.func's jvp imports decompositions that still call torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -144,12 +147,12 @@ def test_chunked_equals_unchunked(method, mode):
 
 def test_memory_budget_forces_chunks():
     model = make_model("ntk", "relu", 3, 3)
-    x = torch.randn(40, 5, dtype=F64)
+    x = torch.randn(12, 5, dtype=F64)
     whole = empirical_ntk(model, x)
     for method in METHODS:
-        k, info = empirical_ntk(model, x, method=method, memory_budget=40_000, return_info=True)
+        k, info = empirical_ntk(model, x, method=method, memory_budget=60_000, return_info=True)
         assert info.blocks > 1, method
-        assert info.memory_budget == 40_000
+        assert info.memory_budget == 60_000
         assert rel_err(k, whole) <= 1e-12
 
 
@@ -300,9 +303,9 @@ def test_bad_inputs_give_clear_errors():
 
 def test_unliftable_model_with_structured_is_rejected():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 8, dtype=F64), nn.PReLU(dtype=F64), nn.Linear(8, 1, dtype=F64))
+    model = nn.Sequential(nn.Linear(5, 8, dtype=F64), nn.Softsign(), nn.Linear(8, 1, dtype=F64))
     x = torch.randn(4, 5, dtype=F64)
-    with pytest.raises(ValueError, match=r"method='structured' is not available.*PReLU"):
+    with pytest.raises(ValueError, match=r"method='structured' is not available.*Softsign"):
         empirical_ntk(model, x, method="structured")
     assert empirical_ntk(model, x).shape == (4, 4, 1, 1)  # auto falls back
 
