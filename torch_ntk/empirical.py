@@ -62,7 +62,6 @@ from torch import Tensor, nn
 
 from . import ops
 from .activations import from_module
-from .analytic import check_kernel_inputs
 from .arch import Dense, _flat_modules, lift
 from .nn import NTKLinear
 
@@ -189,9 +188,9 @@ def empirical_ntk(
 
     method, reason, plan = _choose_method(model, method, x1)
     if plan is not None:
-        x1 = check_kernel_inputs("x1", x1, plan.input_features, plan.flatten_input)
+        x1 = plan.check_input("x1", x1)
         if x2 is not None:
-            x2 = check_kernel_inputs("x2", x2, plan.input_features, plan.flatten_input, like=x1)
+            x2 = plan.check_input("x2", x2)
         n_out = plan.n_out
     else:
         n_out = _output_size(model, x1, x2)
@@ -299,9 +298,14 @@ def _check_parameters(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
                 "them to the same device"
             )
         if p.requires_grad:
-            if not bool(torch.isfinite(p).all()):
-                raise ValueError(f"empirical_ntk: parameter {name} contains NaN or Inf")
             trainable[name] = p
+    # One reduction per parameter; the exact (slower) test only runs to name a culprit.
+    with torch.no_grad():
+        params = [p for p in trainable.values() if p.is_floating_point()]
+        if params and not bool(torch.isfinite(torch.stack([p.sum() for p in params])).all()):
+            for name, p in trainable.items():
+                if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                    raise ValueError(f"empirical_ntk: parameter {name} contains NaN or Inf")
     if not trainable:
         raise ValueError(
             "empirical_ntk: the model has no parameter with requires_grad=True, so its NTK is "
@@ -405,6 +409,17 @@ class _StructuredPlan:
                 assert act is not None  # lift accepted it
                 steps.append(("act", module, act))
         return cls(steps, denses, spec.output_features, spec.input_features, spec.flatten_input)
+
+    def check_input(self, name: str, x: Tensor) -> Tensor:
+        """x as [N, n_0] (flattened when the model starts with nn.Flatten)."""
+        if self.flatten_input and x.dim() >= 2:
+            x = x.flatten(1)
+        if x.dim() != 2 or x.shape[1] != self.input_features:
+            raise ValueError(
+                f"empirical_ntk: {name} must have {self.input_features} features (the model's "
+                f"input width), i.e. shape [N, {self.input_features}]; got shape {list(x.shape)}"
+            )
+        return x
 
     @torch.no_grad()
     def features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:

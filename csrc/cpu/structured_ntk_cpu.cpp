@@ -24,11 +24,20 @@ namespace {
 
 // Rows (and columns) of samples per output tile. Large enough for BLAS to run near
 // its peak on [tile, n_l] x [n_l, tile], small enough that the output tile and the
-// two Gram buffers stay in L2/L3.
-int64_t tile_size(int mode, int64_t n_out) {
-  if (mode == math::kModeFull) return std::max<int64_t>(32, 512 / n_out);
-  if (mode == math::kModeDiagonal) return std::max<int64_t>(64, 256 / std::max<int64_t>(1, n_out / 4));
-  return 256;
+// two Gram buffers stay in L2/L3; halved (down to 64) until every thread gets
+// several tiles, so small problems do not leave threads idle.
+int64_t tile_size(const StructuredArgs& s) {
+  int64_t tile = 256;
+  if (s.mode == math::kModeFull) tile = std::max<int64_t>(32, 512 / s.n_out);
+  if (s.mode == math::kModeDiagonal) tile = std::max<int64_t>(64, 1024 / s.n_out);
+  tile = std::min<int64_t>(tile, 256);
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  auto count = [&](int64_t t) {
+    const int64_t a = (s.n1 + t - 1) / t, b = (s.n2 + t - 1) / t;
+    return s.symmetric ? a * (a + 1) / 2 : a * b;
+  };
+  while (tile > 64 && count(tile) < want) tile /= 2;
+  return tile;
 }
 
 template <typename T>
@@ -119,7 +128,7 @@ struct TileJob {
 
 template <typename T>
 void run_structured(const StructuredArgs& s, at::Tensor& out) {
-  const int64_t tile = tile_size(s.mode, s.n_out);
+  const int64_t tile = tile_size(s);
   std::vector<std::pair<int64_t, int64_t>> tiles;  // (first row, first column)
   for (int64_t i0 = 0; i0 < s.n1; i0 += tile) {
     for (int64_t j0 = s.symmetric ? i0 : 0; j0 < s.n2; j0 += tile) tiles.emplace_back(i0, j0);
