@@ -57,7 +57,8 @@ FULL_CASES = [
     dict(name="w1024_d4_n256_nl1", width=1024, depth=4, n=256, n_out=1, mode="full",
          func=("unbounded", "bounded"), target="structured >= 100x faster than jacobian"),
     dict(name="w1024_d4_n256_nl10", width=1024, depth=4, n=256, n_out=10, mode="full",
-         func=("unbounded", "bounded"), target="torch.func runs out of memory; structured completes"),
+         func=("unbounded", "bounded"),
+         target="torch.func runs out of memory; structured completes"),
     dict(name="w2048_d4_n2048_nl1", width=2048, depth=4, n=2048, n_out=1, mode="full",
          func=("unbounded",), distinct_x2=True,
          target="structured >= composite; FLOP/s >= 80% of a 2048^3 matmul"),
@@ -191,7 +192,8 @@ def worker(spec: dict) -> dict:
         return dict(status="ok", seconds=seconds, repeats=reps)
     except (RuntimeError, MemoryError) as error:
         text = str(error)
-        if "can't allocate memory" in text or "out of memory" in text or isinstance(error, MemoryError):
+        oom = "can't allocate memory" in text or "out of memory" in text
+        if oom or isinstance(error, MemoryError):
             return dict(status="oom", message=text.splitlines()[-1][:300])
         raise
 
@@ -279,7 +281,9 @@ def markdown(results: list[dict]) -> str:
     for res in results:
         case = res["case"]
         lines.append(f"\n### {case['name']} (mode {case['mode']}; target: {case['target']})\n")
-        lines.append("| method | variant | status | seconds | × structured | GFLOP/s | % matmul | note |")
+        lines.append(
+            "| method | variant | status | seconds | × structured | GFLOP/s | % matmul | note |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|")
         for r in res["rows"]:
             sec = f"{r['seconds']:.4g}" if "seconds" in r else ""

@@ -1,6 +1,6 @@
 """Finite-width (empirical) NTK of a model at its current parameters (NTK_MATH.md §2).
 
-    Θ_kk′(x, x′) = Σ_p ∂f_k(x)/∂θ_p · ∂f_k′(x′)/∂θ_p      over parameters with requires_grad
+    Θ_kk′(x, x′) = Σ_p ∂f_k(x)/∂θ_p · ∂f_k′(x′)/∂θ_p    (p: parameters with requires_grad)
 
 Three ways to compute it, chosen with ``method``:
 
@@ -179,7 +179,9 @@ def empirical_ntk(
     if method not in METHODS:
         raise ValueError(f"empirical_ntk: method must be one of {METHODS}; got {method!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"empirical_ntk: chunk_size must be a positive integer; got {chunk_size!r}")
+        raise ValueError(
+            f"empirical_ntk: chunk_size must be a positive integer; got {chunk_size!r}"
+        )
     _check_no_active_dropout(model)
     x1 = _check_batch("x1", x1)
     if x2 is not None:
@@ -199,7 +201,8 @@ def empirical_ntk(
         memory_budget = default_memory_budget(x1.device)
     elif not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
         raise ValueError(
-            f"empirical_ntk: memory_budget must be a positive number of bytes; got {memory_budget!r}"
+            "empirical_ntk: memory_budget must be a positive number of bytes; got "
+            f"{memory_budget!r}"
         )
     memory_budget = int(min(memory_budget, 2**62))
 
@@ -264,9 +267,13 @@ def _check_batch(name: str, x: Tensor, like: Optional[Tensor] = None) -> Tensor:
         raise ValueError(f"empirical_ntk: {name} contains NaN or Inf")
     if like is not None:
         if x.dtype != like.dtype:
-            raise ValueError(f"empirical_ntk: x2 must have the dtype of x1 ({like.dtype}); got {x.dtype}")
+            raise ValueError(
+                f"empirical_ntk: x2 must have the dtype of x1 ({like.dtype}); got {x.dtype}"
+            )
         if x.device != like.device:
-            raise ValueError(f"empirical_ntk: x2 must be on the device of x1 ({like.device}); got {x.device}")
+            raise ValueError(
+                f"empirical_ntk: x2 must be on the device of x1 ({like.device}); got {x.device}"
+            )
         if x.shape[1:] != like.shape[1:]:
             raise ValueError(
                 f"empirical_ntk: x2 must have the per-sample shape of x1 {list(like.shape[1:])}; "
@@ -279,8 +286,9 @@ def _check_no_active_dropout(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
             raise ValueError(
-                f"empirical_ntk: {name or 'the model'} ({type(module).__name__}, p={module.p}) is in "
-                "training mode, so the network is random and has no NTK; call model.eval() first"
+                f"empirical_ntk: {name or 'the model'} ({type(module).__name__}, p={module.p}) "
+                "is in training mode, so the network is random and has no NTK; call model.eval() "
+                "first"
             )
 
 
@@ -322,7 +330,9 @@ def _output_shape(mode: str, n1: int, n2: int, n_out: int) -> tuple[int, ...]:
     return (n1, n2, n_out)
 
 
-def _check_out(out: Optional[Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> Optional[Tensor]:
+def _check_out(
+    out: Optional[Tensor], shape: tuple[int, ...], dtype: torch.dtype
+) -> Optional[Tensor]:
     if out is None:
         return None
     if not isinstance(out, Tensor):
@@ -365,20 +375,24 @@ def _choose_method(model: nn.Module, method: str, x: Tensor):
         plan = _StructuredPlan.of(model)
     except ValueError as error:
         if method == "structured":
-            raise ValueError(f"empirical_ntk: method='structured' is not available: {error}") from error
+            raise ValueError(
+                f"empirical_ntk: method='structured' is not available: {error}"
+            ) from error
         return "jacobian", f"the model does not lift to an MLP ({error})", None
     if x.is_cuda and not ops.cuda_built():
         if method == "structured":
             ops._check_device("structured_ntk", x)
         return "jacobian", "torch_ntk was built without CUDA, so the fused op cannot run", None
-    return "structured", "requested" if method == "structured" else "the model lifts to an MLP", plan
+    reason = "requested" if method == "structured" else "the model lifts to an MLP"
+    return "structured", reason, plan
 
 
 class _StructuredPlan:
     """The dense layers of a lifted MLP and how to run them forward and backward."""
 
     def __init__(self, steps, denses, n_out, input_features, flatten_input):
-        self.steps = steps  # list of ("dense", module, index) / ("act", module, Activation) / ("id", module)
+        # ("dense", module, index), ("act", module, Activation) or ("id", module, None)
+        self.steps = steps
         self.denses = denses  # per dense layer: (module, weight_scale, c_w, c_b)
         self.n_out = n_out
         self.input_features = input_features
@@ -393,7 +407,8 @@ class _StructuredPlan:
             if isinstance(module, (NTKLinear, nn.Linear)):
                 if type(module).forward not in (NTKLinear.forward, nn.Linear.forward):
                     raise ValueError(
-                        f"{type(module).__name__} overrides forward, so its layer formula is unknown"
+                        f"{type(module).__name__} overrides forward, so its layer formula is "
+                        "unknown"
                     )
                 d: Dense = next(dense_specs)
                 w_on = module.weight.requires_grad
@@ -471,7 +486,8 @@ class _StructuredPlan:
         per = 0.0
         for module, _, cw, cb in self.denses:
             if cw != 0 or cb != 0:
-                per += 2 * (module.weight.shape[1] + (nl * nl if mode == "full" else nl) * module.weight.shape[0])
+                n_in, m = module.weight.shape[1], module.weight.shape[0]
+                per += 2 * (n_in + (nl * nl if mode == "full" else nl) * m)
         return per
 
 
@@ -519,6 +535,16 @@ def _square_chunk(n: int, per_sample: float, per_pair: float, budget: float) -> 
     return max(1, min(n, int(c)))
 
 
+def _split_for_progress(c: int, n: int, x1: Tensor, x2: Optional[Tensor], flops_per_pair: float,
+                        enabled: bool, smallest: int = 16) -> int:
+    """A chunk giving a few blocks (so a progress bar can move) for a long single-block run."""
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    work = x1.shape[0] * n2 * flops_per_pair
+    if enabled and c >= n and work > _PROGRESS_FLOPS.get(x1.device.type, _PROGRESS_FLOPS["cuda"]):
+        return min(c, max(smallest, math.ceil(n / 4)))
+    return c
+
+
 class _StructuredBlocks:
     def __init__(self, plan: _StructuredPlan, x1: Tensor, x2: Optional[Tensor], mode: str):
         self.plan, self.x1, self.x2, self.mode = plan, x1, x2, mode
@@ -535,10 +561,8 @@ class _StructuredBlocks:
             c = min(chunk_size, n)
         else:
             c = _square_chunk(n, 2 * feat, pair, budget / 2)
-            n2 = n if x2 is None else x2.shape[0]
-            work = x1.shape[0] * n2 * self.plan.flops_per_pair(self.mode)
-            if split_for_progress and c == n and work > _PROGRESS_FLOPS.get(x1.device.type, 2e13):
-                c = max(512, math.ceil(n / 4))
+            c = _split_for_progress(c, n, x1, x2, self.plan.flops_per_pair(self.mode),
+                                    split_for_progress, smallest=512)
         self.cache = _LRU(max(0, budget - 2 * c * feat - c * c * pair))
         return c
 
@@ -608,7 +632,12 @@ class _JacobianBlocks:
         largest = max(sum(sizes[k] for k in g) for g in groups)
         per_sample = 2 * (2 * nl * largest + nl * self.act) * s  # row and column chunks
         pair = _channels(self.mode, nl) * s * 2
-        c = min(chunk_size, n) if chunk_size is not None else _square_chunk(n, per_sample, pair, budget / 2)
+        if chunk_size is not None:
+            c = min(chunk_size, n)
+        else:
+            c = _square_chunk(n, per_sample, pair, budget / 2)
+            per_pair = 2 * sum(sizes.values()) * (nl * nl if self.mode == "full" else nl)
+            c = _split_for_progress(c, n, x1, x2, per_pair, split_for_progress)
         self.cache = _LRU(max(0, budget - c * per_sample - c * c * pair))
         return c
 
@@ -686,7 +715,11 @@ class _VPBlocks:
         n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
         s, nl = x1.element_size(), self.n_out
         pair = _channels(self.mode, nl) * s * 2 + nl * nl * s
-        c = min(chunk_size, n) if chunk_size is not None else _square_chunk(n, 0, pair, budget / 2)
+        if chunk_size is not None:
+            c = min(chunk_size, n)
+        else:
+            c = _square_chunk(n, 0, pair, budget / 2)
+            c = _split_for_progress(c, n, x1, x2, 6 * nl * self.params_numel, split_for_progress)
         # Each column in flight holds a parameter-sized vector and a jvp over c samples.
         per_column = (3 * self.params_numel + 4 * c * self.act + self.act) * s
         self.columns = max(1, min(c * nl, int(budget / 2 / per_column)))
@@ -729,7 +762,9 @@ def _fill(engine, x1: Tensor, x2: Optional[Tensor], mode: str, n_out: int, chunk
     n2 = n1 if symmetric else x2.shape[0]
     rows = [(i, min(i + chunk, n1)) for i in range(0, n1, chunk)]
     cols = rows if symmetric else [(j, min(j + chunk, n2)) for j in range(0, n2, chunk)]
-    pairs = [(r, c) for a, r in enumerate(rows) for b, c in enumerate(cols) if not symmetric or b >= a]
+    pairs = [
+        (r, c) for a, r in enumerate(rows) for b, c in enumerate(cols) if not symmetric or b >= a
+    ]
 
     if len(pairs) == 1 and out is None:
         (i0, i1), (j0, j1) = pairs[0]
