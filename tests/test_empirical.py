@@ -8,7 +8,6 @@ Thm 1) is checked statistically (width, seeds and the tolerance are in the test)
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -214,9 +214,9 @@ def empirical_ntk(
     if method == "structured":
         engine = _StructuredBlocks(plan, x1, x2, mode)
     elif method == "jacobian":
-        engine = _JacobianBlocks(model, trainable, x1, x2, mode, n_out, memory_budget, chunk_size)
+        engine = _JacobianBlocks(model, trainable, x1, x2, mode, n_out)
     else:
-        engine = _VPBlocks(model, trainable, x1, x2, mode, n_out, memory_budget, chunk_size)
+        engine = _VPBlocks(model, trainable, x1, x2, mode, n_out)
     chunk = engine.chunk(memory_budget, chunk_size, progress is not False)
     result, blocks = _fill(engine, x1, x2, mode, n_out, chunk, out, progress, method)
     if out is not None:
@@ -496,23 +496,33 @@ class _StructuredPlan:
 
 
 class _LRU:
-    """Per-chunk features kept while they fit in ``limit`` bytes."""
+    """Per-chunk features kept while they fit in ``limit`` bytes, least recently used out.
+
+    ``pin=True`` (the current row chunk, accounted for outside ``limit``) keeps one entry
+    aside, so a row's features are never recomputed for each of its column blocks.
+    """
 
     def __init__(self, limit: int):
         self.limit, self.used, self.items = limit, 0, OrderedDict()
+        self.pinned = None
 
-    def get(self, key, make: Callable[[], list]):
+    def get(self, key, make: Callable[[], list], pin: bool = False):
+        if self.pinned is not None and self.pinned[0] == key:
+            return self.pinned[1]
         if key in self.items:
             self.items.move_to_end(key)
-            return self.items[key][0]
-        value = make()
-        size = sum(t.numel() * t.element_size() for part in value for t in _tensors(part))
-        if size <= self.limit:
-            while self.used + size > self.limit and self.items:
-                _, (_, old) = self.items.popitem(last=False)
-                self.used -= old
-            self.items[key] = (value, size)
-            self.used += size
+            value = self.items[key][0]
+        else:
+            value = make()
+            size = sum(t.numel() * t.element_size() for part in value for t in _tensors(part))
+            if size <= self.limit:
+                while self.used + size > self.limit and self.items:
+                    _, (_, old) = self.items.popitem(last=False)
+                    self.used -= old
+                self.items[key] = (value, size)
+                self.used += size
+        if pin:
+            self.pinned = (key, value)
         return value
 
 
@@ -569,7 +579,7 @@ class _StructuredBlocks:
     def _features(self, side: int, start: int, stop: int):
         x = self.x1 if side == 1 or self.x2 is None else self.x2
         key = (1 if self.x2 is None else side, start, stop)
-        return self.cache.get(key, lambda: list(self.plan.features(x[start:stop])))
+        return self.cache.get(key, lambda: list(self.plan.features(x[start:stop])), pin=side == 1)
 
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         a1, d1 = self._features(1, i0, i1)
@@ -605,7 +615,7 @@ class _FuncModel:
 class _JacobianBlocks:
     """Per-sample Jacobians by vmap(jacrev), contracted parameter block by block."""
 
-    def __init__(self, model, trainable, x1, x2, mode, n_out, budget, chunk_size):
+    def __init__(self, model, trainable, x1, x2, mode, n_out):
         self.f = _FuncModel(model, trainable)
         self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
         self.groups = [list(self.f.params)]
@@ -656,7 +666,7 @@ class _JacobianBlocks:
             jac = torch.func.vmap(torch.func.jacrev(fn), in_dims=(None, 0))(sub, x[start:stop])
             return [{k: v.flatten(2) for k, v in jac.items()}]
 
-        return self.cache.get(key, make)[0]
+        return self.cache.get(key, make, pin=side == 1)[0]
 
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         total = None
@@ -702,12 +712,11 @@ def _activation_numel(model: nn.Module, x: Tensor) -> int:
 class _VPBlocks:
     """NTK-vector products: one vjp at (x2_j, k′) and one jvp over the x1 chunk per column."""
 
-    def __init__(self, model, trainable, x1, x2, mode, n_out, budget, chunk_size):
+    def __init__(self, model, trainable, x1, x2, mode, n_out):
         self.f = _FuncModel(model, trainable)
         self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
         self.act = _activation_numel(model, x1)
         self.params_numel = sum(v.numel() for v in self.f.params.values())
-        self.budget = budget
         self.columns = 1
 
     def chunk(self, budget: int, chunk_size: Optional[int], split_for_progress: bool) -> int:
