@@ -145,8 +145,8 @@ def empirical_ntk(
             parameters must have the inputs' dtype and device. Dropout must be off
             (``model.eval()`` or p = 0): the NTK of a random network is not defined.
         x1: [N1, ...] float32/float64 ([N1, n_0] for an MLP).
-        x2: [N2, ...] like x1, or None for x2 = x1 (the result is then exactly
-            symmetric: Θ_kk′(x_i, x_j) = Θ_k′k(x_j, x_i) bit for bit).
+        x2: [N2, ...] like x1, or None (or x1 itself) for x2 = x1: the result is then
+            exactly symmetric, Θ_kk′(x_i, x_j) = Θ_k′k(x_j, x_i) bit for bit.
         mode: "full" → [N1, N2, n_L, n_L]; "trace" → [N1, N2], Σ_k Θ_kk (sum, not mean);
             "diagonal" → [N1, N2, n_L], Θ_kk.
         method: "auto", "structured", "jacobian" or "ntk_vp" (see the module docstring).
@@ -183,6 +183,8 @@ def empirical_ntk(
             f"empirical_ntk: chunk_size must be a positive integer; got {chunk_size!r}"
         )
     _check_no_active_dropout(model)
+    if x2 is x1:
+        x2 = None  # the same batch: take the symmetric path
     x1 = _check_batch("x1", x1)
     if x2 is not None:
         x2 = _check_batch("x2", x2, like=x1)
