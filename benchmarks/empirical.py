@@ -21,7 +21,9 @@ torch.func methods run in a subprocess whose data segment is capped (RLIMIT_DATA
 ``--func-cap-gb``), so running out of memory is reported, not suffered; they also get a
 wall-clock limit (``--func-timeout``). The largest case runs in a subprocess that reads
 its resident-memory high-water mark (VmHWM, reset before the call). Times are the median
-of ``--repeats`` runs after one warm-up run (one run for calls over 10 s).
+of ``--repeats`` runs after one warm-up run; the in-process contenders (matmul,
+structured, composite) run interleaved round by round, so a busy machine slows them
+alike. torch.func calls over 10 s are timed once.
 
 FLOP counts (nominal): forward Σ_l 2 N n_l m_l per input set, cotangents
 Σ_{l≥1} 2 N n_L m_l n_l, Gram products Σ_l 2 N1 N2 (n_l + c m_l) with c = n_L (trace,
@@ -233,32 +235,40 @@ def run_case(case: dict, args) -> dict:
     w = case["width"]
     a = torch.randn(w, w, device=device)
     b = torch.randn(w, w, device=device)
-    t_mm, reps, _ = timed(lambda: a @ b, device, max(args.repeats, 5))
-    mm_rate = 2 * w**3 / t_mm / 1e9
-    rows.append(dict(method="matmul", variant=f"{w}^3 float32", status="ok", seconds=t_mm,
-                     repeats=reps, gflops=mm_rate))
-    del a, b
-
+    # In-process contenders run interleaved, round after round, so that a busy machine
+    # slows them alike; each reports the median (and best) of its rounds.
+    calls = {("matmul", f"{w}^3 float32"): lambda: a @ b}
     variants = [("x2=None", None)] + ([("x2!=x1", x2)] if x2 is not None else [])
-    reference = None
     for label, second in variants:
-        fl = flops(case, second is not None)["total"]
-        t_s, reps, k = timed(lambda: empirical_ntk(model, x, second, mode=case["mode"],
-                                                   method="structured", progress=False),
-                             device, args.repeats)
-        if second is None:
-            reference = k
-        rows.append(dict(method="structured", variant=label, status="ok", seconds=t_s,
-                         repeats=reps, gflops=fl / t_s / 1e9,
-                         matmul_fraction=fl / t_s / 1e9 / mm_rate))
-        t_c, reps, kc = timed(lambda: composite(model, x, second, case["mode"]), device,
-                              args.repeats)
-        err = float((kc - k).abs().max() / k.abs().max())
-        rows.append(dict(method="composite", variant=label, status="ok", seconds=t_c,
-                         repeats=reps, gflops=fl / t_c / 1e9,
-                         matmul_fraction=fl / t_c / 1e9 / mm_rate, max_rel_diff=err))
-        del k, kc
-    del reference
+        calls[("structured", label)] = lambda second=second: empirical_ntk(
+            model, x, second, mode=case["mode"], method="structured", progress=False)
+        calls[("composite", label)] = lambda second=second: composite(
+            model, x, second, case["mode"])
+    results = {key: fn() for key, fn in calls.items()}  # warm-up; kept for the comparison
+    sync(device)
+    times = {key: [] for key in calls}
+    for _ in range(args.repeats):
+        for key, fn in calls.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[key].append(time.perf_counter() - t)
+    mm_rate = 2 * w**3 / statistics.median(times[("matmul", f"{w}^3 float32")]) / 1e9
+    for (method, label), ts in times.items():
+        sec = statistics.median(ts)
+        row = dict(method=method, variant=label, status="ok", seconds=sec, best=min(ts),
+                   repeats=len(ts))
+        if method == "matmul":
+            row["gflops"] = mm_rate
+        else:
+            fl = flops(case, label != "x2=None")["total"]
+            row.update(gflops=fl / sec / 1e9, matmul_fraction=fl / sec / 1e9 / mm_rate)
+        if method == "composite":
+            k, kc = results[("structured", label)], results[(method, label)]
+            row["max_rel_diff"] = float((kc - k).abs().max() / k.abs().max())
+        rows.append(row)
+    del a, b, results
 
     for method in ("jacobian", "ntk_vp"):
         for variant in case.get("func", ()):
@@ -269,10 +279,12 @@ def run_case(case: dict, args) -> dict:
             if r["status"] == "ok":
                 r["gflops"] = flops(case, False)["total"] / r["seconds"] / 1e9
             rows.append(dict(method=method, variant=label, **r))
-    structured = next(r for r in rows if r["method"] == "structured")
+    # Time relative to the structured row of the same variant (x2=None for torch.func).
+    structured = {r["variant"]: r["seconds"] for r in rows if r["method"] == "structured"}
     for r in rows:
         if r["method"] != "matmul" and r["status"] == "ok":
-            r["vs_structured"] = r["seconds"] / structured["seconds"]
+            base = structured.get(r["variant"], structured.get("x2=None"))
+            r["vs_structured"] = r["seconds"] / base
     return result
 
 
@@ -306,7 +318,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small smoke-test sizes")
     parser.add_argument("--cases", default="", help="run only cases whose name contains this")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--func-cap-gb", type=float, default=10.0,
                         help="memory cap of the torch.func subprocesses (GB)")
     parser.add_argument("--func-timeout", type=float, default=120.0,

@@ -1,7 +1,7 @@
 // CPU implementation of structured_ntk.
 //
-// The output is cut into tiles of rows x columns; at::parallel_for hands tiles to
-// threads. For each tile and each layer, single-threaded BLAS calls (the GEMMs run
+// The output is cut into tiles of rows x columns; the threads of at::parallel_for
+// take tiles from a shared counter. For each tile and each layer, single-threaded BLAS calls (the GEMMs run
 // inside the parallel region, so MKL/OpenBLAS do not spawn threads of their own)
 // fill two small per-thread buffers, the activation Gram <A1, A2> and the cotangent
 // Gram <D1, D2>, and the Hadamard update (csrc/math/structured_tile.h) accumulates
@@ -10,6 +10,7 @@
 // tiles on or above the diagonal are computed, and their mirror images are
 // written from them, so the result is exactly symmetric and the Gram work halves.
 #include <algorithm>
+#include <atomic>
 #include <utility>
 #include <vector>
 
@@ -139,12 +140,20 @@ void run_structured(const StructuredArgs& s, at::Tensor& out) {
                                : (s.mode == math::kModeDiagonal ? tile * tile * nl : tile * tile);
   const TileJob<T> job{s, out};
   const auto opts = s.a1[0].options();
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+  // Threads take tiles from a shared counter rather than fixed ranges: on a machine
+  // where another process steals a core, the other threads pick up its share.
+  const int64_t num_tiles = static_cast<int64_t>(tiles.size());
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_tiles);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     at::Tensor ga_buf = at::empty({tile * tile}, opts);
     at::Tensor gd_buf = at::empty({gd_elems}, opts);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t i0 = tiles[t].first, j0 = tiles[t].second;
-      job.run_tile(i0, std::min(tile, s.n1 - i0), j0, std::min(tile, s.n2 - j0), ga_buf, gd_buf);
+    for (int64_t w = begin; w < end; ++w) {
+      for (int64_t t = next.fetch_add(1); t < num_tiles; t = next.fetch_add(1)) {
+        const int64_t i0 = tiles[t].first, j0 = tiles[t].second;
+        job.run_tile(i0, std::min(tile, s.n1 - i0), j0, std::min(tile, s.n2 - j0), ga_buf,
+                     gd_buf);
+      }
     }
   });
 }
