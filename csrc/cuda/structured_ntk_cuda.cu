@@ -8,7 +8,9 @@
 // is written once, after the last layer. No N x N intermediate, no atomics: each
 // output entry has exactly one writer, so results are deterministic. With x2 = x1
 // only tiles on or above the diagonal run and write their mirror images, so the
-// result is exactly symmetric.
+// result is exactly symmetric. In "full" and "diagonal" modes each channel's block
+// recomputes its tile of <A1, A2> (n_L^2 or n_L times in all): the price of keeping
+// every accumulator in registers; "trace" has one channel.
 #include <algorithm>
 
 #include <ATen/ATen.h>
