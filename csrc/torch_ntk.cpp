@@ -21,6 +21,15 @@ TORCH_LIBRARY(torch_ntk, m) {
   // phi(x) (derivative=False) or phi'(x) (derivative=True) of a registered activation,
   // elementwise, evaluated by the same code the kernels use.
   m.def("activation(Tensor x, int act_id, float param, bool derivative) -> Tensor");
+  // Structured empirical NTK of an MLP (csrc/math/structured_tile.h for the formula):
+  //   Theta = sum_l (weight_coef[l] <A1_l, A2_l> + bias_coef[l]) * <D1_l, D2_l>.
+  // Per dense layer l: a1[l] [N1, n_l] input activations, d1[l] [N1, n_L, m_l] output
+  // cotangents; a2/d2 likewise for x2, or both empty lists for x2 = x1 (the result is
+  // then exactly symmetric). mode "full" -> [N1, N2, n_L, n_L], "trace" -> [N1, N2]
+  // (sum over k of Theta_kk), "diagonal" -> [N1, N2, n_L].
+  m.def(
+      "structured_ntk(Tensor[] a1, Tensor[] d1, Tensor[] a2, Tensor[] d2, float[] weight_coef, "
+      "float[] bias_coef, str mode) -> Tensor");
 }
 
 namespace {

@@ -20,11 +20,11 @@ except ImportError as _error:  # pragma: no cover - depends on the installation
         "torch), or run 'bash scripts/test.sh' which does everything."
     ) from _error
 
-from . import activations, arch, nn, ops
+from . import activations, arch, nn, ops, predict
 from .analytic import Kernels, analytic_kernels
 from .arch import Dense, LayerSpec, lift, mlp_spec
+from .empirical import NTKInfo, empirical_ntk
 from .nn import NTKLinear, ntk_mlp
-from . import predict
 
 __version__ = "0.1.0"
 
@@ -32,10 +32,12 @@ __all__ = [
     "Dense",
     "Kernels",
     "LayerSpec",
+    "NTKInfo",
     "NTKLinear",
     "activations",
     "analytic_kernels",
     "arch",
+    "empirical_ntk",
     "lift",
     "mlp_spec",
     "nn",

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (registers the ops)
 
-__all__ = ["analytic_kernels", "activation", "cuda_built"]
+__all__ = ["analytic_kernels", "activation", "cuda_built", "structured_ntk"]
 
 
 def cuda_built() -> bool:
@@ -108,3 +108,80 @@ def _activation_fake(x, act_id, param, derivative):
         lambda: f"activation: x must be float32 or float64; got {x.dtype}",
     )
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# ---- structured empirical NTK -------------------------------------------------------
+
+_STRUCTURED_MODES = ("full", "trace", "diagonal")
+
+
+def structured_ntk(
+    a1: Sequence[Tensor],
+    d1: Sequence[Tensor],
+    a2: Optional[Sequence[Tensor]],
+    d2: Optional[Sequence[Tensor]],
+    weight_coef: Sequence[float],
+    bias_coef: Sequence[float],
+    mode: str = "full",
+) -> Tensor:
+    """Θ = Σ_l (c_w,l ⟨A1_l, A2_l⟩ + c_b,l) ⊙ ⟨D1_l, D2_l⟩, fused over layers.
+
+    Per dense layer l: ``a1[l]`` [N1, n_l] its input activations, ``d1[l]`` [N1, n_L, m_l]
+    the cotangents ∂f_k/∂z_l of its outputs; ``a2``/``d2`` likewise for x2, or None
+    for x2 = x1 (then the result is exactly symmetric and only half the tiles are
+    computed). ``weight_coef``/``bias_coef`` [L] are c_w and c_b (0 for frozen terms).
+
+    Returns: mode "full" [N1, N2, n_L, n_L] (Θ_kk′), "trace" [N1, N2] (Σ_k Θ_kk, a sum),
+    "diagonal" [N1, N2, n_L] (Θ_kk). Same dtype (float32/float64) and device as a1.
+    """
+    if (a2 is None) != (d2 is None):
+        raise ValueError("structured_ntk: a2 and d2 must both be given or both be None")
+    _check_device("structured_ntk", *a1, *d1, *(a2 or ()), *(d2 or ()))
+    return torch.ops.torch_ntk.structured_ntk.default(
+        list(a1), list(d1), list(a2 or ()), list(d2 or ()), [float(c) for c in weight_coef],
+        [float(c) for c in bias_coef], str(mode),
+    )
+
+
+@torch.library.register_fake("torch_ntk::structured_ntk")
+def _structured_ntk_fake(a1, d1, a2, d2, weight_coef, bias_coef, mode):
+    n_layers = len(a1)
+    torch._check(n_layers >= 1, lambda: "structured_ntk: a1 must hold at least one layer")
+    torch._check(
+        len(d1) == n_layers and len(weight_coef) == n_layers and len(bias_coef) == n_layers,
+        lambda: "structured_ntk: a1, d1, weight_coef and bias_coef must have one entry per layer",
+    )
+    torch._check(
+        (len(a2) == 0 and len(d2) == 0) or (len(a2) == n_layers and len(d2) == n_layers),
+        lambda: "structured_ntk: a2 and d2 must both be empty or have one entry per layer",
+    )
+    torch._check(
+        mode in _STRUCTURED_MODES,
+        lambda: f"structured_ntk: mode must be one of {_STRUCTURED_MODES}; got {mode!r}",
+    )
+    ref = a1[0]
+    torch._check(
+        ref.dtype in (torch.float32, torch.float64),
+        lambda: f"structured_ntk: a1[0] must be float32 or float64; got {ref.dtype}",
+    )
+    for name, ts, dim in (("a1", a1, 2), ("d1", d1, 3), ("a2", a2, 2), ("d2", d2, 3)):
+        for l, t in enumerate(ts):
+            torch._check(t.dim() == dim, lambda: f"structured_ntk: {name}[{l}] must be {dim}-D")
+            torch._check(t.dtype == ref.dtype, lambda: f"structured_ntk: {name}[{l}] dtype")
+    n1 = ref.shape[0]
+    n2 = a2[0].shape[0] if len(a2) else n1
+    n_out = d1[0].shape[1]
+    for l in range(n_layers):
+        torch._check(a1[l].shape[0] == n1 and d1[l].shape[0] == n1, lambda: "structured_ntk: N1")
+        torch._check(d1[l].shape[1] == n_out, lambda: "structured_ntk: n_L must agree")
+        if len(a2):
+            torch._check(a2[l].shape[0] == n2 and d2[l].shape[0] == n2, lambda: "N2")
+            torch._check(a2[l].shape[1] == a1[l].shape[1], lambda: "structured_ntk: a2 width")
+            torch._check(d2[l].shape[1:] == d1[l].shape[1:], lambda: "structured_ntk: d2 shape")
+    if mode == "full":
+        shape = (n1, n2, n_out, n_out)
+    elif mode == "trace":
+        shape = (n1, n2)
+    else:
+        shape = (n1, n2, n_out)
+    return ref.new_empty(shape)

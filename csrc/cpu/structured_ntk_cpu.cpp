@@ -1,0 +1,178 @@
+// CPU implementation of structured_ntk.
+//
+// The output is cut into tiles of rows x columns; the threads of at::parallel_for
+// take tiles from a shared counter. For each tile and each layer, single-threaded BLAS calls (the GEMMs run
+// inside the parallel region, so MKL/OpenBLAS do not spawn threads of their own)
+// fill two small per-thread buffers, the activation Gram <A1, A2> and the cotangent
+// Gram <D1, D2>, and the Hadamard update (csrc/math/structured_tile.h) accumulates
+// them into the output tile, which stays in cache across layers. No N x N
+// intermediate exists; per-thread memory is two tile buffers. With x2 = x1 only
+// tiles on or above the diagonal are computed, and their mirror images are
+// written from them, so the result is exactly symmetric and the Gram work halves.
+#include <algorithm>
+#include <atomic>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../structured_spec.h"
+
+namespace torch_ntk {
+namespace {
+
+// Rows (and columns) of samples per output tile. Large enough for BLAS to run near
+// its peak on [tile, n_l] x [n_l, tile], small enough that the output tile and the
+// two Gram buffers stay in L2/L3; halved (down to 64) until every thread gets
+// several tiles, so small problems do not leave threads idle.
+int64_t tile_size(const StructuredArgs& s) {
+  int64_t tile = 256;
+  if (s.mode == math::kModeFull) tile = std::max<int64_t>(32, 512 / s.n_out);
+  if (s.mode == math::kModeDiagonal) tile = std::max<int64_t>(64, 1024 / s.n_out);
+  tile = std::min<int64_t>(tile, 256);
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  auto count = [&](int64_t t) {
+    const int64_t a = (s.n1 + t - 1) / t, b = (s.n2 + t - 1) / t;
+    return s.symmetric ? a * (a + 1) / 2 : a * b;
+  };
+  while (tile > 64 && count(tile) < want) tile /= 2;
+  return tile;
+}
+
+template <typename T>
+struct TileJob {
+  const StructuredArgs& s;
+  at::Tensor& out;  // [N1, N2, C] contiguous
+
+  // Accumulates all layers into out[i0:i0+ni, j0:j0+nj, :].
+  void run_tile(int64_t i0, int64_t ni, int64_t j0, int64_t nj, at::Tensor& ga_buf,
+                at::Tensor& gd_buf) const {
+    const int64_t L = static_cast<int64_t>(s.a1.size());
+    const int64_t nl = s.n_out, C = s.channels;
+    T* out_ptr = out.data_ptr<T>();
+    bool first = true;
+    for (int64_t l = 0; l < L; ++l) {
+      const T cw = static_cast<T>(s.cw[l]), cb = static_cast<T>(s.cb[l]);
+      if (cw == T(0) && cb == T(0)) continue;
+      const T* ga = nullptr;
+      if (cw != T(0)) {
+        at::Tensor g = ga_buf.narrow(0, 0, ni * nj).view({ni, nj});
+        at::mm_out(g, s.a1[l].narrow(0, i0, ni), s.a2[l].narrow(0, j0, nj).t());
+        ga = g.data_ptr<T>();
+      }
+      const int64_t m = s.d1[l].size(2);
+      const T* gd = gd_buf.data_ptr<T>();
+      int64_t d_stride = nj;  // distance between rows of the cotangent Gram buffer
+      if (s.mode == math::kModeTrace) {
+        at::Tensor g = gd_buf.narrow(0, 0, ni * nj).view({ni, nj});
+        at::mm_out(g, s.d1[l].view({s.n1, nl * m}).narrow(0, i0, ni),
+                   s.d2[l].view({s.n2, nl * m}).narrow(0, j0, nj).t());
+      } else if (s.mode == math::kModeDiagonal) {
+        for (int64_t k = 0; k < nl; ++k) {
+          at::Tensor g = gd_buf.narrow(0, k * ni * nj, ni * nj).view({ni, nj});
+          at::mm_out(g, s.d1[l].narrow(0, i0, ni).select(1, k),
+                     s.d2[l].narrow(0, j0, nj).select(1, k).t());
+        }
+      } else {
+        at::Tensor g = gd_buf.narrow(0, 0, ni * nl * nj * nl).view({ni * nl, nj * nl});
+        at::mm_out(g, s.d1[l].view({s.n1 * nl, m}).narrow(0, i0 * nl, ni * nl),
+                   s.d2[l].view({s.n2 * nl, m}).narrow(0, j0 * nl, nj * nl).t());
+        d_stride = nj * nl;
+      }
+      for (int64_t i = 0; i < ni; ++i) {
+        T* row = out_ptr + ((i0 + i) * s.n2 + j0) * C;
+        const T* ga_row = ga != nullptr ? ga + i * nj : nullptr;
+        if (s.mode == math::kModeTrace) {
+          math::accumulate_trace_row(row, ga_row, gd + i * nj, nj, cw, cb, first);
+        } else if (s.mode == math::kModeDiagonal) {
+          math::accumulate_diagonal_row(row, ga_row, gd + i * nj, ni * nj, nj, nl, cw, cb, first);
+        } else {
+          math::accumulate_full_row(row, ga_row, gd + i * nl * d_stride, d_stride, nj, nl, cw,
+                                    cb, first);
+        }
+      }
+      first = false;
+    }
+    if (first) {  // every layer frozen: the kernel is zero
+      for (int64_t i = 0; i < ni; ++i) {
+        std::fill_n(out_ptr + ((i0 + i) * s.n2 + j0) * C, nj * C, T(0));
+      }
+    }
+    if (s.symmetric) mirror_tile(i0, ni, j0, nj);
+  }
+
+  // Writes Theta(x', x) from Theta(x, x') for the tile's entries strictly above the
+  // diagonal (and, on the diagonal x = x' in full mode, channel (k', k) from (k, k') with
+  // k < k'), so out is exactly symmetric.
+  void mirror_tile(int64_t i0, int64_t ni, int64_t j0, int64_t nj) const {
+    T* o = out.data_ptr<T>();
+    const int64_t C = s.channels, n2 = s.n2;
+    for (int64_t i = i0; i < i0 + ni; ++i) {
+      for (int64_t j = std::max(j0, i); j < j0 + nj; ++j) {
+        const T* src = o + (i * n2 + j) * C;
+        T* dst = o + (j * n2 + i) * C;
+        if (i == j) {
+          if (s.mode != math::kModeFull) continue;
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t t = math::mirror_channel(s.mode, c, s.n_out);
+            if (t > c) dst[t] = src[c];
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) dst[math::mirror_channel(s.mode, c, s.n_out)] = src[c];
+        }
+      }
+    }
+  }
+};
+
+template <typename T>
+void run_structured(const StructuredArgs& s, at::Tensor& out) {
+  const int64_t tile = tile_size(s);
+  std::vector<std::pair<int64_t, int64_t>> tiles;  // (first row, first column)
+  for (int64_t i0 = 0; i0 < s.n1; i0 += tile) {
+    for (int64_t j0 = s.symmetric ? i0 : 0; j0 < s.n2; j0 += tile) tiles.emplace_back(i0, j0);
+  }
+  const int64_t nl = s.n_out;
+  const int64_t gd_elems = s.mode == math::kModeFull
+                               ? tile * tile * nl * nl
+                               : (s.mode == math::kModeDiagonal ? tile * tile * nl : tile * tile);
+  const TileJob<T> job{s, out};
+  const auto opts = s.a1[0].options();
+  // Threads take tiles from a shared counter rather than fixed ranges: on a machine
+  // where another process steals a core, the other threads pick up its share.
+  const int64_t num_tiles = static_cast<int64_t>(tiles.size());
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_tiles);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor ga_buf = at::empty({tile * tile}, opts);
+    at::Tensor gd_buf = at::empty({gd_elems}, opts);
+    for (int64_t w = begin; w < end; ++w) {
+      for (int64_t t = next.fetch_add(1); t < num_tiles; t = next.fetch_add(1)) {
+        const int64_t i0 = tiles[t].first, j0 = tiles[t].second;
+        job.run_tile(i0, std::min(tile, s.n1 - i0), j0, std::min(tile, s.n2 - j0), ga_buf,
+                     gd_buf);
+      }
+    }
+  });
+}
+
+at::Tensor structured_ntk_cpu(at::TensorList a1, at::TensorList d1, at::TensorList a2,
+                              at::TensorList d2, at::ArrayRef<double> weight_coef,
+                              at::ArrayRef<double> bias_coef, c10::string_view mode) {
+  const StructuredArgs s = check_structured_args(a1, d1, a2, d2, weight_coef, bias_coef, mode);
+  TORCH_INTERNAL_ASSERT(s.a1[0].device().is_cpu());
+  at::Tensor out = at::empty({s.n1, s.n2, s.channels}, s.a1[0].options());
+  if (s.n1 > 0 && s.n2 > 0) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "structured_ntk_cpu",
+                               [&] { run_structured<scalar_t>(s, out); });
+  }
+  return out.view(structured_output_shape(s));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_ntk, CPU, m) { m.impl("structured_ntk", &structured_ntk_cpu); }
+
+}  // namespace torch_ntk

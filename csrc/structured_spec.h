@@ -1,0 +1,119 @@
+// Host-side setup of the structured_ntk op, shared by the CPU and CUDA
+// implementations: argument checks, mode parsing and the output shape.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "checks.h"
+#include "math/structured_tile.h"
+
+namespace torch_ntk {
+
+// The checked, contiguous arguments of structured_ntk (see csrc/torch_ntk.cpp).
+struct StructuredArgs {
+  std::vector<at::Tensor> a1, d1, a2, d2;  // a2/d2 alias a1/d1 when symmetric
+  std::vector<double> cw, cb;
+  int mode;
+  int64_t n1, n2, n_out, channels;
+  bool symmetric;
+};
+
+inline int parse_structured_mode(c10::string_view mode) {
+  if (mode == "full") return math::kModeFull;
+  if (mode == "trace") return math::kModeTrace;
+  if (mode == "diagonal") return math::kModeDiagonal;
+  TORCH_CHECK_VALUE(false, "structured_ntk: mode must be 'full', 'trace' or 'diagonal'; got '",
+                    std::string(mode), "'");
+  return -1;
+}
+
+inline StructuredArgs check_structured_args(at::TensorList a1, at::TensorList d1,
+                                            at::TensorList a2, at::TensorList d2,
+                                            at::ArrayRef<double> weight_coef,
+                                            at::ArrayRef<double> bias_coef,
+                                            c10::string_view mode) {
+  const char* op = "structured_ntk";
+  StructuredArgs s;
+  s.mode = parse_structured_mode(mode);
+  const size_t L = a1.size();
+  TORCH_CHECK_VALUE(L >= 1, op, ": a1 must hold one activation matrix per dense layer; got none");
+  TORCH_CHECK_VALUE(d1.size() == L && weight_coef.size() == L && bias_coef.size() == L, op,
+                    ": a1, d1, weight_coef and bias_coef must have one entry per dense layer; got ",
+                    "lengths ", L, ", ", d1.size(), ", ", weight_coef.size(), ", ",
+                    bias_coef.size());
+  s.symmetric = a2.empty() && d2.empty();
+  TORCH_CHECK_VALUE(s.symmetric || (a2.size() == L && d2.size() == L), op,
+                    ": a2 and d2 must both be empty (x2 = x1) or both have ", L,
+                    " entries like a1; got lengths ", a2.size(), " and ", d2.size());
+
+  const at::Tensor& ref = a1[0];
+  check_floating(op, "a1[0]", ref);
+  check_dim(op, "a1[0]", ref, 2);
+  TORCH_CHECK_VALUE(d1[0].dim() == 3, op, ": d1[0] must have shape [N1, n_L, m]; got ",
+                    d1[0].sizes());
+  s.n1 = ref.size(0);
+  s.n_out = d1[0].size(1);
+  TORCH_CHECK_VALUE(s.n_out >= 1, op, ": d1[0] must have n_L >= 1 outputs; got shape ",
+                    d1[0].sizes());
+  s.n2 = s.symmetric ? s.n1 : (a2[0].dim() >= 1 ? a2[0].size(0) : -1);
+
+  auto check_side = [&](at::TensorList a, at::TensorList d, const char* an, const char* dn,
+                        int64_t n) {
+    for (size_t l = 0; l < L; ++l) {
+      const std::string a_name = std::string(an) + "[" + std::to_string(l) + "]";
+      const std::string d_name = std::string(dn) + "[" + std::to_string(l) + "]";
+      check_same_dtype_device(op, "a1[0]", ref, a_name.c_str(), a[l]);
+      check_same_dtype_device(op, "a1[0]", ref, d_name.c_str(), d[l]);
+      TORCH_CHECK_VALUE(a[l].dim() == 2 && a[l].size(0) == n, op, ": ", a_name,
+                        " must have shape [", n, ", n_l] (one row per sample); got ",
+                        a[l].sizes());
+      TORCH_CHECK_VALUE(d[l].dim() == 3 && d[l].size(0) == n && d[l].size(1) == s.n_out, op,
+                        ": ", d_name, " must have shape [", n, ", ", s.n_out,
+                        ", m_l] (samples, outputs, layer width); got ", d[l].sizes());
+    }
+  };
+  check_side(a1, d1, "a1", "d1", s.n1);
+  if (!s.symmetric) {
+    TORCH_CHECK_VALUE(a2[0].dim() == 2, op, ": a2[0] must have shape [N2, n_0]; got ",
+                      a2[0].sizes());
+    check_side(a2, d2, "a2", "d2", s.n2);
+    for (size_t l = 0; l < L; ++l) {
+      TORCH_CHECK_VALUE(a2[l].size(1) == a1[l].size(1), op, ": a2[", l, "] must have ",
+                        a1[l].size(1), " columns like a1[", l, "]; got shape ", a2[l].sizes());
+      TORCH_CHECK_VALUE(d2[l].size(2) == d1[l].size(2), op, ": d2[", l, "] must have width ",
+                        d1[l].size(2), " like d1[", l, "]; got shape ", d2[l].sizes());
+    }
+  }
+  for (size_t l = 0; l < L; ++l) {
+    TORCH_CHECK_VALUE(std::isfinite(weight_coef[l]) && std::isfinite(bias_coef[l]), op,
+                      ": weight_coef and bias_coef must be finite; got ", weight_coef[l], " and ",
+                      bias_coef[l], " at layer ", l);
+    s.a1.push_back(a1[l].contiguous());
+    s.d1.push_back(d1[l].contiguous());
+    s.cw.push_back(weight_coef[l]);
+    s.cb.push_back(bias_coef[l]);
+  }
+  if (s.symmetric) {
+    s.a2 = s.a1;
+    s.d2 = s.d1;
+  } else {
+    for (size_t l = 0; l < L; ++l) {
+      s.a2.push_back(a2[l].contiguous());
+      s.d2.push_back(d2[l].contiguous());
+    }
+  }
+  s.channels = math::num_channels(s.mode, s.n_out);
+  return s;
+}
+
+// The output shape: full [N1, N2, n_L, n_L], trace [N1, N2], diagonal [N1, N2, n_L].
+inline std::vector<int64_t> structured_output_shape(const StructuredArgs& s) {
+  if (s.mode == math::kModeFull) return {s.n1, s.n2, s.n_out, s.n_out};
+  if (s.mode == math::kModeTrace) return {s.n1, s.n2};
+  return {s.n1, s.n2, s.n_out};
+}
+
+}  // namespace torch_ntk
