@@ -291,3 +291,43 @@ def test_tracker_shortcut():
 def test_bad_arguments():
     with pytest.raises(TypeError, match="nn.Module"):
         NTK("not a model")
+
+
+def test_linearized_kernel_is_the_networks_kernel_at_theta0():
+    """f_lin is linear in θ, so its NTK is Θ(θ0) wherever θ has moved (exact)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 12), nn.Tanh(), nn.Linear(12, 2)).double()
+    x = torch.randn(5, 3, dtype=F64)
+    lin = NTK(model).linearize()
+    with torch.no_grad():
+        for p in lin.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    k0 = empirical_ntk(model, x, mode="full", method="jacobian")
+    for method in ("jacobian", "ntk_vp"):
+        torch.testing.assert_close(empirical_ntk(lin, x, mode="full", method=method), k0,
+                                   rtol=1e-12, atol=1e-13)
+
+
+def test_linearized_batch_norm_in_training_mode():
+    """Buffers updated in forward (batch norm statistics) take the forward_ad route; the
+    expansion and the running statistics match the original network's."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1)).double()
+    x = torch.randn(6, 3, dtype=F64)
+    lin = NTK(model).linearize()
+    model.train()
+    lin.train()
+    torch.testing.assert_close(lin(x), model(x), rtol=0, atol=1e-14)
+    assert torch.equal(lin.model[1].running_mean, model[1].running_mean)
+    assert int(lin.model[1].num_batches_tracked) == 1
+    lin(x).sum().backward()
+    assert all(p.grad is not None for p in lin.parameters())
+    # The two jvp routes agree away from θ0.
+    plain = NTK(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()).linearize()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    theta0 = plain.reference_parameters()
+    out, tangent = plain._jvp_forward_ad(
+        theta0, {n: p - theta0[n] for n, p in plain.model.named_parameters()}, (x,), {})
+    torch.testing.assert_close(out + tangent, plain(x), rtol=1e-13, atol=1e-14)

@@ -176,6 +176,7 @@ class KernelDriftTracker:
         self.probe_y = None if probe_y is None else self._check_targets(probe_y, n)
 
         self._theta0 = {name: p.detach().clone() for name, p in trainable.items()}
+        self._theta0_norm = _norm(self._theta0.values())
         self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
         self._step = 0
         self._history: list[DriftRecord] = []
@@ -357,6 +358,7 @@ class KernelDriftTracker:
 
         self._theta0 = {name: theta0[name].to(device=p.device, dtype=p.dtype)
                         for name, p in trainable.items()}
+        self._theta0_norm = _norm(self._theta0.values())
         self._reference = kernel(state["reference"])
         if state.get("limit_kernel") is not None:
             self._limit = kernel(state["limit_kernel"])
@@ -538,22 +540,16 @@ class KernelDriftTracker:
         if self._last is not None:
             self._last = (move(self._last[0]), self._last[1])
 
-    def _param_movement(self) -> Tensor:
+    def _param_movement(self) -> float:
         params = dict(self.model.named_parameters())
-        num = torch.zeros((), dtype=torch.float64)
-        den = torch.zeros((), dtype=torch.float64)
-        with torch.no_grad():
-            for name, p0 in self._theta0.items():
-                if name not in params:
-                    raise ValueError(
-                        f"KernelDriftTracker: parameter {name} tracked since the start is gone from the model"
-                    )
-                p = params[name]
-                if p0.device != p.device:
-                    p0 = self._theta0[name] = p0.to(p.device)
-                num += torch.linalg.vector_norm(p - p0, dtype=torch.float64).square().cpu()
-                den += torch.linalg.vector_norm(p0, dtype=torch.float64).square().cpu()
-        return (num / den).sqrt() if den > 0 else torch.tensor(math.inf, dtype=torch.float64)
+        missing = [name for name in self._theta0 if name not in params]
+        if missing:
+            raise ValueError(f"KernelDriftTracker: tracked parameters {missing} are gone from the model")
+        for name, p0 in self._theta0.items():
+            if p0.device != params[name].device:
+                self._theta0[name] = p0.to(params[name].device)
+        moved = _norm(params[name].detach() - p0 for name, p0 in self._theta0.items())
+        return moved / self._theta0_norm if self._theta0_norm > 0 else math.inf
 
     def _append(self, kernel: Tensor) -> DriftRecord:
         step = self._step
@@ -594,11 +590,19 @@ class KernelDriftTracker:
             trace=v["trace"],
             eigenvalues=tuple(top),
             condition_number=v["lambda_max"] / v["lambda_min"] if v["lambda_min"] > 0 else math.inf,
-            param_movement=float(self._param_movement()),
+            param_movement=self._param_movement(),
         )
         self._last = (kernel, step)
         self._history.append(record)
         return record
+
+
+def _norm(tensors) -> float:
+    """√(Σ ‖t‖²) accumulated in float64, one host sync per device."""
+    norms: dict[torch.device, list[Tensor]] = {}
+    for t in tensors:
+        norms.setdefault(t.device, []).append(torch.linalg.vector_norm(t, dtype=torch.float64))
+    return math.sqrt(sum(float(torch.stack(v).square().sum()) for v in norms.values()))
 
 
 def _atomic_write(path: Union[str, os.PathLike], write, text: bool) -> None:

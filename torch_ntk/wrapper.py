@@ -50,7 +50,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .analytic import Kernels, analytic_kernels
 from .empirical import empirical_ntk
@@ -270,7 +270,11 @@ class Linearized(nn.Module):
     computed in one ``torch.func.jvp`` per call (one forward pass with forward-mode
     tangents; no Jacobian is formed). Gradients flow to θ through the tangent, so the
     module trains with any optimizer; the loss landscape in θ is exactly quadratic for
-    squared error (NTK_MATH.md §4: a linear model with kernel Θ at θ0).
+    squared error (NTK_MATH.md §4: a linear model with kernel Θ at θ0). It composes
+    with torch.func, so ``empirical_ntk(lin, x)`` works — and equals the network's
+    NTK at θ0 whatever θ is. When a module in training mode owns buffers (batch norm
+    updating its running statistics), the same jvp runs through
+    ``torch.autograd.forward_ad`` instead, which allows those in-place updates.
 
     Attributes:
         model: a copy of the original model whose trainable parameters are θ (they
@@ -306,12 +310,36 @@ class Linearized(nn.Module):
         theta0 = self.reference_parameters()
         params = dict(self.model.named_parameters())
         tangents = {name: params[name] - theta0[name] for name in self._names}
+        if self._may_update_buffers():
+            out, jvp_out = self._jvp_forward_ad(theta0, tangents, args, kwargs)
+        else:
+            def f(p):
+                return torch.func.functional_call(self.model, p, args, kwargs)
 
-        def f(p):
-            return torch.func.functional_call(self.model, p, args, kwargs)
-
-        out, jvp_out = torch.func.jvp(f, (theta0,), (tangents,))
+            out, jvp_out = torch.func.jvp(f, (theta0,), (tangents,))
         return tree_map(lambda a, b: a + b, out, jvp_out)
+
+    def _may_update_buffers(self) -> bool:
+        """A module in training mode that owns buffers (batch norm's running statistics)."""
+        return any(m.training and next(m.buffers(recurse=False), None) is not None
+                   for m in self.model.modules())
+
+    def _jvp_forward_ad(self, theta0, tangents, args, kwargs):
+        """The same jvp by torch.autograd.forward_ad, which lets the forward pass update
+        buffers in place (torch.func.jvp refuses to mutate captured tensors). The
+        buffers are updated from the statistics of f(x; θ0), as the original would be."""
+        import torch.autograd.forward_ad as fwAD
+
+        with fwAD.dual_level():
+            duals = {name: fwAD.make_dual(theta0[name], tangents[name]) for name in self._names}
+            out = torch.func.functional_call(self.model, duals, args, kwargs)
+            leaves, spec = tree_flatten(out)
+            primal, tangent = [], []
+            for leaf in leaves:
+                value, derivative = fwAD.unpack_dual(leaf)
+                primal.append(value)
+                tangent.append(torch.zeros_like(value) if derivative is None else derivative)
+        return tree_unflatten(primal, spec), tree_unflatten(tangent, spec)
 
 
 def _register_nested_buffer(root: nn.Module, dotted: str, tensor: Tensor) -> None:
