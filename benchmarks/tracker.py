@@ -1,6 +1,6 @@
 """Benchmark: the cost of KernelDriftTracker against the training it watches.
 
-    python benchmarks/tracker.py [--device cpu|cuda] [--outputs 10 1] [--repeats 5] [--out PATH]
+    python benchmarks/tracker.py [--device cpu|cuda] [--outputs 10 1] [--repeats 7] [--threads T] [--out PATH]
 
 Model: ntk_mlp([784, 1024, 1024, 1024, n_L], "relu") — width 1024, depth 4 (four dense
 layers), float32 — trained by SGD on MSE with 256-sample batches; the tracker watches a
@@ -10,12 +10,15 @@ layers), float32 — trained by SGD on MSE with 256-sample batches; the tracker 
 - record_s: median time of one tracker.record() (trace NTK on the probe set by the
   structured path, then the metrics: eigvalsh of a 256×256 matrix, norms, θ movement);
   kernel_s: the empirical_ntk call alone, metrics_s the rest;
-- record_over_step: record_s / train_step_s (target: at most 2);
-- overhead_every_10: measured (time of `steps` steps with the tracker attached at
-  every=10) / (the same steps without it) − 1, and the prediction record_s/(10·train_step_s).
+- record_over_step: the median of record/step ratios (target: at most 2);
+- overhead_every_10: the median of (10 steps with the tracker attached at every=10, so
+  exactly one record) / (10 steps without it) − 1, and the prediction
+  record_s/(10·train_step_s).
 
-Timings are wall-clock medians after a warm-up (CUDA: synchronized). Results are written
-as JSON, atomically, to benchmarks/results/tracker_<device>.json unless --out is given.
+Timings are wall-clock after a warm-up (CUDA: synchronized); the two sides of every
+ratio are timed back to back, so a shared machine's load affects both alike. Results
+are written as JSON, atomically, to benchmarks/results/tracker_<device>.json unless
+--out is given.
 """
 
 from __future__ import annotations
@@ -43,20 +46,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn, device: str, repeats: int, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "repeats": repeats}
-
-
 def write_json(path: str, payload: dict) -> None:
     """Atomic: a temporary file beside ``path``, then os.replace."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -68,7 +57,20 @@ def write_json(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_case(n_out: int, device: str, repeats: int, steps: int) -> dict:
+def _timed(fn, device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "repeats": len(times)}
+
+
+def run_case(n_out: int, device: str, repeats: int) -> dict:
     torch.manual_seed(0)
     widths = [N_IN] + [WIDTH] * (DEPTH - 1) + [n_out]
     model = tn.ntk_mlp(widths, "relu", device=device)
@@ -83,33 +85,42 @@ def run_case(n_out: int, device: str, repeats: int, steps: int) -> dict:
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
 
-    tracker = tn.KernelDriftTracker(model, probe, y[:PROBE] if BATCH >= PROBE else None, every=10)
-    step_t = median_time(train_step, device, repeats)
-    record_t = median_time(tracker.record, device, repeats)
-    kernel_t = median_time(lambda: tracker._kernel(), device, repeats)
-    info = tn.empirical_ntk(model, probe, mode="trace", return_info=True)[1]
-
-    def loop():
-        for _ in range(steps):
+    def ten_steps():
+        for _ in range(10):
             train_step()
 
-    plain = median_time(loop, device, max(2, repeats // 2))
-    tracker.attach(opt)
-    tracked = median_time(loop, device, max(2, repeats // 2))
-    tracker.detach()
-    n_params = sum(p.numel() for p in model.parameters())
+    tracker = tn.KernelDriftTracker(model, probe, y[:PROBE], every=10)
+    info = tn.empirical_ntk(model, probe, mode="trace", return_info=True)[1]
+    train_step(), tracker.record(), tracker._kernel()  # warm-up
+
+    # Interleaved, so that both sides of each ratio see the same machine load.
+    step_t, record_t, kernel_t, ratios = [], [], [], []
+    for _ in range(repeats):
+        step_t.append(_timed(train_step, device))
+        record_t.append(_timed(tracker.record, device))
+        kernel_t.append(_timed(tracker._kernel, device))
+        ratios.append(record_t[-1] / step_t[-1])
+    # every=10: ten steps contain exactly one record whatever the counter's phase.
+    plain_t, tracked_t, overheads = [], [], []
+    for _ in range(max(3, repeats // 2)):
+        plain_t.append(_timed(ten_steps, device))
+        tracker.attach(opt)
+        tracked_t.append(_timed(ten_steps, device))
+        tracker.detach()
+        overheads.append(tracked_t[-1] / plain_t[-1] - 1)
+
+    step_s, record_s, kernel_s = (statistics.median(t) for t in (step_t, record_t, kernel_t))
     return {
-        "widths": widths, "parameters": n_params, "batch": BATCH, "probe": PROBE, "n_out": n_out,
-        "kernel_method": info.method,
-        "train_step_s": step_t, "record_s": record_t, "kernel_s": kernel_t,
-        "metrics_s": max(0.0, record_t["median_s"] - kernel_t["median_s"]),
-        "record_over_step": record_t["median_s"] / step_t["median_s"],
+        "widths": widths, "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": BATCH, "probe": PROBE, "n_out": n_out, "kernel_method": info.method,
+        "train_step_s": _summary(step_t), "record_s": _summary(record_t), "kernel_s": _summary(kernel_t),
+        "metrics_s": max(0.0, record_s - kernel_s),
+        "record_over_step": statistics.median(ratios),
         "target_record_over_step_at_most": 2.0,
         "overhead_every_10": {
-            "steps": steps,
-            "plain_s": plain["median_s"], "tracked_s": tracked["median_s"],
-            "measured": tracked["median_s"] / plain["median_s"] - 1,
-            "predicted": record_t["median_s"] / (10 * step_t["median_s"]),
+            "plain_10_steps_s": _summary(plain_t), "tracked_10_steps_s": _summary(tracked_t),
+            "measured": statistics.median(overheads),
+            "predicted": record_s / (10 * step_s),
         },
     }
 
@@ -118,11 +129,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--outputs", type=int, nargs="+", default=[10, 1], help="n_L values")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=40, help="steps timed for the every=10 overhead")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    cases = [run_case(n, args.device, args.repeats, args.steps) for n in args.outputs]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cases = [run_case(n, args.device, args.repeats) for n in args.outputs]
     payload = {
         "benchmark": "tracker",
         "machine": {

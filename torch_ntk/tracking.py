@@ -131,8 +131,18 @@ class KernelDriftTracker:
             otherwise); False — never.
         method, memory_budget: passed to :func:`torch_ntk.empirical_ntk`.
 
+    Cost of a record: one trace-mode empirical NTK on the probe set plus an O(N³)
+    symmetric eigendecomposition, so probe sets of hundreds to a few thousand points
+    are the intended use (benchmarks/tracker.py measures it against a training step).
+
     The constructor computes Θ_0 and stores the step-0 record, so build the tracker
     before training starts (or restore one with :meth:`load_state_dict`).
+
+    Attributes:
+        model: the tracked (unwrapped) module. probe_x, probe_y: the probe set as used
+        ([N, ...] in the parameters' dtype; targets as [N, c] float64).
+        every, top_k, method, memory_budget: as given.
+        limit_unavailable: why ``limit_distance`` is None ("" when it is computed).
 
     Raises:
         TypeError: model or probe of the wrong type.
@@ -182,20 +192,20 @@ class KernelDriftTracker:
         self._history: list[DriftRecord] = []
         self._last: Optional[tuple[Tensor, int]] = None
 
-        want_limit = infinite_width is not False or reference == "limit"
+        kind = "tensor" if isinstance(reference, Tensor) else reference
         self._limit, self.limit_unavailable = None, "infinite_width=False"
-        if want_limit:
+        if infinite_width is not False or kind == "limit":
             self._limit, self.limit_unavailable = self._limit_kernel()
-            if self._limit is None and (infinite_width or reference == "limit"):
+            if self._limit is None and (infinite_width or kind == "limit"):
                 raise ValueError(
                     f"KernelDriftTracker: the infinite-width kernel is not available: "
                     f"{self.limit_unavailable}"
                 )
 
         kernel = self._kernel()
-        if isinstance(reference, Tensor):
+        if kind == "tensor":
             self._reference = self._check_reference(reference, kernel)
-        elif reference == "limit":
+        elif kind == "limit":
             self._reference = self._limit
         else:
             self._reference = kernel
