@@ -446,8 +446,9 @@ def test_bad_arguments():
         KernelDriftTracker(model.requires_grad_(False), probe)
     with pytest.raises(TypeError, match="Optimizer"):
         KernelDriftTracker(model.requires_grad_(True), probe).attach("sgd")
-    # The NTK wrapper is looked through.
+    # Wrappers (NTK, DataParallel, torch.compile) are looked through.
     assert KernelDriftTracker(NTK(model), probe).model is model
+    assert KernelDriftTracker(nn.DataParallel(NTK(model)), probe).model is model
 
 
 # ---------------------------------------------------------------------------------

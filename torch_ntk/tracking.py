@@ -19,7 +19,8 @@ default), ‖·‖ the Frobenius norm and ⟨A, B⟩ = Σ_ij A_ij B_ij:
     drift            ‖Θ_t − Θ_ref‖ / ‖Θ_ref‖
     kernel_distance  1 − ⟨Θ_t, Θ_ref⟩ / (‖Θ_t‖ ‖Θ_ref‖)      (0 = same direction)
     velocity         ‖Θ_t − Θ_prev‖ / ‖Θ_ref‖ / (t − t_prev)  (per optimizer step since
-                     the previous record; None for the first one)
+                     the previous record; None for the first record, or when no step
+                     was taken since the previous one)
     limit_distance   ‖Θ_t − n_L Θ∞‖ / ‖n_L Θ∞‖               (None when the model does
                      not lift to an MLP)
     label_alignment  ⟨Θ_t, Y Yᵀ⟩ / (‖Θ_t‖ ‖Y Yᵀ‖)            (Y = probe_y as [N, c];
