@@ -25,13 +25,17 @@ from .analytic import Kernels, analytic_kernels
 from .arch import Dense, LayerSpec, lift, mlp_spec
 from .empirical import NTKInfo, empirical_ntk
 from .nn import NTKLinear, ntk_mlp
+from .tracking import KernelDriftTracker
+from .wrapper import NTK
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Dense",
+    "KernelDriftTracker",
     "Kernels",
     "LayerSpec",
+    "NTK",
     "NTKInfo",
     "NTKLinear",
     "activations",
