@@ -53,7 +53,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024],
                         help="hidden widths of the random networks")
     parser.add_argument("--networks", type=int, default=8, help="random networks per width")
-    parser.add_argument("--outputs", type=int, default=4, help="output units n_L")
+    parser.add_argument("--outputs", type=int, default=64,
+                        help="output units n_L (each is an independent NNGP sample)")
     args = parser.parse_args(argv)
 
     x = circle(args.points)
