@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from . import ops
 from .activations import DEFAULT_QUADRATURE_DEGREE, hermite_rule
 from .arch import LayerSpec, lift
+from .validation import check_batch
 
-__all__ = ["Kernels", "analytic_kernels", "as_spec", "check_kernel_inputs"]
+__all__ = ["Kernels", "analytic_kernels", "as_spec"]
 
 KERNEL_NAMES = ("nngp", "ntk")
 
@@ -54,42 +55,6 @@ def as_spec(model_or_spec: Union[nn.Module, LayerSpec]) -> LayerSpec:
         "model_or_spec must be an nn.Sequential MLP or a torch_ntk.arch.LayerSpec; got "
         f"{type(model_or_spec).__name__}"
     )
-
-
-def check_kernel_inputs(
-    name: str, x: Tensor, features: int, flatten: bool, like: Optional[Tensor] = None
-) -> Tensor:
-    """Validate a batch of inputs and return it as [N, features].
-
-    Raises TypeError (not a floating tensor) or ValueError (shape, empty, NaN/Inf,
-    dtype/device different from ``like``), naming ``name``.
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"{name} must be float32 or float64; got {x.dtype}. Convert it with .float() "
-            "or .double()."
-        )
-    if flatten and x.dim() >= 2:
-        x = x.flatten(1)
-    if x.dim() != 2:
-        raise ValueError(f"{name} must have shape [N, {features}]; got {list(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample; got shape {list(x.shape)}")
-    if x.shape[1] != features:
-        raise ValueError(
-            f"{name} must have {features} features (the model's input width); got shape "
-            f"{list(x.shape)}"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf; kernels of non-finite inputs are undefined")
-    if like is not None:
-        if x.dtype != like.dtype:
-            raise ValueError(f"{name} must have the dtype of x1 ({like.dtype}); got {x.dtype}")
-        if x.device != like.device:
-            raise ValueError(f"{name} must be on the device of x1 ({like.device}); got {x.device}")
-    return x
 
 
 def default_quadrature_degree(spec: LayerSpec, force_quadrature: bool = False) -> int:
@@ -151,9 +116,11 @@ def analytic_kernels(
     """
     spec = as_spec(model_or_spec)
     wanted = _check_get(get)
-    x1 = check_kernel_inputs("x1", x1, spec.input_features, spec.flatten_input)
+    x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
+                     flatten=spec.flatten_input)
     if x2 is not None:
-        x2 = check_kernel_inputs("x2", x2, spec.input_features, spec.flatten_input, like=x1)
+        x2 = check_batch("analytic_kernels", "x2", x2, like=x1, features=spec.input_features,
+                         flatten=spec.flatten_input)
     if quadrature_degree is None:
         quadrature_degree = default_quadrature_degree(spec, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)

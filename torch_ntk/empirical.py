@@ -64,6 +64,7 @@ from . import ops
 from .activations import from_module
 from .arch import Dense, _flat_modules, lift
 from .nn import NTKLinear
+from .validation import check_batch
 
 __all__ = ["MODES", "METHODS", "NTKInfo", "empirical_ntk", "default_memory_budget"]
 
@@ -185,9 +186,9 @@ def empirical_ntk(
     _check_no_active_dropout(model)
     if x2 is x1:
         x2 = None  # the same batch: take the symmetric path
-    x1 = _check_batch("x1", x1)
+    x1 = check_batch("empirical_ntk", "x1", x1)
     if x2 is not None:
-        x2 = _check_batch("x2", x2, like=x1)
+        x2 = check_batch("empirical_ntk", "x2", x2, like=x1)
     trainable = _check_parameters(model, x1)
 
     method, reason, plan = _choose_method(model, method, x1)
@@ -251,37 +252,6 @@ def default_memory_budget(device: Union[str, torch.device] = "cpu") -> int:
 
 # ---------------------------------------------------------------------------------
 # validation
-
-
-def _check_batch(name: str, x: Tensor, like: Optional[Tensor] = None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"empirical_ntk: {name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"empirical_ntk: {name} must be float32 or float64; got {x.dtype}. Convert it with "
-            ".float() or .double()."
-        )
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(
-            f"empirical_ntk: {name} must be a batch [N, ...] with N >= 1; got shape {list(x.shape)}"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"empirical_ntk: {name} contains NaN or Inf")
-    if like is not None:
-        if x.dtype != like.dtype:
-            raise ValueError(
-                f"empirical_ntk: x2 must have the dtype of x1 ({like.dtype}); got {x.dtype}"
-            )
-        if x.device != like.device:
-            raise ValueError(
-                f"empirical_ntk: x2 must be on the device of x1 ({like.device}); got {x.device}"
-            )
-        if x.shape[1:] != like.shape[1:]:
-            raise ValueError(
-                f"empirical_ntk: x2 must have the per-sample shape of x1 {list(like.shape[1:])}; "
-                f"got shape {list(x.shape)}"
-            )
-    return x
 
 
 def _check_no_active_dropout(model: nn.Module) -> None:

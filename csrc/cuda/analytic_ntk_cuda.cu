@@ -42,10 +42,19 @@ struct DeviceProblem {
   T* ntk;         // [n1, n2] or nullptr
 };
 
-// Copies the layer table and the quadrature rule into shared memory.
+// The layer table and the quadrature rule, copied into dynamic shared memory.
 template <typename T>
-__device__ void load_shared(const DeviceProblem<T>& P, math::HiddenLayer<T>* layers, T* nodes,
-                            T* weights) {
+struct SharedTables {
+  const math::HiddenLayer<T>* layers;
+  math::GaussHermite<T> gh;
+};
+
+template <typename T>
+__device__ SharedTables<T> load_shared(const DeviceProblem<T>& P) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* layers = reinterpret_cast<math::HiddenLayer<T>*>(smem_raw);
+  T* nodes = reinterpret_cast<T*>(layers + P.num_layers);
+  T* weights = nodes + P.gh_degree;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
   const int nthreads = blockDim.x * blockDim.y;
   for (int l = tid; l < P.num_layers; l += nthreads) layers[l] = P.layers[l];
@@ -54,6 +63,7 @@ __device__ void load_shared(const DeviceProblem<T>& P, math::HiddenLayer<T>* lay
     weights[k] = P.gh_weights[k];
   }
   __syncthreads();
+  return {layers, {nodes, weights, P.gh_degree}};
 }
 
 template <typename T>
@@ -76,12 +86,9 @@ __device__ void run_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>* 
 template <typename T>
 __global__ void sample_variance_kernel(DeviceProblem<T> P, const T* sq_norms, int64_t n,
                                        T* var) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* layers = reinterpret_cast<math::HiddenLayer<T>*>(smem_raw);
-  T* nodes = reinterpret_cast<T*>(layers + P.num_layers);
-  T* weights = nodes + P.gh_degree;
-  load_shared(P, layers, nodes, weights);
-  const math::GaussHermite<T> gh{nodes, weights, P.gh_degree};
+  const SharedTables<T> tables = load_shared(P);
+  const math::HiddenLayer<T>* layers = tables.layers;
+  const math::GaussHermite<T>& gh = tables.gh;
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x * blockDim.y +
                     threadIdx.y * blockDim.x + threadIdx.x;
   if (s >= n) return;
@@ -95,12 +102,9 @@ __global__ void sample_variance_kernel(DeviceProblem<T> P, const T* sq_norms, in
 // Rectangular case: one thread per pair (kBlockRows rows per pass), coalesced along j.
 template <typename T>
 __global__ void pair_kernel(DeviceProblem<T> P) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* layers = reinterpret_cast<math::HiddenLayer<T>*>(smem_raw);
-  T* nodes = reinterpret_cast<T*>(layers + P.num_layers);
-  T* weights = nodes + P.gh_degree;
-  load_shared(P, layers, nodes, weights);
-  const math::GaussHermite<T> gh{nodes, weights, P.gh_degree};
+  const SharedTables<T> tables = load_shared(P);
+  const math::HiddenLayer<T>* layers = tables.layers;
+  const math::GaussHermite<T>& gh = tables.gh;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kTileDim + threadIdx.x;
   for (int r = threadIdx.y; r < kTileDim; r += kBlockRows) {
     const int64_t i = static_cast<int64_t>(blockIdx.y) * kTileDim + r;
@@ -118,12 +122,9 @@ template <typename T>
 __global__ void pair_kernel_symmetric(DeviceProblem<T> P) {
   const int bi = blockIdx.y, bj = blockIdx.x;
   if (bj < bi) return;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* layers = reinterpret_cast<math::HiddenLayer<T>*>(smem_raw);
-  T* nodes = reinterpret_cast<T*>(layers + P.num_layers);
-  T* weights = nodes + P.gh_degree;
-  load_shared(P, layers, nodes, weights);
-  const math::GaussHermite<T> gh{nodes, weights, P.gh_degree};
+  const SharedTables<T> tables = load_shared(P);
+  const math::HiddenLayer<T>* layers = tables.layers;
+  const math::GaussHermite<T>& gh = tables.gh;
   __shared__ T tile_sigma[kTileDim][kTileDim + 1];
   __shared__ T tile_theta[kTileDim][kTileDim + 1];
 
