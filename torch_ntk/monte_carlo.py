@@ -100,6 +100,39 @@ class MonteCarloKernels(NamedTuple):
     n_samples: int
     method: Optional[str]
 
+    def merge(self, other: "MonteCarloKernels") -> "MonteCarloKernels":
+        """The estimate from the samples of both runs together (Chan et al.'s update).
+
+        The runs must use disjoint seeds, e.g. a second run with ``base_seed`` = the first
+        run's base_seed + n_samples: the merge then equals one run over all the samples up
+        to rounding, so a long estimate can be built in pieces (or in parallel jobs).
+        Both must hold the same kernels for the same inputs.
+        """
+        if not isinstance(other, MonteCarloKernels):
+            raise TypeError(
+                f"MonteCarloKernels.merge: other must be a MonteCarloKernels; got "
+                f"{type(other).__name__}"
+            )
+        fields = {}
+        for kernel in KERNEL_NAMES:
+            a, b = getattr(self, kernel), getattr(other, kernel)
+            if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
+                raise ValueError(
+                    f"MonteCarloKernels.merge: both estimates must hold {kernel} of the same "
+                    f"shape; got {None if a is None else list(a.shape)} and "
+                    f"{None if b is None else list(b.shape)}"
+                )
+            if a is None:
+                fields[kernel] = fields[kernel + "_stderr"] = None
+                continue
+            moments = _Moments.of(a, getattr(self, kernel + "_stderr"), self.n_samples)
+            moments.merge(_Moments.of(b, getattr(other, kernel + "_stderr"), other.n_samples))
+            fields[kernel], fields[kernel + "_stderr"] = moments.mean, moments.stderr()
+        methods = [m for est in (self, other) if est.method for m in est.method.split(",")]
+        method = ",".join(dict.fromkeys(methods)) if self.ntk is not None else None
+        return MonteCarloKernels(fields["nngp"], fields["ntk"], fields["nngp_stderr"],
+                                 fields["ntk_stderr"], self.n_samples + other.n_samples, method)
+
 
 class _Moments:
     """Running mean and sum of squared deviations in float64 (Welford 1962)."""
@@ -118,6 +151,17 @@ class _Moments:
         delta = x - self.mean
         self.mean.add_(delta, alpha=1.0 / self.n)
         self.m2.addcmul_(delta, x.sub_(self.mean))
+
+    @classmethod
+    def of(cls, mean: Tensor, stderr: Tensor, n: int) -> "_Moments":
+        """Moments recovered from an estimate: M2 = stderr² · n (n − 1) (0 for n = 1)."""
+        moments = cls()
+        moments.n, moments.mean = n, mean.to(torch.float64, copy=True)
+        if n < 2:
+            moments.m2 = torch.zeros_like(moments.mean)
+        else:
+            moments.m2 = stderr.to(torch.float64).square() * (n * (n - 1))
+        return moments
 
     def merge(self, other: "_Moments") -> None:
         """Fold in the moments of disjoint samples (Chan, Golub & LeVeque 1979)."""
