@@ -30,9 +30,11 @@ states are restored afterwards, so the results depend on the seeds only and the
 caller's random stream is left exactly as it was.
 
 Memory: samples are drawn, evaluated and folded one at a time into running float64
-moments (Welford's update), so a run holds O(N1·N2) numbers per kernel (mean, sum of
-squared deviations, one sample) however many samples it takes, plus one model and
-what ``empirical_ntk`` uses within ``memory_budget``.
+moments (Welford's update), so a run holds about four N1·N2 float64 arrays per kernel
+(mean, sum of squared deviations, the sample, one temporary) however many samples it
+takes, plus one model and what ``empirical_ntk`` uses within ``memory_budget``. Runs
+over disjoint seeds combine exactly with :meth:`MonteCarloKernels.merge`, so a long
+estimate can also be built in pieces or parallel jobs.
 
 Example::
 
@@ -661,7 +663,8 @@ def random_features(
     blocks = []
     for a, d, c_w, c_b in zip(acts, cots, cw, cb):
         # d [N, n_L, m], a [N, n_in]: weight features δ_k ⊗ α, bias features δ_k
-        blocks.append((math.sqrt(c_w) * d.unsqueeze(-1) * a[:, None, None, :]).reshape(n, n_out, -1))
+        weight = math.sqrt(c_w) * d.unsqueeze(-1) * a[:, None, None, :]  # [N, n_L, m, n_in]
+        blocks.append(weight.reshape(n, n_out, -1))
         if c_b:
             blocks.append(math.sqrt(c_b) * d)
     return torch.cat(blocks, 2).reshape(n, -1) / math.sqrt(n_out)
@@ -860,6 +863,12 @@ def convergence_study(
             spec = specs[n]
             target = analytic_kernels(spec, x1, x2, get=wanted)
             norms = {k: float(torch.linalg.norm(getattr(target, k).double())) for k in wanted}
+            for k, norm in norms.items():
+                if not norm > 0:
+                    raise ValueError(
+                        f"{name}: the analytic {k} kernel is zero on these inputs at width {n}, "
+                        "so relative errors are undefined"
+                    )
             errors = {(k, p): [] for k in wanted for p in counts}
             pooled = {k: _Moments() for k in wanted}  # over every sample at this width
 
@@ -881,8 +890,11 @@ def convergence_study(
                 for k in wanted:
                     pooled[k].merge(run.moments[k])
             for k in wanted:
-                sd = (pooled[k].m2 / max(pooled[k].n - 1, 1)).sqrt()
-                sd_norm = float(torch.linalg.norm(sd)) / norms[k]
+                if pooled[k].n > 1:
+                    sd = (pooled[k].m2 / (pooled[k].n - 1)).sqrt()
+                    sd_norm = float(torch.linalg.norm(sd)) / norms[k]
+                else:
+                    sd_norm = math.nan
                 bias = float(torch.linalg.norm(pooled[k].mean - getattr(target, k).double()))
                 bias /= norms[k]
                 for p in counts:
@@ -968,7 +980,9 @@ def _check_batch(name: str, arg: str, x: Tensor, like: Optional[Tensor] = None) 
                 f"got shape {list(x.shape)}"
             )
         if x.dtype != like.dtype:
-            raise ValueError(f"{name}: {arg} must have the dtype of x1 ({like.dtype}); got {x.dtype}")
+            raise ValueError(
+                f"{name}: {arg} must have the dtype of x1 ({like.dtype}); got {x.dtype}"
+            )
         if x.device != like.device:
             raise ValueError(
                 f"{name}: {arg} must be on the device of x1 ({like.device}); got {x.device}"
