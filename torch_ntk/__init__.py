@@ -24,6 +24,8 @@ from . import activations, arch, nn, ops, predict
 from .analytic import Kernels, analytic_kernels
 from .arch import Dense, LayerSpec, lift, mlp_spec
 from .empirical import NTKInfo, empirical_ntk
+from .monte_carlo import (MonteCarloKernels, convergence_study, iter_monte_carlo_kernels,
+                          monte_carlo_kernels, random_features, random_network)
 from .nn import NTKLinear, ntk_mlp
 from .tracking import KernelDriftTracker
 from .wrapper import NTK
@@ -35,17 +37,24 @@ __all__ = [
     "KernelDriftTracker",
     "Kernels",
     "LayerSpec",
+    "MonteCarloKernels",
     "NTK",
     "NTKInfo",
     "NTKLinear",
     "activations",
     "analytic_kernels",
     "arch",
+    "convergence_study",
     "empirical_ntk",
+    "iter_monte_carlo_kernels",
     "lift",
     "mlp_spec",
+    "monte_carlo",
+    "monte_carlo_kernels",
     "nn",
     "ntk_mlp",
     "ops",
     "predict",
+    "random_features",
+    "random_network",
 ]
