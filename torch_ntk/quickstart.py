@@ -17,7 +17,7 @@ import torch
 
 from .analytic import analytic_kernels
 from .arch import mlp_spec
-from .empirical import empirical_ntk
+from .monte_carlo import monte_carlo_kernels
 from .nn import ntk_mlp
 
 
@@ -25,20 +25,6 @@ def circle(n: int, dtype=torch.float64) -> torch.Tensor:
     """n points (cos γ, sin γ) with γ evenly spaced in [0, π]."""
     gamma = torch.linspace(0, math.pi, n, dtype=dtype)
     return torch.stack([gamma.cos(), gamma.sin()], 1)
-
-
-def monte_carlo_kernels(widths, x, networks: int, seed: int = 0):
-    """Means over ``networks`` random ntk_mlp networks of f f′ᵀ/n_L and of the trace NTK/n_L."""
-    nngp = torch.zeros(len(x), len(x), dtype=x.dtype)
-    ntk = torch.zeros_like(nngp)
-    for s in range(networks):
-        torch.manual_seed(seed + s)
-        model = ntk_mlp(widths, "relu", bias_std=0.1, dtype=x.dtype)
-        with torch.no_grad():
-            f = model(x)
-        nngp += f @ f.T / widths[-1]
-        ntk += empirical_ntk(model, x, mode="trace") / widths[-1]
-    return nngp / networks, ntk / networks
 
 
 def rel_fro(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -74,9 +60,12 @@ def main(argv=None) -> dict:
     for width in args.widths:
         t0 = time.perf_counter()
         widths = [2] + [width] * (args.depth - 1) + [args.outputs]
-        nngp, ntk = monte_carlo_kernels(widths, x, args.networks)
-        row = {"width": width, "nngp_error": rel_fro(nngp, limit.nngp),
-               "ntk_error": rel_fro(ntk, limit.ntk), "seconds": time.perf_counter() - t0}
+        mc = monte_carlo_kernels(
+            lambda seed: ntk_mlp(widths, "relu", bias_std=0.1, dtype=x.dtype), x,
+            n_samples=args.networks,
+        )
+        row = {"width": width, "nngp_error": rel_fro(mc.nngp, limit.nngp),
+               "ntk_error": rel_fro(mc.ntk, limit.ntk), "seconds": time.perf_counter() - t0}
         rows.append(row)
         print(f"{width:>8} {row['nngp_error']:>18.4f} {row['ntk_error']:>20.4f} {row['seconds']:>9.2f}")
     print("\nThe NNGP error is Monte-Carlo noise (it shrinks with more networks); the NTK error "
