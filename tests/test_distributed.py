@@ -238,7 +238,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     args = ["-m", "torch_ntk.distributed", "kernel", "--x1", os.path.join(d, "x1.npy"),
             "--x2", os.path.join(d, "x2.npy"), "--kind", "ntk", "--widths", "5,64,64,1",
             "--tile-size", "40", "--out", out, "--stats", os.path.join(d, "stats.json")]
-    killed = torchrun(*args, "--_stop-after-tiles", "2")
+    killed = torchrun(*args, "--checkpoint-s", "0", "--_stop-after-tiles", "2")
     assert killed.returncode != 0
     assert not os.path.exists(out) and os.path.exists(out + ".partial")
     done = set()
@@ -266,19 +266,24 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     assert np.array_equal(np.load(out), np.load(tmp_path / "ref.npy"))
 
 
-def test_killed_single_process_resumes_in_process(tmp_path):
-    """Without torchrun: the CLI dies after 3 tiles; tiled_kernel here finishes the rest."""
+@pytest.mark.parametrize("checkpoint_s,recorded", [(0, 3), (1000, 0)])
+def test_killed_single_process_resumes_in_process(tmp_path, checkpoint_s, recorded):
+    """Without torchrun: the CLI dies after 3 tiles; tiled_kernel here finishes the rest.
+    Tiles count as done only once checkpointed: with a long checkpoint interval none was
+    recorded, so all are computed again (never trusted half-synced)."""
     d = str(tmp_path)
     worker.make_inputs(d)
     out = os.path.join(d, "k.npy")
     killed = cli("kernel", "--x1", os.path.join(d, "x1.npy"), "--kind", "nngp", "--widths",
-                 "5,64,64,1", "--tile-size", "64", "--out", out, "--_stop-after-tiles", "3")
+                 "5,64,64,1", "--tile-size", "64", "--out", out, "--_stop-after-tiles", "3",
+                 "--checkpoint-s", str(checkpoint_s))
     assert killed.returncode != 0 and os.path.exists(out + ".partial")
     x1, _ = worker.inputs(d)
     stats = single_thread(tiled_kernel, tn.mlp_spec([5, 64, 64, 1], "relu"), x1, kind="nngp",
                           out=out, tile_size=64, progress=False)
-    assert stats.tiles_skipped == 3 and stats.tiles_computed == stats.tiles_total - 3
-    assert not set(stats.computed[0]) & {0, 1, 2}
+    assert stats.tiles_skipped == recorded
+    assert stats.tiles_computed == stats.tiles_total - recorded
+    assert not set(stats.computed[0]) & set(range(recorded))
     ref = single_thread(tiled_kernel, tn.mlp_spec([5, 64, 64, 1], "relu"), x1, kind="nngp",
                         out=tmp_path / "ref.npy", tile_size=64, progress=False)
     assert ref.tiles_computed == ref.tiles_total

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--method", default="auto", help="empirical_ntk method")
     k.add_argument("--overwrite", action="store_true",
                    help="replace an existing result/partial run of another computation")
+    k.add_argument("--checkpoint-s", type=float, default=10.0,
+                   help="seconds between checkpoints (flush + manifest); 0: after every tile")
     k.add_argument("--no-progress", action="store_true")
     k.add_argument("--stats", help="write the run's statistics here (JSON, rank 0)")
     k.add_argument("--_stop-after-tiles", dest="stop_after_tiles", type=int,
@@ -115,6 +117,7 @@ def _kernel(args, rank: int, device: torch.device) -> int:
     model = _model(args, dtype, device)
     stats = tiled_kernel(model, x1, x2, kind=args.kind, out=args.out, tile_size=args.tile_size,
                          method=args.method, overwrite=args.overwrite,
+                         checkpoint_s=args.checkpoint_s,
                          progress=False if args.no_progress else None,
                          _stop_after_tiles=args.stop_after_tiles)
     if rank == 0:
