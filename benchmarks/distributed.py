@@ -10,6 +10,11 @@ then tiled_kernel into a memory-mapped .npy under ``torchrun --nproc_per_node=P`
                file creation, tiles, flushes, manifests, final rename (median of repeats)
   efficiency   total_s(P=1) / (P · total_s(P))
   overhead     total_s(P=1) / untiled_s − 1: the cost of the distributed path itself
+  output       npy: the memory-mapped .npy with manifests (includes writing the result
+               to disk); tensor: a caller-provided in-memory tensor (tiling cost only)
+
+The machine's load average is recorded: on a shared machine the 2-process rows compete
+with other work.
 
     python benchmarks/distributed.py [--quick] [--device cpu|cuda]
 Writes benchmarks/results/distributed_<device>.json (atomically) and prints a table.
@@ -62,7 +67,8 @@ def _inputs(n, n0, dtype, device):
     return torch.randn(n, n0, generator=g, dtype=dtype).to(device)
 
 
-def worker(case: str, directory: str, repeats: int, device: str, quick: bool) -> None:
+def worker(case: str, directory: str, repeats: int, device: str, quick: bool,
+           sink: str) -> None:
     """Runs under torchrun: times tiled_kernel ``repeats`` times (rank 0 writes JSON)."""
     import torch.distributed as dist
 
@@ -82,7 +88,8 @@ def worker(case: str, directory: str, repeats: int, device: str, quick: bool) ->
                  tile_size=tile, progress=False, overwrite=True)
     runs = []
     for r in range(repeats):
-        out = os.path.join(directory, f"k{r}.npy")
+        out = (os.path.join(directory, f"k{r}.npy") if sink == "npy"
+               else torch.empty(n, n, dtype=dtype))
         dist.barrier()
         t0 = time.perf_counter()
         stats = tiled_kernel(model, x, kind=kind, out=out, tile_size=tile, progress=False)
@@ -130,13 +137,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(case: str, nproc: int, repeats: int, device: str, quick: bool, threads: int) -> dict:
+def launch(case: str, nproc: int, repeats: int, device: str, quick: bool, threads: int,
+           sink: str) -> dict:
     directory = tempfile.mkdtemp(prefix="ntk_dist_bench_")
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            os.path.abspath(__file__), "--worker", case, directory, "--repeats", str(repeats),
-           "--device", device] + (["--quick"] if quick else [])
+           "--device", device, "--sink", sink] + (["--quick"] if quick else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     launch_s = time.perf_counter() - t0
@@ -161,37 +169,43 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="threads per process")
     p.add_argument("--nprocs", default="1,2")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--sink", default="npy,tensor",
+                   help="npy: memory-mapped file with manifests; tensor: an in-memory tensor")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.worker:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
-        worker(*args.worker, args.repeats, args.device, args.quick)
+        worker(*args.worker, args.repeats, args.device, args.quick, args.sink)
         return
     torch.set_num_threads(args.threads)
     nprocs = [int(p) for p in args.nprocs.split(",")]
     rows, results = [], {}
     for case, (kind, widths, n, tile, dtype) in (QUICK if args.quick else CASES).items():
         base = untiled(case, args.repeats, args.device, args.quick)
-        per = {}
-        for nproc in nprocs:
-            per[nproc] = launch(case, nproc, args.repeats, args.device, args.quick, args.threads)
-        t1 = per[nprocs[0]]["total_s"] * nprocs[0]
-        for nproc, r in per.items():
-            rows.append({
-                "case": case, "N": n, "tile": tile, "procs": nproc, "tiles": r["tiles"],
-                "untiled_s": f"{base:.3f}", "total_s": f"{r['total_s']:.3f}",
-                "tiles_per_s": f"{r['tiles'] / r['compute_s']:.1f}",
-                "efficiency": f"{t1 / (nproc * r['total_s']):.2f}",
-                "overhead": f"{r['total_s'] / base - 1:+.1%}" if nproc == 1 else "",
-            })
         results[case] = {"kind": kind, "widths": widths, "N": n, "tile": tile, "dtype": dtype,
-                         "untiled_s": base,
-                         "procs": {str(k): v for k, v in per.items()}}
-    payload = {"machine": machine_info(args.device), "threads_per_process": args.threads,
+                         "untiled_s": base, "sinks": {}}
+        for sink in args.sink.split(","):
+            per = {}
+            for nproc in nprocs:
+                per[nproc] = launch(case, nproc, args.repeats, args.device, args.quick,
+                                    args.threads, sink)
+            t1 = per[nprocs[0]]["total_s"] * nprocs[0]
+            for nproc, r in per.items():
+                rows.append({
+                    "case": case, "sink": sink, "N": n, "tile": tile, "procs": nproc,
+                    "tiles": r["tiles"], "untiled_s": f"{base:.3f}",
+                    "total_s": f"{r['total_s']:.3f}",
+                    "tiles_per_s": f"{r['tiles'] / r['compute_s']:.1f}",
+                    "efficiency": f"{t1 / (nproc * r['total_s']):.2f}",
+                    "overhead": f"{r['total_s'] / base - 1:+.0%}" if nproc == 1 else "",
+                })
+            results[case]["sinks"][sink] = {str(k): v for k, v in per.items()}
+    payload = {"machine": machine_info(args.device), "loadavg": os.getloadavg(),
+               "threads_per_process": args.threads,
                "repeats": args.repeats, "results": results, "table": rows}
     out = args.out or os.path.join(HERE, "results", f"distributed_{args.device}.json")
     write_json(out, payload)
-    print(markdown_table(rows, [("case", "case"), ("N", "N"), ("tile", "tile"),
+    print(markdown_table(rows, [("case", "case"), ("sink", "output"), ("N", "N"), ("tile", "tile"),
                                 ("procs", "procs"), ("tiles", "tiles"),
                                 ("untiled_s", "untiled call s"), ("total_s", "tiled s"),
                                 ("tiles_per_s", "tiles/s"), ("efficiency", "efficiency"),
