@@ -9,7 +9,9 @@ then tiled_kernel into a memory-mapped .npy under ``torchrun --nproc_per_node=P`
   total_s      tiled_kernel wall time inside the ranks: hashing and agreement check,
                file creation, tiles, flushes, manifests, final rename (median of repeats)
   efficiency   total_s(P=1) / (P · total_s(P))
-  overhead     total_s(P=1) / untiled_s − 1: the cost of the distributed path itself
+  overhead     median over repeats of total_s(P=1) / untiled_s − 1, the untiled call
+               timed in the same P=1 process just before each tiled run: the cost of
+               the distributed path itself
   output       npy: the memory-mapped .npy with manifests (includes writing the result
                to disk); tensor: a caller-provided in-memory tensor (tiling cost only)
 
@@ -84,12 +86,16 @@ def worker(case: str, directory: str, repeats: int, device: str, quick: bool,
     rank = dist.get_rank()
     x = _inputs(n, widths[0], dtype, dev)
     model = _model(kind, widths, dtype, dev)
+    untiled_call(kind, model, x)  # warm-up
     tiled_kernel(model, x[:2 * tile], kind=kind, out=os.path.join(directory, "warm.npy"),
                  tile_size=tile, progress=False, overwrite=True)
     runs = []
     for r in range(repeats):
         out = (os.path.join(directory, f"k{r}.npy") if sink == "npy"
                else torch.empty(n, n, dtype=dtype))
+        base = None
+        if dist.get_world_size() == 1:  # the untiled call, interleaved: same conditions
+            base = untiled_call(kind, model, x)
         dist.barrier()
         t0 = time.perf_counter()
         stats = tiled_kernel(model, x, kind=kind, out=out, tile_size=tile, progress=False)
@@ -97,7 +103,7 @@ def worker(case: str, directory: str, repeats: int, device: str, quick: bool,
             torch.cuda.synchronize()
         dist.barrier()
         total = time.perf_counter() - t0
-        runs.append({"total_s": total, "compute_s": stats.seconds,
+        runs.append({"total_s": total, "compute_s": stats.seconds, "untiled_s": base,
                      "tiles": stats.tiles_computed, "per_rank": [len(c) for c in stats.computed]})
     if rank == 0:
         with open(os.path.join(directory, "result.json"), "w") as f:
@@ -105,30 +111,18 @@ def worker(case: str, directory: str, repeats: int, device: str, quick: bool,
     dist.destroy_process_group()
 
 
-def untiled(case: str, repeats: int, device: str, quick: bool) -> float:
+def untiled_call(kind, model, x) -> float:
+    """Seconds of one untiled call (analytic_kernels / empirical_ntk) on all of x."""
     import torch_ntk as tn
 
-    kind, widths, n, tile, dtype = (QUICK if quick else CASES)[case]
-    dtype = getattr(torch, dtype)
-    x = _inputs(n, widths[0], dtype, device)
-    model = _model(kind, widths, dtype, device)
-
-    def call():
-        if kind == "empirical":
-            k = tn.empirical_ntk(model, x, mode="trace", progress=False)
-        else:
-            k = tn.analytic_kernels(model, x, get=kind).ntk
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return k
-
-    call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    t0 = time.perf_counter()
+    if kind == "empirical":
+        tn.empirical_ntk(model, x, mode="trace", progress=False)
+    else:
+        getattr(tn.analytic_kernels(model, x, get=kind), kind)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def _free_port() -> int:
@@ -158,13 +152,17 @@ def launch(case: str, nproc: int, repeats: int, device: str, quick: bool, thread
     return {"runs": runs, "launch_wall_s": launch_s,
             "total_s": statistics.median(r["total_s"] for r in runs),
             "compute_s": statistics.median(r["compute_s"] for r in runs),
+            "untiled_s": (statistics.median(r["untiled_s"] for r in runs)
+                          if runs[0]["untiled_s"] is not None else None),
+            "overhead": (statistics.median(r["total_s"] / r["untiled_s"] - 1 for r in runs)
+                         if runs[0]["untiled_s"] is not None else None),
             "tiles": runs[0]["tiles"], "per_rank": runs[0]["per_rank"]}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--worker", nargs=2, metavar=("CASE", "DIR"))
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1, help="threads per process")
     p.add_argument("--nprocs", default="1,2")
@@ -181,9 +179,8 @@ def main(argv=None) -> None:
     nprocs = [int(p) for p in args.nprocs.split(",")]
     rows, results = [], {}
     for case, (kind, widths, n, tile, dtype) in (QUICK if args.quick else CASES).items():
-        base = untiled(case, args.repeats, args.device, args.quick)
         results[case] = {"kind": kind, "widths": widths, "N": n, "tile": tile, "dtype": dtype,
-                         "untiled_s": base, "sinks": {}}
+                         "sinks": {}}
         for sink in args.sink.split(","):
             per = {}
             for nproc in nprocs:
@@ -193,11 +190,12 @@ def main(argv=None) -> None:
             for nproc, r in per.items():
                 rows.append({
                     "case": case, "sink": sink, "N": n, "tile": tile, "procs": nproc,
-                    "tiles": r["tiles"], "untiled_s": f"{base:.3f}",
+                    "tiles": r["tiles"],
+                    "untiled_s": f"{r['untiled_s']:.3f}" if r["untiled_s"] else "",
                     "total_s": f"{r['total_s']:.3f}",
                     "tiles_per_s": f"{r['tiles'] / r['compute_s']:.1f}",
                     "efficiency": f"{t1 / (nproc * r['total_s']):.2f}",
-                    "overhead": f"{r['total_s'] / base - 1:+.0%}" if nproc == 1 else "",
+                    "overhead": f"{r['overhead']:+.0%}" if r["overhead"] is not None else "",
                 })
             results[case]["sinks"][sink] = {str(k): v for k, v in per.items()}
     payload = {"machine": machine_info(args.device), "loadavg": os.getloadavg(),

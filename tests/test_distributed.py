@@ -129,6 +129,16 @@ def test_existing_result_of_another_computation_is_refused(tmp_path):
     assert _rel(np.load(tmp_path / "k.npy"), tn.analytic_kernels(spec, x).nngp) < ROUNDING_F64
 
 
+def test_unwritable_output_and_progress(tmp_path, capsys):
+    x = torch.randn(30, 3, dtype=torch.float64)
+    spec = tn.mlp_spec([3, 8, 1])
+    with pytest.raises(ValueError, match="cannot prepare"):
+        tiled_kernel(spec, x, out=tmp_path / "missing" / "k.npy", tile_size=8, progress=False)
+    tiled_kernel(spec, x, out=tmp_path / "k.npy", tile_size=8, progress=True)
+    err = capsys.readouterr().err
+    assert "kernel tiles" in err and "10/10" in err and "tile/s" in err
+
+
 def test_disagreement_message_names_what_differs():
     x = torch.randn(10, 3)
     spec = tn.mlp_spec([3, 8, 1])

@@ -375,7 +375,10 @@ def tiled_kernel(
     # Rank 0 inspects what is on disk and decides; everyone follows its decision.
     decision = None
     if rank == 0:
-        decision = _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite)
+        try:  # an error here must reach every rank, or they would wait forever
+            decision = _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite)
+        except OSError as error:
+            decision = f"tiled_kernel: cannot prepare {out}: {error}"
     decision = _broadcast(decision, active, group)
     if isinstance(decision, str):
         raise ValueError(decision)
@@ -424,7 +427,10 @@ def tiled_kernel(
 
     complete = None
     if rank == 0:
-        complete = _finish(out, partial, manifest, digest, grid, settings)
+        try:
+            complete = _finish(out, partial, manifest, digest, grid, settings)
+        except OSError as error:
+            complete = f"tiled_kernel: cannot finish {out}: {error}"
     complete = _broadcast(complete, active, group)
     if bar is not None:
         bar.update(remaining_total - bar.n)
