@@ -318,7 +318,9 @@ def tiled_kernel(
             or a [N1, N2] tensor of x1's dtype (CPU, any strides). A tensor gets this
             rank's tiles only — share it between ranks (``torch.from_file(...,
             shared=True)``) to see them all — and has no manifest, so no resume.
-        tile_size: T, rows and columns per tile.
+        tile_size: T, rows and columns per tile. For "empirical" every tile reruns the
+            forward/backward pass of its 2T samples, about c·W/(T·(1 + n_L)) of the tile's
+            Gram cost at hidden width W (c ≈ 3): choose T well above W (e.g. 4096).
         group: the process group (default: the default group when initialized).
         method, chunk_size: passed to empirical_ntk for kind="empirical".
         overwrite: discard an existing result or partial run of a different computation
