@@ -1,0 +1,215 @@
+"""Scaling of torch_ntk.distributed.tiled_kernel over 1 and 2 torchrun processes.
+
+For each case: one untiled call (analytic_kernels / empirical_ntk) in a single process,
+then tiled_kernel into a memory-mapped .npy under ``torchrun --nproc_per_node=P``
+(gloo; CUDA: NCCL, one GPU per process) for P = 1, 2. Every process uses
+``--threads`` threads (default 1 on CPU), so P processes use P cores.
+
+  tiles/s      tiles computed per second over all ranks (compute phase)
+  total_s      tiled_kernel wall time inside the ranks: hashing and agreement check,
+               file creation, tiles, flushes, manifests, final rename (median of repeats)
+  efficiency   total_s(P=1) / (P · total_s(P))
+  overhead     median over repeats of total_s(P=1) / untiled_s − 1, the untiled call
+               timed in the same P=1 process just before each tiled run: the cost of
+               the distributed path itself
+  output       npy: the memory-mapped .npy with manifests (includes writing the result
+               to disk); tensor: a caller-provided in-memory tensor (tiling cost only)
+
+The machine's load average is recorded: on a shared machine the 2-process rows compete
+with other work.
+
+    python benchmarks/distributed.py [--quick] [--device cpu|cuda]
+Writes benchmarks/results/distributed_<device>.json (atomically) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from common import machine_info, markdown_table, write_json  # noqa: E402
+
+CASES = {
+    # name: (kind, widths, N, tile, dtype)
+    "analytic_ntk_relu": ("ntk", [16, 512, 512, 512, 1], 4000, 500, "float32"),
+    "empirical_trace": ("empirical", [16, 512, 512, 1], 2000, 400, "float32"),
+}
+QUICK = {
+    "analytic_ntk_relu": ("ntk", [16, 512, 512, 512, 1], 1500, 300, "float32"),
+    "empirical_trace": ("empirical", [16, 256, 256, 1], 800, 200, "float32"),
+}
+
+
+def _model(kind, widths, dtype, device):
+    import torch_ntk as tn
+
+    if kind == "empirical":
+        torch.manual_seed(0)
+        return tn.ntk_mlp(widths, "relu", dtype=dtype, device=device).eval()
+    return tn.mlp_spec(widths, "relu")
+
+
+def _inputs(n, n0, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, n0, generator=g, dtype=dtype).to(device)
+
+
+def worker(case: str, directory: str, repeats: int, device: str, quick: bool,
+           sink: str) -> None:
+    """Runs under torchrun: times tiled_kernel ``repeats`` times (rank 0 writes JSON)."""
+    import torch.distributed as dist
+
+    from torch_ntk.distributed import tiled_kernel
+
+    kind, widths, n, tile, dtype = (QUICK if quick else CASES)[case]
+    dtype = getattr(torch, dtype)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device("cuda", local) if device == "cuda" else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    x = _inputs(n, widths[0], dtype, dev)
+    model = _model(kind, widths, dtype, dev)
+    untiled_call(kind, model, x)  # warm-up
+    tiled_kernel(model, x[:2 * tile], kind=kind, out=os.path.join(directory, "warm.npy"),
+                 tile_size=tile, progress=False, overwrite=True)
+    runs = []
+    for r in range(repeats):
+        out = (os.path.join(directory, f"k{r}.npy") if sink == "npy"
+               else torch.empty(n, n, dtype=dtype))
+        base = None
+        if dist.get_world_size() == 1:  # the untiled call, interleaved: same conditions
+            base = untiled_call(kind, model, x)
+        dist.barrier()
+        t0 = time.perf_counter()
+        stats = tiled_kernel(model, x, kind=kind, out=out, tile_size=tile, progress=False)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dist.barrier()
+        total = time.perf_counter() - t0
+        runs.append({"total_s": total, "compute_s": stats.seconds, "untiled_s": base,
+                     "tiles": stats.tiles_computed, "per_rank": [len(c) for c in stats.computed]})
+    if rank == 0:
+        with open(os.path.join(directory, "result.json"), "w") as f:
+            json.dump(runs, f)
+    dist.destroy_process_group()
+
+
+def untiled_call(kind, model, x) -> float:
+    """Seconds of one untiled call (analytic_kernels / empirical_ntk) on all of x."""
+    import torch_ntk as tn
+
+    t0 = time.perf_counter()
+    if kind == "empirical":
+        tn.empirical_ntk(model, x, mode="trace", progress=False)
+    else:
+        getattr(tn.analytic_kernels(model, x, get=kind), kind)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(case: str, nproc: int, repeats: int, device: str, quick: bool, threads: int,
+           sink: str) -> dict:
+    directory = tempfile.mkdtemp(prefix="ntk_dist_bench_")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           os.path.abspath(__file__), "--worker", case, directory, "--repeats", str(repeats),
+           "--device", device, "--sink", sink] + (["--quick"] if quick else [])
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    launch_s = time.perf_counter() - t0
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(f"torchrun failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        with open(os.path.join(directory, "result.json")) as f:
+            runs = json.load(f)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"runs": runs, "launch_wall_s": launch_s,
+            "total_s": statistics.median(r["total_s"] for r in runs),
+            "compute_s": statistics.median(r["compute_s"] for r in runs),
+            "untiled_s": (statistics.median(r["untiled_s"] for r in runs)
+                          if runs[0]["untiled_s"] is not None else None),
+            "overhead": (statistics.median(r["total_s"] / r["untiled_s"] - 1 for r in runs)
+                         if runs[0]["untiled_s"] is not None else None),
+            "tiles": runs[0]["tiles"], "per_rank": runs[0]["per_rank"]}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", nargs=2, metavar=("CASE", "DIR"))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=1, help="threads per process")
+    p.add_argument("--nprocs", default="1,2")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--sink", default="npy,tensor",
+                   help="npy: memory-mapped file with manifests; tensor: an in-memory tensor")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    if args.worker:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
+        worker(*args.worker, args.repeats, args.device, args.quick, args.sink)
+        return
+    torch.set_num_threads(args.threads)
+    nprocs = [int(p) for p in args.nprocs.split(",")]
+    rows, results = [], {}
+    for case, (kind, widths, n, tile, dtype) in (QUICK if args.quick else CASES).items():
+        results[case] = {"kind": kind, "widths": widths, "N": n, "tile": tile, "dtype": dtype,
+                         "sinks": {}}
+        for sink in args.sink.split(","):
+            per = {}
+            for nproc in nprocs:
+                per[nproc] = launch(case, nproc, args.repeats, args.device, args.quick,
+                                    args.threads, sink)
+            t1 = per[nprocs[0]]["total_s"] * nprocs[0]
+            for nproc, r in per.items():
+                rows.append({
+                    "case": case, "sink": sink, "N": n, "tile": tile, "procs": nproc,
+                    "tiles": r["tiles"],
+                    "untiled_s": f"{r['untiled_s']:.3f}" if r["untiled_s"] else "",
+                    "total_s": f"{r['total_s']:.3f}",
+                    "tiles_per_s": f"{r['tiles'] / r['compute_s']:.1f}",
+                    "efficiency": f"{t1 / (nproc * r['total_s']):.2f}",
+                    "overhead": f"{r['overhead']:+.0%}" if r["overhead"] is not None else "",
+                })
+            results[case]["sinks"][sink] = {str(k): v for k, v in per.items()}
+    payload = {"machine": machine_info(args.device), "loadavg": os.getloadavg(),
+               "threads_per_process": args.threads,
+               "repeats": args.repeats, "results": results, "table": rows}
+    out = args.out or os.path.join(HERE, "results", f"distributed_{args.device}.json")
+    write_json(out, payload)
+    print(markdown_table(rows, [("case", "case"), ("sink", "output"), ("N", "N"), ("tile", "tile"),
+                                ("procs", "procs"), ("tiles", "tiles"),
+                                ("untiled_s", "untiled call s"), ("total_s", "tiled s"),
+                                ("tiles_per_s", "tiles/s"), ("efficiency", "efficiency"),
+                                ("overhead", "overhead vs untiled")]))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

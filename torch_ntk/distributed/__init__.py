@@ -1,0 +1,20 @@
+"""Kernels beyond one device: tiled computation over ``torch.distributed``, out-of-core
+results that resume after a crash, and a conjugate-gradient solver that streams over them.
+
+    >>> import torch, torch_ntk as tn
+    >>> from torch_ntk.distributed import tiled_kernel, conjugate_gradient
+    >>> x = torch.randn(5000, 10, dtype=torch.float64)
+    >>> stats = tiled_kernel(tn.mlp_spec([10, 512, 512, 1]), x, kind="ntk",
+    ...                      out="K.npy", tile_size=1024)          # doctest: +SKIP
+    >>> fit = conjugate_gradient("K.npy", y, ridge=1e-3, tol=1e-8)  # doctest: +SKIP
+
+Launch on several processes or hosts with ``torchrun`` (every rank runs the same code):
+``torchrun --nproc_per_node=2 -m torch_ntk.distributed kernel ...``; see ``main``.
+"""
+
+from .command import main
+from .kernel import KINDS, TileGrid, TiledKernelStats, fingerprint, tiled_kernel
+from .solver import CGResult, conjugate_gradient, kernel_operator
+
+__all__ = ["CGResult", "KINDS", "TileGrid", "TiledKernelStats", "conjugate_gradient",
+           "fingerprint", "kernel_operator", "main", "tiled_kernel"]

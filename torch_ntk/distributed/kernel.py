@@ -1,0 +1,540 @@
+"""Tiled kernels over a ``torch.distributed`` process group, written out of core.
+
+K(X1, X2) [N1, N2] is cut into a grid of T×T tiles (the last row/column of tiles is
+smaller when T does not divide N). Tiles are ordered row-major — for X2 = X1 only the
+upper triangle i ≤ j, each off-diagonal tile written twice (K and Kᵀ) — and the tiles
+still to do are dealt round-robin over the ranks: rank r takes the r-th, (r+W)-th, …
+Each tile is computed by the single-device fused op on the slices it covers::
+
+    K[a:b, c:d] = analytic_kernels(spec, X1[a:b], X2[c:d]).ntk     (off-diagonal)
+    K[a:b, a:b] = analytic_kernels(spec, X1[a:b]).ntk              (diagonal, x2=None)
+
+so diagonal tiles, and with them the whole matrix, are exactly symmetric.
+
+Out of core: ranks write their tiles straight into a memory-mapped ``.npy``
+(``<out>.partial`` until every tile is done, then renamed to ``<out>``) on a filesystem
+they share; no rank holds more than one tile. After each tile the map is flushed and
+the rank's manifest ``<out>.manifest.rank<r>.json`` (finished tile ids) is replaced
+atomically — after every tile, or every ``checkpoint_s`` seconds to spare the syncs — so a
+killed run resumes from the tiles recorded there and never recomputes a recorded tile or
+trusts a half-written one. Rank 0 merges the rank manifests into ``<out>.manifest.json`` at
+start and at the end (``"complete": true``). A resumed run may use another world size.
+
+Multi-host: tiles of one row band share file pages at their column edges. Local disks
+and parallel filesystems (Lustre, GPFS, BeeGFS) keep concurrent writes to distinct bytes
+of one file; NFS does not guarantee it — there, write to node-local storage per host or
+use tile sizes that are a multiple of the page size in bytes per row.
+
+Every rank hashes its inputs, spec/model and settings at start; the hashes are
+all-gathered and a disagreement is a ValueError naming what differs.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..analytic import analytic_kernels, as_spec
+from ..arch import LayerSpec
+from ..empirical import empirical_ntk
+
+__all__ = ["KINDS", "TileGrid", "TiledKernelStats", "tiled_kernel", "fingerprint"]
+
+KINDS = ("nngp", "ntk", "empirical")
+MANIFEST_FORMAT = "torch_ntk.distributed.kernel/1"
+
+
+# --------------------------------------------------------------------------- tile grid
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The deterministic tile grid of an [n1, n2] kernel with tile size ``tile``.
+
+    ``tiles`` lists (i, j) block indices row-major (i ≤ j only when ``symmetric``); a
+    tile's id is its position in that list.
+    """
+
+    n1: int
+    n2: int
+    tile: int
+    symmetric: bool
+
+    def __post_init__(self) -> None:
+        if self.symmetric and self.n1 != self.n2:
+            raise ValueError(f"TileGrid: a symmetric grid needs n1 == n2; got {self.n1}, {self.n2}")
+        if self.tile < 1:
+            raise ValueError(f"TileGrid: tile must be a positive integer; got {self.tile}")
+
+    @property
+    def row_blocks(self) -> int:
+        return math.ceil(self.n1 / self.tile)
+
+    @property
+    def col_blocks(self) -> int:
+        return math.ceil(self.n2 / self.tile)
+
+    @property
+    def tiles(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(self.row_blocks)
+                for j in range(i if self.symmetric else 0, self.col_blocks)]
+
+    def __len__(self) -> int:
+        r, c = self.row_blocks, self.col_blocks
+        return r * (r + 1) // 2 if self.symmetric else r * c
+
+    def bounds(self, tile_id: int) -> tuple[int, int, int, int]:
+        """Rows a:b and columns c:d of tile ``tile_id``."""
+        i, j = self.tiles[tile_id]
+        t = self.tile
+        return i * t, min((i + 1) * t, self.n1), j * t, min((j + 1) * t, self.n2)
+
+    @staticmethod
+    def assign(remaining: Sequence[int], rank: int, world_size: int) -> list[int]:
+        """Round-robin share of the (sorted) remaining tile ids for ``rank``."""
+        return sorted(remaining)[rank::world_size]
+
+
+# --------------------------------------------------------------------- process group
+
+
+def _group_info(group) -> tuple[bool, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_rank(group), dist.get_world_size(group)
+    if group is not None:
+        raise ValueError("tiled_kernel: a group was given but torch.distributed is not initialized")
+    return False, 0, 1
+
+
+def _broadcast(obj, active: bool, group):
+    if not active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group else 0,
+                               group=group)
+    return box[0]
+
+
+def _all_gather(obj, active: bool, world: int, group) -> list:
+    if not active:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _barrier(active: bool, group) -> None:
+    if active:
+        dist.barrier(group=group)
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _hash_tensor(h, x: Optional[Tensor]) -> None:
+    if x is None:
+        h.update(b"none")
+        return
+    x = x.detach().cpu().contiguous()
+    h.update(f"{x.dtype}{tuple(x.shape)}".encode())
+    h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+
+
+def fingerprint(kind: str, model_or_spec, x1: Tensor, x2: Optional[Tensor],
+                settings: dict) -> dict[str, str]:
+    """sha256 digests of what decides the kernel: ``x1``, ``x2``, ``model`` (the spec for
+    analytic kernels; architecture and parameter values for the empirical NTK) and
+    ``settings``; ``all`` combines them."""
+    parts = {}
+    for name, x in (("x1", x1), ("x2", x2)):
+        h = hashlib.sha256()
+        _hash_tensor(h, x)
+        parts[name] = h.hexdigest()
+    h = hashlib.sha256()
+    if kind == "empirical":
+        h.update(repr(model_or_spec).encode())
+        for key, value in model_or_spec.state_dict().items():
+            h.update(key.encode())
+            _hash_tensor(h, value)
+        for p in model_or_spec.parameters():
+            h.update(b"1" if p.requires_grad else b"0")
+    else:
+        h.update(repr(model_or_spec).encode())
+    parts["model"] = h.hexdigest()
+    parts["settings"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    parts["all"] = hashlib.sha256("".join(parts[k] for k in sorted(parts)).encode()).hexdigest()
+    return parts
+
+
+def _check_agreement(prints: list[dict]) -> None:
+    if all(p["all"] == prints[0]["all"] for p in prints):
+        return
+    what = {"x1": "the inputs x1", "x2": "the inputs x2", "model": "the model/spec",
+            "settings": "the settings (kind, tile size, dtype, shapes, method)"}
+    lines = []
+    for key, label in what.items():
+        values = [p[key] for p in prints]
+        if len(set(values)) > 1:
+            per_rank = ", ".join(f"rank {r}: {v[:12]}" for r, v in enumerate(values))
+            lines.append(f"{label} differ ({per_rank})")
+    raise ValueError(
+        "tiled_kernel: the ranks disagree about their inputs — " + "; ".join(lines)
+        + ". Every rank must pass the same x1, x2, model/spec and settings (load the same "
+        "files, seed the model identically)."
+    )
+
+
+# ------------------------------------------------------------------------- manifest
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _rank_manifests(out: str) -> list[str]:
+    return sorted(glob.glob(glob.escape(out) + ".manifest.rank*.json"))
+
+
+def _collect_done(out: str, digest: str) -> set[int]:
+    """Tile ids recorded as finished for computation ``digest`` (merged + rank files)."""
+    done: set[int] = set()
+    for path in [out + ".manifest.json", *_rank_manifests(out)]:
+        m = _read_json(path)
+        if m and m.get("fingerprint") == digest:
+            done.update(int(t) for t in m.get("done", ()))
+    return done
+
+
+# ---------------------------------------------------------------------------- stats
+
+
+@dataclass
+class TiledKernelStats:
+    """What a :func:`tiled_kernel` run did.
+
+    tiles_total: tiles in the grid; tiles_skipped: already finished when the run started
+    (resumed); computed: ids of the tiles computed in this run, by rank (all ranks);
+    seconds: wall time of the compute phase (after setup); tiles_per_s: computed tiles
+    per second over all ranks; complete: every tile is done (the file is final).
+    """
+
+    path: Optional[str]
+    shape: tuple[int, int]
+    tile_size: int
+    world_size: int
+    tiles_total: int
+    tiles_skipped: int
+    computed: list[list[int]] = field(default_factory=list)
+    seconds: float = 0.0
+    complete: bool = False
+    fingerprint: str = ""
+
+    @property
+    def tiles_computed(self) -> int:
+        return sum(len(c) for c in self.computed)
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles_computed / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "shape": list(self.shape), "tile_size": self.tile_size,
+                "world_size": self.world_size, "tiles_total": self.tiles_total,
+                "tiles_skipped": self.tiles_skipped, "tiles_computed": self.tiles_computed,
+                "computed": self.computed, "seconds": self.seconds,
+                "tiles_per_s": self.tiles_per_s, "complete": self.complete,
+                "fingerprint": self.fingerprint}
+
+
+# ------------------------------------------------------------------------ main entry
+
+
+def _tile_fn(kind: str, model_or_spec, get_method: str, chunk_size: Optional[int]):
+    if kind == "empirical":
+        def compute(a: Tensor, b: Optional[Tensor]) -> Tensor:
+            return empirical_ntk(model_or_spec, a, b, mode="trace", method=get_method,
+                                 chunk_size=chunk_size, progress=False)
+    else:
+        def compute(a: Tensor, b: Optional[Tensor]) -> Tensor:
+            return getattr(analytic_kernels(model_or_spec, a, b, get=kind), kind)
+    return compute
+
+
+def tiled_kernel(
+    model_or_spec: Union[nn.Module, LayerSpec],
+    x1: Tensor,
+    x2: Optional[Tensor] = None,
+    *,
+    kind: str = "ntk",
+    out: Union[str, os.PathLike, Tensor],
+    tile_size: int = 1024,
+    group=None,
+    method: str = "auto",
+    chunk_size: Optional[int] = None,
+    overwrite: bool = False,
+    checkpoint_s: float = 10.0,
+    progress: Optional[bool] = None,
+    _stop_after_tiles: Optional[int] = None,
+) -> TiledKernelStats:
+    """Compute K(x1, x2) tile by tile over the ranks of a process group.
+
+    Call it on every rank with the same arguments (checked by hash). Without an
+    initialized ``torch.distributed`` process group it runs in this process alone.
+
+    Args:
+        model_or_spec: an ``nn.Sequential`` that lifts or a LayerSpec for "nngp"/"ntk";
+            any ``nn.Module`` accepted by :func:`torch_ntk.empirical_ntk` for "empirical".
+        x1: [N1, n_0] float32/float64 on the device this rank computes on.
+        x2: [N2, n_0] like x1, or None for x2 = x1: then only tiles i ≤ j are computed,
+            off-diagonal ones mirrored, and K is exactly symmetric.
+        kind: "nngp" or "ntk" (infinite width, :func:`torch_ntk.analytic_kernels`) or
+            "empirical" (finite-width trace NTK Σ_k Θ_kk, :func:`torch_ntk.empirical_ntk`).
+        out: a path for a ``.npy`` [N1, N2] of x1's dtype (data go to ``<out>.partial``,
+            renamed to ``out`` when every tile is done; manifests ``<out>.manifest*.json``),
+            or a [N1, N2] tensor of x1's dtype (CPU, any strides). A tensor gets this
+            rank's tiles only — share it between ranks (``torch.from_file(...,
+            shared=True)``) to see them all — and has no manifest, so no resume.
+        tile_size: T, rows and columns per tile. For "empirical" every tile reruns the
+            forward/backward pass of its 2T samples, about c·W/(T·(1 + n_L)) of the tile's
+            Gram cost at hidden width W (c ≈ 3): choose T well above W (e.g. 4096).
+        group: the process group (default: the default group when initialized).
+        method, chunk_size: passed to empirical_ntk for kind="empirical".
+        overwrite: discard an existing result or partial run of a different computation
+            instead of raising.
+        checkpoint_s: seconds between checkpoints: a checkpoint flushes the memory map to
+            disk (msync) and then records the tiles computed since in the rank's manifest
+            (written with fsync, replaced atomically). A crash loses at most this much work;
+            0 checkpoints after every tile (each costs a sync, ~10-20 ms on a local disk).
+        progress: tqdm bar on rank 0 (tiles done over all ranks, rate, ETA); None shows
+            it once the run takes over two seconds.
+
+    Returns:
+        :class:`TiledKernelStats` (the same on every rank). Read the kernel with
+        ``np.load(out, mmap_mode="r")``.
+
+    Raises:
+        ValueError: ranks disagree about inputs/model/settings; an existing ``out`` or
+            partial run belongs to another computation (without ``overwrite``); bad
+            ``kind``/``tile_size``/``out``. Errors of the tile ops pass through.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"tiled_kernel: kind must be one of {KINDS}; got {kind!r}")
+    if not isinstance(tile_size, int) or tile_size < 1:
+        raise ValueError(f"tiled_kernel: tile_size must be a positive integer; got {tile_size!r}")
+    if not isinstance(x1, Tensor) or (x2 is not None and not isinstance(x2, Tensor)):
+        raise TypeError("tiled_kernel: x1 and x2 must be tensors")
+    if x2 is x1:
+        x2 = None
+    if kind != "empirical":
+        model_or_spec = as_spec(model_or_spec)
+    elif not isinstance(model_or_spec, nn.Module):
+        raise TypeError("tiled_kernel: kind='empirical' needs an nn.Module model")
+    active, rank, world = _group_info(group)
+    symmetric = x2 is None
+    n1, n2 = x1.shape[0], (x1 if symmetric else x2).shape[0]
+    grid = TileGrid(n1, n2, tile_size, symmetric)
+    dtype = np.dtype(str(x1.dtype).replace("torch.", ""))
+
+    settings = {"kind": kind, "tile_size": tile_size, "shape": [n1, n2], "dtype": dtype.str,
+                "symmetric": symmetric,
+                "method": method if kind == "empirical" else None}
+    prints = fingerprint(kind, model_or_spec, x1, x2, settings)
+    _check_agreement(_all_gather(prints, active, world, group))
+    digest = prints["all"]
+    compute = _tile_fn(kind, model_or_spec, method, chunk_size)
+
+    if isinstance(out, Tensor):
+        return _run_into_tensor(out, grid, x1, x2, compute, rank, world, active, group,
+                                digest, progress, _stop_after_tiles)
+
+    out = os.fspath(out)
+    partial, manifest = out + ".partial", out + ".manifest.json"
+
+    # Rank 0 inspects what is on disk and decides; everyone follows its decision.
+    decision = None
+    if rank == 0:
+        try:  # an error here must reach every rank, or they would wait forever
+            decision = _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite)
+        except OSError as error:
+            decision = f"tiled_kernel: cannot prepare {out}: {error}"
+    decision = _broadcast(decision, active, group)
+    if isinstance(decision, str):
+        raise ValueError(decision)
+    done = set(decision["done"])
+    if decision["complete"]:
+        return TiledKernelStats(out, (n1, n2), tile_size, world, len(grid), len(grid),
+                                [[] for _ in range(world)], 0.0, True, digest)
+
+    _barrier(active, group)  # rank 0 has created the file and merged the old manifests
+    data = np.lib.format.open_memmap(partial, mode="r+")
+    mine = TileGrid.assign([t for t in range(len(grid)) if t not in done], rank, world)
+    rank_manifest = f"{out}.manifest.rank{rank}.json"
+    remaining_total = len(grid) - len(done)
+    bar = _progress_bar(progress, rank, remaining_total, len(done), len(grid))
+    computed: list[int] = []
+    start = time.perf_counter()
+    last_poll = last_checkpoint = start
+    x2_full = x1 if symmetric else x2
+    for tile_id in mine:
+        a, b, c, d = grid.bounds(tile_id)
+        diagonal = symmetric and a == c
+        k = compute(x1[a:b], None if diagonal else x2_full[c:d])
+        k = k.detach().cpu().numpy()
+        data[a:b, c:d] = k
+        if symmetric and not diagonal:
+            data[c:d, a:b] = k.T
+        computed.append(tile_id)
+        now = time.perf_counter()
+        if now - last_checkpoint >= checkpoint_s or tile_id == mine[-1]:
+            data.flush()  # the tiles are on disk before they are recorded as done
+            _write_json_atomic(rank_manifest, {"format": MANIFEST_FORMAT, "fingerprint": digest,
+                                               "rank": rank, "done": computed})
+            last_checkpoint = now
+        if _stop_after_tiles is not None and len(computed) >= _stop_after_tiles:
+            os._exit(75)  # simulate a crash (tests): no cleanup, like SIGKILL
+        if bar is not None:
+            now = time.perf_counter()
+            if world == 1 or now - last_poll > 1.0 or tile_id == mine[-1]:
+                last_poll = now
+                others = len(_collect_done(out, digest) - done - set(mine)) if world > 1 else 0
+                bar.update(max(0, others + len(computed) - bar.n))
+    seconds = time.perf_counter() - start
+    del data
+    all_computed = _all_gather(computed, active, world, group)
+    seconds = max(_all_gather(seconds, active, world, group))
+
+    complete = None
+    if rank == 0:
+        try:
+            complete = _finish(out, partial, manifest, digest, grid, settings)
+        except OSError as error:
+            complete = f"tiled_kernel: cannot finish {out}: {error}"
+    complete = _broadcast(complete, active, group)
+    if bar is not None:
+        bar.update(remaining_total - bar.n)
+        bar.close()
+    if isinstance(complete, str):
+        raise RuntimeError(complete)
+    return TiledKernelStats(out, (n1, n2), tile_size, world, len(grid), len(done), all_computed,
+                            seconds, True, digest)
+
+
+def _progress_bar(progress, rank, total, initial, grand_total):
+    if rank != 0 or progress is False:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"kernel tiles ({initial}/{grand_total} done before)",
+                unit="tile", delay=0 if progress else 2.0, dynamic_ncols=True)
+
+
+def _manifest_payload(digest, grid, settings, done, complete, data_file) -> dict:
+    return {"format": MANIFEST_FORMAT, "fingerprint": digest, "settings": settings,
+            "tiles_total": len(grid), "done": sorted(done), "complete": complete,
+            "data": os.path.basename(data_file)}
+
+
+def _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite):
+    """Rank 0: decide between 'already complete', 'resume' and 'start' (returns a dict),
+    or an error message (str)."""
+    old = _read_json(manifest)
+    if os.path.exists(out):
+        if old and old.get("fingerprint") == digest and old.get("complete"):
+            return {"complete": True, "done": list(range(len(grid)))}
+        if not overwrite:
+            return (f"tiled_kernel: {out} exists and is not the result of this computation "
+                    "(or has no manifest); pass overwrite=True (--overwrite) to replace it")
+        os.remove(out)
+    done: set[int] = set()
+    if os.path.exists(partial):
+        recorded = old.get("fingerprint") if old else None
+        stale = [p for p in _rank_manifests(out) if (_read_json(p) or {}).get("fingerprint")
+                 not in (None, digest)]
+        if (recorded not in (None, digest) or stale) and not overwrite:
+            return (f"tiled_kernel: {partial} is a partial run of a different computation "
+                    "(inputs, model or settings changed); pass overwrite=True (--overwrite) "
+                    "to discard it")
+        try:
+            header = np.load(partial, mmap_mode="r")
+            usable = header.shape == (grid.n1, grid.n2) and header.dtype == dtype
+            del header
+        except (OSError, ValueError):
+            usable = False
+        if usable and not (recorded not in (None, digest) or stale):
+            done = _collect_done(out, digest)
+    if not done:
+        for path in _rank_manifests(out):
+            os.remove(path)
+        np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(grid.n1, grid.n2))
+    _write_json_atomic(manifest, _manifest_payload(digest, grid, settings, done, False, partial))
+    for path in _rank_manifests(out):  # merged above; a crash before this line re-merges
+        os.remove(path)
+    return {"complete": False, "done": sorted(done)}
+
+
+def _finish(out, partial, manifest, digest, grid, settings):
+    done = _collect_done(out, digest)
+    if len(done) != len(grid):
+        missing = sorted(set(range(len(grid))) - done)[:10]
+        return (f"tiled_kernel: {len(grid) - len(done)} tiles are not recorded as done after "
+                f"all ranks finished (e.g. {missing}); rerun to complete them")
+    os.replace(partial, out)
+    _write_json_atomic(manifest, _manifest_payload(digest, grid, settings, done, True, out))
+    for path in _rank_manifests(out):
+        os.remove(path)
+    return True
+
+
+def _run_into_tensor(out, grid, x1, x2, compute, rank, world, active, group, digest, progress,
+                     stop_after):
+    if out.shape != (grid.n1, grid.n2) or out.dtype != x1.dtype or out.device.type != "cpu":
+        raise ValueError(
+            f"tiled_kernel: out must be a CPU tensor of shape [{grid.n1}, {grid.n2}] and dtype "
+            f"{x1.dtype}; got {tuple(out.shape)} {out.dtype} on {out.device}"
+        )
+    mine = TileGrid.assign(range(len(grid)), rank, world)
+    bar = _progress_bar(progress, rank, len(mine), 0, len(grid))
+    x2_full = x1 if grid.symmetric else x2
+    start = time.perf_counter()
+    computed = []
+    for tile_id in mine:
+        a, b, c, d = grid.bounds(tile_id)
+        diagonal = grid.symmetric and a == c
+        k = compute(x1[a:b], None if diagonal else x2_full[c:d]).detach().cpu()
+        out[a:b, c:d] = k
+        if grid.symmetric and not diagonal:
+            out[c:d, a:b] = k.T
+        computed.append(tile_id)
+        if bar is not None:
+            bar.update(1)
+        if stop_after is not None and len(computed) >= stop_after:
+            os._exit(75)
+    if bar is not None:
+        bar.close()
+    seconds = max(_all_gather(time.perf_counter() - start, active, world, group))
+    return TiledKernelStats(None, (grid.n1, grid.n2), grid.tile, world, len(grid), 0,
+                            _all_gather(computed, active, world, group), seconds, True, digest)
