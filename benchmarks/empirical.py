@@ -2,7 +2,8 @@
 
     python benchmarks/empirical.py                 # the cases (several minutes on 2 cores)
     python benchmarks/empirical.py --quick         # a small smoke run (seconds)
-    python benchmarks/empirical.py --cases w2048   # only cases whose name contains "w2048"
+    python benchmarks/empirical.py --cases w2048   # cases whose name contains "w2048"; their
+                                                   # results replace those in the JSON
 
 Methods (all on the model ``ntk_mlp([w, w, w, w, n_L], "relu")``, float32, inputs
 x ~ N(0, 1) of size [N, w], seed 0, x2 = None unless stated):
@@ -19,7 +20,9 @@ x ~ N(0, 1) of size [N, w], seed 0, x2 = None unless stated):
 
 torch.func methods run in a subprocess whose data segment is capped (RLIMIT_DATA,
 ``--func-cap-gb``), so running out of memory is reported, not suffered; they also get a
-wall-clock limit (``--func-timeout``). The largest case runs in a subprocess that reads
+wall-clock limit (``--func-timeout``). Their "× structured" compares with the
+structured method timed in that same subprocess, just before and after (same machine
+conditions; this machine may be shared). The largest case runs in a subprocess that reads
 its resident-memory high-water mark (VmHWM, reset before the call). Times are the median
 of ``--repeats`` runs after one warm-up run; the in-process contenders (matmul,
 structured, composite) run interleaved round by round, so a busy machine slows them
@@ -187,11 +190,24 @@ def worker(spec: dict) -> dict:
     else:
         kwargs["chunk_size"] = case["n"]
         kwargs["memory_budget"] = 2**62
+
+    def structured():  # timed here too: the ratio then compares runs in the same conditions
+        ts = []
+        for _ in range(spec["repeats"] + 1):
+            t = time.perf_counter()
+            empirical_ntk(model, x, x2, mode=case["mode"], method="structured", progress=False)
+            sync(device)
+            ts.append(time.perf_counter() - t)
+        return ts[1:]
+
     try:
+        before = structured()
         empirical_ntk(model, x[:4], None if x2 is None else x2[:4], **kwargs)  # warm-up
         seconds, reps, _ = timed(lambda: empirical_ntk(model, x, x2, **kwargs), device,
                                  spec["repeats"])
-        return dict(status="ok", seconds=seconds, repeats=reps)
+        s_seconds = statistics.median(before + structured())
+        return dict(status="ok", seconds=seconds, repeats=reps, structured_seconds=s_seconds,
+                    vs_structured=seconds / s_seconds)
     except (RuntimeError, MemoryError) as error:
         text = str(error)
         oom = "can't allocate memory" in text or "out of memory" in text
@@ -282,7 +298,7 @@ def run_case(case: dict, args) -> dict:
     # Time relative to the structured row of the same variant (x2=None for torch.func).
     structured = {r["variant"]: r["seconds"] for r in rows if r["method"] == "structured"}
     for r in rows:
-        if r["method"] != "matmul" and r["status"] == "ok":
+        if r["method"] != "matmul" and r["status"] == "ok" and "vs_structured" not in r:
             base = structured.get(r["variant"], structured.get("x2=None"))
             r["vs_structured"] = r["seconds"] / base
     return result
@@ -340,6 +356,17 @@ def main(argv=None) -> None:
         threads=torch.get_num_threads(), device=args.device, quick=args.quick,
         date=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join(sys.argv),
     )
+    if args.cases and os.path.exists(args.json):  # replace those cases, keep the others
+        with open(args.json) as f:
+            old = json.load(f)
+        fresh = {r["case"]["name"] for r in results}
+        kept = [r for r in old.get("results", []) if r["case"]["name"] not in fresh]
+        order = [c["name"] for c in FULL_CASES + QUICK_CASES]
+        results = sorted(kept + results, key=lambda r: order.index(r["case"]["name"])
+                         if r["case"]["name"] in order else len(order))
+        meta["runs"] = old.get("meta", {}).get("runs", [old.get("meta", {}).get("command")])
+    meta.setdefault("runs", [])
+    meta["runs"] = [m for m in meta["runs"] if m] + [f"{meta['date']}: {meta['command']}"]
     with open(args.json, "w") as f:
         json.dump(dict(meta=meta, results=results), f, indent=1)
     print(markdown(results))
