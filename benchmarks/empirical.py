@@ -2,7 +2,7 @@
 
     python benchmarks/empirical.py                 # the issue's cases (several minutes on 2 cores)
     python benchmarks/empirical.py --quick         # a small smoke run (seconds)
-    python benchmarks/empirical.py --cases w2048   # cases whose name contains "w2048"; their
+    python benchmarks/empirical.py --cases w2048   # named cases (exact or substring); their
                                                    # results replace those in the JSON
 
 Methods (all on the model ``ntk_mlp([w, w, w, w, n_L], "relu")``, float32, inputs
@@ -329,10 +329,23 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def select_cases(cases: list[dict], spec: str) -> list[dict]:
+    """Cases named in the comma-separated ``spec`` (exact names, else substrings)."""
+    if not spec:
+        return cases
+    names = [c["name"] for c in cases]
+    wanted = set()
+    for token in spec.split(","):
+        exact = [n for n in names if n == token]
+        wanted.update(exact or [n for n in names if token in n])
+    return [c for c in cases if c["name"] in wanted]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke-test sizes")
-    parser.add_argument("--cases", default="", help="run only cases whose name contains this")
+    parser.add_argument("--cases", default="",
+                        help="comma-separated case names (or substrings) to run")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--func-cap-gb", type=float, default=10.0,
@@ -345,7 +358,7 @@ def main(argv=None) -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return
-    cases = [c for c in (QUICK_CASES if args.quick else FULL_CASES) if args.cases in c["name"]]
+    cases = select_cases(QUICK_CASES if args.quick else FULL_CASES, args.cases)
     results = []
     for case in cases:
         print(f"running {case['name']} ...", file=sys.stderr, flush=True)
