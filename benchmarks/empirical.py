@@ -26,7 +26,9 @@ conditions; this machine may be shared). The largest case runs in a subprocess t
 its resident-memory high-water mark (VmHWM, reset before the call). Times are the median
 of ``--repeats`` runs after one warm-up run; the in-process contenders (matmul,
 structured, composite) run interleaved round by round, so a busy machine slows them
-alike. torch.func calls over 10 s are timed once.
+alike. torch.func calls over 10 s are timed once. Before each case and each torch.func
+measurement the script waits (``--quiet-load``, ``--quiet-wait``) for the machine's load
+average to drop, and records it.
 
 FLOP counts (nominal): forward Σ_l 2 N n_l m_l per input set, cotangents
 Σ_{l≥1} 2 N n_L m_l n_l, Gram products Σ_l 2 N1 N2 (n_l + c m_l) with c = n_L (trace,
@@ -233,9 +235,26 @@ def run_worker(spec: dict, timeout: float) -> dict:
 # cases
 
 
+def load_average() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
+def wait_for_quiet(args) -> float:
+    """Waits (up to --quiet-wait s) for the 1-minute load average to drop below
+    --quiet-load (others share this machine); returns the load when it went on."""
+    deadline = time.time() + args.quiet_wait
+    while load_average() >= args.quiet_load and time.time() < deadline:
+        time.sleep(5)
+    return load_average()
+
+
 def run_case(case: dict, args) -> dict:
     device = args.device
-    result = dict(case=case, rows=[])
+    result = dict(case=case, rows=[], load_at_start=wait_for_quiet(args))
     rows = result["rows"]
     cap = int(args.func_cap_gb * 2**30)
 
@@ -290,7 +309,9 @@ def run_case(case: dict, args) -> dict:
         for variant in case.get("func", ()):
             spec = dict(kind="func", case=case, device=device, method=method,
                         bounded=variant == "bounded", cap_bytes=cap, repeats=args.repeats)
+            load = wait_for_quiet(args)
             r = run_worker(spec, timeout=args.func_timeout)
+            r["load_at_start"] = load
             label = f"{variant}, cap {args.func_cap_gb:g} GB"
             if r["status"] == "ok":
                 r["gflops"] = flops(case, False)["total"] / r["seconds"] / 1e9
@@ -308,13 +329,14 @@ def markdown(results: list[dict]) -> str:
     lines = []
     for res in results:
         case = res["case"]
-        lines.append(f"\n### {case['name']} (mode {case['mode']}; target: {case['target']})\n")
-        lines.append(
-            "| method | variant | status | seconds | × structured | GFLOP/s | % matmul | note |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append(f"\n### {case['name']} (mode {case['mode']}; target: {case['target']}; "
+                     f"load average at start {res.get('load_at_start', float('nan')):.2f})\n")
+        lines.append("| method | variant | status | seconds (median) | best | × structured | "
+                     "GFLOP/s | % matmul | note |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for r in res["rows"]:
             sec = f"{r['seconds']:.4g}" if "seconds" in r else ""
+            best = f"{r['best']:.4g}" if "best" in r else ""
             ratio = f"{r['vs_structured']:.3g}" if "vs_structured" in r else ""
             gf = f"{r['gflops']:.1f}" if "gflops" in r else ""
             frac = f"{100 * r['matmul_fraction']:.0f}%" if "matmul_fraction" in r else ""
@@ -324,8 +346,8 @@ def markdown(results: list[dict]) -> str:
                         f"{r['rss_before'] / 2**30:.2f} GiB)")
             if "max_rel_diff" in r:
                 note = f"max rel diff vs structured {r['max_rel_diff']:.1e}"
-            lines.append(f"| {r['method']} | {r['variant']} | {r['status']} | {sec} | {ratio} | "
-                         f"{gf} | {frac} | {note} |")
+            lines.append(f"| {r['method']} | {r['variant']} | {r['status']} | {sec} | {best} | "
+                         f"{ratio} | {gf} | {frac} | {note} |")
     return "\n".join(lines)
 
 
@@ -352,6 +374,10 @@ def main(argv=None) -> None:
                         help="memory cap of the torch.func subprocesses (GB)")
     parser.add_argument("--func-timeout", type=float, default=120.0,
                         help="wall-clock limit per torch.func measurement (s)")
+    parser.add_argument("--quiet-load", type=float, default=1.5,
+                        help="wait for the 1-minute load average to drop below this ...")
+    parser.add_argument("--quiet-wait", type=float, default=120.0,
+                        help="... for at most this many seconds before each measurement")
     parser.add_argument("--json", default=os.path.join(HERE, "empirical_results.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
