@@ -2,7 +2,8 @@
 
     python benchmarks/empirical.py                 # the issue's cases (several minutes on 2 cores)
     python benchmarks/empirical.py --quick         # a small smoke run (seconds)
-    python benchmarks/empirical.py --cases w2048   # only cases whose name contains "w2048"
+    python benchmarks/empirical.py --cases w2048   # named cases (exact or substring); their
+                                                   # results replace those in the JSON
 
 Methods (all on the model ``ntk_mlp([w, w, w, w, n_L], "relu")``, float32, inputs
 x ~ N(0, 1) of size [N, w], seed 0, x2 = None unless stated):
@@ -19,11 +20,15 @@ x ~ N(0, 1) of size [N, w], seed 0, x2 = None unless stated):
 
 torch.func methods run in a subprocess whose data segment is capped (RLIMIT_DATA,
 ``--func-cap-gb``), so running out of memory is reported, not suffered; they also get a
-wall-clock limit (``--func-timeout``). The largest case runs in a subprocess that reads
+wall-clock limit (``--func-timeout``). Their "× structured" compares with the
+structured method timed in that same subprocess, just before and after (same machine
+conditions; this machine may be shared). The largest case runs in a subprocess that reads
 its resident-memory high-water mark (VmHWM, reset before the call). Times are the median
 of ``--repeats`` runs after one warm-up run; the in-process contenders (matmul,
 structured, composite) run interleaved round by round, so a busy machine slows them
-alike. torch.func calls over 10 s are timed once.
+alike. torch.func calls over 10 s are timed once. Before each case and each torch.func
+measurement the script waits (``--quiet-load``, ``--quiet-wait``) for the machine's load
+average to drop, and records it.
 
 FLOP counts (nominal): forward Σ_l 2 N n_l m_l per input set, cotangents
 Σ_{l≥1} 2 N n_L m_l n_l, Gram products Σ_l 2 N1 N2 (n_l + c m_l) with c = n_L (trace,
@@ -187,11 +192,24 @@ def worker(spec: dict) -> dict:
     else:
         kwargs["chunk_size"] = case["n"]
         kwargs["memory_budget"] = 2**62
+
+    def structured():  # timed here too: the ratio then compares runs in the same conditions
+        ts = []
+        for _ in range(spec["repeats"] + 1):
+            t = time.perf_counter()
+            empirical_ntk(model, x, x2, mode=case["mode"], method="structured", progress=False)
+            sync(device)
+            ts.append(time.perf_counter() - t)
+        return ts[1:]
+
     try:
+        before = structured()
         empirical_ntk(model, x[:4], None if x2 is None else x2[:4], **kwargs)  # warm-up
         seconds, reps, _ = timed(lambda: empirical_ntk(model, x, x2, **kwargs), device,
                                  spec["repeats"])
-        return dict(status="ok", seconds=seconds, repeats=reps)
+        s_seconds = statistics.median(before + structured())
+        return dict(status="ok", seconds=seconds, repeats=reps, structured_seconds=s_seconds,
+                    vs_structured=seconds / s_seconds)
     except (RuntimeError, MemoryError) as error:
         text = str(error)
         oom = "can't allocate memory" in text or "out of memory" in text
@@ -217,9 +235,26 @@ def run_worker(spec: dict, timeout: float) -> dict:
 # cases
 
 
+def load_average() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
+def wait_for_quiet(args) -> float:
+    """Waits (up to --quiet-wait s) for the 1-minute load average to drop below
+    --quiet-load (others share this machine); returns the load when it went on."""
+    deadline = time.time() + args.quiet_wait
+    while load_average() >= args.quiet_load and time.time() < deadline:
+        time.sleep(5)
+    return load_average()
+
+
 def run_case(case: dict, args) -> dict:
     device = args.device
-    result = dict(case=case, rows=[])
+    result = dict(case=case, rows=[], load_at_start=wait_for_quiet(args))
     rows = result["rows"]
     cap = int(args.func_cap_gb * 2**30)
 
@@ -274,7 +309,9 @@ def run_case(case: dict, args) -> dict:
         for variant in case.get("func", ()):
             spec = dict(kind="func", case=case, device=device, method=method,
                         bounded=variant == "bounded", cap_bytes=cap, repeats=args.repeats)
+            load = wait_for_quiet(args)
             r = run_worker(spec, timeout=args.func_timeout)
+            r["load_at_start"] = load
             label = f"{variant}, cap {args.func_cap_gb:g} GB"
             if r["status"] == "ok":
                 r["gflops"] = flops(case, False)["total"] / r["seconds"] / 1e9
@@ -282,7 +319,7 @@ def run_case(case: dict, args) -> dict:
     # Time relative to the structured row of the same variant (x2=None for torch.func).
     structured = {r["variant"]: r["seconds"] for r in rows if r["method"] == "structured"}
     for r in rows:
-        if r["method"] != "matmul" and r["status"] == "ok":
+        if r["method"] != "matmul" and r["status"] == "ok" and "vs_structured" not in r:
             base = structured.get(r["variant"], structured.get("x2=None"))
             r["vs_structured"] = r["seconds"] / base
     return result
@@ -292,13 +329,14 @@ def markdown(results: list[dict]) -> str:
     lines = []
     for res in results:
         case = res["case"]
-        lines.append(f"\n### {case['name']} (mode {case['mode']}; target: {case['target']})\n")
-        lines.append(
-            "| method | variant | status | seconds | × structured | GFLOP/s | % matmul | note |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append(f"\n### {case['name']} (mode {case['mode']}; target: {case['target']}; "
+                     f"load average at start {res.get('load_at_start', float('nan')):.2f})\n")
+        lines.append("| method | variant | status | seconds (median) | best | × structured | "
+                     "GFLOP/s | % matmul | note |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for r in res["rows"]:
             sec = f"{r['seconds']:.4g}" if "seconds" in r else ""
+            best = f"{r['best']:.4g}" if "best" in r else ""
             ratio = f"{r['vs_structured']:.3g}" if "vs_structured" in r else ""
             gf = f"{r['gflops']:.1f}" if "gflops" in r else ""
             frac = f"{100 * r['matmul_fraction']:.0f}%" if "matmul_fraction" in r else ""
@@ -308,28 +346,45 @@ def markdown(results: list[dict]) -> str:
                         f"{r['rss_before'] / 2**30:.2f} GiB)")
             if "max_rel_diff" in r:
                 note = f"max rel diff vs structured {r['max_rel_diff']:.1e}"
-            lines.append(f"| {r['method']} | {r['variant']} | {r['status']} | {sec} | {ratio} | "
-                         f"{gf} | {frac} | {note} |")
+            lines.append(f"| {r['method']} | {r['variant']} | {r['status']} | {sec} | {best} | "
+                         f"{ratio} | {gf} | {frac} | {note} |")
     return "\n".join(lines)
+
+
+def select_cases(cases: list[dict], spec: str) -> list[dict]:
+    """Cases named in the comma-separated ``spec`` (exact names, else substrings)."""
+    if not spec:
+        return cases
+    names = [c["name"] for c in cases]
+    wanted = set()
+    for token in spec.split(","):
+        exact = [n for n in names if n == token]
+        wanted.update(exact or [n for n in names if token in n])
+    return [c for c in cases if c["name"] in wanted]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke-test sizes")
-    parser.add_argument("--cases", default="", help="run only cases whose name contains this")
+    parser.add_argument("--cases", default="",
+                        help="comma-separated case names (or substrings) to run")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--func-cap-gb", type=float, default=10.0,
                         help="memory cap of the torch.func subprocesses (GB)")
     parser.add_argument("--func-timeout", type=float, default=120.0,
                         help="wall-clock limit per torch.func measurement (s)")
+    parser.add_argument("--quiet-load", type=float, default=1.5,
+                        help="wait for the 1-minute load average to drop below this ...")
+    parser.add_argument("--quiet-wait", type=float, default=120.0,
+                        help="... for at most this many seconds before each measurement")
     parser.add_argument("--json", default=os.path.join(HERE, "empirical_results.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return
-    cases = [c for c in (QUICK_CASES if args.quick else FULL_CASES) if args.cases in c["name"]]
+    cases = select_cases(QUICK_CASES if args.quick else FULL_CASES, args.cases)
     results = []
     for case in cases:
         print(f"running {case['name']} ...", file=sys.stderr, flush=True)
@@ -340,6 +395,17 @@ def main(argv=None) -> None:
         threads=torch.get_num_threads(), device=args.device, quick=args.quick,
         date=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join(sys.argv),
     )
+    if args.cases and os.path.exists(args.json):  # replace those cases, keep the others
+        with open(args.json) as f:
+            old = json.load(f)
+        fresh = {r["case"]["name"] for r in results}
+        kept = [r for r in old.get("results", []) if r["case"]["name"] not in fresh]
+        order = [c["name"] for c in FULL_CASES + QUICK_CASES]
+        results = sorted(kept + results, key=lambda r: order.index(r["case"]["name"])
+                         if r["case"]["name"] in order else len(order))
+        meta["runs"] = old.get("meta", {}).get("runs", [old.get("meta", {}).get("command")])
+    meta.setdefault("runs", [])
+    meta["runs"] = [m for m in meta["runs"] if m] + [f"{meta['date']}: {meta['command']}"]
     with open(args.json, "w") as f:
         json.dump(dict(meta=meta, results=results), f, indent=1)
     print(markdown(results))

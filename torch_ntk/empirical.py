@@ -12,8 +12,10 @@ Three ways to compute it, chosen with ``method``:
 
         Θ = Σ_l (c_w,l · A1_l A2_lᵀ + c_b,l) ⊙ (D1_l D2_lᵀ)
 
-    without materializing a Jacobian. Cost O(N1 N2 Σ_l (n_l + n_L m_l)) per mode
-    "trace" (n_L² m_l in "full"), memory O(N Σ_l (n_l + n_L m_l)) plus the output.
+    without materializing a Jacobian. Cost O(N1 N2 Σ_l (n_l + c m_l)) with c = n_L
+    ("trace", "diagonal") or n_L² ("full"), and O(N n_L Σ_l n_l m_l) for the passes;
+    memory O((N1 + N2) Σ_l (n_l + n_L m_l)) plus the output. With x2 = None only the
+    tiles on and above the diagonal are computed.
 ``"jacobian"`` (any model)
     Jacobian contraction, the method of PyTorch's NTK tutorial: per-sample Jacobians
     by ``vmap(jacrev)`` for a chunk of samples, contracted parameter block by
@@ -33,8 +35,8 @@ Modes: ``"full"`` [N1, N2, n_L, n_L] (entry [i, j, k, k′] = Θ_kk′(x1_i, x2_
 
 Large N: rows and columns are processed in blocks whose working memory stays within
 ``memory_budget`` (default: half the available host memory, or 80% of the free memory
-of the CUDA device); a tqdm progress bar appears once a run takes more than two
-seconds; ``out=`` writes into a caller-provided tensor (e.g. a ``torch.from_file``
+of the CUDA device); a tqdm progress bar over blocks appears once a run takes more than
+two seconds (long runs are split into a few blocks for it); ``out=`` writes into a caller-provided tensor (e.g. a ``torch.from_file``
 memory-mapped one, on any device).
 
 Example::
