@@ -21,8 +21,10 @@ struct AnalyticArgs {
 
 inline void check_analytic_args(const at::Tensor& x1, const c10::optional<at::Tensor>& x2,
                                 const AnalyticArgs& a, const at::Tensor& gh_nodes,
-                                const at::Tensor& gh_weights) {
+                                const at::Tensor& gh_weights, bool want_nngp, bool want_ntk) {
   const char* op = "analytic_kernels";
+  TORCH_CHECK_VALUE(want_nngp || want_ntk, op,
+                    ": at least one of want_nngp and want_ntk must be true");
   check_inputs(op, "x1", x1);
   if (x2.has_value()) {
     check_inputs(op, "x2", *x2);

@@ -247,10 +247,8 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_cuda(
     const at::Tensor& gh_weights, bool force_quadrature, bool want_nngp, bool want_ntk) {
   const AnalyticArgs args{w0,       b0,       tw0,        tb0,      act_ids,   act_params,
                           weight_var, bias_var, ntk_weight, ntk_bias, force_quadrature};
-  check_analytic_args(x1_in, x2_in, args, gh_nodes, gh_weights);
+  check_analytic_args(x1_in, x2_in, args, gh_nodes, gh_weights, want_nngp, want_ntk);
   TORCH_INTERNAL_ASSERT(x1_in.device().is_cuda());
-  TORCH_CHECK_VALUE(want_nngp || want_ntk,
-                    "analytic_kernels: at least one of want_nngp and want_ntk must be true");
   c10::cuda::CUDAGuard guard(x1_in.device());
 
   const bool symmetric = !x2_in.has_value();
