@@ -378,7 +378,7 @@ def main(argv=None) -> None:
                         help="wait for the 1-minute load average to drop below this ...")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="... for at most this many seconds before each measurement")
-    parser.add_argument("--json", default=os.path.join(HERE, "empirical_results.json"))
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "empirical_cpu.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

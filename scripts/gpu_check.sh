@@ -46,9 +46,9 @@ else
 fi
 step smoke 60 "$PY" scripts/gpu_smoke.py
 step bench_analytic 200 "$PY" benchmarks/analytic.py --device cuda --out "$OUT/analytic_cuda.json"
-if [ -f benchmarks/empirical.py ]; then
-  step bench_empirical 200 "$PY" benchmarks/empirical.py --device cuda --out "$OUT/empirical_cuda.json"
-fi
+step bench_empirical 200 "$PY" benchmarks/empirical.py --device cuda --quiet-wait 0 \
+  --json "$OUT/empirical_cuda.json"
+step bench_tracker 90 "$PY" benchmarks/tracker.py --device cuda --out "$OUT/tracker_cuda.json"
 
 echo "== results in $OUT =="
 cat "$SUMMARY"
