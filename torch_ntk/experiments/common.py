@@ -172,12 +172,12 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def progress_bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None,
-                 desc: str = "", enabled: bool = True, leave: bool = True):
-    """A tqdm bar (stderr) or, when disabled, the bare iterable / a no-op bar."""
+                 desc: str = "", enabled: bool = True, leave: bool = True, delay: float = 0.0):
+    """A tqdm bar on stderr (shown after ``delay`` seconds), or a silent one when disabled."""
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=leave,
-                dynamic_ncols=True)
+                dynamic_ncols=True, delay=delay)
 
 
 def train_gd(
@@ -215,7 +215,7 @@ def train_gd(
     for step in progress_bar(range(1, steps + 1), desc=desc, enabled=progress, leave=False):
         opt.zero_grad(set_to_none=True)
         loss = 0.5 * (model(x) - y).square().sum() / n
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"{desc}: the loss is {value} at step {step}; the learning rate {lr} is too "

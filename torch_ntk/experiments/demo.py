@@ -86,6 +86,9 @@ class Config:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
 
 
+QUICK = {"widths": (32, 128, 512), "inits": 2, "nets": 1, "steps": 100, "points": 61}
+
+
 def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None,
         progress: bool = False, echo=None) -> dict[str, Any]:
     """Run the demo; return the JSON payload and write the files into ``out``.

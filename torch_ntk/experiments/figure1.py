@@ -72,7 +72,7 @@ class Config:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
 
 
-QUICK = {"widths": (100, 2000), "inits": 6, "points": 101}
+QUICK = {"widths": (100, 1000), "points": 101}
 
 
 def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None,
@@ -170,6 +170,20 @@ def draw(payload: dict[str, Any]):
     for ax in axes:
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     return fig
+
+
+def report(payload: dict[str, Any]) -> list[str]:
+    """The lines ``torch-ntk reproduce figure1`` prints."""
+    cfg, summary = payload["config"], payload["summary"]
+    lines = [f"Θ(x0, x) of depth-{cfg['depth']} ReLU networks, {cfg['inits']} initializations "
+             f"per width, before and after {cfg['steps']} GD steps (lr {cfg['lr']}):",
+             f"{'width':>7} {'spread at init':>15} {'‖Θ₀−Θ∞‖/‖Θ∞‖':>14} {'‖E[Θ₀]−Θ∞‖':>12} "
+             f"{'drift':>7} {'inflation':>10} {'final loss':>11}"]
+    for w, s in summary["widths"].items():
+        lines.append(f"{w:>7} {s['init_spread']:>15.4f} {s['init_error']:>14.4f} "
+                     f"{s['mean_kernel_error']:>12.4f} {s['drift']:>7.4f} {s['inflation']:>+10.4f} "
+                     f"{s['final_loss']:>11.2e}")
+    return lines
 
 
 def main(argv=None) -> int:

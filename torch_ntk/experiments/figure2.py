@@ -178,6 +178,19 @@ def draw(payload: dict[str, Any]):
     return fig
 
 
+def report(payload: dict[str, Any]) -> list[str]:
+    """The lines ``torch-ntk reproduce figure2`` prints."""
+    cfg, summary = payload["config"], payload["summary"]
+    lines = [f"depth-{cfg['depth']} ReLU networks after {cfg['steps']} GD steps against the "
+             f"10/50/90th percentiles of the infinite-width Gaussian law at t = {cfg['steps']}:",
+             f"{'width':>7} {'inside band':>12} {'mean |z|':>9} {'final loss':>11}"]
+    for w, s in summary["widths"].items():
+        lines.append(f"{w:>7} {100 * s['in_band']:>11.1f}% {s['mean_abs_z']:>9.3f} "
+                     f"{s['final_loss']:>11.2e}")
+    lines.append(f"{'Gaussian':>7} {80.0:>11.1f}% {summary['expected_mean_abs_z']:>9.3f}")
+    return lines
+
+
 def main(argv=None) -> int:
     """``python -m torch_ntk.experiments.figure2 [options]`` = ``torch-ntk reproduce figure2``."""
     from ..cli import main as cli_main

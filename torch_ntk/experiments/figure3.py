@@ -187,7 +187,8 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
         "predicted_along": predicted, "widths": {},
     }
     summary: dict[str, Any] = {
-        "digits": n, "kernel": config.kernel, "lr": lr, "steps": steps, "max_stable_lr": 2 * n / float(values[0]),
+        "digits": n, "kernel": config.kernel, "lr": lr, "steps": steps,
+        "max_stable_lr": 2 * n / float(values[0]),
         "operator_eigenvalues": (values[:10] / n), "shares": shares[:10],
         "limit_operator_eigenvalues": pca_limit.eigenvalues / n,
         "constant_overlap": abs(float(u[:, 0] @ constant)),
@@ -282,6 +283,26 @@ def draw(payload: dict[str, Any]):
     fig.suptitle(f"Figure 3: kernel principal components of scikit-learn's 8×8 digits "
                  f"({kernel}, depth {cfg['depth']}) and training along component {c}")
     return fig
+
+
+def report(payload: dict[str, Any]) -> list[str]:
+    """The lines ``torch-ntk reproduce figure3`` prints."""
+    cfg, summary = payload["config"], payload["summary"]
+    ev = ", ".join(f"{v:.4g}" for v in summary["operator_eigenvalues"][:3])
+    shares = ", ".join(f"{v:.3f}" for v in summary["shares"][:3])
+    kernel = (f"empirical NTK of a width-{cfg['kernel_width']} network "
+              f"(‖Θ − Θ∞‖/‖Θ∞‖ = {summary['kernel_vs_limit']:.3f})"
+              if cfg["kernel"] == "empirical" else "Θ∞")
+    c = summary["component"]
+    lines = [f"kernel PCA of {summary['digits']} digits with the {kernel}:",
+             f"  eigenvalues λ/N = {ev}; shares of the trace {shares}; |⟨u_1, 1/√N⟩| = "
+             f"{summary['constant_overlap']:.4f}",
+             f"training along component {c} for {summary['steps']} steps (lr {summary['lr']:.3g}):",
+             f"{'width':>7} {'max deviation':>14} {'progress':>9} {'predicted':>10} {'max gap':>8}"]
+    for w, s in summary["widths"].items():
+        lines.append(f"{w:>7} {s['max_deviation']:>14.4f} {s['final_along']:>9.4f} "
+                     f"{s['predicted_final_along']:>10.4f} {s['along_error']:>8.4f}")
+    return lines
 
 
 def main(argv=None) -> int:
