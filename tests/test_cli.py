@@ -176,6 +176,17 @@ def test_reproduce_is_deterministic_given_the_seed(tmp_path):
     assert other["results"]["widths"] != a["results"]["widths"]
 
 
+@pytest.mark.filterwarnings("ignore:Data has no positive values")  # a 2-step drift plot
+def test_single_width_and_single_init_runs(tmp_path, capsys):
+    payload = figure1.run(figure1.Config(widths=(8,), inits=1, steps=2, points=5, train_points=4),
+                          out=tmp_path)
+    assert payload["summary"]["widths"]["8"]["init_spread"] is None  # undefined for one init
+    assert "n/a" in "\n".join(figure1.report(payload))
+    assert main(["demo", "--widths", "16", "--steps", "2", "--set", "inits=1", "--set", "nets=1",
+                 "--set", "points=9", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    assert read_json(tmp_path / "d" / "demo.json")["summary"]["slope_drift"] is None
+
+
 def test_print_config_quick(capsys):
     assert main(["reproduce", "all", "--quick", "--print-config"]) == 0
     printed = capsys.readouterr().out

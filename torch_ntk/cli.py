@@ -173,15 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a registered activation, optionally NAME:PARAM "
                              "(e.g. leaky_relu:0.2); default relu")
     kernel.add_argument("--kind", choices=["ntk", "nngp", "empirical"], default="ntk",
-                        help="ntk (Θ∞), nngp (Σ) — infinite width; empirical — the finite-width "
-                             "NTK of one network (default ntk)")
+                        help="ntk (Θ∞), nngp (Σ) — infinite width; empirical — the "
+                             "finite-width NTK of one network (default ntk)")
     kernel.add_argument("--mode", choices=["trace", "full", "diagonal"], default=None,
                         help="empirical only: trace [N1, N2] (default), full [N1, N2, nL, nL] "
                              "or diagonal [N1, N2, nL]")
     kernel.add_argument("--weight-std", type=_non_negative_float, default=1.0, help="σ_w (default 1)")
     kernel.add_argument("--bias-std", type=_non_negative_float, default=0.1, help="σ_b (default 0.1)")
     kernel.add_argument("--parametrization", choices=["ntk", "standard"], default="ntk")
-    kernel.add_argument("--no-bias", dest="bias", action="store_false", help="dense layers without bias")
+    kernel.add_argument("--no-bias", dest="bias", action="store_false",
+                        help="dense layers without bias")
     kernel.add_argument("--state-dict", default=None,
                         help="empirical only: load the network's parameters from this "
                              "torch.save'd state_dict (of torch_ntk.ntk_mlp with these settings)")
@@ -344,7 +345,8 @@ def _cmd_demo(parser, args) -> int:
     config = _config(parser, demo, args, overrides, strict=True)
     _check_device(parser, args.device)
     t0 = time.perf_counter()
-    payload = demo.run(config, out=args.out, progress=args.progress, echo=lambda s: print(s, flush=True))
+    payload = demo.run(config, out=args.out, progress=args.progress,
+                       echo=lambda line: print(line, flush=True))
     files = ", ".join(os.path.join(args.out, f) for f in payload.get("files", []))
     print(f"done in {time.perf_counter() - t0:.1f} s; wrote {files}")
     return 0
@@ -371,7 +373,8 @@ def load_inputs(path: str, argument: str, dtype) -> "torch.Tensor":
 
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in INPUT_SUFFIXES:
-        raise ValueError(f"argument {argument}: expected a {', '.join(INPUT_SUFFIXES)} file; got {path!r}")
+        raise ValueError(f"argument {argument}: expected a {', '.join(INPUT_SUFFIXES)} file; "
+                         f"got {path!r}")
     if not os.path.isfile(path):
         raise ValueError(f"argument {argument}: no such file: {path!r}")
     try:

@@ -139,7 +139,8 @@ def resolve_device(name: Union[str, torch.device]) -> torch.device:
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be 'cpu' or 'cuda[:index]'; got {name!r}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        raise ValueError("device is 'cuda' but torch sees no CUDA GPU "
+                         "(torch.cuda.is_available() is False)")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:index]'; got {name!r}")
     return device
@@ -240,6 +241,14 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     my = sum(p[1] for p in pts) / len(pts)
     sxx = sum((p[0] - mx) ** 2 for p in pts)
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else math.nan
+
+
+def fmt(value: Optional[float], spec: str) -> str:
+    """``format(value, spec)``, or "n/a" (as wide as ``spec`` asks) for None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        width = "".join(ch for ch in spec.split(".")[0] if ch.isdigit())
+        return "n/a".rjust(int(width) if width else 0)
+    return format(value, spec)
 
 
 def rel_norm(a: Tensor, b: Tensor) -> float:

@@ -40,8 +40,8 @@ from ..nn import ntk_mlp
 from ..predict import gradient_descent_mse, max_learning_rate
 from ..tracking import KernelDriftTracker
 from .common import (
-    DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, loglog_slope, new_figure,
-    progress_bar, rel_norm, resolve_device, seeded, train_gd,
+    DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, fmt, loglog_slope,
+    new_figure, progress_bar, rel_norm, resolve_device, seeded, train_gd,
 )
 
 NAME = "demo"
@@ -115,8 +115,8 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
     dev = {"device": device, "dtype": dtype}
     z_d, xt_d, yt_d = z.to(**dev), x_train.to(**dev), y_train.to(**dev)
 
-    header = (f"{'width':>6} {'params':>10} {'‖Θ₀−Θ∞‖/‖Θ∞‖':>14} {'drift':>8} {'loss':>9} "
-              f"{'gap Θ₀':>8} {'gap Θ∞':>8} {'sec':>6}")
+    header = (f"{'width':>6} {'params':>10} {'‖Θ₀−Θ∞‖/‖Θ∞‖':>14} {'drift':>8} "
+              f"{'loss':>9} {'gap Θ₀':>8} {'gap Θ∞':>8} {'sec':>6}")
     if echo:
         echo(f"depth-{config.depth} ReLU MLPs, NTK parametrization, β = {config.bias_std}; "
              f"{n_train} training points on the unit circle; lr = {lr:.3g} "
@@ -192,7 +192,8 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
     if echo:
         echo(f"log-log slopes against width: kernel error {summary['slope_kernel_error']:.2f} "
              f"(theory −0.5), drift {summary['slope_drift']:.2f} (−0.5 … −1), gap to kernel "
-             f"regression {summary['slope_gap_theta0']:.2f} (Θ₀) / {summary['slope_gap_limit']:.2f} (Θ∞)")
+             f"regression {summary['slope_gap_theta0']:.2f} (Θ₀) / "
+             f"{summary['slope_gap_limit']:.2f} (Θ∞)")
     results = {
         "gamma": gamma, "train_angles": g_train, "y_train": y_train[:, 0],
         "limit_row": lim_gg[n_grid // 2], "widths": curves,
@@ -233,7 +234,8 @@ def _draw_kernels(payload: dict[str, Any]):
         ("gap_theta0", "‖f_T − f_pred(Θ₀)‖/‖f_T − f₀‖", "slope_gap_theta0"),
         ("gap_limit", "‖f_T − f_pred(Θ∞)‖/‖f_T − f₀‖", "slope_gap_limit"),
     ):
-        ax_s.loglog(ws, [r[key] for r in rows], "o-", label=f"{label}  (slope {summary[slope]:.2f})")
+        ax_s.loglog(ws, [r[key] for r in rows], "o-",
+                    label=f"{label}  (slope {fmt(summary[slope], '.2f')})")
     ref = rows[0]["kernel_error"]
     ax_s.loglog(ws, [ref * (w / ws[0]) ** -0.5 for w in ws], "k:", lw=1, label="∝ n^(−1/2)")
     ax_s.set(xlabel="width n", title="finite-width effects shrink with width")
@@ -273,8 +275,8 @@ def _draw_training(payload: dict[str, Any]):
              title="network minus kernel regression with its own Θ₀")
     ax_g.legend(fontsize="small")
     ax_d.set_yscale("log")
-    ax_d.set(xlabel="gradient-descent step", ylabel="‖Θ_t − Θ₀‖/‖Θ₀‖ on the training set",
-             title="kernel drift (KernelDriftTracker)")
+    ax_d.set(xlabel="gradient-descent step", title="kernel drift (KernelDriftTracker)",
+             ylabel="‖Θ_t − Θ₀‖/‖Θ₀‖ on the training set")
     ax_d.legend(fontsize="small", loc="center right")
     for ax in (ax_f, ax_g, ax_d):
         ax.grid(alpha=0.3, which="both")

@@ -37,8 +37,8 @@ from ..empirical import empirical_ntk
 from ..nn import ntk_mlp
 from ..predict import max_learning_rate
 from .common import (
-    DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, new_figure, progress_bar,
-    rel_norm, resolve_device, seeded, train_gd,
+    DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, fmt, new_figure,
+    progress_bar, rel_norm, resolve_device, seeded, train_gd,
 )
 
 NAME = "figure1"
@@ -119,9 +119,13 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
         t0 = torch.stack(theta0).double().cpu()
         tt = torch.stack(theta_t).double().cpu()
         mean_limit = float(limit.mean())
+
+        def spread(k: torch.Tensor) -> float:  # undefined (None in JSON) for one init
+            return float(k.std(0).mean() / mean_limit) if len(k) > 1 else math.nan
+
         row = {
-            "init_spread": float(t0.std(0, unbiased=True).mean() / mean_limit) if config.inits > 1 else math.nan,
-            "trained_spread": float(tt.std(0, unbiased=True).mean() / mean_limit) if config.inits > 1 else math.nan,
+            "init_spread": spread(t0),
+            "trained_spread": spread(tt),
             "init_error": sum(rel_norm(k, limit) for k in t0) / len(t0),
             "mean_kernel_error": rel_norm(t0.mean(0), limit),
             "drift": sum(rel_norm(a, b) for a, b in zip(tt, t0)) / len(t0),
@@ -158,7 +162,7 @@ def draw(payload: dict[str, Any]):
                     label=f"t = {cfg['steps']}" if i == 0 else None)
         ax.plot(gamma, res["limit"], color="k", lw=2.0, ls="--", label="Θ∞ (n = ∞)")
         ax.set(xlabel="γ   (x = (cos γ, sin γ), x0 = (1, 0))", title=(
-            f"n = {w}: spread {s['init_spread']:.3f}, drift {s['drift']:.3f}"))
+            f"n = {w}: spread {fmt(s['init_spread'], '.3f')}, drift {s['drift']:.3f}"))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Θ(x0, x)")
     axes[0].legend(fontsize="small")
@@ -177,10 +181,10 @@ def report(payload: dict[str, Any]) -> list[str]:
     cfg, summary = payload["config"], payload["summary"]
     lines = [f"Θ(x0, x) of depth-{cfg['depth']} ReLU networks, {cfg['inits']} initializations "
              f"per width, before and after {cfg['steps']} GD steps (lr {cfg['lr']}):",
-             f"{'width':>7} {'spread at init':>15} {'‖Θ₀−Θ∞‖/‖Θ∞‖':>14} {'‖E[Θ₀]−Θ∞‖':>12} "
-             f"{'drift':>7} {'inflation':>10} {'final loss':>11}"]
+             f"{'width':>7} {'spread at init':>15} {'‖Θ₀−Θ∞‖/‖Θ∞‖':>14} "
+             f"{'‖E[Θ₀]−Θ∞‖':>12} {'drift':>7} {'inflation':>10} {'final loss':>11}"]
     for w, s in summary["widths"].items():
-        lines.append(f"{w:>7} {s['init_spread']:>15.4f} {s['init_error']:>14.4f} "
+        lines.append(f"{w:>7} {fmt(s['init_spread'], '>15.4f')} {s['init_error']:>14.4f} "
                      f"{s['mean_kernel_error']:>12.4f} {s['drift']:>7.4f} {s['inflation']:>+10.4f} "
                      f"{s['final_loss']:>11.2e}")
     return lines
