@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 "$VPY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" numpy ninja pybind11 \
-  "setuptools>=64" wheel tqdm matplotlib pytest hypothesis scipy
+  "setuptools>=64" wheel tqdm matplotlib pytest hypothesis scipy scikit-learn
 # FORCE_CUDA decides whether CUDA ops are built (default: when a toolkit and a CUDA torch exist).
 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 "$VPY" -c "import torch_ntk, torch; print('torch_ntk', torch_ntk.__version__, 'on torch', torch.__version__, '(CUDA ops built)' if torch_ntk.ops.cuda_built() else '(CPU ops)')"

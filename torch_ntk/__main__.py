@@ -1,5 +1,5 @@
-"""``python -m torch_ntk``: the quick demonstration (see torch_ntk/quickstart.py)."""
+"""``python -m torch_ntk``: the ``torch-ntk`` command (see torch_ntk/cli.py)."""
 
-from .quickstart import main
+from .cli import main
 
-main()
+raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The quick demonstration behind ``python -m torch_ntk``.
+"""The quick demonstration behind ``torch-ntk quickstart`` (formerly ``python -m torch_ntk``).
 
 Builds the default MLP (depth 3, ReLU, NTK parametrization, β = 0.1 as in Jacot et
 al. §6), computes its infinite-width NNGP Σ and NTK Θ∞ on points of the unit circle
@@ -31,9 +31,8 @@ def rel_fro(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m torch_ntk", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The quickstart's options (also those of ``torch-ntk quickstart``)."""
     parser.add_argument("--points", type=int, default=8, help="inputs on the unit circle")
     parser.add_argument("--depth", type=int, default=3, help="number of dense layers")
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024],
@@ -41,8 +40,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--networks", type=int, default=8, help="random networks per width")
     parser.add_argument("--outputs", type=int, default=64,
                         help="output units n_L (each is an independent NNGP sample)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="torch-ntk quickstart", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run(add_arguments(parser).parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Print the comparison for parsed ``args``; return the kernels and the table rows."""
     x = circle(args.points)
     spec = mlp_spec([2] + [1] * (args.depth - 1) + [1], "relu", bias_std=0.1)
     t0 = time.perf_counter()

@@ -1,0 +1,595 @@
+"""The ``torch-ntk`` command (also ``python -m torch_ntk``).
+
+    torch-ntk demo [--quick] [--out torch_ntk_demo]
+        NTK theory at work in about a minute on a CPU: empirical NTKs of MLPs of growing
+        width converge to Θ∞, training barely moves them, and trained networks match
+        kernel regression. Prints a table; writes PNG figures and demo.json.
+    torch-ntk reproduce figure1|figure2|figure3|all [--quick] [--set KEY=VALUE ...]
+        The experiments of Jacot et al. (2018), §6, with the paper's settings by default.
+    torch-ntk kernel INPUT --widths 784 512 512 10 [--kind ntk|nngp|empirical] -o K.npy
+        An analytic (NNGP, NTK) or empirical NTK of an MLP on inputs from .npy/.csv/.pt,
+        saved as .npy (written through a memory map, for large N) or .pt.
+    torch-ntk quickstart
+        The infinite-width kernels against averages of random networks, printed.
+
+Exit status: 0 on success, 2 for bad arguments (the message names the argument), 1 when
+a run fails (e.g. an optional dependency is missing), 130 when interrupted. Outputs are
+written atomically: an interrupted or failed command leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["main", "build_parser", "load_inputs", "parse_bytes"]
+
+PROG = "torch-ntk"
+
+
+class CommandError(Exception):
+    """A failure while running a command (exit status 1), as opposed to a usage error."""
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0; got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0; got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0; got {text!r}")
+    return value
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'2GB', '512MiB', '1e9' → bytes (argparse type; ArgumentTypeError otherwise)."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 2GB, 512MiB or 1000000; got {text!r}")
+    try:
+        value = float(match.group(1)) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 2GB; got {text!r}") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size; got {text!r}")
+    return int(value)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("run options")
+    group.add_argument("--threads", type=_positive_int, default=None,
+                       help="CPU threads for torch (default: torch's choice)")
+    group.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="hide the progress bars (shown on stderr by default)")
+    return common
+
+
+def _experiment_options(default_out: str) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("experiment options")
+    group.add_argument("--quick", action="store_true",
+                       help="smaller settings: about a minute each on a laptop CPU")
+    group.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
+    group.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="seed of every random draw (default 0)")
+    group.add_argument("--out", default=default_out,
+                       help=f"output folder for PNG figures and JSON numbers (default {default_out}/)")
+    group.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE",
+                       help="override a setting (repeatable), e.g. --set inits=4 --set "
+                            "widths=500,2000; the keys are the fields of the Config "
+                            "(--print-config lists them)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``torch-ntk`` command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Neural Tangent Kernels for PyTorch: demo, paper figures, kernels.",
+        epilog="Run 'torch-ntk COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"torch-ntk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = _common_options()
+
+    demo = sub.add_parser(
+        "demo", parents=[_experiment_options("torch_ntk_demo"), common],
+        help="the NTK theory at work in about a minute (table, figures, JSON)",
+        description=_doc("demo"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--widths", type=_positive_int, nargs="+", default=None,
+                      help="hidden widths (default 64 256 1024 4096)")
+    demo.add_argument("--steps", type=_positive_int, default=None,
+                      help="gradient-descent steps (default 300)")
+    demo.set_defaults(handler=_cmd_demo, subparser=demo)
+
+    reproduce = sub.add_parser(
+        "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
+        help="the experiments of Jacot et al. (2018), §6: figure1, figure2, figure3",
+        description=_doc("reproduce"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    reproduce.add_argument("figures", nargs="+", metavar="FIGURE",
+                           choices=["figure1", "figure2", "figure3", "all"],
+                           help="figure1, figure2, figure3 or all")
+    reproduce.add_argument("--print-config", action="store_true",
+                           help="print the settings that would be used and exit")
+    reproduce.set_defaults(handler=_cmd_reproduce, subparser=reproduce)
+
+    kernel = sub.add_parser(
+        "kernel", parents=[common], help="compute and save a kernel of an MLP on inputs from a file",
+        description=_KERNEL_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kernel.add_argument("input", help="x1: a 2-d array in a .npy, .csv or .pt file ([N1, n0])")
+    kernel.add_argument("--x2", default=None, help="x2 in the same formats ([N2, n0]); default x1")
+    kernel.add_argument("--widths", type=_positive_int, nargs="+", required=True,
+                        help="layer widths n0 n1 ... nL of the MLP (n0 = the input columns)")
+    kernel.add_argument("--activation", default="relu",
+                        help="a registered activation, optionally NAME:PARAM "
+                             "(e.g. leaky_relu:0.2); default relu")
+    kernel.add_argument("--kind", choices=["ntk", "nngp", "empirical"], default="ntk",
+                        help="ntk (Θ∞), nngp (Σ) — infinite width; empirical — the "
+                             "finite-width NTK of one network (default ntk)")
+    kernel.add_argument("--mode", choices=["trace", "full", "diagonal"], default=None,
+                        help="empirical only: trace [N1, N2] (default), full [N1, N2, nL, nL] "
+                             "or diagonal [N1, N2, nL]")
+    kernel.add_argument("--weight-std", type=_non_negative_float, default=1.0, help="σ_w (default 1)")
+    kernel.add_argument("--bias-std", type=_non_negative_float, default=0.1, help="σ_b (default 0.1)")
+    kernel.add_argument("--parametrization", choices=["ntk", "standard"], default="ntk")
+    kernel.add_argument("--no-bias", dest="bias", action="store_false",
+                        help="dense layers without bias")
+    kernel.add_argument("--state-dict", default=None,
+                        help="empirical only: load the network's parameters from this "
+                             "torch.save'd state_dict (of torch_ntk.ntk_mlp with these settings)")
+    kernel.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="empirical only: seed of the random initialization (default 0)")
+    kernel.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    kernel.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
+    kernel.add_argument("--memory-budget", type=parse_bytes, default=None,
+                        help="working memory to stay within, e.g. 2GB (default: half the "
+                             "available memory)")
+    kernel.add_argument("--chunk-size", type=_positive_int, default=None,
+                        help="samples per block (default: sized from the memory budget)")
+    kernel.add_argument("-o", "--output", required=True,
+                        help="the file to write: .npy (memory-mapped while it is filled) or .pt")
+    kernel.set_defaults(handler=_cmd_kernel, subparser=kernel)
+
+    from . import quickstart
+
+    quick = sub.add_parser("quickstart", parents=[common],
+                           help="print infinite-width kernels against random networks",
+                           description=quickstart.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    quickstart.add_arguments(quick)
+    quick.set_defaults(handler=_cmd_quickstart, subparser=quick)
+    return parser
+
+
+def _doc(name: str) -> str:
+    if name == "demo":
+        from .experiments import demo
+
+        return demo.__doc__
+    return _REPRODUCE_DOC
+
+
+_REPRODUCE_DOC = """\
+Reproduce the experiments of Jacot, Gabriel & Hongler (NeurIPS 2018), §6:
+
+  figure1  Θ(x0, x) on the unit circle of depth-4 ReLU networks, widths 500 and 10000,
+           10 initializations each, at init and after 200 GD steps, against Θ∞
+  figure2  networks of widths 50 and 1000 trained on 4 points of the circle (1000 steps)
+           against the 10/50/90th percentiles of the limiting Gaussian process
+  figure3  kernel principal components of handwritten digits with a wide network's
+           NTK, and networks trained along the 2nd component (straight line at n = ∞)
+
+Each figure writes <figure>.png and <figure>.json (every number behind it,
+the settings, run times and the machine) into --out. Defaults are the paper's settings
+(hours on a CPU for figure1 and figure3 at width 10000: use --device cuda, or --quick).
+figure3 needs scikit-learn's bundled digits: pip install 'torch-ntk[digits]'.
+"""
+
+_KERNEL_DOC = """\
+Compute a kernel of the MLP  n0 → n1 → … → nL  (NTK parametrization unless
+--parametrization standard) on the rows of INPUT (and --x2) and save it.
+
+  --kind ntk | nngp   the infinite-width Θ∞ or Σ, [N1, N2] (one fused op; the hidden
+                      widths do not matter in NTK parametrization)
+  --kind empirical    the finite-width NTK of one network (random with --seed, or
+                      loaded with --state-dict), computed block by block within
+                      --memory-budget without materializing a Jacobian
+
+A .npy output is written through a memory map of a temporary file that is renamed when
+complete, so N×N kernels larger than memory work and an interrupted run leaves nothing.
+"""
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _overrides(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"argument --set: expected KEY=VALUE; got {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _config(parser, module, args, overrides: dict[str, Any], strict: bool):
+    """The Config of ``module`` for these arguments (usage errors exit with status 2)."""
+    from .experiments.common import config_with
+
+    base = module.Config()
+    fields = set(base.__dataclass_fields__)
+    settings: dict[str, Any] = dict(module.QUICK) if args.quick else {}
+    settings.update(device=args.device, seed=args.seed)
+    for key, value in overrides.items():
+        if key in fields:
+            settings[key] = value
+        elif strict:
+            parser.error(f"argument --set: unknown setting {key!r} for {module.NAME}; valid "
+                         f"settings: {', '.join(sorted(fields))}")
+    try:
+        return config_with(base, settings)
+    except (ValueError, TypeError) as error:
+        parser.error(f"argument --set: {error}")
+
+
+def _check_device(parser, device: str) -> None:
+    from .experiments.common import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as error:
+        parser.error(f"argument --device: {error}")
+
+
+def _cmd_reproduce(parser, args) -> int:
+    from .experiments import FIGURES, load
+
+    names = list(FIGURES) if "all" in args.figures else list(dict.fromkeys(args.figures))
+    overrides = _overrides(parser, args.overrides)
+    modules = [load(name) for name in names]
+    for key in overrides:
+        if not any(key in m.Config.__dataclass_fields__ for m in modules):
+            valid = sorted(set().union(*(m.Config.__dataclass_fields__ for m in modules)))
+            parser.error(f"argument --set: unknown setting {key!r} for {', '.join(names)}; "
+                         f"valid settings: {', '.join(valid)}")
+    configs = [_config(parser, m, args, overrides, strict=len(modules) == 1) for m in modules]
+    _check_device(parser, args.device)
+    if args.print_config:
+        for m, c in zip(modules, configs):
+            print(f"{m.NAME}: {c}")
+        return 0
+    if "figure3" in names:
+        from .experiments.figure3 import EXTRA_HINT, digits_available
+
+        if not digits_available():
+            raise CommandError(EXTRA_HINT + (". The other figures: torch-ntk reproduce figure1 "
+                                             "figure2" if len(names) > 1 else ""))
+    for module, config in zip(modules, configs):
+        print(f"== {module.NAME}: {_settings_line(config)}", flush=True)
+        t0 = time.perf_counter()
+        payload = module.run(config, out=args.out, progress=args.progress)
+        for line in module.report(payload):
+            print(line)
+        files = ", ".join(os.path.join(args.out, f) for f in payload.get("files", []))
+        print(f"-- {module.NAME} done in {time.perf_counter() - t0:.1f} s; wrote {files}\n", flush=True)
+    return 0
+
+
+def _settings_line(config) -> str:
+    items = []
+    for key, value in vars(config).items():
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        items.append(f"{key}={value}")
+    return " ".join(items)
+
+
+def _cmd_demo(parser, args) -> int:
+    from .experiments import demo
+
+    overrides = _overrides(parser, args.overrides)
+    if args.widths is not None:
+        overrides["widths"] = tuple(args.widths)
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    config = _config(parser, demo, args, overrides, strict=True)
+    _check_device(parser, args.device)
+    t0 = time.perf_counter()
+    payload = demo.run(config, out=args.out, progress=args.progress,
+                       echo=lambda line: print(line, flush=True))
+    files = ", ".join(os.path.join(args.out, f) for f in payload.get("files", []))
+    print(f"done in {time.perf_counter() - t0:.1f} s; wrote {files}")
+    return 0
+
+
+def _cmd_quickstart(parser, args) -> int:
+    from . import quickstart
+
+    quickstart.run(args)
+    return 0
+
+
+# ------------------------------------------------------------------------------ kernel
+
+INPUT_SUFFIXES = (".npy", ".csv", ".pt")
+OUTPUT_SUFFIXES = (".npy", ".pt")
+
+
+def load_inputs(path: str, argument: str, dtype) -> "torch.Tensor":
+    """A 2-d float tensor from a .npy, .csv (comma-separated, optional header row) or .pt
+    file. ValueError naming ``argument`` when the file is missing or unreadable."""
+    import numpy as np
+    import torch
+
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise ValueError(f"argument {argument}: expected a {', '.join(INPUT_SUFFIXES)} file; "
+                         f"got {path!r}")
+    if not os.path.isfile(path):
+        raise ValueError(f"argument {argument}: no such file: {path!r}")
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            try:
+                array = np.loadtxt(path, delimiter=",", ndmin=2)
+            except ValueError:
+                array = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)  # a header row
+        else:
+            array = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(array, torch.Tensor):
+                raise ValueError(f"the file holds a {type(array).__name__}, not a tensor")
+    except Exception as error:  # numpy/torch raise many kinds; all mean "cannot read it"
+        raise ValueError(f"argument {argument}: cannot read {path!r}: {error}") from None
+    x = torch.as_tensor(array)
+    if x.dim() != 2:
+        raise ValueError(f"argument {argument}: expected a 2-d array [N, n0]; {path!r} has shape "
+                         f"{list(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"argument {argument}: {path!r} has no rows")
+    if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                 torch.uint8, torch.bool)):
+        raise ValueError(f"argument {argument}: expected numbers; {path!r} holds {x.dtype}")
+    x = x.to(dtype)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"argument {argument}: {path!r} contains NaN or Inf")
+    return x
+
+
+def _activation(parser, text: str):
+    from .activations import REGISTRY, from_name
+
+    name, _, param = text.partition(":")
+    if name not in REGISTRY:
+        parser.error(f"argument --activation: unknown activation {name!r}; registered: "
+                     f"{', '.join(sorted(REGISTRY))}")
+    try:
+        return from_name(name, float(param) if param else None)
+    except ValueError as error:
+        parser.error(f"argument --activation: {error}")
+
+
+def _atomic_npy(path: str, shape: tuple, dtype, fill: Callable[[Any], None]) -> None:
+    """Fill a memory-mapped .npy in a temporary file beside ``path``, then rename it."""
+    import numpy as np
+    import torch
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=shape)
+        fill(torch.from_numpy(mm))
+        mm.flush()
+        del mm
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _cmd_kernel(parser, args) -> int:
+    import torch
+
+    from . import analytic_kernels, empirical_ntk, ntk_mlp
+    from .arch import mlp_spec
+    from .empirical import default_memory_budget
+    from .experiments.common import atomic_write, resolve_device
+
+    out_suffix = os.path.splitext(args.output)[1].lower()
+    if out_suffix not in OUTPUT_SUFFIXES:
+        parser.error(f"argument -o/--output: expected a .npy or .pt file name; got {args.output!r}")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        parser.error(f"argument -o/--output: the folder {out_dir!r} does not exist")
+    if len(args.widths) < 2:
+        parser.error("argument --widths: needs at least two widths, n0 and nL (e.g. --widths 784 10)")
+    empirical = args.kind == "empirical"
+    if not empirical:
+        for flag, given in (("--mode", args.mode is not None),
+                            ("--state-dict", args.state_dict is not None)):
+            if given:
+                parser.error(f"argument {flag}: only applies to --kind empirical")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(f"argument --device: {error}")
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    activation = _activation(parser, args.activation)
+    try:
+        x1 = load_inputs(args.input, "input", dtype)
+        x2 = load_inputs(args.x2, "--x2", dtype) if args.x2 is not None else None
+    except ValueError as error:
+        parser.error(str(error))
+    for name, x in (("input", x1), ("--x2", x2)):
+        if x is not None and x.shape[1] != args.widths[0]:
+            parser.error(f"argument --widths: n0 = {args.widths[0]} but {name} has {x.shape[1]} "
+                         f"columns (shape {list(x.shape)}); the first width must be the input size")
+    n1, n2 = x1.shape[0], (x2 if x2 is not None else x1).shape[0]
+    n_out = args.widths[-1]
+    mode = args.mode or "trace"
+    if empirical:
+        shape = {"trace": (n1, n2), "diagonal": (n1, n2, n_out), "full": (n1, n2, n_out, n_out)}[mode]
+    else:
+        shape = (n1, n2)
+    x1 = x1.to(device)
+    x2 = x2.to(device) if x2 is not None else None
+    budget = args.memory_budget or default_memory_budget(device)
+    t0 = time.perf_counter()
+    info = {}
+
+    if empirical:
+        model = _model(parser, args, activation, device, dtype, ntk_mlp)
+
+        def fill(out):
+            kernel, meta = empirical_ntk(model, x1, x2, mode=mode, chunk_size=args.chunk_size,
+                                         memory_budget=budget, out=out,
+                                         progress=None if args.progress else False,
+                                         return_info=True)
+            info.update(method=meta.method, blocks=meta.blocks)
+            return kernel
+    else:
+        spec = mlp_spec(args.widths, activation, weight_std=args.weight_std,
+                        bias_std=args.bias_std, parametrization=args.parametrization,
+                        bias=args.bias)
+
+        def fill(out):
+            # Rows in blocks whose output and temporaries fit the budget (one block: the
+            # symmetric fast path when x2 is x1).
+            itemsize = torch.finfo(dtype).bits // 8
+            rows = max(1, min(n1, budget // max(1, 4 * n2 * itemsize)))
+            if args.chunk_size is not None:
+                rows = min(rows, args.chunk_size)
+            blocks = range(0, n1, rows)
+            from .experiments.common import progress_bar
+
+            for i0 in progress_bar(blocks, desc=f"analytic {args.kind}", leave=False, delay=2.0,
+                                   enabled=args.progress and len(blocks) > 1):
+                i1 = min(i0 + rows, n1)
+                block_x2 = x2 if x2 is not None else (None if len(blocks) == 1 else x1)
+                k = getattr(analytic_kernels(spec, x1[i0:i1], block_x2, get=args.kind), args.kind)
+                out[i0:i1].copy_(k)
+            info.update(method="analytic (fused op)", blocks=len(blocks))
+            return out
+
+    try:
+        if out_suffix == ".npy" and device.type == "cpu":
+            _atomic_npy(args.output, shape, dtype, fill)
+        else:
+            result = torch.empty(shape, dtype=dtype, device=device)
+            fill(result)
+            if out_suffix == ".npy":
+                _atomic_npy(args.output, shape, dtype, lambda out: out.copy_(result))
+            else:
+                result = result.cpu()
+                atomic_write(args.output, lambda f: torch.save(result, f), binary=True)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    seconds = time.perf_counter() - t0
+    print(f"wrote {args.output}: {args.kind} kernel {list(shape)} {args.dtype} "
+          f"({info.get('method')}, {info.get('blocks')} block(s)) in {seconds:.2f} s")
+    return 0
+
+
+def _model(parser, args, activation, device, dtype, ntk_mlp):
+    import torch
+
+    torch.manual_seed(args.seed)
+    model = ntk_mlp(args.widths, activation, weight_std=args.weight_std, bias_std=args.bias_std,
+                    parametrization=args.parametrization, bias=args.bias, device=device,
+                    dtype=dtype)
+    if args.state_dict is not None:
+        if not os.path.isfile(args.state_dict):
+            parser.error(f"argument --state-dict: no such file: {args.state_dict!r}")
+        try:
+            state = torch.load(args.state_dict, map_location=device, weights_only=True)
+            model.load_state_dict(state)
+        except Exception as error:  # a wrong file or architecture
+            parser.error(f"argument --state-dict: cannot load {args.state_dict!r} into "
+                         f"ntk_mlp({args.widths}, {activation.name!r}): {error}")
+        model.to(dtype)
+    return model
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``torch-ntk`` command with ``argv`` (default ``sys.argv[1:]``); return the
+    exit status (argparse usage errors raise SystemExit(2) with the message on stderr)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return args.handler(args.subparser, args)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted; no partial output was written", file=sys.stderr)
+        return 130
+    except (CommandError, ImportError, FloatingPointError) as error:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

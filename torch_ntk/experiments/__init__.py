@@ -1,0 +1,35 @@
+"""Reproductions of the experiments of Jacot, Gabriel & Hongler (NeurIPS 2018), §6, and the demo.
+
+One module per figure, each with a frozen ``Config`` dataclass (the paper's settings as
+defaults, ``QUICK`` overrides for a run of about a minute on a CPU), ``run(config,
+out=None, progress=False)`` returning the numbers as a JSON-ready dict (and writing
+``<figure>.json`` and ``<figure>.png`` into ``out``), ``report(payload)`` (the lines the
+command prints) and ``main(argv)`` (= ``torch-ntk reproduce <figure> ...``):
+
+- :mod:`.figure1` — the NTK converges to Θ∞ as width grows and moves less in training;
+- :mod:`.figure2` — trained networks against the limiting Gaussian process;
+- :mod:`.figure3` — kernel principal components of handwritten digits (scikit-learn's
+  bundled digits, the ``digits`` extra) and convergence along one of them;
+- :mod:`.demo` — the ``torch-ntk demo`` command.
+
+Example::
+
+    >>> from torch_ntk.experiments import figure1
+    >>> payload = figure1.run(figure1.Config(widths=(50, 500), inits=3, steps=20))
+    >>> payload["summary"]["widths"]["500"]["drift"] < payload["summary"]["widths"]["50"]["drift"]
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+FIGURES = ("figure1", "figure2", "figure3")
+
+
+def load(name: str) -> ModuleType:
+    """The module of experiment ``name`` ("figure1", "figure2", "figure3" or "demo")."""
+    if name not in FIGURES + ("demo",):
+        raise ValueError(f"unknown experiment {name!r}; available: {', '.join(FIGURES + ('demo',))}")
+    return importlib.import_module(f"{__name__}.{name}")
