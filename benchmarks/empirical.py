@@ -24,9 +24,10 @@ wall-clock limit (``--func-timeout``). Their "× structured" compares with the
 structured method timed in that same subprocess, just before and after (same machine
 conditions; this machine may be shared). The largest case runs in a subprocess that reads
 its resident-memory high-water mark (VmHWM, reset before the call). Times are the median
-of ``--repeats`` runs after one warm-up run; the in-process contenders (matmul,
+of ``--repeats`` runs after one warm-up run (``best`` is the fastest; on a shared machine
+it is the better estimate of the method's own cost); the in-process contenders (matmul,
 structured, composite) run interleaved round by round, so a busy machine slows them
-alike. torch.func calls over 10 s are timed once. Before each case and each torch.func
+alike. torch.func calls stop repeating after 20 s. Before each case and each torch.func
 measurement the script waits (``--quiet-load``, ``--quiet-wait``) for the machine's load
 average to drop, and records it.
 
@@ -114,23 +115,21 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: str, repeats: int) -> tuple[float, int, object]:
-    """Median seconds over ``repeats`` runs after one warm-up (one run if it takes > 10 s)."""
-    sync(device)
-    t = time.perf_counter()
-    result = fn()
-    sync(device)
-    first = time.perf_counter() - t
-    if first > 10:
-        return first, 1, result
+def timed(fn, device: str, repeats: int) -> list[float]:
+    """Seconds of several runs of ``fn`` (already warmed up on a small batch): the first
+    run counts when it takes over 2 s, and runs stop after 20 s."""
     times = []
-    for _ in range(repeats):
-        del result
-        t = time.perf_counter()
-        result = fn()
+    for k in range(repeats + 1):
         sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), repeats, result
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        elapsed = time.perf_counter() - t
+        if k > 0 or elapsed > 2:
+            times.append(elapsed)
+        if sum(times) > 20:
+            break
+    return times
 
 
 def composite(model, x1, x2, mode):
@@ -205,11 +204,13 @@ def worker(spec: dict) -> dict:
     try:
         before = structured()
         empirical_ntk(model, x[:4], None if x2 is None else x2[:4], **kwargs)  # warm-up
-        seconds, reps, _ = timed(lambda: empirical_ntk(model, x, x2, **kwargs), device,
-                                 spec["repeats"])
-        s_seconds = statistics.median(before + structured())
-        return dict(status="ok", seconds=seconds, repeats=reps, structured_seconds=s_seconds,
-                    vs_structured=seconds / s_seconds)
+        times = timed(lambda: empirical_ntk(model, x, x2, **kwargs), device, spec["repeats"])
+        s_times = before + structured()
+        seconds, s_seconds = statistics.median(times), statistics.median(s_times)
+        return dict(status="ok", seconds=seconds, best=min(times), repeats=len(times),
+                    structured_seconds=s_seconds, structured_best=min(s_times),
+                    vs_structured=seconds / s_seconds,
+                    vs_structured_best=min(times) / min(s_times))
     except (RuntimeError, MemoryError) as error:
         text = str(error)
         oom = "can't allocate memory" in text or "out of memory" in text
@@ -317,11 +318,13 @@ def run_case(case: dict, args) -> dict:
                 r["gflops"] = flops(case, False)["total"] / r["seconds"] / 1e9
             rows.append(dict(method=method, variant=label, **r))
     # Time relative to the structured row of the same variant (x2=None for torch.func).
-    structured = {r["variant"]: r["seconds"] for r in rows if r["method"] == "structured"}
+    structured = {r["variant"]: r for r in rows if r["method"] == "structured"}
     for r in rows:
         if r["method"] != "matmul" and r["status"] == "ok" and "vs_structured" not in r:
             base = structured.get(r["variant"], structured.get("x2=None"))
-            r["vs_structured"] = r["seconds"] / base
+            r["vs_structured"] = r["seconds"] / base["seconds"]
+            if "best" in r and "best" in base:
+                r["vs_structured_best"] = r["best"] / base["best"]
     return result
 
 
@@ -331,13 +334,15 @@ def markdown(results: list[dict]) -> str:
         case = res["case"]
         lines.append(f"\n### {case['name']} (mode {case['mode']}; target: {case['target']}; "
                      f"load average at start {res.get('load_at_start', float('nan')):.2f})\n")
-        lines.append("| method | variant | status | seconds (median) | best | × structured | "
-                     "GFLOP/s | % matmul | note |")
+        lines.append("| method | variant | status | seconds (median) | best | × structured "
+                     "(median, best) | GFLOP/s | % matmul | note |")
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for r in res["rows"]:
             sec = f"{r['seconds']:.4g}" if "seconds" in r else ""
             best = f"{r['best']:.4g}" if "best" in r else ""
             ratio = f"{r['vs_structured']:.3g}" if "vs_structured" in r else ""
+            if "vs_structured_best" in r:
+                ratio += f", {r['vs_structured_best']:.3g}"
             gf = f"{r['gflops']:.1f}" if "gflops" in r else ""
             frac = f"{100 * r['matmul_fraction']:.0f}%" if "matmul_fraction" in r else ""
             note = r.get("message", "")
