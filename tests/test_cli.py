@@ -29,20 +29,13 @@ from torch_ntk import analytic_kernels, empirical_ntk, mlp_spec, ntk_mlp
 from torch_ntk.cli import main
 from torch_ntk.experiments import common, demo, figure1, figure2, figure3
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 needs_sklearn = pytest.mark.skipif(
     not figure3.digits_available(),
     reason="figure3 needs scikit-learn's bundled digits: pip install 'torch-ntk[digits]'")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny problems: one thread is fastest and immune to other jobs on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_json(path) -> dict:

@@ -35,12 +35,7 @@ SE_RATIO_RANGE = (0.67, 1.5)
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny GEMMs: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny GEMMs
 
 
 def _points(n, d=3, seed=1, dtype=F64):

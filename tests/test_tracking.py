@@ -27,17 +27,11 @@ from torch_ntk.tracking import DriftRecord
 
 F64 = torch.float64
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny problems: one thread is fastest and immune to other jobs on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def dropout_mlp(seed: int = 0, dtype=torch.float32, device="cpu") -> nn.Sequential:

@@ -23,16 +23,10 @@ from torch_ntk.wrapper import Linearized, kernel_context
 
 F64 = torch.float64
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny problems: one thread is fastest and immune to other jobs on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def dropout_mlp(seed: int = 0, dtype=torch.float32) -> nn.Sequential:

@@ -290,15 +290,15 @@ def write_json(path: Union[str, os.PathLike], payload: dict[str, Any]) -> None:
 
 
 def new_figure(width: float, height: float, panels: int = 1):
-    """A matplotlib Figure (no pyplot, no GUI backend) and its axes, or (None, None)
-    when matplotlib is not installed (the experiment then writes its JSON only)."""
+    """A matplotlib Figure (no pyplot, no GUI backend) and a list of its ``panels`` axes,
+    or (None, [None] * panels) when matplotlib is not installed (the experiment then
+    writes its JSON only)."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        return None, None
+        return None, [None] * panels
     fig = Figure(figsize=(width, height), layout="constrained")
-    axes = fig.subplots(1, panels)
-    return fig, axes
+    return fig, list(fig.subplots(1, panels, squeeze=False)[0])
 
 
 def save_figure(fig, path: Union[str, os.PathLike], dpi: int = 110) -> None:

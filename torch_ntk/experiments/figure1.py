@@ -152,7 +152,6 @@ def draw(payload: dict[str, Any]):
     fig, axes = new_figure(5.0 * len(widths), 4.0, len(widths))
     if fig is None:
         return None
-    axes = list(axes) if len(widths) > 1 else [axes]
     gamma = res["gamma"]
     for ax, w in zip(axes, widths):
         r, s = res["widths"][w], summary["widths"][w]

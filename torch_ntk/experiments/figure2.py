@@ -154,7 +154,6 @@ def draw(payload: dict[str, Any]):
     fig, axes = new_figure(5.0 * len(widths), 4.0, len(widths))
     if fig is None:
         return None
-    axes = list(axes) if len(widths) > 1 else [axes]
     gamma, gp = res["gamma"], res["gp_t"]
     values = gp["p10"] + gp["p90"] + [v for w in widths for fn in res["widths"][w]["functions"]
                                       for v in fn]
