@@ -40,9 +40,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
 
-from common import machine_info, markdown_table, write_json  # noqa: E402
+from torch_ntk.bench.common import machine_info, markdown_table, write_json  # noqa: E402
 
 CASES = {
     # name: (kind, widths, N, tile, dtype)

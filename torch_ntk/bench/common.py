@@ -1,0 +1,202 @@
+"""Shared benchmark machinery: timing with warm-up and medians, peak memory, JSON output.
+
+Timings are medians after warm-up: on CUDA measured by CUDA events recorded around the
+call (``torch.cuda.Event``), on CPU by the wall clock. Peak memory: on CUDA the caching
+allocator's peak (``torch.cuda.reset_peak_memory_stats`` / ``max_memory_allocated``)
+beyond what was allocated before the call; on CPU the growth of the peak resident set
+(VmHWM, reset before the call) over the resident set before it, in a fresh child process
+per case so memory cached by earlier cases cannot hide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Optional
+
+import torch
+
+__all__ = [
+    "sync", "elapsed", "time_call", "interleaved", "summary", "cuda_peak", "peak_memory",
+    "matmul_rate", "roofline", "machine_info", "write_json", "markdown_table",
+    "results_dir", "float32_matmul",
+]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def elapsed(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Seconds of one call of ``fn``: CUDA events around it on CUDA, the wall clock on CPU."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "repeats": len(times)}
+
+
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: str = "cpu") -> dict:
+    """Median and spread of ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return summary([elapsed(fn, device) for _ in range(repeats)])
+
+
+def interleaved(calls: dict, repeats: int, device: str) -> dict:
+    """Times of each call in ``calls`` (already warmed up), round after round: a busy
+    machine or a GPU clock change slows them alike. Returns {key: [seconds, ...]}."""
+    times: dict = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            times[key].append(elapsed(fn, device))
+    return times
+
+
+def cuda_peak(fn: Callable[[], object]) -> int:
+    """Peak CUDA memory (bytes) allocated by one call of ``fn`` beyond what was allocated
+    before it; the result is freed before the peak is read back, so it counts too."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _child(setup, conn):
+    try:
+        fn = setup()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set size (VmHWM) to the current one
+        base = _rss_bytes("VmRSS")
+        fn()
+        conn.send({"peak_extra_bytes": _rss_bytes("VmHWM") - base})
+    except Exception as error:  # reported, not raised: the parent records it
+        conn.send({"error": f"{type(error).__name__}: {error}"})
+
+
+def peak_memory(setup: Callable[[], Callable[[], object]], device: str = "cpu") -> dict:
+    """Peak extra memory of one call of ``setup()()`` beyond what setup allocated.
+
+    ``setup`` must be picklable (a module-level function or functools.partial) on CPU,
+    where it runs in a fresh child process.
+    """
+    if device == "cuda":
+        fn = setup()
+        return {"peak_extra_bytes": cuda_peak(fn)}
+    # spawn, not fork: a forked child of a process whose OpenMP pool has run deadlocks.
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(setup, child))
+    proc.start()
+    result = parent.recv() if parent.poll(600) else {"error": "timed out"}
+    proc.join()
+    return result
+
+
+@contextlib.contextmanager
+def float32_matmul(precision: str) -> Iterator[None]:
+    """torch.set_float32_matmul_precision for the block ("high" lets CUDA use TF32)."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def matmul_rate(n: int, device: str, kind: str = "float32", repeats: int = 5) -> dict:
+    """FLOP/s of an n×n×n product: kind "float32" (no TF32), "tf32" (float32 inputs,
+    TF32 tensor cores) or "bfloat16" (bf16 inputs, float32 accumulation)."""
+    dtype = torch.bfloat16 if kind == "bfloat16" else torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    with float32_matmul("high" if kind == "tf32" else "highest"):
+        timing = time_call(lambda: torch.mm(a, b), repeats=repeats, warmup=2, device=device)
+    return {"n": n, "kind": kind, "seconds": timing["median_s"],
+            "flops": 2 * n**3 / timing["median_s"]}
+
+
+def roofline(device: str = "cpu", n_matmul: Optional[int] = None,
+             copy_mb: Optional[int] = None) -> dict:
+    """The two ceilings measured in this run: a float32 n³ matmul's FLOP/s (no TF32) and
+    the bandwidth of a large same-device copy (bytes read + bytes written per second)."""
+    n_matmul = n_matmul or (8192 if device == "cuda" else 2048)
+    copy_mb = copy_mb or (2048 if device == "cuda" else 256)
+    mm = matmul_rate(n_matmul, device)
+    src = torch.randn(copy_mb * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    t_copy = time_call(lambda: dst.copy_(src), repeats=5, device=device)["median_s"]
+    return {"matmul_n": n_matmul, "matmul_flops": mm["flops"],
+            "copy_bytes_per_s": 2 * src.numel() * 4 / t_copy}
+
+
+def machine_info(device: str = "cpu") -> dict:
+    info = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def results_dir() -> str:
+    """benchmarks/results of a source checkout (the scripts' default output folder), or
+    ./benchmark_results when torch_ntk is installed elsewhere."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isdir(os.path.join(root, "benchmarks")):
+        return os.path.join(root, "benchmarks", "results")
+    return os.path.abspath("benchmark_results")
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write atomically: a reader never sees a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    sep = "| " + " | ".join("---" for _ in columns) + " |"
+    body = ["| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |" for row in rows]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,778 @@
+"""Benchmark the finite-width NTK methods on the same inputs, in one run.
+
+    torch-ntk bench empirical [--quick] [--device cpu|cuda] [--out DIR]
+    python benchmarks/empirical.py                 # the issue's CPU cases (minutes on 2 cores)
+    python benchmarks/empirical.py --quick         # a small smoke run
+    python benchmarks/empirical.py --device cuda   # the GPU cases (about a minute on an H200)
+    python benchmarks/empirical.py --cases w2048   # named cases (exact or substring); their
+                                                   # results replace those in the JSON
+
+Methods (all on the model ``ntk_mlp([w, w, w, w, n_L], "relu")``, float32, inputs
+x ~ N(0, 1) of size [N, w], seed 0, x2 = None unless stated):
+
+- ``structured``: ``empirical_ntk(method="structured")`` — forward, batched cotangents,
+  one fused ``structured_ntk`` op (end to end).
+- ``composite``: the same features (A_l, D_l), then the eager torch formula
+  Σ_l (c_w A1 A2ᵀ + c_b) ⊙ (D1 D2ᵀ) with GEMMs and in-place Hadamard updates.
+- ``jacobian``: ``vmap(jacrev)`` Jacobian contraction (PyTorch's NTK tutorial).
+  "unbounded" = one block over all samples, as in the tutorial; "bounded" = chunked
+  under a memory budget of half the cap.
+- ``ntk_vp``: NTK-vector products (vjp + jvp), unbounded / bounded likewise.
+- ``matmul``: a plain [n, n] @ [n, n] product (the FLOP/s yardstick).
+
+Kernel cases (``kernel=True``: the GPU's w4096 case, the quick CPU w256 case) measure the
+fused op against the GEMMs it cannot avoid, on features computed once
+(``_StructuredPlan.of(model)``, ``plan.coefficients()``, ``plan.features(x)``):
+
+- ``features``: ``plan.features(x)`` alone (forward and cotangent passes);
+- ``gemms alone``: exactly the Gram GEMMs of ``composite`` (per layer A1 A2ᵀ and the
+  cotangent product D1 D2ᵀ), nothing else — the yardstick: "× gemms" of the op rows is
+  op time / GEMM time, of the end-to-end rows end-to-end time / (GEMMs + features);
+- ``structured op only``: ``torch_ntk.ops.structured_ntk`` on those features; with
+  x2 = None it computes only the tiles on and above the diagonal (about half of the
+  GEMMs' work), so the x2 ≠ x1 rows are the like-for-like comparison;
+- ``composite compiled``: ``composite`` under ``torch.compile`` (``--compile-backend``),
+  compiled by a first call outside the timing whose time is reported as compile_s;
+  a compiler failure is recorded as status "error";
+- precisions ``tf32`` and ``bf16`` (tensor-core inputs, float32 accumulation) of the op
+  and of the end-to-end call: "speedup" over precision "highest", and for every row the
+  error against a float64 reference (``empirical_ntk`` on a float64 copy of the model
+  and inputs, same device): ‖K − K64‖_F / ‖K64‖_F and max|K − K64| / max|K64|;
+- ``matmul`` rooflines in float32, TF32 (CUDA) and bfloat16; each op row's
+  "of roofline" divides its (nominal) Gram FLOP/s by the roofline of its precision.
+
+torch.func methods run in a subprocess with a memory cap (``--func-cap-gb``): on CPU its
+data segment (RLIMIT_DATA), on CUDA the caching allocator's share of the device
+(``torch.cuda.set_per_process_memory_fraction``), so running out of memory is reported,
+not suffered; they also get a wall-clock limit (``--func-timeout``). Their "× structured"
+compares with the structured method timed in that same subprocess, just before and
+after. On CUDA all torch.func measurements of a case share one subprocess. The
+memory-only case runs in a subprocess that reads its resident-memory high-water mark
+(VmHWM, reset before the call). Times are the median of ``--repeats`` runs after one
+warm-up run (``best`` is the fastest; on a shared machine it is the better estimate of
+the method's own cost); the in-process contenders run interleaved round by round, so a
+busy machine slows them alike. On CUDA every time comes from CUDA events and peak memory
+from ``torch.cuda.max_memory_allocated`` beyond what was allocated before the call.
+torch.func calls stop repeating after 20 s. On CPU, before each case and each torch.func
+measurement, the script waits (``--quiet-load``, ``--quiet-wait``) for the machine's load
+average to drop, and records it.
+
+FLOP counts (nominal): forward Σ_l 2 N n_l m_l per input set, cotangents
+Σ_{l≥1} 2 N n_L m_l n_l, Gram products Σ_l 2 N1 N2 (n_l + c m_l) with c = n_L (trace,
+diagonal) or n_L² (full). With x2 = None the fused op computes only the tiles on and above
+the diagonal (about half the Gram work), so its FLOP/s there are "effective"; the x2 ≠ x1
+rows have no such discount.
+
+Writes JSON (``--json``/``--out``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import torch_ntk
+from torch_ntk import empirical_ntk, ntk_mlp, ops
+from torch_ntk.empirical import _StructuredPlan
+
+from .common import (
+    cuda_peak, elapsed, float32_matmul, interleaved, results_dir, sync, write_json,
+)
+
+FULL_CASES = [
+    dict(name="w1024_d4_n256_nl1", width=1024, depth=4, n=256, n_out=1, mode="full",
+         func=("unbounded", "bounded"), target="structured >= 100x faster than jacobian"),
+    dict(name="w1024_d4_n256_nl10", width=1024, depth=4, n=256, n_out=10, mode="full",
+         func=("unbounded", "bounded"),
+         target="torch.func runs out of memory; structured completes"),
+    dict(name="w2048_d4_n2048_nl1", width=2048, depth=4, n=2048, n_out=1, mode="full",
+         func=("unbounded",), distinct_x2=True,
+         target="structured >= composite; FLOP/s >= 80% of a 2048^3 matmul"),
+    dict(name="w4096_d4_n4096_nl1", width=4096, depth=4, n=4096, n_out=1, mode="full",
+         memory_only=True, target="peak resident memory < 4 GB"),
+]
+
+QUICK_CASES = [
+    dict(name="w256_d4_n64_nl1", width=256, depth=4, n=64, n_out=1, mode="full",
+         func=("unbounded", "bounded"), target="smoke"),
+    dict(name="w256_d4_n64_nl10", width=256, depth=4, n=64, n_out=10, mode="full",
+         func=("unbounded",), target="smoke"),
+    dict(name="w512_d4_n512_nl1", width=512, depth=4, n=512, n_out=1, mode="full", func=(),
+         distinct_x2=True, target="smoke"),
+    dict(name="w1024_d4_n1024_nl1", width=1024, depth=4, n=1024, n_out=1, mode="full",
+         memory_only=True, target="smoke"),
+    dict(name="w256_d4_n256_nl1", width=256, depth=4, n=256, n_out=1, mode="full", kernel=True,
+         target="smoke (the GPU kernel case, small)"),
+]
+
+# Sized for about a minute on an H200 (about 50 TFLOP/s float32 without tensor cores):
+# the w4096 kernel case's Gram GEMMs take about 20 ms, the whole row set a few seconds
+# per round; torch.compile and the torch.func subprocess dominate.
+GPU_CASES = [
+    dict(name="w4096_d4_n4096_nl1", width=4096, depth=4, n=4096, n_out=1, mode="full",
+         kernel=True, target="structured op <= 1.3x the Gram GEMMs alone (float32); "
+         "tf32/bf16 speedup and error vs float64"),
+    dict(name="w1024_d4_n256_nl1", width=1024, depth=4, n=256, n_out=1, mode="full",
+         func=("unbounded", "bounded"), target="structured >> jacobian"),
+    dict(name="w1024_d4_n256_nl10", width=1024, depth=4, n=256, n_out=10, mode="full",
+         func=("unbounded",),
+         target="torch.func runs out of memory under the cap; structured completes"),
+]
+
+GPU_QUICK_CASES = [
+    dict(name="w512_d4_n512_nl1_gpu", width=512, depth=4, n=512, n_out=1, mode="full",
+         kernel=True, target="smoke"),
+    dict(name="w256_d4_n64_nl1_gpu", width=256, depth=4, n=64, n_out=1, mode="full",
+         func=("unbounded",), target="smoke"),
+]
+
+CASES = {("cpu", False): FULL_CASES, ("cpu", True): QUICK_CASES,
+         ("cuda", False): GPU_CASES, ("cuda", True): GPU_QUICK_CASES}
+ALL_CASES = [c for cases in CASES.values() for c in cases]
+
+PRECISIONS = ("highest", "tf32", "bf16")
+# The matmul roofline each precision is compared with.
+ROOFLINE_OF = {"highest": "float32", "tf32": "tf32", "bf16": "bfloat16"}
+
+
+# ---------------------------------------------------------------------------------
+# problem and helpers
+
+
+def make_problem(case: dict, device: str):
+    torch.manual_seed(0)
+    w, nl = case["width"], case["n_out"]
+    model = ntk_mlp([w] * case["depth"] + [nl], "relu", device=device, dtype=torch.float32)
+    x = torch.randn(case["n"], w, device=device)
+    distinct = case.get("distinct_x2") or case.get("kernel")
+    x2 = torch.randn(case["n"], w, device=device) if distinct else None
+    return model, x, x2
+
+
+def flops(case: dict, distinct: bool) -> dict:
+    w, d, n, nl = case["width"], case["depth"], case["n"], case["n_out"]
+    widths = [w] * d + [nl]
+    c = nl * nl if case["mode"] == "full" else nl
+    sets = 2 if distinct else 1
+    fwd = sets * sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
+    cot = sets * sum(2 * n * nl * b * a for a, b in list(zip(widths[:-1], widths[1:]))[1:])
+    gram = sum(2 * n * n * (a + c * b) for a, b in zip(widths[:-1], widths[1:]))
+    return dict(forward=fwd, cotangent=cot, gram=gram, total=fwd + cot + gram)
+
+
+def timed(fn, device: str, repeats: int) -> list[float]:
+    """Seconds of several runs of ``fn`` (already warmed up on a small batch): the first
+    run counts when it takes over 2 s, and runs stop after 20 s."""
+    times = []
+    for k in range(repeats + 1):
+        t = elapsed(fn, device)
+        if k > 0 or t > 2:
+            times.append(t)
+        if sum(times) > 20:
+            break
+    return times
+
+
+def composite(model, x1, x2, mode):
+    """The structured formula in eager torch, on the features the structured path uses."""
+    plan = _StructuredPlan.of(model)
+    cw, cb = plan.coefficients()
+    a1, d1 = plan.features(x1)
+    a2, d2 = (a1, d1) if x2 is None else plan.features(x2)
+    return gram_composite(a1, d1, a2, d2, cw, cb, mode)
+
+
+def gram_composite(a1, d1, a2, d2, cw, cb, mode):
+    """Σ_l (c_w A1 A2ᵀ + c_b) ⊙ (D1 D2ᵀ) by GEMMs and in-place Hadamard updates."""
+    n1, n2, nl = a1[0].shape[0], a2[0].shape[0], d1[0].shape[1]
+    out = None
+    for A1, D1, A2, D2, w, b in zip(a1, d1, a2, d2, cw, cb):
+        ga = torch.mm(A1, A2.t()).mul_(w).add_(b)
+        m = D1.shape[2]
+        if mode == "trace":
+            term = ga.mul_(torch.mm(D1.reshape(n1, nl * m), D2.reshape(n2, nl * m).t()))
+        else:
+            gd = torch.mm(D1.reshape(n1 * nl, m), D2.reshape(n2 * nl, m).t()).view(n1, nl, n2, nl)
+            if mode == "diagonal":
+                term = gd.diagonal(dim1=1, dim2=3).mul(ga[:, :, None])
+            else:
+                term = gd.permute(0, 2, 1, 3).mul(ga[:, :, None, None])
+        out = term if out is None else out.add_(term)
+    return out
+
+
+def gram_gemms(a1, d1, a2, d2, mode):
+    """Only the GEMMs of :func:`gram_composite` (per layer A1 A2ᵀ and D1 D2ᵀ), nothing else."""
+    n1, n2, nl = a1[0].shape[0], a2[0].shape[0], d1[0].shape[1]
+    for A1, D1, A2, D2 in zip(a1, d1, a2, d2):
+        torch.mm(A1, A2.t())
+        m = D1.shape[2]
+        if mode == "trace":
+            torch.mm(D1.reshape(n1, nl * m), D2.reshape(n2, nl * m).t())
+        else:
+            torch.mm(D1.reshape(n1 * nl, m), D2.reshape(n2 * nl, m).t())
+
+
+def rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
+def short(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def is_oom(error: BaseException) -> bool:
+    text = str(error)
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in text or "out of memory" in text)
+
+
+# ---------------------------------------------------------------------------------
+# subprocess workers
+
+
+def worker(spec: dict) -> list[dict]:
+    """Runs spec["measurements"] (each {"kind": "memory"} or {"kind": "func", "method",
+    "bounded"}) on the case's problem, in this process; returns one result each."""
+    case, device = spec["case"], spec["device"]
+    cap = int(spec.get("cap_bytes") or 0)
+    if cap and device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
+    elif cap:
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    model, x, x2 = make_problem(case, device)
+    results = []
+    for m in spec["measurements"]:
+        try:
+            if m["kind"] == "memory":
+                results.append(_memory_measurement(case, device, model, x))
+            else:
+                results.append(_func_measurement(case, device, model, x, x2, m, cap,
+                                                 spec["repeats"]))
+        except Exception as error:
+            results.append(dict(status="oom" if is_oom(error) else "error", message=short(error)))
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def _memory_measurement(case, device, model, x) -> dict:
+    before = rss_bytes("VmRSS")
+    try:  # reset the high-water mark so VmHWM covers only the call
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    k = empirical_ntk(model, x, mode=case["mode"], method="structured", progress=False)
+    sync(device)
+    seconds = time.perf_counter() - t
+    peak_dev = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return dict(status="ok", seconds=seconds, rss_before=before, peak_rss=rss_bytes("VmHWM"),
+                peak_device=peak_dev, checksum=float(k.double().sum()))
+
+
+def _func_measurement(case, device, model, x, x2, m, cap, repeats) -> dict:
+    kwargs = dict(mode=case["mode"], method=m["method"], progress=False)
+    if m["bounded"]:
+        kwargs["memory_budget"] = cap // 2
+    else:
+        kwargs["chunk_size"] = case["n"]
+        kwargs["memory_budget"] = 2**62
+
+    def structured():  # timed here too: the ratio then compares runs in the same conditions
+        fn = lambda: empirical_ntk(model, x, x2, mode=case["mode"], method="structured",  # noqa: E731
+                                   progress=False)
+        return [elapsed(fn, device) for _ in range(repeats + 1)][1:]
+
+    before = structured()
+    empirical_ntk(model, x[:4], None if x2 is None else x2[:4], **kwargs)  # warm-up
+    times = timed(lambda: empirical_ntk(model, x, x2, **kwargs), device, repeats)
+    s_times = before + structured()
+    seconds, s_seconds = statistics.median(times), statistics.median(s_times)
+    return dict(status="ok", seconds=seconds, best=min(times), repeats=len(times),
+                structured_seconds=s_seconds, structured_best=min(s_times),
+                vs_structured=seconds / s_seconds, vs_structured_best=min(times) / min(s_times))
+
+
+def run_worker(spec: dict, timeout: float) -> list[dict]:
+    """``spec`` run by ``python -m torch_ntk.bench.empirical --worker`` in a fresh process."""
+    cmd = [sys.executable, "-m", "torch_ntk.bench.empirical", "--worker", json.dumps(spec)]
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(torch_ntk.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    count = len(spec["measurements"])
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return [dict(status="timeout", message=f"did not finish within {timeout:.0f} s")] * count
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return [dict(status="error", message=" | ".join(tail)[:400],
+                 returncode=done.returncode)] * count
+
+
+# ---------------------------------------------------------------------------------
+# cases
+
+
+def load_average() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
+def wait_for_quiet(args) -> float:
+    """Waits (up to --quiet-wait s) for the 1-minute load average to drop below
+    --quiet-load (others share this machine); returns the load when it went on."""
+    deadline = time.time() + args.quiet_wait
+    while load_average() >= args.quiet_load and time.time() < deadline:
+        time.sleep(5)
+    return load_average()
+
+
+def run_case(case: dict, args) -> dict:
+    if case.get("kernel"):
+        return run_kernel_case(case, args)
+    device = args.device
+    result = dict(case=case, rows=[], load_at_start=wait_for_quiet(args))
+    rows = result["rows"]
+    cap = int(args.func_cap_gb * 2**30)
+
+    if case.get("memory_only"):
+        spec = dict(case=case, device=device, measurements=[dict(kind="memory")], repeats=1)
+        r = run_worker(spec, timeout=args.func_timeout * 5)[0]
+        fl = flops(case, False)
+        if r["status"] == "ok":
+            r["gflops"] = fl["total"] / r["seconds"] / 1e9
+        rows.append(dict(method="structured", variant="x2=None, own process", **r))
+        return result
+
+    model, x, x2 = make_problem(case, device)
+    w = case["width"]
+    a = torch.randn(w, w, device=device)
+    b = torch.randn(w, w, device=device)
+    # In-process contenders run interleaved, round after round, so that a busy machine
+    # slows them alike; each reports the median (and best) of its rounds.
+    calls = {("matmul", f"{w}^3 float32"): lambda: a @ b}
+    variants = [("x2=None", None)] + ([("x2!=x1", x2)] if x2 is not None else [])
+    for label, second in variants:
+        calls[("structured", label)] = lambda second=second: empirical_ntk(
+            model, x, second, mode=case["mode"], method="structured", progress=False)
+        calls[("composite", label)] = lambda second=second: composite(
+            model, x, second, case["mode"])
+    results = {key: fn() for key, fn in calls.items()}  # warm-up; kept for the comparison
+    sync(device)
+    times = interleaved(calls, args.repeats, device)
+    mm_rate = 2 * w**3 / statistics.median(times[("matmul", f"{w}^3 float32")]) / 1e9
+    for (method, label), ts in times.items():
+        sec = statistics.median(ts)
+        row = dict(method=method, variant=label, status="ok", seconds=sec, best=min(ts),
+                   repeats=len(ts))
+        if method == "matmul":
+            row["gflops"] = mm_rate
+        else:
+            fl = flops(case, label != "x2=None")["total"]
+            row.update(gflops=fl / sec / 1e9, matmul_fraction=fl / sec / 1e9 / mm_rate)
+        if method == "composite":
+            k, kc = results[("structured", label)], results[(method, label)]
+            row["max_rel_diff"] = float((kc - k).abs().max() / k.abs().max())
+        rows.append(row)
+    del a, b, results
+
+    measurements = [dict(kind="func", method=method, bounded=variant == "bounded",
+                         label=f"{variant}, cap {args.func_cap_gb:g} GB")
+                    for method in ("jacobian", "ntk_vp") for variant in case.get("func", ())]
+    # CPU: one fresh process per measurement (its own memory cap and high-water mark);
+    # CUDA: one process per case (starting CUDA costs seconds each time).
+    groups = [measurements] if device == "cuda" else [[m] for m in measurements]
+    for group in groups:
+        if not group:
+            continue
+        spec = dict(case=case, device=device, measurements=group, cap_bytes=cap,
+                    repeats=args.repeats)
+        load = wait_for_quiet(args)
+        for m, r in zip(group, run_worker(spec, timeout=args.func_timeout * len(group))):
+            r["load_at_start"] = load
+            if r["status"] == "ok":
+                r["gflops"] = flops(case, False)["total"] / r["seconds"] / 1e9
+            rows.append(dict(method=m["method"], variant=m["label"], **r))
+    # Time relative to the structured row of the same variant (x2=None for torch.func).
+    structured = {r["variant"]: r for r in rows if r["method"] == "structured"}
+    for r in rows:
+        if r["method"] != "matmul" and r["status"] == "ok" and "vs_structured" not in r:
+            base = structured.get(r["variant"], structured.get("x2=None"))
+            r["vs_structured"] = r["seconds"] / base["seconds"]
+            if "best" in r and "best" in base:
+                r["vs_structured_best"] = r["best"] / base["best"]
+    return result
+
+
+def _errors(k: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Relative error of ``k`` against the float64 ``ref``: Frobenius and max-abs."""
+    diff = k.double() - ref
+    return dict(err_fro=float(diff.norm() / ref.norm()),
+                err_max=float(diff.abs().max() / ref.abs().max()))
+
+
+def _op(a1, d1, a2, d2, cw, cb, mode, precision):
+    # precision="highest" is the op's default: calling without it also works on a
+    # torch_ntk that predates the argument.
+    extra = {} if precision == "highest" else {"precision": precision}
+    return ops.structured_ntk(a1, d1, a2, d2, cw, cb, mode, **extra)
+
+
+def _end_to_end(model, x, mode, precision):
+    extra = {} if precision == "highest" else {"precision": precision}
+    return empirical_ntk(model, x, mode=mode, method="structured", progress=False, **extra)
+
+
+def run_kernel_case(case: dict, args) -> dict:
+    """The fused op against the GEMMs alone, the eager and compiled composites, and its
+    reduced precisions; every kernel's error against float64 (see the module docstring)."""
+    device, mode = args.device, case["mode"]
+    result = dict(case=case, rows=[], load_at_start=wait_for_quiet(args))
+    rows = result["rows"]
+    model, x, x2 = make_problem(case, device)
+    plan = _StructuredPlan.of(model)
+    cw, cb = plan.coefficients()
+    a1, d1 = plan.features(x)
+    a2, d2 = plan.features(x2)
+    model64 = copy.deepcopy(model).double()
+    ref = {"x2=None": empirical_ntk(model64, x.double(), mode=mode, method="structured",
+                                    progress=False),
+           "x2!=x1": empirical_ntk(model64, x.double(), x2.double(), mode=mode,
+                                   method="structured", progress=False)}
+    del model64
+
+    # Rooflines: a square product large enough to be steady and quick (8192 on CUDA).
+    n_mm = 8192 if device == "cuda" else max(case["width"], 512)
+    mats = {kind: (torch.randn(n_mm, n_mm, device=device).to(dtype),
+                   torch.randn(n_mm, n_mm, device=device).to(dtype))
+            for kind, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+
+    def matmul(kind):
+        a, b = mats["float32" if kind == "tf32" else kind]
+        with float32_matmul("high" if kind == "tf32" else "highest"):
+            return torch.mm(a, b)
+
+    # key -> (fn, info): info holds the row's fixed fields and how to compare it.
+    calls: dict = {}
+    for kind in ("float32", "tf32", "bfloat16"):
+        if kind == "tf32" and device != "cuda":
+            continue  # TF32 is a tensor-core format; the CPU has no such matmul
+        calls[("matmul", f"{n_mm}^3 {kind}")] = (lambda kind=kind: matmul(kind),
+                                                  dict(flops=2 * n_mm**3, roofline=kind))
+    fc = flops(case, False)
+    calls[("features", "forward + cotangents")] = (lambda: plan.features(x),
+                                                   dict(flops=fc["forward"] + fc["cotangent"]))
+    for label, (b_a, b_d) in (("x2=None", (a1, d1)), ("x2!=x1", (a2, d2))):
+        gram = flops(case, label != "x2=None")["gram"]
+        calls[("gemms alone", label)] = (lambda b_a=b_a, b_d=b_d: gram_gemms(a1, d1, b_a, b_d, mode),
+                                         dict(flops=gram, roofline="float32"))
+    for precision in PRECISIONS:
+        for label, (b_a, b_d) in (("x2=None", (None, None)), ("x2!=x1", (a2, d2))):
+            calls[("structured op only", f"{label}, {precision}")] = (
+                lambda b_a=b_a, b_d=b_d, p=precision: _op(a1, d1, b_a, b_d, cw, cb, mode, p),
+                dict(flops=flops(case, label != "x2=None")["gram"], ref=label,
+                     precision=precision, roofline=ROOFLINE_OF[precision]))
+        calls[("structured", f"x2=None, {precision}")] = (
+            lambda p=precision: _end_to_end(model, x, mode, p),
+            dict(flops=flops(case, False)["total"], ref="x2=None", precision=precision))
+    calls[("composite", "x2=None")] = (lambda: composite(model, x, None, mode),
+                                       dict(flops=flops(case, False)["total"], ref="x2=None"))
+    compiled = torch.compile(composite, backend=args.compile_backend)
+    calls[("composite compiled", "x2=None")] = (lambda: compiled(model, x, None, mode),
+                                                dict(flops=flops(case, False)["total"],
+                                                     ref="x2=None", compile=True))
+
+    # Warm-up (the first call compiles; its output gives the error against float64).
+    ok, info_rows = {}, {}
+    for key, (fn, info) in calls.items():
+        row = dict(method=key[0], variant=key[1], status="ok")
+        try:
+            t0 = time.perf_counter()
+            k = fn()
+            sync(device)
+            if info.get("compile"):
+                row["compile_s"] = time.perf_counter() - t0
+                k = fn()  # a second call settles any recompilation
+            if "ref" in info:
+                row.update(_errors(k, ref[info["ref"]]))
+            del k
+            ok[key] = fn
+        except TypeError as error:
+            if "precision" in str(error):  # a torch_ntk without the precision argument
+                row.update(status="unsupported", message=short(error))
+            else:
+                row.update(status="error", message=short(error))
+        except Exception as error:  # recorded, not fatal (e.g. a compiler failure)
+            row.update(status="oom" if is_oom(error) else "error", message=short(error))
+        info_rows[key] = row
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    sync(device)
+    times = interleaved(ok, args.repeats, device)
+
+    rates = {}
+    for key, (fn, info) in calls.items():
+        row = info_rows[key]
+        if key in times:
+            ts = times[key]
+            row.update(seconds=statistics.median(ts), best=min(ts), repeats=len(ts))
+            if "flops" in info:
+                row["gflops"] = info["flops"] / row["seconds"] / 1e9
+            if key[0] == "matmul":
+                rates[info["roofline"]] = row["gflops"]
+            if device == "cuda" and key[0] != "matmul":
+                row["peak_MB"] = cuda_peak(fn) / 2**20
+        if "precision" in info:
+            row["precision"] = info["precision"]
+        rows.append(row)
+
+    by_key = {(r["method"], r["variant"]): r for r in rows}
+
+    def seconds(method, variant):
+        r = by_key.get((method, variant), {})
+        return r.get("seconds")
+
+    for r in rows:
+        if "seconds" not in r:
+            continue
+        method, variant = r["method"], r["variant"]
+        info = calls[(method, variant)][1]
+        if info.get("roofline") in rates and method != "matmul":
+            r["roofline"] = info["roofline"]
+            r["roofline_fraction"] = r["gflops"] / rates[info["roofline"]]
+        elif method == "structured op only" and "float32" in rates:  # no TF32 roofline (CPU)
+            r["roofline"] = "float32"
+            r["roofline_fraction"] = r["gflops"] / rates["float32"]
+        side = variant.split(",")[0]
+        if method == "structured op only" and seconds("gemms alone", side):
+            r["vs_gemms"] = r["seconds"] / seconds("gemms alone", side)
+        if method == "structured" and seconds("gemms alone", side) and seconds(
+                "features", "forward + cotangents"):
+            r["vs_gemms"] = r["seconds"] / (seconds("gemms alone", side)
+                                            + seconds("features", "forward + cotangents"))
+        precision = r.get("precision")
+        if precision and precision != "highest":
+            base = seconds(method, variant.replace(precision, "highest"))
+            if base:
+                r["speedup_vs_highest"] = base / r["seconds"]
+        if method.startswith("composite") and seconds("structured", "x2=None, highest"):
+            r["vs_structured"] = r["seconds"] / seconds("structured", "x2=None, highest")
+    result["summary"] = _kernel_summary(by_key)
+    return result
+
+
+def _kernel_summary(by_key: dict) -> dict:
+    """The numbers of target (b), in one place."""
+    def get(method, variant, field):
+        return by_key.get((method, variant), {}).get(field)
+
+    out = {
+        "op_over_gemms_x2_none": get("structured op only", "x2=None, highest", "vs_gemms"),
+        "op_over_gemms_x2_distinct": get("structured op only", "x2!=x1, highest", "vs_gemms"),
+        "end_to_end_over_gemms_plus_features": get("structured", "x2=None, highest", "vs_gemms"),
+        "composite_over_structured": get("composite", "x2=None", "vs_structured"),
+        "compiled_over_structured": get("composite compiled", "x2=None", "vs_structured"),
+        "compile_s": get("composite compiled", "x2=None", "compile_s"),
+    }
+    for p in PRECISIONS:
+        if p != "highest":
+            out[f"{p}_op_speedup"] = get("structured op only", f"x2!=x1, {p}", "speedup_vs_highest")
+            out[f"{p}_end_to_end_speedup"] = get("structured", f"x2=None, {p}", "speedup_vs_highest")
+        out[f"{p}_err_fro"] = get("structured op only", f"x2=None, {p}", "err_fro")
+        out[f"{p}_err_max"] = get("structured op only", f"x2=None, {p}", "err_max")
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# report
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _kernel_markdown(res: dict) -> list[str]:
+    lines = ["| method | variant | status | median s | best s | × gemms | × structured | "
+             "speedup vs highest | GFLOP/s | of roofline | err vs f64 (Frobenius, max) | "
+             "peak MB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        err = (f"{r['err_fro']:.1e}, {r['err_max']:.1e}" if "err_fro" in r else "")
+        frac = (f"{100 * r['roofline_fraction']:.0f}% of {r['roofline']}"
+                if "roofline_fraction" in r else "")
+        note = r.get("message", "")
+        if "compile_s" in r:
+            note = f"compile {r['compile_s']:.1f} s" + (f"; {note}" if note else "")
+        lines.append(
+            f"| {r['method']} | {r['variant']} | {r['status']} | {_fmt(r.get('seconds'), '.4g')} | "
+            f"{_fmt(r.get('best'), '.4g')} | {_fmt(r.get('vs_gemms'), '.3g')} | "
+            f"{_fmt(r.get('vs_structured'), '.3g')} | {_fmt(r.get('speedup_vs_highest'), '.3g')} | "
+            f"{_fmt(r.get('gflops'), '.1f')} | {frac} | {err} | {_fmt(r.get('peak_MB'), '.0f')} | "
+            f"{note} |")
+    s = res.get("summary", {})
+    lines.append("")
+    lines.append(
+        "Target (b): structured op / gemms alone = "
+        f"{_fmt(s.get('op_over_gemms_x2_none'), '.3g')} (x2=None, half the tiles), "
+        f"{_fmt(s.get('op_over_gemms_x2_distinct'), '.3g')} (x2!=x1); end to end / (gemms + "
+        f"features) = {_fmt(s.get('end_to_end_over_gemms_plus_features'), '.3g')}; "
+        f"highest: err {_fmt(s.get('highest_err_fro'), '.1e')}; "
+        + "; ".join(f"{p}: op speedup {_fmt(s.get(f'{p}_op_speedup'), '.3g')} (x2!=x1), "
+                    f"end to end {_fmt(s.get(f'{p}_end_to_end_speedup'), '.3g')}, err "
+                    f"{_fmt(s.get(f'{p}_err_fro'), '.1e')}" for p in PRECISIONS[1:]) + ".")
+    return lines
+
+
+def markdown(results: list[dict]) -> str:
+    lines = []
+    for res in results:
+        case = res["case"]
+        lines.append(f"\n### {case['name']} (mode {case['mode']}; target: {case['target']}; "
+                     f"load average at start {res.get('load_at_start', float('nan')):.2f})\n")
+        if case.get("kernel"):
+            lines.extend(_kernel_markdown(res))
+            continue
+        lines.append("| method | variant | status | seconds (median) | best | × structured "
+                     "(median, best) | GFLOP/s | % matmul | note |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for r in res["rows"]:
+            sec = f"{r['seconds']:.4g}" if "seconds" in r else ""
+            best = f"{r['best']:.4g}" if "best" in r else ""
+            ratio = f"{r['vs_structured']:.3g}" if "vs_structured" in r else ""
+            if "vs_structured_best" in r:
+                ratio += f", {r['vs_structured_best']:.3g}"
+            gf = f"{r['gflops']:.1f}" if "gflops" in r else ""
+            frac = f"{100 * r['matmul_fraction']:.0f}%" if "matmul_fraction" in r else ""
+            note = r.get("message", "")
+            if "peak_rss" in r:
+                note = (f"peak RSS {r['peak_rss'] / 2**30:.2f} GiB (before call "
+                        f"{r['rss_before'] / 2**30:.2f} GiB)")
+                if r.get("peak_device") is not None:
+                    note += f", peak device {r['peak_device'] / 2**30:.2f} GiB"
+            if "max_rel_diff" in r:
+                note = f"max rel diff vs structured {r['max_rel_diff']:.1e}"
+            lines.append(f"| {r['method']} | {r['variant']} | {r['status']} | {sec} | {best} | "
+                         f"{ratio} | {gf} | {frac} | {note} |")
+    return "\n".join(lines)
+
+
+def select_cases(cases: list[dict], spec: str) -> list[dict]:
+    """Cases named in the comma-separated ``spec`` (exact names, else substrings)."""
+    if not spec:
+        return cases
+    names = [c["name"] for c in cases]
+    wanted = set()
+    for token in spec.split(","):
+        exact = [n for n in names if n == token]
+        wanted.update(exact or [n for n in names if token in n])
+    return [c for c in cases if c["name"] in wanted]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke-test sizes")
+    parser.add_argument("--cases", default="",
+                        help="comma-separated case names (or substrings) to run")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed rounds per measurement (default 5 on CPU, 10 on CUDA)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compiled composite (default inductor)")
+    parser.add_argument("--func-cap-gb", type=float, default=10.0,
+                        help="memory cap of the torch.func subprocesses (GB)")
+    parser.add_argument("--func-timeout", type=float, default=120.0,
+                        help="wall-clock limit per torch.func measurement (s)")
+    parser.add_argument("--quiet-load", type=float, default=1.5,
+                        help="wait for the 1-minute load average to drop below this ...")
+    parser.add_argument("--quiet-wait", type=float, default=None,
+                        help="... for at most this many seconds before each measurement "
+                             "(default 120 on CPU, 0 on CUDA)")
+    parser.add_argument("--json", "--out", dest="json", default=None,
+                        help="JSON path (default benchmarks/results/empirical_<device>.json)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None, *, default_dir: str | None = None,
+         prog: str = "python -m torch_ntk.bench.empirical") -> dict | None:
+    """Run the benchmark with command-line arguments ``argv``; returns the JSON payload."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    parser.prog = prog
+    args = parser.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: CUDA is not available on this machine")
+    if args.repeats is None:
+        args.repeats = 10 if args.device == "cuda" else 5
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if args.device == "cuda" else 120.0
+    path = args.json or os.path.join(default_dir or results_dir(), f"empirical_{args.device}.json")
+    cases = select_cases(CASES[(args.device, args.quick)], args.cases)
+    if args.cases and not cases:
+        names = ", ".join(c["name"] for c in CASES[(args.device, args.quick)])
+        parser.error(f"argument --cases: no case matches {args.cases!r}; the cases are {names}")
+    t0 = time.perf_counter()
+    results = []
+    for case in cases:
+        print(f"running {case['name']} ...", file=sys.stderr, flush=True)
+        results.append(run_case(case, args))
+    meta = dict(
+        torch=torch.__version__, torch_ntk=torch_ntk.__version__, python=platform.python_version(),
+        machine=platform.machine(), processor=platform.processor() or platform.uname().processor,
+        threads=torch.get_num_threads(), device=args.device, quick=args.quick,
+        date=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join([prog, *argv]),
+        wall_s=round(time.perf_counter() - t0, 1),
+    )
+    if args.device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+    if args.cases and os.path.exists(path):  # replace those cases, keep the others
+        with open(path) as f:
+            old = json.load(f)
+        fresh = {r["case"]["name"] for r in results}
+        kept = [r for r in old.get("results", []) if r["case"]["name"] not in fresh]
+        order = [c["name"] for c in ALL_CASES]
+        results = sorted(kept + results, key=lambda r: order.index(r["case"]["name"])
+                         if r["case"]["name"] in order else len(order))
+        meta["runs"] = old.get("meta", {}).get("runs", [old.get("meta", {}).get("command")])
+    meta.setdefault("runs", [])
+    meta["runs"] = [m for m in meta["runs"] if m] + [f"{meta['date']}: {meta['command']}"]
+    payload = dict(meta=meta, results=results)
+    write_json(path, payload)
+    print(markdown(results))
+    print(f"\nJSON: {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Benchmark: the cost of KernelDriftTracker against the training it watches.
+
+    torch-ntk bench tracker [--quick] [--device cpu|cuda] [--out DIR]
+    python benchmarks/tracker.py [--quick] [--device cpu|cuda] [--outputs 10 1] [--repeats 7]
+                                 [--threads T] [--out PATH]
+
+Model: ntk_mlp([784, 1024, 1024, 1024, n_L], "relu") — width 1024, depth 4 (four dense
+layers), float32 — trained by SGD on MSE with 256-sample batches; the tracker watches a
+256-point probe set (--quick: width 256, 64 inputs, 64-sample batches and probes, at
+most 3 repeats). For each n_L, in the same process:
+
+- train_step_s: median time of one training step (zero_grad, forward, backward, step);
+- record_s: median time of one tracker.record() (trace NTK on the probe set by the
+  structured path, then the metrics: eigvalsh of a 256×256 matrix, norms, θ movement);
+  kernel_s: the empirical_ntk call alone, metrics_s the rest;
+- record_over_step: the median of record/step ratios (target: at most 2);
+- overhead_every_10: the median of (10 steps with the tracker attached at every=10, so
+  exactly one record) / (10 steps without it) − 1, and the prediction
+  record_s/(10·train_step_s).
+
+Timings are wall-clock after a warm-up (CUDA: synchronized); the two sides of every
+ratio are timed back to back, so a shared machine's load affects both alike. Results
+are written as JSON, atomically, to benchmarks/results/tracker_<device>.json unless
+--out is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+import torch_ntk as tn
+
+from .common import machine_info, results_dir, summary, sync, write_json
+
+# (width, depth, inputs, batch, probe points)
+FULL = (1024, 4, 784, 256, 256)
+QUICK = (256, 4, 64, 64, 64)
+
+
+def _timed(fn, device: str) -> float:
+    """Wall-clock seconds of one call, synchronized (a record mixes GPU work and host
+    work such as eigvalsh's result copy, so the wall clock is the honest measure)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+
+def run_case(n_out: int, device: str, repeats: int, sizes: tuple = FULL) -> dict:
+    width, depth, n_in, batch, n_probe = sizes
+    torch.manual_seed(0)
+    widths = [n_in] + [width] * (depth - 1) + [n_out]
+    model = tn.ntk_mlp(widths, "relu", device=device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, n_in, generator=g).to(device)
+    y = torch.randn(batch, n_out, generator=g).to(device)
+    probe = torch.randn(n_probe, n_in, generator=g).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def train_step():
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    def ten_steps():
+        for _ in range(10):
+            train_step()
+
+    tracker = tn.KernelDriftTracker(model, probe, y[:n_probe], every=10)
+    info = tn.empirical_ntk(model, probe, mode="trace", return_info=True)[1]
+    train_step(), tracker.record(), tracker._kernel()  # warm-up
+
+    # Interleaved, so that both sides of each ratio see the same machine load.
+    step_t, record_t, kernel_t, ratios = [], [], [], []
+    for _ in range(repeats):
+        step_t.append(_timed(train_step, device))
+        record_t.append(_timed(tracker.record, device))
+        kernel_t.append(_timed(tracker._kernel, device))
+        ratios.append(record_t[-1] / step_t[-1])
+    # every=10: ten steps contain exactly one record whatever the counter's phase.
+    plain_t, tracked_t, overheads = [], [], []
+    for _ in range(max(3, repeats // 2)):
+        plain_t.append(_timed(ten_steps, device))
+        tracker.attach(opt)
+        tracked_t.append(_timed(ten_steps, device))
+        tracker.detach()
+        overheads.append(tracked_t[-1] / plain_t[-1] - 1)
+
+    step_s, record_s, kernel_s = (statistics.median(t) for t in (step_t, record_t, kernel_t))
+    return {
+        "widths": widths, "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": batch, "probe": n_probe, "n_out": n_out, "kernel_method": info.method,
+        "train_step_s": summary(step_t), "record_s": summary(record_t), "kernel_s": summary(kernel_t),
+        "metrics_s": max(0.0, record_s - kernel_s),
+        "record_over_step": statistics.median(ratios),
+        "target_record_over_step_at_most": 2.0,
+        "overhead_every_10": {
+            "plain_10_steps_s": summary(plain_t), "tracked_10_steps_s": summary(tracked_t),
+            "measured": statistics.median(overheads),
+            "predicted": record_s / (10 * step_s),
+        },
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"width {QUICK[0]}, {QUICK[3]}-sample batches and probes (a smoke run)")
+    parser.add_argument("--outputs", type=int, nargs="+", default=[10, 1], help="n_L values")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--out", default=None,
+                        help="JSON path (default benchmarks/results/tracker_<device>.json)")
+    return parser
+
+
+def main(argv=None, *, default_dir: str | None = None,
+         prog: str = "python -m torch_ntk.bench.tracker") -> dict:
+    """Run the benchmark with command-line arguments ``argv``; returns the JSON payload."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    parser.prog = prog
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: CUDA is not available on this machine")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    sizes = QUICK if args.quick else FULL
+    repeats = min(args.repeats, 3) if args.quick else args.repeats
+    cases = [run_case(n, args.device, repeats, sizes) for n in args.outputs]
+    payload = {
+        "benchmark": "tracker",
+        "machine": machine_info(args.device),
+        "quick": args.quick,
+        "cases": cases,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "command": " ".join([prog, *argv]),
+    }
+    out = args.out or os.path.join(default_dir or results_dir(), f"tracker_{args.device}.json")
+    write_json(out, payload)
+    for c in cases:
+        o = c["overhead_every_10"]
+        print(f"n_L={c['n_out']:>2} ({c['kernel_method']}): step {c['train_step_s']['median_s'] * 1e3:.1f} ms, "
+              f"record {c['record_s']['median_s'] * 1e3:.1f} ms (kernel {c['kernel_s']['median_s'] * 1e3:.1f} ms)"
+              f" = {c['record_over_step']:.2f}x a step; every=10 overhead {100 * o['measured']:.1f}% "
+              f"(predicted {100 * o['predicted']:.1f}%)")
+    print(f"wrote {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
