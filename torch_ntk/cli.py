@@ -11,6 +11,9 @@
         saved as .npy (written through a memory map, for large N) or .pt.
     torch-ntk quickstart
         The infinite-width kernels against averages of random networks, printed.
+    torch-ntk bench [analytic|empirical|tracker|all] [--device cpu|cuda] [--quick] [--out DIR]
+        The benchmark suites (torch_ntk.bench): the fused ops against their baselines in
+        the same process; writes DIR/<suite>_<device>.json and prints markdown tables.
 
 Exit status: 0 on success, 2 for bad arguments (the message names the argument), 1 when
 a run fails (e.g. an optional dependency is missing), 130 when interrupted. Outputs are
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import re
 import sys
@@ -207,6 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     quickstart.add_arguments(quick)
     quick.set_defaults(handler=_cmd_quickstart, subparser=quick)
+
+    bench = sub.add_parser(
+        "bench", parents=[common], help="run the benchmark suites (JSON and markdown tables)",
+        description=_BENCH_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("suite", nargs="?", default="all", metavar="SUITE",
+                       choices=["analytic", "empirical", "tracker", "all"],
+                       help="analytic, empirical, tracker or all (default all)")
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                       help="cpu (default) or cuda")
+    bench.add_argument("--quick", action="store_true", help="small cases (a smoke run)")
+    bench.add_argument("--out", default="torch_ntk_bench",
+                       help="output folder for the JSON files (default torch_ntk_bench/)")
+    bench.add_argument("--repeats", type=_positive_int, default=None,
+                       help="timed repeats per measurement (default: each suite's own)")
+    bench.add_argument("--compile-backend", default="inductor",
+                       help="torch.compile backend of the compiled baselines (default inductor)")
+    bench.add_argument("--cases", default=None,
+                       help="empirical only: comma-separated case names (or substrings) to run")
+    bench.set_defaults(handler=_cmd_bench, subparser=bench)
     return parser
 
 
@@ -357,6 +380,79 @@ def _cmd_quickstart(parser, args) -> int:
     from . import quickstart
 
     quickstart.run(args)
+    return 0
+
+
+# ------------------------------------------------------------------------------- bench
+
+_BENCH_DOC = """\
+Run the benchmark suites of torch_ntk.bench (the same code as benchmarks/*.py):
+
+  analytic   the fused infinite-width kernel op against the plain-torch recursion,
+             eager and under torch.compile
+  empirical  the finite-width NTK: the fused structured op against the Gram GEMMs
+             alone, the eager and compiled composites and torch.func; its TF32/bf16
+             modes with their speedup and error against float64
+  tracker    KernelDriftTracker's cost against a training step
+
+Each suite writes OUT/<suite>_<device>.json and prints its markdown table; times are
+medians after warm-up (CUDA events on a GPU). --quick runs small cases (seconds to a
+minute on a CPU). A suite that fails is reported and the others still run (exit 1).
+"""
+
+
+def _cmd_bench(parser, args) -> int:
+    import traceback
+
+    import torch
+
+    from .bench import SUITES
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: CUDA is not available on this machine")
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    if args.cases is not None:
+        if "empirical" not in suites:
+            parser.error("argument --cases: only applies to the empirical suite")
+        from .bench.empirical import CASES, select_cases
+
+        cases = CASES[(args.device, args.quick)]
+        if not select_cases(cases, args.cases):
+            parser.error(f"argument --cases: no case matches {args.cases!r}; the cases are "
+                         f"{', '.join(c['name'] for c in cases)}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"argument --out: {args.out!r} exists and is not a folder")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        parser.error(f"argument --out: cannot create the folder {args.out!r}: {error}")
+    failed = []
+    for suite in suites:
+        argv = ["--device", args.device] + (["--quick"] if args.quick else [])
+        if args.repeats is not None:
+            argv += ["--repeats", str(args.repeats)]
+        if suite in ("analytic", "empirical"):
+            argv += ["--compile-backend", args.compile_backend]
+        if suite == "empirical" and args.cases is not None:
+            argv += ["--cases", args.cases]
+        if suite == "empirical" and args.quick:
+            argv += ["--quiet-wait", "0"]  # a smoke run does not wait for a quiet machine
+        module = importlib.import_module(f".bench.{suite}", __package__)
+        print(f"== bench {suite}: {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            module.main(argv, default_dir=args.out, prog=f"{PROG} bench {suite}")
+        except KeyboardInterrupt:
+            raise
+        except Exception:  # one failing suite must not cost the others' results
+            traceback.print_exc()
+            failed.append(suite)
+            print(f"-- bench {suite} FAILED after {time.perf_counter() - t0:.1f} s", flush=True)
+            continue
+        print(f"-- bench {suite} done in {time.perf_counter() - t0:.1f} s; wrote "
+              f"{os.path.join(args.out, f'{suite}_{args.device}.json')}\n", flush=True)
+    if failed:
+        raise CommandError(f"suite(s) failed: {', '.join(failed)} (tracebacks above)")
     return 0
 
 

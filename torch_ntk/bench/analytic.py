@@ -10,7 +10,8 @@ of that composite under torch.compile (compiled before the timing; the first cal
 time, compilation included, is reported as "compile s"); speedups against both; the
 fused op's pairs·layers per second; its effective bandwidth (Gram read + outputs
 written) as a fraction of a same-device copy measured in this run; and the peak extra
-memory of each method beyond the inputs (the outputs alone are 2·N²·itemsize bytes).
+memory of each method beyond the inputs (the outputs alone are 2·N²·itemsize bytes);
+and max |Θ_fused − Θ_eager| / max |Θ_eager| (the two must agree).
 On CUDA times come from CUDA events and memory from torch.cuda.max_memory_allocated.
 The compiled baseline runs only for the cases marked so (compilation dominates a GPU
 run's time); the others say "skipped".
@@ -127,6 +128,12 @@ def run(cases, device: str, repeats: int, methods, ceilings: dict,
                 row["compile_s"] = result["compile_s"]
             if "peak_MB" in result:
                 row[f"{method}_peak_MB"] = result["peak_MB"]
+        if isinstance(row.get("fused_s"), float) and isinstance(row.get("eager_s"), float):
+            # The two must agree: max |NTK_fused − NTK_eager| / max |NTK_eager|.
+            k_fused = _setup("fused", act, depth, n, dtype, device)()[1]
+            k_eager = _setup("eager", act, depth, n, dtype, device)()[1]
+            row["max_rel_diff"] = float((k_fused - k_eager).abs().max() / k_eager.abs().max())
+            del k_fused, k_eager
         fused = row["fused_s"]
         if isinstance(fused, float):
             for base in ("eager", "compiled"):
@@ -150,6 +157,7 @@ COLUMNS = [
     ("pair_layers_per_s", "pair·layers/s"), ("copy_bw_fraction", "of copy BW"),
     ("fused_peak_MB", "fused peak MB"), ("eager_peak_MB", "eager peak MB"),
     ("compiled_peak_MB", "compiled peak MB"), ("outputs_MB", "outputs MB"),
+    ("max_rel_diff", "max rel diff fused vs eager"),
 ]
 
 
