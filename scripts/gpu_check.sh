@@ -6,8 +6,8 @@
 # tool's output folder, which takes back few files; default results/gpu) gets a fresh
 # summary.txt and gpu_run.tar.gz of $RUN_DIR, so even a run cut short returns what it
 # did. Each step has its own time limit, so one slow or failing step cannot eat
-# the lease and the later steps still report; the sum of the limits is under 9.5 minutes
-# and a normal run takes about 5 on one H200.
+# the lease and the later steps still report. The limits add up to 9.8 minutes; the
+# first four steps (STEPS="build smoke cuda_tests bench") to at most 7.8.
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh            # everything
 #   OUT=/some/dir STEPS="build smoke" bash scripts/gpu_check.sh   # some steps only
@@ -17,7 +17,7 @@ OUT=${OUT:-results/gpu}
 RUN_DIR=${RUN_DIR:-$(mktemp -d)/gpu_run}
 mkdir -p "$OUT" "$RUN_DIR"
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-build smoke cuda_tests bench memcheck}
+STEPS=${STEPS:-build smoke cuda_tests bench memcheck figures}
 SUMMARY="$RUN_DIR/summary.txt"
 : > "$SUMMARY"
 status=0
@@ -48,7 +48,7 @@ publish() {  # copy the summary and a tarball of $RUN_DIR into $OUT (atomically)
 
 if want build; then
   export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-  if ! step build 240 "$PY" setup.py build_ext --inplace; then
+  if ! step build 180 "$PY" setup.py build_ext --inplace; then
     tail -40 "$RUN_DIR/build.log"
     exit 1
   fi
@@ -56,18 +56,22 @@ fi
 "$PY" -c "import torch_ntk; assert torch_ntk.ops.cuda_built(), 'built without CUDA'" >> "$RUN_DIR/build.log" 2>&1 \
   || { echo "the build has no CUDA ops" | tee -a "$SUMMARY"; tail -20 "$RUN_DIR/build.log"; exit 1; }
 
-want smoke && step smoke 60 "$PY" scripts/gpu_smoke.py
+want smoke && step smoke 40 "$PY" scripts/gpu_smoke.py
 if want cuda_tests; then
   timeout_opt=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=60")
-  step cuda_tests 150 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider -rfE $timeout_opt \
+  step cuda_tests 100 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider -rfE $timeout_opt \
     --junitxml="$RUN_DIR/cuda_tests.xml"
 fi
 if want bench; then
-  step bench 170 "$PY" -m torch_ntk bench all --device cuda --out "$RUN_DIR"
+  step bench 150 "$PY" -m torch_ntk bench all --device cuda --out "$RUN_DIR"
+fi
+if want figures; then  # the paper's figures at --quick settings, through the CLI on CUDA
+  step figures 60 "$PY" -m torch_ntk reproduce all --quick --device cuda --no-progress \
+    --out "$RUN_DIR/figures"
 fi
 if want memcheck; then
   if command -v compute-sanitizer > /dev/null; then
-    step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
       "$PY" scripts/gpu_smoke.py --small
   else
     echo "memcheck         skipped (no compute-sanitizer)" | tee -a "$SUMMARY"
