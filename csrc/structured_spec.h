@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -15,11 +16,44 @@ namespace torch_ntk {
 // The checked, contiguous arguments of structured_ntk (see csrc/torch_ntk.cpp).
 struct StructuredArgs {
   std::vector<at::Tensor> a1, d1, a2, d2;  // a2/d2 alias a1/d1 when symmetric
+  // kBF16x3 only: the low parts of the operands (split_precision_operands); a1..d2 then
+  // hold the high parts.
+  std::vector<at::Tensor> a1_lo, d1_lo, a2_lo, d2_lo;
   std::vector<double> cw, cb;
   int mode;
+  int precision;  // Precision
   int64_t n1, n2, n_out, channels;
   bool symmetric;
 };
+
+// How the Gram products are computed. kHighest: in the inputs' dtype. kBF16 (float32
+// inputs only): operands rounded to bfloat16, products accumulated in float32 (tensor
+// cores on CUDA). kBF16x3: each operand split into a bfloat16 high part and a bfloat16
+// low part (the rounding remainder), and X Y^T ~ Xh Yh^T + Xh Yl^T + Xl Yh^T, three
+// tensor-core products with nearly float32 accuracy. On CPU the same roundings are
+// emulated with float32 products, so both devices compute the same function.
+enum Precision : int { kHighest = 0, kBF16 = 1, kBF16x3 = 2 };
+
+inline int parse_precision(c10::string_view precision) {
+  if (precision == "highest") return kHighest;
+  if (precision == "bf16") return kBF16;
+  if (precision == "bf16x3") return kBF16x3;
+  TORCH_CHECK_VALUE(false, "structured_ntk: precision must be 'highest', 'bf16' or 'bf16x3'; "
+                    "got '", std::string(precision), "'");
+  return -1;
+}
+
+// The reduced-precision operands of one float32 tensor: its bfloat16 rounding and, for
+// kBF16x3, the bfloat16 rounding of the remainder (undefined otherwise). `storage` is
+// kBFloat16 (real bfloat16 tensors, for tensor-core products) or kFloat (the same values
+// widened back to float32, for the CPU emulation).
+inline std::pair<at::Tensor, at::Tensor> split_operand(const at::Tensor& t, int precision,
+                                                      at::ScalarType storage) {
+  const at::Tensor hi = t.to(at::kBFloat16);
+  at::Tensor lo;
+  if (precision == kBF16x3) lo = (t - hi.to(at::kFloat)).to(at::kBFloat16).to(storage);
+  return {hi.to(storage), lo};
+}
 
 inline int parse_structured_mode(c10::string_view mode) {
   if (mode == "full") return math::kModeFull;
@@ -34,10 +68,12 @@ inline StructuredArgs check_structured_args(at::TensorList a1, at::TensorList d1
                                             at::TensorList a2, at::TensorList d2,
                                             at::ArrayRef<double> weight_coef,
                                             at::ArrayRef<double> bias_coef,
-                                            c10::string_view mode) {
+                                            c10::string_view mode,
+                                            c10::string_view precision) {
   const char* op = "structured_ntk";
   StructuredArgs s;
   s.mode = parse_structured_mode(mode);
+  s.precision = parse_precision(precision);
   const size_t L = a1.size();
   TORCH_CHECK_VALUE(L >= 1, op, ": a1 must hold one activation matrix per dense layer; got none");
   TORCH_CHECK_VALUE(d1.size() == L && weight_coef.size() == L && bias_coef.size() == L, op,
@@ -54,6 +90,9 @@ inline StructuredArgs check_structured_args(at::TensorList a1, at::TensorList d1
   check_dim(op, "a1[0]", ref, 2);
   TORCH_CHECK_VALUE(d1[0].dim() == 3, op, ": d1[0] must have shape [N1, n_L, m]; got ",
                     d1[0].sizes());
+  TORCH_CHECK_TYPE(s.precision == kHighest || ref.scalar_type() == at::kFloat, op,
+                   ": precision '", std::string(precision), "' needs float32 inputs; got ",
+                   ref.scalar_type(), ". Use precision='highest' for float64.");
   s.n1 = ref.size(0);
   s.n_out = d1[0].size(1);
   TORCH_CHECK_VALUE(s.n_out >= 1, op, ": d1[0] must have n_L >= 1 outputs; got shape ",
@@ -107,6 +146,30 @@ inline StructuredArgs check_structured_args(at::TensorList a1, at::TensorList d1
   }
   s.channels = math::num_channels(s.mode, s.n_out);
   return s;
+}
+
+// Replaces the operands by their reduced-precision forms (split_operand) when the
+// precision asks for it; `storage` as in split_operand.
+inline void split_precision_operands(StructuredArgs& s, at::ScalarType storage) {
+  if (s.precision == kHighest) return;
+  auto split = [&](std::vector<at::Tensor>& hi, std::vector<at::Tensor>& lo) {
+    for (at::Tensor& t : hi) {
+      auto parts = split_operand(t, s.precision, storage);
+      t = parts.first;
+      if (parts.second.defined()) lo.push_back(parts.second);
+    }
+  };
+  split(s.a1, s.a1_lo);
+  split(s.d1, s.d1_lo);
+  if (s.symmetric) {
+    s.a2 = s.a1;
+    s.d2 = s.d1;
+    s.a2_lo = s.a1_lo;
+    s.d2_lo = s.d1_lo;
+  } else {
+    split(s.a2, s.a2_lo);
+    split(s.d2, s.d2_lo);
+  }
 }
 
 // The output shape: full [N1, N2, n_L, n_L], trace [N1, N2], diagonal [N1, N2, n_L].

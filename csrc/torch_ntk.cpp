@@ -26,10 +26,13 @@ TORCH_LIBRARY(torch_ntk, m) {
   // Per dense layer l: a1[l] [N1, n_l] input activations, d1[l] [N1, n_L, m_l] output
   // cotangents; a2/d2 likewise for x2, or both empty lists for x2 = x1 (the result is
   // then exactly symmetric). mode "full" -> [N1, N2, n_L, n_L], "trace" -> [N1, N2]
-  // (sum over k of Theta_kk), "diagonal" -> [N1, N2, n_L].
+  // (sum over k of Theta_kk), "diagonal" -> [N1, N2, n_L]. precision "highest" computes
+  // in the inputs' dtype; "bf16" / "bf16x3" (float32 inputs only) use bfloat16 operands
+  // (one part, or a high and a low part) with float32 accumulation: tensor cores on
+  // CUDA, the same roundings emulated on CPU (structured_spec.h).
   m.def(
       "structured_ntk(Tensor[] a1, Tensor[] d1, Tensor[] a2, Tensor[] d2, float[] weight_coef, "
-      "float[] bias_coef, str mode) -> Tensor");
+      "float[] bias_coef, str mode, str precision=\"highest\") -> Tensor");
 }
 
 namespace {

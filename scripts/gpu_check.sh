@@ -1,61 +1,87 @@
 #!/usr/bin/env bash
 # One script for a lent GPU machine without network (Python 3.12, torch 2.11+cu130,
-# nvcc 13.0, ninja, pybind11, pytest): build from source, CUDA tests, compute-sanitizer
-# memcheck on small cases, then the GPU benchmarks. Everything lands in $OUT (the device
-# tool's output folder; default results/gpu). Sized to finish in under 8 minutes on one
-# H200; each step has its own time limit so one slow step cannot eat the lease.
+# nvcc 13.0, ninja, pybind11, pytest): build from source, a smoke check of every op
+# against the CPU, the CUDA tests, the GPU benchmarks, then compute-sanitizer memcheck
+# on small cases. Logs and results go to $RUN_DIR; after every step $OUT (the device
+# tool's output folder, which takes back few files; default results/gpu) gets a fresh
+# summary.txt and gpu_run.tar.gz of $RUN_DIR, so even a run cut short returns what it
+# did. Each step has its own time limit, so one slow or failing step cannot eat
+# the lease and the later steps still report. The limits add up to 9.8 minutes; the
+# first four steps (STEPS="build smoke cuda_tests bench") to at most 7.8.
 #
-#   OUT=/some/dir bash scripts/gpu_check.sh
+#   OUT=/some/dir bash scripts/gpu_check.sh            # everything
+#   OUT=/some/dir STEPS="build smoke" bash scripts/gpu_check.sh   # some steps only
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
-mkdir -p "$OUT"
+RUN_DIR=${RUN_DIR:-$(mktemp -d)/gpu_run}
+mkdir -p "$OUT" "$RUN_DIR"
 PY=${PYTHON:-python3}
-SUMMARY="$OUT/summary.txt"
+STEPS=${STEPS:-build smoke cuda_tests bench memcheck figures}
+SUMMARY="$RUN_DIR/summary.txt"
 : > "$SUMMARY"
 status=0
+export PYTHONUNBUFFERED=1
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $RUN_DIR/NAME.log
   local name=$1 limit=$2 start rc
   shift 2
   start=$(date +%s)
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout --kill-after=5 "$limit" "$@" > "$RUN_DIR/$name.log" 2>&1
   rc=$?
-  printf '%-18s rc=%-3s %4ss\n' "$name" "$rc" "$(( $(date +%s) - start ))" | tee -a "$SUMMARY"
+  printf '%-16s rc=%-3s %4ss\n' "$name" "$rc" "$(( $(date +%s) - start ))" | tee -a "$SUMMARY"
   [ "$rc" -eq 0 ] || status=1
+  publish
   return "$rc"
 }
 
-{ nvidia-smi; "$PY" -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; } \
-  > "$OUT/environment.txt" 2>&1
+publish() {  # copy the summary and a tarball of $RUN_DIR into $OUT (atomically)
+  cp "$SUMMARY" "$OUT/summary.txt.tmp" && mv "$OUT/summary.txt.tmp" "$OUT/summary.txt"
+  tar czf "$OUT/gpu_run.tar.gz.tmp" -C "$(dirname "$RUN_DIR")" "$(basename "$RUN_DIR")" \
+    && mv "$OUT/gpu_run.tar.gz.tmp" "$OUT/gpu_run.tar.gz"
+}
 
-export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-if ! step build 300 "$PY" setup.py build_ext --inplace; then
-  tail -40 "$OUT/build.log"
-  exit 1
+{ nvidia-smi; "$PY" -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; nproc; } \
+  > "$RUN_DIR/environment.txt" 2>&1
+
+if want build; then
+  export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+  if ! step build 180 "$PY" setup.py build_ext --inplace; then
+    tail -40 "$RUN_DIR/build.log"
+    exit 1
+  fi
 fi
-"$PY" -c "import torch_ntk; assert torch_ntk.ops.cuda_built(), 'built without CUDA'" >> "$OUT/build.log" 2>&1 \
-  || { echo "the build has no CUDA ops" | tee -a "$SUMMARY"; exit 1; }
+"$PY" -c "import torch_ntk; assert torch_ntk.ops.cuda_built(), 'built without CUDA'" >> "$RUN_DIR/build.log" 2>&1 \
+  || { echo "the build has no CUDA ops" | tee -a "$SUMMARY"; tail -20 "$RUN_DIR/build.log"; exit 1; }
 
-step cuda_tests 240 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider -x \
-  --junitxml="$OUT/cuda_tests.xml"
-if command -v compute-sanitizer > /dev/null; then
-  step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" scripts/gpu_smoke.py
-else
-  echo "memcheck           skipped (no compute-sanitizer)" | tee -a "$SUMMARY"
+want smoke && step smoke 40 "$PY" scripts/gpu_smoke.py
+if want cuda_tests; then
+  timeout_opt=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=60")
+  step cuda_tests 100 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider -rfE $timeout_opt \
+    --junitxml="$RUN_DIR/cuda_tests.xml"
 fi
-step smoke 60 "$PY" scripts/gpu_smoke.py
-step bench_analytic 200 "$PY" benchmarks/analytic.py --device cuda --out "$OUT/analytic_cuda.json"
-step bench_empirical 200 "$PY" benchmarks/empirical.py --device cuda --quiet-wait 0 \
-  --json "$OUT/empirical_cuda.json"
-step bench_tracker 90 "$PY" benchmarks/tracker.py --device cuda --out "$OUT/tracker_cuda.json"
+if want bench; then
+  step bench 150 "$PY" -m torch_ntk bench all --device cuda --out "$RUN_DIR"
+fi
+if want figures; then  # the paper's figures at --quick settings, through the CLI on CUDA
+  step figures 60 "$PY" -m torch_ntk reproduce all --quick --device cuda --no-progress \
+    --out "$RUN_DIR/figures"
+fi
+if want memcheck; then
+  if command -v compute-sanitizer > /dev/null; then
+    step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
+      "$PY" scripts/gpu_smoke.py --small
+  else
+    echo "memcheck         skipped (no compute-sanitizer)" | tee -a "$SUMMARY"
+  fi
+fi
 
-echo "== results in $OUT =="
+publish
+echo "== results in $OUT/gpu_run.tar.gz =="
 cat "$SUMMARY"
-for f in "$OUT"/bench_*.log; do
-  [ -f "$f" ] || continue
-  echo "== $(basename "$f")"
-  grep '^|' "$f" | tail -20
-done
-tail -3 "$OUT/cuda_tests.log"
+grep -h -E "FAILED|passed|failed|rror" "$RUN_DIR"/smoke.log "$RUN_DIR"/cuda_tests.log 2>/dev/null | tail -25
+[ -f "$RUN_DIR/bench.log" ] && grep '^|' "$RUN_DIR/bench.log" | tail -40
+grep -h "ERROR SUMMARY" "$RUN_DIR"/memcheck.log 2>/dev/null
 exit "$status"

@@ -1,7 +1,9 @@
 """Every compiled op once on small CUDA inputs, against the CPU float64 result.
 
-Run by scripts/gpu_check.sh, also under compute-sanitizer (memcheck). Sizes are not
-multiples of the CUDA tiles, so edge tiles are exercised. Exits 1 on any mismatch.
+Run by scripts/gpu_check.sh, also under compute-sanitizer (memcheck, with --small:
+without the large symmetric case, whose row blocks and mirror pass take long under the
+sanitizer). Sizes are not multiples of the CUDA tiles, so edge tiles are exercised.
+Exits 1 on any mismatch.
 """
 
 import sys
@@ -58,6 +60,33 @@ def main() -> int:
                     print(f"{label}: {err:.2e}")
                     if not err <= tol:
                         failures.append(label)
+        # Reduced precisions: tensor-core products against the CPU emulation (same
+        # rounded operands, float32 accumulation): equal up to accumulation order.
+        model = tn.ntk_mlp([5, 64, 64, 3], "relu")
+        x1, x2 = torch.randn(70, 5), torch.randn(50, 5)
+        for precision in ("bf16", "bf16x3"):
+            for b in (None, x2):
+                ref = tn.empirical_ntk(model, x1, b, precision=precision)
+                out = tn.empirical_ntk(model.cuda(), x1.cuda(), None if b is None else b.cuda(),
+                                       precision=precision)
+                model = model.cpu()
+                err = rel(out, ref)
+                label = f"structured {precision} {'sym' if b is None else 'rect'}"
+                print(f"{label}: {err:.2e}")
+                if not err <= 1e-5:
+                    failures.append(label)
+        if "--small" not in sys.argv:
+            # From 2048 samples the symmetric CUDA path runs in row blocks and mirrors.
+            model = tn.ntk_mlp([5, 24, 24, 2], "gelu").double()
+            x = torch.randn(4500, 5, dtype=torch.float64)
+            ref = tn.empirical_ntk(model, x, mode="full", method="structured")
+            out = tn.empirical_ntk(model.cuda(), x.cuda(), mode="full", method="structured",
+                                   progress=False)
+            err = rel(out, ref)
+            symmetric = torch.equal(out, out.permute(1, 0, 3, 2))
+            print(f"structured blocked symmetric N=4500: {err:.2e}, exactly symmetric {symmetric}")
+            if not (err <= 1e-12 and symmetric):
+                failures.append("structured blocked symmetric")
     torch.cuda.synchronize()
     print("FAILED: " + ", ".join(failures) if failures else "all CUDA smoke checks passed")
     return 1 if failures else 0

@@ -352,12 +352,13 @@ def test_subclassed_linear_with_its_own_forward_does_not_lift():
 # the compiled op
 
 
-def composite(a1, d1, a2, d2, cw, cb, mode):
-    """Plain-torch Σ_l (c_w A1 A2ᵀ + c_b) ⊙ (D1 D2ᵀ)."""
+def composite(a1, d1, a2, d2, cw, cb, mode, product=torch.einsum):
+    """Plain-torch Σ_l (c_w A1 A2ᵀ + c_b) ⊙ (D1 D2ᵀ); ``product(equation, X, Y)`` forms
+    the Gram products (default: einsum in the operands' dtype)."""
     total = 0
     for A1, D1, A2, D2, w, b in zip(a1, d1, a2, d2, cw, cb):
-        ga = w * A1 @ A2.T + b
-        gd = torch.einsum("ikm,jlm->ijkl", D1, D2)
+        ga = w * product("im,jm->ij", A1, A2) + b
+        gd = product("ikm,jlm->ijkl", D1, D2)
         if mode == "full":
             total = total + ga[:, :, None, None] * gd
         elif mode == "trace":
@@ -442,6 +443,87 @@ def test_op_bad_arguments():
 
 
 # ---------------------------------------------------------------------------------
+# reduced precisions: bfloat16 operands, float32 accumulation
+
+
+def rounded_product(precision):
+    """Gram products in float64 of the operands as precision ``precision`` rounds them:
+    the bfloat16 rounding (bf16), or its high and low parts without the low×low term
+    (bf16x3). Independent of the op: torch's own bfloat16 conversion does the rounding."""
+
+    def split(t):
+        hi = t.float().bfloat16()
+        return hi.double(), (t.float() - hi.float()).bfloat16().double()
+
+    def product(eq, x, y):
+        (xh, xl), (yh, yl) = split(x), split(y)
+        out = torch.einsum(eq, xh, yh)
+        if precision == "bf16x3":
+            out = out + torch.einsum(eq, xh, yl) + torch.einsum(eq, xl, yh)
+        return out
+
+    return product
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16x3"])
+@pytest.mark.parametrize("mode", MODES)
+def test_op_precision_is_the_rounded_formula(precision, mode):
+    # The op computes exactly the formula on rounded operands, accumulated in float32;
+    # its error against float64 is that of the rounding, bounded as the docs state.
+    for n2 in (None, 170):
+        a1, d1, a2, d2, cw, cb = op_inputs(300, n2, 3, F64, widths=(40, 64, 64))
+        a2, d2 = a2 or a1, d2 or d1
+        exact = composite(a1, d1, a2, d2, cw, cb, mode)
+        rounded = composite(a1, d1, a2, d2, cw, cb, mode, product=rounded_product(precision))
+        f32 = lambda ts: None if ts is None or n2 is None else [t.float() for t in ts]  # noqa: E731
+        k = ops.structured_ntk([t.float() for t in a1], [t.float() for t in d1], f32(a2), f32(d2),
+                               cw, cb, mode, precision)
+        assert k.dtype == torch.float32
+        assert rel_err(k.double(), rounded) <= 2e-6
+        err = rel_err(k.double(), exact)
+        if precision == "bf16":
+            assert 1e-4 <= err <= 3e-2  # it really rounds to 8 significant bits
+        else:
+            assert err <= 2e-5
+        if n2 is None:
+            assert torch.equal(k, transpose(k, mode))
+
+
+def test_empirical_ntk_precision():
+    model = make_model("ntk", "relu", 3, 2, width=64)
+    x1, x2 = torch.randn(40, 5, dtype=F64), torch.randn(25, 5, dtype=F64)
+    exact = empirical_ntk(model, x1, x2, method="jacobian")
+    model32 = model.float()
+    errors = {}
+    for precision in ("highest", "bf16x3", "bf16"):
+        k = empirical_ntk(model32, x1.float(), x2.float(), precision=precision)
+        errors[precision] = rel_err(k.double(), exact)
+    assert errors["highest"] <= 1e-6 and errors["bf16x3"] <= 2e-5 <= errors["bf16"] <= 3e-2
+    with pytest.raises(ValueError, match="precision must be one of"):
+        empirical_ntk(model32, x1.float(), precision="tf32")
+    with pytest.raises(ValueError, match="needs the structured method"):
+        empirical_ntk(model32, x1.float(), method="jacobian", precision="bf16")
+    with pytest.raises(ValueError, match="needs float32 inputs"):
+        empirical_ntk(model.double(), x1, precision="bf16x3")
+
+
+def test_op_precision_bad_arguments():
+    a1, d1, a2, d2, cw, cb = op_inputs(6, 4, 3, F64)
+    op = torch.ops.torch_ntk.structured_ntk.default
+    with pytest.raises(ValueError, match="precision must be 'highest', 'bf16' or 'bf16x3'"):
+        op([t.float() for t in a1], [t.float() for t in d1], [], [], cw, cb, "full", "tf32")
+    with pytest.raises(TypeError, match="precision 'bf16' needs float32 inputs"):
+        op(a1, d1, [], [], cw, cb, "full", "bf16")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16x3"])
+def test_opcheck_precision(precision):
+    a1, d1, a2, d2, cw, cb = op_inputs(6, 4, 3, torch.float32)
+    torch.library.opcheck(torch.ops.torch_ntk.structured_ntk.default,
+                          (a1, d1, a2, d2, cw, cb, "full", precision))
+
+
+# ---------------------------------------------------------------------------------
 # Jacot et al. 2018, Theorem 1: the empirical NTK of an NTK-parametrized network
 # converges to the analytic Θ∞ as the hidden widths grow.
 
@@ -486,7 +568,7 @@ def test_cuda_op_matches_cpu(mode, n_out):
 
 
 @cuda
-def test_cuda_deep_model_takes_several_launches():
+def test_cuda_deep_model():
     a1, d1, _, _, _, _ = op_inputs(70, None, 2, F64, widths=[3] + [4] * 19, device="cuda")
     cw, cb = [0.5] * 20, [0.1] * 20
     k = ops.structured_ntk(a1, d1, None, None, cw, cb, "full")
@@ -522,6 +604,39 @@ def test_cuda_float32_error_is_bounded():
     fused = ops.structured_ntk(f32(a1), f32(d1), None, None, cw, cb, "full").cpu().double()
     plain = composite(f32(a1), f32(d1), f32(a1), f32(d1), cw, cb, "full").cpu().double()
     assert rel_err(fused, exact) <= 2 * max(rel_err(plain, exact), 5e-6)
+
+
+@cuda
+@pytest.mark.parametrize("mode,n", [("full", 2500), ("trace", 4500), ("diagonal", 4500)])
+def test_cuda_symmetric_row_blocks(mode, n):
+    # From 2048 samples the symmetric CUDA path cuts rows into blocks that skip the
+    # lower-left Gram products; the mirror pass then fills the lower triangle.
+    a1, d1, _, _, cw, cb = op_inputs(n, None, 2, F64, widths=(6, 9, 5))
+    cpu = ops.structured_ntk(a1, d1, None, None, cw, cb, mode)
+    gpu = ops.structured_ntk([t.cuda() for t in a1], [t.cuda() for t in d1], None, None, cw, cb,
+                             mode)
+    assert rel_err(gpu.cpu(), cpu) <= 1e-12
+    assert torch.equal(gpu, transpose(gpu, mode))
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["bf16", "bf16x3"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_precision_matches_cpu_emulation(precision, mode):
+    # Tensor-core products of bfloat16 operands equal the CPU's emulation (exact
+    # products of the same rounded operands) up to float32 accumulation order.
+    for n2 in (None, 170):
+        a1, d1, a2, d2, cw, cb = op_inputs(300, n2, 3, torch.float32, widths=(40, 64, 64))
+        cpu = ops.structured_ntk(a1, d1, a2, d2, cw, cb, mode, precision)
+        mv = lambda ts: None if ts is None else [t.cuda() for t in ts]  # noqa: E731
+        gpu = ops.structured_ntk(mv(a1), mv(d1), mv(a2), mv(d2), cw, cb, mode, precision)
+        assert gpu.dtype == torch.float32 and rel_err(gpu.cpu(), cpu) <= 1e-5
+        exact = composite(*[None if ts is None else [t.double() for t in ts]
+                            for ts in (a1, d1, a2 or a1, d2 or d1)], cw, cb, mode)
+        err = rel_err(gpu.cpu().double(), exact)
+        assert (1e-4 <= err <= 3e-2) if precision == "bf16" else err <= 2e-5
+        if n2 is None:
+            assert torch.equal(gpu, transpose(gpu, mode))
 
 
 @cuda

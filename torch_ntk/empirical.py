@@ -121,7 +121,8 @@ def empirical_ntk(
 def empirical_ntk(
     model: nn.Module, x1: Tensor, x2: Optional[Tensor] = ..., mode: str = ...,
     method: str = ..., chunk_size: Optional[int] = ..., *, memory_budget: Optional[int] = ...,
-    out: Optional[Tensor] = ..., progress: Optional[bool] = ..., return_info: Literal[True],
+    out: Optional[Tensor] = ..., progress: Optional[bool] = ..., precision: str = ...,
+    return_info: Literal[True],
 ) -> tuple[Tensor, NTKInfo]: ...
 
 
@@ -136,6 +137,7 @@ def empirical_ntk(
     memory_budget: Optional[int] = None,
     out: Optional[Tensor] = None,
     progress: Optional[bool] = None,
+    precision: str = "highest",
     return_info: bool = False,
 ) -> Union[Tensor, tuple[Tensor, NTKInfo]]:
     """The empirical NTK Θ(x1, x2) of ``model`` at its current parameters.
@@ -162,6 +164,11 @@ def empirical_ntk(
             any strides, e.g. memory-mapped) to write into; it is returned.
         progress: None shows a tqdm bar once the run takes over two seconds; True
             always; False never.
+        precision: the structured method's Gram products: "highest" (the inputs'
+            dtype), "bf16" (bfloat16 operands, float32 accumulation: tensor cores on
+            CUDA, relative error ~1e-3–1e-2) or "bf16x3" (three bfloat16 products of split
+            operands, error near float32's). The last two need float32 inputs and the
+            structured method; see :func:`torch_ntk.ops.structured_ntk`.
         return_info: also return an :class:`NTKInfo` saying which method ran and why.
 
     Returns:
@@ -181,6 +188,10 @@ def empirical_ntk(
         raise ValueError(f"empirical_ntk: mode must be one of {MODES}; got {mode!r}")
     if method not in METHODS:
         raise ValueError(f"empirical_ntk: method must be one of {METHODS}; got {method!r}")
+    if precision not in ops.PRECISIONS:
+        raise ValueError(
+            f"empirical_ntk: precision must be one of {ops.PRECISIONS}; got {precision!r}"
+        )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(
             f"empirical_ntk: chunk_size must be a positive integer; got {chunk_size!r}"
@@ -194,6 +205,17 @@ def empirical_ntk(
     trainable = _check_parameters(model, x1)
 
     method, reason, plan = _choose_method(model, method, x1)
+    if precision != "highest":
+        if method != "structured":
+            raise ValueError(
+                f"empirical_ntk: precision={precision!r} needs the structured method, but "
+                f"method {method!r} runs ({reason}); use precision='highest'"
+            )
+        if x1.dtype != torch.float32:
+            raise ValueError(
+                f"empirical_ntk: precision={precision!r} needs float32 inputs and parameters; "
+                f"got {x1.dtype}. Use precision='highest' for float64."
+            )
     if plan is not None:
         x1 = plan.check_input("x1", x1)
         if x2 is not None:
@@ -217,7 +239,7 @@ def empirical_ntk(
     out = _check_out(out, shape, x1.dtype)
 
     if method == "structured":
-        engine = _StructuredBlocks(plan, x1, x2, mode)
+        engine = _StructuredBlocks(plan, x1, x2, mode, precision)
     elif method == "jacobian":
         engine = _JacobianBlocks(model, trainable, x1, x2, mode, n_out)
     else:
@@ -530,8 +552,10 @@ def _split_for_progress(c: int, n: int, x1: Tensor, x2: Optional[Tensor], flops_
 
 
 class _StructuredBlocks:
-    def __init__(self, plan: _StructuredPlan, x1: Tensor, x2: Optional[Tensor], mode: str):
+    def __init__(self, plan: _StructuredPlan, x1: Tensor, x2: Optional[Tensor], mode: str,
+                 precision: str = "highest"):
         self.plan, self.x1, self.x2, self.mode = plan, x1, x2, mode
+        self.precision = precision
         self.cw, self.cb = plan.coefficients()
         self.cache = _LRU(0)
 
@@ -558,9 +582,10 @@ class _StructuredBlocks:
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         a1, d1 = self._features(1, i0, i1)
         if diagonal:
-            return ops.structured_ntk(a1, d1, None, None, self.cw, self.cb, self.mode)
+            return ops.structured_ntk(a1, d1, None, None, self.cw, self.cb, self.mode,
+                                      self.precision)
         a2, d2 = self._features(2, j0, j1)
-        return ops.structured_ntk(a1, d1, a2, d2, self.cw, self.cb, self.mode)
+        return ops.structured_ntk(a1, d1, a2, d2, self.cw, self.cb, self.mode, self.precision)
 
 
 def _channels(mode: str, n_out: int) -> int:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (registers the ops)
 
-__all__ = ["analytic_kernels", "activation", "cuda_built", "structured_ntk"]
+__all__ = ["PRECISIONS", "analytic_kernels", "activation", "cuda_built", "structured_ntk"]
 
 
 def cuda_built() -> bool:
@@ -113,6 +113,8 @@ def _activation_fake(x, act_id, param, derivative):
 # ---- structured empirical NTK -------------------------------------------------------
 
 _STRUCTURED_MODES = ("full", "trace", "diagonal")
+#: Gram-product precisions of :func:`structured_ntk` (and ``empirical_ntk``).
+PRECISIONS = ("highest", "bf16", "bf16x3")
 
 
 def structured_ntk(
@@ -123,6 +125,7 @@ def structured_ntk(
     weight_coef: Sequence[float],
     bias_coef: Sequence[float],
     mode: str = "full",
+    precision: str = "highest",
 ) -> Tensor:
     """Θ = Σ_l (c_w,l ⟨A1_l, A2_l⟩ + c_b,l) ⊙ ⟨D1_l, D2_l⟩, fused over layers.
 
@@ -133,18 +136,27 @@ def structured_ntk(
 
     Returns: mode "full" [N1, N2, n_L, n_L] (Θ_kk′), "trace" [N1, N2] (Σ_k Θ_kk, a sum),
     "diagonal" [N1, N2, n_L] (Θ_kk). Same dtype (float32/float64) and device as a1.
+
+    ``precision`` (float32 inputs only for the last two; see :data:`PRECISIONS`):
+    "highest" computes the Gram products in the inputs' dtype (on CUDA, float32 products
+    follow torch's own matmul precision setting); "bf16" rounds the activations and
+    cotangents to bfloat16 and accumulates in float32 (tensor cores on CUDA; relative
+    error about 1e-3 to 1e-2); "bf16x3" splits each operand into bfloat16 high and low
+    parts and sums three such products (error near float32's, about 1e-5). On CPU the
+    same roundings are emulated, so the results match across devices; only CUDA is
+    faster for them.
     """
     if (a2 is None) != (d2 is None):
         raise ValueError("structured_ntk: a2 and d2 must both be given or both be None")
     _check_device("structured_ntk", *a1, *d1, *(a2 or ()), *(d2 or ()))
     return torch.ops.torch_ntk.structured_ntk.default(
         list(a1), list(d1), list(a2 or ()), list(d2 or ()), [float(c) for c in weight_coef],
-        [float(c) for c in bias_coef], str(mode),
+        [float(c) for c in bias_coef], str(mode), str(precision),
     )
 
 
 @torch.library.register_fake("torch_ntk::structured_ntk")
-def _structured_ntk_fake(a1, d1, a2, d2, weight_coef, bias_coef, mode):
+def _structured_ntk_fake(a1, d1, a2, d2, weight_coef, bias_coef, mode, precision="highest"):
     n_layers = len(a1)
     torch._check(n_layers >= 1, lambda: "structured_ntk: a1 must hold at least one layer")
     torch._check(
@@ -159,10 +171,18 @@ def _structured_ntk_fake(a1, d1, a2, d2, weight_coef, bias_coef, mode):
         mode in _STRUCTURED_MODES,
         lambda: f"structured_ntk: mode must be one of {_STRUCTURED_MODES}; got {mode!r}",
     )
+    torch._check(
+        precision in PRECISIONS,
+        lambda: f"structured_ntk: precision must be one of {PRECISIONS}; got {precision!r}",
+    )
     ref = a1[0]
     torch._check(
         ref.dtype in (torch.float32, torch.float64),
         lambda: f"structured_ntk: a1[0] must be float32 or float64; got {ref.dtype}",
+    )
+    torch._check(
+        precision == "highest" or ref.dtype == torch.float32,
+        lambda: f"structured_ntk: precision {precision!r} needs float32 inputs; got {ref.dtype}",
     )
     for name, ts, dim in (("a1", a1, 2), ("d1", d1, 3), ("a2", a2, 2), ("d2", d2, 3)):
         for l, t in enumerate(ts):

@@ -6,7 +6,8 @@
 // fill two small per-thread buffers, the activation Gram <A1, A2> and the cotangent
 // Gram <D1, D2>, and the Hadamard update (csrc/math/structured_tile.h) accumulates
 // them into the output tile, which stays in cache across layers. No N x N
-// intermediate exists; per-thread memory is two tile buffers. With x2 = x1 only
+// intermediate exists; per-thread memory is two tile buffers. The reduced precisions
+// (structured_spec.h) run on rounded float32 copies of the operands. With x2 = x1 only
 // tiles on or above the diagonal are computed, and their mirror images are
 // written from them, so the result is exactly symmetric and the Gram work halves.
 #include <algorithm>
@@ -41,6 +42,23 @@ int64_t tile_size(const StructuredArgs& s) {
   return tile;
 }
 
+// g = X Y^T, where X = view_x(x) and Y = view_y(y); under precision kBF16x3 (the low
+// parts x_lo, y_lo defined) also the cross terms X Yl^T + Xl Y^T of the split operands.
+template <typename ViewX, typename ViewY>
+void gram_out(at::Tensor& g, const at::Tensor& x, const at::Tensor& x_lo, const at::Tensor& y,
+              const at::Tensor& y_lo, ViewX view_x, ViewY view_y) {
+  at::mm_out(g, view_x(x), view_y(y).t());
+  if (x_lo.defined()) {
+    g.addmm_(view_x(x), view_y(y_lo).t());
+    g.addmm_(view_x(x_lo), view_y(y).t());
+  }
+}
+
+// Element l of a list of low parts, or an undefined tensor when there are none.
+inline at::Tensor low_part(const std::vector<at::Tensor>& lo, int64_t l) {
+  return lo.empty() ? at::Tensor() : lo[l];
+}
+
 template <typename T>
 struct TileJob {
   const StructuredArgs& s;
@@ -56,29 +74,38 @@ struct TileJob {
     for (int64_t l = 0; l < L; ++l) {
       const T cw = static_cast<T>(s.cw[l]), cb = static_cast<T>(s.cb[l]);
       if (cw == T(0) && cb == T(0)) continue;
+      const at::Tensor a1 = s.a1[l], a1_lo = low_part(s.a1_lo, l);
+      const at::Tensor a2 = s.a2[l], a2_lo = low_part(s.a2_lo, l);
+      const at::Tensor d1 = s.d1[l], d1_lo = low_part(s.d1_lo, l);
+      const at::Tensor d2 = s.d2[l], d2_lo = low_part(s.d2_lo, l);
       const T* ga = nullptr;
       if (cw != T(0)) {
         at::Tensor g = ga_buf.narrow(0, 0, ni * nj).view({ni, nj});
-        at::mm_out(g, s.a1[l].narrow(0, i0, ni), s.a2[l].narrow(0, j0, nj).t());
+        gram_out(g, a1, a1_lo, a2, a2_lo, [&](const at::Tensor& t) { return t.narrow(0, i0, ni); },
+                 [&](const at::Tensor& t) { return t.narrow(0, j0, nj); });
         ga = g.data_ptr<T>();
       }
-      const int64_t m = s.d1[l].size(2);
+      const int64_t m = d1.size(2);
       const T* gd = gd_buf.data_ptr<T>();
       int64_t d_stride = nj;  // distance between rows of the cotangent Gram buffer
       if (s.mode == math::kModeTrace) {
         at::Tensor g = gd_buf.narrow(0, 0, ni * nj).view({ni, nj});
-        at::mm_out(g, s.d1[l].view({s.n1, nl * m}).narrow(0, i0, ni),
-                   s.d2[l].view({s.n2, nl * m}).narrow(0, j0, nj).t());
+        gram_out(g, d1, d1_lo, d2, d2_lo,
+                 [&](const at::Tensor& t) { return t.view({s.n1, nl * m}).narrow(0, i0, ni); },
+                 [&](const at::Tensor& t) { return t.view({s.n2, nl * m}).narrow(0, j0, nj); });
       } else if (s.mode == math::kModeDiagonal) {
         for (int64_t k = 0; k < nl; ++k) {
           at::Tensor g = gd_buf.narrow(0, k * ni * nj, ni * nj).view({ni, nj});
-          at::mm_out(g, s.d1[l].narrow(0, i0, ni).select(1, k),
-                     s.d2[l].narrow(0, j0, nj).select(1, k).t());
+          gram_out(g, d1, d1_lo, d2, d2_lo,
+                   [&](const at::Tensor& t) { return t.narrow(0, i0, ni).select(1, k); },
+                   [&](const at::Tensor& t) { return t.narrow(0, j0, nj).select(1, k); });
         }
       } else {
         at::Tensor g = gd_buf.narrow(0, 0, ni * nl * nj * nl).view({ni * nl, nj * nl});
-        at::mm_out(g, s.d1[l].view({s.n1 * nl, m}).narrow(0, i0 * nl, ni * nl),
-                   s.d2[l].view({s.n2 * nl, m}).narrow(0, j0 * nl, nj * nl).t());
+        gram_out(
+            g, d1, d1_lo, d2, d2_lo,
+            [&](const at::Tensor& t) { return t.view({s.n1 * nl, m}).narrow(0, i0 * nl, ni * nl); },
+            [&](const at::Tensor& t) { return t.view({s.n2 * nl, m}).narrow(0, j0 * nl, nj * nl); });
         d_stride = nj * nl;
       }
       for (int64_t i = 0; i < ni; ++i) {
@@ -160,9 +187,12 @@ void run_structured(const StructuredArgs& s, at::Tensor& out) {
 
 at::Tensor structured_ntk_cpu(at::TensorList a1, at::TensorList d1, at::TensorList a2,
                               at::TensorList d2, at::ArrayRef<double> weight_coef,
-                              at::ArrayRef<double> bias_coef, c10::string_view mode) {
-  const StructuredArgs s = check_structured_args(a1, d1, a2, d2, weight_coef, bias_coef, mode);
+                              at::ArrayRef<double> bias_coef, c10::string_view mode,
+                              c10::string_view precision) {
+  StructuredArgs s =
+      check_structured_args(a1, d1, a2, d2, weight_coef, bias_coef, mode, precision);
   TORCH_INTERNAL_ASSERT(s.a1[0].device().is_cpu());
+  split_precision_operands(s, at::kFloat);  // CPU: reduced precisions are emulated
   at::Tensor out = at::empty({s.n1, s.n2, s.channels}, s.a1[0].options());
   if (s.n1 > 0 && s.n2 > 0) {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "structured_ntk_cpu",

@@ -1,19 +1,20 @@
-// CUDA implementation of structured_ntk.
+// CUDA implementation of structured_ntk: cuBLAS Gram products and one fused update
+// kernel per layer.
 //
-// One thread block owns a kTile x kTile tile of sample pairs for one output channel
-// (blockIdx.z; csrc/math/structured_tile.h for the channel map). For each layer it
-// computes the tile of the activation Gram <A1, A2> and of the cotangent Gram
-// <D1, D2> in registers, staging kDepth-wide slices of the operands in shared
-// memory, and accumulates layer_term(c_w, c_b, ., .) into registers; the output tile
-// is written once, after the last layer. No N x N intermediate, no atomics: each
-// output entry has exactly one writer, so results are deterministic. With x2 = x1
-// only tiles on or above the diagonal run and write their mirror images, so the
-// result is exactly symmetric. In "full" and "diagonal" modes each channel's block
-// recomputes its tile of <A1, A2> (n_L^2 or n_L times in all): the price of keeping
-// every accumulator in registers; "trace" has one channel.
+// The rows of x1 are cut into blocks sized so that the Gram buffers stay under
+// kGramBudgetBytes. Layer by layer, for each block, cuBLAS computes the block of the
+// activation Gram <A1, A2> and of the cotangent Gram <D1, D2> (layouts in
+// csrc/math/structured_tile.h), and accumulate_layer_kernel adds
+// layer_term(c_w, c_b, ., .) into the output, one thread per output entry. With
+// x2 = x1 a block computes only the columns from its first row on, and
+// mirror_lower_kernel finally writes every entry below the diagonal from its mirror
+// image above it, so the result is exactly symmetric and large inputs do a bit more
+// than half the Gram work. Reduced precisions (structured_spec.h) run the products on
+// bfloat16 operands with float32 outputs (tensor cores).
 #include <algorithm>
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -24,189 +25,203 @@
 namespace torch_ntk {
 namespace {
 
-constexpr int kTile = 64;                 // pairs per tile side
-constexpr int kThreads = 16;              // kThreads x kThreads threads per block
-constexpr int kMicro = kTile / kThreads;  // each thread owns kMicro x kMicro pairs
-constexpr int kDepth = 16;                // reduction slice staged in shared memory
-constexpr int kMaxLayers = 16;            // layers per launch; deeper models take more launches
+constexpr int kThreads = 256;
+constexpr int64_t kGramBudgetBytes = int64_t(1) << 30;  // Gram buffers of one block
+constexpr int kMaxGridX = 1 << 16;
+constexpr int kMaxGridY = 65535;
 
+// out[i * out_stride + j * C + c] (+)= layer_term(c_w, c_b, ga[i, j], gd(i, j, c)) for the
+// ni x nj pairs of one block; ga == nullptr stands for c_w = 0; first: assign.
 template <typename T>
-struct LayerArgs {
-  const T* a1;  // [N1, n]
-  const T* a2;  // [N2, n]
-  const T* d1;  // [N1, n_L, m]
-  const T* d2;  // [N2, n_L, m]
-  int64_t n, m;
-  T cw, cb;
-};
-
-template <typename T>
-struct KernelArgs {
-  LayerArgs<T> layers[kMaxLayers];
-  int num_layers;
-  int mode;
-  int64_t n1, n2, n_out, channels;
-  bool symmetric;
-  bool accumulate;  // add to out instead of overwriting it (launches after the first)
-  T* out;           // [N1, N2, channels]
-};
-
-// acc[r][c] += sum_{t < len} X[row0 + ty kMicro + r, t] * Y[col0 + tx kMicro + c, t], with
-// X rows of stride sx (nx rows) and Y rows of stride sy (ny rows). Out-of-range rows and
-// the tail of the last slice read as zero.
-template <typename T>
-__device__ __forceinline__ void tile_dot(const T* __restrict__ x, int64_t sx, int64_t nx,
-                                         int64_t row0, const T* __restrict__ y, int64_t sy,
-                                         int64_t ny, int64_t col0, int64_t len,
-                                         T (*xs)[kTile + 1], T (*ys)[kTile + 1],
-                                         T acc[kMicro][kMicro]) {
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int tid = ty * kThreads + tx;
-  for (int64_t t0 = 0; t0 < len; t0 += kDepth) {
-    for (int e = tid; e < kTile * kDepth; e += kThreads * kThreads) {
-      const int r = e / kDepth, t = e % kDepth;  // a warp reads two rows of 16 contiguous entries
-      const int64_t gt = t0 + t;
-      const int64_t gx = row0 + r, gy = col0 + r;
-      xs[t][r] = (gx < nx && gt < len) ? x[gx * sx + gt] : T(0);
-      ys[t][r] = (gy < ny && gt < len) ? y[gy * sy + gt] : T(0);
+__global__ void __launch_bounds__(kThreads)
+    accumulate_layer_kernel(T* __restrict__ out, int64_t out_stride, const T* __restrict__ ga,
+                            const T* __restrict__ gd, int64_t ni, int64_t nj, int64_t n_out,
+                            int64_t channels, int mode, T cw, T cb, bool first) {
+  const int64_t row_len = nj * channels;
+  for (int64_t i = blockIdx.y; i < ni; i += gridDim.y) {
+    for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < row_len;
+         e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t j = e / channels, c = e - j * channels;
+      const T gram_a = ga != nullptr ? ga[i * nj + j] : T(0);
+      const T gram_d = gd[math::cotangent_gram_offset(mode, i, j, c, ni, nj, n_out)];
+      const T v = math::layer_term(cw, cb, gram_a, gram_d);
+      T* o = out + i * out_stride + e;
+      *o = first ? v : *o + v;
     }
-    __syncthreads();
-#pragma unroll
-    for (int t = 0; t < kDepth; ++t) {
-      T xv[kMicro], yv[kMicro];
-#pragma unroll
-      for (int r = 0; r < kMicro; ++r) xv[r] = xs[t][ty * kMicro + r];
-#pragma unroll
-      for (int c = 0; c < kMicro; ++c) yv[c] = ys[t][tx * kMicro + c];
-#pragma unroll
-      for (int r = 0; r < kMicro; ++r) {
-#pragma unroll
-        for (int c = 0; c < kMicro; ++c) acc[r][c] += xv[r] * yv[c];
-      }
-    }
-    __syncthreads();
   }
 }
 
+// out [n, n, C]: Theta(x_i, x_j) for j < i from Theta(x_j, x_i), and on the diagonal
+// channel (k', k) from (k, k') for k < k'. Reads and writes disjoint entries.
 template <typename T>
-__device__ __forceinline__ void store(T* p, T v, bool accumulate) {
-  *p = accumulate ? *p + v : v;
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads* kThreads)
-    structured_ntk_kernel(const KernelArgs<T> args) {
-  const int64_t bi = blockIdx.y, bj = blockIdx.x, c = blockIdx.z;
-  if (args.symmetric && bj < bi) return;  // the mirror of tile (bj, bi) covers it
-  __shared__ T xs[kDepth][kTile + 1];
-  __shared__ T ys[kDepth][kTile + 1];
-  const int64_t row0 = bi * kTile, col0 = bj * kTile;
-
-  T acc[kMicro][kMicro];
-#pragma unroll
-  for (int r = 0; r < kMicro; ++r) {
-#pragma unroll
-    for (int q = 0; q < kMicro; ++q) acc[r][q] = T(0);
-  }
-  for (int l = 0; l < args.num_layers; ++l) {
-    const LayerArgs<T> L = args.layers[l];
-    T gd[kMicro][kMicro], ga[kMicro][kMicro];
-#pragma unroll
-    for (int r = 0; r < kMicro; ++r) {
-#pragma unroll
-      for (int q = 0; q < kMicro; ++q) gd[r][q] = ga[r][q] = T(0);
-    }
-    int64_t off1, off2, len;
-    math::channel_rows(args.mode, c, args.n_out, L.m, off1, off2, len);
-    const int64_t dstride = args.n_out * L.m;
-    tile_dot(L.d1 + off1, dstride, args.n1, row0, L.d2 + off2, dstride, args.n2, col0, len, xs,
-             ys, gd);
-    if (L.cw != T(0)) {
-      tile_dot(L.a1, L.n, args.n1, row0, L.a2, L.n, args.n2, col0, L.n, xs, ys, ga);
-    }
-#pragma unroll
-    for (int r = 0; r < kMicro; ++r) {
-#pragma unroll
-      for (int q = 0; q < kMicro; ++q) acc[r][q] += math::layer_term(L.cw, L.cb, ga[r][q], gd[r][q]);
-    }
-  }
-
-  const int64_t C = args.channels;
-  const int64_t mc = math::mirror_channel(args.mode, c, args.n_out);
-#pragma unroll
-  for (int r = 0; r < kMicro; ++r) {
-    const int64_t i = row0 + threadIdx.y * kMicro + r;
-    if (i >= args.n1) continue;
-#pragma unroll
-    for (int q = 0; q < kMicro; ++q) {
-      const int64_t j = col0 + threadIdx.x * kMicro + q;
-      if (j >= args.n2) continue;
-      const T v = acc[r][q];
-      if (!args.symmetric) {
-        store(args.out + (i * args.n2 + j) * C + c, v, args.accumulate);
-      } else if (i < j) {
-        store(args.out + (i * args.n2 + j) * C + c, v, args.accumulate);
-        store(args.out + (j * args.n2 + i) * C + mc, v, args.accumulate);
-      } else if (i == j && c <= mc) {
-        // Theta_kk'(x, x) and Theta_k'k(x, x) get one writer: this block.
-        store(args.out + (i * args.n2 + i) * C + c, v, args.accumulate);
-        if (mc != c) store(args.out + (i * args.n2 + i) * C + mc, v, args.accumulate);
+__global__ void __launch_bounds__(kThreads)
+    mirror_lower_kernel(T* __restrict__ out, int64_t n, int64_t n_out, int64_t channels,
+                        int mode) {
+  for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
+    const int64_t row_len = (i + 1) * channels;  // entries (i, j <= i, c)
+    for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < row_len;
+         e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t j = e / channels, c = e - j * channels;
+      const int64_t mc = math::mirror_channel(mode, c, n_out);
+      if (j < i) {
+        out[(i * n + j) * channels + c] = out[(j * n + i) * channels + mc];
+      } else if (mc < c) {
+        out[(i * n + i) * channels + c] = out[(i * n + i) * channels + mc];
       }
     }
   }
 }
 
+dim3 rows_grid(int64_t rows, int64_t row_len) {
+  const int64_t x = std::min<int64_t>((row_len + kThreads - 1) / kThreads, kMaxGridX);
+  const int64_t y = std::min<int64_t>(rows, kMaxGridY);
+  return dim3(static_cast<unsigned>(std::max<int64_t>(x, 1)),
+              static_cast<unsigned>(std::max<int64_t>(y, 1)));
+}
+
+// out (float32) = a @ b for bfloat16 a, b: tensor-core products accumulated and
+// returned in float32. Looked up at run time so the extension also builds against a
+// torch without aten::mm.dtype_out (then only precision "highest" works).
+at::Tensor& mm_bf16_to_float_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  using Signature = at::Tensor&(const at::Tensor&, const at::Tensor&, at::ScalarType, at::Tensor&);
+  static const auto op = [] {
+    const auto handle = c10::Dispatcher::singleton().findSchema({"aten::mm", "dtype_out"});
+    TORCH_CHECK(handle.has_value(),
+                "structured_ntk: precision 'bf16'/'bf16x3' needs aten::mm.dtype_out (torch >= "
+                "2.8); use precision='highest' with this torch");
+    return handle->typed<Signature>();
+  }();
+  return op.call(a, b, at::kFloat, out);
+}
+
+// g = X Y^T with X = view_x(x), Y = view_y(y); with low parts (precision kBF16x3) also
+// X Yl^T + Xl Y^T, added through `scratch` (g's shape). bfloat16 operands give float32 g.
+template <typename ViewX, typename ViewY>
+void gram_out(at::Tensor& g, at::Tensor& scratch, const at::Tensor& x, const at::Tensor& x_lo,
+              const at::Tensor& y, const at::Tensor& y_lo, ViewX view_x, ViewY view_y) {
+  if (x.scalar_type() != at::kBFloat16) {
+    at::mm_out(g, view_x(x), view_y(y).t());
+    return;
+  }
+  mm_bf16_to_float_out(g, view_x(x), view_y(y).t());
+  if (x_lo.defined()) {
+    g.add_(mm_bf16_to_float_out(scratch, view_x(x), view_y(y_lo).t()));
+    g.add_(mm_bf16_to_float_out(scratch, view_x(x_lo), view_y(y).t()));
+  }
+}
+
+inline at::Tensor low_part(const std::vector<at::Tensor>& lo, size_t l) {
+  return lo.empty() ? at::Tensor() : lo[l];
+}
+
+// Rows of x1 per block: the Gram buffers (activation, cotangent and, for kBF16x3, a
+// scratch of the cotangent's size) of one block fit kGramBudgetBytes. With x2 = x1 and
+// many samples, at most a quarter (or half) of the rows, so the skipped lower-left part
+// of the Gram products is worth having; blocks stay large enough for cuBLAS.
+int64_t block_rows(const StructuredArgs& s, int64_t gd_per_pair, int64_t elem_size) {
+  const int64_t per_pair = 1 + gd_per_pair * (s.precision == kBF16x3 ? 2 : 1);
+  const int64_t per_row = std::max<int64_t>(s.n2 * per_pair * elem_size, 1);
+  int64_t rows = std::max<int64_t>(kGramBudgetBytes / per_row, 1);
+  if (s.symmetric && s.n1 >= 2048) {
+    const int64_t parts = s.n1 >= 4096 ? 4 : 2;
+    rows = std::min<int64_t>(rows, ((s.n1 + parts - 1) / parts + 127) / 128 * 128);
+  }
+  return std::min(rows, s.n1);
+}
+
 template <typename T>
-void launch_structured(const StructuredArgs& s, at::Tensor& out) {
-  const int64_t L = static_cast<int64_t>(s.a1.size());
-  const int64_t tiles1 = (s.n1 + kTile - 1) / kTile, tiles2 = (s.n2 + kTile - 1) / kTile;
-  TORCH_CHECK_VALUE(tiles1 <= 65535 && tiles2 <= 2147483647LL && s.channels <= 65535,
-                    "structured_ntk: too large for one launch (N1 = ", s.n1, ", ", s.channels,
-                    " output channels); split x1 into chunks (empirical_ntk does) or use mode "
-                    "'trace'/'diagonal'");
-  const dim3 grid(static_cast<unsigned>(tiles2), static_cast<unsigned>(tiles1),
-                  static_cast<unsigned>(s.channels));
-  const dim3 block(kThreads, kThreads);
+void run_structured(const StructuredArgs& s, at::Tensor& out) {
+  const int64_t nl = s.n_out, C = s.channels;
+  const int64_t gd_per_pair = s.mode == math::kModeFull
+                                  ? nl * nl
+                                  : (s.mode == math::kModeDiagonal ? nl : 1);
+  const int64_t rows = block_rows(s, gd_per_pair, sizeof(T));
+  const int64_t max_cols = s.n2;
+  const auto opts = out.options();
+  at::Tensor ga_buf = at::empty({rows * max_cols}, opts);
+  at::Tensor gd_buf = at::empty({rows * max_cols * gd_per_pair}, opts);
+  at::Tensor scratch_buf;
+  if (s.precision == kBF16x3) scratch_buf = at::empty({rows * max_cols * gd_per_pair}, opts);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  T* out_ptr = out.data_ptr<T>();
+
   bool first = true;
-  for (int64_t l0 = 0; l0 < L; l0 += kMaxLayers) {
-    KernelArgs<T> args;
-    args.num_layers = 0;
-    for (int64_t l = l0; l < std::min(L, l0 + kMaxLayers); ++l) {
-      LayerArgs<T>& la = args.layers[args.num_layers++];
-      la.a1 = s.a1[l].data_ptr<T>();
-      la.a2 = s.a2[l].data_ptr<T>();
-      la.d1 = s.d1[l].data_ptr<T>();
-      la.d2 = s.d2[l].data_ptr<T>();
-      la.n = s.a1[l].size(1);
-      la.m = s.d1[l].size(2);
-      la.cw = static_cast<T>(s.cw[l]);
-      la.cb = static_cast<T>(s.cb[l]);
+  for (size_t l = 0; l < s.a1.size(); ++l) {
+    const T cw = static_cast<T>(s.cw[l]), cb = static_cast<T>(s.cb[l]);
+    if (cw == T(0) && cb == T(0)) continue;
+    const at::Tensor &a1 = s.a1[l], &a2 = s.a2[l], &d1 = s.d1[l], &d2 = s.d2[l];
+    const at::Tensor a1_lo = low_part(s.a1_lo, l), a2_lo = low_part(s.a2_lo, l);
+    const at::Tensor d1_lo = low_part(s.d1_lo, l), d2_lo = low_part(s.d2_lo, l);
+    const int64_t m = d1.size(2);
+    for (int64_t i0 = 0; i0 < s.n1; i0 += rows) {
+      const int64_t ni = std::min(rows, s.n1 - i0);
+      const int64_t j0 = s.symmetric ? i0 : 0;
+      const int64_t nj = s.n2 - j0;
+      auto block = [&](at::Tensor& buf, int64_t r, int64_t c) {
+        return buf.narrow(0, 0, r * c).view({r, c});
+      };
+      const T* ga = nullptr;
+      if (cw != T(0)) {
+        at::Tensor g = block(ga_buf, ni, nj);
+        at::Tensor scratch = s.precision == kBF16x3 ? block(scratch_buf, ni, nj) : at::Tensor();
+        gram_out(g, scratch, a1, a1_lo, a2, a2_lo,
+                 [&](const at::Tensor& t) { return t.narrow(0, i0, ni); },
+                 [&](const at::Tensor& t) { return t.narrow(0, j0, nj); });
+        ga = g.data_ptr<T>();
+      }
+      if (s.mode == math::kModeTrace) {
+        at::Tensor g = block(gd_buf, ni, nj);
+        at::Tensor scratch = s.precision == kBF16x3 ? block(scratch_buf, ni, nj) : at::Tensor();
+        gram_out(g, scratch, d1, d1_lo, d2, d2_lo,
+                 [&](const at::Tensor& t) { return t.view({s.n1, nl * m}).narrow(0, i0, ni); },
+                 [&](const at::Tensor& t) { return t.view({s.n2, nl * m}).narrow(0, j0, nj); });
+      } else if (s.mode == math::kModeDiagonal) {
+        for (int64_t k = 0; k < nl; ++k) {
+          at::Tensor g = gd_buf.narrow(0, k * ni * nj, ni * nj).view({ni, nj});
+          at::Tensor scratch =
+              s.precision == kBF16x3 ? block(scratch_buf, ni, nj) : at::Tensor();
+          gram_out(g, scratch, d1, d1_lo, d2, d2_lo,
+                   [&](const at::Tensor& t) { return t.narrow(0, i0, ni).select(1, k); },
+                   [&](const at::Tensor& t) { return t.narrow(0, j0, nj).select(1, k); });
+        }
+      } else {
+        at::Tensor g = block(gd_buf, ni * nl, nj * nl);
+        at::Tensor scratch =
+            s.precision == kBF16x3 ? block(scratch_buf, ni * nl, nj * nl) : at::Tensor();
+        gram_out(
+            g, scratch, d1, d1_lo, d2, d2_lo,
+            [&](const at::Tensor& t) { return t.view({s.n1 * nl, m}).narrow(0, i0 * nl, ni * nl); },
+            [&](const at::Tensor& t) { return t.view({s.n2 * nl, m}).narrow(0, j0 * nl, nj * nl); });
+      }
+      accumulate_layer_kernel<T><<<rows_grid(ni, nj * C), kThreads, 0, stream>>>(
+          out_ptr + (i0 * s.n2 + j0) * C, s.n2 * C, ga, gd_buf.data_ptr<T>(), ni, nj, nl, C,
+          s.mode, cw, cb, first);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    args.mode = s.mode;
-    args.n1 = s.n1;
-    args.n2 = s.n2;
-    args.n_out = s.n_out;
-    args.channels = s.channels;
-    args.symmetric = s.symmetric;
-    args.accumulate = !first;
-    args.out = out.data_ptr<T>();
-    structured_ntk_kernel<T><<<grid, block, 0, stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     first = false;
+  }
+  if (first) {  // every layer frozen: the kernel is zero
+    out.zero_();
+  } else if (s.symmetric) {
+    mirror_lower_kernel<T><<<rows_grid(s.n1, s.n1 * C), kThreads, 0, stream>>>(
+        out_ptr, s.n1, nl, C, s.mode);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
 at::Tensor structured_ntk_cuda(at::TensorList a1, at::TensorList d1, at::TensorList a2,
                                at::TensorList d2, at::ArrayRef<double> weight_coef,
-                               at::ArrayRef<double> bias_coef, c10::string_view mode) {
-  const StructuredArgs s = check_structured_args(a1, d1, a2, d2, weight_coef, bias_coef, mode);
+                               at::ArrayRef<double> bias_coef, c10::string_view mode,
+                               c10::string_view precision) {
+  StructuredArgs s =
+      check_structured_args(a1, d1, a2, d2, weight_coef, bias_coef, mode, precision);
   TORCH_INTERNAL_ASSERT(s.a1[0].device().is_cuda());
   const c10::cuda::CUDAGuard guard(s.a1[0].device());
-  at::Tensor out = at::empty({s.n1, s.n2, s.channels}, s.a1[0].options());
+  split_precision_operands(s, at::kBFloat16);  // tensor cores take the bfloat16 operands
+  at::Tensor out = at::empty({s.n1, s.n2, s.channels}, a1[0].options());
   if (s.n1 > 0 && s.n2 > 0) {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "structured_ntk_cuda",
-                               [&] { launch_structured<scalar_t>(s, out); });
+                               [&] { run_structured<scalar_t>(s, out); });
   }
   return out.view(structured_output_shape(s));
 }

@@ -9,13 +9,14 @@
 //   full      C = n_L^2, channel c = k n_L + k'   -> Theta_kk'
 //   trace     C = 1                               -> sum_k Theta_kk (a sum, not a mean)
 //   diagonal  C = n_L,   channel c = k            -> Theta_kk
-// Channel c of the cotangent Gram is a dot product of D1 row (x, k1(c)) and D2 row
-// (x', k2(c)) over `channel_length` entries (trace: the flattened n_L m_l row).
+// Channel c = k n_L + k' of the full cotangent Gram is the dot product of D1 row (x, k)
+// and D2 row (x', k') (diagonal: k = k'; trace: of the flattened n_L m_l rows).
 //
-// The CPU implementation fills Gram tiles with GEMMs and uses the accumulate_*
-// row functions below; the CUDA kernel computes the Gram tiles in registers and
-// uses layer_term, the channel map and mirror_channel. Both write mirrored
-// entries (x', x, mirror_channel(c)) when x2 = x1, so the result is exactly symmetric.
+// Both implementations fill blocks of the two Gram matrices with GEMMs. The CPU
+// one accumulates them with the accumulate_* row functions below; the CUDA one
+// with one thread per output entry, through cotangent_gram_offset and layer_term.
+// Both write mirrored entries (x', x, mirror_channel(c)) when x2 = x1, so the
+// result is exactly symmetric.
 #pragma once
 
 #include <cstdint>
@@ -37,28 +38,21 @@ TNTK_HD int64_t num_channels(int mode, int64_t n_out) {
   return mode == kModeFull ? n_out * n_out : (mode == kModeTrace ? 1 : n_out);
 }
 
-// Offsets (in elements, within one sample's n_L * m_l cotangent row) where channel c
-// starts in D1 and D2, and how many entries its dot product runs over.
-TNTK_HD void channel_rows(int mode, int64_t c, int64_t n_out, int64_t m, int64_t& offset1,
-                          int64_t& offset2, int64_t& length) {
-  if (mode == kModeFull) {
-    offset1 = (c / n_out) * m;
-    offset2 = (c % n_out) * m;
-    length = m;
-  } else if (mode == kModeTrace) {
-    offset1 = 0;
-    offset2 = 0;
-    length = n_out * m;
-  } else {
-    offset1 = c * m;
-    offset2 = c * m;
-    length = m;
-  }
-}
-
 // Theta(x', x) channel that equals Theta(x, x') channel c: (k, k') -> (k', k).
 TNTK_HD int64_t mirror_channel(int mode, int64_t c, int64_t n_out) {
   return mode == kModeFull ? (c % n_out) * n_out + c / n_out : c;
+}
+
+// Offset of channel c of pair (i, j) in a block's cotangent Gram of ni x nj pairs, laid
+// out as the Gram products write it: trace [ni, nj]; diagonal [n_L, ni, nj] (one
+// product per k); full [ni, n_L, nj, n_L] (one product of the [., n_L, m] row views).
+// The accumulate_*_row functions below read the same layouts row by row.
+TNTK_HD int64_t cotangent_gram_offset(int mode, int64_t i, int64_t j, int64_t c, int64_t ni,
+                                      int64_t nj, int64_t n_out) {
+  if (mode == kModeTrace) return i * nj + j;
+  if (mode == kModeDiagonal) return (c * ni + i) * nj + j;
+  const int64_t k = c / n_out, kp = c % n_out;
+  return ((i * n_out + k) * nj + j) * n_out + kp;
 }
 
 // ---- CPU-side tile accumulation over one row x of a tile of columns x'_0..x'_{nj-1}.
