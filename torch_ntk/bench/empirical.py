@@ -34,12 +34,17 @@ fused op against the GEMMs it cannot avoid, on features computed once
 - ``composite compiled``: ``composite`` under ``torch.compile`` (``--compile-backend``),
   compiled by a first call outside the timing whose time is reported as compile_s;
   a compiler failure is recorded as status "error";
-- precisions ``tf32`` and ``bf16`` (tensor-core inputs, float32 accumulation) of the op
-  and of the end-to-end call: "speedup" over precision "highest", and for every row the
-  error against a float64 reference (``empirical_ntk`` on a float64 copy of the model
-  and inputs, same device): ‖K − K64‖_F / ‖K64‖_F and max|K − K64| / max|K64|;
+- the op's tensor-core precisions (float32 accumulation) of the op and of the end-to-end
+  call: ``bf16`` (bfloat16 operands), ``bf16x3`` (three bfloat16 products of split
+  operands) and ``tf32`` (``precision="highest"`` under
+  ``torch.set_float32_matmul_precision("high")``, unless the op has its own "tf32"):
+  "speedup" over precision "highest", and for every row the error against a float64
+  reference (``empirical_ntk`` on a float64 copy of the model and inputs, same device):
+  ‖K − K64‖_F / ‖K64‖_F and max|K − K64| / max|K64| ("highest" shows the float32
+  baseline); a torch_ntk without a precision records it as "unsupported";
 - ``matmul`` rooflines in float32, TF32 (CUDA) and bfloat16; each op row's
-  "of roofline" divides its (nominal) Gram FLOP/s by the roofline of its precision.
+  "of roofline" divides its (nominal) Gram FLOP/s by the roofline of its precision
+  (bf16x3: a third of bfloat16's).
 
 torch.func methods run in a subprocess with a memory cap (``--func-cap-gb``): on CPU its
 data segment (RLIMIT_DATA), on CUDA the caching allocator's share of the device
@@ -141,9 +146,12 @@ CASES = {("cpu", False): FULL_CASES, ("cpu", True): QUICK_CASES,
          ("cuda", False): GPU_CASES, ("cuda", True): GPU_QUICK_CASES}
 ALL_CASES = [c for cases in CASES.values() for c in cases]
 
-PRECISIONS = ("highest", "tf32", "bf16")
-# The matmul roofline each precision is compared with.
-ROOFLINE_OF = {"highest": "float32", "tf32": "tf32", "bf16": "bfloat16"}
+# Precision variants of the kernel cases. "tf32" is the op's own precision="tf32" where
+# torch_ntk has one, else precision="highest" under torch.set_float32_matmul_precision
+# ("high"), which lets cuBLAS use TF32 for the op's float32 Gram products.
+PRECISIONS = ("highest", "tf32", "bf16", "bf16x3")
+# The matmul roofline each precision is compared with (bf16x3: three bf16 products).
+ROOFLINE_OF = {"highest": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16x3": "bfloat16/3"}
 
 
 # ---------------------------------------------------------------------------------
@@ -439,16 +447,27 @@ def _errors(k: torch.Tensor, ref: torch.Tensor) -> dict:
                 err_max=float(diff.abs().max() / ref.abs().max()))
 
 
+def _precision(precision: str) -> tuple[dict, str]:
+    """(keyword arguments of the op, torch float32 matmul precision) for a variant.
+    precision="highest" is the op's default and is not passed, so the "highest" rows
+    also run on a torch_ntk that predates the argument."""
+    if precision == "highest":
+        return {}, "highest"
+    if precision == "tf32" and "tf32" not in getattr(ops, "PRECISIONS", ()):
+        return {}, "high"
+    return {"precision": precision}, "highest"
+
+
 def _op(a1, d1, a2, d2, cw, cb, mode, precision):
-    # precision="highest" is the op's default: calling without it also works on a
-    # torch_ntk that predates the argument.
-    extra = {} if precision == "highest" else {"precision": precision}
-    return ops.structured_ntk(a1, d1, a2, d2, cw, cb, mode, **extra)
+    extra, matmul = _precision(precision)
+    with float32_matmul(matmul):
+        return ops.structured_ntk(a1, d1, a2, d2, cw, cb, mode, **extra)
 
 
 def _end_to_end(model, x, mode, precision):
-    extra = {} if precision == "highest" else {"precision": precision}
-    return empirical_ntk(model, x, mode=mode, method="structured", progress=False, **extra)
+    extra, matmul = _precision(precision)
+    with float32_matmul(matmul):
+        return empirical_ntk(model, x, mode=mode, method="structured", progress=False, **extra)
 
 
 def run_kernel_case(case: dict, args) -> dict:
@@ -532,13 +551,13 @@ def run_kernel_case(case: dict, args) -> dict:
                 row["max_rel_diff"] = float((k - anchor).abs().max() / anchor.abs().max())
             del k
             ok[key] = fn
-        except TypeError as error:
-            if "precision" in str(error):  # a torch_ntk without the precision argument
-                row.update(status="unsupported", message=short(error))
-            else:
-                row.update(status="error", message=short(error))
         except Exception as error:  # recorded, not fatal (e.g. a compiler failure)
-            row.update(status="oom" if is_oom(error) else "error", message=short(error))
+            text = str(error)
+            if "precision" in text and ("unexpected keyword" in text or "one of" in text):
+                status = "unsupported"  # a torch_ntk without this precision
+            else:
+                status = "oom" if is_oom(error) else "error"
+            row.update(status=status, message=short(error))
         info_rows[key] = row
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -560,6 +579,9 @@ def run_kernel_case(case: dict, args) -> dict:
                 row["peak_MB"] = cuda_peak(fn) / 2**20
         if "precision" in info:
             row["precision"] = info["precision"]
+            if _precision(info["precision"])[1] == "high":
+                row.setdefault("message", "precision='highest' under torch's float32 matmul "
+                                          "precision 'high'")
         rows.append(row)
 
     by_key = {(r["method"], r["variant"]): r for r in rows}
@@ -573,12 +595,15 @@ def run_kernel_case(case: dict, args) -> dict:
             continue
         method, variant = r["method"], r["variant"]
         info = calls[(method, variant)][1]
-        if info.get("roofline") in rates and method != "matmul":
-            r["roofline"] = info["roofline"]
-            r["roofline_fraction"] = r["gflops"] / rates[info["roofline"]]
-        elif method == "structured op only" and "float32" in rates:  # no TF32 roofline (CPU)
-            r["roofline"] = "float32"
-            r["roofline_fraction"] = r["gflops"] / rates["float32"]
+        roof = info.get("roofline")
+        if method != "matmul" and roof:
+            if roof == "bfloat16/3" and "bfloat16" in rates:
+                rates[roof] = rates["bfloat16"] / 3
+            if roof not in rates:  # no TF32 roofline on CPU
+                roof = "float32"
+            if roof in rates:
+                r["roofline"] = roof
+                r["roofline_fraction"] = r["gflops"] / rates[roof]
         side = variant.split(",")[0]
         if method == "structured op only" and seconds("gemms alone", side):
             r["vs_gemms"] = r["seconds"] / seconds("gemms alone", side)

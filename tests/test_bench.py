@@ -1,0 +1,197 @@
+"""``torch-ntk bench`` and the suites of torch_ntk.bench, on their smallest cases.
+
+Oracles: what a benchmark row claims about the kernels it timed — the fused structured
+op, the eager and compiled composites agree (1e-4 relative in float32), and the error of
+each precision against the float64 reference stays within what its rounding allows
+(highest and bf16x3 ≤ 1e-4, tf32 ≤ 5e-3, bf16 ≤ 3e-2); the analytic fused op agrees with
+the eager recursion. Timings are only checked to be present and positive, never
+compared. The compiled baselines use torch.compile's "aot_eager" backend here (tracing
+without code generation: seconds instead of a minute on 2 cores). Bad arguments exit
+with status 2 naming the argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from torch_ntk import ops
+from torch_ntk.bench import empirical as bench_empirical
+from torch_ntk.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL_CASE = "w256_d4_n256_nl1"  # the quick CPU twin of the GPU's w4096 kernel case
+FAST = ["--quick", "--device", "cpu", "--repeats", "2", "--compile-backend", "aot_eager"]
+# Error bound against float64 of each precision variant (relative, Frobenius and max).
+ERROR_BOUND = {"highest": 1e-4, "bf16x3": 1e-4, "tf32": 5e-3, "bf16": 3e-2}
+
+
+def read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def supported(precision: str) -> bool:
+    """Whether this torch_ntk's op has ``precision`` (tf32 always runs: torch's setting)."""
+    return precision in ("highest", "tf32") or precision in getattr(ops, "PRECISIONS", ())
+
+
+@pytest.fixture(scope="module")
+def kernel_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "empirical", *FAST, "--cases", KERNEL_CASE, "--out", str(out)]) == 0
+    payload = read_json(out / "empirical_cpu.json")
+    (result,) = payload["results"]
+    return payload, result, {(r["method"], r["variant"]): r for r in result["rows"]}
+
+
+def test_kernel_case_has_every_row(kernel_run):
+    payload, result, rows = kernel_run
+    assert payload["meta"]["device"] == "cpu" and payload["meta"]["quick"]
+    assert result["case"]["name"] == KERNEL_CASE
+    expected = {("features", "forward + cotangents"), ("gemms alone", "x2=None"),
+                ("gemms alone", "x2!=x1"), ("composite", "x2=None"),
+                ("composite compiled", "x2=None")}
+    for p in bench_empirical.PRECISIONS:
+        expected |= {("structured op only", f"x2=None, {p}"),
+                     ("structured op only", f"x2!=x1, {p}"), ("structured", f"x2=None, {p}")}
+    assert expected <= set(rows)
+    assert any(method == "matmul" and "float32" in variant for method, variant in rows)
+    assert any(method == "matmul" and "bfloat16" in variant for method, variant in rows)
+    for key, row in rows.items():
+        if row["status"] == "ok":
+            assert row["seconds"] > 0 and row["best"] <= row["seconds"], key
+            assert row["repeats"] == 2, key
+
+
+def test_structured_and_composites_agree(kernel_run):
+    _, _, rows = kernel_run
+    assert rows[("composite", "x2=None")]["status"] == "ok"
+    assert rows[("composite", "x2=None")]["max_rel_diff"] <= 1e-4
+    compiled = rows[("composite compiled", "x2=None")]
+    assert compiled["status"] in ("ok", "error")  # a compiler failure is recorded, not fatal
+    if compiled["status"] == "ok":
+        assert compiled["max_rel_diff"] <= 1e-4 and compiled["compile_s"] > 0
+    else:
+        assert compiled["message"]
+    op = rows[("structured op only", "x2=None, highest")]
+    assert op["status"] == "ok" and op["max_rel_diff"] <= 1e-4
+
+
+def test_ratios_are_reported(kernel_run):
+    _, result, rows = kernel_run
+    op, e2e = rows[("structured op only", "x2!=x1, highest")], rows[("structured", "x2=None, highest")]
+    gemms = rows[("gemms alone", "x2!=x1")]
+    assert op["vs_gemms"] == pytest.approx(op["seconds"] / gemms["seconds"])
+    features = rows[("features", "forward + cotangents")]
+    assert e2e["vs_gemms"] == pytest.approx(
+        e2e["seconds"] / (rows[("gemms alone", "x2=None")]["seconds"] + features["seconds"]))
+    assert rows[("composite", "x2=None")]["vs_structured"] > 0
+    assert 0 < op["roofline_fraction"] and op["roofline"] == "float32"
+    summary = result["summary"]
+    assert summary["op_over_gemms_x2_distinct"] == op["vs_gemms"]
+    assert summary["end_to_end_over_gemms_plus_features"] == e2e["vs_gemms"]
+
+
+@pytest.mark.parametrize("precision", bench_empirical.PRECISIONS)
+def test_precision_rows_error_against_float64(kernel_run, precision):
+    _, result, rows = kernel_run
+    variants = [("structured op only", f"x2=None, {precision}"),
+                ("structured op only", f"x2!=x1, {precision}"), ("structured", f"x2=None, {precision}")]
+    for key in variants:
+        row = rows[key]
+        if not supported(precision):
+            assert row["status"] == "unsupported" and "precision" in row["message"]
+            continue
+        assert row["status"] == "ok", row
+        assert 0 <= row["err_fro"] <= ERROR_BOUND[precision], key
+        assert 0 <= row["err_max"] <= 3 * ERROR_BOUND[precision], key
+        if precision != "highest":
+            assert row["speedup_vs_highest"] > 0 and row["precision"] == precision
+    if supported(precision):
+        assert result["summary"][f"{precision}_err_fro"] == rows[variants[0]]["err_fro"]
+    if precision == "bf16" and supported("bf16"):  # rounding to 8 bits shows
+        assert rows[variants[0]]["err_fro"] > 10 * rows[("structured op only", "x2=None, highest")]["err_fro"]
+
+
+def test_torch_func_workers_run_in_subprocesses(tmp_path):
+    """jacobian and ntk_vp run by ``python -m torch_ntk.bench.empirical --worker``."""
+    out = tmp_path / "func.json"
+    bench_empirical.main([*FAST, "--cases", "w256_d4_n64_nl10", "--quiet-wait", "0",
+                          "--json", str(out)])
+    rows = read_json(out)["results"][0]["rows"]
+    func = {r["method"]: r for r in rows if r["method"] in ("jacobian", "ntk_vp")}
+    assert set(func) == {"jacobian", "ntk_vp"}
+    for r in func.values():
+        assert r["status"] == "ok", r  # 64 samples, width 256: far below the 10 GB cap
+        assert r["vs_structured"] > 1 and r["structured_seconds"] > 0
+    composite = next(r for r in rows if r["method"] == "composite")
+    assert composite["max_rel_diff"] <= 1e-4
+
+
+def test_bench_analytic_quick(tmp_path, capsys):
+    assert main(["bench", "analytic", *FAST, "--out", str(tmp_path)]) == 0
+    payload = read_json(tmp_path / "analytic_cpu.json")
+    assert payload["machine"]["device"] == "cpu" and payload["roofline"]["matmul_flops"] > 0
+    relu = next(r for r in payload["rows"] if r["activation"] == "relu")
+    assert isinstance(relu["fused_s"], float) and isinstance(relu["eager_s"], float)
+    assert relu["speedup_vs_eager"] > 0 and relu["max_rel_diff"] <= 1e-4
+    assert isinstance(relu["compiled_s"], float) or relu["compiled_s"].startswith("failed")
+    if isinstance(relu["compiled_s"], float):
+        assert relu["compile_s"] > 0 and relu["speedup_vs_compiled"] > 0
+    text = capsys.readouterr().out
+    assert "| activation |" in text and "analytic_cpu.json" in text
+
+
+@pytest.mark.parametrize("argv, argument", [
+    (["bench", "nosuch"], "SUITE"),
+    (["bench", "--device", "tpu"], "--device"),
+    (["bench", "--repeats", "0"], "--repeats"),
+    (["bench", "empirical", "--cases", "no_such_case"], "--cases"),
+    (["bench", "analytic", "--cases", "w256"], "--cases"),
+])
+def test_bad_arguments_exit_2_naming_the_argument(argv, argument, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {argument}" in capsys.readouterr().err
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    target = tmp_path / "file.json"
+    target.write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "tracker", "--quick", "--out", str(target)])
+    assert exit_info.value.code == 2 and "argument --out" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_a_gpu_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--device", "cuda", "--quick"])
+    assert exit_info.value.code == 2 and "argument --device" in capsys.readouterr().err
+
+
+def test_scripts_are_thin_wrappers_with_the_same_options():
+    for name in ("analytic", "empirical", "tracker"):
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", f"{name}.py"),
+                               "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "--device" in done.stdout and "--quick" in done.stdout
+        assert f"python benchmarks/{name}.py" in done.stdout  # usage names the script
+
+
+def test_bench_tracker_quick(tmp_path):
+    assert main(["bench", "tracker", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    payload = read_json(tmp_path / "tracker_cpu.json")
+    assert payload["quick"] and [c["n_out"] for c in payload["cases"]] == [10, 1]
+    for case in payload["cases"]:
+        assert case["kernel_method"] == "structured"
+        assert case["record_s"]["median_s"] > 0 and case["record_over_step"] > 0
