@@ -113,12 +113,16 @@ def test_precision_rows_error_against_float64(kernel_run, precision):
         assert row["status"] == "ok", row
         assert 0 <= row["err_fro"] <= ERROR_BOUND[precision], key
         assert 0 <= row["err_max"] <= 3 * ERROR_BOUND[precision], key
+        if key[0] == "structured op only":  # the op's own error, on the same features
+            assert 0 <= row["op_err_fro"] <= ERROR_BOUND[precision], key
         if precision != "highest":
             assert row["speedup_vs_highest"] > 0 and row["precision"] == precision
     if supported(precision):
         assert result["summary"][f"{precision}_err_fro"] == rows[variants[0]]["err_fro"]
     if precision == "bf16" and supported("bf16"):  # rounding to 8 bits shows
-        assert rows[variants[0]]["err_fro"] > 10 * rows[("structured op only", "x2=None, highest")]["err_fro"]
+        highest = rows[("structured op only", "x2=None, highest")]
+        assert rows[variants[0]]["err_fro"] > 10 * highest["err_fro"]
+        assert rows[variants[0]]["op_err_fro"] > 10 * highest["op_err_fro"]
 
 
 def test_torch_func_workers_run_in_subprocesses(tmp_path):

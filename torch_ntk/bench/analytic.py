@@ -132,7 +132,8 @@ def run(cases, device: str, repeats: int, methods, ceilings: dict,
             # The two must agree: max |NTK_fused − NTK_eager| / max |NTK_eager|.
             k_fused = _setup("fused", act, depth, n, dtype, device)()[1]
             k_eager = _setup("eager", act, depth, n, dtype, device)()[1]
-            row["max_rel_diff"] = float((k_fused - k_eager).abs().max() / k_eager.abs().max())
+            diff = float((k_fused - k_eager).abs().max() / k_eager.abs().max())
+            row["max_rel_diff"] = float(f"{diff:.2e}")
             del k_fused, k_eager
         fused = row["fused_s"]
         if isinstance(fused, float):

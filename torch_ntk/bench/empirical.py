@@ -41,7 +41,9 @@ fused op against the GEMMs it cannot avoid, on features computed once
   "speedup" over precision "highest", and for every row the error against a float64
   reference (``empirical_ntk`` on a float64 copy of the model and inputs, same device):
   ‖K − K64‖_F / ‖K64‖_F and max|K − K64| / max|K64| ("highest" shows the float32
-  baseline); a torch_ntk without a precision records it as "unsupported";
+  baseline, which includes the float32 forward pass: ReLU units whose sign differs from
+  float64's); the op rows also give the op's own error, against the op in float64 on
+  the same features upcast; a torch_ntk without a precision records it as "unsupported";
 - ``matmul`` rooflines in float32, TF32 (CUDA) and bfloat16; each op row's
   "of roofline" divides its (nominal) Gram FLOP/s by the roofline of its precision
   (bf16x3: a third of bfloat16's).
@@ -487,6 +489,13 @@ def run_kernel_case(case: dict, args) -> dict:
            "x2!=x1": empirical_ntk(model64, x.double(), x2.double(), mode=mode,
                                    method="structured", progress=False)}
     del model64
+    # The op's own arithmetic error: the same float32 features, upcast, through the op in
+    # float64 (the model-level reference above also sees float32 forward passes, e.g.
+    # ReLU units whose sign flips between float32 and float64).
+    up = [[t.double() for t in ts] for ts in (a1, d1, a2, d2)]
+    ref_op = {"x2=None": ops.structured_ntk(up[0], up[1], None, None, cw, cb, mode),
+              "x2!=x1": ops.structured_ntk(*up, cw, cb, mode)}
+    del up
 
     # Rooflines: a square product large enough to be steady and quick (8192 on CUDA).
     n_mm = 8192 if device == "cuda" else max(case["width"], 512)
@@ -545,6 +554,9 @@ def run_kernel_case(case: dict, args) -> dict:
                 k = fn()  # a second call settles any recompilation
             if "ref" in info:
                 row.update(_errors(k, ref[info["ref"]]))
+            if key[0] == "structured op only":
+                errors = _errors(k, ref_op[info["ref"]])
+                row.update(op_err_fro=errors["err_fro"], op_err_max=errors["err_max"])
             if key == ("structured", "x2=None, highest"):
                 anchor = k
             elif anchor is not None and info.get("ref") == "x2=None":
@@ -561,7 +573,7 @@ def run_kernel_case(case: dict, args) -> dict:
         info_rows[key] = row
         if device == "cuda":
             torch.cuda.empty_cache()
-    del anchor, ref
+    del anchor, ref, ref_op
     sync(device)
     times = interleaved({key: ok[key] for key in calls if key in ok}, args.repeats, device)
 
@@ -641,6 +653,7 @@ def _kernel_summary(by_key: dict) -> dict:
             out[f"{p}_end_to_end_speedup"] = get("structured", f"x2=None, {p}", "speedup_vs_highest")
         out[f"{p}_err_fro"] = get("structured op only", f"x2=None, {p}", "err_fro")
         out[f"{p}_err_max"] = get("structured op only", f"x2=None, {p}", "err_max")
+        out[f"{p}_op_err_fro"] = get("structured op only", f"x2=None, {p}", "op_err_fro")
     return out
 
 
@@ -654,11 +667,12 @@ def _fmt(value, spec: str) -> str:
 
 def _kernel_markdown(res: dict) -> list[str]:
     lines = ["| method | variant | status | median s | best s | × gemms | × structured | "
-             "speedup vs highest | GFLOP/s | of roofline | err vs f64 (Frobenius, max) | "
-             "peak MB | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "speedup vs highest | GFLOP/s | of roofline | err vs f64 model (Frobenius, max) | "
+             "op err vs f64 op (Frobenius, max) | peak MB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         err = (f"{r['err_fro']:.1e}, {r['err_max']:.1e}" if "err_fro" in r else "")
+        op_err = (f"{r['op_err_fro']:.1e}, {r['op_err_max']:.1e}" if "op_err_fro" in r else "")
         frac = (f"{100 * r['roofline_fraction']:.0f}% of {r['roofline']}"
                 if "roofline_fraction" in r else "")
         note = r.get("message", "")
@@ -670,7 +684,8 @@ def _kernel_markdown(res: dict) -> list[str]:
             f"| {r['method']} | {r['variant']} | {r['status']} | {_fmt(r.get('seconds'), '.4g')} | "
             f"{_fmt(r.get('best'), '.4g')} | {_fmt(r.get('vs_gemms'), '.3g')} | "
             f"{_fmt(r.get('vs_structured'), '.3g')} | {_fmt(r.get('speedup_vs_highest'), '.3g')} | "
-            f"{_fmt(r.get('gflops'), '.1f')} | {frac} | {err} | {_fmt(r.get('peak_MB'), '.0f')} | "
+            f"{_fmt(r.get('gflops'), '.1f')} | {frac} | {err} | {op_err} | "
+            f"{_fmt(r.get('peak_MB'), '.0f')} | "
             f"{note} |")
     s = res.get("summary", {})
     lines.append("")
@@ -679,10 +694,12 @@ def _kernel_markdown(res: dict) -> list[str]:
         f"{_fmt(s.get('op_over_gemms_x2_none'), '.3g')} (x2=None, half the tiles), "
         f"{_fmt(s.get('op_over_gemms_x2_distinct'), '.3g')} (x2!=x1); end to end / (gemms + "
         f"features) = {_fmt(s.get('end_to_end_over_gemms_plus_features'), '.3g')}; "
-        f"highest: err {_fmt(s.get('highest_err_fro'), '.1e')}; "
+        f"highest: err {_fmt(s.get('highest_err_fro'), '.1e')} (op alone "
+        f"{_fmt(s.get('highest_op_err_fro'), '.1e')}); "
         + "; ".join(f"{p}: op speedup {_fmt(s.get(f'{p}_op_speedup'), '.3g')} (x2!=x1), "
                     f"end to end {_fmt(s.get(f'{p}_end_to_end_speedup'), '.3g')}, err "
-                    f"{_fmt(s.get(f'{p}_err_fro'), '.1e')}" for p in PRECISIONS[1:]) + ".")
+                    f"{_fmt(s.get(f'{p}_err_fro'), '.1e')} (op alone "
+                    f"{_fmt(s.get(f'{p}_op_err_fro'), '.1e')})" for p in PRECISIONS[1:]) + ".")
     return lines
 
 
