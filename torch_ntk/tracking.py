@@ -134,7 +134,7 @@ class KernelDriftTracker:
 
     Cost of a record: one trace-mode empirical NTK on the probe set plus an O(N³)
     symmetric eigendecomposition, so probe sets of hundreds to a few thousand points
-    are the intended use (benchmarks/tracker.py measures it against a training step).
+    are the intended use (``torch-ntk bench tracker`` measures it against a training step).
 
     The constructor computes Θ_0 and stores the step-0 record, so build the tracker
     before training starts (or restore one with :meth:`load_state_dict`).
