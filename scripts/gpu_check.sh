@@ -65,10 +65,6 @@ fi
 if want bench; then
   step bench 150 "$PY" -m torch_ntk bench all --device cuda --out "$RUN_DIR"
 fi
-if want figures; then  # the paper's figures at --quick settings, through the CLI on CUDA
-  step figures 60 "$PY" -m torch_ntk reproduce all --quick --device cuda --no-progress \
-    --out "$RUN_DIR/figures"
-fi
 if want memcheck; then
   if command -v compute-sanitizer > /dev/null; then
     step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
@@ -78,6 +74,10 @@ if want memcheck; then
   fi
 fi
 
+if want figures; then  # the paper's figures at --quick settings, through the CLI on CUDA
+  step figures 60 "$PY" -m torch_ntk reproduce all --quick --device cuda --no-progress \
+    --out "$RUN_DIR/figures"
+fi
 publish
 echo "== results in $OUT/gpu_run.tar.gz =="
 cat "$SUMMARY"
