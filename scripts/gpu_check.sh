@@ -22,6 +22,7 @@ SUMMARY="$RUN_DIR/summary.txt"
 : > "$SUMMARY"
 status=0
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the in-place build, for scripts/*.py too
 
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
