@@ -274,6 +274,18 @@ def test_kernel_empirical_equals_direct_call(tmp_path, inputs):
                                rtol=0, atol=0)
 
 
+def test_kernel_empirical_precision(tmp_path, inputs):
+    x1, _ = inputs
+    out = tmp_path / "k.npy"
+    assert main(["kernel", str(tmp_path / "x1.npy"), "--widths", "5", "48", "48", "2", "--kind",
+                 "empirical", "--dtype", "float32", "--precision", "bf16x3", "--no-progress",
+                 "-o", str(out)]) == 0
+    torch.manual_seed(0)
+    model = ntk_mlp([5, 48, 48, 2], "relu", bias_std=0.1)
+    expected = empirical_ntk(model, x1.float(), mode="trace", precision="bf16x3")
+    np.testing.assert_array_equal(np.load(out), expected.numpy())
+
+
 def test_kernel_float32_and_inputs_from_csv(tmp_path, inputs):
     _, x2 = inputs
     out = tmp_path / "k32.npy"
@@ -298,6 +310,10 @@ BAD = [
     (["kernel", "{x1}", "--widths", "5", "10", "--activation", "swish", "-o", "{out}.npy"],
      "--activation"),
     (["kernel", "{x1}", "--widths", "5", "10", "--mode", "full", "-o", "{out}.npy"], "--mode"),
+    (["kernel", "{x1}", "--widths", "5", "10", "--precision", "bf16", "-o", "{out}.npy"],
+     "--precision"),
+    (["kernel", "{x1}", "--widths", "5", "10", "--kind", "empirical", "--precision", "bf16",
+      "-o", "{out}.npy"], "--precision"),
     (["kernel", "{x1}", "--widths", "5", "10", "--memory-budget", "lots", "-o", "{out}.npy"],
      "--memory-budget"),
     (["kernel", "{x1}", "--widths", "5", "10", "--kind", "svm", "-o", "{out}.npy"], "--kind"),

@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument("--seed", type=_non_negative_int, default=0,
                         help="empirical only: seed of the random initialization (default 0)")
     kernel.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    kernel.add_argument("--precision", choices=["highest", "bf16", "bf16x3"], default=None,
+                        help="empirical only, with --dtype float32: Gram products on bfloat16 "
+                             "operands (bf16, error ~1e-3) or three split bfloat16 products "
+                             "(bf16x3, error ~1e-6); tensor cores on CUDA (default highest)")
     kernel.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     kernel.add_argument("--memory-budget", type=parse_bytes, default=None,
                         help="working memory to stay within, e.g. 2GB (default: half the "
@@ -559,9 +563,13 @@ def _cmd_kernel(parser, args) -> int:
     empirical = args.kind == "empirical"
     if not empirical:
         for flag, given in (("--mode", args.mode is not None),
-                            ("--state-dict", args.state_dict is not None)):
+                            ("--state-dict", args.state_dict is not None),
+                            ("--precision", args.precision is not None)):
             if given:
                 parser.error(f"argument {flag}: only applies to --kind empirical")
+    precision = args.precision or "highest"
+    if precision != "highest" and args.dtype != "float32":
+        parser.error(f"argument --precision: {precision} needs --dtype float32 (got {args.dtype})")
     try:
         device = resolve_device(args.device)
     except ValueError as error:
@@ -597,7 +605,7 @@ def _cmd_kernel(parser, args) -> int:
             kernel, meta = empirical_ntk(model, x1, x2, mode=mode, chunk_size=args.chunk_size,
                                          memory_budget=budget, out=out,
                                          progress=None if args.progress else False,
-                                         return_info=True)
+                                         precision=precision, return_info=True)
             info.update(method=meta.method, blocks=meta.blocks)
             return kernel
     else:
