@@ -108,6 +108,9 @@ FULL_CASES = [
          target="structured >= composite; FLOP/s >= 80% of a 2048^3 matmul"),
     dict(name="w4096_d4_n4096_nl1", width=4096, depth=4, n=4096, n_out=1, mode="full",
          memory_only=True, target="peak resident memory < 4 GB"),
+    dict(name="w1024_d4_n1024_nl1_kernel", width=1024, depth=4, n=1024, n_out=1, mode="full",
+         kernel=True, target="the op against its GEMMs alone and the eager and compiled "
+         "composites; bf16/bf16x3 emulated (no speed-up on CPU), their error vs float64"),
 ]
 
 QUICK_CASES = [
