@@ -199,3 +199,20 @@ def test_bench_tracker_quick(tmp_path):
     for case in payload["cases"]:
         assert case["kernel_method"] == "structured"
         assert case["record_s"]["median_s"] > 0 and case["record_over_step"] > 0
+
+
+def test_sweep_is_opt_in_and_covers_its_grid():
+    cases = bench_empirical.CASES[("cpu", False)]
+    assert "sweep" not in {c["name"] for c in bench_empirical.select_cases(cases, "")}
+    assert [c["name"] for c in bench_empirical.select_cases(cases, "sweep")] == ["sweep"]
+    case = dict(name="sweep_test", mode="full", target="test",
+                sweep=dict(width=(8, 16), depth=(2, 3), n=(5,), n_out=(1, 3)))
+    args = bench_empirical.build_parser().parse_args(["--repeats", "1", "--quiet-wait", "0"])
+    rows = bench_empirical.run_sweep_case(case, args)["rows"]
+    assert [(r["width"], r["depth"], r["n_out"]) for r in rows] == [
+        (w, d, k) for w in (8, 16) for d in (2, 3) for k in (1, 3)]
+    for r in rows:  # the two methods computed the same kernel; ratios are reported
+        assert r["status"] == "ok" and r["max_rel_diff"] <= 1e-5
+        assert r["structured_s"] > 0 and r["composite_over_structured"] > 0
+    table = bench_empirical._sweep_markdown(dict(rows=rows))
+    assert len(table) == 2 + len(rows)

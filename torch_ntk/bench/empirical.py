@@ -20,6 +20,10 @@ x ~ N(0, 1) of size [N, w], seed 0, x2 = None unless stated):
 - ``ntk_vp``: NTK-vector products (vjp + jvp), unbounded / bounded likewise.
 - ``matmul``: a plain [n, n] @ [n, n] product (the FLOP/s yardstick).
 
+The sweep cases (``sweep``, ``sweep_gpu``; ``--cases sweep``) time ``structured`` against
+``composite`` on every point of a width × depth × N × n_L grid (depth = number of dense
+layers, mode full, x2 = None), median of up to 3 interleaved rounds each.
+
 Kernel cases (``kernel=True``: the GPU's w4096 case, the quick CPU w256 case) measure the
 fused op against the GEMMs it cannot avoid, on features computed once
 (``_StructuredPlan.of(model)``, ``plan.coefficients()``, ``plan.features(x)``):
@@ -111,6 +115,9 @@ FULL_CASES = [
     dict(name="w1024_d4_n1024_nl1_kernel", width=1024, depth=4, n=1024, n_out=1, mode="full",
          kernel=True, target="the op against its GEMMs alone and the eager and compiled "
          "composites; bf16/bf16x3 emulated (no speed-up on CPU), their error vs float64"),
+    dict(name="sweep", mode="full", opt_in=True,
+         sweep=dict(width=(256, 1024), depth=(2, 4, 8), n=(128, 512), n_out=(1, 10)),
+         target="structured vs the eager composite over width x depth x N x n_L"),
 ]
 
 QUICK_CASES = [
@@ -139,6 +146,11 @@ GPU_CASES = [
          func=("unbounded",),
          target="torch.func runs out of memory under the cap; structured completes"),
 ]
+
+GPU_CASES.append(dict(name="sweep_gpu", mode="full", opt_in=True,
+                      sweep=dict(width=(1024, 4096), depth=(2, 4, 8), n=(1024, 2048),
+                                 n_out=(1, 10)),
+                      target="structured vs the eager composite over width x depth x N x n_L"))
 
 GPU_QUICK_CASES = [
     dict(name="w512_d4_n512_nl1_gpu", width=512, depth=4, n=512, n_out=1, mode="full",
@@ -371,6 +383,8 @@ def wait_for_quiet(args) -> float:
 def run_case(case: dict, args) -> dict:
     if case.get("kernel"):
         return run_kernel_case(case, args)
+    if case.get("sweep"):
+        return run_sweep_case(case, args)
     device = args.device
     result = dict(case=case, rows=[], load_at_start=wait_for_quiet(args))
     rows = result["rows"]
@@ -473,6 +487,59 @@ def _end_to_end(model, x, mode, precision):
     extra, matmul = _precision(precision)
     with float32_matmul(matmul):
         return empirical_ntk(model, x, mode=mode, method="structured", progress=False, **extra)
+
+
+def run_sweep_case(case: dict, args) -> dict:
+    """Structured (end to end) against the eager composite on every point of the grid
+    case["sweep"] (width × depth × N × n_L; x2 = None), interleaved round by round; a
+    point that runs out of memory is recorded as such and the sweep goes on."""
+    import itertools
+
+    device, grid = args.device, case["sweep"]
+    result = dict(case=case, rows=[], load_at_start=wait_for_quiet(args))
+    repeats = max(1, min(args.repeats, 3 if device == "cuda" else 2))
+    for width, depth, n, n_out in itertools.product(grid["width"], grid["depth"], grid["n"],
+                                                    grid["n_out"]):
+        point = dict(width=width, depth=depth, n=n, n_out=n_out, mode=case["mode"])
+        row = dict(point)
+        try:
+            model, x, _ = make_problem(point, device)
+            calls = {
+                "structured": lambda: empirical_ntk(model, x, mode=case["mode"],
+                                                    method="structured", progress=False),
+                "composite": lambda: composite(model, x, None, case["mode"]),
+            }
+            k_s, k_c = (fn() for fn in calls.values())  # warm-up, kept for the comparison
+            row["max_rel_diff"] = float((k_c - k_s).abs().max() / k_s.abs().max())
+            del k_s, k_c
+            times = interleaved(calls, repeats, device)
+            sec = {key: statistics.median(ts) for key, ts in times.items()}
+            row.update(status="ok", structured_s=sec["structured"], composite_s=sec["composite"],
+                       composite_over_structured=sec["composite"] / sec["structured"],
+                       gflops=flops(point, False)["total"] / sec["structured"] / 1e9)
+        except Exception as error:  # noqa: BLE001 — recorded, the sweep goes on
+            row.update(status="oom" if is_oom(error) else "error", message=short(error))
+        result["rows"].append(row)
+        print(f"  sweep {point}: {row.get('status')}", file=sys.stderr, flush=True)
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def _sweep_markdown(res: dict) -> list[str]:
+    lines = ["| width | depth | N | n_L | structured s | composite s | composite / structured "
+             "| structured GFLOP/s | max rel diff | status |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        ok = r["status"] == "ok"
+        lines.append(
+            f"| {r['width']} | {r['depth']} | {r['n']} | {r['n_out']} | "
+            + (f"{r['structured_s']:.4g} | {r['composite_s']:.4g} | "
+               f"{r['composite_over_structured']:.2f} | {r['gflops']:.1f} | "
+               f"{r['max_rel_diff']:.1e} | ok |" if ok else
+               f" | | | | | {r['status']}: {r.get('message', '')} |"))
+    return lines
 
 
 def run_kernel_case(case: dict, args) -> dict:
@@ -719,6 +786,9 @@ def markdown(results: list[dict]) -> str:
         if case.get("kernel"):
             lines.extend(_kernel_markdown(res))
             continue
+        if case.get("sweep"):
+            lines.extend(_sweep_markdown(res))
+            continue
         lines.append("| method | variant | status | seconds (median) | best | × structured "
                      "(median, best) | GFLOP/s | % matmul | note |")
         lines.append("|---|---|---|---|---|---|---|---|---|")
@@ -744,9 +814,10 @@ def markdown(results: list[dict]) -> str:
 
 
 def select_cases(cases: list[dict], spec: str) -> list[dict]:
-    """Cases named in the comma-separated ``spec`` (exact names, else substrings)."""
+    """Cases named in the comma-separated ``spec`` (exact names, else substrings); without
+    a spec, every case that is not opt-in (the sweeps)."""
     if not spec:
-        return cases
+        return [c for c in cases if not c.get("opt_in")]
     names = [c["name"] for c in cases]
     wanted = set()
     for token in spec.split(","):
