@@ -563,8 +563,13 @@ class _StructuredBlocks:
         x1, x2 = self.x1, self.x2
         n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
         s = x1.element_size()
-        feat = self.plan.bytes_per_sample(s)
-        pair = _channels(self.mode, self.plan.n_out) * s * 2  # op output + its copy
+        channels = _channels(self.mode, self.plan.n_out)
+        # Reduced precisions hold rounded copies of the operands (one or two per operand).
+        copies = {"highest": 0, "bf16": 1, "bf16x3": 2}[self.precision]
+        feat = self.plan.bytes_per_sample(s) * (1 + copies)
+        pair = channels * s * 2  # op output + its copy
+        if x1.is_cuda:  # the CUDA op's Gram buffers: activation + cotangent (+ scratch)
+            pair += (1 + channels) * s * (2 if self.precision == "bf16x3" else 1)
         if chunk_size is not None:
             c = min(chunk_size, n)
         else:
