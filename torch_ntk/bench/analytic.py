@@ -31,7 +31,8 @@ import torch_ntk as tn
 from torch_ntk.reference import analytic_kernels_reference
 
 from .common import (
-    machine_info, markdown_table, peak_memory, results_dir, roofline, sync, time_call, write_json,
+    machine_info, markdown_table, parse_suite_args, peak_memory, results_dir, roofline, sync,
+    time_call, write_json,
 )
 
 # (activation, depth, N, dtype, compile the composite too)
@@ -179,12 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m torch_ntk.bench.analytic") -> dict:
     """Run the benchmark with command-line arguments ``argv``; returns the JSON payload."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    parser.prog = prog
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("argument --device: CUDA is not available on this machine")
+    args, argv = parse_suite_args(parser, argv, prog)
     methods = ["fused", "eager"] + ([] if args.no_compile else ["compiled"])
     t0 = time.perf_counter()
     ceilings = roofline(args.device)

@@ -26,8 +26,21 @@ import torch
 __all__ = [
     "sync", "elapsed", "time_call", "interleaved", "summary", "cuda_peak", "peak_memory",
     "matmul_rate", "roofline", "machine_info", "write_json", "markdown_table",
-    "results_dir", "float32_matmul",
+    "results_dir", "float32_matmul", "parse_suite_args",
 ]
+
+
+def parse_suite_args(parser, argv: Optional[list], prog: str):
+    """A suite's command line: ``argv`` (sys.argv[1:] when None) parsed by ``parser``
+    under the name ``prog``. ``--device cuda`` without a visible GPU is an argument error
+    (exit 2), except for subprocess workers (``--worker``). Returns (args, argv)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser.prog = prog
+    args = parser.parse_args(argv)
+    if (getattr(args, "device", "cpu") == "cuda" and not getattr(args, "worker", None)
+            and not torch.cuda.is_available()):
+        parser.error("argument --device: CUDA is not available on this machine")
+    return args, argv
 
 
 def sync(device: str) -> None:

@@ -98,7 +98,8 @@ from torch_ntk import empirical_ntk, ntk_mlp, ops
 from torch_ntk.empirical import _StructuredPlan
 
 from .common import (
-    cuda_peak, elapsed, float32_matmul, interleaved, results_dir, sync, write_json,
+    cuda_peak, elapsed, float32_matmul, interleaved, parse_suite_args, results_dir, sync,
+    write_json,
 )
 
 FULL_CASES = [
@@ -854,15 +855,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None, *, default_dir: str | None = None,
          prog: str = "python -m torch_ntk.bench.empirical") -> dict | None:
     """Run the benchmark with command-line arguments ``argv``; returns the JSON payload."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    parser.prog = prog
-    args = parser.parse_args(argv)
+    args, argv = parse_suite_args(parser, argv, prog)
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return None
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("argument --device: CUDA is not available on this machine")
     if args.repeats is None:
         args.repeats = 10 if args.device == "cuda" else 5
     if args.quiet_wait is None:

@@ -37,7 +37,7 @@ from torch import nn
 
 import torch_ntk as tn
 
-from .common import machine_info, results_dir, summary, sync, write_json
+from .common import machine_info, parse_suite_args, results_dir, summary, sync, write_json
 
 # (width, depth, inputs, batch, probe points)
 FULL = (1024, 4, 784, 256, 256)
@@ -128,12 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None, *, default_dir: str | None = None,
          prog: str = "python -m torch_ntk.bench.tracker") -> dict:
     """Run the benchmark with command-line arguments ``argv``; returns the JSON payload."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    parser.prog = prog
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("argument --device: CUDA is not available on this machine")
+    args, argv = parse_suite_args(parser, argv, prog)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
