@@ -484,3 +484,75 @@ def test_kernel_drift_falls_with_width_jacot_theorem_2():
     print(f"Jacot Thm 2: drift {[f'{v:.4f}' for v in drifts]} at widths {widths}, slope {slope:.3f}")
     assert all(a > b for a, b in zip(drifts, drifts[1:])), drifts
     assert -1.2 <= slope <= -0.4, f"fitted log-log slope {slope:.3f}; drifts {drifts}"
+
+
+# ---------------------------------------------------------------------------------
+# projections: p cotangents instead of n_L
+
+
+def test_projection_matrix_is_orthonormal_and_unbiased():
+    from torch_ntk.tracking import projection_matrix
+
+    p = projection_matrix(6, 2, seed=3)
+    assert p.shape == (6, 2) and p.dtype == F64
+    torch.testing.assert_close(p.T @ p, 3.0 * torch.eye(2, dtype=F64), rtol=0, atol=1e-12)
+    assert torch.equal(p, projection_matrix(6, 2, seed=3))
+    rng = torch.get_rng_state()
+    # E[P Pᵀ] = Id (what makes the projected kernel unbiased): the mean of 4000 draws is
+    # within 5 standard errors of the identity in every entry.
+    draws = torch.stack([(lambda q: q @ q.T)(projection_matrix(6, 2, seed=s)) for s in range(4000)])
+    mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
+    assert bool(((mean - torch.eye(6, dtype=F64)).abs() <= 5 * se + 1e-12).all())
+    assert torch.equal(rng, torch.get_rng_state())  # a generator of its own
+
+
+@pytest.mark.parametrize("net", ["lifting", "torch.func"])
+def test_projected_kernel_is_the_projected_trace(net):
+    torch.manual_seed(0)
+    if net == "lifting":
+        model = ntk_mlp([4, 48, 48, 6], "tanh", dtype=F64)
+    else:
+        model = GatedNet(dtype=F64)
+        model.head = nn.Linear(16, 6, dtype=F64)
+    probe = torch.randn(9, 4, dtype=F64)
+    tracker = KernelDriftTracker(model, probe, projections=2, projection_seed=5)
+    from torch_ntk.tracking import projection_matrix
+
+    P = projection_matrix(6, 2, seed=5)
+    model.eval()
+    full = empirical_ntk(model, probe, mode="full", method="jacobian")
+    expected = torch.einsum("kq,ijkl,lq->ij", P, full, P)
+    torch.testing.assert_close(tracker.last_kernel, expected, rtol=1e-10, atol=1e-12)
+    # p >= n_L: the exact trace kernel, bit for bit
+    exact = KernelDriftTracker(model, probe)
+    for p in (6, 9):
+        torch.testing.assert_close(KernelDriftTracker(model, probe, projections=p).last_kernel,
+                                   exact.last_kernel, rtol=0, atol=0)
+
+
+def test_projected_tracker_trains_bit_identically_and_resumes():
+    probe = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
+    data = batches(6)
+    finals = []
+    for track in (False, True):
+        model = dropout_mlp(0)
+        opt = make_optimizer("sgd", model.parameters())
+        if track:
+            tracker = KernelDriftTracker(model, probe, every=2, projections=1)
+            tracker.attach(opt)
+        torch.manual_seed(123)
+        train(model, opt, data)
+        finals.append(model.state_dict())
+    for (name, a), b in zip(finals[0].items(), finals[1].values()):
+        assert torch.equal(a, b), name
+    assert [r.step for r in tracker.history] == [0, 2, 4, 6]
+    # the projection travels with the state: a tracker built with another seed adopts it
+    other = KernelDriftTracker(model, probe, every=2, projections=1, projection_seed=99)
+    other.load_state_dict(tracker.state_dict())
+    torch.testing.assert_close(other.record().drift, tracker.record().drift, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_projections(bad):
+    with pytest.raises(ValueError, match="projections must be None or a positive integer"):
+        KernelDriftTracker(dropout_mlp(), torch.randn(5, 4), projections=bad)

@@ -13,6 +13,16 @@ a sum over the n_L outputs (:func:`torch_ntk.empirical_ntk` with mode="trace": t
 fused structured op when the model lifts to an MLP, torch.func otherwise). Its
 infinite-width counterpart is tr(Θ∞ ⊗ Id_{n_L}) = n_L·Θ∞.
 
+Computing it takes n_L cotangents per probe point. With ``projections=p < n_L`` the
+tracker records instead the trace NTK of the projected outputs f(x)ᵀQ √(n_L/p), Q
+[n_L, p] a fixed random matrix with orthonormal columns (Haar, seeded):
+
+    Θ^Q_t[i, j] = (n_L / p) · tr(Qᵀ Θ(x_i, x_j) Q),   E_Q[Θ^Q_t] = Θ_t,
+
+which costs p cotangents. Q is drawn once, so the drift of Θ^Q is the drift of one
+fixed kernel; its infinite-width counterpart is still exactly n_L·Θ∞, and p = n_L gives
+Θ_t itself.
+
 Each record (:class:`DriftRecord`) holds, with Θ_ref the reference kernel (Θ_0 by
 default), ‖·‖ the Frobenius norm and ⟨A, B⟩ = Σ_ij A_ij B_ij:
 
@@ -66,7 +76,7 @@ from torch import Tensor, nn
 from .empirical import empirical_ntk
 from .wrapper import kernel_context, unwrap
 
-__all__ = ["DriftRecord", "KernelDriftTracker"]
+__all__ = ["DriftRecord", "KernelDriftTracker", "projection_matrix"]
 
 _STATE_VERSION = 1
 _REFERENCES = ("init", "limit")
@@ -131,6 +141,11 @@ class KernelDriftTracker:
             the model lifts; True — required (ValueError naming the obstacle
             otherwise); False — never.
         method, memory_budget: passed to :func:`torch_ntk.empirical_ntk`.
+        projections: None (default) — the exact trace NTK; p ≥ 1 — the unbiased
+            projected kernel of the module docstring, p cotangents per probe instead of
+            n_L (p ≥ n_L is exact). For models with many outputs.
+        projection_seed: seed of the projection Q (a generator of its own; the global
+            random state is untouched).
 
     Cost of a record: one trace-mode empirical NTK on the probe set plus an O(N³)
     symmetric eigendecomposition, so probe sets of hundreds to a few thousand points
@@ -164,6 +179,8 @@ class KernelDriftTracker:
         infinite_width: Optional[bool] = None,
         method: str = "auto",
         memory_budget: Optional[int] = None,
+        projections: Optional[int] = None,
+        projection_seed: int = 0,
     ) -> None:
         self.model = unwrap(model)
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
@@ -175,10 +192,19 @@ class KernelDriftTracker:
                 f"KernelDriftTracker: reference must be one of {_REFERENCES} or an [N, N] "
                 f"tensor; got {reference!r}"
             )
+        if projections is not None and (not isinstance(projections, int)
+                                        or isinstance(projections, bool) or projections < 1):
+            raise ValueError(
+                f"KernelDriftTracker: projections must be None or a positive integer; got "
+                f"{projections!r}"
+            )
         self.every = every
         self.top_k = top_k
         self.method = method
         self.memory_budget = memory_budget
+        self.projections = projections
+        self.projection_seed = projection_seed
+        self._projection: Optional[Tensor] = None  # √(n_L/p)·Q, made at the first kernel
 
         trainable = self._trainable()
         first = next(iter(trainable.values()))
@@ -303,8 +329,8 @@ class KernelDriftTracker:
         """Everything needed to continue the history after a restart.
 
         Keys: version, step, reference (Θ_ref), theta0 ({name: θ_0}), last_kernel,
-        last_step, limit_kernel (or None), probe_x, probe_y (or None), history (a list
-        of plain dicts). Tensors are the tracker's own (not copies); ``torch.save`` it
+        last_step, limit_kernel (or None), probe_x, probe_y (or None), projection
+        (√(n_L/p)·Q, or None), history (a list of plain dicts). Tensors are the tracker's own (not copies); ``torch.save`` it
         with the model and optimizer state.
         """
         kernel, step = self._last if self._last is not None else (None, None)
@@ -318,6 +344,7 @@ class KernelDriftTracker:
             "limit_kernel": self._limit,
             "probe_x": self.probe_x,
             "probe_y": self.probe_y,
+            "projection": self._projection,
             "history": [r.as_dict() for r in self._history],
         }
 
@@ -377,6 +404,8 @@ class KernelDriftTracker:
         self._last = None if last is None else (last, int(state["last_step"]))
         self._step = int(state["step"])
         self._history = [DriftRecord.from_dict(d) for d in state["history"]]
+        if self.projections is not None and state.get("projection") is not None:
+            self._projection = state["projection"].to(torch.float64)
 
     def to_csv(self, path: Union[str, os.PathLike]) -> None:
         """Write the history as CSV, atomically (a temporary file, then os.replace).
@@ -534,9 +563,33 @@ class KernelDriftTracker:
 
     def _kernel(self) -> Tensor:
         with kernel_context(self.model, self.probe_x):
-            kernel = empirical_ntk(self.model, self.probe_x, mode="trace", method=self.method,
+            model = self._projected_model()
+            kernel = empirical_ntk(model, self.probe_x, mode="trace", method=self.method,
                                    memory_budget=self.memory_budget, progress=False)
         return kernel.detach()
+
+    def _projected_model(self) -> nn.Module:
+        """The model itself, or model → the frozen linear map f ↦ √(n_L/p)·Qᵀf."""
+        if self.projections is None:
+            return self.model
+        p0 = next(iter(self._trainable().values()))
+        if self._projection is None:
+            with torch.no_grad():
+                out = self.model(self.probe_x[:1])
+            n_out = out.reshape(1, -1).shape[1]
+            if self.projections >= n_out:  # exact: no projection needed
+                self._projection = torch.empty(0)
+            else:
+                self._projection = projection_matrix(n_out, self.projections,
+                                                     self.projection_seed)
+        if self._projection.numel() == 0:
+            return self.model
+        proj = torch.nn.utils.skip_init(nn.Linear, *self._projection.shape, bias=False,
+                                        device=p0.device, dtype=p0.dtype)  # no RNG draw
+        with torch.no_grad():
+            proj.weight.copy_(self._projection.t())
+        proj.weight.requires_grad_(False)
+        return nn.Sequential(self.model, proj)
 
     def _follow_device(self) -> None:
         """Move the stored tensors if the model moved (model.to(...) during training)."""
@@ -606,6 +659,19 @@ class KernelDriftTracker:
         self._last = (kernel, step)
         self._history.append(record)
         return record
+
+
+def projection_matrix(n_out: int, p: int, seed: int = 0) -> Tensor:
+    """√(n_out/p)·Q [n_out, p] float64, Q with orthonormal columns drawn from the Haar
+    measure by a generator seeded with ``seed`` (the global random state is untouched).
+
+    E[P Pᵀ] = Id_{n_out} for P = √(n_out/p)·Q, so the trace NTK of the outputs Pᵀf is an
+    unbiased estimate of the trace NTK of f (and equals it when p = n_out).
+    """
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(n_out, p, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))  # the sign convention that makes Q Haar-distributed
+    return q * math.sqrt(n_out / p)
 
 
 def _norm(tensors) -> float:

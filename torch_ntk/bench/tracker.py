@@ -14,6 +14,8 @@ most 3 repeats). For each n_L, in the same process:
   structured path, then the metrics: eigvalsh of a 256×256 matrix, norms, θ movement);
   kernel_s: the empirical_ntk call alone, metrics_s the rest;
 - record_over_step: the median of record/step ratios (target: at most 2);
+- with ``--projections p`` (default 1) the same for ``KernelDriftTracker(projections=p)``
+  at each n_L > p: p cotangents per probe instead of n_L;
 - overhead_every_10: the median of (10 steps with the tracker attached at every=10, so
   exactly one record) / (10 steps without it) − 1, and the prediction
   record_s/(10·train_step_s).
@@ -55,7 +57,8 @@ def _timed(fn, device: str) -> float:
 
 
 
-def run_case(n_out: int, device: str, repeats: int, sizes: tuple = FULL) -> dict:
+def run_case(n_out: int, device: str, repeats: int, sizes: tuple = FULL,
+             projections: int | None = None) -> dict:
     width, depth, n_in, batch, n_probe = sizes
     torch.manual_seed(0)
     widths = [n_in] + [width] * (depth - 1) + [n_out]
@@ -75,7 +78,7 @@ def run_case(n_out: int, device: str, repeats: int, sizes: tuple = FULL) -> dict
         for _ in range(10):
             train_step()
 
-    tracker = tn.KernelDriftTracker(model, probe, y[:n_probe], every=10)
+    tracker = tn.KernelDriftTracker(model, probe, y[:n_probe], every=10, projections=projections)
     info = tn.empirical_ntk(model, probe, mode="trace", return_info=True)[1]
     train_step(), tracker.record(), tracker._kernel()  # warm-up
 
@@ -98,7 +101,8 @@ def run_case(n_out: int, device: str, repeats: int, sizes: tuple = FULL) -> dict
     step_s, record_s, kernel_s = (statistics.median(t) for t in (step_t, record_t, kernel_t))
     return {
         "widths": widths, "parameters": sum(p.numel() for p in model.parameters()),
-        "batch": batch, "probe": n_probe, "n_out": n_out, "kernel_method": info.method,
+        "batch": batch, "probe": n_probe, "n_out": n_out, "projections": projections,
+        "kernel_method": info.method,
         "train_step_s": summary(step_t), "record_s": summary(record_t), "kernel_s": summary(kernel_t),
         "metrics_s": max(0.0, record_s - kernel_s),
         "record_over_step": statistics.median(ratios),
@@ -118,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help=f"width {QUICK[0]}, {QUICK[3]}-sample batches and probes (a smoke run)")
     parser.add_argument("--outputs", type=int, nargs="+", default=[10, 1], help="n_L values")
+    parser.add_argument("--projections", type=int, nargs="*", default=[1],
+                        help="also time KernelDriftTracker(projections=p) for each n_L > p "
+                             "(default 1; none to skip)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--out", default=None,
@@ -135,7 +142,11 @@ def main(argv=None, *, default_dir: str | None = None,
     t0 = time.perf_counter()
     sizes = QUICK if args.quick else FULL
     repeats = min(args.repeats, 3) if args.quick else args.repeats
-    cases = [run_case(n, args.device, repeats, sizes) for n in args.outputs]
+    cases = []
+    for n in args.outputs:
+        cases.append(run_case(n, args.device, repeats, sizes))
+        cases += [run_case(n, args.device, repeats, sizes, projections=p)
+                  for p in args.projections if p < n]
     payload = {
         "benchmark": "tracker",
         "machine": machine_info(args.device),
@@ -148,7 +159,8 @@ def main(argv=None, *, default_dir: str | None = None,
     write_json(out, payload)
     for c in cases:
         o = c["overhead_every_10"]
-        print(f"n_L={c['n_out']:>2} ({c['kernel_method']}): step {c['train_step_s']['median_s'] * 1e3:.1f} ms, "
+        proj = f", projections={c['projections']}" if c.get("projections") else ""
+        print(f"n_L={c['n_out']:>2}{proj} ({c['kernel_method']}): step {c['train_step_s']['median_s'] * 1e3:.1f} ms, "
               f"record {c['record_s']['median_s'] * 1e3:.1f} ms (kernel {c['kernel_s']['median_s'] * 1e3:.1f} ms)"
               f" = {c['record_over_step']:.2f}x a step; every=10 overhead {100 * o['measured']:.1f}% "
               f"(predicted {100 * o['predicted']:.1f}%)")
