@@ -172,6 +172,65 @@ inline void split_precision_operands(StructuredArgs& s, at::ScalarType storage) 
   }
 }
 
+// Element l of a list of low parts, or an undefined tensor when there are none.
+inline at::Tensor low_part(const std::vector<at::Tensor>& lo, size_t l) {
+  return lo.empty() ? at::Tensor() : lo[l];
+}
+
+// g = X Y^T with X = view_x(x), Y = view_y(y); when the low parts x_lo, y_lo are defined
+// (precision kBF16x3), also the cross terms X Yl^T + Xl Y^T of the split operands.
+// product(out, a, b, accumulate) writes a b into out, or adds it to out.
+template <typename Product, typename ViewX, typename ViewY>
+void gram_out(at::Tensor& g, const at::Tensor& x, const at::Tensor& x_lo, const at::Tensor& y,
+              const at::Tensor& y_lo, Product product, ViewX view_x, ViewY view_y) {
+  product(g, view_x(x), view_y(y).t(), false);
+  if (x_lo.defined()) {
+    product(g, view_x(x), view_y(y_lo).t(), true);
+    product(g, view_x(x_lo), view_y(y).t(), true);
+  }
+}
+
+// The block rows [i0, i0 + ni) x columns [j0, j0 + nj) of layer l's activation Gram
+// <A1, A2> into buf [ni * nj] (row-major), by `product` as in gram_out.
+template <typename Product>
+void activation_gram_out(const StructuredArgs& s, size_t l, const at::Tensor& buf, int64_t i0,
+                         int64_t ni, int64_t j0, int64_t nj, Product product) {
+  at::Tensor g = buf.narrow(0, 0, ni * nj).view({ni, nj});
+  gram_out(g, s.a1[l], low_part(s.a1_lo, l), s.a2[l], low_part(s.a2_lo, l), product,
+           [&](const at::Tensor& t) { return t.narrow(0, i0, ni); },
+           [&](const at::Tensor& t) { return t.narrow(0, j0, nj); });
+}
+
+// The same block of layer l's cotangent Gram into buf, in the layout of
+// math::cotangent_gram_offset: trace [ni, nj], diagonal [n_L, ni, nj] (one product per
+// k), full [ni, n_L, nj, n_L] (one product of the [., n_L, m] row views).
+template <typename Product>
+void cotangent_gram_out(const StructuredArgs& s, size_t l, const at::Tensor& buf, int64_t i0,
+                        int64_t ni, int64_t j0, int64_t nj, Product product) {
+  const at::Tensor &d1 = s.d1[l], &d2 = s.d2[l];
+  const at::Tensor d1_lo = low_part(s.d1_lo, l), d2_lo = low_part(s.d2_lo, l);
+  const int64_t nl = s.n_out, m = d1.size(2);
+  if (s.mode == math::kModeTrace) {
+    at::Tensor g = buf.narrow(0, 0, ni * nj).view({ni, nj});
+    gram_out(g, d1, d1_lo, d2, d2_lo, product,
+             [&](const at::Tensor& t) { return t.view({s.n1, nl * m}).narrow(0, i0, ni); },
+             [&](const at::Tensor& t) { return t.view({s.n2, nl * m}).narrow(0, j0, nj); });
+  } else if (s.mode == math::kModeDiagonal) {
+    for (int64_t k = 0; k < nl; ++k) {
+      at::Tensor g = buf.narrow(0, k * ni * nj, ni * nj).view({ni, nj});
+      gram_out(g, d1, d1_lo, d2, d2_lo, product,
+               [&](const at::Tensor& t) { return t.narrow(0, i0, ni).select(1, k); },
+               [&](const at::Tensor& t) { return t.narrow(0, j0, nj).select(1, k); });
+    }
+  } else {
+    at::Tensor g = buf.narrow(0, 0, ni * nl * nj * nl).view({ni * nl, nj * nl});
+    gram_out(
+        g, d1, d1_lo, d2, d2_lo, product,
+        [&](const at::Tensor& t) { return t.view({s.n1 * nl, m}).narrow(0, i0 * nl, ni * nl); },
+        [&](const at::Tensor& t) { return t.view({s.n2 * nl, m}).narrow(0, j0 * nl, nj * nl); });
+  }
+}
+
 // The output shape: full [N1, N2, n_L, n_L], trace [N1, N2], diagonal [N1, N2, n_L].
 inline std::vector<int64_t> structured_output_shape(const StructuredArgs& s) {
   if (s.mode == math::kModeFull) return {s.n1, s.n2, s.n_out, s.n_out};

@@ -42,21 +42,13 @@ int64_t tile_size(const StructuredArgs& s) {
   return tile;
 }
 
-// g = X Y^T, where X = view_x(x) and Y = view_y(y); under precision kBF16x3 (the low
-// parts x_lo, y_lo defined) also the cross terms X Yl^T + Xl Y^T of the split operands.
-template <typename ViewX, typename ViewY>
-void gram_out(at::Tensor& g, const at::Tensor& x, const at::Tensor& x_lo, const at::Tensor& y,
-              const at::Tensor& y_lo, ViewX view_x, ViewY view_y) {
-  at::mm_out(g, view_x(x), view_y(y).t());
-  if (x_lo.defined()) {
-    g.addmm_(view_x(x), view_y(y_lo).t());
-    g.addmm_(view_x(x_lo), view_y(y).t());
+// One GEMM of a Gram block, single-threaded BLAS (inside the parallel region).
+void cpu_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
   }
-}
-
-// Element l of a list of low parts, or an undefined tensor when there are none.
-inline at::Tensor low_part(const std::vector<at::Tensor>& lo, int64_t l) {
-  return lo.empty() ? at::Tensor() : lo[l];
 }
 
 template <typename T>
@@ -74,40 +66,15 @@ struct TileJob {
     for (int64_t l = 0; l < L; ++l) {
       const T cw = static_cast<T>(s.cw[l]), cb = static_cast<T>(s.cb[l]);
       if (cw == T(0) && cb == T(0)) continue;
-      const at::Tensor a1 = s.a1[l], a1_lo = low_part(s.a1_lo, l);
-      const at::Tensor a2 = s.a2[l], a2_lo = low_part(s.a2_lo, l);
-      const at::Tensor d1 = s.d1[l], d1_lo = low_part(s.d1_lo, l);
-      const at::Tensor d2 = s.d2[l], d2_lo = low_part(s.d2_lo, l);
       const T* ga = nullptr;
       if (cw != T(0)) {
-        at::Tensor g = ga_buf.narrow(0, 0, ni * nj).view({ni, nj});
-        gram_out(g, a1, a1_lo, a2, a2_lo, [&](const at::Tensor& t) { return t.narrow(0, i0, ni); },
-                 [&](const at::Tensor& t) { return t.narrow(0, j0, nj); });
-        ga = g.data_ptr<T>();
+        activation_gram_out(s, l, ga_buf, i0, ni, j0, nj, cpu_product);
+        ga = ga_buf.data_ptr<T>();
       }
-      const int64_t m = d1.size(2);
+      cotangent_gram_out(s, l, gd_buf, i0, ni, j0, nj, cpu_product);
       const T* gd = gd_buf.data_ptr<T>();
-      int64_t d_stride = nj;  // distance between rows of the cotangent Gram buffer
-      if (s.mode == math::kModeTrace) {
-        at::Tensor g = gd_buf.narrow(0, 0, ni * nj).view({ni, nj});
-        gram_out(g, d1, d1_lo, d2, d2_lo,
-                 [&](const at::Tensor& t) { return t.view({s.n1, nl * m}).narrow(0, i0, ni); },
-                 [&](const at::Tensor& t) { return t.view({s.n2, nl * m}).narrow(0, j0, nj); });
-      } else if (s.mode == math::kModeDiagonal) {
-        for (int64_t k = 0; k < nl; ++k) {
-          at::Tensor g = gd_buf.narrow(0, k * ni * nj, ni * nj).view({ni, nj});
-          gram_out(g, d1, d1_lo, d2, d2_lo,
-                   [&](const at::Tensor& t) { return t.narrow(0, i0, ni).select(1, k); },
-                   [&](const at::Tensor& t) { return t.narrow(0, j0, nj).select(1, k); });
-        }
-      } else {
-        at::Tensor g = gd_buf.narrow(0, 0, ni * nl * nj * nl).view({ni * nl, nj * nl});
-        gram_out(
-            g, d1, d1_lo, d2, d2_lo,
-            [&](const at::Tensor& t) { return t.view({s.n1 * nl, m}).narrow(0, i0 * nl, ni * nl); },
-            [&](const at::Tensor& t) { return t.view({s.n2 * nl, m}).narrow(0, j0 * nl, nj * nl); });
-        d_stride = nj * nl;
-      }
+      // distance between rows of the cotangent Gram buffer
+      const int64_t d_stride = s.mode == math::kModeFull ? nj * nl : nj;
       for (int64_t i = 0; i < ni; ++i) {
         T* row = out_ptr + ((i0 + i) * s.n2 + j0) * C;
         const T* ga_row = ga != nullptr ? ga + i * nj : nullptr;

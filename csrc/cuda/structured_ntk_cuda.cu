@@ -3,8 +3,8 @@
 //
 // The rows of x1 are cut into blocks sized so that the Gram buffers stay under
 // kGramBudgetBytes. Layer by layer, for each block, cuBLAS computes the block of the
-// activation Gram <A1, A2> and of the cotangent Gram <D1, D2> (layouts in
-// csrc/math/structured_tile.h), and accumulate_layer_kernel adds
+// activation Gram <A1, A2> and of the cotangent Gram <D1, D2> (activation_gram_out and
+// cotangent_gram_out of csrc/structured_spec.h, shared with the CPU), and accumulate_layer_kernel adds
 // layer_term(c_w, c_b, ., .) into the output, one thread per output entry. With
 // x2 = x1 a block computes only the columns from its first row on, and
 // mirror_lower_kernel finally writes every entry below the diagonal from its mirror
@@ -94,24 +94,19 @@ at::Tensor& mm_bf16_to_float_out(at::Tensor& out, const at::Tensor& a, const at:
   return op.call(a, b, at::kFloat, out);
 }
 
-// g = X Y^T with X = view_x(x), Y = view_y(y); with low parts (precision kBF16x3) also
-// X Yl^T + Xl Y^T, added through `scratch` (g's shape). bfloat16 operands give float32 g.
-template <typename ViewX, typename ViewY>
-void gram_out(at::Tensor& g, at::Tensor& scratch, const at::Tensor& x, const at::Tensor& x_lo,
-              const at::Tensor& y, const at::Tensor& y_lo, ViewX view_x, ViewY view_y) {
-  if (x.scalar_type() != at::kBFloat16) {
-    at::mm_out(g, view_x(x), view_y(y).t());
-    return;
-  }
-  mm_bf16_to_float_out(g, view_x(x), view_y(y).t());
-  if (x_lo.defined()) {
-    g.add_(mm_bf16_to_float_out(scratch, view_x(x), view_y(y_lo).t()));
-    g.add_(mm_bf16_to_float_out(scratch, view_x(x_lo), view_y(y).t()));
-  }
-}
-
-inline at::Tensor low_part(const std::vector<at::Tensor>& lo, size_t l) {
-  return lo.empty() ? at::Tensor() : lo[l];
+// One GEMM of a Gram block: bfloat16 operands give float32 products (tensor cores);
+// an accumulating one goes through the front of `scratch` (flat, large enough).
+auto cuda_product(const at::Tensor& scratch) {
+  return [scratch](at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+    if (a.scalar_type() != at::kBFloat16) {
+      at::mm_out(out, a, b);  // "highest": accumulate is never asked for
+    } else if (accumulate) {
+      at::Tensor tmp = scratch.narrow(0, 0, out.numel()).view(out.sizes());
+      out.add_(mm_bf16_to_float_out(tmp, a, b));
+    } else {
+      mm_bf16_to_float_out(out, a, b);
+    }
+  };
 }
 
 // Rows of x1 per block: the Gram buffers (activation, cotangent and, for kBF16x3, a
@@ -144,55 +139,22 @@ void run_structured(const StructuredArgs& s, at::Tensor& out) {
   if (s.precision == kBF16x3) scratch_buf = at::empty({rows * max_cols * gd_per_pair}, opts);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   T* out_ptr = out.data_ptr<T>();
+  const auto product = cuda_product(scratch_buf);
 
   bool first = true;
   for (size_t l = 0; l < s.a1.size(); ++l) {
     const T cw = static_cast<T>(s.cw[l]), cb = static_cast<T>(s.cb[l]);
     if (cw == T(0) && cb == T(0)) continue;
-    const at::Tensor &a1 = s.a1[l], &a2 = s.a2[l], &d1 = s.d1[l], &d2 = s.d2[l];
-    const at::Tensor a1_lo = low_part(s.a1_lo, l), a2_lo = low_part(s.a2_lo, l);
-    const at::Tensor d1_lo = low_part(s.d1_lo, l), d2_lo = low_part(s.d2_lo, l);
-    const int64_t m = d1.size(2);
     for (int64_t i0 = 0; i0 < s.n1; i0 += rows) {
       const int64_t ni = std::min(rows, s.n1 - i0);
       const int64_t j0 = s.symmetric ? i0 : 0;
       const int64_t nj = s.n2 - j0;
-      auto block = [&](at::Tensor& buf, int64_t r, int64_t c) {
-        return buf.narrow(0, 0, r * c).view({r, c});
-      };
       const T* ga = nullptr;
       if (cw != T(0)) {
-        at::Tensor g = block(ga_buf, ni, nj);
-        at::Tensor scratch = s.precision == kBF16x3 ? block(scratch_buf, ni, nj) : at::Tensor();
-        gram_out(g, scratch, a1, a1_lo, a2, a2_lo,
-                 [&](const at::Tensor& t) { return t.narrow(0, i0, ni); },
-                 [&](const at::Tensor& t) { return t.narrow(0, j0, nj); });
-        ga = g.data_ptr<T>();
+        activation_gram_out(s, l, ga_buf, i0, ni, j0, nj, product);
+        ga = ga_buf.data_ptr<T>();
       }
-      if (s.mode == math::kModeTrace) {
-        at::Tensor g = block(gd_buf, ni, nj);
-        at::Tensor scratch = s.precision == kBF16x3 ? block(scratch_buf, ni, nj) : at::Tensor();
-        gram_out(g, scratch, d1, d1_lo, d2, d2_lo,
-                 [&](const at::Tensor& t) { return t.view({s.n1, nl * m}).narrow(0, i0, ni); },
-                 [&](const at::Tensor& t) { return t.view({s.n2, nl * m}).narrow(0, j0, nj); });
-      } else if (s.mode == math::kModeDiagonal) {
-        for (int64_t k = 0; k < nl; ++k) {
-          at::Tensor g = gd_buf.narrow(0, k * ni * nj, ni * nj).view({ni, nj});
-          at::Tensor scratch =
-              s.precision == kBF16x3 ? block(scratch_buf, ni, nj) : at::Tensor();
-          gram_out(g, scratch, d1, d1_lo, d2, d2_lo,
-                   [&](const at::Tensor& t) { return t.narrow(0, i0, ni).select(1, k); },
-                   [&](const at::Tensor& t) { return t.narrow(0, j0, nj).select(1, k); });
-        }
-      } else {
-        at::Tensor g = block(gd_buf, ni * nl, nj * nl);
-        at::Tensor scratch =
-            s.precision == kBF16x3 ? block(scratch_buf, ni * nl, nj * nl) : at::Tensor();
-        gram_out(
-            g, scratch, d1, d1_lo, d2, d2_lo,
-            [&](const at::Tensor& t) { return t.view({s.n1 * nl, m}).narrow(0, i0 * nl, ni * nl); },
-            [&](const at::Tensor& t) { return t.view({s.n2 * nl, m}).narrow(0, j0 * nl, nj * nl); });
-      }
+      cotangent_gram_out(s, l, gd_buf, i0, ni, j0, nj, product);
       accumulate_layer_kernel<T><<<rows_grid(ni, nj * C), kThreads, 0, stream>>>(
           out_ptr + (i0 * s.n2 + j0) * C, s.n2 * C, ga, gd_buf.data_ptr<T>(), ni, nj, nl, C,
           s.mode, cw, cb, first);
