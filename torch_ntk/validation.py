@@ -1,13 +1,14 @@
-"""Argument checks shared by the kernel functions (one wording for every entry point)."""
+"""Argument checks shared by every public function (one wording for every entry point)."""
 
 from __future__ import annotations
 
-from typing import Optional
+import numbers
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_batch"]
+__all__ = ["check_batch", "check_choices", "check_int", "check_increasing_ints"]
 
 
 def check_batch(
@@ -62,3 +63,37 @@ def check_batch(
                 f"shape {list(x.shape)}"
             )
     return x
+
+
+def check_choices(function: str, name: str, value: Union[str, Sequence[str]],
+                  choices: Sequence[str]) -> tuple[str, ...]:
+    """One name or a sequence of names from ``choices``, as a tuple in ``choices``' order.
+
+    E.g. ``check_choices("analytic_kernels", "get", "ntk", ("nngp", "ntk")) == ("ntk",)``.
+    """
+    wanted = (value,) if isinstance(value, str) else (
+        tuple(value) if isinstance(value, Sequence) else None)
+    if not wanted or any(v not in choices for v in wanted):
+        raise ValueError(f"{function}: {name} must name some of {tuple(choices)}; got {value!r}")
+    return tuple(c for c in choices if c in wanted)
+
+
+def check_int(function: str, name: str, value, minimum: Optional[int] = None) -> int:
+    """``value`` as an int (bool refused), at least ``minimum`` when given."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(
+            f"{function}: {name} must be an integer; got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{function}: {name} must be at least {minimum}; got {value}")
+    return int(value)
+
+
+def check_increasing_ints(function: str, name: str, values, minimum: int = 1) -> list[int]:
+    """A non-empty, strictly increasing sequence of integers ≥ ``minimum``."""
+    if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+        raise ValueError(
+            f"{function}: {name} must be a non-empty sequence of integers; got {values!r}")
+    out = [check_int(function, name, v, minimum) for v in values]
+    if any(b <= a for a, b in zip(out[:-1], out[1:])):
+        raise ValueError(f"{function}: {name} must be strictly increasing; got {list(values)!r}")
+    return out
