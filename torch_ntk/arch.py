@@ -31,7 +31,8 @@ from torch import nn
 from .activations import Activation, from_module, from_name, module_types
 from .nn import PARAMETRIZATIONS, NTKLinear
 
-__all__ = ["Dense", "LIFTERS", "LayerSpec", "lift", "lift_module", "mlp_spec"]
+__all__ = ["Dense", "LIFTERS", "LayerSpec", "LiftOptions", "flat_modules", "lift", "lift_module",
+           "mlp_spec"]
 
 
 @dataclass(frozen=True)
@@ -190,22 +191,22 @@ def mlp_spec(
     return LayerSpec(tuple(layers))
 
 
-def _describe(position, module: nn.Module) -> str:
+Position = Union[int, str]  # a module's index in the model, "i.j" inside nested Sequentials
+
+
+def _describe(position: Position, module: nn.Module) -> str:
     return f"module {position} ({type(module).__name__})"
 
 
-Position = Union[int, str]
-
-
 @dataclass(frozen=True)
-class _Defaults:
+class LiftOptions:
     """σ_w², σ_b² assumed for ``nn.Linear`` layers (None: PyTorch's initialization)."""
 
     linear_weight_var: Optional[float] = None
     linear_bias_var: Optional[float] = None
 
 
-def _lift_dense(position: Position, module: nn.Module, defaults: _Defaults) -> Dense:
+def _lift_dense(position: Position, module: nn.Module, options: LiftOptions) -> Dense:
     has_bias = module.bias is not None
     if isinstance(module, NTKLinear):
         return Dense(
@@ -214,8 +215,7 @@ def _lift_dense(position: Position, module: nn.Module, defaults: _Defaults) -> D
             module,
         )
     fan_in = module.in_features
-    weight_var = defaults.linear_weight_var
-    bias_var = defaults.linear_bias_var
+    weight_var, bias_var = options.linear_weight_var, options.linear_bias_var
     weight_var = 1.0 / 3.0 if weight_var is None else float(weight_var)
     bias_var = 1.0 / (3.0 * fan_in) if bias_var is None else float(bias_var)
     return Dense(
@@ -224,15 +224,15 @@ def _lift_dense(position: Position, module: nn.Module, defaults: _Defaults) -> D
     )
 
 
-def _lift_activation(position: Position, module: nn.Module, defaults: _Defaults) -> Activation:
+def _lift_activation(position: Position, module: nn.Module, options: LiftOptions) -> Activation:
     return from_module(module)
 
 
-def _lift_no_op(position: Position, module: nn.Module, defaults: _Defaults) -> None:
+def _lift_no_op(position: Position, module: nn.Module, options: LiftOptions) -> None:
     return None
 
 
-def _lift_flatten(position: Position, module: nn.Flatten, defaults: _Defaults) -> None:
+def _lift_flatten(position: Position, module: nn.Flatten, options: LiftOptions) -> None:
     if module.end_dim != -1:
         raise ValueError(
             f"lift: {_describe(position, module)} must flatten to the last dimension "
@@ -241,7 +241,7 @@ def _lift_flatten(position: Position, module: nn.Flatten, defaults: _Defaults) -
     return None
 
 
-Lifter = Callable[[Position, nn.Module, _Defaults], Optional[Union[Dense, Activation]]]
+Lifter = Callable[[Position, nn.Module, LiftOptions], Optional[Union[Dense, Activation]]]
 
 # Module type → its lifting: the layer it is, or None for a no-op of the kernels
 # (a subclass lifts like its nearest listed base when it keeps that base's forward).
@@ -276,7 +276,7 @@ def lift_module(
                 f"lift: {_describe(position, module)} overrides forward, so its layer formula "
                 "is unknown"
             )
-        return lifter(position, module, _Defaults(linear_weight_var, linear_bias_var))
+        return lifter(position, module, LiftOptions(linear_weight_var, linear_bias_var))
     raise ValueError(
         f"lift: {_describe(position, module)} does not lift to an MLP layer spec; "
         "supported: NTKLinear, nn.Linear, registered activations "

@@ -73,14 +73,12 @@ def _last_dense(function: str, model: nn.Module, seed: int) -> tuple[list[nn.Mod
     modules = list(flat_modules(model))
     while modules and isinstance(modules[-1][1], (nn.Identity, nn.Dropout)):
         modules.pop()
-    dense = None
-    if modules:
-        try:
-            dense = lift_module(*reversed(modules[-1]))
-        except ValueError:
-            pass
+    position, last = modules[-1] if modules else (None, None)
+    try:
+        dense = lift_module(last, position) if modules else None
+    except ValueError:  # e.g. a subclass with its own forward
+        dense = None
     if not isinstance(dense, Dense):
-        last = modules[-1][1] if modules else None
         raise ValueError(
             f"{function}: nngp_estimator='readout' needs the model to end in NTKLinear or "
             f"nn.Linear; the model of seed {seed} ends in {type(last).__name__}. Use "
