@@ -1,6 +1,7 @@
-"""The block engines of ``empirical_ntk``: each computes Θ for (x1 rows i0:i1, x2 columns
-j0:j1) and sizes its blocks from a memory budget (structured op, Jacobians, NTK-vector
-products).
+"""The block engines of ``empirical_ntk``: structured op, Jacobians, NTK-vector products.
+
+Each computes Θ for (x1 rows i0:i1, x2 columns j0:j1) and sizes its blocks from a
+memory budget.
 
 An engine is built on (x1, x2 or None, mode); ``size_blocks(budget, chunk_size,
 split_for_progress)`` chooses the samples per block (and sizes its caches) and returns it;

@@ -1,5 +1,8 @@
-"""Running Monte-Carlo estimates of kernels: each random network's NNGP and NTK samples folded
-into float64 moments (``RunningEstimate``), and the estimate they give (``MonteCarloKernels``)."""
+"""Running Monte-Carlo kernel estimates: network samples folded into float64 moments.
+
+``RunningEstimate`` draws networks and folds their NNGP and NTK samples into
+:class:`Moments`; ``MonteCarloKernels`` is the estimate they give.
+"""
 
 from __future__ import annotations
 

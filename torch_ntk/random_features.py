@@ -1,5 +1,7 @@
-"""Random networks of an MLP architecture and their random features (Jacot et al. §3.1):
-``random_network``, ``random_features`` and the readout features of the NNGP."""
+"""Random networks of an MLP architecture and their random features (Jacot et al. §3.1).
+
+``random_network``, ``random_features`` and the readout features of the NNGP.
+"""
 
 from __future__ import annotations
 
