@@ -30,7 +30,7 @@ class MonteCarloKernels(NamedTuple):
     """Means over random networks and their standard errors; fields not requested are None.
 
     nngp, ntk: [N1, N2] float64, the sample means of f(x1)ᵀf(x2)/n_L and of the trace
-        NTK / n_L (see the module docstring), estimates of Σ^(L) and Θ∞^(L).
+        NTK / n_L (see :mod:`torch_ntk.monte_carlo`), estimates of Σ^(L) and Θ∞^(L).
     nngp_stderr, ntk_stderr: [N1, N2] float64, the standard error of each mean entry,
         s/√P with s the sample standard deviation (divisor P − 1); NaN while P = 1.
     n_samples: P, the number of networks averaged.
