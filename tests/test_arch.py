@@ -1,6 +1,7 @@
 """Lifting nn.Sequential models into layer specs."""
 
 import pytest
+import torch
 from torch import nn
 
 import torch_ntk as tn
@@ -71,3 +72,27 @@ def test_layer_spec_validation():
         LayerSpec((Dense(3, 4), Activation("relu"), Dense(5, 1)))
     with pytest.raises(ValueError, match="parametrization must be one of"):
         Dense(3, 4, parametrization="other")
+
+
+def test_subclass_that_overrides_forward_does_not_lift():
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class Kept(nn.Linear):  # keeps nn.Linear's forward: lifts like it
+        pass
+
+    model = nn.Sequential(Doubled(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    with pytest.raises(ValueError, match=r"module 0 \(Doubled\) overrides forward"):
+        lift(model)
+    with pytest.raises(ValueError, match="overrides forward"):
+        tn.analytic_kernels(model, torch.randn(2, 3))
+    assert lift(nn.Sequential(Kept(3, 1))).dense_layers[0].in_features == 3
+
+
+def test_lifted_layers_are_bound_to_their_modules():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Linear(4, 1))
+    spec = lift(model)
+    assert [layer.source for layer in spec.layers] == [model[0], model[1], model[2], None,
+                                                       model[3]]
+    assert tn.mlp_spec([3, 4, 1]).layers[0].source is None

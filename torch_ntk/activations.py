@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -29,13 +29,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "Abs",
     "Activation",
+    "Erf",
     "REGISTRY",
     "DEFAULT_QUADRATURE_DEGREE",
     "from_module",
     "from_name",
     "gaussian_expectations",
     "hermite_rule",
+    "module_types",
 ]
 
 # Gauss–Hermite degree per dimension (degree² evaluations per expectation) used
@@ -101,8 +104,39 @@ def _gelu_derivative(x: Tensor, p: float) -> Tensor:
     )
 
 
+class Erf(nn.Module):
+    """φ(x) = erf(x) (PyTorch has no module for it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.erf(x)
+
+
+class Abs(nn.Module):
+    """φ(x) = |x|."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.abs(x)
+
+
+def _no_param(module: nn.Module) -> float:
+    return 0.0
+
+
+def _softplus_beta(module: nn.Softplus) -> float:
+    if module.threshold != 20:
+        raise ValueError(
+            f"nn.Softplus(threshold={module.threshold}) is not supported; use the default "
+            "threshold 20"
+        )
+    return float(module.beta)
+
+
 @dataclass(frozen=True)
 class _Entry:
+    """One activation: φ, φ′, the Gaussian expectations' closed form (None: quadrature),
+    its default parameter, how to build its module, the module types that compute it
+    (``modules``) and how to read the parameter from such a module (``param_of``)."""
+
     id: int
     fn: Callable[[Tensor, float], Tensor]
     derivative: Callable[[Tensor, float], Tensor]
@@ -111,18 +145,8 @@ class _Entry:
     make_module: Callable[[float], nn.Module]
     description: str
     quadrature_degree: int = 0  # default Gauss–Hermite degree (0: closed form)
-
-
-def _abs_module(p: float) -> nn.Module:
-    from .nn import Abs
-
-    return Abs()
-
-
-def _erf_module(p: float) -> nn.Module:
-    from .nn import Erf
-
-    return Erf()
+    modules: tuple[type, ...] = ()
+    param_of: Callable[[nn.Module], float] = _no_param
 
 
 REGISTRY: dict[str, _Entry] = {
@@ -133,63 +157,86 @@ REGISTRY: dict[str, _Entry] = {
     "relu": _Entry(
         1, lambda x, p: torch.relu(x), lambda x, p: (x > 0).to(x.dtype),
         _relu_family(lambda p: 0.0), 0.0, lambda p: nn.ReLU(), "φ(x) = max(x, 0) (Cho & Saul 2009)",
+        modules=(nn.ReLU,),
     ),
     "leaky_relu": _Entry(
         2, lambda x, p: F.leaky_relu(x, p), lambda x, p: _where(x > 0, 1.0, p, x),
         _relu_family(lambda p: p), 0.01, lambda p: nn.LeakyReLU(p),
         "φ(x) = max(x, 0) + p·min(x, 0), p the negative slope",
+        modules=(nn.LeakyReLU,), param_of=lambda m: float(m.negative_slope),
     ),
     "abs": _Entry(
         3, lambda x, p: torch.abs(x), lambda x, p: _where(x > 0, 1.0, -1.0, x),
-        _relu_family(lambda p: -1.0), 0.0, _abs_module, "φ(x) = |x| (the ReLU family, a = −1)",
+        _relu_family(lambda p: -1.0), 0.0, lambda p: Abs(), "φ(x) = |x| (the ReLU family, a = −1)",
+        modules=(Abs,),
     ),
     "erf": _Entry(
         4, lambda x, p: torch.erf(x), lambda x, p: (2 / math.sqrt(math.pi)) * torch.exp(-x * x),
-        _erf_expectations, 0.0, _erf_module, "φ(x) = erf(x) (closed form: Williams 1997)",
+        _erf_expectations, 0.0, lambda p: Erf(), "φ(x) = erf(x) (closed form: Williams 1997)",
+        modules=(Erf,),
     ),
     "gelu": _Entry(
         5, _gelu, _gelu_derivative, None, 0.0,
         lambda p: nn.GELU(approximate="tanh" if p else "none"),
         "φ(x) = x·Φ(x); p = 1 selects the tanh approximation", 32,
+        modules=(nn.GELU,), param_of=lambda m: 0.0 if m.approximate == "none" else 1.0,
     ),
     "tanh": _Entry(
         6, lambda x, p: torch.tanh(x), lambda x, p: 1 - torch.tanh(x) ** 2, None, 0.0,
-        lambda p: nn.Tanh(), "φ(x) = tanh(x)", 64,
+        lambda p: nn.Tanh(), "φ(x) = tanh(x)", 64, modules=(nn.Tanh,),
     ),
     "sigmoid": _Entry(
         7, lambda x, p: torch.sigmoid(x),
         lambda x, p: torch.sigmoid(x) * (1 - torch.sigmoid(x)), None, 0.0,
-        lambda p: nn.Sigmoid(), "φ(x) = 1 / (1 + e^{−x})", 24,
+        lambda p: nn.Sigmoid(), "φ(x) = 1 / (1 + e^{−x})", 24, modules=(nn.Sigmoid,),
     ),
     "silu": _Entry(
         8, lambda x, p: F.silu(x),
         lambda x, p: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))), None, 0.0,
-        lambda p: nn.SiLU(), "φ(x) = x·sigmoid(x)", 32,
+        lambda p: nn.SiLU(), "φ(x) = x·sigmoid(x)", 32, modules=(nn.SiLU,),
     ),
     "softplus": _Entry(
         9, lambda x, p: F.softplus(x, beta=p, threshold=20.0),
         lambda x, p: _where(p * x > 20, 1.0, torch.sigmoid(p * x), x), None, 1.0,
         lambda p: nn.Softplus(beta=p), "φ(x) = log(1 + e^{βx}) / β (linear where βx > 20)", 24,
+        modules=(nn.Softplus,), param_of=_softplus_beta,
     ),
     "elu": _Entry(
         10, lambda x, p: F.elu(x, alpha=p),
         lambda x, p: _where(x > 0, 1.0, p * torch.exp(x), x), None, 1.0,
         lambda p: nn.ELU(alpha=p), "φ(x) = x for x > 0, α(e^x − 1) otherwise", 64,
+        modules=(nn.ELU,), param_of=lambda m: float(m.alpha),
     ),
     "selu": _Entry(
         11, lambda x, p: F.selu(x),
         lambda x, p: _SELU_SCALE * _where(x > 0, 1.0, _SELU_ALPHA * torch.exp(x), x),
         None, 0.0, lambda p: nn.SELU(), "φ(x) = λ·elu(x, α) with Klambauer et al.'s constants", 64,
+        modules=(nn.SELU,),
     ),
 }
+
+# Module type → registered name (nn.Identity is not here: lifting skips it).
+_BY_MODULE_TYPE: dict[type, str] = {
+    t: name for name, entry in REGISTRY.items() for t in entry.modules
+}
+
+
+def module_types() -> tuple[type, ...]:
+    """The ``nn.Module`` types that compute a registered activation."""
+    return tuple(_BY_MODULE_TYPE)
 
 
 @dataclass(frozen=True)
 class Activation:
-    """A registered nonlinearity with its parameter (slope, β or α; 0 when unused)."""
+    """A registered nonlinearity with its parameter (slope, β or α; 0 when unused).
+
+    ``source`` is the module it was lifted from (None when built by name); it takes no
+    part in comparisons.
+    """
 
     name: str
     param: float = 0.0
+    source: Optional[nn.Module] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.name not in REGISTRY:
@@ -244,38 +291,19 @@ def from_name(name: str, param: Optional[float] = None) -> Activation:
 def from_module(module: nn.Module) -> Optional[Activation]:
     """The registered activation that ``module`` computes, or None if it is not one.
 
+    A module of a registered type, or of a subclass that keeps its ``forward``, is
+    that activation, bound to the module (``Activation.source``); a subclass with its
+    own ``forward`` computes something else, so it is not one.
+
     Raises ValueError for a registered module type with unsupported settings
     (Softplus with a threshold other than 20).
     """
-    from .nn import Abs, Erf
-
-    if isinstance(module, nn.ReLU):
-        return Activation("relu")
-    if isinstance(module, nn.LeakyReLU):
-        return Activation("leaky_relu", float(module.negative_slope))
-    if isinstance(module, Abs):
-        return Activation("abs")
-    if isinstance(module, Erf):
-        return Activation("erf")
-    if isinstance(module, nn.GELU):
-        return Activation("gelu", 0.0 if module.approximate == "none" else 1.0)
-    if isinstance(module, nn.Tanh):
-        return Activation("tanh")
-    if isinstance(module, nn.Sigmoid):
-        return Activation("sigmoid")
-    if isinstance(module, nn.SiLU):
-        return Activation("silu")
-    if isinstance(module, nn.Softplus):
-        if module.threshold != 20:
-            raise ValueError(
-                f"nn.Softplus(threshold={module.threshold}) is not supported; use the default "
-                "threshold 20"
-            )
-        return Activation("softplus", float(module.beta))
-    if isinstance(module, nn.ELU):
-        return Activation("elu", float(module.alpha))
-    if isinstance(module, nn.SELU):
-        return Activation("selu")
+    for cls in type(module).__mro__:
+        name = _BY_MODULE_TYPE.get(cls)
+        if name is not None:
+            if type(module).forward is not cls.forward:
+                return None
+            return Activation(name, REGISTRY[name].param_of(module), module)
     return None
 
 

@@ -6,7 +6,13 @@ parametrization), ``nn.Linear``, the registered activations
 (:mod:`torch_ntk.activations`), and ``nn.Identity``, ``nn.Flatten`` and ``nn.Dropout``
 (no-ops for kernels; Dropout only in eval mode for finite-width kernels). Two
 dense layers in a row are joined by an identity activation. Anything else raises
-ValueError naming the module and its position.
+ValueError naming the module and its position; so does a subclass of an accepted type
+that overrides ``forward`` (its layer formula is unknown).
+
+The lifted spec is bound to the model: each ``Dense`` and ``Activation`` carries the
+module it came from (``source``), so consumers run the model through the spec instead
+of walking it again. How each module type lifts is one table (:data:`LIFTERS`): a new
+layer kind is one layer class and one entry there.
 
 Example::
 
@@ -18,14 +24,15 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from torch import nn
 
-from .activations import Activation, from_module
+from .activations import Activation, from_module, from_name, module_types
 from .nn import PARAMETRIZATIONS, NTKLinear
 
-__all__ = ["Dense", "LayerSpec", "lift", "mlp_spec"]
+__all__ = ["Dense", "LIFTERS", "LayerSpec", "LiftOptions", "flat_modules", "lift", "lift_module",
+           "mlp_spec"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class Dense:
         parametrization: "ntk" or "standard".
         has_bias: whether b exists (and so contributes to the NTK).
         position: index of the module in the lifted model (None for hand-built specs).
+        source: the module it was lifted from (None for hand-built specs).
     """
 
     in_features: int
@@ -51,7 +59,8 @@ class Dense:
     bias_var: float = 0.01
     parametrization: str = "ntk"
     has_bias: bool = True
-    position: Optional[int] = field(default=None, compare=False)
+    position: Optional[Union[int, str]] = field(default=None, compare=False)
+    source: Optional[nn.Module] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.parametrization not in PARAMETRIZATIONS:
@@ -168,8 +177,6 @@ def mlp_spec(
     bias: bool = True,
 ) -> LayerSpec:
     """The spec of ``ntk_mlp(widths, activation, ...)`` without building the model."""
-    from .activations import from_name
-
     act = from_name(activation) if isinstance(activation, str) else activation
     widths = list(widths)
     if len(widths) < 2:
@@ -184,8 +191,106 @@ def mlp_spec(
     return LayerSpec(tuple(layers))
 
 
-def _describe(position: int, module: nn.Module) -> str:
+Position = Union[int, str]  # a module's index in the model, "i.j" inside nested Sequentials
+
+
+def _describe(position: Position, module: nn.Module) -> str:
     return f"module {position} ({type(module).__name__})"
+
+
+@dataclass(frozen=True)
+class LiftOptions:
+    """σ_w², σ_b² assumed for ``nn.Linear`` layers (None: PyTorch's initialization)."""
+
+    linear_weight_var: Optional[float] = None
+    linear_bias_var: Optional[float] = None
+
+
+def _lift_dense(position: Position, module: nn.Module, options: LiftOptions) -> Dense:
+    has_bias = module.bias is not None
+    if isinstance(module, NTKLinear):
+        return Dense(
+            module.in_features, module.out_features, module.weight_std**2,
+            module.bias_std**2 if has_bias else 0.0, module.parametrization, has_bias, position,
+            module,
+        )
+    fan_in = module.in_features
+    weight_var, bias_var = options.linear_weight_var, options.linear_bias_var
+    weight_var = 1.0 / 3.0 if weight_var is None else float(weight_var)
+    bias_var = 1.0 / (3.0 * fan_in) if bias_var is None else float(bias_var)
+    return Dense(
+        fan_in, module.out_features, weight_var, bias_var if has_bias else 0.0, "standard",
+        has_bias, position, module,
+    )
+
+
+def _lift_activation(position: Position, module: nn.Module, options: LiftOptions) -> Activation:
+    return from_module(module)
+
+
+def _lift_no_op(position: Position, module: nn.Module, options: LiftOptions) -> None:
+    return None
+
+
+def _lift_flatten(position: Position, module: nn.Flatten, options: LiftOptions) -> None:
+    if module.end_dim != -1:
+        raise ValueError(
+            f"lift: {_describe(position, module)} must flatten to the last dimension "
+            "(end_dim=-1)"
+        )
+    return None
+
+
+Lifter = Callable[[Position, nn.Module, LiftOptions], Optional[Union[Dense, Activation]]]
+
+# Module type → its lifting: the layer it is, or None for a no-op of the kernels
+# (a subclass lifts like its nearest listed base when it keeps that base's forward).
+LIFTERS: dict[type, Lifter] = {
+    NTKLinear: _lift_dense,
+    nn.Linear: _lift_dense,
+    nn.Identity: _lift_no_op,
+    nn.Dropout: _lift_no_op,
+    nn.Flatten: _lift_flatten,
+    **{t: _lift_activation for t in module_types()},
+}
+
+
+def lift_module(
+    module: nn.Module,
+    position: Position = 0,
+    linear_weight_var: Optional[float] = None,
+    linear_bias_var: Optional[float] = None,
+) -> Optional[Layer]:
+    """The layer one module lifts to (bound to it), or None for a kernel no-op.
+
+    Raises:
+        ValueError: a module type that does not lift, a subclass that overrides
+            ``forward``, or unsupported settings (naming the module and ``position``).
+    """
+    for cls in type(module).__mro__:
+        lifter = LIFTERS.get(cls)
+        if lifter is None:
+            continue
+        if type(module).forward is not cls.forward:
+            raise ValueError(
+                f"lift: {_describe(position, module)} overrides forward, so its layer formula "
+                "is unknown"
+            )
+        return lifter(position, module, LiftOptions(linear_weight_var, linear_bias_var))
+    raise ValueError(
+        f"lift: {_describe(position, module)} does not lift to an MLP layer spec; "
+        "supported: NTKLinear, nn.Linear, registered activations "
+        "(torch_ntk.activations.REGISTRY), nn.Identity, nn.Flatten, nn.Dropout"
+    )
+
+
+def flat_modules(model: nn.Sequential, prefix: str = ""):
+    """(position, module) of the leaves of nested Sequentials, positions like 3 or "1.0"."""
+    for i, module in enumerate(model):
+        if isinstance(module, nn.Sequential):
+            yield from flat_modules(module, f"{prefix}{i}.")
+        else:
+            yield (f"{prefix}{i}" if prefix else i), module
 
 
 def lift(
@@ -193,7 +298,7 @@ def lift(
     linear_weight_var: Optional[float] = None,
     linear_bias_var: Optional[float] = None,
 ) -> LayerSpec:
-    """The layer spec of an ``nn.Sequential`` MLP.
+    """The layer spec of an ``nn.Sequential`` MLP, each layer bound to its module.
 
     Args:
         model: ``nn.Sequential`` (nested Sequentials are flattened) of NTKLinear,
@@ -203,42 +308,28 @@ def lift(
             ±1/√fan_in, i.e. σ_w² = 1/3 and σ_b² = 1/(3·fan_in).
 
     Raises:
-        ValueError: a module that does not lift (naming it and its position), a model
-            that does not start and end with a dense layer, or two activations in a row.
+        ValueError: a module that does not lift (naming it and its position), a
+            subclass of a supported type that overrides ``forward``, a model that does
+            not start and end with a dense layer, or two activations in a row.
     """
     if not isinstance(model, nn.Sequential):
         raise ValueError(
             f"lift: the model must be an nn.Sequential MLP; got {type(model).__name__}. "
             "Use method='jacobian' or 'ntk_vp' for other models."
         )
-    modules = list(_flat_modules(model))
     layers: list[Layer] = []
     flatten_input = False
-    for position, module in modules:
-        if isinstance(module, (nn.Identity, nn.Dropout)):
-            continue
-        if isinstance(module, nn.Flatten):
-            if module.end_dim != -1:
-                raise ValueError(
-                    f"lift: {_describe(position, module)} must flatten to the last dimension "
-                    "(end_dim=-1)"
-                )
-            if not layers:
+    for position, module in flat_modules(model):
+        layer = lift_module(module, position, linear_weight_var, linear_bias_var)
+        if layer is None:
+            if isinstance(module, nn.Flatten) and not layers:
                 flatten_input = True
             continue
-        if isinstance(module, (NTKLinear, nn.Linear)):
-            dense = _dense_of(position, module, linear_weight_var, linear_bias_var)
+        if isinstance(layer, Dense):
             if layers and isinstance(layers[-1], Dense):
                 layers.append(Activation("identity"))
-            layers.append(dense)
+            layers.append(layer)
             continue
-        act = from_module(module)
-        if act is None:
-            raise ValueError(
-                f"lift: {_describe(position, module)} does not lift to an MLP layer spec; "
-                "supported: NTKLinear, nn.Linear, registered activations "
-                "(torch_ntk.activations.REGISTRY), nn.Identity, nn.Flatten, nn.Dropout"
-            )
         if not layers:
             raise ValueError(
                 f"lift: {_describe(position, module)} comes before the first dense layer; "
@@ -249,7 +340,7 @@ def lift(
                 f"lift: {_describe(position, module)} follows another activation; "
                 "two activations in a row do not lift"
             )
-        layers.append(act)
+        layers.append(layer)
     if not layers:
         raise ValueError("lift: the model has no dense layer")
     if isinstance(layers[-1], Activation):
@@ -257,27 +348,3 @@ def lift(
             "lift: the model ends with an activation; the output layer must be dense"
         )
     return LayerSpec(tuple(layers), flatten_input)
-
-
-def _flat_modules(model: nn.Sequential, prefix: str = ""):
-    for i, module in enumerate(model):
-        if isinstance(module, nn.Sequential):
-            yield from _flat_modules(module, f"{prefix}{i}.")
-        else:
-            yield (f"{prefix}{i}" if prefix else i), module
-
-
-def _dense_of(position, module, linear_weight_var, linear_bias_var) -> Dense:
-    has_bias = module.bias is not None
-    if isinstance(module, NTKLinear):
-        return Dense(
-            module.in_features, module.out_features, module.weight_std**2,
-            module.bias_std**2 if has_bias else 0.0, module.parametrization, has_bias, position,
-        )
-    fan_in = module.in_features
-    weight_var = 1.0 / 3.0 if linear_weight_var is None else float(linear_weight_var)
-    bias_var = 1.0 / (3.0 * fan_in) if linear_bias_var is None else float(linear_bias_var)
-    return Dense(
-        fan_in, module.out_features, weight_var, bias_var if has_bias else 0.0, "standard",
-        has_bias, position,
-    )

@@ -25,25 +25,11 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .activations import Activation, from_module, from_name
+from .activations import Abs, Activation, Erf, from_module, from_name
 
 __all__ = ["NTKLinear", "ntk_mlp", "Erf", "Abs", "PARAMETRIZATIONS"]
 
 PARAMETRIZATIONS = ("ntk", "standard")
-
-
-class Erf(nn.Module):
-    """φ(x) = erf(x) (PyTorch has no module for it)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.erf(x)
-
-
-class Abs(nn.Module):
-    """φ(x) = |x|."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.abs(x)
 
 
 class NTKLinear(nn.Module):

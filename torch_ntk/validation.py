@@ -39,8 +39,8 @@ def check_batch(
         raise ValueError(f"{op}: {name} must have shape [N, {features}]; got {list(x.shape)}")
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(
-            f"{op}: {name} must hold at least one sample (a batch [N, ...] with N >= 1); got "
-            f"shape {list(x.shape)}"
+            f"{op}: {name} must be a batch [N, ...] with N >= 1 ({name} must hold at least one "
+            f"sample); got shape {list(x.shape)}"
         )
     if features is not None and x.shape[1] != features:
         raise ValueError(

@@ -26,7 +26,7 @@ layers, mode full, x2 = None), median of up to 3 interleaved rounds each.
 
 Kernel cases (``kernel=True``: the GPU's w4096 case, the quick CPU w256 case) measure the
 fused op against the GEMMs it cannot avoid, on features computed once
-(``_StructuredPlan.of(model)``, ``plan.coefficients()``, ``plan.features(x)``):
+(``StructuredPlan.of(model)``, ``plan.coefficients()``, ``plan.features(x)``):
 
 - ``features``: ``plan.features(x)`` alone (forward and cotangent passes);
 - ``gemms alone``: exactly the Gram GEMMs of ``composite`` (per layer A1 A2ᵀ and the
@@ -95,7 +95,7 @@ import torch
 
 import torch_ntk
 from torch_ntk import empirical_ntk, ntk_mlp, ops
-from torch_ntk.empirical import _StructuredPlan
+from torch_ntk.structured import StructuredPlan
 
 from .common import (
     cuda_peak, elapsed, float32_matmul, interleaved, parse_suite_args, results_dir, sync,
@@ -212,7 +212,7 @@ def timed(fn, device: str, repeats: int) -> list[float]:
 
 def composite(model, x1, x2, mode):
     """The structured formula in eager torch, on the features the structured path uses."""
-    plan = _StructuredPlan.of(model)
+    plan = StructuredPlan.of(model)
     cw, cb = plan.coefficients()
     a1, d1 = plan.features(x1)
     a2, d2 = (a1, d1) if x2 is None else plan.features(x2)
@@ -550,7 +550,7 @@ def run_kernel_case(case: dict, args) -> dict:
     result = dict(case=case, rows=[], load_at_start=wait_for_quiet(args))
     rows = result["rows"]
     model, x, x2 = make_problem(case, device)
-    plan = _StructuredPlan.of(model)
+    plan = StructuredPlan.of(model)
     cw, cb = plan.coefficients()
     a1, d1 = plan.features(x)
     a2, d2 = plan.features(x2)

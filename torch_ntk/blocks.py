@@ -1,0 +1,311 @@
+"""The block engines of ``empirical_ntk``: structured op, Jacobians, NTK-vector products.
+
+Each computes Θ for (x1 rows i0:i1, x2 columns j0:j1) and sizes its blocks from a
+memory budget.
+
+An engine is built on (x1, x2 or None, mode); ``size_blocks(budget, chunk_size,
+split_for_progress)`` chooses the samples per block (and sizes its caches) and returns it;
+``block(i0, i1, j0, j1, diagonal)`` returns Θ(x1[i0:i1], x2[j0:j1]) in the mode's shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .modes import channels
+from .structured import StructuredPlan
+
+__all__ = [
+    "FuncModel",
+    "JacobianBlocks",
+    "NTKVPBlocks",
+    "StructuredBlocks",
+    "activation_numel",
+    "contract",
+    "square_chunk",
+]
+
+# Estimated work (floating-point operations) above which a single block is split so
+# the progress bar has something to show (a few seconds on a CPU).
+_PROGRESS_FLOPS = {"cpu": 2e11, "cuda": 2e13}
+
+
+class _LRU:
+    """Per-chunk features kept while they fit in ``limit`` bytes, least recently used out.
+
+    ``pin=True`` (the current row chunk, accounted for outside ``limit``) keeps one entry
+    aside, so a row's features are never recomputed for each of its column blocks.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.used, self.items = limit, 0, OrderedDict()
+        self.pinned = None
+
+    def get(self, key, make: Callable[[], list], pin: bool = False):
+        if self.pinned is not None and self.pinned[0] == key:
+            return self.pinned[1]
+        if key in self.items:
+            self.items.move_to_end(key)
+            value = self.items[key][0]
+        else:
+            value = make()
+            size = sum(t.numel() * t.element_size() for part in value for t in _tensors(part))
+            if size <= self.limit:
+                while self.used + size > self.limit and self.items:
+                    _, (_, old) = self.items.popitem(last=False)
+                    self.used -= old
+                self.items[key] = (value, size)
+                self.used += size
+        if pin:
+            self.pinned = (key, value)
+        return value
+
+
+def _tensors(part):
+    if isinstance(part, Tensor):
+        return [part]
+    if isinstance(part, dict):
+        return list(part.values())
+    return [t for p in part for t in _tensors(p)]
+
+
+def square_chunk(n: int, per_sample: float, per_pair: float, budget: float) -> int:
+    """Largest c ≤ n with c·per_sample + c²·per_pair ≤ budget (at least 1)."""
+    if n * per_sample + n * n * per_pair <= budget:
+        return n
+    if per_pair > 0:
+        c = (-per_sample + math.sqrt(per_sample**2 + 4 * per_pair * budget)) / (2 * per_pair)
+    else:
+        c = budget / max(per_sample, 1)
+    return max(1, min(n, int(c)))
+
+
+def _split_for_progress(c: int, n: int, x1: Tensor, x2: Optional[Tensor], flops_per_pair: float,
+                        enabled: bool, smallest: int = 16) -> int:
+    """A chunk giving a few blocks (so a progress bar can move) for a long single-block run."""
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    work = x1.shape[0] * n2 * flops_per_pair
+    if enabled and c >= n and work > _PROGRESS_FLOPS.get(x1.device.type, _PROGRESS_FLOPS["cuda"]):
+        return min(c, max(smallest, math.ceil(n / 4)))
+    return c
+
+
+class StructuredBlocks:
+    """The fused op on each block's structured features (cached per chunk of samples)."""
+
+    def __init__(self, plan: StructuredPlan, x1: Tensor, x2: Optional[Tensor], mode: str,
+                 precision: str = "highest"):
+        self.plan, self.x1, self.x2, self.mode = plan, x1, x2, mode
+        self.precision = precision
+        self.cw, self.cb = plan.coefficients()
+        self.cache = _LRU(0)
+
+    def size_blocks(self, budget: int, chunk_size: Optional[int],
+                    split_for_progress: bool) -> int:
+        x1, x2 = self.x1, self.x2
+        n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        s = x1.element_size()
+        per_pair = channels(self.mode, self.plan.n_out)
+        # Reduced precisions hold rounded copies of the operands (one or two per operand).
+        copies = {"highest": 0, "bf16": 1, "bf16x3": 2}[self.precision]
+        feat = self.plan.bytes_per_sample(s) * (1 + copies)
+        pair = per_pair * s * 2  # op output + its copy
+        if x1.is_cuda:  # the CUDA op's Gram buffers: activation + cotangent (+ scratch)
+            pair += (1 + per_pair) * s * (2 if self.precision == "bf16x3" else 1)
+        if chunk_size is not None:
+            c = min(chunk_size, n)
+        else:
+            c = square_chunk(n, 2 * feat, pair, budget / 2)
+            c = _split_for_progress(c, n, x1, x2, self.plan.flops_per_pair(self.mode),
+                                    split_for_progress, smallest=512)
+        self.cache = _LRU(max(0, budget - 2 * c * feat - c * c * pair))
+        return c
+
+    def _features(self, side: int, start: int, stop: int):
+        x = self.x1 if side == 1 or self.x2 is None else self.x2
+        key = (1 if self.x2 is None else side, start, stop)
+        return self.cache.get(key, lambda: list(self.plan.features(x[start:stop])), pin=side == 1)
+
+    def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
+        a1, d1 = self._features(1, i0, i1)
+        if diagonal:
+            return ops.structured_ntk(a1, d1, None, None, self.cw, self.cb, self.mode,
+                                      self.precision)
+        a2, d2 = self._features(2, j0, j1)
+        return ops.structured_ntk(a1, d1, a2, d2, self.cw, self.cb, self.mode, self.precision)
+
+
+class FuncModel:
+    """The model as a function of its trainable parameters (torch.func)."""
+
+    def __init__(self, model: nn.Module, trainable: dict[str, Tensor]):
+        self.model = model
+        self.params = {k: v.detach() for k, v in trainable.items()}
+        self.fixed = {k: v.detach() for k, v in model.named_parameters() if k not in trainable}
+        self.fixed.update(dict(model.named_buffers()))
+
+    def batch(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """f(x) [n, n_L] for a batch x [n, ...]."""
+        y = torch.func.functional_call(self.model, (params, self.fixed), (x,))
+        return y.reshape(x.shape[0], -1)
+
+    def single(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """f(x) [n_L] for one sample x [...]."""
+        return self.batch(params, x.unsqueeze(0))[0]
+
+
+class JacobianBlocks:
+    """Per-sample Jacobians by vmap(jacrev), contracted parameter block by block."""
+
+    def __init__(self, model, trainable, x1, x2, mode, n_out):
+        self.f = FuncModel(model, trainable)
+        self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
+        self.groups = [list(self.f.params)]
+        self.cache = _LRU(0)
+        self.act = activation_numel(model, x1)
+
+    def size_blocks(self, budget: int, chunk_size: Optional[int],
+                    split_for_progress: bool) -> int:
+        x1, x2 = self.x1, self.x2
+        n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        s, nl = x1.element_size(), self.n_out
+        sizes = {k: v.numel() for k, v in self.f.params.items()}
+        # A sample's Jacobian, with vmap(jacrev)'s temporaries (about as much again).
+        per_sample_group_limit = budget / 16
+        groups, current, current_size = [], [], 0
+        for name, size in sizes.items():
+            cost = 2 * nl * size * s
+            if current and current_size + cost > per_sample_group_limit:
+                groups.append(current)
+                current, current_size = [], 0
+            current.append(name)
+            current_size += cost
+        groups.append(current)
+        self.groups = groups
+        largest = max(sum(sizes[k] for k in g) for g in groups)
+        per_sample = 2 * (2 * nl * largest + nl * self.act) * s  # row and column chunks
+        pair = channels(self.mode, nl) * s * 2
+        if chunk_size is not None:
+            c = min(chunk_size, n)
+        else:
+            c = square_chunk(n, per_sample, pair, budget / 2)
+            per_pair = 2 * sum(sizes.values()) * (nl * nl if self.mode == "full" else nl)
+            c = _split_for_progress(c, n, x1, x2, per_pair, split_for_progress)
+        self.cache = _LRU(max(0, budget - c * per_sample - c * c * pair))
+        return c
+
+    def _jacobian(self, side: int, start: int, stop: int, g: int) -> dict[str, Tensor]:
+        x = self.x1 if side == 1 or self.x2 is None else self.x2
+        key = (1 if self.x2 is None else side, start, stop, g)
+        names = self.groups[g]
+
+        def make():
+            sub = {k: self.f.params[k] for k in names}
+            rest = {k: v for k, v in self.f.params.items() if k not in sub}
+
+            def fn(p, xs):
+                return self.f.single({**rest, **p}, xs)
+
+            jac = torch.func.vmap(torch.func.jacrev(fn), in_dims=(None, 0))(sub, x[start:stop])
+            return [{k: v.flatten(2) for k, v in jac.items()}]
+
+        return self.cache.get(key, make, pin=side == 1)[0]
+
+    def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
+        total = None
+        for g in range(len(self.groups)):
+            j1s = self._jacobian(1, i0, i1, g)
+            j2s = j1s if diagonal else self._jacobian(2, j0, j1, g)
+            for name in j1s:
+                part = contract(j1s[name], j2s[name], self.mode)
+                total = part if total is None else total.add_(part)
+        return total.detach()
+
+
+def contract(j1: Tensor, j2: Tensor, mode: str) -> Tensor:
+    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode``; J [n, n_L, p]."""
+    n1, nl, p = j1.shape
+    n2 = j2.shape[0]
+    if mode == "trace":
+        return torch.mm(j1.reshape(n1, nl * p), j2.reshape(n2, nl * p).t())
+    if mode == "diagonal":
+        return torch.bmm(j1.transpose(0, 1), j2.transpose(0, 1).transpose(1, 2)).permute(1, 2, 0)
+    full = torch.mm(j1.reshape(n1 * nl, p), j2.reshape(n2 * nl, p).t())
+    return full.view(n1, nl, n2, nl).permute(0, 2, 1, 3)
+
+
+def activation_numel(model: nn.Module, x: Tensor) -> int:
+    """Numbers produced by the model's leaf modules for one sample (memory estimates)."""
+    total = [0]
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, Tensor):
+            total[0] += output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], 1)
+
+
+class NTKVPBlocks:
+    """NTK-vector products: one vjp at (x2_j, k′) and one jvp over the x1 chunk per column."""
+
+    def __init__(self, model, trainable, x1, x2, mode, n_out):
+        self.f = FuncModel(model, trainable)
+        self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
+        self.act = activation_numel(model, x1)
+        self.params_numel = sum(v.numel() for v in self.f.params.values())
+        self.columns = 1
+
+    def size_blocks(self, budget: int, chunk_size: Optional[int],
+                    split_for_progress: bool) -> int:
+        x1, x2 = self.x1, self.x2
+        n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        s, nl = x1.element_size(), self.n_out
+        pair = channels(self.mode, nl) * s * 2 + nl * nl * s
+        if chunk_size is not None:
+            c = min(chunk_size, n)
+        else:
+            c = square_chunk(n, 0, pair, budget / 2)
+            c = _split_for_progress(c, n, x1, x2, 6 * nl * self.params_numel, split_for_progress)
+        # Each column in flight holds a parameter-sized vector and a jvp over c samples.
+        per_column = (3 * self.params_numel + 4 * c * self.act + self.act) * s
+        self.columns = max(1, min(c * nl, int(budget / 2 / per_column)))
+        return c
+
+    def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
+        f, params, nl = self.f, self.f.params, self.n_out
+        xa = self.x1[i0:i1]
+        xb = (self.x1 if self.x2 is None else self.x2)[j0:j1]
+        ncols = xb.shape[0] * nl
+        col_x = xb.repeat_interleave(nl, 0)
+        col_v = torch.eye(nl, dtype=xa.dtype, device=xa.device).repeat(xb.shape[0], 1)
+
+        def column(xs: Tensor, v: Tensor) -> Tensor:
+            _, vjp_fn = torch.func.vjp(lambda p: f.single(p, xs), params)
+            (tangent,) = vjp_fn(v)
+            _, jv = torch.func.jvp(lambda p: f.batch(p, xa), (params,), (tangent,))
+            return jv  # [n1, n_L]: Θ_k,k′(x1_i, x_j) for all i, k
+
+        parts = [
+            torch.func.vmap(column)(col_x[c0:c0 + self.columns], col_v[c0:c0 + self.columns])
+            for c0 in range(0, ncols, self.columns)
+        ]
+        cols = torch.cat(parts).view(xb.shape[0], nl, xa.shape[0], nl)  # [j, k′, i, k]
+        full = cols.permute(2, 0, 3, 1)  # [i, j, k, k′]
+        if self.mode == "full":
+            return full
+        diag = full.diagonal(dim1=2, dim2=3)  # [i, j, k]
+        return diag.sum(-1) if self.mode == "trace" else diag
+
