@@ -23,14 +23,12 @@ written atomically: an interrupted or failed command leaves no partial file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import re
 import sys
-import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = ["main", "build_parser", "load_inputs", "parse_bytes"]
 
@@ -310,11 +308,12 @@ def _config(parser, module, args, overrides: dict[str, Any], strict: bool):
         parser.error(f"argument --set: {error}")
 
 
-def _check_device(parser, device: str) -> None:
-    from .experiments.common import resolve_device
+def _check_device(parser, device: str):
+    """The torch.device named by --device (usage error when there is none such)."""
+    from .runtime import resolve_device
 
     try:
-        resolve_device(device)
+        return resolve_device(device)
     except ValueError as error:
         parser.error(f"argument --device: {error}")
 
@@ -336,12 +335,13 @@ def _cmd_reproduce(parser, args) -> int:
         for m, c in zip(modules, configs):
             print(f"{m.NAME}: {c}")
         return 0
-    if "figure3" in names:
-        from .experiments.figure3 import EXTRA_HINT, digits_available
-
-        if not digits_available():
-            raise CommandError(EXTRA_HINT + (". The other figures: torch-ntk reproduce figure1 "
-                                             "figure2" if len(names) > 1 else ""))
+    missing = {m.NAME: m.missing_requirements() for m in modules
+               if hasattr(m, "missing_requirements")}
+    missing = {name: hint for name, hint in missing.items() if hint}
+    if missing:
+        others = [name for name in names if name not in missing]
+        raise CommandError("; ".join(missing.values()) + (
+            f". The other figures: {PROG} reproduce {' '.join(others)}" if others else ""))
     for module, config in zip(modules, configs):
         print(f"== {module.NAME}: {_settings_line(config)}", flush=True)
         t0 = time.perf_counter()
@@ -520,37 +520,15 @@ def _activation(parser, text: str):
         parser.error(f"argument --activation: {error}")
 
 
-def _atomic_npy(path: str, shape: tuple, dtype, fill: Callable[[Any], None]) -> None:
-    """Fill a memory-mapped .npy in a temporary file beside ``path``, then rename it."""
-    import numpy as np
-    import torch
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=shape)
-        fill(torch.from_numpy(mm))
-        mm.flush()
-        del mm
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _cmd_kernel(parser, args) -> int:
     import torch
 
-    from . import analytic_kernels, empirical_ntk, ntk_mlp
+    from . import empirical_ntk, ntk_mlp
+    from .analytic import analytic_kernels_into
     from .arch import mlp_spec
-    from .empirical import default_memory_budget
-    from .experiments.common import atomic_write, resolve_device
+    from .files import atomic_npy, atomic_write
+    from .modes import kernel_shape
+    from .runtime import default_memory_budget
 
     out_suffix = os.path.splitext(args.output)[1].lower()
     if out_suffix not in OUTPUT_SUFFIXES:
@@ -570,10 +548,7 @@ def _cmd_kernel(parser, args) -> int:
     precision = args.precision or "highest"
     if precision != "highest" and args.dtype != "float32":
         parser.error(f"argument --precision: {precision} needs --dtype float32 (got {args.dtype})")
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(f"argument --device: {error}")
+    device = _check_device(parser, args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     activation = _activation(parser, args.activation)
     try:
@@ -588,10 +563,7 @@ def _cmd_kernel(parser, args) -> int:
     n1, n2 = x1.shape[0], (x2 if x2 is not None else x1).shape[0]
     n_out = args.widths[-1]
     mode = args.mode or "trace"
-    if empirical:
-        shape = {"trace": (n1, n2), "diagonal": (n1, n2, n_out), "full": (n1, n2, n_out, n_out)}[mode]
-    else:
-        shape = (n1, n2)
+    shape = kernel_shape(mode if empirical else "trace", n1, n2, n_out)
     x1 = x1.to(device)
     x2 = x2.to(device) if x2 is not None else None
     budget = args.memory_budget or default_memory_budget(device)
@@ -614,32 +586,20 @@ def _cmd_kernel(parser, args) -> int:
                         bias=args.bias)
 
         def fill(out):
-            # Rows in blocks whose output and temporaries fit the budget (one block: the
-            # symmetric fast path when x2 is x1).
-            itemsize = torch.finfo(dtype).bits // 8
-            rows = max(1, min(n1, budget // max(1, 4 * n2 * itemsize)))
-            if args.chunk_size is not None:
-                rows = min(rows, args.chunk_size)
-            blocks = range(0, n1, rows)
-            from .experiments.common import progress_bar
-
-            for i0 in progress_bar(blocks, desc=f"analytic {args.kind}", leave=False, delay=2.0,
-                                   enabled=args.progress and len(blocks) > 1):
-                i1 = min(i0 + rows, n1)
-                block_x2 = x2 if x2 is not None else (None if len(blocks) == 1 else x1)
-                k = getattr(analytic_kernels(spec, x1[i0:i1], block_x2, get=args.kind), args.kind)
-                out[i0:i1].copy_(k)
-            info.update(method="analytic (fused op)", blocks=len(blocks))
+            blocks = analytic_kernels_into(spec, x1, x2, out, get=args.kind, memory_budget=budget,
+                                           chunk_size=args.chunk_size,
+                                           progress=None if args.progress else False)
+            info.update(method="analytic (fused op)", blocks=blocks)
             return out
 
     try:
         if out_suffix == ".npy" and device.type == "cpu":
-            _atomic_npy(args.output, shape, dtype, fill)
+            atomic_npy(args.output, shape, dtype, fill)
         else:
             result = torch.empty(shape, dtype=dtype, device=device)
             fill(result)
             if out_suffix == ".npy":
-                _atomic_npy(args.output, shape, dtype, lambda out: out.copy_(result))
+                atomic_npy(args.output, shape, dtype, lambda out: out.copy_(result))
             else:
                 result = result.cpu()
                 atomic_write(args.output, lambda f: torch.save(result, f), binary=True)

@@ -4,7 +4,8 @@ One module per figure, each with a frozen ``Config`` dataclass (the paper's sett
 defaults, ``QUICK`` overrides for a run of about a minute on a CPU), ``run(config,
 out=None, progress=False)`` returning the numbers as a JSON-ready dict (and writing
 ``<figure>.json`` and ``<figure>.png`` into ``out``), ``report(payload)`` (the lines the
-command prints) and ``main(argv)`` (= ``torch-ntk reproduce <figure> ...``):
+command prints) and, where it needs an optional dependency, ``missing_requirements()``
+(what to install, or None). ``torch-ntk reproduce <figure> ...`` runs them:
 
 - :mod:`.figure1` — the NTK converges to Θ∞ as width grows and moves less in training;
 - :mod:`.figure2` — trained networks against the limiting Gaussian process;
