@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from ..files import atomic_write
+
 __all__ = [
     "sync", "elapsed", "time_call", "interleaved", "summary", "cuda_peak", "peak_memory",
     "matmul_rate", "roofline", "machine_info", "write_json", "markdown_table",
@@ -198,14 +200,9 @@ def results_dir() -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-    """Write atomically: a reader never sees a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``payload`` as JSON (indent 1; non-finite floats as NaN/Infinity, as
+    :func:`json.dump` writes them) atomically: a reader never sees a half-written file."""
+    atomic_write(path, lambda f: json.dump(payload, f, indent=1))
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
