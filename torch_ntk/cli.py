@@ -23,12 +23,11 @@ written atomically: an interrupted or failed command leaves no partial file.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["main", "build_parser", "load_inputs", "parse_bytes"]
 
@@ -42,44 +41,25 @@ class CommandError(Exception):
 # ----------------------------------------------------------------------------- parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+def _number(cast: Callable[[str], float], expected: str, minimum_allowed: bool):
+    """An argparse type: ``cast(text)`` above 0 (or ≥ 0 with ``minimum_allowed``), else
+    ArgumentTypeError "expected <expected>; got <text>"."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+        if not (value >= 0 if minimum_allowed else value > 0):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0; got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0; got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0; got {text!r}")
-    return value
+_positive_int = _number(int, "a positive integer", False)
+_non_negative_int = _number(int, "an integer ≥ 0", True)
+_non_negative_float = _number(float, "a number ≥ 0", True)
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -142,11 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"torch-ntk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common_options()
+    from . import bench, quickstart
+    from .experiments import REPRODUCE_HELP, demo as demo_module
 
     demo = sub.add_parser(
         "demo", parents=[_experiment_options("torch_ntk_demo"), common],
         help="the NTK theory at work in about a minute (table, figures, JSON)",
-        description=_doc("demo"), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=demo_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--widths", type=_positive_int, nargs="+", default=None,
                       help="hidden widths (default 64 256 1024 4096)")
     demo.add_argument("--steps", type=_positive_int, default=None,
@@ -156,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
         help="the experiments of Jacot et al. (2018), §6: figure1, figure2, figure3",
-        description=_doc("reproduce"), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=REPRODUCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reproduce.add_argument("figures", nargs="+", metavar="FIGURE",
                            choices=["figure1", "figure2", "figure3", "all"],
                            help="figure1, figure2, figure3 or all")
@@ -205,8 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the file to write: .npy (memory-mapped while it is filled) or .pt")
     kernel.set_defaults(handler=_cmd_kernel, subparser=kernel)
 
-    from . import quickstart
-
     quick = sub.add_parser("quickstart", parents=[common],
                            help="print infinite-width kernels against random networks",
                            description=quickstart.__doc__,
@@ -216,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", parents=[common], help="run the benchmark suites (JSON and markdown tables)",
-        description=_BENCH_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=bench.HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("suite", nargs="?", default="all", metavar="SUITE",
                        choices=["analytic", "empirical", "tracker", "all"],
                        help="analytic, empirical, tracker or all (default all)")
@@ -234,31 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_cmd_bench, subparser=bench)
     return parser
 
-
-def _doc(name: str) -> str:
-    if name == "demo":
-        from .experiments import demo
-
-        return demo.__doc__
-    return _REPRODUCE_DOC
-
-
-_REPRODUCE_DOC = """\
-Reproduce the experiments of Jacot, Gabriel & Hongler (NeurIPS 2018), §6:
-
-  figure1  Θ(x0, x) on the unit circle of depth-4 ReLU networks, widths 500 and 10000,
-           10 initializations each, at init and after 200 GD steps, against Θ∞
-  figure2  networks of widths 50 and 1000 trained on 4 points of the circle (1000 steps)
-           against the 10/50/90th percentiles of the limiting Gaussian process
-  figure3  kernel principal components of handwritten digits with a wide network's
-           NTK, and networks trained along the 2nd component (straight line at n = ∞)
-
-Each figure writes <figure>.png and <figure>.json (every number behind it,
-the settings, run times and the machine) into --out. Defaults are the paper's settings:
-on 2 CPU cores figure1 takes about 50 min and figure3 about 13 min (width 10000), figure2
-about 2 min; --quick takes about a minute each; --device cuda runs them on a GPU.
-figure3 needs scikit-learn's bundled digits: pip install 'torch-ntk[digits]'.
-"""
 
 _KERNEL_DOC = """\
 Compute a kernel of the MLP  n0 → n1 → … → nL  (NTK parametrization unless
@@ -389,28 +344,11 @@ def _cmd_quickstart(parser, args) -> int:
 
 # ------------------------------------------------------------------------------- bench
 
-_BENCH_DOC = """\
-Run the benchmark suites of torch_ntk.bench (the same code as benchmarks/*.py):
-
-  analytic   the fused infinite-width kernel op against the plain-torch recursion,
-             eager and under torch.compile
-  empirical  the finite-width NTK: the fused structured op against the Gram GEMMs
-             alone, the eager and compiled composites and torch.func; its TF32/bf16
-             modes with their speedup and error against float64
-  tracker    KernelDriftTracker's cost against a training step
-
-Each suite writes OUT/<suite>_<device>.json and prints its markdown table; times are
-medians after warm-up (CUDA events on a GPU). --quick runs small cases (seconds to a
-minute on a CPU). A suite that fails is reported and the others still run (exit 1).
-"""
-
 
 def _cmd_bench(parser, args) -> int:
-    import traceback
-
     import torch
 
-    from .bench import SUITES
+    from .bench import SUITES, run_suites
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: CUDA is not available on this machine")
@@ -430,31 +368,9 @@ def _cmd_bench(parser, args) -> int:
         os.makedirs(args.out, exist_ok=True)
     except OSError as error:
         parser.error(f"argument --out: cannot create the folder {args.out!r}: {error}")
-    failed = []
-    for suite in suites:
-        argv = ["--device", args.device] + (["--quick"] if args.quick else [])
-        if args.repeats is not None:
-            argv += ["--repeats", str(args.repeats)]
-        if suite in ("analytic", "empirical"):
-            argv += ["--compile-backend", args.compile_backend]
-        if suite == "empirical" and args.cases is not None:
-            argv += ["--cases", args.cases]
-        if suite == "empirical" and args.quick:
-            argv += ["--quiet-wait", "0"]  # a smoke run does not wait for a quiet machine
-        module = importlib.import_module(f".bench.{suite}", __package__)
-        print(f"== bench {suite}: {' '.join(argv)}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            module.main(argv, default_dir=args.out, prog=f"{PROG} bench {suite}")
-        except KeyboardInterrupt:
-            raise
-        except Exception:  # one failing suite must not cost the others' results
-            traceback.print_exc()
-            failed.append(suite)
-            print(f"-- bench {suite} FAILED after {time.perf_counter() - t0:.1f} s", flush=True)
-            continue
-        print(f"-- bench {suite} done in {time.perf_counter() - t0:.1f} s; wrote "
-              f"{os.path.join(args.out, f'{suite}_{args.device}.json')}\n", flush=True)
+    failed = run_suites(suites, args.device, out=args.out, quick=args.quick,
+                        repeats=args.repeats, compile_backend=args.compile_backend,
+                        cases=args.cases, prog=f"{PROG} bench")
     if failed:
         raise CommandError(f"suite(s) failed: {', '.join(failed)} (tracebacks above)")
     return 0
