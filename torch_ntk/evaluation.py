@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Optional
 
+import torch
 from torch import Tensor, nn
 
 from .runtime import cuda_devices_of, forked_rng
@@ -44,8 +45,6 @@ def kernel_context(model: nn.Module, *tensors: Optional[Tensor]) -> Iterator[Non
     their state on entry, so training that follows draws the same dropout masks and
     augmentations as without the kernel computation.
     """
-    import torch
-
     modes = [(m, m.training) for m in model.modules()]
     with forked_rng(cuda_devices_of(model, *tensors)), torch.no_grad():
         try:
