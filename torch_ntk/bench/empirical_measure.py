@@ -1,5 +1,8 @@
-"""The empirical suite's measurements: its problem and FLOP counts, timed runs, and the
-torch.func and memory measurements in fresh processes under a memory cap."""
+"""The empirical suite's measurements: its problem, FLOP counts, timed runs and workers.
+
+torch.func and memory measurements run in fresh processes under a memory cap
+(:func:`run_worker` starts ``python -m torch_ntk.bench.empirical --worker SPEC``).
+"""
 
 from __future__ import annotations
 
