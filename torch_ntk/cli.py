@@ -113,7 +113,9 @@ def _experiment_options(default_out: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``torch-ntk`` command."""
-    from . import __version__
+    from . import __version__, quickstart
+    from .bench import HELP as BENCH_HELP
+    from .experiments import REPRODUCE_HELP, demo as demo_module
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -122,8 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"torch-ntk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common_options()
-    from . import bench, quickstart
-    from .experiments import REPRODUCE_HELP, demo as demo_module
 
     demo = sub.add_parser(
         "demo", parents=[_experiment_options("torch_ntk_demo"), common],
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", parents=[common], help="run the benchmark suites (JSON and markdown tables)",
-        description=bench.HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("suite", nargs="?", default="all", metavar="SUITE",
                        choices=["analytic", "empirical", "tracker", "all"],
                        help="analytic, empirical, tracker or all (default all)")
