@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from torch_ntk import files  # noqa: E402
 from torch_ntk.bench.common import machine_info, markdown_table, write_json  # noqa: E402
 
 CASES = {
@@ -105,8 +106,7 @@ def worker(case: str, directory: str, repeats: int, device: str, quick: bool,
         runs.append({"total_s": total, "compute_s": stats.seconds, "untiled_s": base,
                      "tiles": stats.tiles_computed, "per_rank": [len(c) for c in stats.computed]})
     if rank == 0:
-        with open(os.path.join(directory, "result.json"), "w") as f:
-            json.dump(runs, f)
+        files.write_json(os.path.join(directory, "result.json"), runs, indent=None)
     dist.destroy_process_group()
 
 

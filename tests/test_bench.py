@@ -22,6 +22,7 @@ import torch
 
 from torch_ntk import ops
 from torch_ntk.bench import empirical as bench_empirical
+from torch_ntk.bench.empirical_report import sweep_markdown
 from torch_ntk.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -215,5 +216,5 @@ def test_sweep_is_opt_in_and_covers_its_grid():
     for r in rows:  # the two methods computed the same kernel; ratios are reported
         assert r["status"] == "ok" and r["max_rel_diff"] <= 1e-5
         assert r["structured_s"] > 0 and r["composite_over_structured"] > 0
-    table = bench_empirical._sweep_markdown(dict(rows=rows))
+    table = sweep_markdown(dict(rows=rows))
     assert len(table) == 2 + len(rows)

@@ -129,3 +129,53 @@ def analytic_kernels(
         force_quadrature=force_quadrature, want_nngp="nngp" in wanted, want_ntk="ntk" in wanted,
     )
     return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
+
+
+def analytic_kernels_into(
+    model_or_spec: Union[nn.Module, LayerSpec],
+    x1: Tensor,
+    x2: Optional[Tensor],
+    out: Tensor,
+    get: str = "ntk",
+    memory_budget: Optional[int] = None,
+    chunk_size: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> int:
+    """Write one infinite-width kernel (``get``: "ntk" Θ∞ or "nngp" Σ) of x1 [N1, n0] and
+    x2 [N2, n0] (None: x1) into ``out`` [N1, N2], a block of rows at a time.
+
+    A block of r rows computes its [r, N2] output and temporaries (about 4·r·N2 numbers
+    of x1's dtype) within ``memory_budget`` bytes (default:
+    :func:`torch_ntk.runtime.default_memory_budget` of x1's device), and at most
+    ``chunk_size`` rows. One block takes the symmetric fast path when x2 is None.
+    ``out`` may live elsewhere than x1 (e.g. a memory-mapped .npy on the CPU); each
+    block is copied into it. ``progress`` as for :func:`torch_ntk.runtime.progress_bar`
+    (shown only for more than one block). Returns the number of blocks.
+    """
+    from .runtime import default_memory_budget, progress_bar
+
+    spec = as_spec(model_or_spec)
+    n1 = x1.shape[0]
+    n2 = (x2 if x2 is not None else x1).shape[0]
+    budget = memory_budget or default_memory_budget(x1.device)
+    itemsize = torch.finfo(x1.dtype).bits // 8
+    rows = max(1, min(n1, budget // max(1, 4 * n2 * itemsize)))
+    if chunk_size is not None:
+        rows = min(rows, chunk_size)
+    starts = range(0, n1, rows)
+    bar = progress_bar(len(starts), progress=progress, desc=f"analytic {get}", unit="block",
+                       enabled=len(starts) > 1)
+    try:
+        for i0 in starts:
+            i1 = min(i0 + rows, n1)
+            block_x2 = x2 if x2 is not None else (None if len(starts) == 1 else x1)
+            out[i0:i1].copy_(getattr(analytic_kernels(spec, x1[i0:i1], block_x2, get=get), get))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return len(starts)
+
+
+__all__.append("analytic_kernels_into")

@@ -23,12 +23,9 @@ written atomically: an interrupted or failed command leaves no partial file.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import os
 import re
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -44,44 +41,25 @@ class CommandError(Exception):
 # ----------------------------------------------------------------------------- parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+def _number(cast: Callable[[str], float], expected: str, minimum_allowed: bool):
+    """An argparse type: ``cast(text)`` above 0 (or ≥ 0 with ``minimum_allowed``), else
+    ArgumentTypeError "expected <expected>; got <text>"."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+        if not (value >= 0 if minimum_allowed else value > 0):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0; got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0; got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0; got {text!r}")
-    return value
+_positive_int = _number(int, "a positive integer", False)
+_non_negative_int = _number(int, "an integer ≥ 0", True)
+_non_negative_float = _number(float, "a number ≥ 0", True)
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -135,7 +113,9 @@ def _experiment_options(default_out: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``torch-ntk`` command."""
-    from . import __version__
+    from . import __version__, quickstart
+    from .bench import HELP as BENCH_HELP
+    from .experiments import REPRODUCE_HELP, demo as demo_module
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -148,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", parents=[_experiment_options("torch_ntk_demo"), common],
         help="the NTK theory at work in about a minute (table, figures, JSON)",
-        description=_doc("demo"), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=demo_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--widths", type=_positive_int, nargs="+", default=None,
                       help="hidden widths (default 64 256 1024 4096)")
     demo.add_argument("--steps", type=_positive_int, default=None,
@@ -158,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
         help="the experiments of Jacot et al. (2018), §6: figure1, figure2, figure3",
-        description=_doc("reproduce"), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=REPRODUCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reproduce.add_argument("figures", nargs="+", metavar="FIGURE",
                            choices=["figure1", "figure2", "figure3", "all"],
                            help="figure1, figure2, figure3 or all")
@@ -207,8 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the file to write: .npy (memory-mapped while it is filled) or .pt")
     kernel.set_defaults(handler=_cmd_kernel, subparser=kernel)
 
-    from . import quickstart
-
     quick = sub.add_parser("quickstart", parents=[common],
                            help="print infinite-width kernels against random networks",
                            description=quickstart.__doc__,
@@ -218,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", parents=[common], help="run the benchmark suites (JSON and markdown tables)",
-        description=_BENCH_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("suite", nargs="?", default="all", metavar="SUITE",
                        choices=["analytic", "empirical", "tracker", "all"],
                        help="analytic, empirical, tracker or all (default all)")
@@ -236,31 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_cmd_bench, subparser=bench)
     return parser
 
-
-def _doc(name: str) -> str:
-    if name == "demo":
-        from .experiments import demo
-
-        return demo.__doc__
-    return _REPRODUCE_DOC
-
-
-_REPRODUCE_DOC = """\
-Reproduce the experiments of Jacot, Gabriel & Hongler (NeurIPS 2018), §6:
-
-  figure1  Θ(x0, x) on the unit circle of depth-4 ReLU networks, widths 500 and 10000,
-           10 initializations each, at init and after 200 GD steps, against Θ∞
-  figure2  networks of widths 50 and 1000 trained on 4 points of the circle (1000 steps)
-           against the 10/50/90th percentiles of the limiting Gaussian process
-  figure3  kernel principal components of handwritten digits with a wide network's
-           NTK, and networks trained along the 2nd component (straight line at n = ∞)
-
-Each figure writes <figure>.png and <figure>.json (every number behind it,
-the settings, run times and the machine) into --out. Defaults are the paper's settings:
-on 2 CPU cores figure1 takes about 50 min and figure3 about 13 min (width 10000), figure2
-about 2 min; --quick takes about a minute each; --device cuda runs them on a GPU.
-figure3 needs scikit-learn's bundled digits: pip install 'torch-ntk[digits]'.
-"""
 
 _KERNEL_DOC = """\
 Compute a kernel of the MLP  n0 → n1 → … → nL  (NTK parametrization unless
@@ -310,11 +263,12 @@ def _config(parser, module, args, overrides: dict[str, Any], strict: bool):
         parser.error(f"argument --set: {error}")
 
 
-def _check_device(parser, device: str) -> None:
-    from .experiments.common import resolve_device
+def _check_device(parser, device: str):
+    """The torch.device named by --device (usage error when there is none such)."""
+    from .runtime import resolve_device
 
     try:
-        resolve_device(device)
+        return resolve_device(device)
     except ValueError as error:
         parser.error(f"argument --device: {error}")
 
@@ -336,12 +290,13 @@ def _cmd_reproduce(parser, args) -> int:
         for m, c in zip(modules, configs):
             print(f"{m.NAME}: {c}")
         return 0
-    if "figure3" in names:
-        from .experiments.figure3 import EXTRA_HINT, digits_available
-
-        if not digits_available():
-            raise CommandError(EXTRA_HINT + (". The other figures: torch-ntk reproduce figure1 "
-                                             "figure2" if len(names) > 1 else ""))
+    missing = {m.NAME: m.missing_requirements() for m in modules
+               if hasattr(m, "missing_requirements")}
+    missing = {name: hint for name, hint in missing.items() if hint}
+    if missing:
+        others = [name for name in names if name not in missing]
+        raise CommandError("; ".join(missing.values()) + (
+            f". The other figures: {PROG} reproduce {' '.join(others)}" if others else ""))
     for module, config in zip(modules, configs):
         print(f"== {module.NAME}: {_settings_line(config)}", flush=True)
         t0 = time.perf_counter()
@@ -389,28 +344,11 @@ def _cmd_quickstart(parser, args) -> int:
 
 # ------------------------------------------------------------------------------- bench
 
-_BENCH_DOC = """\
-Run the benchmark suites of torch_ntk.bench (the same code as benchmarks/*.py):
-
-  analytic   the fused infinite-width kernel op against the plain-torch recursion,
-             eager and under torch.compile
-  empirical  the finite-width NTK: the fused structured op against the Gram GEMMs
-             alone, the eager and compiled composites and torch.func; its TF32/bf16
-             modes with their speedup and error against float64
-  tracker    KernelDriftTracker's cost against a training step
-
-Each suite writes OUT/<suite>_<device>.json and prints its markdown table; times are
-medians after warm-up (CUDA events on a GPU). --quick runs small cases (seconds to a
-minute on a CPU). A suite that fails is reported and the others still run (exit 1).
-"""
-
 
 def _cmd_bench(parser, args) -> int:
-    import traceback
-
     import torch
 
-    from .bench import SUITES
+    from .bench import SUITES, run_suites
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: CUDA is not available on this machine")
@@ -430,31 +368,9 @@ def _cmd_bench(parser, args) -> int:
         os.makedirs(args.out, exist_ok=True)
     except OSError as error:
         parser.error(f"argument --out: cannot create the folder {args.out!r}: {error}")
-    failed = []
-    for suite in suites:
-        argv = ["--device", args.device] + (["--quick"] if args.quick else [])
-        if args.repeats is not None:
-            argv += ["--repeats", str(args.repeats)]
-        if suite in ("analytic", "empirical"):
-            argv += ["--compile-backend", args.compile_backend]
-        if suite == "empirical" and args.cases is not None:
-            argv += ["--cases", args.cases]
-        if suite == "empirical" and args.quick:
-            argv += ["--quiet-wait", "0"]  # a smoke run does not wait for a quiet machine
-        module = importlib.import_module(f".bench.{suite}", __package__)
-        print(f"== bench {suite}: {' '.join(argv)}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            module.main(argv, default_dir=args.out, prog=f"{PROG} bench {suite}")
-        except KeyboardInterrupt:
-            raise
-        except Exception:  # one failing suite must not cost the others' results
-            traceback.print_exc()
-            failed.append(suite)
-            print(f"-- bench {suite} FAILED after {time.perf_counter() - t0:.1f} s", flush=True)
-            continue
-        print(f"-- bench {suite} done in {time.perf_counter() - t0:.1f} s; wrote "
-              f"{os.path.join(args.out, f'{suite}_{args.device}.json')}\n", flush=True)
+    failed = run_suites(suites, args.device, out=args.out, quick=args.quick,
+                        repeats=args.repeats, compile_backend=args.compile_backend,
+                        cases=args.cases, prog=f"{PROG} bench")
     if failed:
         raise CommandError(f"suite(s) failed: {', '.join(failed)} (tracebacks above)")
     return 0
@@ -520,37 +436,15 @@ def _activation(parser, text: str):
         parser.error(f"argument --activation: {error}")
 
 
-def _atomic_npy(path: str, shape: tuple, dtype, fill: Callable[[Any], None]) -> None:
-    """Fill a memory-mapped .npy in a temporary file beside ``path``, then rename it."""
-    import numpy as np
-    import torch
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=shape)
-        fill(torch.from_numpy(mm))
-        mm.flush()
-        del mm
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _cmd_kernel(parser, args) -> int:
     import torch
 
-    from . import analytic_kernels, empirical_ntk, ntk_mlp
+    from . import empirical_ntk, ntk_mlp
+    from .analytic import analytic_kernels_into
     from .arch import mlp_spec
-    from .empirical import default_memory_budget
-    from .experiments.common import atomic_write, resolve_device
+    from .files import atomic_npy, atomic_write
+    from .modes import kernel_shape
+    from .runtime import default_memory_budget
 
     out_suffix = os.path.splitext(args.output)[1].lower()
     if out_suffix not in OUTPUT_SUFFIXES:
@@ -570,10 +464,7 @@ def _cmd_kernel(parser, args) -> int:
     precision = args.precision or "highest"
     if precision != "highest" and args.dtype != "float32":
         parser.error(f"argument --precision: {precision} needs --dtype float32 (got {args.dtype})")
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        parser.error(f"argument --device: {error}")
+    device = _check_device(parser, args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     activation = _activation(parser, args.activation)
     try:
@@ -588,10 +479,7 @@ def _cmd_kernel(parser, args) -> int:
     n1, n2 = x1.shape[0], (x2 if x2 is not None else x1).shape[0]
     n_out = args.widths[-1]
     mode = args.mode or "trace"
-    if empirical:
-        shape = {"trace": (n1, n2), "diagonal": (n1, n2, n_out), "full": (n1, n2, n_out, n_out)}[mode]
-    else:
-        shape = (n1, n2)
+    shape = kernel_shape(mode if empirical else "trace", n1, n2, n_out)
     x1 = x1.to(device)
     x2 = x2.to(device) if x2 is not None else None
     budget = args.memory_budget or default_memory_budget(device)
@@ -614,32 +502,20 @@ def _cmd_kernel(parser, args) -> int:
                         bias=args.bias)
 
         def fill(out):
-            # Rows in blocks whose output and temporaries fit the budget (one block: the
-            # symmetric fast path when x2 is x1).
-            itemsize = torch.finfo(dtype).bits // 8
-            rows = max(1, min(n1, budget // max(1, 4 * n2 * itemsize)))
-            if args.chunk_size is not None:
-                rows = min(rows, args.chunk_size)
-            blocks = range(0, n1, rows)
-            from .experiments.common import progress_bar
-
-            for i0 in progress_bar(blocks, desc=f"analytic {args.kind}", leave=False, delay=2.0,
-                                   enabled=args.progress and len(blocks) > 1):
-                i1 = min(i0 + rows, n1)
-                block_x2 = x2 if x2 is not None else (None if len(blocks) == 1 else x1)
-                k = getattr(analytic_kernels(spec, x1[i0:i1], block_x2, get=args.kind), args.kind)
-                out[i0:i1].copy_(k)
-            info.update(method="analytic (fused op)", blocks=len(blocks))
+            blocks = analytic_kernels_into(spec, x1, x2, out, get=args.kind, memory_budget=budget,
+                                           chunk_size=args.chunk_size,
+                                           progress=None if args.progress else False)
+            info.update(method="analytic (fused op)", blocks=blocks)
             return out
 
     try:
         if out_suffix == ".npy" and device.type == "cpu":
-            _atomic_npy(args.output, shape, dtype, fill)
+            atomic_npy(args.output, shape, dtype, fill)
         else:
             result = torch.empty(shape, dtype=dtype, device=device)
             fill(result)
             if out_suffix == ".npy":
-                _atomic_npy(args.output, shape, dtype, lambda out: out.copy_(result))
+                atomic_npy(args.output, shape, dtype, lambda out: out.copy_(result))
             else:
                 result = result.cpu()
                 atomic_write(args.output, lambda f: torch.save(result, f), binary=True)

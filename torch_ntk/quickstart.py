@@ -17,18 +17,9 @@ import torch
 
 from .analytic import analytic_kernels
 from .arch import mlp_spec
+from .experiments.common import circle, rel_norm
 from .monte_carlo import monte_carlo_kernels
 from .nn import ntk_mlp
-
-
-def circle(n: int, dtype=torch.float64) -> torch.Tensor:
-    """n points (cos γ, sin γ) with γ evenly spaced in [0, π]."""
-    gamma = torch.linspace(0, math.pi, n, dtype=dtype)
-    return torch.stack([gamma.cos(), gamma.sin()], 1)
-
-
-def rel_fro(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -51,7 +42,7 @@ def main(argv=None) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Print the comparison for parsed ``args``; return the kernels and the table rows."""
-    x = circle(args.points)
+    x = circle(torch.linspace(0, math.pi, args.points, dtype=torch.float64))  # γ ∈ [0, π]
     spec = mlp_spec([2] + [1] * (args.depth - 1) + [1], "relu", bias_std=0.1)
     t0 = time.perf_counter()
     limit = analytic_kernels(spec, x)
@@ -72,8 +63,8 @@ def run(args: argparse.Namespace) -> dict:
             lambda seed: ntk_mlp(widths, "relu", bias_std=0.1, dtype=x.dtype), x,
             n_samples=args.networks,
         )
-        row = {"width": width, "nngp_error": rel_fro(mc.nngp, limit.nngp),
-               "ntk_error": rel_fro(mc.ntk, limit.ntk), "seconds": time.perf_counter() - t0}
+        row = {"width": width, "nngp_error": rel_norm(mc.nngp, limit.nngp),
+               "ntk_error": rel_norm(mc.ntk, limit.ntk), "seconds": time.perf_counter() - t0}
         rows.append(row)
         print(f"{width:>8} {row['nngp_error']:>18.4f} {row['ntk_error']:>20.4f} {row['seconds']:>9.2f}")
     print("\nThe NNGP error is Monte-Carlo noise (it shrinks with more networks); the NTK error "

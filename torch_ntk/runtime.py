@@ -16,6 +16,7 @@ __all__ = [
     "forked_rng",
     "initialized_cuda_devices",
     "progress_bar",
+    "resolve_device",
     "seed_all",
     "seeded",
 ]
@@ -117,3 +118,18 @@ def check_built_for(function: str, *tensors: Optional[Tensor]) -> None:
                 "reinstall it with FORCE_CUDA=1 (and CUDA_HOME set) on a machine with the CUDA "
                 "toolkit: FORCE_CUDA=1 pip install --no-build-isolation ."
             )
+
+
+def resolve_device(name: Union[str, torch.device]) -> torch.device:
+    """``torch.device(name)`` for "cpu" or "cuda[:index]"; ValueError otherwise or when it
+    is CUDA and no GPU is visible."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:index]'; got {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device is 'cuda' but torch sees no CUDA GPU "
+                         "(torch.cuda.is_available() is False)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:index]'; got {name!r}")
+    return device

@@ -43,7 +43,7 @@ default), ‖·‖ the Frobenius norm and ⟨A, B⟩ = Σ_ij A_ij B_ij:
 Metrics are computed in float64 from the kernel.
 
 The tracker never perturbs training: kernels are computed under
-:func:`torch_ntk.wrapper.kernel_context` (eval mode, no autograd, every module's
+:func:`torch_ntk.evaluation.kernel_context` (eval mode, no autograd, every module's
 train/eval flag and the CPU/CUDA random generators restored), no ``.grad`` is read or
 written, and the only copies it keeps are Θ_ref, θ_0, the last kernel and (when the
 model lifts) n_L·Θ∞ — three N×N matrices and one copy of the trainable parameters.
@@ -61,64 +61,23 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
 import math
 import os
-import tempfile
-from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from .analytic import analytic_kernels
+from .arch import lift
+from .drift_records import DriftRecord, measure, plot_history, write_csv
 from .empirical import empirical_ntk
-from .wrapper import kernel_context, unwrap
+from .evaluation import kernel_context, unwrap
 
 __all__ = ["DriftRecord", "KernelDriftTracker", "projection_matrix"]
 
 _STATE_VERSION = 1
 _REFERENCES = ("init", "limit")
-
-
-@dataclass(frozen=True)
-class DriftRecord:
-    """One measurement of the kernel (definitions in the module docstring).
-
-    step: optimizer steps taken when it was recorded (0 = when the tracker was built).
-    """
-
-    step: int
-    drift: float
-    kernel_distance: float
-    velocity: Optional[float]
-    limit_distance: Optional[float]
-    label_alignment: Optional[float]
-    trace: float
-    eigenvalues: tuple[float, ...]
-    condition_number: float
-    param_movement: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """A plain dict (eigenvalues as a list): what state_dict and to_csv store."""
-        d = dataclasses.asdict(self)
-        d["eigenvalues"] = list(self.eigenvalues)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DriftRecord":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = fields - set(d)
-        if missing:
-            raise ValueError(f"DriftRecord: the record lacks {sorted(missing)}")
-        values = {k: d[k] for k in fields}
-        values["eigenvalues"] = tuple(float(e) for e in values["eigenvalues"])
-        return cls(**values)
-
-
-CSV_COLUMNS = ("step", "drift", "kernel_distance", "velocity", "limit_distance",
-               "label_alignment", "trace", "condition_number", "param_movement")
 
 
 class KernelDriftTracker:
@@ -414,20 +373,7 @@ class KernelDriftTracker:
         label_alignment, trace, condition_number, param_movement, eig_1 … eig_k
         (largest first). Missing values are empty cells; floats round-trip exactly.
         """
-        k = max((len(r.eigenvalues) for r in self._history), default=0)
-        header = list(CSV_COLUMNS) + [f"eig_{i + 1}" for i in range(k)]
-
-        def cell(v):
-            return "" if v is None else repr(v)
-
-        def write(f):
-            w = csv.writer(f)
-            w.writerow(header)
-            for r in self._history:
-                eig = list(r.eigenvalues) + [None] * (k - len(r.eigenvalues))
-                w.writerow([cell(getattr(r, c)) for c in CSV_COLUMNS] + [cell(e) for e in eig])
-
-        _atomic_write(path, write, text=True)
+        write_csv(self._history, path)
 
     def plot(self, path: Union[str, os.PathLike, None] = None):
         """Draw drift and spectrum over training; save to ``path`` if given.
@@ -444,49 +390,7 @@ class KernelDriftTracker:
         Raises:
             ImportError: matplotlib is not installed.
         """
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as error:
-            raise ImportError(
-                "KernelDriftTracker.plot needs matplotlib, an optional dependency: "
-                "pip install matplotlib (or torch-ntk[plot])"
-            ) from error
-        records = self._history
-        steps = [r.step for r in records]
-        fig = Figure(figsize=(13, 3.8), layout="constrained")
-        ax_drift, ax_spec, ax_cond = fig.subplots(1, 3)
-
-        series = [("drift", "‖Θ_t − Θ_ref‖/‖Θ_ref‖"), ("kernel_distance", "1 − cos(Θ_t, Θ_ref)"),
-                  ("param_movement", "‖θ_t − θ_0‖/‖θ_0‖"), ("limit_distance", "‖Θ_t − Θ∞‖/‖Θ∞‖")]
-        for field, label in series:
-            values = [getattr(r, field) for r in records]
-            if any(v is not None for v in values):
-                ax_drift.plot(steps, [math.nan if v is None else v for v in values], ".-", label=label)
-        ax_drift.set(xlabel="optimizer step", title="kernel drift")
-        ax_drift.set_yscale("log", nonpositive="mask")
-        ax_drift.legend(fontsize="small")
-
-        k = max((len(r.eigenvalues) for r in records), default=0)
-        for i in range(k):
-            ax_spec.plot(steps, [r.eigenvalues[i] if i < len(r.eigenvalues) else math.nan
-                                 for r in records], ".-", label=f"λ{i + 1}")
-        ax_spec.set(xlabel="optimizer step", title=f"top-{k} eigenvalues of Θ_t")
-        ax_spec.set_yscale("log", nonpositive="mask")
-        ax_spec.legend(fontsize="small", ncol=2)
-
-        ax_cond.plot(steps, [r.condition_number for r in records], ".-", color="C0")
-        ax_cond.set(xlabel="optimizer step", title="conditioning and alignment")
-        ax_cond.set_ylabel("condition number λ_max/λ_min", color="C0")
-        ax_cond.set_yscale("log", nonpositive="mask")
-        if any(r.label_alignment is not None for r in records):
-            twin = ax_cond.twinx()
-            twin.plot(steps, [math.nan if r.label_alignment is None else r.label_alignment
-                              for r in records], ".-", color="C1")
-            twin.set_ylabel("label alignment ⟨Θ, YYᵀ⟩/(‖Θ‖‖YYᵀ‖)", color="C1")
-        if path is not None:
-            fmt = os.path.splitext(os.fspath(path))[1][1:] or "png"
-            _atomic_write(path, lambda f: fig.savefig(f, format=fmt), text=False)
-        return fig
+        return plot_history(self._history, path)
 
     def __repr__(self) -> str:
         return (
@@ -550,9 +454,6 @@ class KernelDriftTracker:
 
     def _limit_kernel(self) -> tuple[Optional[Tensor], str]:
         """(n_L·Θ∞ on the probe set in the probe dtype, "") or (None, why not)."""
-        from .analytic import analytic_kernels
-        from .arch import lift
-
         try:
             spec = lift(self.model)
         except ValueError as error:
@@ -616,47 +517,10 @@ class KernelDriftTracker:
         return moved / self._theta0_norm if self._theta0_norm > 0 else math.inf
 
     def _append(self, kernel: Tensor) -> DriftRecord:
-        step = self._step
-        k = kernel.double()
-        ref = self._reference.double()
-        ref_norm = torch.linalg.matrix_norm(ref)
-        k_norm = torch.linalg.matrix_norm(k)
-        scalars = {
-            "drift": torch.linalg.matrix_norm(k - ref) / ref_norm,
-            # 1 − cos written as ½‖Θ_t/‖Θ_t‖ − Θ_ref/‖Θ_ref‖‖²: no cancellation for small
-            # distances, exactly 0 for equal kernels.
-            "kernel_distance": torch.linalg.matrix_norm(k / k_norm - ref / ref_norm).square() / 2,
-            "trace": k.diagonal().sum(),
-        }
-        if self._last is not None and step > self._last[1]:
-            prev, prev_step = self._last
-            scalars["velocity"] = torch.linalg.matrix_norm(k - prev.double()) / ref_norm / (step - prev_step)
-        if self._limit is not None:
-            lim = self._limit.double()
-            scalars["limit_distance"] = torch.linalg.matrix_norm(k - lim) / torch.linalg.matrix_norm(lim)
-        if self.probe_y is not None:
-            y = self.probe_y
-            yty = y.t() @ y  # ‖YYᵀ‖_F = ‖YᵀY‖_F
-            scalars["label_alignment"] = (y * (k @ y)).sum() / (k_norm * torch.linalg.matrix_norm(yty))
-        eig = torch.linalg.eigvalsh(k)  # ascending
-        scalars["lambda_min"], scalars["lambda_max"] = eig[0], eig[-1]
-        names = list(scalars)
-        values = torch.stack([scalars[n].reshape(()) for n in names]).cpu().tolist()
-        v = dict(zip(names, values))
-        top = eig.flip(0)[: self.top_k].cpu().tolist()
-        record = DriftRecord(
-            step=step,
-            drift=v["drift"],
-            kernel_distance=v["kernel_distance"],
-            velocity=v.get("velocity"),
-            limit_distance=v.get("limit_distance"),
-            label_alignment=v.get("label_alignment"),
-            trace=v["trace"],
-            eigenvalues=tuple(top),
-            condition_number=v["lambda_max"] / v["lambda_min"] if v["lambda_min"] > 0 else math.inf,
-            param_movement=self._param_movement(),
-        )
-        self._last = (kernel, step)
+        record = measure(self._step, kernel, self._reference, top_k=self.top_k,
+                         param_movement=self._param_movement(), last=self._last,
+                         limit=self._limit, targets=self.probe_y)
+        self._last = (kernel, self._step)
         self._history.append(record)
         return record
 
@@ -680,28 +544,3 @@ def _norm(tensors) -> float:
     for t in tensors:
         norms.setdefault(t.device, []).append(torch.linalg.vector_norm(t, dtype=torch.float64))
     return math.sqrt(sum(float(torch.stack(v).square().sum()) for v in norms.values()))
-
-
-def _atomic_write(path: Union[str, os.PathLike], write, text: bool) -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it
-    over ``path``: readers see the old file or the complete new one, never a partial one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

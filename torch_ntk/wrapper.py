@@ -44,9 +44,8 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -54,54 +53,12 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .analytic import Kernels, analytic_kernels
 from .empirical import empirical_ntk
+from .evaluation import kernel_context, unwrap
+from .tracking import KernelDriftTracker
 
 __all__ = ["NTK", "Linearized", "unwrap", "kernel_context"]
 
 _PREFIX = "model."
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module that actually holds the layers: strips :class:`NTK`, ``torch.compile``
-    (``_orig_mod``) and ``DataParallel``/``DistributedDataParallel`` (``module``) wrappers."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected an nn.Module; got {type(model).__name__}")
-    while True:
-        if isinstance(model, NTK):
-            model = model.model
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _rng_devices(model: nn.Module, *tensors: Optional[Tensor]) -> list[int]:
-    devices = {t.device for t in tensors if t is not None}
-    devices.update(p.device for p in model.parameters())
-    devices.update(b.device for b in model.buffers())
-    return sorted({d.index if d.index is not None else torch.cuda.current_device()
-                   for d in devices if d.type == "cuda"})
-
-
-@contextlib.contextmanager
-def kernel_context(model: nn.Module, *tensors: Optional[Tensor]) -> Iterator[None]:
-    """Evaluate ``model`` for a kernel without leaving a trace on it or on training.
-
-    Inside: every module in eval mode and gradient recording off. On exit: each
-    module's own ``training`` flag restored (mixed modes survive), and the CPU random
-    generator and those of the CUDA devices holding the model or ``tensors`` reset to
-    their state on entry, so training that follows draws the same dropout masks and
-    augmentations as without the kernel computation.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    with torch.random.fork_rng(devices=_rng_devices(model, *tensors)), torch.no_grad():
-        try:
-            model.eval()
-            yield
-        finally:
-            for m, mode in modes:
-                m.training = mode
 
 
 class NTK(nn.Module):
@@ -114,6 +71,9 @@ class NTK(nn.Module):
     ``forward(*args, **kwargs)`` returns ``model(*args, **kwargs)`` unchanged. See the
     module docstring for the state-dict convention and the added methods.
     """
+
+    # The attribute holding the wrapped model (torch_ntk.evaluation.unwrap looks through it).
+    wrapped_model_attribute = "model"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -214,8 +174,6 @@ class NTK(nn.Module):
 
     def tracker(self, probe_x: Tensor, probe_y: Optional[Tensor] = None, **kwargs: Any):
         """A :class:`torch_ntk.KernelDriftTracker` of this model on ``probe_x``."""
-        from .tracking import KernelDriftTracker
-
         return KernelDriftTracker(self.model, probe_x, probe_y, **kwargs)
 
 

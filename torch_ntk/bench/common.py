@@ -23,10 +23,13 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from ..files import atomic_write
+
 __all__ = [
     "sync", "elapsed", "time_call", "interleaved", "summary", "cuda_peak", "peak_memory",
     "matmul_rate", "roofline", "machine_info", "write_json", "markdown_table",
-    "results_dir", "float32_matmul", "parse_suite_args",
+    "results_dir", "float32_matmul", "parse_suite_args", "rss_bytes", "short", "is_oom",
+    "load_average", "wait_for_quiet",
 ]
 
 
@@ -96,7 +99,8 @@ def cuda_peak(fn: Callable[[], object]) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def _rss_bytes(field: str) -> int:
+def rss_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -109,9 +113,9 @@ def _child(setup, conn):
         fn = setup()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak resident set size (VmHWM) to the current one
-        base = _rss_bytes("VmRSS")
+        base = rss_bytes("VmRSS")
         fn()
-        conn.send({"peak_extra_bytes": _rss_bytes("VmHWM") - base})
+        conn.send({"peak_extra_bytes": rss_bytes("VmHWM") - base})
     except Exception as error:  # reported, not raised: the parent records it
         conn.send({"error": f"{type(error).__name__}: {error}"})
 
@@ -198,14 +202,9 @@ def results_dir() -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-    """Write atomically: a reader never sees a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``payload`` as JSON (indent 1; non-finite floats as NaN/Infinity, as
+    :func:`json.dump` writes them) atomically: a reader never sees a half-written file."""
+    atomic_write(path, lambda f: json.dump(payload, f, indent=1))
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -213,3 +212,34 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     sep = "| " + " | ".join("---" for _ in columns) + " |"
     body = ["| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |" for row in rows]
     return "\n".join([head, sep, *body])
+
+
+def short(error: BaseException) -> str:
+    """``error`` in one line of at most 300 characters."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def is_oom(error: BaseException) -> bool:
+    """Whether ``error`` says the process ran out of (host or device) memory."""
+    text = str(error)
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in text or "out of memory" in text)
+
+
+def load_average() -> float:
+    """The 1-minute load average (nan where /proc/loadavg is missing)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
+def wait_for_quiet(args) -> float:
+    """Waits (up to --quiet-wait s) for the 1-minute load average to drop below
+    --quiet-load (others share this machine); returns the load when it went on."""
+    deadline = time.time() + args.quiet_wait
+    while load_average() >= args.quiet_load and time.time() < deadline:
+        time.sleep(5)
+    return load_average()

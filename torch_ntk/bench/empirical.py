@@ -1,81 +1,4 @@
-"""Benchmark the finite-width NTK methods on the same inputs, in one run.
-
-    torch-ntk bench empirical [--quick] [--device cpu|cuda] [--out DIR]
-    python benchmarks/empirical.py                 # the issue's CPU cases (minutes on 2 cores)
-    python benchmarks/empirical.py --quick         # a small smoke run
-    python benchmarks/empirical.py --device cuda   # the GPU cases (about a minute on an H200)
-    python benchmarks/empirical.py --cases w2048   # named cases (exact or substring); their
-                                                   # results replace those in the JSON
-
-Methods (all on the model ``ntk_mlp([w, w, w, w, n_L], "relu")``, float32, inputs
-x ~ N(0, 1) of size [N, w], seed 0, x2 = None unless stated):
-
-- ``structured``: ``empirical_ntk(method="structured")`` — forward, batched cotangents,
-  one fused ``structured_ntk`` op (end to end).
-- ``composite``: the same features (A_l, D_l), then the eager torch formula
-  Σ_l (c_w A1 A2ᵀ + c_b) ⊙ (D1 D2ᵀ) with GEMMs and in-place Hadamard updates.
-- ``jacobian``: ``vmap(jacrev)`` Jacobian contraction (PyTorch's NTK tutorial).
-  "unbounded" = one block over all samples, as in the tutorial; "bounded" = chunked
-  under a memory budget of half the cap.
-- ``ntk_vp``: NTK-vector products (vjp + jvp), unbounded / bounded likewise.
-- ``matmul``: a plain [n, n] @ [n, n] product (the FLOP/s yardstick).
-
-The sweep cases (``sweep``, ``sweep_gpu``; ``--cases sweep``) time ``structured`` against
-``composite`` on every point of a width × depth × N × n_L grid (depth = number of dense
-layers, mode full, x2 = None), median of up to 3 interleaved rounds each.
-
-Kernel cases (``kernel=True``: the GPU's w4096 case, the quick CPU w256 case) measure the
-fused op against the GEMMs it cannot avoid, on features computed once
-(``StructuredPlan.of(model)``, ``plan.coefficients()``, ``plan.features(x)``):
-
-- ``features``: ``plan.features(x)`` alone (forward and cotangent passes);
-- ``gemms alone``: exactly the Gram GEMMs of ``composite`` (per layer A1 A2ᵀ and the
-  cotangent product D1 D2ᵀ), nothing else — the yardstick: "× gemms" of the op rows is
-  op time / GEMM time, of the end-to-end rows end-to-end time / (GEMMs + features);
-- ``structured op only``: ``torch_ntk.ops.structured_ntk`` on those features; with
-  x2 = None it computes only the tiles on and above the diagonal (about half of the
-  GEMMs' work), so the x2 ≠ x1 rows are the like-for-like comparison;
-- ``composite compiled``: ``composite`` under ``torch.compile`` (``--compile-backend``),
-  compiled by a first call outside the timing whose time is reported as compile_s;
-  a compiler failure is recorded as status "error";
-- the op's tensor-core precisions (float32 accumulation) of the op and of the end-to-end
-  call: ``bf16`` (bfloat16 operands), ``bf16x3`` (three bfloat16 products of split
-  operands) and ``tf32`` (``precision="highest"`` under
-  ``torch.set_float32_matmul_precision("high")``, unless the op has its own "tf32"):
-  "speedup" over precision "highest", and for every row the error against a float64
-  reference (``empirical_ntk`` on a float64 copy of the model and inputs, same device):
-  ‖K − K64‖_F / ‖K64‖_F and max|K − K64| / max|K64| ("highest" shows the float32
-  baseline, which includes the float32 forward pass: ReLU units whose sign differs from
-  float64's); the op rows also give the op's own error, against the op in float64 on
-  the same features upcast; a torch_ntk without a precision records it as "unsupported";
-- ``matmul`` rooflines in float32, TF32 (CUDA) and bfloat16; each op row's
-  "of roofline" divides its (nominal) Gram FLOP/s by the roofline of its precision
-  (bf16x3: a third of bfloat16's).
-
-torch.func methods run in a subprocess with a memory cap (``--func-cap-gb``): on CPU its
-data segment (RLIMIT_DATA), on CUDA the caching allocator's share of the device
-(``torch.cuda.set_per_process_memory_fraction``), so running out of memory is reported,
-not suffered; they also get a wall-clock limit (``--func-timeout``). Their "× structured"
-compares with the structured method timed in that same subprocess, just before and
-after. On CUDA all torch.func measurements of a case share one subprocess. The
-memory-only case runs in a subprocess that reads its resident-memory high-water mark
-(VmHWM, reset before the call). Times are the median of ``--repeats`` runs after one
-warm-up run (``best`` is the fastest; on a shared machine it is the better estimate of
-the method's own cost); the in-process contenders run interleaved round by round, so a
-busy machine slows them alike. On CUDA every time comes from CUDA events and peak memory
-from ``torch.cuda.max_memory_allocated`` beyond what was allocated before the call.
-torch.func calls stop repeating after 20 s. On CPU, before each case and each torch.func
-measurement, the script waits (``--quiet-load``, ``--quiet-wait``) for the machine's load
-average to drop, and records it.
-
-FLOP counts (nominal): forward Σ_l 2 N n_l m_l per input set, cotangents
-Σ_{l≥1} 2 N n_L m_l n_l, Gram products Σ_l 2 N1 N2 (n_l + c m_l) with c = n_L (trace,
-diagonal) or n_L² (full). With x2 = None the fused op computes only the tiles on and above
-the diagonal (about half the Gram work), so its FLOP/s there are "effective"; the x2 ≠ x1
-rows have no such discount.
-
-Writes JSON (``--json``/``--out``) and prints a markdown table.
-"""
+"""Benchmark the finite-width NTK methods on the same inputs, in one run."""
 
 from __future__ import annotations
 
@@ -85,22 +8,24 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
 import torch_ntk
-from torch_ntk import empirical_ntk, ntk_mlp, ops
+from torch_ntk import empirical_ntk, ops
 from torch_ntk.structured import StructuredPlan
 
 from .common import (
-    cuda_peak, elapsed, float32_matmul, interleaved, parse_suite_args, results_dir, sync,
-    write_json,
+    cuda_peak, float32_matmul, interleaved, is_oom, parse_suite_args, results_dir, short, sync,
+    wait_for_quiet, write_json,
 )
+from .empirical_measure import (
+    PRECISIONS, ROOFLINE_OF, flops, make_problem, run_worker, worker,
+)
+from .empirical_report import kernel_summary, markdown
 
 FULL_CASES = [
     dict(name="w1024_d4_n256_nl1", width=1024, depth=4, n=256, n_out=1, mode="full",
@@ -164,50 +89,8 @@ CASES = {("cpu", False): FULL_CASES, ("cpu", True): QUICK_CASES,
          ("cuda", False): GPU_CASES, ("cuda", True): GPU_QUICK_CASES}
 ALL_CASES = [c for cases in CASES.values() for c in cases]
 
-# Precision variants of the kernel cases. "tf32" is the op's own precision="tf32" where
-# torch_ntk has one, else precision="highest" under torch.set_float32_matmul_precision
-# ("high"), which lets cuBLAS use TF32 for the op's float32 Gram products.
-PRECISIONS = ("highest", "tf32", "bf16", "bf16x3")
-# The matmul roofline each precision is compared with (bf16x3: three bf16 products).
-ROOFLINE_OF = {"highest": "float32", "tf32": "tf32", "bf16": "bfloat16", "bf16x3": "bfloat16/3"}
-
-
 # ---------------------------------------------------------------------------------
-# problem and helpers
-
-
-def make_problem(case: dict, device: str):
-    torch.manual_seed(0)
-    w, nl = case["width"], case["n_out"]
-    model = ntk_mlp([w] * case["depth"] + [nl], "relu", device=device, dtype=torch.float32)
-    x = torch.randn(case["n"], w, device=device)
-    distinct = case.get("distinct_x2") or case.get("kernel")
-    x2 = torch.randn(case["n"], w, device=device) if distinct else None
-    return model, x, x2
-
-
-def flops(case: dict, distinct: bool) -> dict:
-    w, d, n, nl = case["width"], case["depth"], case["n"], case["n_out"]
-    widths = [w] * d + [nl]
-    c = nl * nl if case["mode"] == "full" else nl
-    sets = 2 if distinct else 1
-    fwd = sets * sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
-    cot = sets * sum(2 * n * nl * b * a for a, b in list(zip(widths[:-1], widths[1:]))[1:])
-    gram = sum(2 * n * n * (a + c * b) for a, b in zip(widths[:-1], widths[1:]))
-    return dict(forward=fwd, cotangent=cot, gram=gram, total=fwd + cot + gram)
-
-
-def timed(fn, device: str, repeats: int) -> list[float]:
-    """Seconds of several runs of ``fn`` (already warmed up on a small batch): the first
-    run counts when it takes over 2 s, and runs stop after 20 s."""
-    times = []
-    for k in range(repeats + 1):
-        t = elapsed(fn, device)
-        if k > 0 or t > 2:
-            times.append(t)
-        if sum(times) > 20:
-            break
-    return times
+# the eager composite
 
 
 def composite(model, x1, x2, mode):
@@ -250,135 +133,8 @@ def gram_gemms(a1, d1, a2, d2, mode):
             torch.mm(D1.reshape(n1 * nl, m), D2.reshape(n2 * nl, m).t())
 
 
-def rss_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return -1
-
-
-def short(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
-
-
-def is_oom(error: BaseException) -> bool:
-    text = str(error)
-    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
-            or "can't allocate memory" in text or "out of memory" in text)
-
-
-# ---------------------------------------------------------------------------------
-# subprocess workers
-
-
-def worker(spec: dict) -> list[dict]:
-    """Runs spec["measurements"] (each {"kind": "memory"} or {"kind": "func", "method",
-    "bounded"}) on the case's problem, in this process; returns one result each."""
-    case, device = spec["case"], spec["device"]
-    cap = int(spec.get("cap_bytes") or 0)
-    if cap and device == "cuda":
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
-    elif cap:
-        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-    model, x, x2 = make_problem(case, device)
-    results = []
-    for m in spec["measurements"]:
-        try:
-            if m["kind"] == "memory":
-                results.append(_memory_measurement(case, device, model, x))
-            else:
-                results.append(_func_measurement(case, device, model, x, x2, m, cap,
-                                                 spec["repeats"]))
-        except Exception as error:
-            results.append(dict(status="oom" if is_oom(error) else "error", message=short(error)))
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    return results
-
-
-def _memory_measurement(case, device, model, x) -> dict:
-    before = rss_bytes("VmRSS")
-    try:  # reset the high-water mark so VmHWM covers only the call
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    k = empirical_ntk(model, x, mode=case["mode"], method="structured", progress=False)
-    sync(device)
-    seconds = time.perf_counter() - t
-    peak_dev = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return dict(status="ok", seconds=seconds, rss_before=before, peak_rss=rss_bytes("VmHWM"),
-                peak_device=peak_dev, checksum=float(k.double().sum()))
-
-
-def _func_measurement(case, device, model, x, x2, m, cap, repeats) -> dict:
-    kwargs = dict(mode=case["mode"], method=m["method"], progress=False)
-    if m["bounded"]:
-        kwargs["memory_budget"] = cap // 2
-    else:
-        kwargs["chunk_size"] = case["n"]
-        kwargs["memory_budget"] = 2**62
-
-    def structured():  # timed here too: the ratio then compares runs in the same conditions
-        fn = lambda: empirical_ntk(model, x, x2, mode=case["mode"], method="structured",  # noqa: E731
-                                   progress=False)
-        return [elapsed(fn, device) for _ in range(repeats + 1)][1:]
-
-    before = structured()
-    empirical_ntk(model, x[:4], None if x2 is None else x2[:4], **kwargs)  # warm-up
-    times = timed(lambda: empirical_ntk(model, x, x2, **kwargs), device, repeats)
-    s_times = before + structured()
-    seconds, s_seconds = statistics.median(times), statistics.median(s_times)
-    return dict(status="ok", seconds=seconds, best=min(times), repeats=len(times),
-                structured_seconds=s_seconds, structured_best=min(s_times),
-                vs_structured=seconds / s_seconds, vs_structured_best=min(times) / min(s_times))
-
-
-def run_worker(spec: dict, timeout: float) -> list[dict]:
-    """``spec`` run by ``python -m torch_ntk.bench.empirical --worker`` in a fresh process."""
-    cmd = [sys.executable, "-m", "torch_ntk.bench.empirical", "--worker", json.dumps(spec)]
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(torch_ntk.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    count = len(spec["measurements"])
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return [dict(status="timeout", message=f"did not finish within {timeout:.0f} s")] * count
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-    return [dict(status="error", message=" | ".join(tail)[:400],
-                 returncode=done.returncode)] * count
-
-
 # ---------------------------------------------------------------------------------
 # cases
-
-
-def load_average() -> float:
-    try:
-        with open("/proc/loadavg") as f:
-            return float(f.read().split()[0])
-    except OSError:
-        return float("nan")
-
-
-def wait_for_quiet(args) -> float:
-    """Waits (up to --quiet-wait s) for the 1-minute load average to drop below
-    --quiet-load (others share this machine); returns the load when it went on."""
-    deadline = time.time() + args.quiet_wait
-    while load_average() >= args.quiet_load and time.time() < deadline:
-        time.sleep(5)
-    return load_average()
 
 
 def run_case(case: dict, args) -> dict:
@@ -526,21 +282,6 @@ def run_sweep_case(case: dict, args) -> dict:
         if device == "cuda":
             torch.cuda.empty_cache()
     return result
-
-
-def _sweep_markdown(res: dict) -> list[str]:
-    lines = ["| width | depth | N | n_L | structured s | composite s | composite / structured "
-             "| structured GFLOP/s | max rel diff | status |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        ok = r["status"] == "ok"
-        lines.append(
-            f"| {r['width']} | {r['depth']} | {r['n']} | {r['n_out']} | "
-            + (f"{r['structured_s']:.4g} | {r['composite_s']:.4g} | "
-               f"{r['composite_over_structured']:.2f} | {r['gflops']:.1f} | "
-               f"{r['max_rel_diff']:.1e} | ok |" if ok else
-               f" | | | | | {r['status']}: {r.get('message', '')} |"))
-    return lines
 
 
 def run_kernel_case(case: dict, args) -> dict:
@@ -705,113 +446,8 @@ def run_kernel_case(case: dict, args) -> dict:
                 r["speedup_vs_highest"] = base / r["seconds"]
         if method.startswith("composite") and seconds("structured", "x2=None, highest"):
             r["vs_structured"] = r["seconds"] / seconds("structured", "x2=None, highest")
-    result["summary"] = _kernel_summary(by_key)
+    result["summary"] = kernel_summary(by_key)
     return result
-
-
-def _kernel_summary(by_key: dict) -> dict:
-    """The numbers of target (b), in one place."""
-    def get(method, variant, field):
-        return by_key.get((method, variant), {}).get(field)
-
-    out = {
-        "op_over_gemms_x2_none": get("structured op only", "x2=None, highest", "vs_gemms"),
-        "op_over_gemms_x2_distinct": get("structured op only", "x2!=x1, highest", "vs_gemms"),
-        "end_to_end_over_gemms_plus_features": get("structured", "x2=None, highest", "vs_gemms"),
-        "composite_over_structured": get("composite", "x2=None", "vs_structured"),
-        "compiled_over_structured": get("composite compiled", "x2=None", "vs_structured"),
-        "compile_s": get("composite compiled", "x2=None", "compile_s"),
-    }
-    for p in PRECISIONS:
-        if p != "highest":
-            out[f"{p}_op_speedup"] = get("structured op only", f"x2!=x1, {p}", "speedup_vs_highest")
-            out[f"{p}_end_to_end_speedup"] = get("structured", f"x2=None, {p}", "speedup_vs_highest")
-        out[f"{p}_err_fro"] = get("structured op only", f"x2=None, {p}", "err_fro")
-        out[f"{p}_err_max"] = get("structured op only", f"x2=None, {p}", "err_max")
-        out[f"{p}_op_err_fro"] = get("structured op only", f"x2=None, {p}", "op_err_fro")
-    return out
-
-
-# ---------------------------------------------------------------------------------
-# report
-
-
-def _fmt(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
-
-
-def _kernel_markdown(res: dict) -> list[str]:
-    lines = ["| method | variant | status | median s | best s | × gemms | × structured | "
-             "speedup vs highest | GFLOP/s | of roofline | err vs f64 model (Frobenius, max) | "
-             "op err vs f64 op (Frobenius, max) | peak MB | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        err = (f"{r['err_fro']:.1e}, {r['err_max']:.1e}" if "err_fro" in r else "")
-        op_err = (f"{r['op_err_fro']:.1e}, {r['op_err_max']:.1e}" if "op_err_fro" in r else "")
-        frac = (f"{100 * r['roofline_fraction']:.0f}% of {r['roofline']}"
-                if "roofline_fraction" in r else "")
-        note = r.get("message", "")
-        if "compile_s" in r:
-            note = f"compile {r['compile_s']:.1f} s" + (f"; {note}" if note else "")
-        if "max_rel_diff" in r and not note:
-            note = f"max rel diff vs structured {r['max_rel_diff']:.1e}"
-        lines.append(
-            f"| {r['method']} | {r['variant']} | {r['status']} | {_fmt(r.get('seconds'), '.4g')} | "
-            f"{_fmt(r.get('best'), '.4g')} | {_fmt(r.get('vs_gemms'), '.3g')} | "
-            f"{_fmt(r.get('vs_structured'), '.3g')} | {_fmt(r.get('speedup_vs_highest'), '.3g')} | "
-            f"{_fmt(r.get('gflops'), '.1f')} | {frac} | {err} | {op_err} | "
-            f"{_fmt(r.get('peak_MB'), '.0f')} | "
-            f"{note} |")
-    s = res.get("summary", {})
-    lines.append("")
-    lines.append(
-        "Target (b): structured op / gemms alone = "
-        f"{_fmt(s.get('op_over_gemms_x2_none'), '.3g')} (x2=None, half the tiles), "
-        f"{_fmt(s.get('op_over_gemms_x2_distinct'), '.3g')} (x2!=x1); end to end / (gemms + "
-        f"features) = {_fmt(s.get('end_to_end_over_gemms_plus_features'), '.3g')}; "
-        f"highest: err {_fmt(s.get('highest_err_fro'), '.1e')} (op alone "
-        f"{_fmt(s.get('highest_op_err_fro'), '.1e')}); "
-        + "; ".join(f"{p}: op speedup {_fmt(s.get(f'{p}_op_speedup'), '.3g')} (x2!=x1), "
-                    f"end to end {_fmt(s.get(f'{p}_end_to_end_speedup'), '.3g')}, err "
-                    f"{_fmt(s.get(f'{p}_err_fro'), '.1e')} (op alone "
-                    f"{_fmt(s.get(f'{p}_op_err_fro'), '.1e')})" for p in PRECISIONS[1:]) + ".")
-    return lines
-
-
-def markdown(results: list[dict]) -> str:
-    lines = []
-    for res in results:
-        case = res["case"]
-        lines.append(f"\n### {case['name']} (mode {case['mode']}; target: {case['target']}; "
-                     f"load average at start {res.get('load_at_start', float('nan')):.2f})\n")
-        if case.get("kernel"):
-            lines.extend(_kernel_markdown(res))
-            continue
-        if case.get("sweep"):
-            lines.extend(_sweep_markdown(res))
-            continue
-        lines.append("| method | variant | status | seconds (median) | best | × structured "
-                     "(median, best) | GFLOP/s | % matmul | note |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        for r in res["rows"]:
-            sec = f"{r['seconds']:.4g}" if "seconds" in r else ""
-            best = f"{r['best']:.4g}" if "best" in r else ""
-            ratio = f"{r['vs_structured']:.3g}" if "vs_structured" in r else ""
-            if "vs_structured_best" in r:
-                ratio += f", {r['vs_structured_best']:.3g}"
-            gf = f"{r['gflops']:.1f}" if "gflops" in r else ""
-            frac = f"{100 * r['matmul_fraction']:.0f}%" if "matmul_fraction" in r else ""
-            note = r.get("message", "")
-            if "peak_rss" in r:
-                note = (f"peak RSS {r['peak_rss'] / 2**30:.2f} GiB (before call "
-                        f"{r['rss_before'] / 2**30:.2f} GiB)")
-                if r.get("peak_device") is not None:
-                    note += f", peak device {r['peak_device'] / 2**30:.2f} GiB"
-            if "max_rel_diff" in r:
-                note = f"max rel diff vs structured {r['max_rel_diff']:.1e}"
-            lines.append(f"| {r['method']} | {r['variant']} | {r['status']} | {sec} | {best} | "
-                         f"{ratio} | {gf} | {frac} | {note} |")
-    return "\n".join(lines)
 
 
 def select_cases(cases: list[dict], spec: str) -> list[dict]:

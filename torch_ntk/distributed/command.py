@@ -8,7 +8,6 @@ runs in one process. Every rank must see the same files (a shared filesystem).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .kernel import KINDS, _write_json_atomic, tiled_kernel
+from ..files import atomic_write, write_json
+from .kernel import KINDS, tiled_kernel
 from .solver import PRECONDITIONERS, conjugate_gradient
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -122,7 +122,7 @@ def _kernel(args, rank: int, device: torch.device) -> int:
                          _stop_after_tiles=args.stop_after_tiles)
     if rank == 0:
         if args.stats:
-            _write_json_atomic(args.stats, stats.to_dict())
+            write_json(args.stats, stats.to_dict(), indent=None)
         print(f"torch_ntk.distributed: {args.out} {stats.shape[0]}x{stats.shape[1]} complete; "
               f"{stats.tiles_computed} tiles computed, {stats.tiles_skipped} resumed, "
               f"{stats.world_size} rank(s), {stats.seconds:.2f} s", flush=True)
@@ -135,11 +135,10 @@ def _solve(args, rank: int, device: torch.device) -> int:
                                 preconditioner=args.preconditioner, block_size=args.block_size,
                                 row_block=args.row_block, device=device, progress=args.progress)
     if rank == 0:
-        tmp = f"{args.out}.tmp{os.getpid()}.npy"
-        np.save(tmp, result.solution.cpu().numpy())
-        os.replace(tmp, args.out)
+        solution = result.solution.cpu().numpy()
+        atomic_write(args.out, lambda f: np.save(f, solution), binary=True)
         if args.report:
-            _write_json_atomic(args.report, result.report())
+            write_json(args.report, result.report(), indent=None)
         state = "converged" if result.converged else "NOT converged"
         print(f"torch_ntk.distributed: CG {state} in {result.iterations} iterations, relative "
               f"residual {result.final_residual:.3e} (tol {result.tol:g}), {result.seconds:.2f} s",

@@ -48,6 +48,8 @@ from torch import Tensor, nn
 from ..analytic import analytic_kernels, as_spec
 from ..arch import LayerSpec
 from ..empirical import empirical_ntk
+from ..files import read_json, write_json
+from ..runtime import progress_bar
 
 __all__ = ["KINDS", "TileGrid", "TiledKernelStats", "tiled_kernel", "fingerprint"]
 
@@ -198,23 +200,6 @@ def _check_agreement(prints: list[dict]) -> None:
 # ------------------------------------------------------------------------- manifest
 
 
-def _write_json_atomic(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _rank_manifests(out: str) -> list[str]:
     return sorted(glob.glob(glob.escape(out) + ".manifest.rank*.json"))
 
@@ -223,7 +208,7 @@ def _collect_done(out: str, digest: str) -> set[int]:
     """Tile ids recorded as finished for computation ``digest`` (merged + rank files)."""
     done: set[int] = set()
     for path in [out + ".manifest.json", *_rank_manifests(out)]:
-        m = _read_json(path)
+        m = read_json(path)
         if m and m.get("fingerprint") == digest:
             done.update(int(t) for t in m.get("done", ()))
     return done
@@ -411,8 +396,8 @@ def tiled_kernel(
         now = time.perf_counter()
         if now - last_checkpoint >= checkpoint_s or tile_id == mine[-1]:
             data.flush()  # the tiles are on disk before they are recorded as done
-            _write_json_atomic(rank_manifest, {"format": MANIFEST_FORMAT, "fingerprint": digest,
-                                               "rank": rank, "done": computed})
+            write_json(rank_manifest, {"format": MANIFEST_FORMAT, "fingerprint": digest,
+                                       "rank": rank, "done": computed}, indent=None)
             last_checkpoint = now
         if _stop_after_tiles is not None and len(computed) >= _stop_after_tiles:
             os._exit(75)  # simulate a crash (tests): no cleanup, like SIGKILL
@@ -444,12 +429,9 @@ def tiled_kernel(
 
 
 def _progress_bar(progress, rank, total, initial, grand_total):
-    if rank != 0 or progress is False:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"kernel tiles ({initial}/{grand_total} done before)",
-                unit="tile", delay=0 if progress else 2.0, dynamic_ncols=True)
+    """Rank 0's bar over the tiles (None on the other ranks)."""
+    return progress_bar(total, progress=progress, desc=f"kernel tiles ({initial}/{grand_total} "
+                        "done before)", unit="tile", leave=True, enabled=rank == 0)
 
 
 def _manifest_payload(digest, grid, settings, done, complete, data_file) -> dict:
@@ -461,7 +443,7 @@ def _manifest_payload(digest, grid, settings, done, complete, data_file) -> dict
 def _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite):
     """Rank 0: decide between 'already complete', 'resume' and 'start' (returns a dict),
     or an error message (str)."""
-    old = _read_json(manifest)
+    old = read_json(manifest)
     if os.path.exists(out):
         if old and old.get("fingerprint") == digest and old.get("complete"):
             return {"complete": True, "done": list(range(len(grid)))}
@@ -472,7 +454,7 @@ def _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite):
     done: set[int] = set()
     if os.path.exists(partial):
         recorded = old.get("fingerprint") if old else None
-        stale = [p for p in _rank_manifests(out) if (_read_json(p) or {}).get("fingerprint")
+        stale = [p for p in _rank_manifests(out) if (read_json(p) or {}).get("fingerprint")
                  not in (None, digest)]
         if (recorded not in (None, digest) or stale) and not overwrite:
             return (f"tiled_kernel: {partial} is a partial run of a different computation "
@@ -490,7 +472,8 @@ def _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite):
         for path in _rank_manifests(out):
             os.remove(path)
         np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(grid.n1, grid.n2))
-    _write_json_atomic(manifest, _manifest_payload(digest, grid, settings, done, False, partial))
+    write_json(manifest, _manifest_payload(digest, grid, settings, done, False, partial),
+               indent=None)
     for path in _rank_manifests(out):  # merged above; a crash before this line re-merges
         os.remove(path)
     return {"complete": False, "done": sorted(done)}
@@ -503,7 +486,7 @@ def _finish(out, partial, manifest, digest, grid, settings):
         return (f"tiled_kernel: {len(grid) - len(done)} tiles are not recorded as done after "
                 f"all ranks finished (e.g. {missing}); rerun to complete them")
     os.replace(partial, out)
-    _write_json_atomic(manifest, _manifest_payload(digest, grid, settings, done, True, out))
+    write_json(manifest, _manifest_payload(digest, grid, settings, done, True, out), indent=None)
     for path in _rank_manifests(out):
         os.remove(path)
     return True

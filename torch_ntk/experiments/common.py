@@ -3,27 +3,28 @@
 Every experiment is a frozen dataclass ``Config`` (the paper's settings as defaults, a
 ``QUICK`` dict of smaller ones) and a ``run(config, out=None, progress=False)`` that
 returns a JSON-ready dict and, when ``out`` is a folder, writes ``<name>.json`` and
-``<name>.png`` into it. Files are written atomically (a temporary file beside the
-target, then ``os.replace``), and only once the run has finished, so an interrupted
-run leaves the previous files (or none), never half-written ones.
+``<name>.png`` into it. Files are written atomically (:mod:`torch_ntk.files`), and only
+once the run has finished, so an interrupted run leaves the previous files (or none),
+never half-written ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import platform
 import time
 import typing
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Sized, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..tracking import _atomic_write
+from .. import runtime
+from ..files import atomic_write, jsonable, write_json
+from ..runtime import seeded
 
 __all__ = [
     "DTYPES",
@@ -34,11 +35,11 @@ __all__ = [
     "environment",
     "loglog_slope",
     "new_figure",
-    "progress_bar",
     "resolve_device",
     "save_figure",
     "seeded",
     "train_gd",
+    "with_progress",
     "write_json",
 ]
 
@@ -123,26 +124,12 @@ def derive_seed(seed: int, *keys: Union[int, str]) -> int:
     return h
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's global RNG (CPU and CUDA) seeded, restoring it after."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def resolve_device(name: Union[str, torch.device]) -> torch.device:
-    """``torch.device(name)``; ValueError when it is CUDA and no GPU is visible."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'cpu' or 'cuda[:index]'; got {name!r}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but torch sees no CUDA GPU "
-                         "(torch.cuda.is_available() is False)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:index]'; got {name!r}")
+    """:func:`torch_ntk.runtime.resolve_device`, with CUDA initialized so that
+    :func:`seeded` reaches its generators from the first draw on."""
+    device = runtime.resolve_device(name)
+    if device.type == "cuda":
+        torch.cuda.init()
     return device
 
 
@@ -172,13 +159,12 @@ def environment(device: torch.device) -> dict[str, Any]:
 # -------------------------------------------------------------------------- training
 
 
-def progress_bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None,
-                 desc: str = "", enabled: bool = True, leave: bool = True, delay: float = 0.0):
-    """A tqdm bar on stderr (shown after ``delay`` seconds), or a silent one when disabled."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=leave,
-                dynamic_ncols=True, delay=delay)
+def with_progress(iterable: Sized, desc: str, enabled: bool, leave: bool = True) -> Iterable:
+    """``iterable`` behind a progress bar on stderr (:func:`torch_ntk.runtime.progress_bar`)
+    when ``enabled``."""
+    bar = runtime.progress_bar(len(iterable), progress=True, desc=desc, iterable=iterable,
+                               leave=leave, enabled=enabled)
+    return iterable if bar is None else bar
 
 
 def train_gd(
@@ -213,7 +199,7 @@ def train_gd(
     if callback is not None and every:
         callback(0)
     losses = []
-    for step in progress_bar(range(1, steps + 1), desc=desc, enabled=progress, leave=False):
+    for step in with_progress(range(1, steps + 1), desc, enabled=progress, leave=False):
         opt.zero_grad(set_to_none=True)
         loss = 0.5 * (model(x) - y).square().sum() / n
         value = float(loss.detach())
@@ -258,35 +244,6 @@ def rel_norm(a: Tensor, b: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def atomic_write(path: Union[str, os.PathLike], write: Callable[[Any], None], binary: bool) -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it
-    over ``path``: readers see the old file or the complete new one, never a partial one
-    (an exception or Ctrl-C inside ``write`` removes the temporary file)."""
-    _atomic_write(path, write, text=not binary)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _jsonable(value.tolist())
-    return value
-
-
-def write_json(path: Union[str, os.PathLike], payload: dict[str, Any]) -> None:
-    """Atomically write ``payload`` as indented JSON (tensors as lists, inf/nan as null)."""
-    text = json.dumps(_jsonable(payload), indent=1, allow_nan=False)
-    atomic_write(path, lambda f: f.write(text + "\n"), binary=False)
 
 
 def new_figure(width: float, height: float, panels: int = 1):
@@ -340,7 +297,7 @@ def finish(name: str, config: Any, device: torch.device, results: dict, summary:
     ``draw(payload)`` returns a Figure (saved as ``<name>.png``), a dict of file name →
     Figure, or None (matplotlib missing); ``extra_figures`` adds more file name → Figure.
     """
-    payload = _jsonable({
+    payload = jsonable({
         "experiment": name,
         "config": dataclasses.asdict(config),
         "summary": summary,

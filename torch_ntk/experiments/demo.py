@@ -41,7 +41,7 @@ from ..predict import gradient_descent_mse, max_learning_rate
 from ..tracking import KernelDriftTracker
 from .common import (
     DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, fmt, loglog_slope,
-    new_figure, progress_bar, rel_norm, resolve_device, seeded, train_gd,
+    new_figure, with_progress, rel_norm, resolve_device, seeded, train_gd,
 )
 
 NAME = "demo"
@@ -127,7 +127,7 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
         widths = [2] + [width] * (config.depth - 1) + [1]
         errors, drifts, gaps0, gaps_inf, losses, histories, examples = [], [], [], [], [], [], {}
         with watch(f"width {width}"):
-            for i in progress_bar(range(config.inits), desc=f"demo width {width}", enabled=progress):
+            for i in with_progress(range(config.inits), f"demo width {width}", enabled=progress):
                 with seeded(derive_seed(config.seed, NAME, width, i)):
                     model = ntk_mlp(widths, "relu", bias_std=config.bias_std, **dev)
                 k0 = empirical_ntk(model, z_d, mode="trace", progress=False).to("cpu", f64)

@@ -38,7 +38,7 @@ from ..nn import ntk_mlp
 from ..predict import max_learning_rate
 from .common import (
     DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, fmt, new_figure,
-    progress_bar, rel_norm, resolve_device, seeded, train_gd,
+    with_progress, rel_norm, resolve_device, seeded, train_gd,
 )
 
 NAME = "figure1"
@@ -105,8 +105,7 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
         widths = [2] + [width] * (config.depth - 1) + [1]
         theta0, theta_t, losses = [], [], []
         with watch(f"width {width}"):
-            bar = progress_bar(range(config.inits), desc=f"figure1 width {width}",
-                               enabled=progress)
+            bar = with_progress(range(config.inits), f"figure1 width {width}", enabled=progress)
             for i in bar:
                 with seeded(derive_seed(config.seed, NAME, width, i)):
                     model = ntk_mlp(widths, "relu", bias_std=config.bias_std, **dev)
@@ -187,14 +186,3 @@ def report(payload: dict[str, Any]) -> list[str]:
                      f"{s['mean_kernel_error']:>12.4f} {s['drift']:>7.4f} {s['inflation']:>+10.4f} "
                      f"{s['final_loss']:>11.2e}")
     return lines
-
-
-def main(argv=None) -> int:
-    """``python -m torch_ntk.experiments.figure1 [options]`` = ``torch-ntk reproduce figure1``."""
-    from ..cli import main as cli_main
-
-    return cli_main(["reproduce", NAME, *(argv or [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(__import__("sys").argv[1:]))

@@ -37,7 +37,7 @@ from ..arch import mlp_spec
 from ..nn import ntk_mlp
 from ..predict import gradient_descent_mse_ensemble, max_learning_rate
 from .common import (
-    DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, new_figure, progress_bar,
+    DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, new_figure, with_progress,
     resolve_device, seeded, train_gd,
 )
 
@@ -124,8 +124,7 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
         widths = [2] + [width] * (config.depth - 1) + [1]
         functions, losses = [], []
         with watch(f"width {width}"):
-            for i in progress_bar(range(config.inits), desc=f"figure2 width {width}",
-                                  enabled=progress):
+            for i in with_progress(range(config.inits), f"figure2 width {width}", enabled=progress):
                 with seeded(derive_seed(config.seed, NAME, width, i)):
                     model = ntk_mlp(widths, "relu", bias_std=config.bias_std, **dev)
                 curve = train_gd(model, xt_d, yt_d, config.steps, config.lr, progress=progress,
@@ -191,14 +190,3 @@ def report(payload: dict[str, Any]) -> list[str]:
                      f"{s['final_loss']:>11.2e}")
     lines.append(f"{'Gaussian':>7} {80.0:>11.1f}% {summary['expected_mean_abs_z']:>9.3f}")
     return lines
-
-
-def main(argv=None) -> int:
-    """``python -m torch_ntk.experiments.figure2 [options]`` = ``torch-ntk reproduce figure2``."""
-    from ..cli import main as cli_main
-
-    return cli_main(["reproduce", NAME, *(argv or [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(__import__("sys").argv[1:]))

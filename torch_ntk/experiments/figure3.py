@@ -48,7 +48,7 @@ from ..empirical import empirical_ntk
 from ..nn import ntk_mlp
 from ..predict import kernel_pca
 from .common import (
-    DTYPES, Stopwatch, check_positive, derive_seed, finish, new_figure, progress_bar, rel_norm,
+    DTYPES, Stopwatch, check_positive, derive_seed, finish, new_figure, with_progress, rel_norm,
     resolve_device, seeded, train_gd,
 )
 
@@ -65,6 +65,11 @@ def digits_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def missing_requirements() -> Optional[str]:
+    """What to install before figure 3 can run, or None when nothing is missing."""
+    return None if digits_available() else EXTRA_HINT
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,8 +204,8 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
         widths = [n0] + [width] * (config.depth - 1) + [1]
         along_runs, deviation_runs, losses = [], [], []
         with watch(f"width {width}"):
-            for i in progress_bar(range(config.inits), desc=f"figure3 width {width}",
-                                  enabled=progress and config.inits > 1):
+            for i in with_progress(range(config.inits), f"figure3 width {width}",
+                                   enabled=progress and config.inits > 1):
                 with seeded(derive_seed(config.seed, NAME, width, i)):
                     model = ntk_mlp(widths, "relu", bias_std=config.bias_std, device=device,
                                     dtype=dtype)
@@ -303,14 +308,3 @@ def report(payload: dict[str, Any]) -> list[str]:
         lines.append(f"{w:>7} {s['max_deviation']:>14.4f} {s['final_along']:>9.4f} "
                      f"{s['predicted_final_along']:>10.4f} {s['along_error']:>8.4f}")
     return lines
-
-
-def main(argv=None) -> int:
-    """``python -m torch_ntk.experiments.figure3 [options]`` = ``torch-ntk reproduce figure3``."""
-    from ..cli import main as cli_main
-
-    return cli_main(["reproduce", NAME, *(argv or [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(__import__("sys").argv[1:]))

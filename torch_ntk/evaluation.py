@@ -1,0 +1,55 @@
+"""Evaluating a user's model for a kernel: looking through wrappers, and leaving no trace."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .runtime import cuda_devices_of, forked_rng
+
+__all__ = ["WRAPPED_MODEL_ATTRIBUTE", "kernel_context", "unwrap"]
+
+# A wrapper class (torch_ntk.NTK) sets this class attribute to the name of the attribute
+# that holds the wrapped model; unwrap looks through it without importing the wrapper.
+WRAPPED_MODEL_ATTRIBUTE = "wrapped_model_attribute"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module that actually holds the layers: strips :class:`torch_ntk.NTK`,
+    ``torch.compile`` (``_orig_mod``) and ``DataParallel``/``DistributedDataParallel``
+    (``module``) wrappers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module; got {type(model).__name__}")
+    while True:
+        inner = getattr(type(model), WRAPPED_MODEL_ATTRIBUTE, None)
+        if inner is not None:
+            model = getattr(model, inner)
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+@contextlib.contextmanager
+def kernel_context(model: nn.Module, *tensors: Optional[Tensor]) -> Iterator[None]:
+    """Evaluate ``model`` for a kernel without leaving a trace on it or on training.
+
+    Inside: every module in eval mode and gradient recording off. On exit: each
+    module's own ``training`` flag restored (mixed modes survive), and the CPU random
+    generator and those of the CUDA devices holding the model or ``tensors`` reset to
+    their state on entry, so training that follows draws the same dropout masks and
+    augmentations as without the kernel computation.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    with forked_rng(cuda_devices_of(model, *tensors)), torch.no_grad():
+        try:
+            model.eval()
+            yield
+        finally:
+            for m, mode in modes:
+                m.training = mode
