@@ -1,7 +1,7 @@
 // Host side of the analytic_kernels and activation ops, shared by the CPU and CUDA
 // implementations: argument checks, the per-layer coefficient table, the prologue
-// (Gram matrix, squared norms, quadrature rule, output buffers) and the op's entry
-// function. A backend supplies only its pair pass (see analytic_kernels_op).
+// (Gram matrix, squared norms, quadrature rule, output buffers) and the ops' entry
+// functions. A backend supplies only its loops (analytic_kernels_op, activation_op).
 #pragma once
 
 #include <algorithm>
@@ -172,12 +172,23 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
   return {want_nngp ? nngp : empty, want_ntk ? ntk : empty};
 }
 
-// The checks of the activation op (schema in csrc/torch_ntk.cpp).
-inline void check_activation_args(const at::Tensor& x, int64_t act_id) {
-  check_floating("activation", "x", x);
+// The activation op (schema in csrc/torch_ntk.cpp) on one backend, which supplies
+//   Backend::activation<T>(const at::Tensor& x, at::Tensor& out, int act_id, T param,
+//     bool derivative): out = phi(x) or phi'(x), both contiguous with x.numel() >= 1.
+template <typename Backend>
+at::Tensor activation_op(const at::Tensor& x_in, int64_t act_id, double param, bool derivative) {
+  check_floating("activation", "x", x_in);
   TORCH_CHECK_VALUE(act_id >= 0 && act_id < math::kNumActivations, "activation: act_id = ",
                     act_id, " is not a registered activation id (0..",
                     math::kNumActivations - 1, ")");
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "activation", [&] {
+    Backend::template activation<scalar_t>(x, out, static_cast<int>(act_id),
+                                           static_cast<scalar_t>(param), derivative);
+  });
+  return out;
 }
 
 }  // namespace torch_ntk

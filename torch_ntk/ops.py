@@ -197,8 +197,8 @@ def structured_workspace_bytes(
     than the same sizes with a2 given), cotangents with ``n_out`` outputs, of ``dtype``
     on ``device``, and the same ``workspace_bytes``. On CUDA, blocks of rows of x1 with
     activation and cotangent Gram buffers (and a scratch for "bf16x3"), at most the limit
-    unless one row of pairs exceeds it; on CPU, one tile's buffers per thread of the
-    calling thread's ``torch.get_num_threads()``. The rounded operand copies of the
+    unless one row of pairs exceeds it; on CPU, one tile's buffers for each of up to
+    ``torch.get_num_threads()`` threads. The rounded operand copies of the
     reduced precisions and the output are not part of it.
     """
     function = "structured_workspace_bytes"
@@ -211,7 +211,7 @@ def structured_workspace_bytes(
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{function}: dtype must be torch.float32 or torch.float64; got {dtype}")
     return int(_C.structured_workspace_bytes(
-        n1, n2, n_out, mode, precision, torch.empty((), dtype=dtype).element_size(),
+        n1, n2, n_out, mode, precision, dtype.itemsize,
         torch.device(device).type == "cuda", bool(symmetric),
         _workspace_arg(function, workspace_bytes),
     ))

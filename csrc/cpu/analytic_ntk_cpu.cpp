@@ -118,7 +118,7 @@ TNTK_CPU_CLONES void pair_row_double(const PairProblem<double>& P, int64_t i) { 
 inline void pair_row_dispatch(const PairProblem<float>& P, int64_t i) { pair_row_float(P, i); }
 inline void pair_row_dispatch(const PairProblem<double>& P, int64_t i) { pair_row_double(P, i); }
 
-// The CPU backend of analytic_kernels_op (csrc/analytic_spec.h).
+// The CPU backend of analytic_kernels_op and activation_op (csrc/analytic_spec.h).
 struct CpuAnalytic {
   // Each tile reads its Gram entries before it writes its outputs.
   static constexpr bool kGramIsOutput = true;
@@ -170,32 +170,26 @@ struct CpuAnalytic {
       });
     }
   }
-};
 
-at::Tensor activation_cpu(const at::Tensor& x_in, int64_t act_id, double param, bool derivative) {
-  check_activation_args(x_in, act_id);
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "activation_cpu", [&] {
-    const scalar_t* in = x.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const int id = static_cast<int>(act_id);
-    const scalar_t p = static_cast<scalar_t>(param);
+  template <typename T>
+  static void activation(const at::Tensor& x, at::Tensor& out, int act_id, T param,
+                         bool derivative) {
+    const T* in = x.data_ptr<T>();
+    T* o = out.data_ptr<T>();
     at::parallel_for(0, x.numel(), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
-        o[k] = derivative ? math::activation_derivative(id, p, in[k])
-                          : math::activation(id, p, in[k]);
+        o[k] = derivative ? math::activation_derivative(act_id, param, in[k])
+                          : math::activation(act_id, param, in[k]);
       }
     });
-  });
-  return out;
-}
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ntk, CPU, m) {
   m.impl("analytic_kernels", &analytic_kernels_op<CpuAnalytic>);
-  m.impl("activation", &activation_cpu);
+  m.impl("activation", &activation_op<CpuAnalytic>);
 }
 
 }  // namespace torch_ntk

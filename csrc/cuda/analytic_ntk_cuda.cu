@@ -162,7 +162,16 @@ size_t shared_bytes(const DeviceProblem<T>& P) {
   return sizeof(math::HiddenLayer<T>) * P.num_layers + 2 * sizeof(T) * P.gh_degree;
 }
 
-// The CUDA backend of analytic_kernels_op (csrc/analytic_spec.h).
+template <typename T>
+__global__ void activation_kernel(const T* x, T* out, int64_t n, int id, T param,
+                                  bool derivative) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= n) return;
+  out[k] = derivative ? math::activation_derivative(id, param, x[k])
+                      : math::activation(id, param, x[k]);
+}
+
+// The CUDA backend of analytic_kernels_op and activation_op (csrc/analytic_spec.h).
 struct CudaAnalytic {
   // The pair kernels read the Gram matrix and write outputs tile by tile; a separate
   // Gram buffer keeps reads and writes of different blocks from overlapping.
@@ -224,42 +233,25 @@ struct CudaAnalytic {
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-};
 
-template <typename T>
-__global__ void activation_kernel(const T* x, T* out, int64_t n, int id, T param,
-                                  bool derivative) {
-  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k >= n) return;
-  out[k] = derivative ? math::activation_derivative(id, param, x[k])
-                      : math::activation(id, param, x[k]);
-}
-
-at::Tensor activation_cuda(const at::Tensor& x_in, int64_t act_id, double param,
-                           bool derivative) {
-  check_activation_args(x_in, act_id);
-  c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty_like(x);
-  const int64_t n = x.numel();
-  if (n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "activation_cuda", [&] {
+  template <typename T>
+  static void activation(const at::Tensor& x, at::Tensor& out, int act_id, T param,
+                         bool derivative) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel();
     const int threads = 256;
     const int64_t blocks = (n + threads - 1) / threads;
-    activation_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, static_cast<int>(act_id),
-        static_cast<scalar_t>(param), derivative);
+    activation_kernel<T><<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<T>(), out.data_ptr<T>(), n, act_id, param, derivative);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
-}
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ntk, CUDA, m) {
   m.impl("analytic_kernels", &analytic_kernels_op<CudaAnalytic>);
-  m.impl("activation", &activation_cuda);
+  m.impl("activation", &activation_op<CudaAnalytic>);
 }
 
 }  // namespace torch_ntk
