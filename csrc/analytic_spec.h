@@ -1,10 +1,15 @@
-// Host-side setup of the analytic-kernel op, shared by the CPU and CUDA
-// implementations: argument checks and the per-layer coefficient table.
+// Host side of the analytic_kernels and activation ops, shared by the CPU and CUDA
+// implementations: argument checks, the per-layer coefficient table, the prologue
+// (Gram matrix, squared norms, quadrature rule, output buffers) and the ops' entry
+// functions. A backend supplies only its loops (analytic_kernels_op, activation_op).
 #pragma once
 
+#include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include "checks.h"
 #include "math/recursion.h"
@@ -13,8 +18,8 @@ namespace torch_ntk {
 
 // The layer description passed to analytic_kernels (see csrc/torch_ntk.cpp).
 struct AnalyticArgs {
-  double w0, b0, tw0, tb0;
-  at::IntArrayRef act_ids;
+  math::InputLayer<double> input;  // Sigma^(1), Theta^(1) as functions of <x, x'>
+  at::IntArrayRef act_ids;         // then one entry per hidden layer in each list
   at::ArrayRef<double> act_params, weight_var, bias_var, ntk_weight, ntk_bias;
   bool force_quadrature;
 };
@@ -56,8 +61,9 @@ inline void check_analytic_args(const at::Tensor& x1, const c10::optional<at::Te
     needs_quadrature |= math::expectation_kind(static_cast<int>(id), a.force_quadrature) ==
                         math::kQuadrature;
   }
-  TORCH_CHECK_VALUE(a.w0 >= 0 && a.b0 >= 0, op, ": w0 and b0 must be non-negative; got ", a.w0,
-                    " and ", a.b0);
+  TORCH_CHECK_VALUE(a.input.weight_var >= 0 && a.input.bias_var >= 0, op,
+                    ": input_weight_var and input_bias_var must be non-negative; got ",
+                    a.input.weight_var, " and ", a.input.bias_var);
   if (needs_quadrature) {
     check_dim(op, "gh_nodes", gh_nodes, 1);
     TORCH_CHECK_VALUE(gh_nodes.numel() > 0 && gh_nodes.sizes() == gh_weights.sizes(), op,
@@ -82,6 +88,107 @@ std::vector<math::HiddenLayer<T>> make_hidden_layers(const AnalyticArgs& a) {
     h.ntk_bias = static_cast<T>(a.ntk_bias[l]);
   }
   return layers;
+}
+
+// Everything a backend's pair pass needs, prepared on the host (T: the inputs' dtype).
+template <typename T>
+struct AnalyticProblem {
+  bool symmetric;                            // x2 is None: x2 aliases x1
+  int64_t n1, n2;
+  at::Tensor x1, x2;                         // [N1, n0], [N2, n0] contiguous
+  at::Tensor gram;                           // [N1, N2] <x1_i, x2_j>
+  math::InputLayer<T> input;
+  std::vector<math::HiddenLayer<T>> layers;  // [L - 1]
+  at::Tensor gh_nodes, gh_weights;           // [degree] in x1's dtype, on x1's device
+  // [N1], [N2] squared norms; from the Gram diagonal when symmetric, so that pair (i, i)
+  // sees exactly the variances of sample i and its angle is exactly zero.
+  at::Tensor sq1, sq2;
+  // [max(L - 1, 1), N1], [.., N2]: for the backend to fill with math::sample_variances;
+  // var2 aliases var1 when symmetric.
+  at::Tensor var1, var2;
+};
+
+template <typename T>
+AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor& x2,
+                                         bool symmetric, const at::Tensor& gram,
+                                         const AnalyticArgs& args, const at::Tensor& gh_nodes,
+                                         const at::Tensor& gh_weights) {
+  AnalyticProblem<T> p;
+  p.symmetric = symmetric;
+  p.n1 = x1.size(0);
+  p.n2 = x2.size(0);
+  p.x1 = x1;
+  p.x2 = x2;
+  p.gram = gram;
+  p.input = {static_cast<T>(args.input.weight_var), static_cast<T>(args.input.bias_var),
+             static_cast<T>(args.input.ntk_weight), static_cast<T>(args.input.ntk_bias)};
+  p.layers = make_hidden_layers<T>(args);
+  p.gh_nodes = gh_nodes.to(x1.options()).contiguous();
+  p.gh_weights = gh_weights.to(x1.options()).contiguous();
+  p.sq1 = symmetric ? gram.diagonal().contiguous() : x1.mul(x1).sum(1);
+  p.sq2 = symmetric ? p.sq1 : x2.mul(x2).sum(1);
+  const int64_t rows = std::max<int64_t>(static_cast<int64_t>(p.layers.size()), 1);
+  p.var1 = at::empty({rows, p.n1}, x1.options());
+  p.var2 = symmetric ? p.var1 : at::empty({rows, p.n2}, x1.options());
+  return p;
+}
+
+// The analytic_kernels op (schema in csrc/torch_ntk.cpp) on one backend, which supplies
+//   Backend::kGramIsOutput: whether the first wanted output may overwrite the Gram matrix
+//     (each part of the Gram matrix is read before its outputs are written), and
+//   Backend::run<T>(const AnalyticProblem<T>&, at::Tensor& nngp, at::Tensor& ntk): the
+//     sample variances and the pair pass into the [N1, N2] outputs (undefined if unwanted).
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
+    const at::Tensor& x1_in, const c10::optional<at::Tensor>& x2_in, double input_weight_var,
+    double input_bias_var, double input_ntk_weight, double input_ntk_bias,
+    at::IntArrayRef act_ids, at::ArrayRef<double> act_params, at::ArrayRef<double> weight_var,
+    at::ArrayRef<double> bias_var, at::ArrayRef<double> ntk_weight,
+    at::ArrayRef<double> ntk_bias, const at::Tensor& gh_nodes, const at::Tensor& gh_weights,
+    bool force_quadrature, bool want_nngp, bool want_ntk) {
+  const AnalyticArgs args{{input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias},
+                          act_ids,    act_params, weight_var, bias_var, ntk_weight, ntk_bias,
+                          force_quadrature};
+  check_analytic_args(x1_in, x2_in, args, gh_nodes, gh_weights, want_nngp, want_ntk);
+
+  const bool symmetric = !x2_in.has_value();
+  const at::Tensor x1 = x1_in.contiguous();
+  const at::Tensor x2 = symmetric ? x1 : x2_in->contiguous();
+  const at::Tensor gram = at::mm(x1, x2.t());
+  at::Tensor nngp, ntk;
+  if (Backend::kGramIsOutput) {
+    (want_nngp ? nngp : ntk) = gram;
+    if (want_nngp && want_ntk) ntk = at::empty_like(gram);
+  } else {
+    if (want_nngp) nngp = at::empty_like(gram);
+    if (want_ntk) ntk = at::empty_like(gram);
+  }
+  AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "analytic_kernels", [&] {
+    Backend::template run<scalar_t>(
+        make_analytic_problem<scalar_t>(x1, x2, symmetric, gram, args, gh_nodes, gh_weights),
+        nngp, ntk);
+  });
+  const auto empty = at::empty({0}, x1.options());
+  return {want_nngp ? nngp : empty, want_ntk ? ntk : empty};
+}
+
+// The activation op (schema in csrc/torch_ntk.cpp) on one backend, which supplies
+//   Backend::activation<T>(const at::Tensor& x, at::Tensor& out, int act_id, T param,
+//     bool derivative): out = phi(x) or phi'(x), both contiguous with x.numel() >= 1.
+template <typename Backend>
+at::Tensor activation_op(const at::Tensor& x_in, int64_t act_id, double param, bool derivative) {
+  check_floating("activation", "x", x_in);
+  TORCH_CHECK_VALUE(act_id >= 0 && act_id < math::kNumActivations, "activation: act_id = ",
+                    act_id, " is not a registered activation id (0..",
+                    math::kNumActivations - 1, ")");
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "activation", [&] {
+    Backend::template activation<scalar_t>(x, out, static_cast<int>(act_id),
+                                           static_cast<scalar_t>(param), derivative);
+  });
+  return out;
 }
 
 }  // namespace torch_ntk

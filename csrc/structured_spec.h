@@ -1,29 +1,40 @@
-// Host-side setup of the structured_ntk op, shared by the CPU and CUDA
-// implementations: argument checks, mode parsing and the output shape.
+// Host side of the structured_ntk op, shared by the CPU and CUDA implementations:
+// argument checks, mode and precision parsing, the reduced-precision operands, the
+// Gram-block products, the size of the Gram buffers (the op's workspace), the output
+// shape and the op's entry function. A backend supplies its accumulation pass.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include "checks.h"
 #include "math/structured_tile.h"
 
 namespace torch_ntk {
 
+// The sizes of one structured_ntk call, which decide its output and its workspace.
+struct StructuredShape {
+  int64_t n1, n2, n_out;
+  int64_t channels;  // per pair: full n_L^2, trace 1, diagonal n_L (math::num_channels)
+  int mode;          // math::StructuredMode
+  int precision;     // Precision
+  bool symmetric;    // x2 = x1
+};
+
 // The checked, contiguous arguments of structured_ntk (see csrc/torch_ntk.cpp).
-struct StructuredArgs {
+struct StructuredArgs : StructuredShape {
   std::vector<at::Tensor> a1, d1, a2, d2;  // a2/d2 alias a1/d1 when symmetric
   // kBF16x3 only: the low parts of the operands (split_precision_operands); a1..d2 then
   // hold the high parts.
   std::vector<at::Tensor> a1_lo, d1_lo, a2_lo, d2_lo;
   std::vector<double> cw, cb;
-  int mode;
-  int precision;  // Precision
-  int64_t n1, n2, n_out, channels;
-  bool symmetric;
+  int64_t workspace_limit;  // bytes of Gram buffers (resolve_workspace_limit)
 };
 
 // How the Gram products are computed. kHighest: in the inputs' dtype. kBF16 (float32
@@ -64,16 +75,27 @@ inline int parse_structured_mode(c10::string_view mode) {
   return -1;
 }
 
+// The limit on the Gram buffers of one call when workspace_bytes = 0.
+constexpr int64_t kDefaultWorkspaceBytes = int64_t(1) << 30;
+
+// The workspace_bytes argument as a limit in bytes: 0 asks for the default.
+inline int64_t resolve_workspace_limit(int64_t workspace_bytes) {
+  TORCH_CHECK_VALUE(workspace_bytes >= 0, "structured_ntk: workspace_bytes must be >= 0 (0 for ",
+                    "the default, ", kDefaultWorkspaceBytes, " bytes); got ", workspace_bytes);
+  return workspace_bytes > 0 ? workspace_bytes : kDefaultWorkspaceBytes;
+}
+
 inline StructuredArgs check_structured_args(at::TensorList a1, at::TensorList d1,
                                             at::TensorList a2, at::TensorList d2,
                                             at::ArrayRef<double> weight_coef,
                                             at::ArrayRef<double> bias_coef,
-                                            c10::string_view mode,
-                                            c10::string_view precision) {
+                                            c10::string_view mode, c10::string_view precision,
+                                            int64_t workspace_bytes) {
   const char* op = "structured_ntk";
   StructuredArgs s;
   s.mode = parse_structured_mode(mode);
   s.precision = parse_precision(precision);
+  s.workspace_limit = resolve_workspace_limit(workspace_bytes);
   const size_t L = a1.size();
   TORCH_CHECK_VALUE(L >= 1, op, ": a1 must hold one activation matrix per dense layer; got none");
   TORCH_CHECK_VALUE(d1.size() == L && weight_coef.size() == L && bias_coef.size() == L, op,
@@ -231,11 +253,100 @@ void cotangent_gram_out(const StructuredArgs& s, size_t l, const at::Tensor& buf
   }
 }
 
+// ---- The workspace: Gram buffers sized against StructuredArgs::workspace_limit.
+
+// Gram-buffer entries per pair of samples: the activation Gram (1), the cotangent Gram
+// (channels, in the layout of math::cotangent_gram_offset) and, on CUDA with kBF16x3,
+// a scratch of the cotangent Gram's size for the products that are added to it.
+inline int64_t gram_entries_per_pair(const StructuredShape& s, bool cuda) {
+  return 1 + s.channels * (cuda && s.precision == kBF16x3 ? 2 : 1);
+}
+
+// CUDA: rows of x1 per block, whose Gram buffers cover [rows, N2] pairs: as many as fit
+// the limit (at least one). With x2 = x1 and many samples, at most a quarter (or half)
+// of the rows, so the skipped lower-left part of the Gram products is worth having;
+// blocks stay large enough for cuBLAS.
+inline int64_t cuda_block_rows(const StructuredShape& s, int64_t element_size, int64_t limit) {
+  const int64_t per_row =
+      std::max<int64_t>(s.n2 * gram_entries_per_pair(s, true) * element_size, 1);
+  int64_t rows = std::max<int64_t>(limit / per_row, 1);
+  if (s.symmetric && s.n1 >= 2048) {
+    const int64_t parts = s.n1 >= 4096 ? 4 : 2;
+    rows = std::min<int64_t>(rows, ((s.n1 + parts - 1) / parts + 127) / 128 * 128);
+  }
+  return std::min(rows, s.n1);
+}
+
+// CPU: output tiles of `tile` x `tile` pairs, taken by `workers` threads that each hold
+// the Gram buffers of one tile.
+struct CpuTiling {
+  int64_t tile, workers;
+};
+
+// The tile is large enough for BLAS to run near its peak on [tile, n_l] x [n_l, tile],
+// small enough that the output tile and the two Gram buffers stay in L2/L3; halved
+// (down to 64) until every thread gets several tiles, so small problems do not leave
+// threads idle; no larger than the problem; halved further while the buffers of all
+// workers exceed the limit (down to one pair).
+inline CpuTiling cpu_tiling(const StructuredShape& s, int64_t element_size, int64_t limit,
+                            int64_t threads) {
+  int64_t tile = 256;
+  if (s.mode == math::kModeFull) tile = std::max<int64_t>(32, 512 / s.n_out);
+  if (s.mode == math::kModeDiagonal) tile = std::max<int64_t>(64, 1024 / s.n_out);
+  tile = std::min<int64_t>(tile, 256);
+  auto count = [&](int64_t t) {
+    const int64_t a = (s.n1 + t - 1) / t, b = (s.n2 + t - 1) / t;
+    return s.symmetric ? a * (a + 1) / 2 : a * b;
+  };
+  while (tile > 64 && count(tile) < 4 * threads) tile /= 2;
+  tile = std::max<int64_t>(std::min(tile, std::max(s.n1, s.n2)), 1);
+  auto workers = [&](int64_t t) { return std::min(threads, count(t)); };
+  auto bytes = [&](int64_t t) {
+    return workers(t) * t * t * gram_entries_per_pair(s, false) * element_size;
+  };
+  while (tile > 1 && bytes(tile) > limit) tile = (tile + 1) / 2;
+  return {tile, workers(tile)};
+}
+
+// Bytes of Gram buffers that one call allocates (element_size: of the inputs' dtype;
+// cpu_threads: at::get_num_threads() of the calling thread). A limit below the buffers
+// of one row (CUDA) or of one pair per thread (CPU) is exceeded by those.
+inline int64_t structured_workspace_bytes(const StructuredShape& s, int64_t element_size,
+                                          int64_t limit, bool cuda, int64_t cpu_threads) {
+  if (s.n1 <= 0 || s.n2 <= 0) return 0;
+  if (cuda) {
+    return cuda_block_rows(s, element_size, limit) * s.n2 * gram_entries_per_pair(s, true) *
+           element_size;
+  }
+  const CpuTiling t = cpu_tiling(s, element_size, limit, cpu_threads);
+  return t.workers * t.tile * t.tile * gram_entries_per_pair(s, false) * element_size;
+}
+
 // The output shape: full [N1, N2, n_L, n_L], trace [N1, N2], diagonal [N1, N2, n_L].
 inline std::vector<int64_t> structured_output_shape(const StructuredArgs& s) {
   if (s.mode == math::kModeFull) return {s.n1, s.n2, s.n_out, s.n_out};
   if (s.mode == math::kModeTrace) return {s.n1, s.n2};
   return {s.n1, s.n2, s.n_out};
+}
+
+// The structured_ntk op (schema in csrc/torch_ntk.cpp) on one backend, which supplies
+//   Backend::kOperandStorage: the dtype of the reduced-precision operands (split_operand),
+//   Backend::run<T>(const StructuredArgs&, at::Tensor& out): out [N1, N2, C] for
+//     N1, N2 >= 1, with Gram buffers of structured_workspace_bytes.
+template <typename Backend>
+at::Tensor structured_ntk_op(at::TensorList a1, at::TensorList d1, at::TensorList a2,
+                             at::TensorList d2, at::ArrayRef<double> weight_coef,
+                             at::ArrayRef<double> bias_coef, c10::string_view mode,
+                             c10::string_view precision, int64_t workspace_bytes) {
+  StructuredArgs s = check_structured_args(a1, d1, a2, d2, weight_coef, bias_coef, mode,
+                                           precision, workspace_bytes);
+  split_precision_operands(s, Backend::kOperandStorage);
+  at::Tensor out = at::empty({s.n1, s.n2, s.channels}, a1[0].options());
+  if (s.n1 > 0 && s.n2 > 0) {
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "structured_ntk",
+                               [&] { Backend::template run<scalar_t>(s, out); });
+  }
+  return out.view(structured_output_shape(s));
 }
 
 }  // namespace torch_ntk

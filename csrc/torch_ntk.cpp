@@ -2,22 +2,29 @@
 // makes `import torch_ntk._C` run the registrations in every linked source file.
 #include <Python.h>
 
+#include <string>
+
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <pybind11/pybind11.h>
 
 #include "math/activations.h"
+#include "structured_spec.h"
 
 TORCH_LIBRARY(torch_ntk, m) {
   // Infinite-width NNGP and NTK of an MLP (csrc/math/recursion.h for the formulas).
-  // x1 [N1, n0], x2 [N2, n0] or None (x2 = x1, result exactly symmetric). One entry
-  // per hidden layer (activation followed by a dense layer) in each list.
+  // x1 [N1, n0], x2 [N2, n0] or None (x2 = x1, result exactly symmetric). The first
+  // dense layer gives Sigma^(1) = input_weight_var <x, x'> + input_bias_var and
+  // Theta^(1) = input_ntk_weight <x, x'> + input_ntk_bias; then one entry per hidden
+  // layer (activation followed by a dense layer) in each list.
   // Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not wanted is an empty
   // tensor of shape [0].
   m.def(
-      "analytic_kernels(Tensor x1, Tensor? x2, float w0, float b0, float tw0, float tb0, "
-      "int[] act_ids, float[] act_params, float[] weight_var, float[] bias_var, "
-      "float[] ntk_weight, float[] ntk_bias, Tensor gh_nodes, Tensor gh_weights, "
-      "bool force_quadrature, bool want_nngp, bool want_ntk) -> (Tensor, Tensor)");
+      "analytic_kernels(Tensor x1, Tensor? x2, float input_weight_var, float input_bias_var, "
+      "float input_ntk_weight, float input_ntk_bias, int[] act_ids, float[] act_params, "
+      "float[] weight_var, float[] bias_var, float[] ntk_weight, float[] ntk_bias, "
+      "Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, bool want_nngp, "
+      "bool want_ntk) -> (Tensor, Tensor)");
   // phi(x) (derivative=False) or phi'(x) (derivative=True) of a registered activation,
   // elementwise, evaluated by the same code the kernels use.
   m.def("activation(Tensor x, int act_id, float param, bool derivative) -> Tensor");
@@ -29,10 +36,12 @@ TORCH_LIBRARY(torch_ntk, m) {
   // (sum over k of Theta_kk), "diagonal" -> [N1, N2, n_L]. precision "highest" computes
   // in the inputs' dtype; "bf16" / "bf16x3" (float32 inputs only) use bfloat16 operands
   // (one part, or a high and a low part) with float32 accumulation: tensor cores on
-  // CUDA, the same roundings emulated on CPU (structured_spec.h).
+  // CUDA, the same roundings emulated on CPU (structured_spec.h). workspace_bytes
+  // limits the op's Gram buffers (0: 1 GiB); structured_workspace_bytes below says
+  // what they take.
   m.def(
       "structured_ntk(Tensor[] a1, Tensor[] d1, Tensor[] a2, Tensor[] d2, float[] weight_coef, "
-      "float[] bias_coef, str mode, str precision=\"highest\") -> Tensor");
+      "float[] bias_coef, str mode, str precision=\"highest\", int workspace_bytes=0) -> Tensor");
 }
 
 namespace {
@@ -43,11 +52,33 @@ pybind11::dict activation_table() {
   }
   return table;
 }
+
+// Bytes of Gram buffers structured_ntk allocates for these sizes (arguments checked
+// by the Python wrapper, torch_ntk.ops.structured_workspace_bytes).
+int64_t structured_workspace_bytes(int64_t n1, int64_t n2, int64_t n_out,
+                                   const std::string& mode, const std::string& precision,
+                                   int64_t element_size, bool cuda, bool symmetric,
+                                   int64_t workspace_bytes) {
+  using namespace torch_ntk;
+  StructuredShape s;
+  s.n1 = n1;
+  s.n2 = n2;
+  s.n_out = n_out;
+  s.mode = parse_structured_mode(mode);
+  s.channels = math::num_channels(s.mode, n_out);
+  s.precision = parse_precision(precision);
+  s.symmetric = symmetric;
+  return torch_ntk::structured_workspace_bytes(
+      s, element_size, resolve_workspace_limit(workspace_bytes), cuda, at::get_num_threads());
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Compiled operators of torch_ntk (registered under torch.ops.torch_ntk).";
   m.def("activation_table", &activation_table, "Activation name -> id of the C++ table.");
+  m.def("structured_workspace_bytes", &structured_workspace_bytes,
+        "Bytes of Gram buffers structured_ntk allocates (see csrc/structured_spec.h).");
+  m.attr("default_workspace_bytes") = torch_ntk::kDefaultWorkspaceBytes;
 #ifdef TORCH_NTK_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

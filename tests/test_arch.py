@@ -6,6 +6,7 @@ from torch import nn
 
 import torch_ntk as tn
 from torch_ntk.activations import Activation
+from torch_ntk.analytic import compiled_op_args
 from torch_ntk.arch import Dense, LayerSpec, lift
 
 
@@ -37,12 +38,14 @@ def test_lift_skips_identity_dropout_flatten_and_joins_dense_layers():
 
 def test_op_args_coefficients():
     spec = tn.mlp_spec([4, 10, 1], "relu", weight_std=2.0, bias_std=0.5, parametrization="ntk")
-    a = spec.op_args()
-    assert (a["w0"], a["b0"], a["tw0"], a["tb0"]) == (1.0, 0.25, 1.0, 0.25)
+    a = compiled_op_args(spec)
+    assert (a["input_weight_var"], a["input_bias_var"], a["input_ntk_weight"],
+            a["input_ntk_bias"]) == (1.0, 0.25, 1.0, 0.25)
     assert (a["weight_var"], a["ntk_weight"], a["ntk_bias"]) == ([4.0], [4.0], [0.25])
     std = tn.mlp_spec([4, 10, 1], "relu", weight_std=2.0, bias_std=0.5, parametrization="standard")
-    a = std.op_args()
-    assert (a["tw0"], a["tb0"], a["ntk_weight"], a["ntk_bias"]) == (1.0, 1.0, [10.0], [1.0])
+    a = compiled_op_args(std)
+    assert (a["input_ntk_weight"], a["input_ntk_bias"], a["ntk_weight"], a["ntk_bias"]) == (
+        1.0, 1.0, [10.0], [1.0])
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from . import ops
 from .activations import DEFAULT_QUADRATURE_DEGREE, hermite_rule
 from .arch import LayerSpec, lift
-from .validation import check_batch
+from .validation import check_batch, check_choices
 
 __all__ = ["Kernels", "analytic_kernels", "as_spec"]
 
@@ -66,12 +66,29 @@ def default_quadrature_degree(spec: LayerSpec, force_quadrature: bool = False) -
     return max(degrees, default=1)
 
 
-def _check_get(get: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    wanted = (get,) if isinstance(get, str) else tuple(get)
-    unknown = [g for g in wanted if g not in KERNEL_NAMES]
-    if unknown or not wanted:
-        raise ValueError(f"get must name some of {KERNEL_NAMES}; got {get!r}")
-    return wanted
+def compiled_op_args(spec: LayerSpec) -> dict:
+    """The layer arguments of :func:`torch_ntk.ops.analytic_kernels`, in the op's order.
+
+    input_weight_var, input_bias_var — Σ^(1) = input_weight_var·⟨x, x′⟩ + input_bias_var
+    (σ_w²/n_0 and σ_b² of the first dense layer); input_ntk_weight, input_ntk_bias —
+    Θ^(1) = input_ntk_weight·⟨x, x′⟩ + input_ntk_bias (the first layer's c_w, c_b); per
+    hidden layer (activation, then dense): act_ids, act_params, σ_w², σ_b², and the NTK's
+    additive term ntk_weight·E[φφ] + ntk_bias with ntk_weight = c_w·n_in (σ_w² for ntk,
+    n_in for standard) and ntk_bias = c_b.
+    """
+    first, rest = spec.dense_layers[0], spec.dense_layers[1:]
+    return dict(
+        input_weight_var=first.weight_var / first.in_features,
+        input_bias_var=first.bias_var,
+        input_ntk_weight=first.ntk_weight_coef,
+        input_ntk_bias=first.ntk_bias_coef,
+        act_ids=[a.id for a in spec.activations],
+        act_params=[float(a.param) for a in spec.activations],
+        weight_var=[float(d.weight_var) for d in rest],
+        bias_var=[float(d.bias_var) for d in rest],
+        ntk_weight=[float(d.ntk_weight_coef * d.in_features) for d in rest],
+        ntk_bias=[float(d.ntk_bias_coef) for d in rest],
+    )
 
 
 def analytic_kernels(
@@ -115,7 +132,7 @@ def analytic_kernels(
         NaN/Inf, an unknown ``get``, or a model that does not lift.
     """
     spec = as_spec(model_or_spec)
-    wanted = _check_get(get)
+    wanted = check_choices("analytic_kernels", "get", get, KERNEL_NAMES)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
                      flatten=spec.flatten_input)
     if x2 is not None:
@@ -125,7 +142,8 @@ def analytic_kernels(
         quadrature_degree = default_quadrature_degree(spec, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)
     nngp, ntk = ops.analytic_kernels(
-        x1, x2, **spec.op_args(), gh_nodes=nodes.to(x1.device), gh_weights=weights.to(x1.device),
+        x1, x2, **compiled_op_args(spec), gh_nodes=nodes.to(x1.device),
+        gh_weights=weights.to(x1.device),
         force_quadrature=force_quadrature, want_nngp="nngp" in wanted, want_ntk="ntk" in wanted,
     )
     return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)

@@ -144,29 +144,6 @@ class LayerSpec:
         """L, the number of dense layers."""
         return len(self.dense_layers)
 
-    def op_args(self) -> dict:
-        """The layer arguments of ``torch.ops.torch_ntk.analytic_kernels``.
-
-        w0, b0 — Σ^(1) = w0·⟨x, x′⟩ + b0 (w0 = σ_w²/n_0, b0 = σ_b²);
-        tw0, tb0 — Θ^(1) = tw0·⟨x, x′⟩ + tb0 (the first layer's c_w, c_b);
-        per hidden layer (activation, then dense): act_ids, act_params, σ_w², σ_b², and the
-        NTK's additive term tw·E[φφ] + tb with tw = c_w·n_in (σ_w² for ntk, n_in for
-        standard), tb = c_b.
-        """
-        first, rest = self.dense_layers[0], self.dense_layers[1:]
-        return dict(
-            w0=first.weight_var / first.in_features,
-            b0=first.bias_var,
-            tw0=first.ntk_weight_coef,
-            tb0=first.ntk_bias_coef,
-            act_ids=[a.id for a in self.activations],
-            act_params=[float(a.param) for a in self.activations],
-            weight_var=[float(d.weight_var) for d in rest],
-            bias_var=[float(d.bias_var) for d in rest],
-            ntk_weight=[float(d.ntk_weight_coef * d.in_features) for d in rest],
-            ntk_bias=[float(d.ntk_bias_coef) for d in rest],
-        )
-
 
 def mlp_spec(
     widths: Sequence[int],

@@ -3,19 +3,30 @@
 Each wrapper is followed by its ``register_fake`` implementation (shapes only, for
 ``torch.compile`` and meta tensors), which repeats the shape checks of the C++ op
 with ``torch._check``. A CUDA tensor reaching a build without CUDA gets one clear
-sentence instead of a dispatcher error.
+sentence (ValueError) instead of a dispatcher error.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (registers the ops)
+from . import _C  # registers the ops
+from .modes import MODES, check_mode, kernel_shape
+from .runtime import check_built_for
+from .validation import check_int
 
-__all__ = ["PRECISIONS", "analytic_kernels", "activation", "cuda_built", "structured_ntk"]
+__all__ = [
+    "DEFAULT_WORKSPACE_BYTES",
+    "PRECISIONS",
+    "activation",
+    "analytic_kernels",
+    "cuda_built",
+    "structured_ntk",
+    "structured_workspace_bytes",
+]
 
 
 def cuda_built() -> bool:
@@ -23,23 +34,13 @@ def cuda_built() -> bool:
     return bool(_C.with_cuda)
 
 
-def _check_device(op: str, *tensors: Optional[Tensor]) -> None:
-    for t in tensors:
-        if t is not None and t.is_cuda and not cuda_built():
-            raise RuntimeError(
-                f"torch_ntk.{op}: got a CUDA tensor, but this torch_ntk was built without CUDA; "
-                "reinstall it with FORCE_CUDA=1 (and CUDA_HOME set) on a machine with the CUDA "
-                "toolkit: FORCE_CUDA=1 pip install --no-build-isolation ."
-            )
-
-
 def analytic_kernels(
     x1: Tensor,
     x2: Optional[Tensor],
-    w0: float,
-    b0: float,
-    tw0: float,
-    tb0: float,
+    input_weight_var: float,
+    input_bias_var: float,
+    input_ntk_weight: float,
+    input_ntk_bias: float,
     act_ids: Sequence[int],
     act_params: Sequence[float],
     weight_var: Sequence[float],
@@ -54,14 +55,18 @@ def analytic_kernels(
 ) -> tuple[Tensor, Tensor]:
     """Infinite-width (NNGP [N1, N2], NTK [N1, N2]) of an MLP; see csrc/math/recursion.h.
 
-    x1 [N1, n0], x2 [N2, n0] or None (x2 = x1: exactly symmetric results). The
-    per-hidden-layer lists come from :meth:`torch_ntk.arch.LayerSpec.op_args`;
-    ``gh_nodes``/``gh_weights`` [degree] float64 are the Gauss–Hermite rule for
-    activations without a closed form. An output not wanted is an empty tensor [0].
+    x1 [N1, n0], x2 [N2, n0] or None (x2 = x1: exactly symmetric results). The first
+    dense layer gives Σ^(1) = input_weight_var·⟨x, x′⟩ + input_bias_var (σ_w²/n_0 and
+    σ_b²) and Θ^(1) = input_ntk_weight·⟨x, x′⟩ + input_ntk_bias (its c_w and c_b); the
+    lists hold one entry per hidden layer (activation, then dense layer). All of them
+    come from :func:`torch_ntk.analytic.compiled_op_args`. ``gh_nodes``/``gh_weights``
+    [degree] float64 are the Gauss–Hermite rule for activations without a closed form.
+    An output not wanted is an empty tensor [0].
     """
-    _check_device("analytic_kernels", x1, x2)
+    check_built_for("torch_ntk.analytic_kernels", x1, x2)
     return torch.ops.torch_ntk.analytic_kernels.default(
-        x1, x2, float(w0), float(b0), float(tw0), float(tb0), [int(i) for i in act_ids],
+        x1, x2, float(input_weight_var), float(input_bias_var), float(input_ntk_weight),
+        float(input_ntk_bias), [int(i) for i in act_ids],
         [float(p) for p in act_params], [float(v) for v in weight_var],
         [float(v) for v in bias_var], [float(v) for v in ntk_weight],
         [float(v) for v in ntk_bias], gh_nodes, gh_weights, bool(force_quadrature),
@@ -71,7 +76,8 @@ def analytic_kernels(
 
 @torch.library.register_fake("torch_ntk::analytic_kernels")
 def _analytic_kernels_fake(
-    x1, x2, w0, b0, tw0, tb0, act_ids, act_params, weight_var, bias_var, ntk_weight, ntk_bias,
+    x1, x2, input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias, act_ids,
+    act_params, weight_var, bias_var, ntk_weight, ntk_bias,
     gh_nodes, gh_weights, force_quadrature, want_nngp, want_ntk,
 ):
     torch._check(x1.dim() == 2, lambda: f"analytic_kernels: x1 must be 2-D; got {x1.shape}")
@@ -88,7 +94,10 @@ def _analytic_kernels_fake(
         )
         torch._check(x2.dtype == x1.dtype, lambda: "analytic_kernels: x2 must match x1's dtype")
         n2 = x2.shape[0]
-    torch._check(want_nngp or want_ntk, lambda: "analytic_kernels: nothing requested")
+    torch._check(
+        want_nngp or want_ntk,
+        lambda: "analytic_kernels: at least one of want_nngp and want_ntk must be true",
+    )
     shape = (x1.shape[0], n2)
     nngp = x1.new_empty(shape) if want_nngp else x1.new_empty((0,))
     ntk = x1.new_empty(shape) if want_ntk else x1.new_empty((0,))
@@ -97,7 +106,7 @@ def _analytic_kernels_fake(
 
 def activation(x: Tensor, act_id: int, param: float = 0.0, derivative: bool = False) -> Tensor:
     """φ(x) or φ′(x) of registered activation ``act_id``, by the compiled kernel code."""
-    _check_device("activation", x)
+    check_built_for("torch_ntk.activation", x)
     return torch.ops.torch_ntk.activation.default(x, int(act_id), float(param), bool(derivative))
 
 
@@ -112,9 +121,17 @@ def _activation_fake(x, act_id, param, derivative):
 
 # ---- structured empirical NTK -------------------------------------------------------
 
-_STRUCTURED_MODES = ("full", "trace", "diagonal")
 #: Gram-product precisions of :func:`structured_ntk` (and ``empirical_ntk``).
 PRECISIONS = ("highest", "bf16", "bf16x3")
+#: The limit on :func:`structured_ntk`'s Gram buffers when ``workspace_bytes`` is None.
+DEFAULT_WORKSPACE_BYTES: int = _C.default_workspace_bytes
+
+
+def _workspace_arg(function: str, workspace_bytes: Optional[int]) -> int:
+    """The op's ``workspace_bytes`` argument: 0 (its default) for None."""
+    if workspace_bytes is None:
+        return 0
+    return check_int(function, "workspace_bytes", workspace_bytes, minimum=1)
 
 
 def structured_ntk(
@@ -126,6 +143,7 @@ def structured_ntk(
     bias_coef: Sequence[float],
     mode: str = "full",
     precision: str = "highest",
+    workspace_bytes: Optional[int] = None,
 ) -> Tensor:
     """Θ = Σ_l (c_w,l ⟨A1_l, A2_l⟩ + c_b,l) ⊙ ⟨D1_l, D2_l⟩, fused over layers.
 
@@ -145,63 +163,119 @@ def structured_ntk(
     parts and sums three such products (error near float32's, about 1e-5). On CPU the
     same roundings are emulated, so the results match across devices; only CUDA is
     faster for them.
+
+    ``workspace_bytes`` limits the op's Gram buffers (None: :data:`DEFAULT_WORKSPACE_BYTES`);
+    :func:`structured_workspace_bytes` gives what they take. The result does not depend
+    on it, only the blocking does.
     """
     if (a2 is None) != (d2 is None):
         raise ValueError("structured_ntk: a2 and d2 must both be given or both be None")
-    _check_device("structured_ntk", *a1, *d1, *(a2 or ()), *(d2 or ()))
+    check_built_for("torch_ntk.structured_ntk", *a1, *d1, *(a2 or ()), *(d2 or ()))
     return torch.ops.torch_ntk.structured_ntk.default(
         list(a1), list(d1), list(a2 or ()), list(d2 or ()), [float(c) for c in weight_coef],
         [float(c) for c in bias_coef], str(mode), str(precision),
+        _workspace_arg("structured_ntk", workspace_bytes),
     )
+
+
+def structured_workspace_bytes(
+    n1: int,
+    n2: int,
+    n_out: int,
+    mode: str = "full",
+    precision: str = "highest",
+    dtype: torch.dtype = torch.float32,
+    device: Union[str, torch.device] = "cpu",
+    *,
+    symmetric: bool = False,
+    workspace_bytes: Optional[int] = None,
+) -> int:
+    """Bytes of Gram buffers :func:`structured_ntk` allocates for these sizes.
+
+    The op's own formula (``structured_workspace_bytes`` in csrc/structured_spec.h), for
+    inputs a1 [n1, ...], a2 [n2, ...] (``symmetric``: a2 = None and n2 = n1; never more
+    than the same sizes with a2 given), cotangents with ``n_out`` outputs, of ``dtype``
+    on ``device``, and the same ``workspace_bytes``. On CUDA, blocks of rows of x1 with
+    activation and cotangent Gram buffers (and a scratch for "bf16x3"), at most the limit
+    unless one row of pairs exceeds it; on CPU, one tile's buffers for each of up to
+    ``torch.get_num_threads()`` threads. The rounded operand copies of the
+    reduced precisions and the output are not part of it.
+    """
+    function = "structured_workspace_bytes"
+    n1 = check_int(function, "n1", n1, minimum=0)
+    n2 = n1 if symmetric else check_int(function, "n2", n2, minimum=0)
+    n_out = check_int(function, "n_out", n_out, minimum=1)
+    check_mode(function, mode)
+    if precision not in PRECISIONS:
+        raise ValueError(f"{function}: precision must be one of {PRECISIONS}; got {precision!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{function}: dtype must be torch.float32 or torch.float64; got {dtype}")
+    return int(_C.structured_workspace_bytes(
+        n1, n2, n_out, mode, precision, dtype.itemsize,
+        torch.device(device).type == "cuda", bool(symmetric),
+        _workspace_arg(function, workspace_bytes),
+    ))
 
 
 @torch.library.register_fake("torch_ntk::structured_ntk")
-def _structured_ntk_fake(a1, d1, a2, d2, weight_coef, bias_coef, mode, precision="highest"):
+def _structured_ntk_fake(a1, d1, a2, d2, weight_coef, bias_coef, mode, precision="highest",
+                         workspace_bytes=0):
+    op = "structured_ntk"
     n_layers = len(a1)
-    torch._check(n_layers >= 1, lambda: "structured_ntk: a1 must hold at least one layer")
+    torch._check(n_layers >= 1, lambda: f"{op}: a1 must hold one activation matrix per dense "
+                 "layer; got none")
     torch._check(
         len(d1) == n_layers and len(weight_coef) == n_layers and len(bias_coef) == n_layers,
-        lambda: "structured_ntk: a1, d1, weight_coef and bias_coef must have one entry per layer",
+        lambda: f"{op}: a1, d1, weight_coef and bias_coef must have one entry per dense layer; "
+        f"got lengths {n_layers}, {len(d1)}, {len(weight_coef)}, {len(bias_coef)}",
     )
     torch._check(
         (len(a2) == 0 and len(d2) == 0) or (len(a2) == n_layers and len(d2) == n_layers),
-        lambda: "structured_ntk: a2 and d2 must both be empty or have one entry per layer",
+        lambda: f"{op}: a2 and d2 must both be empty (x2 = x1) or both have {n_layers} entries "
+        f"like a1; got lengths {len(a2)} and {len(d2)}",
     )
-    torch._check(
-        mode in _STRUCTURED_MODES,
-        lambda: f"structured_ntk: mode must be one of {_STRUCTURED_MODES}; got {mode!r}",
-    )
+    torch._check(mode in MODES,
+                 lambda: f"{op}: mode must be 'full', 'trace' or 'diagonal'; got {mode!r}")
     torch._check(
         precision in PRECISIONS,
-        lambda: f"structured_ntk: precision must be one of {PRECISIONS}; got {precision!r}",
+        lambda: f"{op}: precision must be 'highest', 'bf16' or 'bf16x3'; got {precision!r}",
     )
+    torch._check(workspace_bytes >= 0,
+                 lambda: f"{op}: workspace_bytes must be >= 0; got {workspace_bytes}")
     ref = a1[0]
     torch._check(
         ref.dtype in (torch.float32, torch.float64),
-        lambda: f"structured_ntk: a1[0] must be float32 or float64; got {ref.dtype}",
+        lambda: f"{op}: a1[0] must be float32 or float64; got {ref.dtype}",
     )
     torch._check(
         precision == "highest" or ref.dtype == torch.float32,
-        lambda: f"structured_ntk: precision {precision!r} needs float32 inputs; got {ref.dtype}",
+        lambda: f"{op}: precision {precision!r} needs float32 inputs; got {ref.dtype}",
     )
     for name, ts, dim in (("a1", a1, 2), ("d1", d1, 3), ("a2", a2, 2), ("d2", d2, 3)):
         for l, t in enumerate(ts):
-            torch._check(t.dim() == dim, lambda: f"structured_ntk: {name}[{l}] must be {dim}-D")
-            torch._check(t.dtype == ref.dtype, lambda: f"structured_ntk: {name}[{l}] dtype")
+            torch._check(t.dim() == dim,
+                         lambda: f"{op}: {name}[{l}] must have {dim} dimensions; got {t.shape}")
+            torch._check(t.dtype == ref.dtype, lambda: f"{op}: {name}[{l}] must have the dtype "
+                         f"of a1[0] ({ref.dtype}); got {t.dtype}")
     n1 = ref.shape[0]
     n2 = a2[0].shape[0] if len(a2) else n1
     n_out = d1[0].shape[1]
     for l in range(n_layers):
-        torch._check(a1[l].shape[0] == n1 and d1[l].shape[0] == n1, lambda: "structured_ntk: N1")
-        torch._check(d1[l].shape[1] == n_out, lambda: "structured_ntk: n_L must agree")
+        torch._check(
+            a1[l].shape[0] == n1 and d1[l].shape[0] == n1,
+            lambda: f"{op}: a1[{l}] and d1[{l}] must have one row per sample of x1 ({n1}); got "
+            f"shapes {a1[l].shape} and {d1[l].shape}",
+        )
+        torch._check(d1[l].shape[1] == n_out, lambda: f"{op}: d1[{l}] must have shape [{n1}, "
+                     f"{n_out}, m_l] (samples, outputs, layer width); got {d1[l].shape}")
         if len(a2):
-            torch._check(a2[l].shape[0] == n2 and d2[l].shape[0] == n2, lambda: "N2")
-            torch._check(a2[l].shape[1] == a1[l].shape[1], lambda: "structured_ntk: a2 width")
-            torch._check(d2[l].shape[1:] == d1[l].shape[1:], lambda: "structured_ntk: d2 shape")
-    if mode == "full":
-        shape = (n1, n2, n_out, n_out)
-    elif mode == "trace":
-        shape = (n1, n2)
-    else:
-        shape = (n1, n2, n_out)
-    return ref.new_empty(shape)
+            torch._check(
+                a2[l].shape[0] == n2 and d2[l].shape[0] == n2,
+                lambda: f"{op}: a2[{l}] and d2[{l}] must have one row per sample of x2 ({n2}); "
+                f"got shapes {a2[l].shape} and {d2[l].shape}",
+            )
+            torch._check(a2[l].shape[1] == a1[l].shape[1], lambda: f"{op}: a2[{l}] must have "
+                         f"{a1[l].shape[1]} columns like a1[{l}]; got shape {a2[l].shape}")
+            torch._check(d2[l].shape[1:] == d1[l].shape[1:], lambda: f"{op}: d2[{l}] must have "
+                         f"the outputs and width of d1[{l}] {d1[l].shape[1:]}; got {d2[l].shape}")
+    return ref.new_empty(kernel_shape(mode, n1, n2, n_out))

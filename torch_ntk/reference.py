@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .activations import gaussian_expectations
-from .analytic import default_quadrature_degree
+from .analytic import compiled_op_args, default_quadrature_degree
 from .arch import LayerSpec
 
 __all__ = ["analytic_kernels_reference"]
@@ -46,11 +46,11 @@ def analytic_kernels_reference(
         sq1 = sq2 = torch.diagonal(gram)
     else:
         sq1, sq2 = (x1 * x1).sum(1), (x2 * x2).sum(1)
-    args = spec.op_args()
-    sigma = args["w0"] * gram + args["b0"]
-    theta = args["tw0"] * gram + args["tb0"]
-    var1 = args["w0"] * sq1 + args["b0"]
-    var2 = args["w0"] * sq2 + args["b0"]
+    args = compiled_op_args(spec)
+    sigma = args["input_weight_var"] * gram + args["input_bias_var"]
+    theta = args["input_ntk_weight"] * gram + args["input_ntk_bias"]
+    var1 = args["input_weight_var"] * sq1 + args["input_bias_var"]
+    var2 = args["input_weight_var"] * sq2 + args["input_bias_var"]
 
     def expectations(act, q11, q22, q12):
         if act.has_closed_form and not force_quadrature:

@@ -14,7 +14,6 @@
 #include <torch/library.h>
 
 #include "../analytic_spec.h"
-#include "../checks.h"
 #include "../math/recursion.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -33,7 +32,7 @@ struct PairProblem {
   const math::HiddenLayer<T>* layers;
   int64_t num_layers;
   math::GaussHermite<T> gh;
-  T w0, b0, tw0, tb0;
+  math::InputLayer<T> input;
   const T* var1;  // [num_layers, N1]: Sigma^(l)(x1_i, x1_i) entering hidden layer l
   const T* var2;  // [num_layers, N2]
   int64_t n1, n2;
@@ -52,8 +51,8 @@ inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, in
   T theta[kTile];
   const T* g = P.gram + i * P.n2 + j0;
   for (int64_t k = 0; k < n; ++k) {
-    sigma[k] = P.w0 * g[k] + P.b0;
-    theta[k] = P.tw0 * g[k] + P.tb0;
+    sigma[k] = P.input.sigma(g[k]);
+    theta[k] = P.input.theta(g[k]);
   }
   for (int64_t l = 0; l < P.num_layers; ++l) {
     const math::HiddenLayer<T> layer = P.layers[l];
@@ -119,137 +118,78 @@ TNTK_CPU_CLONES void pair_row_double(const PairProblem<double>& P, int64_t i) { 
 inline void pair_row_dispatch(const PairProblem<float>& P, int64_t i) { pair_row_float(P, i); }
 inline void pair_row_dispatch(const PairProblem<double>& P, int64_t i) { pair_row_double(P, i); }
 
-// var[l, n] = Sigma^(l)(x_n, x_n) entering hidden layer l (l = 0 .. L-2).
-template <typename T>
-void sample_variances(const std::vector<math::HiddenLayer<T>>& layers,
-                      const math::GaussHermite<T>& gh, T w0, T b0, const T* sq_norms, int64_t n,
-                      T* var) {
-  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s) {
-      T q = w0 * sq_norms[s] + b0;
-      for (size_t l = 0; l < layers.size(); ++l) {
-        var[l * n + s] = q;
-        q = math::next_variance(layers[l], gh, q);
-      }
+// The CPU backend of analytic_kernels_op and activation_op (csrc/analytic_spec.h).
+struct CpuAnalytic {
+  // Each tile reads its Gram entries before it writes its outputs.
+  static constexpr bool kGramIsOutput = true;
+
+  template <typename T>
+  static void run(const AnalyticProblem<T>& p, at::Tensor& nngp, at::Tensor& ntk) {
+    const int64_t num_layers = static_cast<int64_t>(p.layers.size());
+    const math::GaussHermite<T> gh{p.gh_nodes.template data_ptr<T>(),
+                                   p.gh_weights.template data_ptr<T>(),
+                                   static_cast<int>(p.gh_nodes.numel())};
+    auto variances = [&](const at::Tensor& sq, const at::Tensor& var) {
+      const T* sq_norms = sq.data_ptr<T>();
+      T* v = var.data_ptr<T>();
+      const int64_t n = sq.numel();
+      at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) {
+          math::sample_variances(p.input, p.layers.data(), num_layers, gh, sq_norms[s], n, s, v);
+        }
+      });
+    };
+    variances(p.sq1, p.var1);
+    if (!p.symmetric) variances(p.sq2, p.var2);
+
+    const PairProblem<T> P{p.layers.data(),
+                           num_layers,
+                           gh,
+                           p.input,
+                           p.var1.template data_ptr<T>(),
+                           p.var2.template data_ptr<T>(),
+                           p.n1,
+                           p.n2,
+                           p.gram.template data_ptr<T>(),
+                           nngp.defined() ? nngp.data_ptr<T>() : nullptr,
+                           ntk.defined() ? ntk.data_ptr<T>() : nullptr,
+                           p.symmetric};
+    const int64_t n1 = p.n1;
+    if (p.symmetric) {
+      // Row i holds N - i pairs: pairing row k with row N-1-k balances the threads.
+      const int64_t half = (n1 + 1) / 2;
+      at::parallel_for(0, half, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          pair_row_dispatch(P, k);
+          if (n1 - 1 - k != k) pair_row_dispatch(P, n1 - 1 - k);
+        }
+      });
+    } else {
+      at::parallel_for(0, n1, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) pair_row_dispatch(P, i);
+      });
     }
-  });
-}
-
-template <typename T>
-void run_analytic(const at::Tensor& x1, const at::Tensor& x2, bool symmetric,
-                  const AnalyticArgs& args, const at::Tensor& gh_nodes,
-                  const at::Tensor& gh_weights, at::Tensor& gram, at::Tensor& nngp,
-                  at::Tensor& ntk) {
-  const auto layers = make_hidden_layers<T>(args);
-  const int64_t num_layers = static_cast<int64_t>(layers.size());
-  const int64_t n1 = x1.size(0), n2 = x2.size(0);
-
-  at::Tensor nodes = gh_nodes.to(x1.scalar_type()).contiguous();
-  at::Tensor weights = gh_weights.to(x1.scalar_type()).contiguous();
-  math::GaussHermite<T> gh{nodes.data_ptr<T>(), weights.data_ptr<T>(),
-                           static_cast<int>(nodes.numel())};
-
-  const T w0 = static_cast<T>(args.w0), b0 = static_cast<T>(args.b0);
-  // Squared norms from the Gram diagonal when symmetric, so that pair (i, i) sees
-  // exactly the variances of sample i and its angle is exactly zero.
-  at::Tensor sq1 = symmetric ? gram.diagonal().contiguous() : x1.mul(x1).sum(1);
-  at::Tensor sq2 = symmetric ? sq1 : x2.mul(x2).sum(1);
-  at::Tensor var1 = at::empty({std::max<int64_t>(num_layers, 1), n1}, x1.options());
-  sample_variances(layers, gh, w0, b0, sq1.data_ptr<T>(), n1, var1.data_ptr<T>());
-  at::Tensor var2 = var1;
-  if (!symmetric) {
-    var2 = at::empty({std::max<int64_t>(num_layers, 1), n2}, x1.options());
-    sample_variances(layers, gh, w0, b0, sq2.data_ptr<T>(), n2, var2.data_ptr<T>());
   }
 
-  PairProblem<T> P{layers.data(),
-                   num_layers,
-                   gh,
-                   w0,
-                   b0,
-                   static_cast<T>(args.tw0),
-                   static_cast<T>(args.tb0),
-                   var1.data_ptr<T>(),
-                   var2.data_ptr<T>(),
-                   n1,
-                   n2,
-                   gram.data_ptr<T>(),
-                   nngp.defined() ? nngp.data_ptr<T>() : nullptr,
-                   ntk.defined() ? ntk.data_ptr<T>() : nullptr,
-                   symmetric};
-  if (symmetric) {
-    // Row i holds N - i pairs: pairing row k with row N-1-k balances the threads.
-    const int64_t half = (n1 + 1) / 2;
-    at::parallel_for(0, half, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        pair_row_dispatch(P, k);
-        if (n1 - 1 - k != k) pair_row_dispatch(P, n1 - 1 - k);
-      }
-    });
-  } else {
-    at::parallel_for(0, n1, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) pair_row_dispatch(P, i);
-    });
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor> analytic_kernels_cpu(
-    const at::Tensor& x1_in, const c10::optional<at::Tensor>& x2_in, double w0, double b0,
-    double tw0, double tb0, at::IntArrayRef act_ids, at::ArrayRef<double> act_params,
-    at::ArrayRef<double> weight_var, at::ArrayRef<double> bias_var,
-    at::ArrayRef<double> ntk_weight, at::ArrayRef<double> ntk_bias, const at::Tensor& gh_nodes,
-    const at::Tensor& gh_weights, bool force_quadrature, bool want_nngp, bool want_ntk) {
-  const AnalyticArgs args{w0,       b0,       tw0,        tb0,      act_ids,   act_params,
-                          weight_var, bias_var, ntk_weight, ntk_bias, force_quadrature};
-  check_analytic_args(x1_in, x2_in, args, gh_nodes, gh_weights, want_nngp, want_ntk);
-  TORCH_INTERNAL_ASSERT(x1_in.device().is_cpu());
-
-  const bool symmetric = !x2_in.has_value();
-  const at::Tensor x1 = x1_in.contiguous();
-  const at::Tensor x2 = symmetric ? x1 : x2_in->contiguous();
-  // The Gram matrix is computed straight into the first wanted output.
-  at::Tensor gram = at::mm(x1, x2.t());
-  at::Tensor nngp, ntk;
-  if (want_nngp) {
-    nngp = gram;
-    if (want_ntk) ntk = at::empty_like(gram);
-  } else {
-    ntk = gram;
-  }
-  AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "analytic_kernels_cpu", [&] {
-    run_analytic<scalar_t>(x1, x2, symmetric, args, gh_nodes, gh_weights, gram, nngp, ntk);
-  });
-  const auto empty = at::empty({0}, x1.options());
-  return {want_nngp ? nngp : empty, want_ntk ? ntk : empty};
-}
-
-at::Tensor activation_cpu(const at::Tensor& x_in, int64_t act_id, double param, bool derivative) {
-  check_floating("activation", "x", x_in);
-  TORCH_CHECK_VALUE(act_id >= 0 && act_id < math::kNumActivations, "activation: act_id = ",
-                    act_id, " is not a registered activation id (0..",
-                    math::kNumActivations - 1, ")");
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "activation_cpu", [&] {
-    const scalar_t* in = x.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const int id = static_cast<int>(act_id);
-    const scalar_t p = static_cast<scalar_t>(param);
+  template <typename T>
+  static void activation(const at::Tensor& x, at::Tensor& out, int act_id, T param,
+                         bool derivative) {
+    const T* in = x.data_ptr<T>();
+    T* o = out.data_ptr<T>();
     at::parallel_for(0, x.numel(), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
-        o[k] = derivative ? math::activation_derivative(id, p, in[k])
-                          : math::activation(id, p, in[k]);
+        o[k] = derivative ? math::activation_derivative(act_id, param, in[k])
+                          : math::activation(act_id, param, in[k]);
       }
     });
-  });
-  return out;
-}
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ntk, CPU, m) {
-  m.impl("analytic_kernels", &analytic_kernels_cpu);
-  m.impl("activation", &activation_cpu);
+  m.impl("analytic_kernels", &analytic_kernels_op<CpuAnalytic>);
+  m.impl("activation", &activation_op<CpuAnalytic>);
 }
 
 }  // namespace torch_ntk

@@ -1,12 +1,13 @@
 // CPU implementation of structured_ntk.
 //
-// The output is cut into tiles of rows x columns; the threads of at::parallel_for
-// take tiles from a shared counter. For each tile and each layer, single-threaded BLAS calls (the GEMMs run
-// inside the parallel region, so MKL/OpenBLAS do not spawn threads of their own)
-// fill two small per-thread buffers, the activation Gram <A1, A2> and the cotangent
-// Gram <D1, D2>, and the Hadamard update (csrc/math/structured_tile.h) accumulates
-// them into the output tile, which stays in cache across layers. No N x N
-// intermediate exists; per-thread memory is two tile buffers. The reduced precisions
+// The output is cut into tiles of rows x columns (cpu_tiling in structured_spec.h);
+// the threads of at::parallel_for take tiles from a shared counter. For each tile and
+// each layer, single-threaded BLAS calls (the GEMMs run inside the parallel region, so
+// MKL/OpenBLAS do not spawn threads of their own) fill two small per-thread buffers,
+// the activation Gram <A1, A2> and the cotangent Gram <D1, D2>, and the Hadamard
+// update (csrc/math/structured_tile.h) accumulates them into the output tile, which
+// stays in cache across layers. No N x N intermediate exists; per-thread memory is two
+// tile buffers, within the workspace limit together. The reduced precisions
 // (structured_spec.h) run on rounded float32 copies of the operands. With x2 = x1 only
 // tiles on or above the diagonal are computed, and their mirror images are
 // written from them, so the result is exactly symmetric and the Gram work halves.
@@ -23,24 +24,6 @@
 
 namespace torch_ntk {
 namespace {
-
-// Rows (and columns) of samples per output tile. Large enough for BLAS to run near
-// its peak on [tile, n_l] x [n_l, tile], small enough that the output tile and the
-// two Gram buffers stay in L2/L3; halved (down to 64) until every thread gets
-// several tiles, so small problems do not leave threads idle.
-int64_t tile_size(const StructuredArgs& s) {
-  int64_t tile = 256;
-  if (s.mode == math::kModeFull) tile = std::max<int64_t>(32, 512 / s.n_out);
-  if (s.mode == math::kModeDiagonal) tile = std::max<int64_t>(64, 1024 / s.n_out);
-  tile = std::min<int64_t>(tile, 256);
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-  auto count = [&](int64_t t) {
-    const int64_t a = (s.n1 + t - 1) / t, b = (s.n2 + t - 1) / t;
-    return s.symmetric ? a * (a + 1) / 2 : a * b;
-  };
-  while (tile > 64 && count(tile) < want) tile /= 2;
-  return tile;
-}
 
 // One GEMM of a Gram block, single-threaded BLAS (inside the parallel region).
 void cpu_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
@@ -121,55 +104,43 @@ struct TileJob {
   }
 };
 
-template <typename T>
-void run_structured(const StructuredArgs& s, at::Tensor& out) {
-  const int64_t tile = tile_size(s);
-  std::vector<std::pair<int64_t, int64_t>> tiles;  // (first row, first column)
-  for (int64_t i0 = 0; i0 < s.n1; i0 += tile) {
-    for (int64_t j0 = s.symmetric ? i0 : 0; j0 < s.n2; j0 += tile) tiles.emplace_back(i0, j0);
-  }
-  const int64_t nl = s.n_out;
-  const int64_t gd_elems = s.mode == math::kModeFull
-                               ? tile * tile * nl * nl
-                               : (s.mode == math::kModeDiagonal ? tile * tile * nl : tile * tile);
-  const TileJob<T> job{s, out};
-  const auto opts = s.a1[0].options();
-  // Threads take tiles from a shared counter rather than fixed ranges: on a machine
-  // where another process steals a core, the other threads pick up its share.
-  const int64_t num_tiles = static_cast<int64_t>(tiles.size());
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_tiles);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor ga_buf = at::empty({tile * tile}, opts);
-    at::Tensor gd_buf = at::empty({gd_elems}, opts);
-    for (int64_t w = begin; w < end; ++w) {
-      for (int64_t t = next.fetch_add(1); t < num_tiles; t = next.fetch_add(1)) {
-        const int64_t i0 = tiles[t].first, j0 = tiles[t].second;
-        job.run_tile(i0, std::min(tile, s.n1 - i0), j0, std::min(tile, s.n2 - j0), ga_buf,
-                     gd_buf);
-      }
-    }
-  });
-}
+// The CPU backend of structured_ntk_op (csrc/structured_spec.h).
+struct CpuStructured {
+  static constexpr at::ScalarType kOperandStorage = at::kFloat;  // roundings emulated
 
-at::Tensor structured_ntk_cpu(at::TensorList a1, at::TensorList d1, at::TensorList a2,
-                              at::TensorList d2, at::ArrayRef<double> weight_coef,
-                              at::ArrayRef<double> bias_coef, c10::string_view mode,
-                              c10::string_view precision) {
-  StructuredArgs s =
-      check_structured_args(a1, d1, a2, d2, weight_coef, bias_coef, mode, precision);
-  TORCH_INTERNAL_ASSERT(s.a1[0].device().is_cpu());
-  split_precision_operands(s, at::kFloat);  // CPU: reduced precisions are emulated
-  at::Tensor out = at::empty({s.n1, s.n2, s.channels}, s.a1[0].options());
-  if (s.n1 > 0 && s.n2 > 0) {
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "structured_ntk_cpu",
-                               [&] { run_structured<scalar_t>(s, out); });
+  template <typename T>
+  static void run(const StructuredArgs& s, at::Tensor& out) {
+    const CpuTiling tiling =
+        cpu_tiling(s, sizeof(T), s.workspace_limit, at::get_num_threads());
+    const int64_t tile = tiling.tile;
+    std::vector<std::pair<int64_t, int64_t>> tiles;  // (first row, first column)
+    for (int64_t i0 = 0; i0 < s.n1; i0 += tile) {
+      for (int64_t j0 = s.symmetric ? i0 : 0; j0 < s.n2; j0 += tile) tiles.emplace_back(i0, j0);
+    }
+    const TileJob<T> job{s, out};
+    const auto opts = out.options();
+    // Threads take tiles from a shared counter rather than fixed ranges: on a machine
+    // where another process steals a core, the other threads pick up its share.
+    const int64_t num_tiles = static_cast<int64_t>(tiles.size());
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, tiling.workers, 1, [&](int64_t begin, int64_t end) {
+      at::Tensor ga_buf = at::empty({tile * tile}, opts);
+      at::Tensor gd_buf = at::empty({tile * tile * s.channels}, opts);
+      for (int64_t w = begin; w < end; ++w) {
+        for (int64_t t = next.fetch_add(1); t < num_tiles; t = next.fetch_add(1)) {
+          const int64_t i0 = tiles[t].first, j0 = tiles[t].second;
+          job.run_tile(i0, std::min(tile, s.n1 - i0), j0, std::min(tile, s.n2 - j0), ga_buf,
+                       gd_buf);
+        }
+      }
+    });
   }
-  return out.view(structured_output_shape(s));
-}
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(torch_ntk, CPU, m) { m.impl("structured_ntk", &structured_ntk_cpu); }
+TORCH_LIBRARY_IMPL(torch_ntk, CPU, m) {
+  m.impl("structured_ntk", &structured_ntk_op<CpuStructured>);
+}
 
 }  // namespace torch_ntk

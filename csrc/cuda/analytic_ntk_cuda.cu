@@ -16,7 +16,6 @@
 #include <torch/library.h>
 
 #include "../analytic_spec.h"
-#include "../checks.h"
 #include "../math/recursion.h"
 
 namespace torch_ntk {
@@ -33,7 +32,7 @@ struct DeviceProblem {
   const T* gh_nodes;
   const T* gh_weights;
   int gh_degree;
-  T w0, b0, tw0, tb0;
+  math::InputLayer<T> input;
   const T* var1;  // [num_layers, n1]
   const T* var2;  // [num_layers, n2]
   int64_t n1, n2;
@@ -71,8 +70,8 @@ __device__ void run_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>* 
                          const math::GaussHermite<T>& gh, int64_t i, int64_t j, bool diagonal,
                          T& sigma, T& theta) {
   const T g = P.gram[i * P.n2 + j];
-  sigma = P.w0 * g + P.b0;
-  theta = P.tw0 * g + P.tb0;
+  sigma = P.input.sigma(g);
+  theta = P.input.theta(g);
   for (int l = 0; l < P.num_layers; ++l) {
     const T q11 = P.var1[l * P.n1 + i];
     const T q22 = P.var2[l * P.n2 + j];
@@ -92,11 +91,7 @@ __global__ void sample_variance_kernel(DeviceProblem<T> P, const T* sq_norms, in
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x * blockDim.y +
                     threadIdx.y * blockDim.x + threadIdx.x;
   if (s >= n) return;
-  T q = P.w0 * sq_norms[s] + P.b0;
-  for (int l = 0; l < P.num_layers; ++l) {
-    var[l * n + s] = q;
-    q = math::next_variance(layers[l], gh, q);
-  }
+  math::sample_variances(P.input, layers, P.num_layers, gh, sq_norms[s], n, s, var);
 }
 
 // Rectangular case: one thread per pair (kBlockRows rows per pass), coalesced along j.
@@ -168,105 +163,6 @@ size_t shared_bytes(const DeviceProblem<T>& P) {
 }
 
 template <typename T>
-void run_analytic_cuda(const at::Tensor& x1, const at::Tensor& x2, bool symmetric,
-                       const AnalyticArgs& args, const at::Tensor& gh_nodes,
-                       const at::Tensor& gh_weights, const at::Tensor& gram, at::Tensor& nngp,
-                       at::Tensor& ntk) {
-  const auto host_layers = make_hidden_layers<T>(args);
-  const int num_layers = static_cast<int>(host_layers.size());
-  const int64_t n1 = x1.size(0), n2 = x2.size(0);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-
-  at::Tensor layer_bytes = at::empty(
-      {static_cast<int64_t>(sizeof(math::HiddenLayer<T>) * std::max(num_layers, 1))},
-      x1.options().dtype(at::kByte));
-  if (num_layers > 0) {
-    at::Tensor host = at::from_blob(const_cast<math::HiddenLayer<T>*>(host_layers.data()),
-                                    {static_cast<int64_t>(sizeof(math::HiddenLayer<T>) *
-                                                          num_layers)},
-                                    at::TensorOptions().dtype(at::kByte));
-    layer_bytes.copy_(host);  // synchronous: host_layers outlives the copy
-  }
-  at::Tensor nodes = gh_nodes.to(x1.options()).contiguous();
-  at::Tensor weights = gh_weights.to(x1.options()).contiguous();
-  TORCH_CHECK_VALUE(nodes.numel() <= kMaxGaussHermite,
-                    "analytic_kernels: the CUDA op supports quadrature degrees up to ",
-                    kMaxGaussHermite, "; got ", nodes.numel());
-
-  DeviceProblem<T> P;
-  P.layers = reinterpret_cast<const math::HiddenLayer<T>*>(layer_bytes.data_ptr());
-  P.num_layers = num_layers;
-  P.gh_nodes = nodes.data_ptr<T>();
-  P.gh_weights = weights.data_ptr<T>();
-  P.gh_degree = static_cast<int>(nodes.numel());
-  P.w0 = static_cast<T>(args.w0);
-  P.b0 = static_cast<T>(args.b0);
-  P.tw0 = static_cast<T>(args.tw0);
-  P.tb0 = static_cast<T>(args.tb0);
-  P.n1 = n1;
-  P.n2 = n2;
-  P.gram = gram.data_ptr<T>();
-  P.nngp = nngp.defined() ? nngp.data_ptr<T>() : nullptr;
-  P.ntk = ntk.defined() ? ntk.data_ptr<T>() : nullptr;
-  const size_t smem = shared_bytes(P);
-  const dim3 block(kTileDim, kBlockRows);
-
-  at::Tensor sq1 = symmetric ? gram.diagonal().contiguous() : x1.mul(x1).sum(1);
-  at::Tensor sq2 = symmetric ? sq1 : x2.mul(x2).sum(1);
-  const int64_t rows = std::max(num_layers, 1);
-  at::Tensor var1 = at::empty({rows, n1}, x1.options());
-  at::Tensor var2 = symmetric ? var1 : at::empty({rows, n2}, x1.options());
-  const int per_block = kTileDim * kBlockRows;
-  sample_variance_kernel<T><<<(n1 + per_block - 1) / per_block, block, smem, stream>>>(
-      P, sq1.data_ptr<T>(), n1, var1.data_ptr<T>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (!symmetric) {
-    sample_variance_kernel<T><<<(n2 + per_block - 1) / per_block, block, smem, stream>>>(
-        P, sq2.data_ptr<T>(), n2, var2.data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  P.var1 = var1.data_ptr<T>();
-  P.var2 = var2.data_ptr<T>();
-
-  const dim3 grid((n2 + kTileDim - 1) / kTileDim, (n1 + kTileDim - 1) / kTileDim);
-  TORCH_CHECK_VALUE(grid.y <= 65535, "analytic_kernels: x1 has too many rows for one launch (",
-                    n1, "); split it into chunks of at most ", 65535LL * kTileDim);
-  if (symmetric) {
-    pair_kernel_symmetric<T><<<grid, block, smem, stream>>>(P);
-  } else {
-    pair_kernel<T><<<grid, block, smem, stream>>>(P);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-std::tuple<at::Tensor, at::Tensor> analytic_kernels_cuda(
-    const at::Tensor& x1_in, const c10::optional<at::Tensor>& x2_in, double w0, double b0,
-    double tw0, double tb0, at::IntArrayRef act_ids, at::ArrayRef<double> act_params,
-    at::ArrayRef<double> weight_var, at::ArrayRef<double> bias_var,
-    at::ArrayRef<double> ntk_weight, at::ArrayRef<double> ntk_bias, const at::Tensor& gh_nodes,
-    const at::Tensor& gh_weights, bool force_quadrature, bool want_nngp, bool want_ntk) {
-  const AnalyticArgs args{w0,       b0,       tw0,        tb0,      act_ids,   act_params,
-                          weight_var, bias_var, ntk_weight, ntk_bias, force_quadrature};
-  check_analytic_args(x1_in, x2_in, args, gh_nodes, gh_weights, want_nngp, want_ntk);
-  TORCH_INTERNAL_ASSERT(x1_in.device().is_cuda());
-  c10::cuda::CUDAGuard guard(x1_in.device());
-
-  const bool symmetric = !x2_in.has_value();
-  const at::Tensor x1 = x1_in.contiguous();
-  const at::Tensor x2 = symmetric ? x1 : x2_in->contiguous();
-  // The pair kernels read the Gram matrix and write outputs tile by tile; a separate
-  // Gram buffer keeps reads and writes of different blocks from overlapping.
-  const at::Tensor gram = at::mm(x1, x2.t());
-  at::Tensor nngp = want_nngp ? at::empty_like(gram) : at::Tensor();
-  at::Tensor ntk = want_ntk ? at::empty_like(gram) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "analytic_kernels_cuda", [&] {
-    run_analytic_cuda<scalar_t>(x1, x2, symmetric, args, gh_nodes, gh_weights, gram, nngp, ntk);
-  });
-  const auto empty = at::empty({0}, x1.options());
-  return {want_nngp ? nngp : empty, want_ntk ? ntk : empty};
-}
-
-template <typename T>
 __global__ void activation_kernel(const T* x, T* out, int64_t n, int id, T param,
                                   bool derivative) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -275,34 +171,87 @@ __global__ void activation_kernel(const T* x, T* out, int64_t n, int id, T param
                       : math::activation(id, param, x[k]);
 }
 
-at::Tensor activation_cuda(const at::Tensor& x_in, int64_t act_id, double param,
-                           bool derivative) {
-  check_floating("activation", "x", x_in);
-  TORCH_CHECK_VALUE(act_id >= 0 && act_id < math::kNumActivations, "activation: act_id = ",
-                    act_id, " is not a registered activation id (0..",
-                    math::kNumActivations - 1, ")");
-  c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty_like(x);
-  const int64_t n = x.numel();
-  if (n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "activation_cuda", [&] {
+// The CUDA backend of analytic_kernels_op and activation_op (csrc/analytic_spec.h).
+struct CudaAnalytic {
+  // The pair kernels read the Gram matrix and write outputs tile by tile; a separate
+  // Gram buffer keeps reads and writes of different blocks from overlapping.
+  static constexpr bool kGramIsOutput = false;
+
+  template <typename T>
+  static void run(const AnalyticProblem<T>& p, at::Tensor& nngp, at::Tensor& ntk) {
+    const c10::cuda::CUDAGuard guard(p.x1.device());
+    const int num_layers = static_cast<int>(p.layers.size());
+    const int64_t n1 = p.n1, n2 = p.n2;
+    auto stream = c10::cuda::getCurrentCUDAStream();
+
+    const int64_t table_bytes = sizeof(math::HiddenLayer<T>) * num_layers;
+    at::Tensor layer_bytes = at::empty({std::max<int64_t>(table_bytes, 1)},
+                                       p.x1.options().dtype(at::kByte));
+    if (num_layers > 0) {
+      at::Tensor host = at::from_blob(const_cast<math::HiddenLayer<T>*>(p.layers.data()),
+                                      {table_bytes}, at::TensorOptions().dtype(at::kByte));
+      layer_bytes.copy_(host);  // synchronous: p.layers outlives the copy
+    }
+    TORCH_CHECK_VALUE(p.gh_nodes.numel() <= kMaxGaussHermite,
+                      "analytic_kernels: the CUDA op supports quadrature degrees up to ",
+                      kMaxGaussHermite, "; got ", p.gh_nodes.numel());
+
+    DeviceProblem<T> P;
+    P.layers = reinterpret_cast<const math::HiddenLayer<T>*>(layer_bytes.data_ptr());
+    P.num_layers = num_layers;
+    P.gh_nodes = p.gh_nodes.template data_ptr<T>();
+    P.gh_weights = p.gh_weights.template data_ptr<T>();
+    P.gh_degree = static_cast<int>(p.gh_nodes.numel());
+    P.input = p.input;
+    P.n1 = n1;
+    P.n2 = n2;
+    P.gram = p.gram.template data_ptr<T>();
+    P.nngp = nngp.defined() ? nngp.data_ptr<T>() : nullptr;
+    P.ntk = ntk.defined() ? ntk.data_ptr<T>() : nullptr;
+    const size_t smem = shared_bytes(P);
+    const dim3 block(kTileDim, kBlockRows);
+
+    const int per_block = kTileDim * kBlockRows;
+    sample_variance_kernel<T><<<(n1 + per_block - 1) / per_block, block, smem, stream>>>(
+        P, p.sq1.template data_ptr<T>(), n1, p.var1.template data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!p.symmetric) {
+      sample_variance_kernel<T><<<(n2 + per_block - 1) / per_block, block, smem, stream>>>(
+          P, p.sq2.template data_ptr<T>(), n2, p.var2.template data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    P.var1 = p.var1.template data_ptr<T>();
+    P.var2 = p.var2.template data_ptr<T>();
+
+    const dim3 grid((n2 + kTileDim - 1) / kTileDim, (n1 + kTileDim - 1) / kTileDim);
+    TORCH_CHECK_VALUE(grid.y <= 65535, "analytic_kernels: x1 has too many rows for one launch (",
+                      n1, "); split it into chunks of at most ", 65535LL * kTileDim);
+    if (p.symmetric) {
+      pair_kernel_symmetric<T><<<grid, block, smem, stream>>>(P);
+    } else {
+      pair_kernel<T><<<grid, block, smem, stream>>>(P);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  template <typename T>
+  static void activation(const at::Tensor& x, at::Tensor& out, int act_id, T param,
+                         bool derivative) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t n = x.numel();
     const int threads = 256;
     const int64_t blocks = (n + threads - 1) / threads;
-    activation_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, static_cast<int>(act_id),
-        static_cast<scalar_t>(param), derivative);
+    activation_kernel<T><<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<T>(), out.data_ptr<T>(), n, act_id, param, derivative);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
-}
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_ntk, CUDA, m) {
-  m.impl("analytic_kernels", &analytic_kernels_cuda);
-  m.impl("activation", &activation_cuda);
+  m.impl("analytic_kernels", &analytic_kernels_op<CudaAnalytic>);
+  m.impl("activation", &activation_op<CudaAnalytic>);
 }
 
 }  // namespace torch_ntk

@@ -1,8 +1,8 @@
 // CUDA implementation of structured_ntk: cuBLAS Gram products and one fused update
 // kernel per layer.
 //
-// The rows of x1 are cut into blocks sized so that the Gram buffers stay under
-// kGramBudgetBytes. Layer by layer, for each block, cuBLAS computes the block of the
+// The rows of x1 are cut into blocks sized so that the Gram buffers stay under the
+// workspace limit (cuda_block_rows in structured_spec.h). Layer by layer, for each block, cuBLAS computes the block of the
 // activation Gram <A1, A2> and of the cotangent Gram <D1, D2> (activation_gram_out and
 // cotangent_gram_out of csrc/structured_spec.h, shared with the CPU), and accumulate_layer_kernel adds
 // layer_term(c_w, c_b, ., .) into the output, one thread per output entry. With
@@ -26,7 +26,6 @@ namespace torch_ntk {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kGramBudgetBytes = int64_t(1) << 30;  // Gram buffers of one block
 constexpr int kMaxGridX = 1 << 16;
 constexpr int kMaxGridY = 65535;
 
@@ -109,87 +108,61 @@ auto cuda_product(const at::Tensor& scratch) {
   };
 }
 
-// Rows of x1 per block: the Gram buffers (activation, cotangent and, for kBF16x3, a
-// scratch of the cotangent's size) of one block fit kGramBudgetBytes. With x2 = x1 and
-// many samples, at most a quarter (or half) of the rows, so the skipped lower-left part
-// of the Gram products is worth having; blocks stay large enough for cuBLAS.
-int64_t block_rows(const StructuredArgs& s, int64_t gd_per_pair, int64_t elem_size) {
-  const int64_t per_pair = 1 + gd_per_pair * (s.precision == kBF16x3 ? 2 : 1);
-  const int64_t per_row = std::max<int64_t>(s.n2 * per_pair * elem_size, 1);
-  int64_t rows = std::max<int64_t>(kGramBudgetBytes / per_row, 1);
-  if (s.symmetric && s.n1 >= 2048) {
-    const int64_t parts = s.n1 >= 4096 ? 4 : 2;
-    rows = std::min<int64_t>(rows, ((s.n1 + parts - 1) / parts + 127) / 128 * 128);
-  }
-  return std::min(rows, s.n1);
-}
+// The CUDA backend of structured_ntk_op (csrc/structured_spec.h).
+struct CudaStructured {
+  static constexpr at::ScalarType kOperandStorage = at::kBFloat16;  // for tensor cores
 
-template <typename T>
-void run_structured(const StructuredArgs& s, at::Tensor& out) {
-  const int64_t nl = s.n_out, C = s.channels;
-  const int64_t gd_per_pair = s.mode == math::kModeFull
-                                  ? nl * nl
-                                  : (s.mode == math::kModeDiagonal ? nl : 1);
-  const int64_t rows = block_rows(s, gd_per_pair, sizeof(T));
-  const int64_t max_cols = s.n2;
-  const auto opts = out.options();
-  at::Tensor ga_buf = at::empty({rows * max_cols}, opts);
-  at::Tensor gd_buf = at::empty({rows * max_cols * gd_per_pair}, opts);
-  at::Tensor scratch_buf;
-  if (s.precision == kBF16x3) scratch_buf = at::empty({rows * max_cols * gd_per_pair}, opts);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  T* out_ptr = out.data_ptr<T>();
-  const auto product = cuda_product(scratch_buf);
+  template <typename T>
+  static void run(const StructuredArgs& s, at::Tensor& out) {
+    const c10::cuda::CUDAGuard guard(out.device());
+    const int64_t nl = s.n_out, C = s.channels;
+    // Gram buffers of one block of rows x N2 pairs, structured_workspace_bytes in all.
+    const int64_t rows = cuda_block_rows(s, sizeof(T), s.workspace_limit);
+    const int64_t pairs = rows * s.n2;
+    const auto opts = out.options();
+    at::Tensor ga_buf = at::empty({pairs}, opts);
+    at::Tensor gd_buf = at::empty({pairs * C}, opts);
+    at::Tensor scratch_buf;
+    if (s.precision == kBF16x3) scratch_buf = at::empty({pairs * C}, opts);
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    T* out_ptr = out.data_ptr<T>();
+    const auto product = cuda_product(scratch_buf);
 
-  bool first = true;
-  for (size_t l = 0; l < s.a1.size(); ++l) {
-    const T cw = static_cast<T>(s.cw[l]), cb = static_cast<T>(s.cb[l]);
-    if (cw == T(0) && cb == T(0)) continue;
-    for (int64_t i0 = 0; i0 < s.n1; i0 += rows) {
-      const int64_t ni = std::min(rows, s.n1 - i0);
-      const int64_t j0 = s.symmetric ? i0 : 0;
-      const int64_t nj = s.n2 - j0;
-      const T* ga = nullptr;
-      if (cw != T(0)) {
-        activation_gram_out(s, l, ga_buf, i0, ni, j0, nj, product);
-        ga = ga_buf.data_ptr<T>();
+    bool first = true;
+    for (size_t l = 0; l < s.a1.size(); ++l) {
+      const T cw = static_cast<T>(s.cw[l]), cb = static_cast<T>(s.cb[l]);
+      if (cw == T(0) && cb == T(0)) continue;
+      for (int64_t i0 = 0; i0 < s.n1; i0 += rows) {
+        const int64_t ni = std::min(rows, s.n1 - i0);
+        const int64_t j0 = s.symmetric ? i0 : 0;
+        const int64_t nj = s.n2 - j0;
+        const T* ga = nullptr;
+        if (cw != T(0)) {
+          activation_gram_out(s, l, ga_buf, i0, ni, j0, nj, product);
+          ga = ga_buf.data_ptr<T>();
+        }
+        cotangent_gram_out(s, l, gd_buf, i0, ni, j0, nj, product);
+        accumulate_layer_kernel<T><<<rows_grid(ni, nj * C), kThreads, 0, stream>>>(
+            out_ptr + (i0 * s.n2 + j0) * C, s.n2 * C, ga, gd_buf.data_ptr<T>(), ni, nj, nl, C,
+            s.mode, cw, cb, first);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      cotangent_gram_out(s, l, gd_buf, i0, ni, j0, nj, product);
-      accumulate_layer_kernel<T><<<rows_grid(ni, nj * C), kThreads, 0, stream>>>(
-          out_ptr + (i0 * s.n2 + j0) * C, s.n2 * C, ga, gd_buf.data_ptr<T>(), ni, nj, nl, C,
-          s.mode, cw, cb, first);
+      first = false;
+    }
+    if (first) {  // every layer frozen: the kernel is zero
+      out.zero_();
+    } else if (s.symmetric) {
+      mirror_lower_kernel<T><<<rows_grid(s.n1, s.n1 * C), kThreads, 0, stream>>>(
+          out_ptr, s.n1, nl, C, s.mode);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    first = false;
   }
-  if (first) {  // every layer frozen: the kernel is zero
-    out.zero_();
-  } else if (s.symmetric) {
-    mirror_lower_kernel<T><<<rows_grid(s.n1, s.n1 * C), kThreads, 0, stream>>>(
-        out_ptr, s.n1, nl, C, s.mode);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
-at::Tensor structured_ntk_cuda(at::TensorList a1, at::TensorList d1, at::TensorList a2,
-                               at::TensorList d2, at::ArrayRef<double> weight_coef,
-                               at::ArrayRef<double> bias_coef, c10::string_view mode,
-                               c10::string_view precision) {
-  StructuredArgs s =
-      check_structured_args(a1, d1, a2, d2, weight_coef, bias_coef, mode, precision);
-  TORCH_INTERNAL_ASSERT(s.a1[0].device().is_cuda());
-  const c10::cuda::CUDAGuard guard(s.a1[0].device());
-  split_precision_operands(s, at::kBFloat16);  // tensor cores take the bfloat16 operands
-  at::Tensor out = at::empty({s.n1, s.n2, s.channels}, a1[0].options());
-  if (s.n1 > 0 && s.n2 > 0) {
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "structured_ntk_cuda",
-                               [&] { run_structured<scalar_t>(s, out); });
-  }
-  return out.view(structured_output_shape(s));
-}
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(torch_ntk, CUDA, m) { m.impl("structured_ntk", &structured_ntk_cuda); }
+TORCH_LIBRARY_IMPL(torch_ntk, CUDA, m) {
+  m.impl("structured_ntk", &structured_ntk_op<CudaStructured>);
+}
 
 }  // namespace torch_ntk

@@ -1,7 +1,7 @@
 // The infinite-width layer recursion (NTK_MATH.md section 3), one pair at a time.
 //
-//   Sigma^(1)       = w_0 <x, x'> + b_0
-//   Theta^(1)       = tw_0 <x, x'> + tb_0
+//   Sigma^(1)       = w_0 <x, x'> + b_0      (InputLayer: weight_var, bias_var)
+//   Theta^(1)       = tw_0 <x, x'> + tb_0    (InputLayer: ntk_weight, ntk_bias)
 //   Sigma^(l+1)     = sigma_w^2 E[phi(u) phi(v)] + sigma_b^2
 //   Sigmadot^(l+1)  = sigma_w^2 E[phi'(u) phi'(v)]
 //   Theta^(l+1)     = Theta^(l) Sigmadot^(l+1) + tw_l E[phi(u) phi(v)] + tb_l
@@ -13,12 +13,27 @@
 // each weight's gradient outer product is the raw activation inner product there.
 #pragma once
 
+#include <cstdint>
+
 #include "activations.h"
 #include "quadrature.h"
 #include "hostdevice.h"
 
 namespace torch_ntk {
 namespace math {
+
+// The first dense layer, on the inputs: Sigma^(1) = w_0 <x, x'> + b_0 with w_0 =
+// sigma_w^2 / n_0 and b_0 = sigma_b^2, and Theta^(1) = tw_0 <x, x'> + tb_0.
+template <typename T>
+struct InputLayer {
+  T weight_var;  // w_0
+  T bias_var;    // b_0
+  T ntk_weight;  // tw_0
+  T ntk_bias;    // tb_0
+
+  TNTK_HD T sigma(T inner) const { return weight_var * inner + bias_var; }
+  TNTK_HD T theta(T inner) const { return ntk_weight * inner + ntk_bias; }
+};
 
 // One hidden step: activation followed by a dense layer.
 template <typename T>
@@ -63,6 +78,19 @@ TNTK_HD T next_variance(const HiddenLayer<T>& layer, const GaussHermite<T>& gh, 
   T e_phi, e_dphi;
   layer_expectations(layer, gh, q, q, q, e_phi, e_dphi);
   return layer.weight_var * e_phi + layer.bias_var;
+}
+
+// The variances of one sample x_s from its squared norm: var[l * n + s] =
+// Sigma^(l+1)(x_s, x_s), the variance entering hidden layer l (l < num_layers).
+template <typename T>
+TNTK_HD void sample_variances(const InputLayer<T>& input, const HiddenLayer<T>* layers,
+                              int64_t num_layers, const GaussHermite<T>& gh, T sq_norm,
+                              int64_t n, int64_t s, T* var) {
+  T q = input.sigma(sq_norm);
+  for (int64_t l = 0; l < num_layers; ++l) {
+    var[l * n + s] = q;
+    q = next_variance(layers[l], gh, q);
+  }
 }
 
 }  // namespace math
