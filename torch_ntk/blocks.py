@@ -105,6 +105,7 @@ class StructuredBlocks:
         self.precision = precision
         self.cw, self.cb = plan.coefficients()
         self.cache = _LRU(0)
+        self.workspace: Optional[int] = None  # the op's Gram-buffer limit (bytes)
 
     def size_blocks(self, budget: int, chunk_size: Optional[int],
                     split_for_progress: bool) -> int:
@@ -116,15 +117,19 @@ class StructuredBlocks:
         copies = {"highest": 0, "bf16": 1, "bf16x3": 2}[self.precision]
         feat = self.plan.bytes_per_sample(s) * (1 + copies)
         pair = per_pair * s * 2  # op output + its copy
-        if x1.is_cuda:  # the CUDA op's Gram buffers: activation + cotangent (+ scratch)
-            pair += (1 + per_pair) * s * (2 if self.precision == "bf16x3" else 1)
+        # The op's Gram buffers get a share of the budget (at most the op's default) and
+        # the op is told that limit, so what is planned here is what it allocates.
+        self.workspace = max(1, min(ops.DEFAULT_WORKSPACE_BYTES, int(budget) // 8))
         if chunk_size is not None:
             c = min(chunk_size, n)
         else:
-            c = square_chunk(n, 2 * feat, pair, budget / 2)
+            c = square_chunk(n, 2 * feat, pair, (budget - self.workspace) / 2)
             c = _split_for_progress(c, n, x1, x2, self.plan.flops_per_pair(self.mode),
                                     split_for_progress, smallest=512)
-        self.cache = _LRU(max(0, budget - 2 * c * feat - c * c * pair))
+        gram = ops.structured_workspace_bytes(c, c, self.plan.n_out, self.mode, self.precision,
+                                              x1.dtype, x1.device,
+                                              workspace_bytes=self.workspace)
+        self.cache = _LRU(max(0, budget - 2 * c * feat - c * c * pair - gram))
         return c
 
     def _features(self, side: int, start: int, stop: int):
@@ -135,10 +140,11 @@ class StructuredBlocks:
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         a1, d1 = self._features(1, i0, i1)
         if diagonal:
-            return ops.structured_ntk(a1, d1, None, None, self.cw, self.cb, self.mode,
-                                      self.precision)
-        a2, d2 = self._features(2, j0, j1)
-        return ops.structured_ntk(a1, d1, a2, d2, self.cw, self.cb, self.mode, self.precision)
+            a2 = d2 = None
+        else:
+            a2, d2 = self._features(2, j0, j1)
+        return ops.structured_ntk(a1, d1, a2, d2, self.cw, self.cb, self.mode, self.precision,
+                                  workspace_bytes=self.workspace)
 
 
 class FuncModel:
