@@ -11,7 +11,7 @@ import torch_ntk as tn
 from torch_ntk.reference import analytic_kernels_reference
 
 from conftest import EXACT_F32, EXACT_F64, devices, dtypes, rel_err
-from reference import monte_carlo
+from oracles import monte_carlo
 
 ACTIVATIONS = [
     ("relu", None), ("leaky_relu", 0.1), ("abs", None), ("identity", None), ("erf", None),
