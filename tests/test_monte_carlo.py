@@ -1,7 +1,7 @@
 """Monte-Carlo kernels and the random-features view (torch_ntk.monte_carlo).
 
 Three oracle tiers (STYLE §13):
-- exact: the estimator against tests/reference.py's torch.func Monte Carlo with the
+- exact: the estimator against tests/oracles.py's torch.func Monte Carlo with the
   same seeds, Welford moments against a two-pass mean/std, random-feature Grams
   against empirical_ntk, structured path against torch.func path (float64, 1e-10);
 - statistical, fixed seeds: means against analytic_kernels within Z_MAX standard
@@ -21,7 +21,7 @@ import torch_ntk as tn
 from torch_ntk.monte_carlo import ConvergenceRecord, SlopeFit
 
 from conftest import EXACT_F64, devices, rel_err
-from reference import func_ntk, monte_carlo
+from oracles import func_ntk, monte_carlo
 
 # Every entry must satisfy |MC mean − analytic| ≤ Z_MAX · stderr. With P = 64 samples the
 # ratio is Student-t with 63 d.o.f.: P(|t| > 4) ≈ 1.6e-4 per entry, so about 3e-3 for the
