@@ -221,7 +221,7 @@ def test_records_match_direct_computations():
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])  # integer labels → one-hot
     y = nn.functional.one_hot(labels).double().numpy()
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-    limit = 3 * analytic_kernels(model, probe, get="ntk").ntk.numpy()  # trace of Θ∞ ⊗ I_3
+    limit = analytic_kernels(model, probe, get="ntk").ntk.numpy()  # the trace kernel is per output
     tracker = KernelDriftTracker(model, probe, labels, every=3, top_k=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     tracker.attach(opt)
@@ -269,7 +269,7 @@ def test_limit_and_reference_options():
     torch.manual_seed(4)
     model = ntk_mlp([4, 32, 2], "erf", dtype=F64)
     probe = torch.randn(6, 4, dtype=F64)
-    limit = 2 * analytic_kernels(model, probe, get="ntk").ntk
+    limit = analytic_kernels(model, probe, get="ntk").ntk  # the trace kernel is per output
     tracker = KernelDriftTracker(model, probe, reference="limit")
     assert torch.allclose(tracker.reference, limit, rtol=1e-14, atol=0)
     record = tracker.history[0]
@@ -432,7 +432,7 @@ def test_bad_arguments():
         KernelDriftTracker(model, probe, reference=torch.eye(4))
     with pytest.raises(ValueError, match="at least two samples"):
         KernelDriftTracker(model, probe[:1])
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(TypeError, match="probe_x must be float32 or float64"):
         KernelDriftTracker(model, probe.long())
     with pytest.raises(ValueError, match=r"probe_y must have shape \[5\] or \[5, c\]"):
         KernelDriftTracker(model, probe, torch.randn(4))
@@ -495,14 +495,15 @@ def test_projection_matrix_is_orthonormal_and_unbiased():
 
     p = projection_matrix(6, 2, seed=3)
     assert p.shape == (6, 2) and p.dtype == F64
-    torch.testing.assert_close(p.T @ p, 3.0 * torch.eye(2, dtype=F64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(p.T @ p, torch.eye(2, dtype=F64), rtol=0, atol=1e-12)
     assert torch.equal(p, projection_matrix(6, 2, seed=3))
     rng = torch.get_rng_state()
-    # E[P Pᵀ] = Id (what makes the projected kernel unbiased): the mean of 4000 draws is
-    # within 5 standard errors of the identity in every entry.
+    # E[Q Qᵀ] = (p/n_L)·Id (what makes the projected kernel (1/p)·tr(QᵀΘQ) an unbiased
+    # estimate of (1/n_L)·tr Θ): the mean of 4000 draws is within 5 standard errors of
+    # (2/6)·Id in every entry.
     draws = torch.stack([(lambda q: q @ q.T)(projection_matrix(6, 2, seed=s)) for s in range(4000)])
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
-    assert bool(((mean - torch.eye(6, dtype=F64)).abs() <= 5 * se + 1e-12).all())
+    assert bool(((mean - torch.eye(6, dtype=F64) / 3).abs() <= 5 * se + 1e-12).all())
     assert torch.equal(rng, torch.get_rng_state())  # a generator of its own
 
 
@@ -521,7 +522,7 @@ def test_projected_kernel_is_the_projected_trace(net):
     P = projection_matrix(6, 2, seed=5)
     model.eval()
     full = empirical_ntk(model, probe, mode="full", method="jacobian")
-    expected = torch.einsum("kq,ijkl,lq->ij", P, full, P)
+    expected = torch.einsum("kq,ijkl,lq->ij", P, full, P) / 2  # the mean over p = 2
     torch.testing.assert_close(tracker.last_kernel, expected, rtol=1e-10, atol=1e-12)
     # p >= n_L: the exact trace kernel, bit for bit
     exact = KernelDriftTracker(model, probe)

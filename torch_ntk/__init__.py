@@ -23,20 +23,21 @@ except ImportError as _error:  # pragma: no cover - depends on the installation
 from . import activations, arch, nn, ops, predict
 from .analytic import Kernels, analytic_kernels
 from .arch import Dense, LayerSpec, lift, mlp_spec
-from .empirical import NTKInfo, empirical_ntk
+from .empirical import MethodFallbackWarning, NTKInfo, empirical_ntk
 from .monte_carlo import (MonteCarloKernels, convergence_study, iter_monte_carlo_kernels,
                           monte_carlo_kernels, random_features, random_network)
 from .nn import NTKLinear, ntk_mlp
 from .tracking import KernelDriftTracker
 from .wrapper import NTK
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Dense",
     "KernelDriftTracker",
     "Kernels",
     "LayerSpec",
+    "MethodFallbackWarning",
     "MonteCarloKernels",
     "NTK",
     "NTKInfo",

@@ -291,8 +291,7 @@ def lift(
     """
     if not isinstance(model, nn.Sequential):
         raise ValueError(
-            f"lift: the model must be an nn.Sequential MLP; got {type(model).__name__}. "
-            "Use method='jacobian' or 'ntk_vp' for other models."
+            f"lift: the model must be an nn.Sequential MLP; got {type(model).__name__}"
         )
     layers: list[Layer] = []
     flatten_input = False

@@ -235,11 +235,11 @@ class JacobianBlocks:
 
 
 def contract(j1: Tensor, j2: Tensor, mode: str) -> Tensor:
-    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode``; J [n, n_L, p]."""
+    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p]."""
     n1, nl, p = j1.shape
     n2 = j2.shape[0]
     if mode == "trace":
-        return torch.mm(j1.reshape(n1, nl * p), j2.reshape(n2, nl * p).t())
+        return torch.mm(j1.reshape(n1, nl * p), j2.reshape(n2, nl * p).t()).div_(nl)
     if mode == "diagonal":
         return torch.bmm(j1.transpose(0, 1), j2.transpose(0, 1).transpose(1, 2)).permute(1, 2, 0)
     full = torch.mm(j1.reshape(n1 * nl, p), j2.reshape(n2 * nl, p).t())
@@ -313,5 +313,5 @@ class NTKVPBlocks:
         if self.mode == "full":
             return full
         diag = full.diagonal(dim1=2, dim2=3)  # [i, j, k]
-        return diag.sum(-1) if self.mode == "trace" else diag
+        return diag.mean(-1) if self.mode == "trace" else diag
 

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["main", "build_parser", "load_inputs", "parse_bytes"]
+__all__ = ["main", "build_parser", "parse_bytes"]
 
 PROG = "torch-ntk"
 
@@ -160,16 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ntk (Θ∞), nngp (Σ) — infinite width; empirical — the "
                              "finite-width NTK of one network (default ntk)")
     kernel.add_argument("--mode", choices=["trace", "full", "diagonal"], default=None,
-                        help="empirical only: trace [N1, N2] (default), full [N1, N2, nL, nL] "
+                        help="empirical only: trace [N1, N2], the mean over the nL outputs "
+                             "(default), full [N1, N2, nL, nL] "
                              "or diagonal [N1, N2, nL]")
-    kernel.add_argument("--weight-std", type=_non_negative_float, default=1.0, help="σ_w (default 1)")
-    kernel.add_argument("--bias-std", type=_non_negative_float, default=0.1, help="σ_b (default 0.1)")
-    kernel.add_argument("--parametrization", choices=["ntk", "standard"], default="ntk")
+    kernel.add_argument("--weight-std", type=_non_negative_float, default=None,
+                        help="σ_w of ntk/standard layers (default 1)")
+    kernel.add_argument("--bias-std", type=_non_negative_float, default=None,
+                        help="σ_b of ntk/standard layers (default 0.1)")
+    kernel.add_argument("--parametrization", choices=["ntk", "standard", "torch"], default="ntk",
+                        help="ntk: NTKLinear layers (default); standard: NTKLinear(..., "
+                             "parametrization='standard'); torch: plain nn.Linear layers")
     kernel.add_argument("--no-bias", dest="bias", action="store_false",
                         help="dense layers without bias")
     kernel.add_argument("--state-dict", default=None,
-                        help="empirical only: load the network's parameters from this "
-                             "torch.save'd state_dict (of torch_ntk.ntk_mlp with these settings)")
+                        help="empirical only: a torch.save'd state_dict of the model these "
+                             "flags describe (refused if its weight scale does not fit)")
     kernel.add_argument("--seed", type=_non_negative_int, default=0,
                         help="empirical only: seed of the random initialization (default 0)")
     kernel.add_argument("--dtype", choices=["float32", "float64"], default="float64")
@@ -217,10 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 _KERNEL_DOC = """\
 Compute a kernel of the MLP  n0 → n1 → … → nL  (NTK parametrization unless
---parametrization standard) on the rows of INPUT (and --x2) and save it.
+--parametrization standard, or torch for plain nn.Linear layers) on the rows of INPUT
+(and --x2) and save it. The same flags give the same kernel as Python's
+NTK(model).limit / empirical_ntk on the model they describe.
 
   --kind ntk | nngp   the infinite-width Θ∞ or Σ, [N1, N2] (one fused op; the hidden
-                      widths do not matter in NTK parametrization)
+                      widths do not matter in NTK parametrization, they scale the NTK
+                      in the standard and torch ones)
   --kind empirical    the finite-width NTK of one network (random with --seed, or
                       loaded with --state-dict), computed block by block within
                       --memory-budget without materializing a Jacobian
@@ -378,49 +386,7 @@ def _cmd_bench(parser, args) -> int:
 
 # ------------------------------------------------------------------------------ kernel
 
-INPUT_SUFFIXES = (".npy", ".csv", ".pt")
 OUTPUT_SUFFIXES = (".npy", ".pt")
-
-
-def load_inputs(path: str, argument: str, dtype) -> "torch.Tensor":
-    """A 2-d float tensor from a .npy, .csv (comma-separated, optional header row) or .pt
-    file. ValueError naming ``argument`` when the file is missing or unreadable."""
-    import numpy as np
-    import torch
-
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in INPUT_SUFFIXES:
-        raise ValueError(f"argument {argument}: expected a {', '.join(INPUT_SUFFIXES)} file; "
-                         f"got {path!r}")
-    if not os.path.isfile(path):
-        raise ValueError(f"argument {argument}: no such file: {path!r}")
-    try:
-        if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif suffix == ".csv":
-            try:
-                array = np.loadtxt(path, delimiter=",", ndmin=2)
-            except ValueError:
-                array = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)  # a header row
-        else:
-            array = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(array, torch.Tensor):
-                raise ValueError(f"the file holds a {type(array).__name__}, not a tensor")
-    except Exception as error:  # numpy/torch raise many kinds; all mean "cannot read it"
-        raise ValueError(f"argument {argument}: cannot read {path!r}: {error}") from None
-    x = torch.as_tensor(array)
-    if x.dim() != 2:
-        raise ValueError(f"argument {argument}: expected a 2-d array [N, n0]; {path!r} has shape "
-                         f"{list(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"argument {argument}: {path!r} has no rows")
-    if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
-                                                 torch.uint8, torch.bool)):
-        raise ValueError(f"argument {argument}: expected numbers; {path!r} holds {x.dtype}")
-    x = x.to(dtype)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"argument {argument}: {path!r} contains NaN or Inf")
-    return x
 
 
 def _activation(parser, text: str):
@@ -439,10 +405,10 @@ def _activation(parser, text: str):
 def _cmd_kernel(parser, args) -> int:
     import torch
 
-    from . import empirical_ntk, ntk_mlp
+    from . import empirical_ntk
     from .analytic import analytic_kernels_into
-    from .arch import mlp_spec
-    from .files import atomic_npy, atomic_write
+    from .arch import lift, mlp_spec
+    from .files import atomic_npy, atomic_write, load_inputs
     from .modes import kernel_shape
     from .runtime import default_memory_budget
 
@@ -461,6 +427,14 @@ def _cmd_kernel(parser, args) -> int:
                             ("--precision", args.precision is not None)):
             if given:
                 parser.error(f"argument {flag}: only applies to --kind empirical")
+    if args.parametrization == "torch":
+        for flag, given in (("--weight-std", args.weight_std), ("--bias-std", args.bias_std)):
+            if given is not None:
+                parser.error(f"argument {flag}: does not apply to --parametrization torch "
+                             "(nn.Linear layers have PyTorch's initialization)")
+    else:
+        args.weight_std = 1.0 if args.weight_std is None else args.weight_std
+        args.bias_std = 0.1 if args.bias_std is None else args.bias_std
     precision = args.precision or "highest"
     if precision != "highest" and args.dtype != "float32":
         parser.error(f"argument --precision: {precision} needs --dtype float32 (got {args.dtype})")
@@ -487,7 +461,7 @@ def _cmd_kernel(parser, args) -> int:
     info = {}
 
     if empirical:
-        model = _model(parser, args, activation, device, dtype, ntk_mlp)
+        model = _model(parser, args, activation, device, dtype)
 
         def fill(out):
             kernel, meta = empirical_ntk(model, x1, x2, mode=mode, chunk_size=args.chunk_size,
@@ -497,9 +471,12 @@ def _cmd_kernel(parser, args) -> int:
             info.update(method=meta.method, blocks=meta.blocks)
             return kernel
     else:
-        spec = mlp_spec(args.widths, activation, weight_std=args.weight_std,
-                        bias_std=args.bias_std, parametrization=args.parametrization,
-                        bias=args.bias)
+        if args.parametrization == "torch":
+            spec = lift(_build_model(args, activation, "meta", dtype))
+        else:
+            spec = mlp_spec(args.widths, activation, weight_std=args.weight_std,
+                            bias_std=args.bias_std, parametrization=args.parametrization,
+                            bias=args.bias)
 
         def fill(out):
             blocks = analytic_kernels_into(spec, x1, x2, out, get=args.kind, memory_budget=budget,
@@ -527,13 +504,23 @@ def _cmd_kernel(parser, args) -> int:
     return 0
 
 
-def _model(parser, args, activation, device, dtype, ntk_mlp):
+def _build_model(args, activation, device, dtype):
+    from .nn import linear_mlp, ntk_mlp
+
+    if args.parametrization == "torch":
+        return linear_mlp(args.widths, activation, bias=args.bias, device=device, dtype=dtype)
+    return ntk_mlp(args.widths, activation, weight_std=args.weight_std, bias_std=args.bias_std,
+                   parametrization=args.parametrization, bias=args.bias, device=device,
+                   dtype=dtype)
+
+
+def _model(parser, args, activation, device, dtype):
     import torch
 
+    from .nn import weight_scale_ratio
+
     torch.manual_seed(args.seed)
-    model = ntk_mlp(args.widths, activation, weight_std=args.weight_std, bias_std=args.bias_std,
-                    parametrization=args.parametrization, bias=args.bias, device=device,
-                    dtype=dtype)
+    model = _build_model(args, activation, device, dtype)
     if args.state_dict is not None:
         if not os.path.isfile(args.state_dict):
             parser.error(f"argument --state-dict: no such file: {args.state_dict!r}")
@@ -542,8 +529,16 @@ def _model(parser, args, activation, device, dtype, ntk_mlp):
             model.load_state_dict(state)
         except Exception as error:  # a wrong file or architecture
             parser.error(f"argument --state-dict: cannot load {args.state_dict!r} into "
-                         f"ntk_mlp({args.widths}, {activation.name!r}): {error}")
+                         f"the {args.parametrization} MLP {args.widths} ({activation.name}): "
+                         f"{error}")
         model.to(dtype)
+        ratio = weight_scale_ratio(model)
+        if not 1 / 3 <= ratio <= 3:
+            parser.error(
+                f"argument --state-dict: its weights have {ratio:.2g}× the initial scale of "
+                f"--parametrization {args.parametrization} layers, so they belong to another "
+                "parametrization: use --parametrization torch for nn.Sequential(nn.Linear, "
+                "...) or standard for NTKLinear(parametrization='standard')")
     return model
 
 

@@ -113,7 +113,7 @@ def convergence_study(
     For each width n and each repeat r, networks of the architecture at width n are
     drawn with seeds base_seed + r·P_max + i (i < P_max = max(sample_counts); the same
     seeds at every width) and the estimates K̂_P (running means of the random-feature
-    Grams: the readout NNGP and the trace NTK / n_L, see :func:`random_features`) are
+    Grams: the readout NNGP and the trace NTK, both means over the outputs, see :func:`random_features`) are
     compared with :func:`torch_ntk.analytic_kernels` at each P in ``sample_counts``.
     Expect error ≈ C/√(nP) + bias(n), bias = O(1/n) (0 for one hidden layer): slopes
     near −½ along P while the variance dominates and along n at small P.

@@ -65,7 +65,7 @@ def measure(step: int, kernel: Tensor, reference: Tensor, *, top_k: int, param_m
             targets: Optional[Tensor] = None) -> DriftRecord:
     """The record of kernel Θ_t [N, N] at ``step`` against ``reference`` Θ_ref [N, N].
 
-    last: (Θ_prev, its step) for the velocity; limit: n_L·Θ∞ [N, N] for the limit
+    last: (Θ_prev, its step) for the velocity; limit: Θ∞ [N, N] for the limit
     distance; targets: Y [N, c] float64 for the label alignment (each None: that metric
     is None).
     """

@@ -30,7 +30,9 @@ Three ways to compute it, chosen with ``method``:
 inputs' device, else "jacobian"; ``return_info=True`` reports the choice and why.
 
 Modes: ``"full"`` [N1, N2, n_L, n_L] (entry [i, j, k, k′] = Θ_kk′(x1_i, x2_j)),
-``"trace"`` [N1, N2] = Σ_k Θ_kk (a **sum** over outputs, not a mean, in every method),
+``"trace"`` [N1, N2] = (1/n_L) Σ_k Θ_kk (the **mean** over outputs, in every method: the
+scale of one output's kernel, of ``analytic_kernels(...).ntk`` and of the dynamics that
+:mod:`torch_ntk.predict` solves; neural-tangents' convention; before 0.2 it was the sum),
 ``"diagonal"`` [N1, N2, n_L] = Θ_kk.
 
 Large N: rows and columns are processed in blocks whose working memory stays within
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional, Union, overload
 
@@ -62,16 +65,23 @@ from torch import Tensor, nn
 
 from . import ops
 from .blocks import JacobianBlocks, NTKVPBlocks, StructuredBlocks
+from .evaluation import kernel_context
 from .modes import MODES, check_mode, kernel_shape
 from .runtime import check_built_for, default_memory_budget, progress_bar
 from .structured import StructuredPlan
-from .validation import check_batch
+from .validation import check_batch, check_parameters_match
 
-__all__ = ["MODES", "METHODS", "NTKInfo", "empirical_ntk", "default_memory_budget"]
+__all__ = ["MODES", "METHODS", "MethodFallbackWarning", "NTKInfo", "compute_empirical_ntk",
+           "default_memory_budget", "empirical_ntk"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "structured", "jacobian", "ntk_vp")
+
+
+class MethodFallbackWarning(UserWarning):
+    """``method="auto"`` on an ``nn.Sequential`` that does not lift: the slower Jacobian
+    method runs, and the warning says which module stopped the fused path."""
 
 
 @dataclass(frozen=True)
@@ -140,12 +150,14 @@ def empirical_ntk(
 
     Args:
         model: any ``nn.Module`` mapping [N, ...] to [N, n_L] (or [N]: n_L = 1). Its
-            parameters must have the inputs' dtype and device. Dropout must be off
-            (``model.eval()`` or p = 0): the NTK of a random network is not defined.
+            parameters must have the inputs' dtype and device. The kernel is that of
+            the model in **eval mode** (dropout off, batch norm with its running
+            statistics), whatever mode it is in: the call switches every module to
+            eval and restores each one's flag, and the random generators, afterwards.
         x1: [N1, ...] float32/float64 ([N1, n_0] for an MLP).
         x2: [N2, ...] like x1, or None (or x1 itself) for x2 = x1: the result is then
             exactly symmetric, Θ_kk′(x_i, x_j) = Θ_k′k(x_j, x_i) bit for bit.
-        mode: "full" → [N1, N2, n_L, n_L]; "trace" → [N1, N2], Σ_k Θ_kk (sum, not mean);
+        mode: "full" → [N1, N2, n_L, n_L]; "trace" → [N1, N2], (1/n_L) Σ_k Θ_kk (the mean);
             "diagonal" → [N1, N2, n_L], Θ_kk.
         method: "auto", "structured", "jacobian" or "ntk_vp" (see the module docstring).
         chunk_size: samples of x1 and of x2 per block; None sizes blocks from
@@ -171,56 +183,85 @@ def empirical_ntk(
         TypeError: non-tensor or non-floating inputs, a model that is not an nn.Module.
         ValueError: bad mode/method, wrong feature size, NaN/Inf in inputs or
             parameters, empty batches, dtype/device mismatches, no trainable
-            parameter, Dropout in training mode, a model that does not lift with
+            parameter, a model that does not lift with
             method="structured", or an ``out`` of the wrong shape/dtype.
     """
-    start = time.perf_counter()
+    return compute_empirical_ntk(
+        "empirical_ntk", model, x1, x2, mode, method, chunk_size, memory_budget=memory_budget,
+        out=out, progress=progress, precision=precision, return_info=return_info)
+
+
+def compute_empirical_ntk(
+    function: str,
+    model: nn.Module,
+    x1: Tensor,
+    x2: Optional[Tensor] = None,
+    mode: str = "full",
+    method: str = "auto",
+    chunk_size: Optional[int] = None,
+    *,
+    memory_budget: Optional[int] = None,
+    out: Optional[Tensor] = None,
+    progress: Optional[bool] = None,
+    precision: str = "highest",
+    return_info: bool = False,
+) -> Union[Tensor, tuple[Tensor, NTKInfo]]:
+    """:func:`empirical_ntk`, with errors and warnings naming ``function``: the entry point
+    the user called (``"NTK.empirical"``, ``"KernelDriftTracker"``, ...)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"empirical_ntk: model must be an nn.Module; got {type(model).__name__}")
-    check_mode("empirical_ntk", mode)
+        raise TypeError(f"{function}: model must be an nn.Module; got {type(model).__name__}")
+    with kernel_context(model, x1 if isinstance(x1, Tensor) else None,
+                        x2 if isinstance(x2, Tensor) else None):
+        return _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, out,
+                        progress, precision, return_info)
+
+
+def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, out, progress,
+             precision, return_info):
+    start = time.perf_counter()
+    check_mode(function, mode)
     if method not in METHODS:
-        raise ValueError(f"empirical_ntk: method must be one of {METHODS}; got {method!r}")
+        raise ValueError(f"{function}: method must be one of {METHODS}; got {method!r}")
     if precision not in ops.PRECISIONS:
         raise ValueError(
-            f"empirical_ntk: precision must be one of {ops.PRECISIONS}; got {precision!r}"
+            f"{function}: precision must be one of {ops.PRECISIONS}; got {precision!r}"
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(
-            f"empirical_ntk: chunk_size must be a positive integer; got {chunk_size!r}"
+            f"{function}: chunk_size must be a positive integer; got {chunk_size!r}"
         )
-    _check_no_active_dropout(model)
     if x2 is x1:
         x2 = None  # the same batch: take the symmetric path
-    x1 = check_batch("empirical_ntk", "x1", x1)
+    x1 = check_batch(function, "x1", x1)
     if x2 is not None:
-        x2 = check_batch("empirical_ntk", "x2", x2, like=x1)
-    trainable = _check_parameters(model, x1)
+        x2 = check_batch(function, "x2", x2, like=x1)
+    trainable = _check_parameters(function, model, x1)
 
-    method, reason, plan = _choose_method(model, method, x1)
+    method, reason, plan = _choose_method(function, model, method, x1)
     if precision != "highest":
         if method != "structured":
             raise ValueError(
-                f"empirical_ntk: precision={precision!r} needs the structured method, but "
+                f"{function}: precision={precision!r} needs the structured method, but "
                 f"method {method!r} runs ({reason}); use precision='highest'"
             )
         if x1.dtype != torch.float32:
             raise ValueError(
-                f"empirical_ntk: precision={precision!r} needs float32 inputs and parameters; "
+                f"{function}: precision={precision!r} needs float32 inputs and parameters; "
                 f"got {x1.dtype}. Use precision='highest' for float64."
             )
     if plan is not None:
-        x1 = plan.check_input("empirical_ntk", "x1", x1)
+        x1 = plan.check_input(function, "x1", x1)
         if x2 is not None:
-            x2 = plan.check_input("empirical_ntk", "x2", x2)
+            x2 = plan.check_input(function, "x2", x2)
         n_out = plan.n_out
     else:
-        n_out = _output_size(model, x1, x2)
+        n_out = _output_size(function, model, x1)
 
     if memory_budget is None:
         memory_budget = default_memory_budget(x1.device)
     elif not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
         raise ValueError(
-            "empirical_ntk: memory_budget must be a positive number of bytes; got "
+            f"{function}: memory_budget must be a positive number of bytes; got "
             f"{memory_budget!r}"
         )
     memory_budget = int(min(memory_budget, 2**62))
@@ -228,7 +269,7 @@ def empirical_ntk(
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     shape = kernel_shape(mode, n1, n2, n_out)
-    out = _check_out(out, shape, x1.dtype)
+    out = _check_out(function, out, shape, x1.dtype)
 
     if method == "structured":
         engine = StructuredBlocks(plan, x1, x2, mode, precision)
@@ -237,12 +278,13 @@ def empirical_ntk(
     else:
         engine = NTKVPBlocks(model, trainable, x1, x2, mode, n_out)
     chunk = engine.size_blocks(memory_budget, chunk_size, progress is not False)
-    result, blocks = _fill(engine, x1, x2, mode, n_out, chunk, out, progress, method)
+    result, blocks = _fill(engine, x1, x2, mode, n_out, chunk, out, progress, method,
+                          f"{function} ({method})")
     if out is not None:
         result = out
     info = NTKInfo(method, reason, mode, min(chunk, n1), min(chunk, n2), blocks, memory_budget,
                    time.perf_counter() - start)
-    logger.debug("empirical_ntk: %s", info)
+    logger.debug("%s: %s", function, info)
     return (result, info) if return_info else result
 
 
@@ -250,74 +292,52 @@ def empirical_ntk(
 # validation
 
 
-def _check_no_active_dropout(model: nn.Module) -> None:
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
-            raise ValueError(
-                f"empirical_ntk: {name or 'the model'} ({type(module).__name__}, p={module.p}) "
-                "is in training mode, so the network is random and has no NTK; call model.eval() "
-                "first"
-            )
-
-
-def _check_parameters(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
-    trainable = {}
-    for name, p in model.named_parameters():
-        if p.dtype != x.dtype and p.is_floating_point():
-            raise ValueError(
-                f"empirical_ntk: parameter {name} is {p.dtype} but x1 is {x.dtype}; convert the "
-                f"model (model.to({x.dtype})) or the inputs"
-            )
-        if p.device != x.device:
-            raise ValueError(
-                f"empirical_ntk: parameter {name} is on {p.device} but x1 is on {x.device}; move "
-                "them to the same device"
-            )
-        if p.requires_grad:
-            trainable[name] = p
+def _check_parameters(function: str, model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    check_parameters_match(function, model, x)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     # One reduction per parameter; the exact (slower) test only runs to name a culprit.
     with torch.no_grad():
         params = [p for p in trainable.values() if p.is_floating_point()]
         if params and not bool(torch.isfinite(torch.stack([p.sum() for p in params])).all()):
             for name, p in trainable.items():
                 if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-                    raise ValueError(f"empirical_ntk: parameter {name} contains NaN or Inf")
+                    raise ValueError(f"{function}: parameter {name} contains NaN or Inf")
     if not trainable:
         raise ValueError(
-            "empirical_ntk: the model has no parameter with requires_grad=True, so its NTK is "
+            f"{function}: the model has no parameter with requires_grad=True, so its NTK is "
             "identically zero"
         )
     return trainable
 
 
 def _check_out(
-    out: Optional[Tensor], shape: tuple[int, ...], dtype: torch.dtype
+    function: str, out: Optional[Tensor], shape: tuple[int, ...], dtype: torch.dtype
 ) -> Optional[Tensor]:
     if out is None:
         return None
     if not isinstance(out, Tensor):
-        raise TypeError(f"empirical_ntk: out must be a torch.Tensor; got {type(out).__name__}")
+        raise TypeError(f"{function}: out must be a torch.Tensor; got {type(out).__name__}")
     if tuple(out.shape) != shape or out.dtype != dtype:
         raise ValueError(
-            f"empirical_ntk: out must have shape {list(shape)} and dtype {dtype}; got "
+            f"{function}: out must have shape {list(shape)} and dtype {dtype}; got "
             f"{list(out.shape)} and {out.dtype}"
         )
     return out
 
 
-def _output_size(model: nn.Module, x1: Tensor, x2: Optional[Tensor]) -> int:
+def _output_size(function: str, model: nn.Module, x1: Tensor) -> int:
     """n_L, from one forward pass on one sample (also a clear error for bad inputs)."""
     try:
         with torch.no_grad():
             y = model(x1[:1])
     except Exception as error:  # the model's own error names what is wrong
         raise ValueError(
-            f"empirical_ntk: the model cannot be applied to x1 of shape {list(x1.shape)} "
+            f"{function}: the model cannot be applied to x1 of shape {list(x1.shape)} "
             f"({type(error).__name__}: {error})"
         ) from error
     if not isinstance(y, Tensor) or y.dim() < 1 or y.shape[0] != 1:
         raise ValueError(
-            "empirical_ntk: the model must map a batch [N, ...] to a tensor [N, n_L] (or [N]); "
+            f"{function}: the model must map a batch [N, ...] to a tensor [N, n_L] (or [N]); "
             f"got {type(y).__name__} {list(getattr(y, 'shape', []))} for one sample"
         )
     return max(1, y[0].numel())
@@ -327,7 +347,7 @@ def _output_size(model: nn.Module, x1: Tensor, x2: Optional[Tensor]) -> int:
 # method choice
 
 
-def _choose_method(model: nn.Module, method: str, x: Tensor):
+def _choose_method(function: str, model: nn.Module, method: str, x: Tensor):
     """(method, reason, structured plan or None)."""
     if method in ("jacobian", "ntk_vp"):
         return method, "requested", None
@@ -336,12 +356,18 @@ def _choose_method(model: nn.Module, method: str, x: Tensor):
     except ValueError as error:
         if method == "structured":
             raise ValueError(
-                f"empirical_ntk: method='structured' is not available: {error}"
+                f"{function}: method='structured' is not available: {error}; method='jacobian' "
+                "or 'ntk_vp' computes the kernel of any model"
             ) from error
-        return "jacobian", f"the model does not lift to an MLP ({error})", None
+        reason = f"the model does not lift to an MLP ({error})"
+        if isinstance(model, nn.Sequential):  # one that looks meant to lift: say why not
+            warnings.warn(MethodFallbackWarning(
+                f"{function}: method='auto' runs the Jacobian method (slower) because {reason}; "
+                "pass method='jacobian' to silence this warning"), stacklevel=5)
+        return "jacobian", reason, None
     if x.is_cuda and not ops.cuda_built():
         if method == "structured":
-            check_built_for("empirical_ntk", x)
+            check_built_for(function, x)
         return "jacobian", "torch_ntk was built without CUDA, so the fused op cannot run", None
     reason = "requested" if method == "structured" else "the model lifts to an MLP"
     return "structured", reason, plan
@@ -352,7 +378,8 @@ def _choose_method(model: nn.Module, method: str, x: Tensor):
 
 
 def _fill(engine, x1: Tensor, x2: Optional[Tensor], mode: str, n_out: int, chunk: int,
-          out: Optional[Tensor], progress: Optional[bool], method: str) -> tuple[Tensor, int]:
+          out: Optional[Tensor], progress: Optional[bool], method: str,
+          desc: str) -> tuple[Tensor, int]:
     symmetric = x2 is None
     n1 = x1.shape[0]
     n2 = n1 if symmetric else x2.shape[0]
@@ -370,7 +397,7 @@ def _fill(engine, x1: Tensor, x2: Optional[Tensor], mode: str, n_out: int, chunk
         return block, 1
 
     result = out if out is not None else x1.new_empty(kernel_shape(mode, n1, n2, n_out))
-    bar = progress_bar(len(pairs), progress=progress, desc=f"empirical_ntk ({method})",
+    bar = progress_bar(len(pairs), progress=progress, desc=desc,
                        unit="block", enabled=len(pairs) > 1)
     try:
         for (i0, i1), (j0, j1) in pairs:

@@ -1,4 +1,5 @@
-"""File output that never leaves a partial file: atomic text/binary writes, JSON, .npy."""
+"""Files: output that never leaves a partial file (atomic text/binary writes, JSON, .npy)
+and input matrices read from .npy, .csv or .pt."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_npy", "atomic_write", "jsonable", "read_json", "write_json"]
+__all__ = ["INPUT_SUFFIXES", "atomic_npy", "atomic_write", "jsonable", "load_inputs", "read_json",
+           "write_json"]
+
+INPUT_SUFFIXES = (".npy", ".csv", ".pt")
 
 PathLike = Union[str, os.PathLike]
 
@@ -101,3 +105,43 @@ def read_json(path: PathLike) -> Optional[dict]:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def load_inputs(path: str, argument: str, dtype) -> Tensor:
+    """A 2-d float tensor from a .npy, .csv (comma-separated, optional header row) or .pt
+    file. ValueError naming ``argument`` when the file is missing or unreadable."""
+    import numpy as np
+
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise ValueError(f"argument {argument}: expected a {', '.join(INPUT_SUFFIXES)} file; "
+                         f"got {path!r}")
+    if not os.path.isfile(path):
+        raise ValueError(f"argument {argument}: no such file: {path!r}")
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            try:
+                array = np.loadtxt(path, delimiter=",", ndmin=2)
+            except ValueError:
+                array = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)  # a header row
+        else:
+            array = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(array, torch.Tensor):
+                raise ValueError(f"the file holds a {type(array).__name__}, not a tensor")
+    except Exception as error:  # numpy/torch raise many kinds; all mean "cannot read it"
+        raise ValueError(f"argument {argument}: cannot read {path!r}: {error}") from None
+    x = torch.as_tensor(array)
+    if x.dim() != 2:
+        raise ValueError(f"argument {argument}: expected a 2-d array [N, n0]; {path!r} has shape "
+                         f"{list(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"argument {argument}: {path!r} has no rows")
+    if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                 torch.uint8, torch.bool)):
+        raise ValueError(f"argument {argument}: expected numbers; {path!r} holds {x.dtype}")
+    x = x.to(dtype)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"argument {argument}: {path!r} contains NaN or Inf")
+    return x

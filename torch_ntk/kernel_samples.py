@@ -177,22 +177,19 @@ class RunningEstimate:
         """Draw network ``seed`` and fold its kernels into the moments."""
         with forked_rng():
             model = draw_network(self.name, self.model_fn, seed, self.x1)
-            n_out = None
             if "nngp" in self.wanted:
-                nngp, n_out = self._nngp(model, seed)
-                self.moments["nngp"].add(nngp)
+                self.moments["nngp"].add(self._nngp(model, seed))
             if "ntk" in self.wanted:
-                self.moments["ntk"].add(self._ntk(model, seed, n_out))
+                self.moments["ntk"].add(self._ntk(model, seed))
 
     def _inputs(self):
         return [("x1", self.x1)] + ([("x2", self.x2)] if self.x2 is not None else [])
 
-    def _nngp(self, model: nn.Module, seed: int) -> tuple[Tensor, Optional[int]]:
-        """The NNGP sample [N1, N2] and n_L (None when the outputs were not computed)."""
+    def _nngp(self, model: nn.Module, seed: int) -> Tensor:
+        """The NNGP sample [N1, N2]: f(x1)ᵀf(x2)/n_L, or the readout features' Gram."""
         if self.nngp_estimator == "readout":
             phi = [readout_features(self.name, model, arg, x, self.chunk_size, seed)
                    for arg, x in self._inputs()]
-            n_out = None
         else:
             phi = [_outputs(self.name, model, arg, x, self.chunk_size, seed)
                    for arg, x in self._inputs()]
@@ -205,12 +202,11 @@ class RunningEstimate:
             phi = [p / math.sqrt(n_out) for p in phi]
         if self.x2 is None:
             k = phi[0] @ phi[0].T
-            return (k + k.T) / 2, n_out  # exactly symmetric
-        return phi[0] @ phi[1].T, n_out
+            return (k + k.T) / 2  # exactly symmetric
+        return phi[0] @ phi[1].T
 
-    def _ntk(self, model: nn.Module, seed: int, n_out: Optional[int]) -> Tensor:
-        if n_out is None:
-            n_out = _outputs(self.name, model, "x1", self.x1, self.chunk_size, seed).shape[1]
+    def _ntk(self, model: nn.Module, seed: int) -> Tensor:
+        """The NTK sample [N1, N2]: the trace-mode empirical NTK, (1/n_L) Σ_k Θ_kk."""
         try:
             theta, info = empirical_ntk(
                 model, self.x1, self.x2, mode="trace", method=self.method,
@@ -221,7 +217,7 @@ class RunningEstimate:
             raise ValueError(f"{self.name}: the model of seed {seed}: {error}") from error
         if info.method not in self.methods:
             self.methods.append(info.method)
-        return theta / n_out
+        return theta
 
     def estimate(self) -> MonteCarloKernels:
         def pick(kernel: str, stderr: bool) -> Optional[Tensor]:

@@ -3,7 +3,8 @@
 For a network with n_L outputs, Θ(x, x′) is an n_L × n_L matrix per pair of samples:
 
 - "full"     [N1, N2, n_L, n_L]  Θ_kk′(x1_i, x2_j)
-- "trace"    [N1, N2]            Σ_k Θ_kk(x1_i, x2_j)
+- "trace"    [N1, N2]            (1/n_L) Σ_k Θ_kk(x1_i, x2_j), the mean over outputs (the
+                                 scale of one output and of the infinite-width Θ∞)
 - "diagonal" [N1, N2, n_L]       Θ_kk(x1_i, x2_j)
 """
 

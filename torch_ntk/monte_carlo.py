@@ -20,7 +20,7 @@ Normalization (the same everywhere here, so the means compare directly with
 :func:`torch_ntk.analytic_kernels`, whose [N1, N2] kernels stand for K ⊗ Id_{n_L}):
 
     NNGP sample: f(x1)ᵀ f(x2) / n_L = (1/n_L) Σ_k f_k(x1) f_k(x2)     → Σ^(L)(x1, x2)
-    NTK  sample: empirical_ntk(model, x1, x2, mode="trace") / n_L
+    NTK  sample: empirical_ntk(model, x1, x2, mode="trace")
                  = (1/n_L) Σ_k Θ_kk(x1, x2)                           → Θ∞^(L)(x1, x2)
 
 i.e. means over the n_L outputs, never sums. Seeds: sample i is the model
@@ -96,7 +96,7 @@ def monte_carlo_kernels(
 
     Sample i (i = 0 … n_samples − 1) is the network ``model_fn(base_seed + i)`` (torch's
     generators seeded with base_seed + i first, then restored). Its NNGP sample is
-    f(x1)ᵀf(x2)/n_L and its NTK sample ``empirical_ntk(model, x1, x2, mode="trace")/n_L``
+    f(x1)ᵀf(x2)/n_L and its NTK sample ``empirical_ntk(model, x1, x2, mode="trace")``
     (the structured fused path when the model lifts, torch.func otherwise); both are
     means over the n_L outputs, so they estimate the [N1, N2] kernels that
     :func:`torch_ntk.analytic_kernels` returns (K ⊗ Id over outputs).

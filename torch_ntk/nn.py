@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from .activations import Abs, Activation, Erf, from_module, from_name
 
-__all__ = ["NTKLinear", "ntk_mlp", "Erf", "Abs", "PARAMETRIZATIONS"]
+__all__ = ["NTKLinear", "ntk_mlp", "linear_mlp", "weight_scale_ratio", "Erf", "Abs",
+           "PARAMETRIZATIONS"]
 
 PARAMETRIZATIONS = ("ntk", "standard")
 
@@ -168,10 +169,34 @@ def ntk_mlp(
     Returns:
         ``nn.Sequential`` mapping [N, n_0] to [N, n_L]; its parameters use torch's RNG.
     """
+    return _mlp("ntk_mlp", widths, activation, lambda n_in, n_out: NTKLinear(
+        n_in, n_out, bias=bias, weight_std=weight_std, bias_std=bias_std,
+        parametrization=parametrization, device=device, dtype=dtype))
+
+
+def linear_mlp(
+    widths: Sequence[int],
+    activation: ActivationLike = "relu",
+    bias: bool = True,
+    device=None,
+    dtype=None,
+) -> nn.Sequential:
+    """The same MLP made of plain ``nn.Linear`` layers (PyTorch's initialization).
+
+    Standard parametrization; :func:`torch_ntk.lift` reads each layer with PyTorch's
+    default-initialization variances σ_w² = 1/3, σ_b² = 1/(3·fan_in). This is the model
+    of ``torch-ntk kernel --parametrization torch``.
+    """
+    return _mlp("linear_mlp", widths, activation, lambda n_in, n_out: nn.Linear(
+        n_in, n_out, bias=bias, device=device, dtype=dtype))
+
+
+def _mlp(function: str, widths: Sequence[int], activation: ActivationLike,
+         make_dense: Callable[[int, int], nn.Module]) -> nn.Sequential:
     widths = list(widths)
     if len(widths) < 2 or not all(isinstance(w, int) and w >= 1 for w in widths):
         raise ValueError(
-            f"ntk_mlp: widths must list at least two positive integers [n_0, ..., n_L]; "
+            f"{function}: widths must list at least two positive integers [n_0, ..., n_L]; "
             f"got {widths!r}"
         )
     make_activation = _activation_factory(activation)
@@ -179,10 +204,28 @@ def ntk_mlp(
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
         if i > 0:
             layers.append(make_activation())
-        layers.append(
-            NTKLinear(
-                n_in, n_out, bias=bias, weight_std=weight_std, bias_std=bias_std,
-                parametrization=parametrization, device=device, dtype=dtype,
-            )
-        )
+        layers.append(make_dense(n_in, n_out))
     return nn.Sequential(*layers)
+
+
+def weight_scale_ratio(model: nn.Module) -> float:
+    """How the dense weights compare with their scale at initialization: the geometric
+    mean over NTKLinear/nn.Linear layers of RMS(W) / RMS of W at initialization.
+
+    Initialization RMS: 1 for NTK-parametrized NTKLinear (W ~ N(0, 1)); weight_std/√n_in
+    for standard NTKLinear; 1/√(3·n_in) for nn.Linear (uniform on ±1/√n_in). Training
+    moves weights by far less than the factor between parametrizations (√n_in or more).
+    """
+    logs = []
+    for module in model.modules():
+        if isinstance(module, NTKLinear):
+            n_in = module.in_features
+            init = 1.0 if module.parametrization == "ntk" else module.weight_std / math.sqrt(n_in)
+        elif isinstance(module, nn.Linear):
+            init = 1 / math.sqrt(3 * module.in_features)
+        else:
+            continue
+        rms = float(module.weight.detach().double().square().mean().sqrt())
+        if init > 0 and rms > 0:
+            logs.append(math.log(rms / init))
+    return math.exp(sum(logs) / len(logs)) if logs else 1.0

@@ -152,8 +152,11 @@ def structured_ntk(
     for x2 = x1 (then the result is exactly symmetric and only half the tiles are
     computed). ``weight_coef``/``bias_coef`` [L] are c_w and c_b (0 for frozen terms).
 
-    Returns: mode "full" [N1, N2, n_L, n_L] (Θ_kk′), "trace" [N1, N2] (Σ_k Θ_kk, a sum),
-    "diagonal" [N1, N2, n_L] (Θ_kk). Same dtype (float32/float64) and device as a1.
+    Returns: mode "full" [N1, N2, n_L, n_L] (Θ_kk′), "trace" [N1, N2] ((1/n_L) Σ_k Θ_kk,
+    the mean over outputs), "diagonal" [N1, N2, n_L] (Θ_kk). Same dtype
+    (float32/float64) and device as a1. (The compiled op's "trace" is the sum Σ_k Θ_kk;
+    this wrapper asks it for the mean by passing c_w/n_L and c_b/n_L, which is exact up
+    to rounding because the kernel is linear in the coefficients.)
 
     ``precision`` (float32 inputs only for the last two; see :data:`PRECISIONS`):
     "highest" computes the Gram products in the inputs' dtype (on CUDA, float32 products
@@ -171,6 +174,10 @@ def structured_ntk(
     if (a2 is None) != (d2 is None):
         raise ValueError("structured_ntk: a2 and d2 must both be given or both be None")
     check_built_for("torch_ntk.structured_ntk", *a1, *d1, *(a2 or ()), *(d2 or ()))
+    if mode == "trace" and len(d1) and d1[0].dim() == 3 and d1[0].shape[1] > 1:
+        n_out = d1[0].shape[1]
+        weight_coef = [c / n_out for c in weight_coef]
+        bias_coef = [c / n_out for c in bias_coef]
     return torch.ops.torch_ntk.structured_ntk.default(
         list(a1), list(d1), list(a2 or ()), list(d2 or ()), [float(c) for c in weight_coef],
         [float(c) for c in bias_coef], str(mode), str(precision),

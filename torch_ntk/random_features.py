@@ -150,7 +150,7 @@ def random_features(
       given the hidden layers, i.e. n random functions σ_w α_j with the bias as one
       more (the "readout" estimator of :func:`monte_carlo_kernels`).
     - ``kernel="ntk"``: Φ(x) = ∂f(x)/∂θ / √n_L flattened over (output k, parameter p)
-      [N, n_L·P]: ΦΦᵀ = Σ_k Θ_kk / n_L, the trace-mode empirical NTK over n_L (the
+      [N, n_L·P]: ΦΦᵀ = Σ_k Θ_kk / n_L, the trace-mode empirical NTK (the
       linearized network's features). Built from the structured factors
       (√c_w δ ⊗ α and √c_b δ per dense layer); holds N·n_L·P numbers.
 

@@ -7,46 +7,31 @@ how much — and whether it moves towards the targets — is what
 
 The kernel tracked is the **trace-mode** empirical NTK on a fixed probe set X (N points):
 
-    Θ_t[i, j] = Σ_k Θ_kk(x_i, x_j)  at the parameters θ_t after t optimizer steps,   [N, N]
+    Θ_t[i, j] = (1/n_L) Σ_k Θ_kk(x_i, x_j)  at the parameters θ_t after t optimizer
+                                             steps,   [N, N]
 
-a sum over the n_L outputs (:func:`torch_ntk.empirical_ntk` with mode="trace": the
+the mean over the n_L outputs (:func:`torch_ntk.empirical_ntk` with mode="trace": the
 fused structured op when the model lifts to an MLP, torch.func otherwise). Its
-infinite-width counterpart is tr(Θ∞ ⊗ Id_{n_L}) = n_L·Θ∞.
+infinite-width counterpart is Θ∞ itself (the full limit is Θ∞ ⊗ Id_{n_L}).
 
 Computing it takes n_L cotangents per probe point. With ``projections=p < n_L`` the
-tracker records instead the trace NTK of the projected outputs f(x)ᵀQ √(n_L/p), Q
-[n_L, p] a fixed random matrix with orthonormal columns (Haar, seeded):
+tracker records instead the trace NTK of the projected outputs Qᵀf(x), Q [n_L, p] a
+fixed random matrix with orthonormal columns (Haar, seeded):
 
-    Θ^Q_t[i, j] = (n_L / p) · tr(Qᵀ Θ(x_i, x_j) Q),   E_Q[Θ^Q_t] = Θ_t,
+    Θ^Q_t[i, j] = (1/p) · tr(Qᵀ Θ(x_i, x_j) Q),   E_Q[Θ^Q_t] = Θ_t  (E[QQᵀ] = (p/n_L)·Id),
 
 which costs p cotangents. Q is drawn once, so the drift of Θ^Q is the drift of one
-fixed kernel; its infinite-width counterpart is still exactly n_L·Θ∞, and p = n_L gives
+fixed kernel; its infinite-width counterpart is still exactly Θ∞, and p = n_L gives
 Θ_t itself.
 
-Each record (:class:`DriftRecord`) holds, with Θ_ref the reference kernel (Θ_0 by
-default), ‖·‖ the Frobenius norm and ⟨A, B⟩ = Σ_ij A_ij B_ij:
-
-    drift            ‖Θ_t − Θ_ref‖ / ‖Θ_ref‖
-    kernel_distance  1 − ⟨Θ_t, Θ_ref⟩ / (‖Θ_t‖ ‖Θ_ref‖)      (0 = same direction)
-    velocity         ‖Θ_t − Θ_prev‖ / ‖Θ_ref‖ / (t − t_prev)  (per optimizer step since
-                     the previous record; None for the first record, or when no step
-                     was taken since the previous one)
-    limit_distance   ‖Θ_t − n_L Θ∞‖ / ‖n_L Θ∞‖               (None when the model does
-                     not lift to an MLP)
-    label_alignment  ⟨Θ_t, Y Yᵀ⟩ / (‖Θ_t‖ ‖Y Yᵀ‖)            (Y = probe_y as [N, c];
-                     for c = 1 this is yᵀΘy / (‖Θ‖ ‖y‖²); None without targets)
-    trace            tr Θ_t
-    eigenvalues      the top_k eigenvalues of Θ_t, largest first
-    condition_number λ_max / λ_min of Θ_t (inf when λ_min ≤ 0 in floating point)
-    param_movement   ‖θ_t − θ_0‖ / ‖θ_0‖ over the trainable parameters
-
-Metrics are computed in float64 from the kernel.
+Each record (:class:`DriftRecord`) holds the metrics defined in
+:class:`KernelDriftTracker`'s docstring (``help(KernelDriftTracker)``).
 
 The tracker never perturbs training: kernels are computed under
 :func:`torch_ntk.evaluation.kernel_context` (eval mode, no autograd, every module's
 train/eval flag and the CPU/CUDA random generators restored), no ``.grad`` is read or
 written, and the only copies it keeps are Θ_ref, θ_0, the last kernel and (when the
-model lifts) n_L·Θ∞ — three N×N matrices and one copy of the trainable parameters.
+model lifts) Θ∞ — three N×N matrices and one copy of the trainable parameters.
 
 Example::
 
@@ -71,17 +56,40 @@ from torch import Tensor, nn
 from .analytic import analytic_kernels
 from .arch import lift
 from .drift_records import DriftRecord, measure, plot_history, write_csv
-from .empirical import empirical_ntk
+from .empirical import compute_empirical_ntk
 from .evaluation import kernel_context, unwrap
+from .validation import check_batch
 
 __all__ = ["DriftRecord", "KernelDriftTracker", "projection_matrix"]
 
-_STATE_VERSION = 1
+# 2: trace kernels are means over the outputs (torch_ntk 0.2); version-1 states hold sums.
+_STATE_VERSION = 2
 _REFERENCES = ("init", "limit")
 
 
 class KernelDriftTracker:
     """Record the empirical NTK of ``model`` on a fixed probe set while it trains.
+
+    The kernel Θ_t [N, N] is the trace-mode NTK on the probe set after t optimizer
+    steps, (1/n_L) Σ_k Θ_kk, on the scale of Θ∞ (the module docstring has the
+    projected variant). Each record (:class:`DriftRecord`) holds, with Θ_ref the
+    reference kernel (Θ_0 by default), ‖·‖ the Frobenius norm and ⟨A, B⟩ = Σ_ij A_ij B_ij:
+
+        drift            ‖Θ_t − Θ_ref‖ / ‖Θ_ref‖
+        kernel_distance  1 − ⟨Θ_t, Θ_ref⟩ / (‖Θ_t‖ ‖Θ_ref‖)      (0 = same direction)
+        velocity         ‖Θ_t − Θ_prev‖ / ‖Θ_ref‖ / (t − t_prev)  (per optimizer step since
+                         the previous record; None for the first record, or when no step
+                         was taken since the previous one)
+        limit_distance   ‖Θ_t − Θ∞‖ / ‖Θ∞‖                     (None when the model does
+                         not lift to an MLP)
+        label_alignment  ⟨Θ_t, Y Yᵀ⟩ / (‖Θ_t‖ ‖Y Yᵀ‖)            (Y = probe_y as [N, c];
+                         for c = 1 this is yᵀΘy / (‖Θ‖ ‖y‖²); None without targets)
+        trace            tr Θ_t
+        eigenvalues      the top_k eigenvalues of Θ_t, largest first
+        condition_number λ_max / λ_min of Θ_t (inf when λ_min ≤ 0 in floating point)
+        param_movement   ‖θ_t − θ_0‖ / ‖θ_0‖ over the trainable parameters
+
+    Metrics are computed in float64 from the kernel.
 
     Args:
         model: the ``nn.Module`` being trained (an :class:`torch_ntk.NTK`,
@@ -93,10 +101,10 @@ class KernelDriftTracker:
             integer class labels (one-hot encoded).
         every: record after every ``every``-th optimizer step (step() counts them).
         reference: the kernel drift is measured against: "init" — Θ_0, the kernel
-            when the tracker is built; "limit" — n_L·Θ∞ (the model must lift); or an
+            when the tracker is built; "limit" — Θ∞ (the model must lift); or an
             [N, N] tensor (e.g. a kernel saved from another run).
         top_k: number of leading eigenvalues kept per record.
-        infinite_width: compute n_L·Θ∞ for ``limit_distance``: None (default) — when
+        infinite_width: compute Θ∞ for ``limit_distance``: None (default) — when
             the model lifts; True — required (ValueError naming the obstacle
             otherwise); False — never.
         method, memory_budget: passed to :func:`torch_ntk.empirical_ntk`.
@@ -163,7 +171,7 @@ class KernelDriftTracker:
         self.memory_budget = memory_budget
         self.projections = projections
         self.projection_seed = projection_seed
-        self._projection: Optional[Tensor] = None  # √(n_L/p)·Q, made at the first kernel
+        self._projection: Optional[Tensor] = None  # Q, made at the first kernel
 
         trainable = self._trainable()
         first = next(iter(trainable.values()))
@@ -218,7 +226,7 @@ class KernelDriftTracker:
 
     @property
     def limit_kernel(self) -> Optional[Tensor]:
-        """n_L·Θ∞ [N, N] on the probe set, or None (see ``limit_unavailable``)."""
+        """Θ∞ [N, N] on the probe set, or None (see ``limit_unavailable``)."""
         return self._limit
 
     @property
@@ -289,7 +297,7 @@ class KernelDriftTracker:
 
         Keys: version, step, reference (Θ_ref), theta0 ({name: θ_0}), last_kernel,
         last_step, limit_kernel (or None), probe_x, probe_y (or None), projection
-        (√(n_L/p)·Q, or None), history (a list of plain dicts). Tensors are the tracker's own (not copies); ``torch.save`` it
+        (Q, or None), history (a list of plain dicts). Tensors are the tracker's own (not copies); ``torch.save`` it
         with the model and optimizer state.
         """
         kernel, step = self._last if self._last is not None else (None, None)
@@ -319,6 +327,8 @@ class KernelDriftTracker:
             raise ValueError(
                 f"KernelDriftTracker.load_state_dict: expected a state of version {_STATE_VERSION}; "
                 f"got {state.get('version') if isinstance(state, dict) else type(state).__name__}"
+                " (version 1 came from torch_ntk 0.1, whose trace kernels were sums over the "
+                "outputs, not means: start a new tracker)"
             )
         device, dtype = self.probe_x.device, self.probe_x.dtype
         probe = state["probe_x"].to(device=device, dtype=dtype)
@@ -379,7 +389,7 @@ class KernelDriftTracker:
         """Draw drift and spectrum over training; save to ``path`` if given.
 
         Three panels against the optimizer step: (1) drift, kernel distance, parameter
-        movement and distance to n_L·Θ∞; (2) the top-k eigenvalues; (3) condition
+        movement and distance to Θ∞; (2) the top-k eigenvalues; (3) condition
         number and, with targets, label alignment. Log scales (zeros are not drawn).
 
         Returns:
@@ -412,11 +422,8 @@ class KernelDriftTracker:
 
     @staticmethod
     def _check_probe(probe_x: Tensor, like: Tensor) -> Tensor:
-        if not isinstance(probe_x, Tensor):
-            raise TypeError(f"KernelDriftTracker: probe_x must be a torch.Tensor; got {type(probe_x).__name__}")
-        if not probe_x.is_floating_point():
-            raise TypeError(f"KernelDriftTracker: probe_x must be a floating tensor; got {probe_x.dtype}")
-        if probe_x.dim() < 1 or probe_x.shape[0] < 2:
+        probe_x = check_batch("KernelDriftTracker", "probe_x", probe_x)
+        if probe_x.shape[0] < 2:
             raise ValueError(
                 f"KernelDriftTracker: probe_x must hold at least two samples [N, ...]; got shape "
                 f"{list(probe_x.shape)}"
@@ -453,24 +460,25 @@ class KernelDriftTracker:
         return reference.detach().to(device=kernel.device, dtype=kernel.dtype).clone()
 
     def _limit_kernel(self) -> tuple[Optional[Tensor], str]:
-        """(n_L·Θ∞ on the probe set in the probe dtype, "") or (None, why not)."""
+        """(Θ∞ on the probe set in the probe dtype, "") or (None, why not)."""
         try:
             spec = lift(self.model)
         except ValueError as error:
             return None, str(error)
         with torch.no_grad():
             ntk = analytic_kernels(spec, self.probe_x.double(), get="ntk").ntk
-        return (spec.output_features * ntk).to(self.probe_x.dtype), ""
+        return ntk.to(self.probe_x.dtype), ""
 
     def _kernel(self) -> Tensor:
         with kernel_context(self.model, self.probe_x):
             model = self._projected_model()
-            kernel = empirical_ntk(model, self.probe_x, mode="trace", method=self.method,
-                                   memory_budget=self.memory_budget, progress=False)
+            kernel = compute_empirical_ntk(
+                "KernelDriftTracker", model, self.probe_x, mode="trace", method=self.method,
+                memory_budget=self.memory_budget, progress=False)
         return kernel.detach()
 
     def _projected_model(self) -> nn.Module:
-        """The model itself, or model → the frozen linear map f ↦ √(n_L/p)·Qᵀf."""
+        """The model itself, or model → the frozen linear map f ↦ Qᵀf."""
         if self.projections is None:
             return self.model
         p0 = next(iter(self._trainable().values()))
@@ -526,16 +534,16 @@ class KernelDriftTracker:
 
 
 def projection_matrix(n_out: int, p: int, seed: int = 0) -> Tensor:
-    """√(n_out/p)·Q [n_out, p] float64, Q with orthonormal columns drawn from the Haar
-    measure by a generator seeded with ``seed`` (the global random state is untouched).
+    """Q [n_out, p] float64 with orthonormal columns, drawn from the Haar measure by a
+    generator seeded with ``seed`` (the global random state is untouched).
 
-    E[P Pᵀ] = Id_{n_out} for P = √(n_out/p)·Q, so the trace NTK of the outputs Pᵀf is an
-    unbiased estimate of the trace NTK of f (and equals it when p = n_out).
+    E[Q Qᵀ] = (p/n_out)·Id_{n_out}, so the trace NTK of the outputs Qᵀf, (1/p) tr(QᵀΘQ),
+    is an unbiased estimate of the trace NTK of f, (1/n_out) tr Θ (equal when p = n_out).
     """
     g = torch.Generator().manual_seed(seed)
     q, r = torch.linalg.qr(torch.randn(n_out, p, generator=g, dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))  # the sign convention that makes Q Haar-distributed
-    return q * math.sqrt(n_out / p)
+    return q
 
 
 def _norm(tensors) -> float:

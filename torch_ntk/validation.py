@@ -8,7 +8,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ["check_batch", "check_choices", "check_int", "check_increasing_ints"]
+__all__ = ["check_batch", "check_choices", "check_int", "check_increasing_ints",
+           "check_parameters_match"]
 
 
 def check_batch(
@@ -27,7 +28,9 @@ def check_batch(
     Raises ValueError naming ``op`` and ``name`` for everything else.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(x).__name__}")
+        raise TypeError(
+            f"{op}: {name} must be a torch.Tensor; got {type(x).__name__} (for a numpy array: "
+            f"torch.from_numpy({name}), then .float() or .double() to match the model)")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(
             f"{op}: {name} must be float32 or float64; got {x.dtype}. Convert it with "
@@ -97,3 +100,19 @@ def check_increasing_ints(function: str, name: str, values, minimum: int = 1) ->
     if any(b <= a for a, b in zip(out[:-1], out[1:])):
         raise ValueError(f"{function}: {name} must be strictly increasing; got {list(values)!r}")
     return out
+
+
+def check_parameters_match(function: str, model: torch.nn.Module, x: Tensor) -> None:
+    """ValueError when a floating parameter of ``model`` has another dtype or device than
+    the inputs ``x`` (named x1): the model and its inputs must agree."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and p.dtype != x.dtype:
+            raise ValueError(
+                f"{function}: parameter {name} is {p.dtype} but x1 is {x.dtype}; convert the "
+                f"model (model.to({x.dtype})) or the inputs"
+            )
+        if p.device != x.device:
+            raise ValueError(
+                f"{function}: parameter {name} is on {p.device} but x1 is on {x.device}; move "
+                "them to the same device"
+            )

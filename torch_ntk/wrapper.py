@@ -52,9 +52,11 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .analytic import Kernels, analytic_kernels
-from .empirical import empirical_ntk
+from .arch import lift
+from .empirical import compute_empirical_ntk
 from .evaluation import kernel_context, unwrap
 from .tracking import KernelDriftTracker
+from .validation import check_batch, check_parameters_match
 
 __all__ = ["NTK", "Linearized", "unwrap", "kernel_context"]
 
@@ -125,13 +127,13 @@ class NTK(nn.Module):
         Args:
             x1: [N1, ...] float32/float64, the model's input.
             x2: [N2, ...] like x1, or None for x2 = x1 (exactly symmetric result).
-            mode: "full" → [N1, N2, n_L, n_L]; "trace" → [N1, N2] (Σ_k Θ_kk, a sum);
-                "diagonal" → [N1, N2, n_L].
+            mode: "full" → [N1, N2, n_L, n_L]; "trace" → [N1, N2], (1/n_L) Σ_k Θ_kk (the
+                mean over outputs: the scale of ``limit(...).ntk``); "diagonal" →
+                [N1, N2, n_L].
             **kwargs: ``method``, ``chunk_size``, ``memory_budget``, ``out``,
                 ``progress``, ``return_info`` of :func:`torch_ntk.empirical_ntk`.
         """
-        with kernel_context(self.model, x1, x2):
-            return empirical_ntk(self.model, x1, x2, mode, **kwargs)
+        return compute_empirical_ntk("NTK.empirical", self.model, x1, x2, mode, **kwargs)
 
     def limit(self, x1: Tensor, x2: Optional[Tensor] = None,
               get: Union[str, Sequence[str]] = ("nngp", "ntk"), **kwargs: Any) -> Kernels:
@@ -145,22 +147,31 @@ class NTK(nn.Module):
                 :func:`torch_ntk.analytic_kernels`.
 
         Returns:
-            :class:`torch_ntk.Kernels` (nngp [N1, N2] = Σ^(L), ntk [N1, N2] = Θ∞); the
-            full NTK over n_L outputs is Θ∞ ⊗ Id, so ``empirical(..., mode="trace")``
-            tends to n_L·Θ∞ as the widths grow (NTK parametrization).
+            :class:`torch_ntk.Kernels` (nngp [N1, N2] = Σ^(L), ntk [N1, N2] = Θ∞), per
+            output: the full NTK over n_L outputs is Θ∞ ⊗ Id, so
+            ``empirical(..., mode="trace")`` (a mean over outputs) tends to Θ∞ as the
+            widths grow. With NTK-parametrized layers Θ∞ does not depend on the hidden
+            widths; with standard ones (``nn.Linear``) it grows with them (README, "Scales").
 
         Raises:
-            ValueError: the model does not lift to an MLP layer spec; the message names
-                the offending module and its position.
+            TypeError: inputs that are not float32/float64 tensors.
+            ValueError: the model does not lift to an MLP layer spec (the message names
+                the offending module and its position); inputs of another dtype or
+                device than the model's parameters; NaN/Inf; empty batches.
         """
-        from .arch import lift
-
+        function = "NTK.limit"
+        x1 = check_batch(function, "x1", x1)
+        if x2 is not None:
+            x2 = check_batch(function, "x2", x2, like=x1)
+        check_parameters_match(function, self.model, x1)
         try:
             spec = lift(self.model)
         except ValueError as error:
             raise ValueError(
-                f"NTK.limit: {type(self.model).__name__} has no infinite-width kernel in "
-                f"torch_ntk: {error}"
+                f"{function}: {type(self.model).__name__} has no infinite-width kernel in "
+                f"torch_ntk ({error}). Limits exist for nn.Sequential MLPs of the layers "
+                "torch_ntk.lift accepts; the finite-width kernel of any model is "
+                "NTK.empirical."
             ) from error
         return analytic_kernels(spec, x1, x2, get, **kwargs)
 

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--x2", help="inputs [N2, n0]; omit for the symmetric K(X1, X1)")
     k.add_argument("--out", required=True, help="the result .npy (shared by all ranks)")
     k.add_argument("--kind", choices=KINDS, default="ntk",
-                   help="nngp/ntk: infinite width; empirical: finite-width trace NTK")
+                   help="nngp/ntk: infinite width; empirical: finite-width trace NTK (the mean "
+                        "over the outputs)")
     k.add_argument("--widths", help="MLP widths n0,n1,...,nL (ntk_mlp/mlp_spec)")
     k.add_argument("--activation", default="relu")
     k.add_argument("--weight-std", type=float, default=1.0)

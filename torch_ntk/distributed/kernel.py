@@ -297,7 +297,7 @@ def tiled_kernel(
         x2: [N2, n_0] like x1, or None for x2 = x1: then only tiles i ≤ j are computed,
             off-diagonal ones mirrored, and K is exactly symmetric.
         kind: "nngp" or "ntk" (infinite width, :func:`torch_ntk.analytic_kernels`) or
-            "empirical" (finite-width trace NTK Σ_k Θ_kk, :func:`torch_ntk.empirical_ntk`).
+            "empirical" (finite-width trace NTK (1/n_L) Σ_k Θ_kk, :func:`torch_ntk.empirical_ntk`).
         out: a path for a ``.npy`` [N1, N2] of x1's dtype (data go to ``<out>.partial``,
             renamed to ``out`` when every tile is done; manifests ``<out>.manifest*.json``),
             or a [N1, N2] tensor of x1's dtype (CPU, any strides). A tensor gets this
