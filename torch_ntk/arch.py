@@ -1,7 +1,11 @@
-"""Lift an ``nn.Sequential`` MLP into a layer spec.
+"""Lift an ``nn.Sequential`` MLP or CNN into a layer spec.
 
-A spec is the alternating sequence ``Dense, Activation, Dense, …, Dense`` that
-the analytic and structured kernels consume. Lifting accepts ``NTKLinear`` (either
+An MLP spec is the alternating sequence ``Dense, Activation, Dense, …, Dense`` that
+the analytic and structured kernels consume; a CNN spec is ``Conv, [Activation],
+[AvgPool], …, GlobalAvgPool | Flatten, Dense, [Activation, Dense …]`` (only the
+infinite-width kernels take it: :mod:`torch_ntk.cnn_analytic`). CNN lifting accepts
+``NTKConv1d/2d``, ``nn.Conv1d/2d`` (PyTorch's initialization, groups 1),
+``nn.AvgPool1d/2d`` (no padding), ``nn.AdaptiveAvgPool1d/2d(1)`` and ``nn.Flatten``. Lifting accepts ``NTKLinear`` (either
 parametrization), ``nn.Linear``, the registered activations
 (:mod:`torch_ntk.activations`), and ``nn.Identity``, ``nn.Flatten`` and ``nn.Dropout``
 (no-ops for kernels; Dropout only in eval mode for finite-width kernels). Two
@@ -23,16 +27,17 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 from torch import nn
 
 from .activations import Activation, from_module, from_name, module_types
-from .nn import PARAMETRIZATIONS, NTKLinear
+from .nn import PARAMETRIZATIONS, NTKConv1d, NTKConv2d, NTKLinear, conv_padding
 
-__all__ = ["Dense", "LIFTERS", "LayerSpec", "LiftOptions", "flat_modules", "lift", "lift_module",
-           "mlp_spec"]
+__all__ = ["AvgPool", "Conv", "Dense", "Flatten", "GlobalAvgPool", "LIFTERS", "LayerSpec",
+           "LiftOptions", "flat_modules", "lift", "lift_module", "mlp_spec"]
 
 
 @dataclass(frozen=True)
@@ -87,14 +92,154 @@ class Dense:
         return self.bias_var if self.parametrization == "ntk" else 1.0
 
 
-Layer = Union[Dense, Activation]
+@dataclass(frozen=True)
+class Conv:
+    """A 1-D or 2-D convolution (groups 1): its law at initialization and parametrization.
+
+    z_{c,p} = Σ_{c′,q} W̃_{c,c′,q} a_{c′, s·p + d·q − pad} + b̃_c with Var(W̃) = σ_w²/fan_in,
+    fan_in = in_channels·prod(kernel_size), Var(b̃) = σ_b²; the NTK coefficients are those of
+    :class:`Dense` with n_in = fan_in.
+
+    Attributes:
+        kernel_size, stride, dilation: one int per spatial dim (1 or 2 dims; 2-D as (h, w)).
+        padding: (before, after) per spatial dim; padding_mode "zeros" or "circular".
+        weight_var, bias_var, parametrization, has_bias, position, source: as :class:`Dense`.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple
+    stride: tuple = None
+    dilation: tuple = None
+    padding: tuple = None
+    padding_mode: str = "zeros"
+    weight_var: float = 1.0
+    bias_var: float = 0.01
+    parametrization: str = "ntk"
+    has_bias: bool = True
+    position: Optional[Union[int, str]] = field(default=None, compare=False)
+    source: Optional[nn.Module] = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        dims = len(self.kernel_size)
+        defaults = dict(stride=(1,) * dims, dilation=(1,) * dims, padding=((0, 0),) * dims)
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            object.__setattr__(self, name, default if value is None else tuple(
+                tuple(v) if isinstance(v, (tuple, list)) else v for v in value))
+        object.__setattr__(self, "kernel_size", tuple(self.kernel_size))
+        if dims not in (1, 2) or any(len(getattr(self, n)) != dims for n in defaults):
+            raise ValueError(
+                f"Conv: kernel_size, stride, dilation and padding need one entry per spatial "
+                f"dim (1 or 2); got {self.kernel_size}, {self.stride}, {self.dilation}, "
+                f"{self.padding}")
+        if self.padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"Conv: padding_mode must be 'zeros' or 'circular'; got "
+                             f"{self.padding_mode!r}")
+        Dense.__post_init__(self)  # the same checks of the law
+
+    @property
+    def dims(self) -> int:
+        """The number of spatial dims (1 or 2)."""
+        return len(self.kernel_size)
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels * math.prod(self.kernel_size)
+
+    @property
+    def in_features(self) -> int:
+        """fan_in (so that the coefficients read as :class:`Dense`'s)."""
+        return self.fan_in
+
+    ntk_weight_coef = Dense.ntk_weight_coef
+    ntk_bias_coef = Dense.ntk_bias_coef
+
+
+@dataclass(frozen=True)
+class AvgPool:
+    """Average pooling over windows of ``kernel_size`` every ``stride`` (no padding, floor)."""
+
+    kernel_size: tuple
+    stride: tuple
+    position: Optional[Union[int, str]] = field(default=None, compare=False)
+    source: Optional[nn.Module] = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel_size", tuple(self.kernel_size))
+        object.__setattr__(self, "stride", tuple(self.stride))
+        if len(self.kernel_size) not in (1, 2) or len(self.stride) != len(self.kernel_size):
+            raise ValueError(f"AvgPool: kernel_size and stride need one entry per spatial dim "
+                             f"(1 or 2); got {self.kernel_size}, {self.stride}")
+
+    @property
+    def dims(self) -> int:
+        return len(self.kernel_size)
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    """The mean over all positions of each channel (nn.AdaptiveAvgPool1d(1)/2d(1))."""
+
+    position: Optional[Union[int, str]] = field(default=None, compare=False)
+    source: Optional[nn.Module] = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """nn.Flatten after convolutions: channels × positions become the next Dense's features."""
+
+    position: Optional[Union[int, str]] = field(default=None, compare=False)
+    source: Optional[nn.Module] = field(default=None, compare=False, repr=False)
+
+
+Layer = Union[Dense, Activation, Conv, AvgPool, GlobalAvgPool, Flatten]
+READOUTS = (GlobalAvgPool, Flatten)
+
+
+def _check_cnn(layers: tuple) -> None:
+    """ValueError unless ``layers`` is Conv, [Activation], [AvgPool], …, a readout, then an MLP
+    tail Dense, Activation, …, Dense (channels and spatial dims consistent)."""
+    readout = next((k for k, layer in enumerate(layers) if isinstance(layer, READOUTS)), None)
+    if readout is None:
+        raise ValueError("LayerSpec: a CNN spec needs a GlobalAvgPool or Flatten readout "
+                         "followed by Dense layers")
+    channels, dims = layers[0].in_channels, layers[0].dims
+    for k, layer in enumerate(layers[:readout]):
+        if not isinstance(layer, (Conv, Activation, AvgPool)):
+            raise ValueError(f"LayerSpec: layer {k} of a CNN spec must be a Conv, Activation or "
+                             f"AvgPool before the readout; got {type(layer).__name__}")
+        if isinstance(layer, Activation) and (k == 0 or isinstance(layers[k - 1], Activation)):
+            raise ValueError(f"LayerSpec: layer {k} (an Activation) must follow a Conv or AvgPool")
+        if isinstance(layer, (Conv, AvgPool)) and layer.dims != dims:
+            raise ValueError(f"LayerSpec: layer {k} has {layer.dims} spatial dims; the first "
+                             f"Conv has {dims}")
+        if isinstance(layer, Conv):
+            if layer.in_channels != channels:
+                raise ValueError(f"LayerSpec: layer {k} (Conv) has in_channels="
+                                 f"{layer.in_channels}; the layer before gives {channels}")
+            channels = layer.out_channels
+    tail = layers[readout + 1:]
+    if not tail or not isinstance(tail[0], Dense):
+        raise ValueError(f"LayerSpec: the readout (layer {readout}) must be followed by a Dense "
+                         "layer")
+    first = tail[0].in_features
+    if isinstance(layers[readout], GlobalAvgPool) and first != channels:
+        raise ValueError(f"LayerSpec: the Dense after GlobalAvgPool has in_features={first}; "
+                         f"the last Conv has {channels} channels")
+    if isinstance(layers[readout], Flatten) and first % channels:
+        raise ValueError(f"LayerSpec: the Dense after Flatten has in_features={first}, not a "
+                         f"multiple of the last Conv's {channels} channels")
+    LayerSpec(tail)  # the MLP tail's own checks
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """An MLP as ``Dense, Activation, Dense, …, Dense`` (L dense layers, L ≥ 1).
+    """An MLP as ``Dense, Activation, Dense, …, Dense`` (L dense layers, L ≥ 1), or a CNN
+    as ``Conv, [Activation], [AvgPool], …, GlobalAvgPool | Flatten, Dense, …, Dense``
+    (it starts with a Conv; see :attr:`is_mlp`).
 
-    ``flatten_input`` is True when the model starts with ``nn.Flatten``: inputs of
+    ``flatten_input`` is True when an MLP starts with ``nn.Flatten``: inputs of
     any shape [N, ...] are then flattened to [N, n_0].
     """
 
@@ -106,6 +251,9 @@ class LayerSpec:
         object.__setattr__(self, "layers", layers)
         if not layers:
             raise ValueError("LayerSpec: a spec needs at least one Dense layer")
+        if isinstance(layers[0], Conv):
+            _check_cnn(layers)
+            return
         for k, layer in enumerate(layers):
             expected = Dense if k % 2 == 0 else Activation
             if not isinstance(layer, expected):
@@ -124,16 +272,42 @@ class LayerSpec:
                 )
 
     @property
+    def is_mlp(self) -> bool:
+        """True for an MLP spec, False for a CNN spec (it starts with a Conv)."""
+        return not isinstance(self.layers[0], Conv)
+
+    def require_mlp(self, function: str) -> None:
+        """ValueError naming ``function`` when the spec is a CNN's."""
+        if not self.is_mlp:
+            raise ValueError(
+                f"{function}: this is a CNN spec (it starts with a Conv layer); {function} "
+                "handles MLP specs only. Infinite-width CNN kernels: torch_ntk.analytic_kernels "
+                "or NTK.limit; finite-width ones: empirical_ntk(..., method='jacobian' or "
+                "'ntk_vp')")
+
+    @property
     def dense_layers(self) -> tuple[Dense, ...]:
-        return self.layers[0::2]
+        return tuple(layer for layer in self.layers if isinstance(layer, Dense))
 
     @property
     def activations(self) -> tuple[Activation, ...]:
-        return self.layers[1::2]
+        return tuple(layer for layer in self.layers if isinstance(layer, Activation))
 
     @property
     def input_features(self) -> int:
+        """n_0 of an MLP (ValueError for a CNN spec, whose inputs are [N, C, ...])."""
+        self.require_mlp("LayerSpec.input_features")
         return self.layers[0].in_features
+
+    @property
+    def in_channels(self) -> int:
+        """C_0, the input channels of a CNN spec."""
+        return self.layers[0].in_channels
+
+    @property
+    def spatial_dims(self) -> int:
+        """0 for an MLP, 1 or 2 for a CNN (its inputs are [N, C, L] or [N, C, H, W])."""
+        return 0 if self.is_mlp else self.layers[0].dims
 
     @property
     def output_features(self) -> int:
@@ -209,16 +383,69 @@ def _lift_no_op(position: Position, module: nn.Module, options: LiftOptions) -> 
     return None
 
 
-def _lift_flatten(position: Position, module: nn.Flatten, options: LiftOptions) -> None:
+def _lift_flatten(position: Position, module: nn.Flatten, options: LiftOptions) -> Flatten:
+    """A Flatten: the readout after convolutions, a no-op of an MLP (:func:`lift` decides)."""
     if module.end_dim != -1:
         raise ValueError(
             f"lift: {_describe(position, module)} must flatten to the last dimension "
             "(end_dim=-1)"
         )
-    return None
+    return Flatten(position, module)
 
 
-Lifter = Callable[[Position, nn.Module, LiftOptions], Optional[Union[Dense, Activation]]]
+def _refuse(position: Position, module: nn.Module, why: str) -> ValueError:
+    return ValueError(f"lift: {_describe(position, module)} does not lift: {why}. "
+                      f"{EMPIRICAL_HINT}")
+
+
+EMPIRICAL_HINT = ("Finite-width kernels of any model: empirical_ntk(..., method='jacobian' or "
+                  "'ntk_vp')")
+
+
+def _lift_conv(position: Position, module: nn.Module, options: LiftOptions) -> Conv:
+    """NTKConv1d/2d with its own law; nn.Conv1d/2d with PyTorch's initialization
+    (U(±1/√fan_in): σ_w² = 1/3, σ_b² = 1/(3·fan_in), standard parametrization)."""
+    has_bias = module.bias is not None
+    if isinstance(module, (NTKConv1d, NTKConv2d)):
+        return Conv(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                    module.dilation, module.padding_pairs, module.padding_mode,
+                    module.weight_std**2, module.bias_std**2 if has_bias else 0.0,
+                    module.parametrization, has_bias, position, module)
+    if module.groups != 1:
+        raise _refuse(position, module, f"groups={module.groups} (only groups=1 lifts)")
+    if module.padding_mode not in ("zeros", "circular"):
+        raise _refuse(position, module, f"padding_mode={module.padding_mode!r} (only 'zeros' "
+                      "and 'circular' lift)")
+    kernel = tuple(module.kernel_size)
+    fan_in = module.in_channels * math.prod(kernel)
+    padding = conv_padding("lift", module.padding, kernel, tuple(module.stride),
+                           tuple(module.dilation))
+    return Conv(module.in_channels, module.out_channels, kernel, tuple(module.stride),
+                tuple(module.dilation), padding, module.padding_mode, 1.0 / 3.0,
+                1.0 / (3.0 * fan_in) if has_bias else 0.0, "standard", has_bias, position, module)
+
+
+def _lift_avg_pool(position: Position, module: nn.Module, options: LiftOptions) -> AvgPool:
+    dims = 1 if isinstance(module, nn.AvgPool1d) else 2
+    as_tuple = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims)
+    if any(as_tuple(module.padding)) or module.ceil_mode or getattr(
+            module, "divisor_override", None) is not None:
+        raise _refuse(position, module, "only padding=0, ceil_mode=False and no "
+                      "divisor_override lift")
+    stride = module.stride if module.stride not in (None, (), []) else module.kernel_size
+    return AvgPool(as_tuple(module.kernel_size), as_tuple(stride), position, module)
+
+
+def _lift_global_pool(position: Position, module: nn.Module,
+                      options: LiftOptions) -> GlobalAvgPool:
+    size = module.output_size
+    if any(s != 1 for s in (size if isinstance(size, (tuple, list)) else (size,))):
+        raise _refuse(position, module, f"output_size={size!r} (only global pooling, "
+                      "output_size=1, lifts)")
+    return GlobalAvgPool(position, module)
+
+
+Lifter = Callable[[Position, nn.Module, LiftOptions], Optional[Layer]]
 
 # Module type → its lifting: the layer it is, or None for a no-op of the kernels
 # (a subclass lifts like its nearest listed base when it keeps that base's forward).
@@ -228,6 +455,14 @@ LIFTERS: dict[type, Lifter] = {
     nn.Identity: _lift_no_op,
     nn.Dropout: _lift_no_op,
     nn.Flatten: _lift_flatten,
+    NTKConv1d: _lift_conv,
+    NTKConv2d: _lift_conv,
+    nn.Conv1d: _lift_conv,
+    nn.Conv2d: _lift_conv,
+    nn.AvgPool1d: _lift_avg_pool,
+    nn.AvgPool2d: _lift_avg_pool,
+    nn.AdaptiveAvgPool1d: _lift_global_pool,
+    nn.AdaptiveAvgPool2d: _lift_global_pool,
     **{t: _lift_activation for t in module_types()},
 }
 
@@ -255,9 +490,11 @@ def lift_module(
             )
         return lifter(position, module, LiftOptions(linear_weight_var, linear_bias_var))
     raise ValueError(
-        f"lift: {_describe(position, module)} does not lift to an MLP layer spec; "
+        f"lift: {_describe(position, module)} does not lift to a layer spec; "
         "supported: NTKLinear, nn.Linear, registered activations "
-        "(torch_ntk.activations.REGISTRY), nn.Identity, nn.Flatten, nn.Dropout"
+        "(torch_ntk.activations.REGISTRY), nn.Identity, nn.Flatten, nn.Dropout, NTKConv1d/2d, "
+        "nn.Conv1d/2d (groups=1), nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d(1). "
+        f"{EMPIRICAL_HINT}"
     )
 
 
@@ -275,33 +512,53 @@ def lift(
     linear_weight_var: Optional[float] = None,
     linear_bias_var: Optional[float] = None,
 ) -> LayerSpec:
-    """The layer spec of an ``nn.Sequential`` MLP, each layer bound to its module.
+    """The layer spec of an ``nn.Sequential`` MLP or CNN, each layer bound to its module.
 
     Args:
         model: ``nn.Sequential`` (nested Sequentials are flattened) of NTKLinear,
-            nn.Linear, registered activations, nn.Identity, nn.Flatten, nn.Dropout.
+            nn.Linear, registered activations, nn.Identity, nn.Flatten, nn.Dropout; a CNN
+            starts with NTKConv1d/2d or nn.Conv1d/2d, may pool (nn.AvgPool1d/2d), and reads
+            out by nn.Flatten or nn.AdaptiveAvgPool1d/2d(1) into dense layers.
         linear_weight_var, linear_bias_var: σ_w², σ_b² assumed for ``nn.Linear`` layers
             (standard parametrization). Default: PyTorch's initialization, uniform on
-            ±1/√fan_in, i.e. σ_w² = 1/3 and σ_b² = 1/(3·fan_in).
+            ±1/√fan_in, i.e. σ_w² = 1/3 and σ_b² = 1/(3·fan_in) (always so for nn.Conv).
 
     Raises:
         ValueError: a module that does not lift (naming it and its position), a
             subclass of a supported type that overrides ``forward``, a model that does
-            not start and end with a dense layer, or two activations in a row.
+            not start with a dense or conv layer and end with a dense layer, two
+            activations in a row, or CNN layers out of order.
     """
     if not isinstance(model, nn.Sequential):
         raise ValueError(
             f"lift: the model must be an nn.Sequential MLP; got {type(model).__name__}"
         )
     layers: list[Layer] = []
-    flatten_input = False
+    flatten_input = convolutional = read_out = False
     for position, module in flat_modules(model):
         layer = lift_module(module, position, linear_weight_var, linear_bias_var)
         if layer is None:
-            if isinstance(module, nn.Flatten) and not layers:
+            continue
+        if isinstance(layer, Flatten):
+            if convolutional and not read_out:
+                layers.append(layer)
+                read_out = True
+            elif not layers:
                 flatten_input = True
+            continue  # otherwise a no-op (inside an MLP, or after global pooling)
+        if isinstance(layer, (Conv, AvgPool, GlobalAvgPool)):
+            if isinstance(layer, Conv) and not layers:
+                convolutional = True
+            if not convolutional or read_out:
+                raise _refuse(position, module, "convolutions and pooling lift only at the "
+                              "start of a model, before its Flatten or global pooling readout")
+            read_out = isinstance(layer, GlobalAvgPool)
+            layers.append(layer)
             continue
         if isinstance(layer, Dense):
+            if convolutional and not read_out:
+                raise _refuse(position, module, "a dense layer after convolutions needs an "
+                              "nn.Flatten or nn.AdaptiveAvgPool(1) readout before it")
             if layers and isinstance(layers[-1], Dense):
                 layers.append(Activation("identity"))
             layers.append(layer)
@@ -309,13 +566,16 @@ def lift(
         if not layers:
             raise ValueError(
                 f"lift: {_describe(position, module)} comes before the first dense layer; "
-                "the model must start with a dense layer"
+                "the model must start with a dense layer (or a convolution)"
             )
         if isinstance(layers[-1], Activation):
             raise ValueError(
                 f"lift: {_describe(position, module)} follows another activation; "
                 "two activations in a row do not lift"
             )
+        if isinstance(layers[-1], READOUTS):
+            raise _refuse(position, module, "an activation between the readout and the dense "
+                          "layer after it")
         layers.append(layer)
     if not layers:
         raise ValueError("lift: the model has no dense layer")
@@ -323,4 +583,7 @@ def lift(
         raise ValueError(
             "lift: the model ends with an activation; the output layer must be dense"
         )
-    return LayerSpec(tuple(layers), flatten_input)
+    try:
+        return LayerSpec(tuple(layers), flatten_input and not convolutional)
+    except ValueError as error:
+        raise ValueError(f"lift: {error}") from error

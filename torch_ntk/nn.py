@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from .activations import Abs, Activation, Erf, from_module, from_name
 
-__all__ = ["NTKLinear", "ntk_mlp", "linear_mlp", "weight_scale_ratio", "Erf", "Abs",
-           "PARAMETRIZATIONS"]
+__all__ = ["NTKLinear", "NTKConv1d", "NTKConv2d", "ntk_mlp", "linear_mlp", "weight_scale_ratio",
+           "Erf", "Abs", "PARAMETRIZATIONS", "conv_padding"]
 
 PARAMETRIZATIONS = ("ntk", "standard")
 
@@ -122,6 +122,143 @@ class NTKLinear(nn.Module):
             f"bias={self.bias is not None}, weight_std={self.weight_std}, "
             f"bias_std={self.bias_std}, parametrization={self.parametrization!r}"
         )
+
+
+def conv_padding(function: str, padding, kernel_size: tuple, stride: tuple,
+                 dilation: tuple) -> tuple:
+    """nn.Conv's ``padding`` ("same", "valid", int or tuple) as (before, after) per spatial dim.
+
+    "same" pads d·(k−1) in total, the smaller half before (as torch does; stride 1 only).
+    """
+    dims = len(kernel_size)
+    if padding == "valid":
+        return ((0, 0),) * dims
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError(f"{function}: padding='same' needs stride 1; got stride={stride}")
+        totals = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    pads = _tuple_of(function, "padding", padding, dims, minimum=0)
+    return tuple((p, p) for p in pads)
+
+
+def _tuple_of(function: str, name: str, value, dims: int, minimum: int) -> tuple:
+    values = (value,) * dims if isinstance(value, int) else tuple(value) if isinstance(
+        value, (tuple, list)) else None
+    if values is None or len(values) != dims or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
+        raise ValueError(f"{function}: {name} must be an integer >= {minimum} or a tuple of "
+                         f"{dims}; got {value!r}")
+    return values
+
+
+class _NTKConv(nn.Module):
+    """The convolution of :class:`NTKConv1d`/:class:`NTKConv2d` (``dims`` spatial dims)."""
+
+    dims = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, padding_mode: str = "zeros", bias: bool = True,
+                 weight_std: float = 1.0, bias_std: float = 0.1, parametrization: str = "ntk",
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: {label} must be a positive integer; got {value!r}")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"{name}: parametrization must be one of {PARAMETRIZATIONS}; "
+                             f"got {parametrization!r}")
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"{name}: padding_mode must be 'zeros' or 'circular'; "
+                             f"got {padding_mode!r}")
+        if not weight_std >= 0 or not bias_std >= 0:
+            raise ValueError(f"{name}: weight_std and bias_std must be non-negative; got "
+                             f"{weight_std}, {bias_std}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _tuple_of(name, "kernel_size", kernel_size, self.dims, minimum=1)
+        self.stride = _tuple_of(name, "stride", stride, self.dims, minimum=1)
+        self.dilation = _tuple_of(name, "dilation", dilation, self.dims, minimum=1)
+        self.padding = padding
+        self.padding_pairs = conv_padding(name, padding, self.kernel_size, self.stride,
+                                          self.dilation)
+        self.padding_mode = padding_mode
+        self.weight_std, self.bias_std = float(weight_std), float(bias_std)
+        self.parametrization = parametrization
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels, *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    @property
+    def fan_in(self) -> int:
+        """C_in·prod(kernel_size)."""
+        return self.in_channels * math.prod(self.kernel_size)
+
+    @property
+    def weight_scale(self) -> float:
+        """The factor applied to W in forward: σ_w/√fan_in (ntk) or 1 (standard)."""
+        return self.weight_std / math.sqrt(self.fan_in) if self.parametrization == "ntk" else 1.0
+
+    @property
+    def bias_scale(self) -> float:
+        """The factor applied to b in forward: σ_b (ntk) or 1 (standard)."""
+        return self.bias_std if self.parametrization == "ntk" else 1.0
+
+    def reset_parameters(self) -> None:
+        """W, b ~ N(0, 1) (ntk) or N(0, σ_w²/fan_in), N(0, σ_b²) (standard); torch's RNG."""
+        with torch.no_grad():
+            ntk = self.parametrization == "ntk"
+            self.weight.normal_(0.0, 1.0 if ntk else self.weight_std / math.sqrt(self.fan_in))
+            if self.bias is not None:
+                self.bias.normal_(0.0, 1.0 if ntk else self.bias_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = [p for pair in reversed(self.padding_pairs) for p in pair]  # last dim first
+        if any(pad):
+            mode = "circular" if self.padding_mode == "circular" else "constant"
+            x = torch.nn.functional.pad(x, pad, mode=mode)
+        conv = torch.nn.functional.conv1d if self.dims == 1 else torch.nn.functional.conv2d
+        out = conv(x, self.weight, None, self.stride, 0, self.dilation)
+        if self.parametrization == "ntk":
+            out = out * self.weight_scale
+        if self.bias is not None:
+            out = out + (self.bias_scale * self.bias).reshape(-1, *([1] * self.dims))
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
+            f"padding_mode={self.padding_mode!r}, bias={self.bias is not None}, "
+            f"weight_std={self.weight_std}, bias_std={self.bias_std}, "
+            f"parametrization={self.parametrization!r}"
+        )
+
+
+class NTKConv1d(_NTKConv):
+    """A 1-D convolution in NTK (default) or standard parametrization.
+
+    nn.Conv1d's arguments (``groups`` not offered; ``padding`` "same", "valid", an int or a
+    1-tuple; ``padding_mode`` "zeros" or "circular") with :class:`NTKLinear`'s law on
+    fan_in = C_in·k: "ntk" — W, b ~ N(0, 1), forward (σ_w/√fan_in)·(W ⋆ x) + σ_b·b;
+    "standard" — W ~ N(0, σ_w²/fan_in), b ~ N(0, σ_b²), forward W ⋆ x + b.
+
+    Shapes: [N, C_in, L] → [N, C_out, L_out]; ``weight`` [C_out, C_in, k] as in nn.Conv1d.
+    """
+
+    dims = 1
+
+
+class NTKConv2d(_NTKConv):
+    """A 2-D convolution in NTK (default) or standard parametrization.
+
+    As :class:`NTKConv1d` with fan_in = C_in·k_h·k_w; [N, C_in, H, W] → [N, C_out, H', W'];
+    ``weight`` [C_out, C_in, k_h, k_w] as in nn.Conv2d.
+    """
+
+    dims = 2
 
 
 ActivationLike = Union[str, Activation, nn.Module, Callable[[], nn.Module]]
