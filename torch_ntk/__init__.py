@@ -20,7 +20,7 @@ except ImportError as _error:  # pragma: no cover - depends on the installation
         "torch), or run 'bash scripts/test.sh' which does everything."
     ) from _error
 
-from . import activations, arch, nn, ops, predict
+from . import activations, arch, cnn_analytic, nn, ops, predict
 from .analytic import Kernels, analytic_kernels
 from .arch import Dense, LayerSpec, lift, mlp_spec
 from .empirical import MethodFallbackWarning, NTKInfo, empirical_ntk
@@ -45,6 +45,7 @@ __all__ = [
     "activations",
     "analytic_kernels",
     "arch",
+    "cnn_analytic",
     "convergence_study",
     "empirical_ntk",
     "iter_monte_carlo_kernels",

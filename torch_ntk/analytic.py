@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from . import ops
 from .activations import DEFAULT_QUADRATURE_DEGREE, hermite_rule
 from .arch import LayerSpec, lift
+from .cnn_analytic import cnn_kernels, pair_floats
 from .validation import check_batch, check_choices
 
 __all__ = ["Kernels", "analytic_kernels", "as_spec"]
@@ -75,7 +76,9 @@ def compiled_op_args(spec: LayerSpec) -> dict:
     hidden layer (activation, then dense): act_ids, act_params, σ_w², σ_b², and the NTK's
     additive term ntk_weight·E[φφ] + ntk_bias with ntk_weight = c_w·n_in (σ_w² for ntk,
     n_in for standard) and ntk_bias = c_b.
+    MLP specs only (ValueError for a CNN spec: see :func:`torch_ntk.cnn_analytic.cnn_op_args`).
     """
+    spec.require_mlp("compiled_op_args")
     first, rest = spec.dense_layers[0], spec.dense_layers[1:]
     return dict(
         input_weight_var=first.weight_var / first.in_features,
@@ -100,13 +103,15 @@ def analytic_kernels(
     quadrature_degree: Optional[int] = None,
     force_quadrature: bool = False,
 ) -> Kernels:
-    """The infinite-width NNGP and NTK of an MLP architecture.
+    """The infinite-width NNGP and NTK of an MLP or CNN architecture.
 
     Args:
         model_or_spec: an ``nn.Sequential`` that lifts (:func:`torch_ntk.arch.lift`) or a
             :class:`~torch_ntk.arch.LayerSpec`. Only the architecture and the
-            initialization variances matter, not the parameter values.
-        x1: [N1, n_0] float32/float64 (any [N1, ...] when the model starts with Flatten).
+            initialization variances matter, not the parameter values. CNN specs go to
+            :func:`torch_ntk.cnn_analytic.cnn_kernels`.
+        x1: [N1, n_0] float32/float64 (any [N1, ...] when the model starts with Flatten);
+            for a CNN, images [N1, C, H, W] (or [N1, C, L] for 1-D convolutions).
         x2: [N2, n_0] like x1, or None for x2 = x1 (then the result is exactly symmetric
             and only the upper triangle is computed).
         get: "nngp", "ntk" or both.
@@ -133,6 +138,8 @@ def analytic_kernels(
     """
     spec = as_spec(model_or_spec)
     wanted = check_choices("analytic_kernels", "get", get, KERNEL_NAMES)
+    if not spec.is_mlp:
+        return Kernels(*cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature))
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
                      flatten=spec.flatten_input)
     if x2 is not None:
@@ -163,7 +170,8 @@ def analytic_kernels_into(
     x2 [N2, n0] (None: x1) into ``out`` [N1, N2], a block of rows at a time.
 
     A block of r rows computes its [r, N2] output and temporaries (about 4·r·N2 numbers
-    of x1's dtype) within ``memory_budget`` bytes (default:
+    of x1's dtype for an MLP, r·N2 times :func:`torch_ntk.cnn_analytic.pair_floats` for a
+    CNN) within ``memory_budget`` bytes (default:
     :func:`torch_ntk.runtime.default_memory_budget` of x1's device), and at most
     ``chunk_size`` rows. One block takes the symmetric fast path when x2 is None.
     ``out`` may live elsewhere than x1 (e.g. a memory-mapped .npy on the CPU); each
@@ -177,7 +185,8 @@ def analytic_kernels_into(
     n2 = (x2 if x2 is not None else x1).shape[0]
     budget = memory_budget or default_memory_budget(x1.device)
     itemsize = torch.finfo(x1.dtype).bits // 8
-    rows = max(1, min(n1, budget // max(1, 4 * n2 * itemsize)))
+    per_pair = 4 if spec.is_mlp else pair_floats(spec, x1)
+    rows = max(1, min(n1, budget // max(1, per_pair * n2 * itemsize)))
     if chunk_size is not None:
         rows = min(rows, chunk_size)
     starts = range(0, n1, rows)

@@ -39,7 +39,7 @@ from .arch import AvgPool, Conv, Dense, Flatten, GlobalAvgPool, LayerSpec
 from .validation import check_batch, check_choices
 
 __all__ = ["CNNKernels", "CONV", "ACTIVATION", "AVGPOOL", "GLOBAL_AVGPOOL", "FLATTEN", "DENSE",
-           "cnn_kernels", "cnn_op_args", "check_images", "output_size"]
+           "cnn_kernels", "cnn_op_args", "check_images", "output_size", "pair_floats"]
 
 CONV, ACTIVATION, AVGPOOL, GLOBAL_AVGPOOL, FLATTEN, DENSE = range(6)
 QUADRATURE_ELEMENTS = 1 << 22  # elements × degree² per quadrature chunk
@@ -129,11 +129,11 @@ def check_images(function: str, name: str, x: Tensor, spec: LayerSpec,
     expected per-sample shape otherwise (NaN, empty batch and dtype as check_batch)."""
     x = check_batch(function, name, x, like=like)
     dims, channels = spec.spatial_dims, spec.in_channels
-    wanted = [channels, "H", "W"] if dims == 2 else [channels, "L"]
+    wanted = f"{channels}, H, W" if dims == 2 else f"{channels}, L"
     positions = _readout_positions(spec)
     if x.dim() != dims + 2 or x.shape[1] != channels:
-        raise ValueError(f"{function}: {name} must have shape [N, {', '.join(map(str, wanted))}]"
-                         f" for this CNN; got {list(x.shape)}")
+        raise ValueError(f"{function}: {name} must have shape [N, {wanted}] for this CNN; got "
+                         f"{list(x.shape)}")
     size = tuple(x.shape[2:]) if dims == 2 else (1, x.shape[2])
     out = output_size(spec, size)
     if out is not None and (positions is None or out[0] * out[1] == positions):
@@ -144,13 +144,28 @@ def check_images(function: str, name: str, x: Tensor, spec: LayerSpec,
                 and output_size(spec, (h, w))[0] * output_size(spec, (h, w))[1] == positions]
         fits.sort(key=lambda hw: (hw[0] != hw[1], hw))
         if fits:
-            wanted = [channels, *fits[0]] if dims == 2 else [channels, fits[0][1]]
+            wanted = ", ".join(map(str, (channels, *fits[0]) if dims == 2 else (channels,
+                                                                                 fits[0][1])))
         why = (f"the dense layer after the Flatten takes {positions} positions per channel; "
                f"these inputs give {'none' if out is None else out[0] * out[1]}")
     else:
         why = "the image is smaller than the network's receptive field"
-    raise ValueError(f"{function}: {name} must have per-sample shape {wanted} ({why}); got "
+    raise ValueError(f"{function}: {name} must have per-sample shape [{wanted}] ({why}); got "
                      f"{list(x.shape[1:])}")
+
+
+def pair_floats(spec: LayerSpec, x: Tensor) -> int:
+    """About how many numbers one pair of images holds at once in :func:`cnn_kernels`: a few
+    copies of the largest plane (P²) or diagonal (P), P the positions of x [N, C, H, W] /
+    [N, C, L] or of a padded conv input."""
+    planes = any(isinstance(layer, (AvgPool, GlobalAvgPool)) for layer in spec.layers)
+    positions = max(1, x[0, 0].numel())
+    for layer in spec.layers:
+        if isinstance(layer, Conv):
+            k, s, d, p = _as_2d(layer)
+            positions = max(positions, (x.shape[-2] + sum(p[0])) * (x.shape[-1] + sum(p[1]))
+                            if x.dim() == 4 else x.shape[-1] + sum(p[1]))
+    return 8 * (positions * positions if planes else positions)
 
 
 def _pad_axis(t: Tensor, axis: int, before: int, after: int, circular: bool) -> Tensor:

@@ -218,6 +218,7 @@ def spec_at_width(name: str, spec_or_widths: SpecOrWidths, width: Optional[int],
             f"{name}: spec_or_widths must be a torch_ntk.arch.LayerSpec or a list of widths; "
             f"got {type(spec_or_widths).__name__}"
         )
+    spec.require_mlp(name)
     if width is None:
         return spec
     width = check_int(name, "width", width, minimum=1)

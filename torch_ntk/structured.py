@@ -36,6 +36,7 @@ class StructuredPlan:
     """
 
     def __init__(self, spec: LayerSpec):
+        spec.require_mlp("StructuredPlan")
         missing = [k for k, d in enumerate(spec.dense_layers) if d.source is None]
         if missing:
             raise ValueError(

@@ -169,8 +169,8 @@ class NTK(nn.Module):
         except ValueError as error:
             raise ValueError(
                 f"{function}: {type(self.model).__name__} has no infinite-width kernel in "
-                f"torch_ntk ({error}). Limits exist for nn.Sequential MLPs of the layers "
-                "torch_ntk.lift accepts; the finite-width kernel of any model is "
+                f"torch_ntk ({error}). Limits exist for nn.Sequential MLPs and CNNs of the "
+                "layers torch_ntk.lift accepts; the finite-width kernel of any model is "
                 "NTK.empirical."
             ) from error
         return analytic_kernels(spec, x1, x2, get, **kwargs)
