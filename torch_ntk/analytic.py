@@ -1,4 +1,4 @@
-"""Infinite-width kernels of an MLP: the NNGP Σ and the NTK Θ∞ (NTK_MATH.md §3).
+"""Infinite-width kernels of an MLP: the NNGP Σ and the NTK Θ∞ (NTK_MATH.md §3); CNNs dispatch.
 
     Σ^(1)   = σ_w² xᵀx′/n_0 + σ_b²
     Σ^(l+1) = σ_w² E[φ(u)φ(v)] + σ_b²,   Σ̇^(l+1) = σ_w² E[φ′(u)φ′(v)]
@@ -7,7 +7,8 @@
 Computed by one fused op: a GEMM for ⟨x, x′⟩, the per-sample variances in O(N·L),
 then one pass over pairs that runs every layer in registers and writes only the
 requested outputs. Closed forms for the ReLU family and erf; Gauss–Hermite
-quadrature of degree ``quadrature_degree`` for every other activation.
+quadrature of degree ``quadrature_degree`` for every other activation. CNN specs
+(:mod:`torch_ntk.cnn_analytic`) take the convolutional recursion of NTK_MATH.md §6.
 
 Example::
 

@@ -5,7 +5,8 @@ the analytic and structured kernels consume; a CNN spec is ``Conv, [Activation],
 [AvgPool], …, GlobalAvgPool | Flatten, Dense, [Activation, Dense …]`` (only the
 infinite-width kernels take it: :mod:`torch_ntk.cnn_analytic`). CNN lifting accepts
 ``NTKConv1d/2d``, ``nn.Conv1d/2d`` (PyTorch's initialization, groups 1),
-``nn.AvgPool1d/2d`` (no padding), ``nn.AdaptiveAvgPool1d/2d(1)`` and ``nn.Flatten``. Lifting accepts ``NTKLinear`` (either
+``nn.AvgPool1d/2d`` (no padding), ``nn.AdaptiveAvgPool1d/2d(1)`` and
+``nn.Flatten``. Lifting accepts ``NTKLinear`` (either
 parametrization), ``nn.Linear``, the registered activations
 (:mod:`torch_ntk.activations`), and ``nn.Identity``, ``nn.Flatten`` and ``nn.Dropout``
 (no-ops for kernels; Dropout only in eval mode for finite-width kernels). Two
