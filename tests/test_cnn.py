@@ -216,6 +216,24 @@ def test_blocks_symmetry_and_kernels_into():
     torch.testing.assert_close(quad.ntk, tn.analytic_kernels(smooth, x).ntk, rtol=1e-6, atol=0)
 
 
+def test_diagonal_path_equals_plane_path_and_float32():
+    """A Flatten readout without pooling keeps only same-position entries; a 1×1 AvgPool
+    forces the full P×P planes: the same kernels (float64, 1e-13). float32 within 1e-5."""
+    def model(pool):
+        return nn.Sequential(NTKConv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(),
+                             NTKConv2d(3, 3, 2, padding="same", padding_mode="circular"),
+                             nn.GELU(), *([nn.AvgPool2d(1)] if pool else []), nn.Flatten(),
+                             NTKLinear(27, 1)).double()
+
+    x1, x2 = images(3, h=6, w=6, seed=7), images(2, h=6, w=6, seed=8)
+    diag, plane = (tn.analytic_kernels(model(pool), x1, x2) for pool in (False, True))
+    torch.testing.assert_close(diag.ntk, plane.ntk, rtol=1e-13, atol=0)
+    torch.testing.assert_close(diag.nngp, plane.nngp, rtol=1e-13, atol=0)
+    single = tn.analytic_kernels(model(False).float(), x1.float(), x2.float())
+    assert single.ntk.dtype == torch.float32
+    torch.testing.assert_close(single.ntk.double(), diag.ntk, rtol=1e-5, atol=1e-6)
+
+
 def test_wrapper_limit_and_tracker_limit_kernel():
     model = mc_model("gap-erf-same", 6)
     x = images(4, seed=5)

@@ -41,6 +41,19 @@ __all__ = ["AvgPool", "Conv", "Dense", "Flatten", "GlobalAvgPool", "LIFTERS", "L
            "LiftOptions", "flat_modules", "lift", "lift_module", "mlp_spec"]
 
 
+def _check_law(kind: str, layer) -> None:
+    if layer.parametrization not in PARAMETRIZATIONS:
+        raise ValueError(
+            f"{kind}: parametrization must be one of {PARAMETRIZATIONS}; "
+            f"got {layer.parametrization!r}"
+        )
+    if not layer.weight_var >= 0 or not layer.bias_var >= 0:
+        raise ValueError(
+            f"{kind}: weight_var and bias_var must be non-negative; got {layer.weight_var}, "
+            f"{layer.bias_var}"
+        )
+
+
 @dataclass(frozen=True)
 class Dense:
     """A dense layer: its law at initialization and its parametrization.
@@ -69,16 +82,7 @@ class Dense:
     source: Optional[nn.Module] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.parametrization not in PARAMETRIZATIONS:
-            raise ValueError(
-                f"Dense: parametrization must be one of {PARAMETRIZATIONS}; "
-                f"got {self.parametrization!r}"
-            )
-        if not self.weight_var >= 0 or not self.bias_var >= 0:
-            raise ValueError(
-                f"Dense: weight_var and bias_var must be non-negative; got {self.weight_var}, "
-                f"{self.bias_var}"
-            )
+        _check_law("Dense", self)
 
     @property
     def ntk_weight_coef(self) -> float:
@@ -137,7 +141,7 @@ class Conv:
         if self.padding_mode not in ("zeros", "circular"):
             raise ValueError(f"Conv: padding_mode must be 'zeros' or 'circular'; got "
                              f"{self.padding_mode!r}")
-        Dense.__post_init__(self)  # the same checks of the law
+        _check_law("Conv", self)
 
     @property
     def dims(self) -> int:
@@ -474,7 +478,9 @@ def lift_module(
     linear_weight_var: Optional[float] = None,
     linear_bias_var: Optional[float] = None,
 ) -> Optional[Layer]:
-    """The layer one module lifts to (bound to it), or None for a kernel no-op.
+    """The layer one module lifts to (bound to it), or None for a kernel no-op
+    (``nn.Flatten`` lifts to :class:`Flatten`, which :func:`lift` keeps only as a CNN's
+    readout).
 
     Raises:
         ValueError: a module type that does not lift, a subclass that overrides

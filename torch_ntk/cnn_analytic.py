@@ -139,10 +139,10 @@ def check_images(function: str, name: str, x: Tensor, spec: LayerSpec,
     if out is not None and (positions is None or out[0] * out[1] == positions):
         return x
     if positions is not None:
-        fits = [(h, w) for h in (range(1, 129) if dims == 2 else (1,)) for w in range(1, 129)
-                if output_size(spec, (h, w)) is not None
-                and output_size(spec, (h, w))[0] * output_size(spec, (h, w))[1] == positions]
-        fits.sort(key=lambda hw: (hw[0] != hw[1], hw))
+        sizes = {(h, w): output_size(spec, (h, w))
+                 for h in (range(1, 129) if dims == 2 else (1,)) for w in range(1, 129)}
+        fits = sorted((hw for hw, o in sizes.items() if o and o[0] * o[1] == positions),
+                      key=lambda hw: (hw[0] != hw[1], hw))
         if fits:
             wanted = ", ".join(map(str, (channels, *fits[0]) if dims == 2 else (channels,
                                                                                  fits[0][1])))
