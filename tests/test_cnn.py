@@ -371,3 +371,11 @@ def test_bad_inputs():
         tn.analytic_kernels(gap, images(0))
     with pytest.raises(ValueError, match="per-sample shape of x1"):
         tn.analytic_kernels(gap, images(2), images(2, h=6, w=6))
+    one_d = nn.Sequential(NTKConv1d(2, 3, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                          NTKLinear(3 * 4, 1)).double()
+    with pytest.raises(ValueError, match=r"shape \[N, 2, L\] for this CNN; got \[3, 2, 1, 9\]"):
+        tn.analytic_kernels(one_d, torch.randn(3, 2, 1, 9, dtype=D))
+    with pytest.raises(ValueError, match=r"per-sample shape \[2, 9\] \(the dense layer after "
+                       r"the Flatten takes 4 positions per channel; these inputs give 5\)"):
+        tn.analytic_kernels(one_d, torch.randn(3, 2, 11, dtype=D))
+    assert tn.analytic_kernels(one_d, torch.randn(3, 2, 10, dtype=D), get="ntk").nngp is None

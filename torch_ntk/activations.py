@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -343,3 +343,13 @@ def gaussian_expectations(
     e_phi = (ww * act(u) * act(v)).sum((-1, -2))
     e_dphi = (ww * act.derivative(u) * act.derivative(v)).sum((-1, -2))
     return e_phi, e_dphi
+
+
+def quadrature_degree_for(activations: Sequence[Activation], force_quadrature: bool = False) -> int:
+    """The largest default Gauss–Hermite degree among ``activations`` (≥ 1; closed forms
+    count as DEFAULT_QUADRATURE_DEGREE when ``force_quadrature``)."""
+    return max([a.default_quadrature_degree or (
+        DEFAULT_QUADRATURE_DEGREE if force_quadrature else 1) for a in activations], default=1)
+
+
+__all__.append("quadrature_degree_for")

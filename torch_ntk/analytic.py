@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .activations import DEFAULT_QUADRATURE_DEGREE, hermite_rule
+from .activations import hermite_rule, quadrature_degree_for
 from .arch import LayerSpec, lift
 from .cnn_analytic import cnn_kernels, pair_floats
 from .validation import check_batch, check_choices
@@ -61,11 +61,7 @@ def as_spec(model_or_spec: Union[nn.Module, LayerSpec]) -> LayerSpec:
 
 def default_quadrature_degree(spec: LayerSpec, force_quadrature: bool = False) -> int:
     """The largest default Gauss–Hermite degree among the spec's activations (≥ 1)."""
-    degrees = [
-        a.default_quadrature_degree or (DEFAULT_QUADRATURE_DEGREE if force_quadrature else 1)
-        for a in spec.activations
-    ]
-    return max(degrees, default=1)
+    return quadrature_degree_for(spec.activations, force_quadrature)
 
 
 def compiled_op_args(spec: LayerSpec) -> dict:

@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .activations import DEFAULT_QUADRATURE_DEGREE, Activation, gaussian_expectations
+from .activations import Activation, gaussian_expectations, quadrature_degree_for
 from .arch import AvgPool, Conv, Dense, Flatten, GlobalAvgPool, LayerSpec
 from .validation import check_batch, check_choices
 
@@ -322,9 +322,7 @@ def cnn_kernels(
     if spec.spatial_dims == 1:
         x1, x2 = x1.unsqueeze(2), x2.unsqueeze(2)
     if quadrature_degree is None:
-        quadrature_degree = max([a.default_quadrature_degree or (
-            DEFAULT_QUADRATURE_DEGREE if force_quadrature else 1) for a in spec.activations],
-            default=1)
+        quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
     planes = any(isinstance(layer, (AvgPool, GlobalAvgPool)) for layer in spec.layers)
     sets = 2 if planes else 1
     c0 = x1.shape[1]
