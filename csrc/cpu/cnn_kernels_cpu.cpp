@@ -6,7 +6,6 @@
 // row; then a parallel pass over the pairs (j >= i only when x2 is None, mirrored, so
 // the result is exactly symmetric) writes the [N1, N2] outputs.
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -27,18 +26,6 @@ struct SerialTeam {
   template <typename T>
   void sum2(T&, T&) const {}
 };
-
-// The pair (i, j) at row-major index k of the upper triangle j >= i of an n x n matrix:
-// row i starts at index i n - i (i - 1) / 2.
-inline void upper_triangle_pair(int64_t n, int64_t k, int64_t& i, int64_t& j) {
-  const double b = 2.0 * static_cast<double>(n) + 1.0;
-  i = static_cast<int64_t>((b - std::sqrt(b * b - 8.0 * static_cast<double>(k))) / 2.0);
-  auto row_start = [n](int64_t r) { return r * n - r * (r - 1) / 2; };
-  i = std::min(std::max<int64_t>(i, 0), n - 1);
-  while (i > 0 && row_start(i) > k) --i;
-  while (i + 1 < n && row_start(i + 1) <= k) ++i;
-  j = i + (k - row_start(i));
-}
 
 // The CPU backend of cnn_kernels_op (csrc/cnn_spec.h).
 struct CpuCnn {
@@ -84,7 +71,7 @@ struct CpuCnn {
       std::vector<T> scratch(scratch_len);
       int64_t i, j;
       if (symmetric) {
-        upper_triangle_pair(n1, begin, i, j);
+        math::upper_triangle_pair(n1, begin, i, j);
       } else {
         i = begin / n2;
         j = begin % n2;

@@ -224,6 +224,17 @@ TNTK_HD void cnn_reduce(const CnnProgram<T>& prog, const CnnLayer<T>& L, const T
   }
 }
 
+// The pair (i, j) at row-major index k of the upper triangle j >= i of an n x n matrix
+// (row i starts at index i n - i (i - 1) / 2): the pairs of x2 = None.
+TNTK_HD void upper_triangle_pair(int64_t n, int64_t k, int64_t& i, int64_t& j) {
+  const double b = 2.0 * static_cast<double>(n) + 1.0;
+  i = static_cast<int64_t>((b - sqrt(b * b - 8.0 * static_cast<double>(k))) / 2.0);
+  i = i < 0 ? 0 : (i > n - 1 ? n - 1 : i);
+  while (i > 0 && i * n - i * (i - 1) / 2 > k) --i;
+  while (i + 1 < n && (i + 1) * n - (i + 1) * i / 2 <= k) ++i;
+  j = i + (k - (i * n - i * (i - 1) / 2));
+}
+
 // Runs the whole program on the pair (x, xp) [C0, H0 * W0] and returns its NNGP and NTK.
 // scratch holds 4 * prog.plane entries. var1/var2 are the samples' variance rows; a self
 // pass (x = xp) passes var_out, into which it records them (var1 = var2 = var_out).
