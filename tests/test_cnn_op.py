@@ -322,6 +322,37 @@ def test_linear_conv_flatten_dense_by_hand():
     assert abs(float(out[1]) - ntk) < 1e-12 * abs(ntk)
 
 
+@pytest.mark.parametrize("circular", [False, True])
+@pytest.mark.parametrize("readout", ["flatten", "gap"])
+def test_conv_geometry_matches_torch_padding(circular, readout):
+    """Stride, dilation and asymmetric (zero or circular) padding as torch pads and unfolds:
+    Σ¹_{p,p'} = σ_w²/(C|Q|)·⟨patch_p(x), patch_p'(x')⟩ + σ_b² with the patches of F.unfold
+    on F.pad(x) (torch's padding order: left, right, top, bottom)."""
+    (kh, kw), (sh, sw), (dh, dw) = (2, 3), (2, 1), (1, 2)
+    (pt, pb), (pl, pr) = (1, 2), (2, 0)
+    wv, bv = 1.7, 0.3
+    layer = conv(3, (kh, kw), s=(sh, sw), d=(dh, dw), pad=((pt, pb), (pl, pr)),
+                 circular=circular, wv=wv, bv=bv)
+    net = [layer, FLAT_ if readout == "flatten" else GAP_, dense(wv=1.0, bv=0.0)]
+    x1, x2 = torch.randn(3, 2, 5, 4, dtype=torch.float64), torch.randn(2, 2, 5, 4,
+                                                                         dtype=torch.float64)
+    mode = "circular" if circular else "constant"
+
+    def patches(x):  # [N, C·|Q|, P_out]
+        padded = torch.nn.functional.pad(x, (pl, pr, pt, pb), mode=mode)
+        return torch.nn.functional.unfold(padded, (kh, kw), dilation=(dh, dw), stride=(sh, sw))
+
+    p1, p2 = patches(x1), patches(x2)
+    gram = torch.einsum("iqp,jqr->ijpr", p1, p2) / p1.shape[1]  # A(K⁰) [N1, N2, P, P]
+    sigma = wv * gram + bv
+    if readout == "flatten":
+        expected = torch.diagonal(sigma, dim1=2, dim2=3).mean(-1)
+    else:
+        expected = sigma.mean((2, 3))
+    nngp, _ = run_op(net, x1, x2)
+    assert rel_err(nngp, expected) < 1e-12
+
+
 def test_force_quadrature_agrees_with_closed_form():
     net = NETS["pool_flatten"]  # erf
     x = 0.5 * torch.randn(3, 2, 4, 4, dtype=torch.float64)
