@@ -25,6 +25,24 @@ TORCH_LIBRARY(torch_ntk, m) {
       "float[] weight_var, float[] bias_var, float[] ntk_weight, float[] ntk_bias, "
       "Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, bool want_nngp, "
       "bool want_ntk) -> (Tensor, Tensor)");
+  // Infinite-width NNGP and NTK of a CNN (csrc/math/cnn_recursion.h for the formulas).
+  // x1 [N1, C0, H, W] (1-D inputs as [N, C, 1, L]), x2 [N2, C0, H, W] or None (x2 = x1,
+  // result exactly symmetric). The network is a program: one code per layer, each taking
+  // its arguments in order from layer_ints and layer_floats:
+  //   0 CONV            ints kh, kw, sh, sw, dh, dw, ph_before, ph_after, pw_before,
+  //                     pw_after, circular (0/1); floats weight_var, bias_var, ntk_weight,
+  //                     ntk_bias
+  //   1 ACTIVATION      ints act_id; floats param
+  //   2 AVGPOOL         ints kh, kw, sh, sw
+  //   3 GLOBAL_AVGPOOL  4 FLATTEN  (no arguments)
+  //   5 DENSE           floats weight_var, bias_var, ntk_weight, ntk_bias
+  // The program ends with a DENSE; a DENSE follows GLOBAL_AVGPOOL, FLATTEN or DENSE
+  // (+ ACTIVATION). Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not wanted
+  // is an empty tensor of shape [0].
+  m.def(
+      "cnn_kernels(Tensor x1, Tensor? x2, int[] layer_codes, int[] layer_ints, "
+      "float[] layer_floats, Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, "
+      "bool want_nngp, bool want_ntk) -> (Tensor, Tensor)");
   // phi(x) (derivative=False) or phi'(x) (derivative=True) of a registered activation,
   // elementwise, evaluated by the same code the kernels use.
   m.def("activation(Tensor x, int act_id, float param, bool derivative) -> Tensor");

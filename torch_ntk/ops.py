@@ -23,6 +23,7 @@ __all__ = [
     "PRECISIONS",
     "activation",
     "analytic_kernels",
+    "cnn_kernels",
     "cuda_built",
     "structured_ntk",
     "structured_workspace_bytes",
@@ -286,3 +287,61 @@ def _structured_ntk_fake(a1, d1, a2, d2, weight_coef, bias_coef, mode, precision
             torch._check(d2[l].shape[1:] == d1[l].shape[1:], lambda: f"{op}: d2[{l}] must have "
                          f"the outputs and width of d1[{l}] {d1[l].shape[1:]}; got {d2[l].shape}")
     return ref.new_empty(kernel_shape(mode, n1, n2, n_out))
+
+
+def cnn_kernels(
+    x1: Tensor,
+    x2: Optional[Tensor],
+    layer_codes: Sequence[int],
+    layer_ints: Sequence[int],
+    layer_floats: Sequence[float],
+    gh_nodes: Tensor,
+    gh_weights: Tensor,
+    force_quadrature: bool = False,
+    want_nngp: bool = True,
+    want_ntk: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Infinite-width (NNGP [N1, N2], NTK [N1, N2]) of a CNN; see csrc/math/cnn_recursion.h.
+
+    x1 [N1, C0, H, W] (a 1-D input as [N, C, 1, L]), x2 [N2, C0, H, W] or None (x2 = x1:
+    exactly symmetric results, half the pairs). The network is a program: ``layer_codes``
+    (0 CONV, 1 ACTIVATION, 2 AVGPOOL, 3 GLOBAL_AVGPOOL, 4 FLATTEN, 5 DENSE), each layer
+    taking its arguments in order from ``layer_ints`` and ``layer_floats`` (the table in
+    csrc/torch_ntk.cpp). ``gh_nodes``/``gh_weights`` [degree] are the Gauss–Hermite rule
+    for activations without a closed form. An output not wanted is an empty tensor [0].
+    """
+    check_built_for("torch_ntk.cnn_kernels", x1, x2)
+    return torch.ops.torch_ntk.cnn_kernels.default(
+        x1, x2, [int(c) for c in layer_codes], [int(i) for i in layer_ints],
+        [float(f) for f in layer_floats], gh_nodes, gh_weights, bool(force_quadrature),
+        bool(want_nngp), bool(want_ntk),
+    )
+
+
+@torch.library.register_fake("torch_ntk::cnn_kernels")
+def _cnn_kernels_fake(x1, x2, layer_codes, layer_ints, layer_floats, gh_nodes, gh_weights,
+                      force_quadrature, want_nngp, want_ntk):
+    torch._check(x1.dim() == 4, lambda: f"cnn_kernels: x1 must have 4 dimensions; got {x1.shape}")
+    torch._check(
+        x1.dtype in (torch.float32, torch.float64),
+        lambda: f"cnn_kernels: x1 must be float32 or float64; got {x1.dtype}",
+    )
+    n2 = x1.shape[0]
+    if x2 is not None:
+        torch._check(x2.dim() == 4,
+                     lambda: f"cnn_kernels: x2 must have 4 dimensions; got {x2.shape}")
+        torch._check(
+            x2.shape[1:] == x1.shape[1:],
+            lambda: f"cnn_kernels: x2 must have the [C, H, W] of x1 {list(x1.shape[1:])}; "
+            f"got shape {x2.shape}",
+        )
+        torch._check(x2.dtype == x1.dtype, lambda: "cnn_kernels: x2 must match x1's dtype")
+        n2 = x2.shape[0]
+    torch._check(
+        want_nngp or want_ntk,
+        lambda: "cnn_kernels: at least one of want_nngp and want_ntk must be true",
+    )
+    shape = (x1.shape[0], n2)
+    nngp = x1.new_empty(shape) if want_nngp else x1.new_empty((0,))
+    ntk = x1.new_empty(shape) if want_ntk else x1.new_empty((0,))
+    return nngp, ntk

@@ -1,0 +1,287 @@
+// The infinite-width CNN recursion (NTK_MATH.md section 6), one pair at a time.
+//
+// A pair (x, x') of images carries two position-position planes: Sigma_{p,p'}, the
+// covariance of the current features at positions p of x and p' of x', and Theta_{p,p'},
+// their NTK. The planes are "full" (P x P entries, row p, column p') or "diagonal" (the
+// P entries p = p' only, enough when no pooling precedes the readout: the tap average A
+// maps diagonal entries from diagonal entries only). Layers, on the planes of the pair:
+//
+//   input:      Sigma_{p,p'} = (1/C0) sum_c x_{c,p} x'_{c,p'},   Theta = 0
+//   CONV:       Sigma' = sw2 A(Sigma) + sb2,   Theta' = tw A(Sigma) + tb + sw2 A(Theta)
+//               A(M)_{p,p'} = (1/|Q|) sum_q M_{s p + d q - pad, s p' + d q - pad}
+//               (0 outside the image with zero padding, wrapped with circular)
+//   ACTIVATION: Sigma <- E[phi(u) phi(v)],   Theta <- E[phi'(u) phi'(v)] Theta   (entrywise)
+//               with Var u = Sigma(x, x)_{p,p}, Var v = Sigma(x', x')_{p',p'}, Cov = Sigma_{p,p'}
+//   AVGPOOL:    block averages over both indices (full planes only)
+//   GLOBAL_AVGPOOL: the scalar (1/P^2) sum_{p,p'};  FLATTEN: the scalar (1/P) sum_p (.)_{p,p}
+//   DENSE:      a CONV with a 1 x 1 kernel on the 1 x 1 "image" of a scalar.
+// After an ACTIVATION the planes hold the covariance and NTK of the activations, so a
+// linear layer directly after another one (no activation between) reads Sigma and Theta
+// as they are (K = Sigma, Kdot = 1).
+//
+// The per-sample variances Sigma(x, x)_{p,p} entering each activation come from the
+// same pass run on the pair (x, x) (a "self" pass), which records them.
+//
+// Every step takes a Team: the threads sharing one pair's planes. The CPU runs a pair on
+// one thread (begin 0, step 1, sync a no-op); a CUDA block splits each plane over its
+// threads and synchronizes between steps.
+#pragma once
+
+#include <cstdint>
+
+#include "activations.h"
+#include "hostdevice.h"
+#include "quadrature.h"
+#include "recursion.h"
+
+namespace torch_ntk {
+namespace math {
+
+// Layer codes of the cnn_kernels program (csrc/torch_ntk.cpp).
+enum CnnCode : int {
+  kCnnConv = 0,
+  kCnnActivation = 1,
+  kCnnAvgPool = 2,
+  kCnnGlobalAvgPool = 3,
+  kCnnFlatten = 4,
+  kCnnDense = 5,
+  kCnnNumCodes = 6,
+};
+
+// One layer of a validated program, with the geometry of its input and output (a
+// scalar is a 1 x 1 image). DENSE is stored as a 1 x 1 CONV on a 1 x 1 image.
+template <typename T>
+struct CnnLayer {
+  int code;
+  int h_in, w_in, h_out, w_out;
+  int kh, kw, sh, sw, dh, dw;  // CONV and AVGPOOL (dilation 1 for pools)
+  int ph, pw;                  // CONV: padding before the first row / column
+  int circular;                // CONV: 1 circular padding, 0 zeros
+  int64_t var_offset;          // ACTIVATION: where its P_in variances sit in a variance row
+  HiddenLayer<T> act;          // ACTIVATION: act, kind, param, slopes (weights unused);
+                               // CONV/DENSE: weight_var, bias_var, ntk_weight, ntk_bias
+};
+
+template <typename T>
+struct CnnProgram {
+  const CnnLayer<T>* layers;
+  int num_layers;
+  bool full;         // full P x P planes, or diagonal planes of P entries
+  int c0, h0, w0;    // input channels and image size
+  int64_t plane;     // entries of the largest plane (max P^2 full, max P diagonal)
+  int64_t var_len;   // stride of a sample's variance row (>= sum of P_in over activations)
+  GaussHermite<T> gh;
+};
+
+// Entries of a plane over P positions.
+TNTK_HD int64_t cnn_plane_size(bool full, int64_t positions) {
+  return full ? positions * positions : positions;
+}
+
+// Index of (p, p') in a plane: diagonal planes hold only p = p'.
+TNTK_HD int64_t cnn_index(bool full, int64_t positions, int64_t p, int64_t pp) {
+  return full ? p * positions + pp : p;
+}
+
+// Row (or column) of an input position read by output position `out` and tap `tap`:
+// -1 when it falls in the zero padding.
+TNTK_HD int cnn_source(int out, int tap, int stride, int dilation, int pad, int size,
+                       int circular) {
+  int i = out * stride + tap * dilation - pad;
+  if (i >= 0 && i < size) return i;
+  if (!circular) return -1;
+  i %= size;
+  return i < 0 ? i + size : i;
+}
+
+// Input planes of the pair (x, xp), each [C0, H0 * W0].
+template <typename T, typename Team>
+TNTK_HD void cnn_input(const CnnProgram<T>& prog, const Team& team, const T* x, const T* xp,
+                       T* sigma, T* theta) {
+  const int64_t P = static_cast<int64_t>(prog.h0) * prog.w0;
+  const int64_t n = cnn_plane_size(prog.full, P);
+  const T inv_c = T(1) / T(prog.c0);
+  for (int64_t e = team.begin(); e < n; e += team.step()) {
+    const int64_t p = prog.full ? e / P : e;
+    const int64_t pp = prog.full ? e % P : e;
+    T acc = T(0);
+    for (int c = 0; c < prog.c0; ++c) acc += x[c * P + p] * xp[c * P + pp];
+    sigma[e] = acc * inv_c;
+    theta[e] = T(0);
+  }
+}
+
+// CONV (and DENSE): out = the layer applied to the planes in.
+template <typename T, typename Team>
+TNTK_HD void cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
+                      const T* sigma_in, const T* theta_in, T* sigma_out, T* theta_out) {
+  const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
+  const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
+  const int64_t n = cnn_plane_size(prog.full, p_out);
+  const T inv_taps = T(1) / T(L.kh * L.kw);
+  const HiddenLayer<T>& c = L.act;
+  for (int64_t e = team.begin(); e < n; e += team.step()) {
+    const int64_t p = prog.full ? e / p_out : e;
+    const int64_t pp = prog.full ? e % p_out : e;
+    const int a = static_cast<int>(p / L.w_out), b = static_cast<int>(p % L.w_out);
+    const int a2 = static_cast<int>(pp / L.w_out), b2 = static_cast<int>(pp % L.w_out);
+    T acc_s = T(0), acc_t = T(0);
+    for (int qh = 0; qh < L.kh; ++qh) {
+      const int r = cnn_source(a, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+      const int r2 = cnn_source(a2, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+      if (r < 0 || r2 < 0) continue;
+      for (int qw = 0; qw < L.kw; ++qw) {
+        const int s = cnn_source(b, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
+        const int s2 = cnn_source(b2, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
+        if (s < 0 || s2 < 0) continue;
+        const int64_t k = cnn_index(prog.full, p_in, static_cast<int64_t>(r) * L.w_in + s,
+                                    static_cast<int64_t>(r2) * L.w_in + s2);
+        acc_s += sigma_in[k];
+        acc_t += theta_in[k];
+      }
+    }
+    const T a_sigma = acc_s * inv_taps;
+    sigma_out[e] = c.weight_var * a_sigma + c.bias_var;
+    theta_out[e] = c.ntk_weight * a_sigma + c.ntk_bias + c.weight_var * (acc_t * inv_taps);
+  }
+}
+
+// ACTIVATION, in place; var1 [P] and var2 [P] are the variances of x and x'.
+template <typename T, typename Team>
+TNTK_HD void cnn_activation(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
+                            const T* var1, const T* var2, T* sigma, T* theta) {
+  const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
+  const int64_t n = cnn_plane_size(prog.full, P);
+  for (int64_t e = team.begin(); e < n; e += team.step()) {
+    const int64_t p = prog.full ? e / P : e;
+    const int64_t pp = prog.full ? e % P : e;
+    T e_phi, e_dphi;
+    layer_expectations(L.act, prog.gh, var1[p], var2[pp], sigma[e], e_phi, e_dphi);
+    sigma[e] = e_phi;
+    theta[e] = e_dphi * theta[e];
+  }
+}
+
+// Copies the diagonal Sigma_{p,p} of a self pass into the variance row `var` [P].
+template <typename T, typename Team>
+TNTK_HD void cnn_record_variances(const CnnProgram<T>& prog, const CnnLayer<T>& L,
+                                  const Team& team, const T* sigma, T* var) {
+  const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
+  for (int64_t p = team.begin(); p < P; p += team.step()) {
+    var[p] = sigma[cnn_index(prog.full, P, p, p)];
+  }
+}
+
+// AVGPOOL (full planes): block averages over both indices, out = pool(in).
+template <typename T, typename Team>
+TNTK_HD void cnn_avgpool(const CnnLayer<T>& L, const Team& team, const T* sigma_in,
+                         const T* theta_in, T* sigma_out, T* theta_out) {
+  const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
+  const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
+  const T inv = T(1) / (T(L.kh * L.kw) * T(L.kh * L.kw));
+  for (int64_t e = team.begin(); e < p_out * p_out; e += team.step()) {
+    const int64_t p = e / p_out, pp = e % p_out;
+    const int a = static_cast<int>(p / L.w_out) * L.sh, b = static_cast<int>(p % L.w_out) * L.sw;
+    const int a2 = static_cast<int>(pp / L.w_out) * L.sh;
+    const int b2 = static_cast<int>(pp % L.w_out) * L.sw;
+    T acc_s = T(0), acc_t = T(0);
+    for (int i = 0; i < L.kh; ++i) {
+      for (int j = 0; j < L.kw; ++j) {
+        const int64_t row = (static_cast<int64_t>(a + i) * L.w_in + (b + j)) * p_in;
+        for (int i2 = 0; i2 < L.kh; ++i2) {
+          for (int j2 = 0; j2 < L.kw; ++j2) {
+            const int64_t k = row + static_cast<int64_t>(a2 + i2) * L.w_in + (b2 + j2);
+            acc_s += sigma_in[k];
+            acc_t += theta_in[k];
+          }
+        }
+      }
+    }
+    sigma_out[e] = acc_s * inv;
+    theta_out[e] = acc_t * inv;
+  }
+}
+
+// GLOBAL_AVGPOOL (mean over all entries) or FLATTEN (mean over the diagonal): the scalars
+// of the next DENSE, written to sigma_out[0] and theta_out[0]. Team::sum2 adds the
+// partial sums of all threads and gives every thread the totals.
+template <typename T, typename Team>
+TNTK_HD void cnn_reduce(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
+                        const T* sigma_in, const T* theta_in, T* sigma_out, T* theta_out) {
+  const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
+  const bool all = L.code == kCnnGlobalAvgPool;
+  const int64_t n = all ? P * P : P;
+  T acc_s = T(0), acc_t = T(0);
+  for (int64_t e = team.begin(); e < n; e += team.step()) {
+    const int64_t k = all ? e : cnn_index(prog.full, P, e, e);
+    acc_s += sigma_in[k];
+    acc_t += theta_in[k];
+  }
+  team.sum2(acc_s, acc_t);
+  if (team.begin() == 0) {
+    sigma_out[0] = acc_s / T(n);
+    theta_out[0] = acc_t / T(n);
+  }
+}
+
+// The pair (i, j) at row-major index k of the upper triangle j >= i of an n x n matrix
+// (row i starts at index i n - i (i - 1) / 2): the pairs of x2 = None.
+TNTK_HD void upper_triangle_pair(int64_t n, int64_t k, int64_t& i, int64_t& j) {
+  const double b = 2.0 * static_cast<double>(n) + 1.0;
+  i = static_cast<int64_t>((b - sqrt(b * b - 8.0 * static_cast<double>(k))) / 2.0);
+  i = i < 0 ? 0 : (i > n - 1 ? n - 1 : i);
+  while (i > 0 && i * n - i * (i - 1) / 2 > k) --i;
+  while (i + 1 < n && (i + 1) * n - (i + 1) * i / 2 <= k) ++i;
+  j = i + (k - (i * n - i * (i - 1) / 2));
+}
+
+// Runs the whole program on the pair (x, xp) [C0, H0 * W0] and returns its NNGP and NTK.
+// scratch holds 4 * prog.plane entries. var1/var2 are the samples' variance rows; a self
+// pass (x = xp) passes var_out, into which it records them (var1 = var2 = var_out).
+template <typename T, typename Team>
+TNTK_HD void cnn_pair(const CnnProgram<T>& prog, const Team& team, const T* x, const T* xp,
+                      const T* var1, const T* var2, T* var_out, T* scratch, T& nngp, T& ntk) {
+  T* sigma = scratch;
+  T* theta = scratch + prog.plane;
+  T* sigma_next = scratch + 2 * prog.plane;
+  T* theta_next = scratch + 3 * prog.plane;
+  cnn_input(prog, team, x, xp, sigma, theta);
+  team.sync();
+  for (int l = 0; l < prog.num_layers; ++l) {
+    const CnnLayer<T>& L = prog.layers[l];
+    bool swap = true;
+    switch (L.code) {
+      case kCnnConv:
+      case kCnnDense:
+        cnn_conv(prog, L, team, sigma, theta, sigma_next, theta_next);
+        break;
+      case kCnnActivation:
+        if (var_out != nullptr) {
+          cnn_record_variances(prog, L, team, sigma, var_out + L.var_offset);
+          team.sync();
+          cnn_activation(prog, L, team, var_out + L.var_offset, var_out + L.var_offset, sigma,
+                         theta);
+        } else {
+          cnn_activation(prog, L, team, var1 + L.var_offset, var2 + L.var_offset, sigma, theta);
+        }
+        swap = false;
+        break;
+      case kCnnAvgPool:
+        cnn_avgpool(L, team, sigma, theta, sigma_next, theta_next);
+        break;
+      default:  // kCnnGlobalAvgPool, kCnnFlatten
+        cnn_reduce(prog, L, team, sigma, theta, sigma_next, theta_next);
+        break;
+    }
+    if (swap) {
+      T* t = sigma; sigma = sigma_next; sigma_next = t;
+      t = theta; theta = theta_next; theta_next = t;
+    }
+    team.sync();
+  }
+  nngp = sigma[0];
+  ntk = theta[0];
+}
+
+}  // namespace math
+}  // namespace torch_ntk
