@@ -195,6 +195,23 @@ def test_monte_carlo_of_wide_cnns_matches_the_limit(name):
 # the recursion's own consistency
 
 
+@pytest.mark.parametrize("name", list(MC_CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_op_equals_the_plain_torch_recursion(name, dtype):
+    """analytic_kernels runs the fused C++ op; cnn_kernels is the same recursion written in
+    plain torch (a different implementation: einsum planes, window means, torch
+    expectations): 1e-10 in float64, 1e-5 in float32, x2 given and x2 = None."""
+    model = mc_model(name, 5).to(dtype)
+    x1, x2 = images(4, seed=11).to(dtype), images(3, seed=12).to(dtype)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for second in (x2, None):
+        fused = tn.analytic_kernels(model, x1, second)
+        eager = cnn_kernels(lift(model), x1, second)
+        for kind in ("nngp", "ntk"):
+            torch.testing.assert_close(getattr(fused, kind), getattr(eager, kind), rtol=tol,
+                                       atol=tol * getattr(eager, kind).abs().max().item())
+
+
 def test_blocks_symmetry_and_kernels_into():
     model = mc_model("avgpool-flatten-relu-circular", 3)
     x = images(5, seed=4)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import ops
 from .activations import hermite_rule, quadrature_degree_for
 from .arch import LayerSpec, lift
-from .cnn_analytic import cnn_kernels, pair_floats
+from .cnn_analytic import check_images, cnn_op_args, pair_floats
 from .validation import check_batch, check_choices
 
 __all__ = ["Kernels", "analytic_kernels", "as_spec"]
@@ -105,8 +105,8 @@ def analytic_kernels(
     Args:
         model_or_spec: an ``nn.Sequential`` that lifts (:func:`torch_ntk.arch.lift`) or a
             :class:`~torch_ntk.arch.LayerSpec`. Only the architecture and the
-            initialization variances matter, not the parameter values. CNN specs go to
-            :func:`torch_ntk.cnn_analytic.cnn_kernels`.
+            initialization variances matter, not the parameter values. CNN specs run the
+            fused CNN op (NTK_MATH.md §6).
         x1: [N1, n_0] float32/float64 (any [N1, ...] when the model starts with Flatten);
             for a CNN, images [N1, C, H, W] (or [N1, C, L] for 1-D convolutions).
         x2: [N2, n_0] like x1, or None for x2 = x1 (then the result is exactly symmetric
@@ -136,7 +136,7 @@ def analytic_kernels(
     spec = as_spec(model_or_spec)
     wanted = check_choices("analytic_kernels", "get", get, KERNEL_NAMES)
     if not spec.is_mlp:
-        return Kernels(*cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature))
+        return _cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
                      flatten=spec.flatten_input)
     if x2 is not None:
@@ -148,6 +148,27 @@ def analytic_kernels(
     nngp, ntk = ops.analytic_kernels(
         x1, x2, **compiled_op_args(spec), gh_nodes=nodes.to(x1.device),
         gh_weights=weights.to(x1.device),
+        force_quadrature=force_quadrature, want_nngp="nngp" in wanted, want_ntk="ntk" in wanted,
+    )
+    return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
+
+
+def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
+                 quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
+    """A CNN spec's kernels by the fused op ``torch_ntk::cnn_kernels`` (its program from
+    :func:`torch_ntk.cnn_analytic.cnn_op_args`; the same recursion in plain torch,
+    :func:`torch_ntk.cnn_analytic.cnn_kernels`, is the tests' and benchmarks' reference)."""
+    x1 = check_images("analytic_kernels", "x1", x1, spec)
+    if x2 is not None:
+        x2 = check_images("analytic_kernels", "x2", x2, spec, like=x1)
+    if spec.spatial_dims == 1:  # [N, C, L] runs as [N, C, 1, L]
+        x1 = x1.unsqueeze(2)
+        x2 = None if x2 is None else x2.unsqueeze(2)
+    if quadrature_degree is None:
+        quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
+    nodes, weights = hermite_rule(quadrature_degree, torch.float64)
+    nngp, ntk = ops.cnn_kernels(
+        x1, x2, *cnn_op_args(spec), nodes.to(x1.device), weights.to(x1.device),
         force_quadrature=force_quadrature, want_nngp="nngp" in wanted, want_ntk="ntk" in wanted,
     )
     return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
