@@ -4,6 +4,7 @@ Monte Carlo of wide random CNNs (z-scores and relative errors), and nn.Conv equi
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -362,13 +363,13 @@ def test_spec_validation_and_mlp_only_consumers():
     assert not spec.is_mlp and spec.spatial_dims == 2 and spec.in_channels == 2
     assert tn.mlp_spec([3, 4, 1]).is_mlp
     for call in (lambda: compiled_op_args(spec), lambda: StructuredPlan(spec),
-                 lambda: tn.random_features(spec, None, torch.randn(2, 3)),
-                 lambda: tn.empirical_ntk(model, images(2), method="structured")):
+                 lambda: tn.random_features(spec, None, torch.randn(2, 3))):
         with pytest.raises(ValueError, match="CNN spec"):
             call()
-    with pytest.warns(tn.MethodFallbackWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tn.MethodFallbackWarning)
         kernel, info = tn.empirical_ntk(model, images(2), return_info=True)
-    assert info.method == "jacobian"
+    assert info.method == "structured" and info.contractions
 
 
 def test_bad_inputs():

@@ -18,10 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .conv_structured import ConvStructuredPlan, choose_order, contract, conv_layer_ntk
 from .modes import channels
 from .structured import StructuredPlan
 
 __all__ = [
+    "ConvStructuredBlocks",
     "FuncModel",
     "JacobianBlocks",
     "NTKVPBlocks",
@@ -147,6 +149,63 @@ class StructuredBlocks:
                                   workspace_bytes=self.workspace)
 
 
+class ConvStructuredBlocks:
+    """A CNN's structured NTK per block: the dense tail by the fused op, each conv layer by
+    :func:`~torch_ntk.conv_structured.conv_layer_ntk` in the order its FLOP model picks."""
+
+    def __init__(self, plan: ConvStructuredPlan, x1: Tensor, x2: Optional[Tensor], mode: str,
+                 precision: str = "highest"):
+        self.plan, self.x1, self.x2, self.mode = plan, x1, x2, mode
+        self.precision = precision
+        self.cw, self.cb = plan.dense_coefficients()
+        self.cache = _LRU(0)
+        self.workspace = ops.DEFAULT_WORKSPACE_BYTES
+
+    def _orders(self, n1: int, n2: int) -> list[str]:
+        if self.plan.forced_order is not None:
+            return [self.plan.forced_order] * len(self.plan.convs)
+        return [choose_order(n1, n2, self.plan.n_out, self.mode, *shape)
+                for shape in self.plan.conv_shapes()]
+
+    def size_blocks(self, budget: int, chunk_size: Optional[int],
+                    split_for_progress: bool) -> int:
+        x1, x2, plan = self.x1, self.x2, self.plan
+        n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        s = x1.element_size()
+        pair = channels(self.mode, plan.n_out) * s * 3  # output, conv terms, a copy
+        self.workspace = max(1, min(ops.DEFAULT_WORKSPACE_BYTES, int(budget) // 8))
+        c = n if chunk_size is None else min(chunk_size, n)
+        for _ in range(2):  # the orders depend on the chunk, the chunk on their memory
+            plan.orders = self._orders(c, c)
+            if chunk_size is None:
+                feat = plan.bytes_per_sample(s, plan.orders)
+                c = square_chunk(n, 2 * feat, pair, (budget - self.workspace) / 2)
+        feat = plan.bytes_per_sample(s, plan.orders)
+        self.cache = _LRU(max(0, budget - 2 * c * feat - c * c * pair - self.workspace))
+        return c
+
+    def _features(self, side: int, start: int, stop: int):
+        x = self.x1 if side == 1 or self.x2 is None else self.x2
+        key = (1 if self.x2 is None else side, start, stop)
+        return self.cache.get(key, lambda: list(self.plan.features(x[start:stop])), pin=side == 1)
+
+    def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
+        a1, d1, c1 = self._features(1, i0, i1)
+        a2, d2, c2 = (None, None, c1) if diagonal else self._features(2, j0, j1)
+        conv = None
+        for f1, f2 in zip(c1, c2):
+            part = conv_layer_ntk(f1, f2, self.mode, self.workspace)
+            conv = part if conv is None else conv.add_(part)
+        if conv is not None and diagonal:
+            t = conv.transpose(0, 1)
+            conv = (conv + (t.transpose(2, 3) if self.mode == "full" else t)) / 2
+        if not a1:
+            return conv
+        dense = ops.structured_ntk(a1, d1, a2, d2, self.cw, self.cb, self.mode, self.precision,
+                                   workspace_bytes=self.workspace)
+        return dense if conv is None else dense.add_(conv)
+
+
 class FuncModel:
     """The model as a function of its trainable parameters (torch.func)."""
 
@@ -232,18 +291,6 @@ class JacobianBlocks:
                 part = contract(j1s[name], j2s[name], self.mode)
                 total = part if total is None else total.add_(part)
         return total.detach()
-
-
-def contract(j1: Tensor, j2: Tensor, mode: str) -> Tensor:
-    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p]."""
-    n1, nl, p = j1.shape
-    n2 = j2.shape[0]
-    if mode == "trace":
-        return torch.mm(j1.reshape(n1, nl * p), j2.reshape(n2, nl * p).t()).div_(nl)
-    if mode == "diagonal":
-        return torch.bmm(j1.transpose(0, 1), j2.transpose(0, 1).transpose(1, 2)).permute(1, 2, 0)
-    full = torch.mm(j1.reshape(n1 * nl, p), j2.reshape(n2 * nl, p).t())
-    return full.view(n1, nl, n2, nl).permute(0, 2, 1, 3)
 
 
 def activation_numel(model: nn.Module, x: Tensor) -> int:

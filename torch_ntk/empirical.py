@@ -64,7 +64,9 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .blocks import JacobianBlocks, NTKVPBlocks, StructuredBlocks
+from .arch import lift
+from .blocks import ConvStructuredBlocks, JacobianBlocks, NTKVPBlocks, StructuredBlocks
+from .conv_structured import ConvStructuredPlan
 from .evaluation import kernel_context
 from .modes import MODES, check_mode, kernel_shape
 from .runtime import check_built_for, default_memory_budget, progress_bar
@@ -95,6 +97,9 @@ class NTKInfo:
     blocks: number of blocks computed (each one op call or one contraction).
     memory_budget: bytes the working memory was sized for.
     seconds: wall-clock time of the call.
+    contractions: for a CNN's structured kernel, per conv layer "position: order", the
+        order being "gradients" (per-sample weight gradients, then a Gram GEMM) or "grams"
+        (patch Gram times cotangent Gram); empty otherwise.
     """
 
     method: str
@@ -105,6 +110,7 @@ class NTKInfo:
     blocks: int
     memory_budget: int
     seconds: float
+    contractions: tuple = ()
 
 
 # ---------------------------------------------------------------------------------
@@ -271,7 +277,9 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
     shape = kernel_shape(mode, n1, n2, n_out)
     out = _check_out(function, out, shape, x1.dtype)
 
-    if method == "structured":
+    if method == "structured" and isinstance(plan, ConvStructuredPlan):
+        engine = ConvStructuredBlocks(plan, x1, x2, mode, precision)
+    elif method == "structured":
         engine = StructuredBlocks(plan, x1, x2, mode, precision)
     elif method == "jacobian":
         engine = JacobianBlocks(model, trainable, x1, x2, mode, n_out)
@@ -282,8 +290,9 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
                           f"{function} ({method})")
     if out is not None:
         result = out
+    contractions = tuple(plan.layer_names()) if isinstance(plan, ConvStructuredPlan) else ()
     info = NTKInfo(method, reason, mode, min(chunk, n1), min(chunk, n2), blocks, memory_budget,
-                   time.perf_counter() - start)
+                   time.perf_counter() - start, contractions)
     logger.debug("%s: %s", function, info)
     return (result, info) if return_info else result
 
@@ -352,14 +361,15 @@ def _choose_method(function: str, model: nn.Module, method: str, x: Tensor):
     if method in ("jacobian", "ntk_vp"):
         return method, "requested", None
     try:
-        plan = StructuredPlan.of(model)
+        spec = lift(model)
+        plan = StructuredPlan(spec) if spec.is_mlp else ConvStructuredPlan(spec)
     except ValueError as error:
         if method == "structured":
             raise ValueError(
                 f"{function}: method='structured' is not available: {error}; method='jacobian' "
                 "or 'ntk_vp' computes the kernel of any model"
             ) from error
-        reason = f"the model does not lift to an MLP ({error})"
+        reason = f"the model does not lift to an MLP or CNN ({error})"
         if isinstance(model, nn.Sequential):  # one that looks meant to lift: say why not
             warnings.warn(MethodFallbackWarning(
                 f"{function}: method='auto' runs the Jacobian method (slower) because {reason}; "
@@ -369,7 +379,8 @@ def _choose_method(function: str, model: nn.Module, method: str, x: Tensor):
         if method == "structured":
             check_built_for(function, x)
         return "jacobian", "torch_ntk was built without CUDA, so the fused op cannot run", None
-    reason = "requested" if method == "structured" else "the model lifts to an MLP"
+    kind = "an MLP" if isinstance(plan, StructuredPlan) else "a CNN"
+    reason = "requested" if method == "structured" else f"the model lifts to {kind}"
     return "structured", reason, plan
 
 

@@ -20,7 +20,7 @@ from .arch import Dense, LayerSpec, lift
 from .nn import NTKLinear
 from .validation import check_batch
 
-__all__ = ["StructuredPlan"]
+__all__ = ["StructuredPlan", "layer_coefficients"]
 
 
 class StructuredPlan:
@@ -49,7 +49,7 @@ class StructuredPlan:
             d.source.weight_scale if isinstance(d.source, NTKLinear) else 1.0
             for d in self.denses
         ]
-        self.coefs = [_coefficients(d) for d in self.denses]
+        self.coefs = [layer_coefficients(d) for d in self.denses]
         self.n_out = spec.output_features
         self.input_features = spec.input_features
 
@@ -122,8 +122,8 @@ class StructuredPlan:
                          for l in self._kept()))
 
 
-def _coefficients(dense: Dense) -> tuple[float, float]:
-    """(c_w, c_b) of a lifted dense layer, 0 for a frozen weight or bias."""
+def layer_coefficients(dense) -> tuple[float, float]:
+    """(c_w, c_b) of a lifted Dense or Conv layer, 0 for a frozen weight or bias."""
     module = dense.source
     w_on = module.weight.requires_grad
     b_on = module.bias is not None and module.bias.requires_grad
