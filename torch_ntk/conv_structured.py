@@ -45,8 +45,9 @@ def contract(j1: Tensor, j2: Tensor, mode: str) -> Tensor:
 class ConvFactors:
     """One conv layer's factors for a chunk of samples, in the layer's contraction order.
 
-    ``order == "gradients"``: ``jac`` [N, n_L, C_out·(C_in|Q| + 1)], the per-sample gradients
-    √c_w·Σ_p δ_p ⊗ π_p and √c_b·Σ_p δ_p side by side.
+    ``order == "gradients"``: ``jac`` [N, n_L, C_out·(C_in|Q| + 1)], per output channel the
+    per-sample gradient √c_w·Σ_p δ_p ⊗ π_p then √c_b·Σ_p δ_p (the last column only when
+    c_b ≠ 0, the rest only when c_w ≠ 0).
     ``order == "grams"``: ``patches`` [N, P, C_in|Q|], ``cot`` [N, n_L, C_out, P] and
     ``bias`` [N, n_L, C_out] (Σ_p δ_p), with the coefficients ``cw``, ``cb``.
     """
@@ -141,15 +142,48 @@ def conv_layer_ntk(f1: ConvFactors, f2: ConvFactors, mode: str,
     return weight if total is None else total.add_(weight)
 
 
-def _patches(layer: Conv, a: Tensor) -> Tensor:
-    """π [N, P, C_in·|Q|]: the padded input's patches at each output position (1-D as height 1)."""
+def _pad(layer: Conv, a: Tensor) -> Tensor:
+    """a padded as the layer pads it (zeros or circular)."""
     pad = [v for pair in reversed(layer.padding) for v in pair]  # last dim first
-    if any(pad):
-        a = F.pad(a, pad, mode="circular" if layer.padding_mode == "circular" else "constant")
+    if not any(pad):
+        return a
+    return F.pad(a, pad, mode="circular" if layer.padding_mode == "circular" else "constant")
+
+
+def _patches(layer: Conv, a: Tensor) -> Tensor:
+    """π [N, P, C_in·|Q|] (C_in major, as the weight): the padded input's patch at each output
+    position (1-D as height 1), gathered from a strided view of a [N, C_in, ...]."""
+    a = _pad(layer, a)
     k, s, d = layer.kernel_size, layer.stride, layer.dilation
     if layer.dims == 1:
         a, k, s, d = a.unsqueeze(2), (1, *k), (1, *s), (1, *d)
-    return F.unfold(a, k, dilation=d, stride=s).transpose(1, 2)
+    span = [di * (ki - 1) + 1 for ki, di in zip(k, d)]
+    view = a.unfold(2, span[0], s[0]).unfold(3, span[1], s[1])[..., ::d[0], ::d[1]]
+    n, c, h, w = view.shape[:4]
+    return view.permute(0, 2, 3, 1, 4, 5).reshape(n, h * w, c * k[0] * k[1])
+
+
+def _conv_input_vjp(layer: Conv, shape: tuple, g: Tensor) -> Tensor:
+    """gᵀ ∂conv(a)/∂a, g [B, C_out, ...] → [B, *shape]: the transposed convolution on the
+    padded input, then the padding's adjoint (a crop, or the wrap-around sums of circular)."""
+    module = layer.source
+    weight = module.weight * getattr(module, "weight_scale", 1.0)
+    pad = [v for pair in reversed(layer.padding) for v in pair]
+    padded = list(g.shape[:2]) + [size + sum(p) for size, p in zip(shape[1:], layer.padding)]
+    padded[1] = shape[0]
+    grad_input = torch.nn.grad.conv1d_input if layer.dims == 1 else torch.nn.grad.conv2d_input
+    gp = grad_input(padded, weight, g, layer.stride, 0, layer.dilation)
+    if not any(pad):
+        return gp
+    if layer.padding_mode == "zeros":
+        crop = [slice(None), slice(None)] + [slice(p[0], p[0] + size)
+                                            for size, p in zip(shape[1:], layer.padding)]
+        return gp[tuple(crop)]
+    with torch.enable_grad():
+        a = torch.zeros((g.shape[0], *shape), dtype=g.dtype, device=g.device,
+                        requires_grad=True)
+        (grad,) = torch.autograd.grad(_pad(layer, a), a, gp)
+    return grad
 
 
 def _apply(layer, a: Tensor) -> Tensor:
@@ -161,7 +195,11 @@ def _apply(layer, a: Tensor) -> Tensor:
 
 
 def _input_vjp(layer, shape: tuple, g: Tensor) -> Tensor:
-    """gᵀ ∂layer(a)/∂a for a layer linear in a (conv, pooling, flatten, dense), batched."""
+    """gᵀ ∂layer(a)/∂a for a layer linear in a (conv, pooling, flatten, dense), batched;
+    shape: one sample's input shape."""
+    if isinstance(layer, Conv):
+        return _conv_input_vjp(layer, shape, g)
+    shape = (g.shape[0], *shape)
     with torch.enable_grad():
         a = torch.zeros(shape, dtype=g.dtype, device=g.device, requires_grad=True)
         (grad,) = torch.autograd.grad(_apply(layer, a), a, g)
@@ -281,7 +319,7 @@ class ConvStructuredPlan:
             if not any(isinstance(earlier, (Conv, Dense)) and id(earlier) in keep
                        for earlier in self.spec.layers[:k]):
                 break  # nothing before needs cotangents
-            g = _input_vjp(layer, (n * nl, *in_shapes[k]), g)
+            g = _input_vjp(layer, in_shapes[k], g)
         acts, dcots, convs = [], [], []
         conv_index = 0
         for k, layer in enumerate(self.spec.layers):
@@ -296,17 +334,17 @@ class ConvStructuredPlan:
                 dcots.append(cots[k])
                 continue
             delta = cots[k].flatten(3)  # [N, n_L, C_out, P]
-            bias = delta.sum(-1)
-            pat = _patches(layer, inputs[k]) if cw else None  # [N, P, C_in|Q|]
             if order == "gradients":
-                parts = []
-                if cw:
-                    grads = torch.bmm(delta.reshape(n, nl * delta.shape[2], -1), pat)
-                    parts.append(grads.view(n, nl, -1).mul_(cw ** 0.5))
+                # One bmm gives √c_w Σ_p δ_p ⊗ π_p and √c_b Σ_p δ_p: patches with a column √c_b.
+                parts = [_patches(layer, inputs[k]).mul(cw ** 0.5)] if cw else []
                 if cb:
-                    parts.append(bias.mul(cb ** 0.5))
-                convs.append(ConvFactors(order, cw, cb, jac=torch.cat(parts, -1)))
+                    parts.append(delta.new_full((n, delta.shape[3], 1), cb ** 0.5))
+                pat = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+                grads = torch.bmm(delta.reshape(n, nl * delta.shape[2], -1), pat)
+                convs.append(ConvFactors(order, cw, cb, jac=grads.view(n, nl, -1)))
             else:
+                bias = delta.sum(-1)
+                pat = _patches(layer, inputs[k]) if cw else None  # [N, P, C_in|Q|]
                 convs.append(ConvFactors(order, cw, cb, patches=pat, cot=delta, bias=bias))
         return acts, dcots, convs
 
