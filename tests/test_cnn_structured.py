@@ -148,3 +148,10 @@ def test_float32_and_structured_request():
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"shape \[N, 2, H, W\]"):
         tn.empirical_ntk(model, torch.randn(2, 3, 6, 6), method="structured")
+
+
+def test_wrapper_uses_structured_path():
+    model, x1, x2 = _setup("standard", seed=5)
+    got = tn.NTK(model).empirical(x1, x2, mode="diagonal")
+    ref = tn.empirical_ntk(model, x1, x2, mode="diagonal", method="jacobian", progress=False)
+    torch.testing.assert_close(got, ref, rtol=0, atol=TOL)

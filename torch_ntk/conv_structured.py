@@ -211,7 +211,9 @@ class ConvStructuredPlan:
 
     Attributes:
         spec: the lifted CNN :class:`~torch_ntk.arch.LayerSpec`.
-        coefs: per Conv/Dense layer (in order), (c_w, c_b), zeroed for frozen parameters.
+        weighted, convs: its Conv and Dense layers, and its Conv layers (in order).
+        coefs, conv_coefs: per layer of ``weighted`` / ``convs``, (c_w, c_b), zeroed for
+            frozen parameters.
         n_out: n_L.
         orders: per Conv layer, its contraction order ("gradients" or "grams"); set by the
             block engine (:func:`choose_order`) before :meth:`features` runs.
@@ -234,6 +236,7 @@ class ConvStructuredPlan:
         self.weighted = [layer for layer in spec.layers if isinstance(layer, (Conv, Dense))]
         self.convs = [layer for layer in self.weighted if isinstance(layer, Conv)]
         self.coefs = [layer_coefficients(layer) for layer in self.weighted]
+        self.conv_coefs = [layer_coefficients(layer) for layer in self.convs]
         self.n_out = spec.output_features
         self.orders = ["gradients"] * len(self.convs)
         self.shapes: dict = {}
@@ -281,7 +284,7 @@ class ConvStructuredPlan:
                     total += (layer.in_features + self.n_out * layer.out_features) * itemsize
         for k, (c_out, patch, positions) in enumerate(self.conv_shapes()):
             widest = max(widest, c_out * positions * 2)
-            if any(self.coefs[self.weighted.index(self.convs[k])]):
+            if any(self.conv_coefs[k]):
                 total += order_bytes(orders[k], self.n_out, c_out, patch, positions, itemsize)
                 total += positions * patch * itemsize  # the patches while computing
         return total + 3 * widest * self.n_out * itemsize
@@ -352,6 +355,6 @@ class ConvStructuredPlan:
         """Per Conv layer with a nonzero coefficient, "position: order" (for NTKInfo)."""
         names = []
         for k, layer in enumerate(self.convs):
-            if any(self.coefs[self.weighted.index(layer)]):
+            if any(self.conv_coefs[k]):
                 names.append(f"{layer.position}: {self.orders[k]}")
         return names

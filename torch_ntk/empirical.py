@@ -4,7 +4,7 @@
 
 Three ways to compute it, chosen with ``method``:
 
-``"structured"`` (``nn.Sequential`` MLPs that :func:`torch_ntk.arch.lift` accepts)
+``"structured"`` (``nn.Sequential`` MLPs and CNNs that :func:`torch_ntk.arch.lift` accepts)
     One forward pass keeps each dense layer's input activations A_l [N, n_l]; one
     batched backward pass by hand gives the cotangents of all n_L outputs at once,
     D_l [N, n_L, n_{l+1}] (δ_L = I, δ_l = (δ_{l+1} W̃_{l+1}) ⊙ φ′(z_l) with the effective
@@ -16,6 +16,14 @@ Three ways to compute it, chosen with ``method``:
     ("trace", "diagonal") or n_L² ("full"), and O(N n_L Σ_l n_l m_l) for the passes;
     memory O((N1 + N2) Σ_l (n_l + n_L m_l)) plus the output. With x2 = None only the
     tiles on and above the diagonal are computed.
+    CNNs that lift (Conv, activations, AvgPool, then a GlobalAvgPool or Flatten readout and
+    dense layers) take the same passes (cotangents δ_l [N, n_L, C_out, P] of every conv
+    layer by transposed convolutions); each conv layer then contributes
+    c_w Σ_{p,p′} ⟨δ_p, δ′_p′⟩⟨π_p, π′_p′⟩ + c_b ⟨Σ_p δ_p, Σ_p′ δ′_p′⟩ (π_p its input patches),
+    computed per layer in the order a FLOP model picks: per-sample weight gradients
+    Σ_p δ_p ⊗ π_p then one Gram GEMM, or the patch Gram times the cotangent Gram
+    (:mod:`torch_ntk.conv_structured`; ``NTKInfo.contractions`` names the choice). The
+    dense layers after the readout go through the fused op.
 ``"jacobian"`` (any model)
     Jacobian contraction, the method of PyTorch's NTK tutorial: per-sample Jacobians
     by ``vmap(jacrev)`` for a chunk of samples, contracted parameter block by

@@ -11,7 +11,7 @@ The kernel tracked is the **trace-mode** empirical NTK on a fixed probe set X (N
                                              steps,   [N, N]
 
 the mean over the n_L outputs (:func:`torch_ntk.empirical_ntk` with mode="trace": the
-fused structured op when the model lifts to an MLP, torch.func otherwise). Its
+structured path when the model lifts to an MLP or a CNN, torch.func otherwise). Its
 infinite-width counterpart is Θ∞ itself (the full limit is Θ∞ ⊗ Id_{n_L}).
 
 Computing it takes n_L cotangents per probe point. With ``projections=p < n_L`` the

@@ -15,7 +15,7 @@ What it adds:
 
 ``empirical(x1, x2=None, mode="full")``
     The finite-width NTK Θ at the current parameters (:func:`torch_ntk.empirical_ntk`:
-    fused structured op when the model lifts to an MLP, torch.func otherwise).
+    structured path when the model lifts to an MLP or a CNN, torch.func otherwise).
 ``limit(x1, x2=None)``
     The infinite-width NNGP Σ and NTK Θ∞ of the same architecture
     (:func:`torch_ntk.analytic_kernels`); ValueError naming the first layer that has
