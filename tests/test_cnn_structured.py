@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import torch_ntk as tn
-from torch_ntk.conv_structured import ConvStructuredPlan, choose_order, conv_layer_ntk
+from torch_ntk.conv_structured import (ConvStructuredPlan, choose_order, conv_layer_ntk,
+                                       symmetric_gram)
 from torch_ntk.nn import NTKConv1d, NTKConv2d, NTKLinear
 
 from oracles import func_ntk
@@ -155,3 +156,11 @@ def test_wrapper_uses_structured_path():
     got = tn.NTK(model).empirical(x1, x2, mode="diagonal")
     ref = tn.empirical_ntk(model, x1, x2, mode="diagonal", method="jacobian", progress=False)
     torch.testing.assert_close(got, ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("shape", [(300, 7), (3, 200, 5), (64, 3)])
+def test_symmetric_gram_tiles(shape):
+    a = torch.randn(*shape, dtype=D)
+    g = symmetric_gram(a)
+    torch.testing.assert_close(g, a @ a.transpose(-1, -2), rtol=0, atol=TOL)
+    assert torch.equal(g, g.transpose(-1, -2))

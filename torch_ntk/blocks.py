@@ -191,7 +191,7 @@ class ConvStructuredBlocks:
 
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         a1, d1, c1 = self._features(1, i0, i1)
-        a2, d2, c2 = (None, None, c1) if diagonal else self._features(2, j0, j1)
+        a2, d2, c2 = (None, None, [None] * len(c1)) if diagonal else self._features(2, j0, j1)
         conv = None
         for f1, f2 in zip(c1, c2):
             part = conv_layer_ntk(f1, f2, self.mode, self.workspace)

@@ -25,14 +25,46 @@ from .cnn_analytic import check_images
 from .structured import layer_coefficients
 
 __all__ = ["ORDERS", "ConvFactors", "ConvStructuredPlan", "choose_order", "contract",
-           "conv_layer_ntk"]
+           "conv_layer_ntk", "symmetric_gram"]
 
 ORDERS = ("gradients", "grams")
 
 
-def contract(j1: Tensor, j2: Tensor, mode: str) -> Tensor:
-    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p]."""
+def symmetric_gram(a: Tensor, tiles: int = 6) -> Tensor:
+    """a aᵀ for a [..., M, K], exactly symmetric, from the tiles on and above the diagonal
+    (about (t + 1)/(2t) of the products for t tiles per side)."""
+    m = a.shape[-2]
+    t = max(1, min(tiles, m // 64))
+    if t == 1:
+        return torch.matmul(a, a.transpose(-1, -2))
+    bounds = [m * i // t for i in range(t + 1)]
+    out = a.new_empty((*a.shape[:-2], m, m))
+    for i in range(t):
+        rows = slice(bounds[i], bounds[i + 1])
+        for j in range(i, t):
+            cols = slice(bounds[j], bounds[j + 1])
+            block = torch.matmul(a[..., rows, :], a[..., cols, :].transpose(-1, -2))
+            if j != i:
+                out[..., rows, cols] = block
+                out[..., cols, rows] = block.transpose(-1, -2)
+            else:  # a diagonal tile rounds asymmetrically: mirror its upper triangle
+                out[..., rows, cols] = torch.triu(block) + torch.triu(block, 1).transpose(-1, -2)
+    return out
+
+
+def contract(j1: Tensor, j2: Optional[Tensor], mode: str) -> Tensor:
+    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p].
+
+    j2 None means j2 = j1: the result is then exactly symmetric and about half the
+    products are computed (:func:`symmetric_gram`).
+    """
     n1, nl, p = j1.shape
+    if j2 is None:
+        if mode == "trace":
+            return symmetric_gram(j1.reshape(n1, nl * p)).div_(nl)
+        if mode == "diagonal":
+            return symmetric_gram(j1.transpose(0, 1)).permute(1, 2, 0)
+        return symmetric_gram(j1.reshape(n1 * nl, p)).view(n1, nl, n1, nl).permute(0, 2, 1, 3)
     n2 = j2.shape[0]
     if mode == "trace":
         return torch.mm(j1.reshape(n1, nl * p), j2.reshape(n2, nl * p).t()).div_(nl)
@@ -98,15 +130,17 @@ def choose_order(n1: int, n2: int, n_out: int, mode: str, c_out: int, patch: int
     return "gradients" if fa <= fb else "grams"
 
 
-def conv_layer_ntk(f1: ConvFactors, f2: ConvFactors, mode: str,
+def conv_layer_ntk(f1: ConvFactors, f2: Optional[ConvFactors], mode: str,
                    workspace_bytes: int = 1 << 28) -> Tensor:
-    """One conv layer's Θ(x1, x2) from its factors (both in the same order), in ``mode``.
+    """One conv layer's Θ(x1, x2) from its factors (both in the same order), in ``mode``;
+    f2 None for x2 = x1 (the "gradients" order then computes half the Gram).
 
     The "grams" order holds an [r, N2, P, P] patch Gram and a cotangent Gram c times as
     large for r rows of x1 at a time, r chosen so that both fit ``workspace_bytes``.
     """
     if f1.order == "gradients":
-        return contract(f1.jac, f2.jac, mode)
+        return contract(f1.jac, None if f2 is None else f2.jac, mode)
+    f2 = f1 if f2 is None else f2
     n1, nl, c_out, p = f1.cot.shape
     n2, q = f2.cot.shape[0], f2.cot.shape[3]
     ch = channels_of(mode, nl)

@@ -187,7 +187,9 @@ def empirical_ntk(
             dtype), "bf16" (bfloat16 operands, float32 accumulation: tensor cores on
             CUDA, relative error ~1e-3–1e-2) or "bf16x3" (three bfloat16 products of split
             operands, error near float32's). The last two need float32 inputs and the
-            structured method; see :func:`torch_ntk.ops.structured_ntk`.
+            structured method; see :func:`torch_ntk.ops.structured_ntk`. For a CNN it
+            applies to the dense layers after the readout; conv layers always run in the
+            inputs' dtype.
         return_info: also return an :class:`NTKInfo` saying which method ran and why.
 
     Returns:
