@@ -179,7 +179,10 @@ class ConvStructuredBlocks:
             plan.orders = self._orders(c, c)
             if chunk_size is None:
                 feat = plan.bytes_per_sample(s, plan.orders)
-                c = square_chunk(n, 2 * feat, pair, (budget - self.workspace) / 2)
+                room = budget - self.workspace
+                # x2 = None in one block holds one side's features; else a row and a column chunk
+                one_block = x2 is None and n * feat + n * n * pair <= room
+                c = n if one_block else square_chunk(n, 2 * feat, pair, room / 2)
         feat = plan.bytes_per_sample(s, plan.orders)
         self.cache = _LRU(max(0, budget - 2 * c * feat - c * c * pair - self.workspace))
         return c

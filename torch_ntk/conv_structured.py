@@ -148,6 +148,12 @@ def conv_layer_ntk(f1: ConvFactors, f2: Optional[ConvFactors], mode: str,
     rows = max(1, min(n1, workspace_bytes // max(1, (1 + 2 * ch) * n2 * p * q
                                                    * f1.cot.element_size())))
     pat2 = f2.patches.reshape(n2 * q, -1).t()  # [C_in|Q|, N2·P′]
+    if mode == "trace":  # the right factor of the cotangent Gram, once
+        b = f2.cot.permute(0, 3, 1, 2).reshape(n2 * q, nl * c_out).t()
+    elif mode == "diagonal":
+        b = f2.cot.permute(1, 2, 0, 3).reshape(nl, c_out, n2 * q)
+    else:
+        b = f2.cot.permute(2, 0, 1, 3).reshape(c_out, n2 * nl * q)
     parts = []
     for r0 in range(0, n1, rows):
         r1 = min(n1, r0 + rows)
@@ -155,20 +161,14 @@ def conv_layer_ntk(f1: ConvFactors, f2: Optional[ConvFactors], mode: str,
         gp = torch.mm(f1.patches[r0:r1].reshape(r * p, -1), pat2).view(r, p, n2, q)
         d1 = f1.cot[r0:r1]
         if mode == "trace":
-            a = d1.permute(0, 3, 1, 2).reshape(r * p, nl * c_out)
-            b = f2.cot.permute(0, 3, 1, 2).reshape(n2 * q, nl * c_out).t()
-            gd = torch.mm(a, b).view(r, p, n2, q)
-            part = torch.einsum("ipjq,ipjq->ij", gd, gp).div_(nl)
+            gd = torch.mm(d1.permute(0, 3, 1, 2).reshape(r * p, nl * c_out), b)
+            part = torch.einsum("ipjq,ipjq->ij", gd.view(r, p, n2, q), gp).div_(nl)
         elif mode == "diagonal":
-            a = d1.permute(1, 0, 3, 2).reshape(nl, r * p, c_out)
-            b = f2.cot.permute(1, 2, 0, 3).reshape(nl, c_out, n2 * q)
-            gd = torch.bmm(a, b).view(nl, r, p, n2, q)
-            part = torch.einsum("kipjq,ipjq->ijk", gd, gp)
+            gd = torch.bmm(d1.permute(1, 0, 3, 2).reshape(nl, r * p, c_out), b)
+            part = torch.einsum("kipjq,ipjq->ijk", gd.view(nl, r, p, n2, q), gp)
         else:
-            a = d1.permute(0, 1, 3, 2).reshape(r * nl * p, c_out)
-            b = f2.cot.permute(2, 0, 1, 3).reshape(c_out, n2 * nl * q)
-            gd = torch.mm(a, b).view(r, nl, p, n2, nl, q)
-            part = torch.einsum("ikpjlq,ipjq->ijkl", gd, gp)
+            gd = torch.mm(d1.permute(0, 1, 3, 2).reshape(r * nl * p, c_out), b)
+            part = torch.einsum("ikpjlq,ipjq->ijkl", gd.view(r, nl, p, n2, nl, q), gp)
         parts.append(part)
     weight = torch.cat(parts).mul_(f1.cw)
     return weight if total is None else total.add_(weight)
