@@ -164,3 +164,12 @@ def test_symmetric_gram_tiles(shape):
     g = symmetric_gram(a)
     torch.testing.assert_close(g, a @ a.transpose(-1, -2), rtol=0, atol=TOL)
     assert torch.equal(g, g.transpose(-1, -2))
+
+
+def test_tracker_reference_is_the_structured_kernel():
+    model, x1, _ = _setup("conv1d", seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tn.MethodFallbackWarning)
+        tracker = tn.KernelDriftTracker(model, x1)
+    ref = tn.empirical_ntk(model, x1, mode="trace", method="jacobian", progress=False)
+    torch.testing.assert_close(tracker.state_dict()["reference"], ref, rtol=0, atol=TOL)
