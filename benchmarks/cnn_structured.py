@@ -4,10 +4,17 @@ Width-128, depth-3 conv CNN (3x3 "same", ReLU), global average pooling and a den
 8x8x1 images, float32, CPU. Usage: python benchmarks/cnn_structured.py N n_L trace,full
 (issue 14's case: 256 10 trace,full). Prints the times, the ratio and the relative error.
 """
-import sys, time, torch
-from torch import nn
-import torch_ntk as tn
-from torch_ntk.nn import NTKConv2d, NTKLinear
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import torch_ntk as tn  # noqa: E402
+from torch_ntk.nn import NTKConv2d, NTKLinear  # noqa: E402
 torch.manual_seed(0)
 N, n_out, modes = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
 w = 128
