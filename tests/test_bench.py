@@ -218,3 +218,29 @@ def test_sweep_is_opt_in_and_covers_its_grid():
         assert r["structured_s"] > 0 and r["composite_over_structured"] > 0
     table = sweep_markdown(dict(rows=rows))
     assert len(table) == 2 + len(rows)
+
+
+def test_bench_cnn_quick(tmp_path, capsys):
+    assert main(["bench", "cnn", "--quick", "--device", "cpu", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    payload = read_json(tmp_path / "cnn_cpu.json")
+    assert payload["benchmark"] == "cnn" and payload["quick"]
+    assert payload["machine"]["device"] == "cpu" and payload["matmul"]["flops"] > 0
+    assert "cpu_model" in payload["machine"] or not os.path.exists("/proc/cpuinfo")
+    assert "2·E·|Q|" in payload["flop_count"]
+    assert {r["case"] for r in payload["rows"]} == {"CNTK-GAP", "CNTK-Flatten"}
+    for row in payload["rows"]:
+        assert row["fused_s"] > 0 and row["linear_s"] > 0 and row["gflops_per_s"] > 0
+        assert isinstance(row["eager_s"], float) and row["speedup_vs_eager"] > 0
+        assert row["max_rel_diff"] <= 1e-4  # float32: the fused op agrees with the recursion
+        assert 0 <= row["expectations_share"] <= 1
+    text = capsys.readouterr().out
+    assert "| case |" in text and "cnn_cpu.json" in text
+
+
+def test_cnn_script_is_a_thin_wrapper():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "cnn.py"), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--device" in done.stdout and "--quick" in done.stdout
+    assert "python benchmarks/cnn.py" in done.stdout

@@ -111,15 +111,26 @@ TNTK_HD void cnn_input(const CnnProgram<T>& prog, const Team& team, const T* x, 
   }
 }
 
-// CONV (and DENSE): out = the layer applied to the planes in.
+// The last step of a CONV on one entry: sums of the taps' Sigma and Theta in, the
+// layer's Sigma' and Theta' out.
+template <typename T>
+TNTK_HD void cnn_conv_finish(const HiddenLayer<T>& c, T inv_taps, T sum_s, T sum_t, T& sigma,
+                             T& theta) {
+  const T a_sigma = sum_s * inv_taps;
+  sigma = c.weight_var * a_sigma + c.bias_var;
+  theta = c.ntk_weight * a_sigma + c.ntk_bias + c.weight_var * (sum_t * inv_taps);
+}
+
+// CONV (and DENSE): out = the layer applied to the planes in, one entry per team thread
+// (the CUDA path: the threads of a block split the entries).
 template <typename T, typename Team>
-TNTK_HD void cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
-                      const T* sigma_in, const T* theta_in, T* sigma_out, T* theta_out) {
+TNTK_HD void cnn_conv_entries(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
+                              const T* sigma_in, const T* theta_in, T* sigma_out,
+                              T* theta_out) {
   const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
   const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
   const int64_t n = cnn_plane_size(prog.full, p_out);
   const T inv_taps = T(1) / T(L.kh * L.kw);
-  const HiddenLayer<T>& c = L.act;
   for (int64_t e = team.begin(); e < n; e += team.step()) {
     const int64_t p = prog.full ? e / p_out : e;
     const int64_t pp = prog.full ? e % p_out : e;
@@ -140,9 +151,116 @@ TNTK_HD void cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Tea
         acc_t += theta_in[k];
       }
     }
-    const T a_sigma = acc_s * inv_taps;
-    sigma_out[e] = c.weight_var * a_sigma + c.bias_var;
-    theta_out[e] = c.ntk_weight * a_sigma + c.ntk_bias + c.weight_var * (acc_t * inv_taps);
+    cnn_conv_finish(L.act, inv_taps, acc_s, acc_t, sigma_out[e], theta_out[e]);
+  }
+}
+
+// The output columns [lo, hi) of n_out whose tap reads inside an input of `size` under
+// zero padding (column b reads b * stride + tap * dilation - pad); all of them when
+// circular (wrapped reads).
+TNTK_HD void cnn_tap_range(int tap, int stride, int dilation, int pad, int size, int n_out,
+                           int circular, int& lo, int& hi) {
+  if (circular) {
+    lo = 0;
+    hi = n_out;
+    return;
+  }
+  const int off = tap * dilation - pad;
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  hi = size - 1 - off < 0 ? 0 : (size - 1 - off) / stride + 1;
+  if (hi > n_out) hi = n_out;
+  if (lo > hi) lo = hi;
+}
+
+// out[b] += in[source(b)] for the output columns b of one row that tap qw reads inside
+// the input row `in` (two planes at once): a contiguous, vectorizable loop for stride 1.
+template <typename T>
+TNTK_HD void cnn_add_row(const CnnLayer<T>& L, int qw, int lo, int hi, const T* in_s,
+                         const T* in_t, T* out_s, T* out_t) {
+  if (L.circular) {
+    for (int b = 0; b < L.w_out; ++b) {
+      const int s = cnn_source(b, qw, L.sw, L.dw, L.pw, L.w_in, 1);
+      out_s[b] += in_s[s];
+      out_t[b] += in_t[s];
+    }
+    return;
+  }
+  const int off = qw * L.dw - L.pw;
+  if (L.sw == 1) {
+    const T* src_s = in_s + off;
+    const T* src_t = in_t + off;
+    for (int b = lo; b < hi; ++b) {
+      out_s[b] += src_s[b];
+      out_t[b] += src_t[b];
+    }
+  } else {
+    for (int b = lo; b < hi; ++b) {
+      out_s[b] += in_s[b * L.sw + off];
+      out_t[b] += in_t[b * L.sw + off];
+    }
+  }
+}
+
+// out += the taps (qh, qw) of one plane row over all output positions: for every output
+// row a2 whose tap row is inside, cnn_add_row on the input row it reads. in_* point at
+// the input plane's row (full planes: the row of the first position's source), out_* at
+// the output plane's row.
+template <typename T>
+TNTK_HD void cnn_add_tap(const CnnLayer<T>& L, int qh, int qw, const T* in_s, const T* in_t,
+                         T* out_s, T* out_t) {
+  int lo, hi;
+  cnn_tap_range(qw, L.sw, L.dw, L.pw, L.w_in, L.w_out, L.circular, lo, hi);
+  for (int a2 = 0; a2 < L.h_out; ++a2) {
+    const int r2 = cnn_source(a2, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+    if (r2 < 0) continue;
+    cnn_add_row(L, qw, lo, hi, in_s + static_cast<int64_t>(r2) * L.w_in,
+                in_t + static_cast<int64_t>(r2) * L.w_in, out_s + static_cast<int64_t>(a2) * L.w_out,
+                out_t + static_cast<int64_t>(a2) * L.w_out);
+  }
+}
+
+// CONV (and DENSE) by plane rows, for a team of one thread (the CPU path): the same sums
+// as cnn_conv_entries in the same order of taps, with the source indices found once per
+// (row, tap) and the inner loops running over contiguous columns p'. Full planes: for
+// each output row p and tap q, row p of out gathers row source(p, q) of in at the
+// columns source(p', q); diagonal planes: entry p gathers in[source(p, q)].
+template <typename T>
+TNTK_HD void cnn_conv_rows(const CnnProgram<T>& prog, const CnnLayer<T>& L, const T* sigma_in,
+                           const T* theta_in, T* sigma_out, T* theta_out) {
+  const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
+  const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
+  const int64_t rows = prog.full ? p_out : 1;
+  const T inv_taps = T(1) / T(L.kh * L.kw);
+  for (int64_t p = 0; p < rows; ++p) {
+    T* out_s = sigma_out + p * (prog.full ? p_out : 0);
+    T* out_t = theta_out + p * (prog.full ? p_out : 0);
+    for (int64_t e = 0; e < p_out; ++e) out_s[e] = out_t[e] = T(0);
+    const int a = static_cast<int>(p / L.w_out), b = static_cast<int>(p % L.w_out);
+    for (int qh = 0; qh < L.kh; ++qh) {
+      const int r = prog.full ? cnn_source(a, qh, L.sh, L.dh, L.ph, L.h_in, L.circular) : 0;
+      if (r < 0) continue;
+      for (int qw = 0; qw < L.kw; ++qw) {
+        const int s = prog.full ? cnn_source(b, qw, L.sw, L.dw, L.pw, L.w_in, L.circular) : 0;
+        if (s < 0) continue;
+        const int64_t row = prog.full ? (static_cast<int64_t>(r) * L.w_in + s) * p_in : 0;
+        cnn_add_tap(L, qh, qw, sigma_in + row, theta_in + row, out_s, out_t);
+      }
+    }
+    for (int64_t e = 0; e < p_out; ++e) {
+      cnn_conv_finish(L.act, inv_taps, out_s[e], out_t[e], out_s[e], out_t[e]);
+    }
+  }
+}
+
+// CONV (and DENSE): out = the layer applied to the planes in (cnn_conv_rows for a team
+// of one thread, cnn_conv_entries otherwise).
+template <typename T, typename Team>
+TNTK_HD void cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
+                      const T* sigma_in, const T* theta_in, T* sigma_out, T* theta_out) {
+  if (team.step() == 1) {
+    cnn_conv_rows(prog, L, sigma_in, theta_in, sigma_out, theta_out);
+  } else {
+    cnn_conv_entries(prog, L, team, sigma_in, theta_in, sigma_out, theta_out);
   }
 }
 
@@ -151,6 +269,21 @@ template <typename T, typename Team>
 TNTK_HD void cnn_activation(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                             const T* var1, const T* var2, T* sigma, T* theta) {
   const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
+  if (team.step() == 1) {  // one thread: by rows, without a division per entry
+    const int64_t rows = prog.full ? P : 1;
+    for (int64_t p = 0; p < rows; ++p) {
+      T* s_row = sigma + p * (prog.full ? P : 0);
+      T* t_row = theta + p * (prog.full ? P : 0);
+      for (int64_t c = 0; c < P; ++c) {
+        T e_phi, e_dphi;
+        layer_expectations(L.act, prog.gh, var1[prog.full ? p : c], var2[c], s_row[c], e_phi,
+                           e_dphi);
+        s_row[c] = e_phi;
+        t_row[c] = e_dphi * t_row[c];
+      }
+    }
+    return;
+  }
   const int64_t n = cnn_plane_size(prog.full, P);
   for (int64_t e = team.begin(); e < n; e += team.step()) {
     const int64_t p = prog.full ? e / P : e;

@@ -7,13 +7,15 @@ markdown table.
 - :mod:`torch_ntk.bench.empirical` — the finite-width NTK: the fused structured op
   against the GEMMs alone, the eager and compiled composites, torch.func, and its
   TF32/bf16 modes with their error against float64;
-- :mod:`torch_ntk.bench.tracker` — KernelDriftTracker's cost against a training step.
+- :mod:`torch_ntk.bench.tracker` — KernelDriftTracker's cost against a training step;
+- :mod:`torch_ntk.bench.cnn` — the fused infinite-width CNN kernel op against the eager
+  plain-torch recursion, and its FLOP/s against a float32 matmul.
 
 Timings are medians after warm-up (CUDA events on a GPU); ratios against baselines run
 in the same process are the claim, never an assertion in a test.
 """
 
-SUITES = ("analytic", "empirical", "tracker")
+SUITES = ("analytic", "empirical", "tracker", "cnn")
 
 # The help of ``torch-ntk bench``.
 HELP = """\
@@ -25,6 +27,8 @@ Run the benchmark suites of torch_ntk.bench (the same code as benchmarks/*.py):
              alone, the eager and compiled composites and torch.func; its TF32/bf16
              modes with their speedup and error against float64
   tracker    KernelDriftTracker's cost against a training step
+  cnn        the fused infinite-width CNN kernel op (CNTK-GAP, CNTK-Flatten) against
+             the eager plain-torch recursion; its FLOP/s against a float32 matmul
 
 Each suite writes OUT/<suite>_<device>.json and prints its markdown table; times are
 medians after warm-up (CUDA events on a GPU). --quick runs small cases (seconds to a

@@ -1,0 +1,208 @@
+"""Benchmark: the fused infinite-width CNN kernel op against the plain-torch recursion.
+
+    torch-ntk bench cnn [--quick] [--device cpu|cuda] [--out DIR]
+    python benchmarks/cnn.py [--quick] [--device cpu|cuda] [--repeats R] [--out PATH]
+
+Each case is a CNTK of ``depth`` 3×3 convolutions (ReLU, padding "same", stride 1) on
+``c0``×``hw``×``hw`` images with a GAP readout (global average pool: full P×P position
+planes, P = hw²) or a Flatten readout (no pooling: the P-entry diagonal path), x2 = None,
+float32. On the same inputs in the same process it reports:
+
+- the median time of the fused op (``torch_ntk.analytic_kernels(spec, x)``, i.e.
+  ``torch_ntk.ops.cnn_kernels``) and of the eager plain-torch composite
+  (``torch_ntk.cnn_analytic.cnn_kernels``), their ratio, and
+  max |Θ_fused − Θ_eager| / max |Θ_eager| (the two must agree). The composite holds
+  planes [N, N, P, P] (GAP) or [N, N, P] (Flatten): where its estimated peak
+  (EAGER_TENSORS such tensors) passes EAGER_MAX_BYTES it is skipped, the row says so,
+  and ``eager_est_s`` extrapolates the per-pair time of the largest case of the same
+  network that did run (labelled as an estimate, never as a measurement);
+- the op's achieved FLOP/s by the count of :func:`recursion_flops` against a float32
+  n×n matmul timed beside it (``matmul_flops``);
+- the time of the same network without its activations (``linear_s``), so that
+  1 − linear/fused is the share of the run spent in the activations' expectations.
+
+Times are medians after a warm-up call; a call longer than LONG_CALL_S counts its
+warm-up as a sample and is timed twice in all (the op has no lazy compilation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from torch import nn
+
+import torch_ntk as tn
+from torch_ntk.cnn_analytic import cnn_kernels as eager_cnn_kernels
+from torch_ntk.nn import NTKConv2d, NTKLinear
+
+from .common import (
+    elapsed, machine_info, markdown_table, matmul_rate, parse_suite_args, results_dir,
+    summary, write_json,
+)
+
+# name: (readout, depth, c0, hw, N); the eager composite runs where its planes fit.
+CASES = {
+    ("cpu", False): [
+        ("gap", 3, 1, 8, 100), ("gap", 3, 1, 8, 1000),
+        ("flatten", 3, 1, 8, 200), ("flatten", 3, 1, 8, 4000),
+    ],
+    ("cpu", True): [("gap", 3, 1, 8, 12), ("gap", 3, 1, 8, 24), ("flatten", 3, 1, 8, 64)],
+    # The issue's CIFAR-shaped case (target ≥ 40 % of the FP32 peak), with a small twin.
+    ("cuda", False): [("gap", 3, 1, 8, 1000), ("gap", 5, 3, 32, 2000)],
+    ("cuda", True): [("gap", 3, 1, 8, 200), ("gap", 5, 3, 32, 64)],
+}
+EAGER_TENSORS = 6            # planes alive at once in the composite (K, T, windows, sums)
+EAGER_MAX_BYTES = 3 * 2**30  # skip the composite beyond this estimated peak
+LONG_CALL_S = 5.0
+KERNEL = 3                   # 3×3 taps, |Q| = 9
+# Operations of one closed-form ReLU expectation pair (E[φφ], E[φ′φ′]) and Θ's product:
+# rsqrt of q11·q22, the cosine, its clamp, acos (≈ 15 as a polynomial), sqrt(1 − c²),
+# the two formulas and Θ ← E[φ′φ′]·Θ. An estimate: libm's acos is not counted exactly.
+RELU_EXPECTATION_FLOPS = 30
+CONV_FINISH_FLOPS = 6        # Σ′ = σw²·A(Σ)/|Q| + σb², Θ′ = tw·A(Σ) + tb + σw²·A(Θ)
+
+
+def network(readout: str, depth: int, c0: int, hw: int, activations: bool = True) -> nn.Sequential:
+    """``depth`` × (NTKConv2d 3×3 "same" [+ ReLU]) and the readout, 16 channels (any
+    width gives the same infinite-width kernels)."""
+    layers: list = []
+    channels = c0
+    for _ in range(depth):
+        layers.append(NTKConv2d(channels, 16, KERNEL, padding="same"))
+        if activations:
+            layers.append(nn.ReLU())
+        channels = 16
+    if readout == "gap":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), NTKLinear(16, 1)]
+    else:
+        layers += [nn.Flatten(), NTKLinear(16 * hw * hw, 1)]
+    return nn.Sequential(*layers)
+
+
+def recursion_flops(readout: str, depth: int, hw: int, n: int) -> float:
+    """Arithmetic of the op on x2 = None (N(N+1)/2 pairs, and N self pairs for the
+    variances), with E = P² entries per plane (GAP) or E = P (Flatten), P = hw², |Q| = 9:
+
+        per pair:  depth · [2·E·|Q|  (the tap sums of Σ and Θ, one add each)
+                            + 6·E    (the conv's finish)
+                            + 30·E   (the ReLU expectations, RELU_EXPECTATION_FLOPS)]
+
+    The tap sums count every tap, also those reading the zero padding (which the op
+    skips): an upper bound by (hw / (hw − 2·(1 − 1/3)))² at most, 1.4× on 8×8."""
+    positions = hw * hw
+    entries = positions * positions if readout == "gap" else positions
+    per_pair = depth * entries * (2 * KERNEL * KERNEL + CONV_FINISH_FLOPS + RELU_EXPECTATION_FLOPS)
+    pairs = n * (n + 1) / 2 + n
+    return pairs * per_pair
+
+
+def eager_bytes(readout: str, hw: int, n: int) -> float:
+    """Estimated peak of the eager composite: EAGER_TENSORS float32 planes [N, N, E]."""
+    positions = hw * hw
+    entries = positions * positions if readout == "gap" else positions
+    return EAGER_TENSORS * n * n * entries * 4
+
+
+def timed(fn, repeats: int, device: str) -> tuple[dict, object]:
+    """(timing summary, last result) of ``fn``: warm-up, then ``repeats`` calls; a warm-up
+    longer than LONG_CALL_S is a sample and only one more call follows."""
+    result = None
+
+    def call():
+        nonlocal result
+        result = fn()
+
+    first = elapsed(call, device)
+    if first > LONG_CALL_S:
+        times = [first, elapsed(call, device)]
+    else:
+        times = [elapsed(call, device) for _ in range(repeats)]
+    return summary(times), result
+
+
+def run_case(case: tuple, device: str, repeats: int, eager_rates: dict, matmul_flops: float) -> dict:
+    readout, depth, c0, hw, n = case
+    name = f"CNTK-{'GAP' if readout == 'gap' else 'Flatten'}"
+    row = {"case": name, "depth": depth, "image": f"{c0}x{hw}x{hw}", "N": n,
+           "dtype": "float32", "device": device}
+    spec = tn.lift(network(readout, depth, c0, hw))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c0, hw, hw, generator=g).to(device)
+    fused, k_fused = timed(lambda: tn.analytic_kernels(spec, x).ntk, repeats, device)
+    row["fused_s"] = round(fused["median_s"], 4)
+    row["fused_repeats"] = fused["repeats"]
+    flops = recursion_flops(readout, depth, hw, n)
+    row["gflop"] = round(flops / 1e9, 2)
+    row["gflops_per_s"] = round(flops / fused["median_s"] / 1e9, 2)
+    row["of_matmul"] = round(flops / fused["median_s"] / matmul_flops, 3)
+    linear_spec = tn.lift(network(readout, depth, c0, hw, activations=False))
+    linear, _ = timed(lambda: tn.analytic_kernels(linear_spec, x).ntk, 1, device)
+    row["linear_s"] = round(linear["median_s"], 4)
+    row["expectations_share"] = round(max(0.0, 1 - linear["median_s"] / fused["median_s"]), 2)
+    network_key = (readout, depth, c0, hw)
+    need = eager_bytes(readout, hw, n)
+    if need > EAGER_MAX_BYTES:
+        row["eager_s"] = f"skipped: needs ~{need / 2**30:.0f} GB"
+        if network_key in eager_rates:  # seconds per pair of the composite (N² pairs)
+            row["eager_est_s"] = round(eager_rates[network_key] * n * n, 1)
+            row["speedup_vs_eager_est"] = round(row["eager_est_s"] / fused["median_s"], 1)
+    else:
+        eager, k_eager = timed(lambda: eager_cnn_kernels(spec, x).ntk, repeats, device)
+        row["eager_s"] = round(eager["median_s"], 4)
+        row["speedup_vs_eager"] = round(eager["median_s"] / fused["median_s"], 1)
+        eager_rates[network_key] = eager["median_s"] / (n * n)
+        diff = float((k_fused - k_eager).abs().max() / k_eager.abs().max())
+        row["max_rel_diff"] = float(f"{diff:.2e}")
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    print(row, flush=True)
+    return row
+
+
+COLUMNS = [
+    ("case", "case"), ("depth", "conv layers"), ("image", "image"), ("N", "N"),
+    ("fused_s", "fused s"), ("eager_s", "eager s"), ("speedup_vs_eager", "× eager"),
+    ("eager_est_s", "eager s (est.)"), ("speedup_vs_eager_est", "× eager (est.)"),
+    ("gflops_per_s", "GFLOP/s"), ("of_matmul", "of fp32 matmul"),
+    ("expectations_share", "in expectations"), ("max_rel_diff", "max rel diff fused vs eager"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small cases (a smoke run)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=None,
+                        help="JSON path (default benchmarks/results/cnn_<device>.json)")
+    return parser
+
+
+def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m torch_ntk.bench.cnn") -> dict:
+    """Run the benchmark with command-line arguments ``argv``; returns the JSON payload."""
+    parser = build_parser()
+    args, argv = parse_suite_args(parser, argv, prog)
+    t0 = time.perf_counter()
+    mm_n = 512 if args.quick else (8192 if args.device == "cuda" else 2048)
+    matmul = matmul_rate(mm_n, args.device)
+    print({"matmul": matmul}, flush=True)
+    eager_rates: dict = {}
+    rows = [run_case(case, args.device, args.repeats, eager_rates, matmul["flops"])
+            for case in CASES[(args.device, args.quick)]]
+    payload = {"benchmark": "cnn", "machine": machine_info(args.device), "quick": args.quick,
+               "matmul": matmul, "flop_count": recursion_flops.__doc__.strip(),
+               "rows": rows, "wall_s": round(time.perf_counter() - t0, 1),
+               "command": " ".join([prog, *argv])}
+    out = args.out or os.path.join(default_dir or results_dir(), f"cnn_{args.device}.json")
+    write_json(out, payload)
+    print(markdown_table(rows, COLUMNS))
+    print(f"\nJSON: {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
