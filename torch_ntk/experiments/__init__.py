@@ -42,15 +42,16 @@ Reproduce the experiments of Jacot, Gabriel & Hongler (NeurIPS 2018), §6:
   figure3  kernel principal components of handwritten digits with a wide network's
            NTK, and networks trained along the 2nd component (straight line at n = ∞)
 
+and, not part of "all", the small-data comparison of Arora et al. (2020):
+
+  cntk-digits  test accuracy of kernel regression with CNTK-GAP, CNTK-Flatten, the MLP
+           NTK and NNGP against trained CNNs of widths 16, 64, 128, on 20 … 1000 of
+           scikit-learn's 8×8 digits (estimated 12 min on 2 idle CPU cores; --quick 2 min)
+
 Each figure writes <figure>.png and <figure>.json (every number behind it,
 the settings, run times and the machine) into --out. Defaults are the paper's settings:
 on 2 CPU cores figure1 takes about 50 min and figure3 about 13 min (width 10000), figure2
 about 2 min; --quick takes about a minute each; --device cuda runs them on a GPU.
-
-  cntk-digits  test accuracy of kernel regression with CNTK-GAP, CNTK-Flatten, the MLP
-           NTK and NNGP against trained CNNs of widths 16, 64, 128 on 20 … 1000 of
-           scikit-learn's 8×8 digits (Arora et al., 2020); about 15 min, --quick 2 min
-           (not part of "all")
 
 figure3 and cntk-digits need scikit-learn's bundled digits: pip install 'torch-ntk[digits]'.
 """
