@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
-        help="the experiments of Jacot et al. (2018), §6: figure1, figure2, figure3; cntk-digits",
+        help="the experiments of Jacot et al. (2018), §6 (figure1-3), and cntk-digits",
         description=REPRODUCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reproduce.add_argument("figures", nargs="+", metavar="FIGURE",
                            choices=["figure1", "figure2", "figure3", "cntk-digits", "all"],

@@ -161,7 +161,8 @@ def kernels(config: Config, images: Tensor, train: Tensor, test: Tensor, device:
         with watch(f"kernel {name}"):
             if name == "mlp":
                 flat, flat_test = x.flatten(1), x_test.flatten(1)
-                train_k, test_k = analytic_kernels(mlp, flat), analytic_kernels(mlp, flat_test, flat)
+                train_k = analytic_kernels(mlp, flat)
+                test_k = analytic_kernels(mlp, flat_test, flat)
                 out["mlp-ntk"] = (train_k.ntk.double().cpu(), test_k.ntk.double().cpu())
                 out["mlp-nngp"] = (train_k.nngp.double().cpu(), test_k.nngp.double().cpu())
             else:
