@@ -4,7 +4,7 @@
         NTK theory at work in about a minute on a CPU: empirical NTKs of MLPs of growing
         width converge to Θ∞, training barely moves them, and trained networks match
         kernel regression. Prints a table; writes PNG figures and demo.json.
-    torch-ntk reproduce figure1|figure2|figure3|all [--quick] [--set KEY=VALUE ...]
+    torch-ntk reproduce figure1|figure2|figure3|cntk-digits|all [--quick] [--set KEY=VALUE ...]
         The experiments of Jacot et al. (2018), §6, with the paper's settings by default.
     torch-ntk kernel INPUT --widths 784 512 512 10 [--kind ntk|nngp|empirical] -o K.npy
         An analytic (NNGP, NTK) or empirical NTK of an MLP on inputs from .npy/.csv/.pt,
@@ -137,11 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
-        help="the experiments of Jacot et al. (2018), §6: figure1, figure2, figure3",
+        help="the experiments of Jacot et al. (2018), §6 (figure1-3), and cntk-digits",
         description=REPRODUCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reproduce.add_argument("figures", nargs="+", metavar="FIGURE",
-                           choices=["figure1", "figure2", "figure3", "all"],
-                           help="figure1, figure2, figure3 or all")
+                           choices=["figure1", "figure2", "figure3", "cntk-digits", "all"],
+                           help="figure1, figure2, figure3, cntk-digits or all (the figures)")
     reproduce.add_argument("--print-config", action="store_true",
                            help="print the settings that would be used and exit")
     reproduce.set_defaults(handler=_cmd_reproduce, subparser=reproduce)
