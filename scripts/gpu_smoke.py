@@ -87,6 +87,28 @@ def main() -> int:
             print(f"structured blocked symmetric N=4500: {err:.2e}, exactly symmetric {symmetric}")
             if not (err <= 1e-12 and symmetric):
                 failures.append("structured blocked symmetric")
+    # CNN kernels: the fused CNN op on CUDA against its CPU backend (plane and diagonal paths).
+    from torch import nn
+
+    for readout in ("gap", "flatten"):
+        tail = ([nn.AdaptiveAvgPool2d(1), nn.Flatten(), tn.NTKLinear(6, 1)] if readout == "gap"
+                else [nn.Flatten(), tn.NTKLinear(6 * 16, 1)])
+        model = nn.Sequential(tn.nn.NTKConv2d(2, 6, 3, padding="same"), nn.ReLU(),
+                              tn.nn.NTKConv2d(6, 6, 3, padding=1, padding_mode="circular"),
+                              nn.Tanh(), *tail).double()
+        x1, x2 = torch.randn(9, 2, 4, 4, dtype=torch.float64), torch.randn(7, 2, 4, 4,
+                                                                             dtype=torch.float64)
+        for b in (None, x2):
+            ref = tn.analytic_kernels(model, x1, b, quadrature_degree=12)
+            out = tn.analytic_kernels(model.cuda(), x1.cuda(), None if b is None else b.cuda(),
+                                      quadrature_degree=12)
+            model = model.cpu()
+            for field in ("nngp", "ntk"):
+                err = rel(getattr(out, field), getattr(ref, field))
+                label = f"cnn {readout} {field} {'sym' if b is None else 'rect'}"
+                print(f"{label}: {err:.2e}")
+                if not err <= 1e-12:
+                    failures.append(label)
     torch.cuda.synchronize()
     print("FAILED: " + ", ".join(failures) if failures else "all CUDA smoke checks passed")
     return 1 if failures else 0
