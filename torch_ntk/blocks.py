@@ -98,7 +98,17 @@ def _split_for_progress(c: int, n: int, x1: Tensor, x2: Optional[Tensor], flops_
     return c
 
 
-class StructuredBlocks:
+class _PlanFeatures:
+    """Blocks over a structured plan's features, cached per chunk of samples (``self.plan``,
+    ``self.x1``, ``self.x2`` and ``self.cache`` are set by the subclass)."""
+
+    def _features(self, side: int, start: int, stop: int):
+        x = self.x1 if side == 1 or self.x2 is None else self.x2
+        key = (1 if self.x2 is None else side, start, stop)
+        return self.cache.get(key, lambda: list(self.plan.features(x[start:stop])), pin=side == 1)
+
+
+class StructuredBlocks(_PlanFeatures):
     """The fused op on each block's structured features (cached per chunk of samples)."""
 
     def __init__(self, plan: StructuredPlan, x1: Tensor, x2: Optional[Tensor], mode: str,
@@ -134,11 +144,6 @@ class StructuredBlocks:
         self.cache = _LRU(max(0, budget - 2 * c * feat - c * c * pair - gram))
         return c
 
-    def _features(self, side: int, start: int, stop: int):
-        x = self.x1 if side == 1 or self.x2 is None else self.x2
-        key = (1 if self.x2 is None else side, start, stop)
-        return self.cache.get(key, lambda: list(self.plan.features(x[start:stop])), pin=side == 1)
-
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         a1, d1 = self._features(1, i0, i1)
         if diagonal:
@@ -149,7 +154,7 @@ class StructuredBlocks:
                                   workspace_bytes=self.workspace)
 
 
-class ConvStructuredBlocks:
+class ConvStructuredBlocks(_PlanFeatures):
     """A CNN's structured NTK per block: the dense tail by the fused op, each conv layer by
     :func:`~torch_ntk.conv_structured.conv_layer_ntk` in the order its FLOP model picks."""
 
@@ -186,11 +191,6 @@ class ConvStructuredBlocks:
         feat = plan.bytes_per_sample(s, plan.orders)
         self.cache = _LRU(max(0, budget - 2 * c * feat - c * c * pair - self.workspace))
         return c
-
-    def _features(self, side: int, start: int, stop: int):
-        x = self.x1 if side == 1 or self.x2 is None else self.x2
-        key = (1 if self.x2 is None else side, start, stop)
-        return self.cache.get(key, lambda: list(self.plan.features(x[start:stop])), pin=side == 1)
 
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         a1, d1, c1 = self._features(1, i0, i1)

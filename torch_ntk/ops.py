@@ -82,22 +82,29 @@ def _analytic_kernels_fake(
     gh_nodes, gh_weights, force_quadrature, want_nngp, want_ntk,
 ):
     torch._check(x1.dim() == 2, lambda: f"analytic_kernels: x1 must be 2-D; got {x1.shape}")
-    torch._check(
-        x1.dtype in (torch.float32, torch.float64),
-        lambda: f"analytic_kernels: x1 must be float32 or float64; got {x1.dtype}",
-    )
-    n2 = x1.shape[0]
     if x2 is not None:
         torch._check(x2.dim() == 2, lambda: f"analytic_kernels: x2 must be 2-D; got {x2.shape}")
         torch._check(
             x2.shape[1] == x1.shape[1],
             lambda: f"analytic_kernels: x2 must have n0={x1.shape[1]} columns; got {x2.shape}",
         )
-        torch._check(x2.dtype == x1.dtype, lambda: "analytic_kernels: x2 must match x1's dtype")
+    return _fake_kernel_pair("analytic_kernels", x1, x2, want_nngp, want_ntk)
+
+
+def _fake_kernel_pair(op: str, x1, x2, want_nngp: bool, want_ntk: bool):
+    """The (NNGP, NTK) outputs [N1, N2] of an infinite-width op's fake (empty [0] when not
+    wanted), after the checks the two kernel ops share."""
+    torch._check(
+        x1.dtype in (torch.float32, torch.float64),
+        lambda: f"{op}: x1 must be float32 or float64; got {x1.dtype}",
+    )
+    n2 = x1.shape[0]
+    if x2 is not None:
+        torch._check(x2.dtype == x1.dtype, lambda: f"{op}: x2 must match x1's dtype")
         n2 = x2.shape[0]
     torch._check(
         want_nngp or want_ntk,
-        lambda: "analytic_kernels: at least one of want_nngp and want_ntk must be true",
+        lambda: f"{op}: at least one of want_nngp and want_ntk must be true",
     )
     shape = (x1.shape[0], n2)
     nngp = x1.new_empty(shape) if want_nngp else x1.new_empty((0,))
@@ -322,11 +329,6 @@ def cnn_kernels(
 def _cnn_kernels_fake(x1, x2, layer_codes, layer_ints, layer_floats, gh_nodes, gh_weights,
                       force_quadrature, want_nngp, want_ntk):
     torch._check(x1.dim() == 4, lambda: f"cnn_kernels: x1 must have 4 dimensions; got {x1.shape}")
-    torch._check(
-        x1.dtype in (torch.float32, torch.float64),
-        lambda: f"cnn_kernels: x1 must be float32 or float64; got {x1.dtype}",
-    )
-    n2 = x1.shape[0]
     if x2 is not None:
         torch._check(x2.dim() == 4,
                      lambda: f"cnn_kernels: x2 must have 4 dimensions; got {x2.shape}")
@@ -335,13 +337,4 @@ def _cnn_kernels_fake(x1, x2, layer_codes, layer_ints, layer_floats, gh_nodes, g
             lambda: f"cnn_kernels: x2 must have the [C, H, W] of x1 {list(x1.shape[1:])}; "
             f"got shape {x2.shape}",
         )
-        torch._check(x2.dtype == x1.dtype, lambda: "cnn_kernels: x2 must match x1's dtype")
-        n2 = x2.shape[0]
-    torch._check(
-        want_nngp or want_ntk,
-        lambda: "cnn_kernels: at least one of want_nngp and want_ntk must be true",
-    )
-    shape = (x1.shape[0], n2)
-    nngp = x1.new_empty(shape) if want_nngp else x1.new_empty((0,))
-    ntk = x1.new_empty(shape) if want_ntk else x1.new_empty((0,))
-    return nngp, ntk
+    return _fake_kernel_pair("cnn_kernels", x1, x2, want_nngp, want_ntk)
