@@ -350,8 +350,9 @@ def weight_scale_ratio(model: nn.Module) -> float:
     mean over NTKLinear/nn.Linear layers of RMS(W) / RMS of W at initialization.
 
     Initialization RMS: 1 for NTK-parametrized NTKLinear (W ~ N(0, 1)); weight_std/√n_in
-    for standard NTKLinear; 1/√(3·n_in) for nn.Linear (uniform on ±1/√n_in). Training
-    moves weights by far less than the factor between parametrizations (√n_in or more).
+    for standard NTKLinear; 1/√(3·n_in) for nn.Linear (uniform on ±1/√n_in). The
+    parametrizations differ by a factor of about √n_in, so a ratio far from 1 means the
+    weights belong to another parametrization (the CLI refuses outside [1/3, 3]).
     """
     logs = []
     for module in model.modules():
