@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .analytic import KERNEL_NAMES
 from .empirical import METHODS, empirical_ntk
-from .random_features import readout_features
+from .random_features import apply_in_chunks, readout_features
 from .runtime import forked_rng, seed_all
 from .validation import check_batch, check_choices, check_int
 
@@ -255,29 +255,19 @@ def draw_network(name: str, model_fn: ModelFn, seed: int, like: Tensor) -> nn.Mo
 def _outputs(name: str, model: nn.Module, arg: str, x: Tensor, chunk: Optional[int],
              seed: int) -> Tensor:
     """f(x) as [N, n_L] float64 (``arg`` names x in errors)."""
-    parts = []
-    step = chunk or x.shape[0]
-    for start in range(0, x.shape[0], step):
-        xs = x[start:start + step]
-        try:
-            y = model(xs)
-        except (RuntimeError, ValueError) as error:
-            raise ValueError(
-                f"{name}: {arg} of shape {list(x.shape)} does not fit the model of seed "
-                f"{seed} ({error})"
-            ) from error
+    parts = apply_in_chunks(name, arg, seed, x, chunk, model)
+    for y in parts:
         if not isinstance(y, Tensor):
             raise TypeError(
                 f"{name}: the model of seed {seed} must return a tensor [N, n_L]; got "
                 f"{type(y).__name__}"
             )
-        if y.dim() == 0 or y.shape[0] != xs.shape[0]:
-            raise ValueError(
-                f"{name}: the model of seed {seed} must map [N, ...] to [N, n_L]; got output "
-                f"shape {list(y.shape)} for input shape {list(xs.shape)}"
-            )
-        parts.append(y.reshape(xs.shape[0], -1).to(torch.float64))
-    y = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if any(y.dim() == 0 for y in parts) or sum(len(y) for y in parts) != len(x):
+        raise ValueError(
+            f"{name}: the model of seed {seed} must map [N, ...] to [N, n_L]; got output "
+            f"shape {list(parts[0].shape)} for input shape {list(x.shape)}"
+        )
+    y = torch.cat([y.reshape(y.shape[0], -1).to(torch.float64) for y in parts])
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"{name}: the model of seed {seed} returned NaN or Inf")
     return y

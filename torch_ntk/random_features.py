@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,23 @@ __all__ = ["SpecOrWidths", "build_network", "random_features", "random_network",
 SpecOrWidths = Union[LayerSpec, Sequence[int]]
 
 
+def apply_in_chunks(name: str, arg: str, seed: int, x: Tensor, chunk: Optional[int],
+                    fn: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """[fn(x[i:i+chunk]) for each chunk] (chunk None: one), an error of the model on x
+    reported as a ValueError naming ``name``, ``arg`` and the network's ``seed``."""
+    parts = []
+    step = chunk or x.shape[0]
+    for start in range(0, x.shape[0], step):
+        try:
+            parts.append(fn(x[start:start + step]))
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(
+                f"{name}: {arg} of shape {list(x.shape)} does not fit the model of seed "
+                f"{seed} ({error})"
+            ) from error
+    return parts
+
+
 @torch.no_grad()
 def readout_features(name: str, model: nn.Module, arg: str, x: Tensor,
                      chunk: Optional[int], seed: int) -> Tensor:
@@ -35,20 +52,13 @@ def readout_features(name: str, model: nn.Module, arg: str, x: Tensor,
     make the error messages; ``chunk`` samples per forward pass (None: all).
     """
     body, dense = _last_dense(name, model, seed)
-    parts = []
-    step = chunk or x.shape[0]
-    for start in range(0, x.shape[0], step):
-        a = x[start:start + step]
-        try:
-            for module in body:
-                a = module(a)
-        except (RuntimeError, ValueError) as error:
-            raise ValueError(
-                f"{name}: {arg} of shape {list(x.shape)} does not fit the model of seed "
-                f"{seed} ({error})"
-            ) from error
-        parts.append(a.reshape(a.shape[0], -1).to(torch.float64))
-    a = torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def features(a: Tensor) -> Tensor:
+        for module in body:
+            a = module(a)
+        return a.reshape(a.shape[0], -1).to(torch.float64)
+
+    a = torch.cat(apply_in_chunks(name, arg, seed, x, chunk, features))
     if a.shape[1] != dense.in_features:
         raise ValueError(
             f"{name}: the last dense layer of the model of seed {seed} expects "
