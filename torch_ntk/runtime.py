@@ -1,9 +1,11 @@
 """Run-time plumbing shared by every kernel function: devices, random generators,
-progress bars and the working-memory budget."""
+progress bars, the working-memory budget and a description of the CPU."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 from typing import Iterable, Iterator, Optional, Union
 
 import torch
@@ -11,6 +13,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "check_built_for",
+    "cpu_info",
     "cuda_devices_of",
     "default_memory_budget",
     "forked_rng",
@@ -133,3 +136,25 @@ def resolve_device(name: Union[str, torch.device]) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:index]'; got {name!r}")
     return device
+
+
+def cpu_info() -> dict:
+    """The CPU's model name (``lscpu``, else /proc/cpuinfo) and whether its flags hold the
+    vector extensions the compiled kernels could use: {"cpu_model", "cpu_flags": {avx2,
+    avx512f, fma: bool}} (empty where neither source exists)."""
+    fields = {}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    if not text and os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    if not fields:
+        return {}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", ""),
+            "cpu_flags": {name: name in flags for name in ("avx2", "avx512f", "fma")}}

@@ -24,12 +24,13 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..files import atomic_write
+from ..runtime import cpu_info
 
 __all__ = [
     "sync", "elapsed", "time_call", "interleaved", "summary", "cuda_peak", "peak_memory",
     "matmul_rate", "roofline", "machine_info", "write_json", "markdown_table",
     "results_dir", "float32_matmul", "parse_suite_args", "rss_bytes", "short", "is_oom",
-    "load_average", "wait_for_quiet", "cpu_info",
+    "load_average", "wait_for_quiet",
 ]
 
 
@@ -191,30 +192,6 @@ def machine_info(device: str = "cpu") -> dict:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
-
-
-def cpu_info() -> dict:
-    """The CPU's model name (``lscpu``, else /proc/cpuinfo) and whether its flags hold the
-    vector extensions the compiled kernels could use: {"cpu_model", "cpu_flags": {avx2,
-    avx512f, fma: bool}} (empty where neither source exists)."""
-    import subprocess
-
-    fields = {}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        text = ""
-    if not text and os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip().lower(), value.strip())
-    if not fields:
-        return {}
-    flags = set(fields.get("flags", "").split())
-    return {"cpu_model": fields.get("model name", ""),
-            "cpu_flags": {name: name in flags for name in ("avx2", "avx512f", "fma")}}
 
 
 def results_dir() -> str:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .. import runtime
 from ..files import atomic_write, jsonable, write_json
-from ..runtime import seeded
+from ..runtime import cpu_info, seeded
 
 __all__ = [
     "DTYPES",
@@ -151,6 +151,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cuda_ops_built": bool(ops.cuda_built()),
     }
+    env.update(cpu_info())
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
