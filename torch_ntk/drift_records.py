@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .files import atomic_write
 
-__all__ = ["CSV_COLUMNS", "DriftRecord", "measure", "plot_history", "write_csv"]
+__all__ = ["CSV_COLUMNS", "DriftRecord", "SCALAR_TAGS", "log_scalars", "measure", "plot_history",
+           "scalars", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class DriftRecord:
     """One measurement of the kernel (definitions in :mod:`torch_ntk.tracking`).
 
     step: optimizer steps taken when it was recorded (0 = when the tracker was built).
+    eigenvalues and condition_number are () and None at the records that skip the
+    spectrum (``KernelDriftTracker(spectrum_every=k)`` computes it at every k-th record).
     """
 
     step: int
@@ -36,7 +39,7 @@ class DriftRecord:
     label_alignment: Optional[float]
     trace: float
     eigenvalues: tuple[float, ...]
-    condition_number: float
+    condition_number: Optional[float]
     param_movement: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,14 +63,43 @@ CSV_COLUMNS = ("step", "drift", "kernel_distance", "velocity", "limit_distance",
                "label_alignment", "trace", "condition_number", "param_movement")
 
 
-def measure(step: int, kernel: Tensor, reference: Tensor, *, top_k: int, param_movement: float,
-            last: Optional[tuple[Tensor, int]] = None, limit: Optional[Tensor] = None,
-            targets: Optional[Tensor] = None) -> DriftRecord:
+# Record field → logged scalar name (TensorBoard tag and logger key, after the prefix "ntk/").
+# kernel_distance, 1 − cos(Θ_t, Θ_ref), is logged as alignment_distance.
+SCALAR_TAGS = {"drift": "drift", "kernel_distance": "alignment_distance", "velocity": "velocity",
+               "param_movement": "param_movement", "trace": "trace",
+               "condition_number": "condition_number", "label_alignment": "label_alignment",
+               "limit_distance": "limit_distance"}
+
+
+def scalars(record: DriftRecord, prefix: str = "ntk/") -> dict[str, float]:
+    """The record's scalars as {prefix + name: value}: the names of :data:`SCALAR_TAGS`
+    and eigenvalue_1 … eigenvalue_k (largest first); metrics that are None are left out."""
+    out = {prefix + tag: getattr(record, field) for field, tag in SCALAR_TAGS.items()
+           if getattr(record, field) is not None}
+    out.update({f"{prefix}eigenvalue_{i + 1}": e for i, e in enumerate(record.eigenvalues)})
+    return out
+
+
+def log_scalars(writer: Any, record: DriftRecord) -> None:
+    """``writer.add_scalar(tag, value, global_step=record.step)`` for each of
+    :func:`scalars` (a ``torch.utils.tensorboard.SummaryWriter`` or anything alike)."""
+    for tag, value in scalars(record).items():
+        writer.add_scalar(tag, value, global_step=record.step)
+
+
+def measure(step: int, kernel: Tensor, reference: Tensor, *, top_k: int,
+            param_movement: Union[Tensor, float], last: Optional[tuple[Tensor, int]] = None,
+            limit: Optional[Tensor] = None, targets: Optional[Tensor] = None,
+            spectrum: bool = True) -> DriftRecord:
     """The record of kernel Θ_t [N, N] at ``step`` against ``reference`` Θ_ref [N, N].
 
     last: (Θ_prev, its step) for the velocity; limit: Θ∞ [N, N] for the limit
     distance; targets: Y [N, c] float64 for the label alignment (each None: that metric
-    is None).
+    is None). param_movement: a 0-dim tensor (on any device) or a float. spectrum:
+    compute the eigenvalues (O(N³), the costly part) or leave them out.
+
+    Everything is computed on the kernel's device in float64 and copied to the host in
+    one transfer (one synchronisation per record, plus eigvalsh's own on CUDA).
     """
     k = kernel.double()
     ref = reference.double()
@@ -79,6 +111,7 @@ def measure(step: int, kernel: Tensor, reference: Tensor, *, top_k: int, param_m
         # distances, exactly 0 for equal kernels.
         "kernel_distance": torch.linalg.matrix_norm(k / k_norm - ref / ref_norm).square() / 2,
         "trace": k.diagonal().sum(),
+        "param_movement": torch.as_tensor(param_movement, dtype=torch.float64).to(k.device),
     }
     if last is not None and step > last[1]:
         prev, prev_step = last
@@ -90,12 +123,17 @@ def measure(step: int, kernel: Tensor, reference: Tensor, *, top_k: int, param_m
         y = targets
         yty = y.t() @ y  # ‖YYᵀ‖_F = ‖YᵀY‖_F
         scalars["label_alignment"] = (y * (k @ y)).sum() / (k_norm * torch.linalg.matrix_norm(yty))
-    eig = torch.linalg.eigvalsh(k)  # ascending
-    scalars["lambda_min"], scalars["lambda_max"] = eig[0], eig[-1]
+    top = k.new_empty(0)
+    if spectrum:
+        eig = torch.linalg.eigvalsh(k)  # ascending
+        scalars["lambda_min"], scalars["lambda_max"] = eig[0], eig[-1]
+        top = eig.flip(0)[:top_k]
     names = list(scalars)
-    values = torch.stack([scalars[n].reshape(()) for n in names]).cpu().tolist()
+    values = torch.cat([torch.stack([scalars[n].reshape(()) for n in names]), top]).cpu().tolist()
     v = dict(zip(names, values))
-    top = eig.flip(0)[:top_k].cpu().tolist()
+    condition = None
+    if spectrum:
+        condition = v["lambda_max"] / v["lambda_min"] if v["lambda_min"] > 0 else math.inf
     return DriftRecord(
         step=step,
         drift=v["drift"],
@@ -104,9 +142,9 @@ def measure(step: int, kernel: Tensor, reference: Tensor, *, top_k: int, param_m
         limit_distance=v.get("limit_distance"),
         label_alignment=v.get("label_alignment"),
         trace=v["trace"],
-        eigenvalues=tuple(top),
-        condition_number=v["lambda_max"] / v["lambda_min"] if v["lambda_min"] > 0 else math.inf,
-        param_movement=param_movement,
+        eigenvalues=tuple(values[len(names):]),
+        condition_number=condition,
+        param_movement=v["param_movement"],
     )
 
 
@@ -166,7 +204,8 @@ def plot_history(records: Sequence[DriftRecord], path: Union[str, os.PathLike, N
     ax_spec.set_yscale("log", nonpositive="mask")
     ax_spec.legend(fontsize="small", ncol=2)
 
-    ax_cond.plot(steps, [r.condition_number for r in records], ".-", color="C0")
+    ax_cond.plot(steps, [math.nan if r.condition_number is None else r.condition_number
+                         for r in records], ".-", color="C0")
     ax_cond.set(xlabel="optimizer step", title="conditioning and alignment")
     ax_cond.set_ylabel("condition number λ_max/λ_min", color="C0")
     ax_cond.set_yscale("log", nonpositive="mask")

@@ -25,7 +25,17 @@ fixed kernel; its infinite-width counterpart is still exactly Θ∞, and p = n_L
 Θ_t itself.
 
 Each record (:class:`DriftRecord`) holds the metrics defined in
-:class:`KernelDriftTracker`'s docstring (``help(KernelDriftTracker)``).
+:class:`KernelDriftTracker`'s docstring (``help(KernelDriftTracker)``); with
+``writer=SummaryWriter(...)`` each record also goes to TensorBoard under ``ntk/``, and
+:class:`torch_ntk.integrations.lightning.KernelDriftCallback` drives a tracker from a
+Lightning ``Trainer``.
+
+Where training runs: a model wrapped in ``DistributedDataParallel``, ``torch.compile``
+or :class:`torch_ntk.NTK` is looked through (the kernel is that of the module inside,
+called directly, so a record makes no collective call); under ``torch.distributed``
+only rank 0 records by default (the others count steps and keep an empty history).
+Records are computed in the parameters' dtype with autocast disabled, whatever the
+autocast state around ``optimizer.step()``.
 
 The tracker never perturbs training: kernels are computed under
 :func:`torch_ntk.evaluation.kernel_context` (eval mode, no autograd, every module's
@@ -55,10 +65,11 @@ from torch import Tensor, nn
 
 from .analytic import analytic_kernels
 from .arch import lift
-from .drift_records import DriftRecord, measure, plot_history, write_csv
+from .drift_records import DriftRecord, log_scalars, measure, plot_history, write_csv
 from .empirical import compute_empirical_ntk
 from .evaluation import kernel_context, unwrap
-from .validation import check_batch
+from .tracking_inputs import (autocast_off, check_probe, check_reference, check_targets, norm,
+                              process_rank, projection_matrix)
 
 __all__ = ["DriftRecord", "KernelDriftTracker", "projection_matrix"]
 
@@ -89,7 +100,9 @@ class KernelDriftTracker:
         condition_number λ_max / λ_min of Θ_t (inf when λ_min ≤ 0 in floating point)
         param_movement   ‖θ_t − θ_0‖ / ‖θ_0‖ over the trainable parameters
 
-    Metrics are computed in float64 from the kernel.
+    Metrics are computed in float64 from the kernel, on its device, with one copy to
+    the host per record. The kernel is computed in the parameters' dtype with autocast
+    disabled (training under ``torch.autocast`` does not change a record).
 
     Args:
         model: the ``nn.Module`` being trained (an :class:`torch_ntk.NTK`,
@@ -113,6 +126,20 @@ class KernelDriftTracker:
             n_L (p ≥ n_L is exact). For models with many outputs.
         projection_seed: seed of the projection Q (a generator of its own; the global
             random state is untouched).
+        spectrum_every: compute eigenvalues and condition_number at every k-th record
+            only (1, the default: at each); the records between hold ``()`` and None.
+            The O(N³) eigendecomposition is most of a record's metric cost.
+        writer: a ``torch.utils.tensorboard.SummaryWriter``, or anything with
+            ``add_scalar(tag, value, global_step=...)``: each record's scalars go to it
+            as ``ntk/drift``, ``ntk/alignment_distance`` (= kernel_distance),
+            ``ntk/velocity``, ``ntk/param_movement``, ``ntk/trace``,
+            ``ntk/condition_number``, ``ntk/label_alignment``, ``ntk/limit_distance``,
+            ``ntk/eigenvalue_i`` (those not None) at the optimizer step as global step.
+            Flushing and closing it are the caller's.
+        rank_zero_only: under an initialized ``torch.distributed`` process group (or
+            with the ``RANK`` variable torchrun sets), record on rank 0 only; the other
+            ranks count steps, compute nothing and keep an empty history
+            (``active`` is False there). False: every rank records.
 
     Cost of a record: one trace-mode empirical NTK on the probe set plus an O(N³)
     symmetric eigendecomposition, so probe sets of hundreds to a few thousand points
@@ -124,11 +151,13 @@ class KernelDriftTracker:
     Attributes:
         model: the tracked (unwrapped) module. probe_x, probe_y: the probe set as used
         ([N, ...] in the parameters' dtype; targets as [N, c] float64).
-        every, top_k, method, memory_budget: as given.
+        every, top_k, method, memory_budget, spectrum_every, writer: as given.
         limit_unavailable: why ``limit_distance`` is None ("" when it is computed).
+        rank: this process's rank (0 without torch.distributed); active: whether this
+        process records.
 
     Raises:
-        TypeError: model or probe of the wrong type.
+        TypeError: model, probe or writer of the wrong type.
         ValueError: bad every/top_k/reference/probe_y, fewer than two probe points,
             no trainable parameter, a zero reference kernel, or reference="limit" /
             infinite_width=True for a model that does not lift.
@@ -148,12 +177,21 @@ class KernelDriftTracker:
         memory_budget: Optional[int] = None,
         projections: Optional[int] = None,
         projection_seed: int = 0,
+        spectrum_every: int = 1,
+        writer: Any = None,
+        rank_zero_only: bool = True,
     ) -> None:
         self.model = unwrap(model)
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"KernelDriftTracker: every must be a positive integer; got {every!r}")
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise ValueError(f"KernelDriftTracker: top_k must be a positive integer; got {top_k!r}")
+        for name, value in (("top_k", top_k), ("spectrum_every", spectrum_every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"KernelDriftTracker: {name} must be a positive integer; got {value!r}")
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise TypeError(
+                "KernelDriftTracker: writer must have an add_scalar(tag, value, global_step) "
+                f"method, like torch.utils.tensorboard.SummaryWriter; got {type(writer).__name__}"
+            )
         if not (isinstance(reference, Tensor) or reference in _REFERENCES):
             raise ValueError(
                 f"KernelDriftTracker: reference must be one of {_REFERENCES} or an [N, N] "
@@ -171,23 +209,37 @@ class KernelDriftTracker:
         self.memory_budget = memory_budget
         self.projections = projections
         self.projection_seed = projection_seed
+        self.spectrum_every = spectrum_every
+        self.writer = writer
+        self.rank = process_rank()
+        self.active = self.rank == 0 or not rank_zero_only
         self._projection: Optional[Tensor] = None  # Q, made at the first kernel
 
         trainable = self._trainable()
         first = next(iter(trainable.values()))
-        self.probe_x = self._check_probe(probe_x, first)
+        self.probe_x = check_probe(probe_x, first)
         n = self.probe_x.shape[0]
-        self.probe_y = None if probe_y is None else self._check_targets(probe_y, n)
+        self.probe_y = None if probe_y is None else check_targets(probe_y, n, self.probe_x.device)
 
-        self._theta0 = {name: p.detach().clone() for name, p in trainable.items()}
-        self._theta0_norm = _norm(self._theta0.values())
         self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
         self._step = 0
         self._history: list[DriftRecord] = []
         self._last: Optional[tuple[Tensor, int]] = None
+        self._theta0: dict[str, Tensor] = {}
+        self._reference: Optional[Tensor] = None
+        self._limit, self.limit_unavailable = None, "this rank does not record"
+        if self.active:
+            with autocast_off(first.device):
+                self._start(trainable, reference, infinite_width)
+
+    def _start(self, trainable: dict[str, Tensor], reference: Union[str, Tensor],
+               infinite_width: Optional[bool]) -> None:
+        """θ_0, Θ∞, Θ_ref and the step-0 record (on the recording rank)."""
+        self._theta0 = {name: p.detach().clone() for name, p in trainable.items()}
+        self._theta0_norm = norm(self._theta0.values())
 
         kind = "tensor" if isinstance(reference, Tensor) else reference
-        self._limit, self.limit_unavailable = None, "infinite_width=False"
+        self.limit_unavailable = "infinite_width=False"
         if infinite_width is not False or kind == "limit":
             self._limit, self.limit_unavailable = self._limit_kernel()
             if self._limit is None and (infinite_width or kind == "limit"):
@@ -198,7 +250,7 @@ class KernelDriftTracker:
 
         kernel = self._kernel()
         if kind == "tensor":
-            self._reference = self._check_reference(reference, kernel)
+            self._reference = check_reference(reference, kernel)
         elif kind == "limit":
             self._reference = self._limit
         else:
@@ -220,8 +272,8 @@ class KernelDriftTracker:
         return self._step
 
     @property
-    def reference(self) -> Tensor:
-        """Θ_ref [N, N], the kernel drift is measured against."""
+    def reference(self) -> Optional[Tensor]:
+        """Θ_ref [N, N], the kernel drift is measured against (None where not active)."""
         return self._reference
 
     @property
@@ -276,30 +328,41 @@ class KernelDriftTracker:
         hooks = handle.hooks_dict_ref()
         return hooks is not None and handle.id in hooks
 
-    def step(self) -> Optional[DriftRecord]:
-        """Count one optimizer step; record (and return the record) on every ``every``-th.
+    def step(self, count: int = 1) -> Optional[DriftRecord]:
+        """Count ``count`` optimizer steps (default one); record, and return the record,
+        when the count reaches or passes a multiple of ``every`` (one record at most).
 
         Call it after ``optimizer.step()`` in hand-written loops (``attach`` does it for
-        you).
+        you); ``count`` > 1 catches up with a trainer's step counter.
         """
-        self._step += 1
-        if self._step % self.every == 0:
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"KernelDriftTracker.step: count must be an integer >= 0; got {count!r}")
+        before = self._step
+        self._step += count
+        if self._step // self.every > before // self.every:
             return self.record()
         return None
 
-    def record(self) -> DriftRecord:
-        """Compute the kernel now and append a record at the current step count."""
+    def record(self) -> Optional[DriftRecord]:
+        """Compute the kernel now and append a record at the current step count
+        (None on a rank that does not record)."""
+        if not self.active:
+            return None
         self._follow_device()
-        return self._append(self._kernel())
+        with autocast_off(self.probe_x.device):
+            return self._append(self._kernel())
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the history after a restart.
 
         Keys: version, step, reference (Θ_ref), theta0 ({name: θ_0}), last_kernel,
         last_step, limit_kernel (or None), probe_x, probe_y (or None), projection
-        (Q, or None), history (a list of plain dicts). Tensors are the tracker's own (not copies); ``torch.save`` it
-        with the model and optimizer state.
+        (Q, or None), history (a list of plain dicts). Tensors are the tracker's own (not
+        copies); ``torch.save`` it with the model and optimizer state. On a rank that does
+        not record: version, step and active=False only.
         """
+        if not self.active:
+            return {"version": _STATE_VERSION, "step": self._step, "active": False}
         kernel, step = self._last if self._last is not None else (None, None)
         return {
             "version": _STATE_VERSION,
@@ -329,6 +392,14 @@ class KernelDriftTracker:
                 f"got {state.get('version') if isinstance(state, dict) else type(state).__name__}"
                 " (version 1 came from torch_ntk 0.1, whose trace kernels were sums over the "
                 "outputs, not means: start a new tracker)"
+            )
+        if not self.active:
+            self._step = int(state["step"])
+            return
+        if state.get("active", True) is False:
+            raise ValueError(
+                "KernelDriftTracker.load_state_dict: the state comes from a rank that did not "
+                "record; load rank 0's state"
             )
         device, dtype = self.probe_x.device, self.probe_x.dtype
         probe = state["probe_x"].to(device=device, dtype=dtype)
@@ -365,7 +436,7 @@ class KernelDriftTracker:
 
         self._theta0 = {name: theta0[name].to(device=p.device, dtype=p.dtype)
                         for name, p in trainable.items()}
-        self._theta0_norm = _norm(self._theta0.values())
+        self._theta0_norm = norm(self._theta0.values())
         self._reference = kernel(state["reference"])
         if state.get("limit_kernel") is not None:
             self._limit = kernel(state["limit_kernel"])
@@ -406,7 +477,7 @@ class KernelDriftTracker:
         return (
             f"KernelDriftTracker(model={type(self.model).__name__}, probe={list(self.probe_x.shape)}, "
             f"every={self.every}, steps={self._step}, records={len(self._history)}, "
-            f"attached={self.attached})"
+            f"attached={self.attached}{'' if self.active else ', active=False'})"
         )
 
     # -- internals --------------------------------------------------------------------
@@ -419,45 +490,6 @@ class KernelDriftTracker:
         if not trainable:
             raise ValueError("KernelDriftTracker: the model has no parameter with requires_grad=True")
         return trainable
-
-    @staticmethod
-    def _check_probe(probe_x: Tensor, like: Tensor) -> Tensor:
-        probe_x = check_batch("KernelDriftTracker", "probe_x", probe_x)
-        if probe_x.shape[0] < 2:
-            raise ValueError(
-                f"KernelDriftTracker: probe_x must hold at least two samples [N, ...]; got shape "
-                f"{list(probe_x.shape)}"
-            )
-        return probe_x.detach().to(device=like.device, dtype=like.dtype)
-
-    def _check_targets(self, probe_y: Tensor, n: int) -> Tensor:
-        if not isinstance(probe_y, Tensor):
-            raise TypeError(f"KernelDriftTracker: probe_y must be a torch.Tensor; got {type(probe_y).__name__}")
-        if probe_y.shape[:1] != (n,) or probe_y.dim() > 2:
-            raise ValueError(
-                f"KernelDriftTracker: probe_y must have shape [{n}] or [{n}, c] like probe_x; got "
-                f"{list(probe_y.shape)}"
-            )
-        y = probe_y.detach().to(self.probe_x.device)
-        if not y.is_floating_point():
-            if y.dim() != 1 or bool((y < 0).any()):
-                raise ValueError("KernelDriftTracker: integer probe_y must be [N] class labels >= 0")
-            y = torch.nn.functional.one_hot(y.long())
-        y = y.to(torch.float64).reshape(n, -1)
-        if not bool(torch.isfinite(y).all()) or not bool((y != 0).any()):
-            raise ValueError("KernelDriftTracker: probe_y must be finite and not all zero")
-        return y
-
-    def _check_reference(self, reference: Tensor, kernel: Tensor) -> Tensor:
-        n = kernel.shape[0]
-        if tuple(reference.shape) != (n, n):
-            raise ValueError(
-                f"KernelDriftTracker: a reference kernel must have shape [{n}, {n}] (trace-mode "
-                f"NTK on the probe set); got {list(reference.shape)}"
-            )
-        if not bool(torch.isfinite(reference).all()):
-            raise ValueError("KernelDriftTracker: the reference kernel contains NaN or Inf")
-        return reference.detach().to(device=kernel.device, dtype=kernel.dtype).clone()
 
     def _limit_kernel(self) -> tuple[Optional[Tensor], str]:
         """(Θ∞ on the probe set in the probe dtype, "") or (None, why not)."""
@@ -513,42 +545,30 @@ class KernelDriftTracker:
         if self._last is not None:
             self._last = (move(self._last[0]), self._last[1])
 
-    def _param_movement(self) -> float:
+    def _param_movement(self, device: torch.device) -> Union[Tensor, float]:
+        """‖θ_t − θ_0‖ / ‖θ_0‖ as a 0-dim float64 tensor on ``device`` (no host sync)."""
         params = dict(self.model.named_parameters())
         missing = [name for name in self._theta0 if name not in params]
         if missing:
             raise ValueError(f"KernelDriftTracker: tracked parameters {missing} are gone from the model")
+        if not self._theta0_norm > 0:
+            return math.inf
+        squares = []
         for name, p0 in self._theta0.items():
             if p0.device != params[name].device:
-                self._theta0[name] = p0.to(params[name].device)
-        moved = _norm(params[name].detach() - p0 for name, p0 in self._theta0.items())
-        return moved / self._theta0_norm if self._theta0_norm > 0 else math.inf
+                self._theta0[name] = p0 = p0.to(params[name].device)
+            diff = torch.linalg.vector_norm(params[name].detach() - p0, dtype=torch.float64)
+            squares.append(diff.square().to(device))
+        return torch.stack(squares).sum().sqrt() / self._theta0_norm
 
     def _append(self, kernel: Tensor) -> DriftRecord:
+        assert self._reference is not None
+        spectrum = len(self._history) % self.spectrum_every == 0
         record = measure(self._step, kernel, self._reference, top_k=self.top_k,
-                         param_movement=self._param_movement(), last=self._last,
-                         limit=self._limit, targets=self.probe_y)
+                         param_movement=self._param_movement(kernel.device), last=self._last,
+                         limit=self._limit, targets=self.probe_y, spectrum=spectrum)
         self._last = (kernel, self._step)
         self._history.append(record)
+        if self.writer is not None:
+            log_scalars(self.writer, record)
         return record
-
-
-def projection_matrix(n_out: int, p: int, seed: int = 0) -> Tensor:
-    """Q [n_out, p] float64 with orthonormal columns, drawn from the Haar measure by a
-    generator seeded with ``seed`` (the global random state is untouched).
-
-    E[Q Qᵀ] = (p/n_out)·Id_{n_out}, so the trace NTK of the outputs Qᵀf, (1/p) tr(QᵀΘQ),
-    is an unbiased estimate of the trace NTK of f, (1/n_out) tr Θ (equal when p = n_out).
-    """
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(n_out, p, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))  # the sign convention that makes Q Haar-distributed
-    return q
-
-
-def _norm(tensors) -> float:
-    """√(Σ ‖t‖²) accumulated in float64, one host sync per device."""
-    norms: dict[torch.device, list[Tensor]] = {}
-    for t in tensors:
-        norms.setdefault(t.device, []).append(torch.linalg.vector_norm(t, dtype=torch.float64))
-    return math.sqrt(sum(float(torch.stack(v).square().sum()) for v in norms.values()))
