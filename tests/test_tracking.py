@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -557,3 +558,65 @@ def test_projected_tracker_trains_bit_identically_and_resumes():
 def test_bad_projections(bad):
     with pytest.raises(ValueError, match="projections must be None or a positive integer"):
         KernelDriftTracker(dropout_mlp(), torch.randn(5, 4), projections=bad)
+
+
+# ---------------------------------------------------------------------------------
+# issue 17: spectrum_every, step(count), rank 0 only
+
+
+def test_spectrum_every_skips_only_the_spectrum(tmp_path):
+    model = ntk_mlp([4, 16, 16, 2], "tanh", dtype=F64)
+    probe = torch.randn(7, 4, dtype=F64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    full = KernelDriftTracker(model, probe, torch.randn(7, dtype=F64), every=2)
+    lean = KernelDriftTracker(model, probe, full.probe_y, every=2, spectrum_every=2)
+    full.attach(opt)
+    lean.attach(opt)
+    train(model, opt, batches(7, dtype=F64))
+    pairs = list(zip(full.history, lean.history))
+    assert [r.step for r in lean.history] == [0, 2, 4, 6]
+    for i, (a, b) in enumerate(pairs):
+        if i % 2 == 0:
+            assert b == a  # the same computation: bit-identical records
+        else:
+            assert b.eigenvalues == () and b.condition_number is None
+            assert b == dataclasses.replace(a, eigenvalues=(), condition_number=None)
+    lean.to_csv(tmp_path / "lean.csv")
+    with open(tmp_path / "lean.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["condition_number"] == "" for r in rows] == [False, True, False, True]
+    with pytest.raises(ValueError, match="spectrum_every must be a positive integer"):
+        KernelDriftTracker(model, probe, spectrum_every=0)
+
+
+def test_step_count_records_once_when_a_multiple_is_passed():
+    model = dropout_mlp()
+    tracker = KernelDriftTracker(model, torch.randn(6, 4), every=4)
+    assert tracker.step(3) is None and tracker.step(0) is None
+    record = tracker.step(6)  # 3 → 9 passes 4 and 8: one record, at step 9
+    assert record is not None and [r.step for r in tracker.history] == [0, 9]
+    assert tracker.step(3) is not None  # 12
+    with pytest.raises(ValueError, match="count must be an integer >= 0"):
+        tracker.step(-1)
+
+
+def test_only_rank_zero_records(monkeypatch):
+    model = dropout_mlp()
+    probe = torch.randn(6, 4)
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets before the process group exists
+    quiet = KernelDriftTracker(model, probe, every=2)
+    assert (quiet.rank, quiet.active) == (1, False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    quiet.attach(opt)
+    train(model, opt, batches(4))
+    assert quiet.steps == 4 and quiet.history == [] and quiet.record() is None
+    assert quiet.state_dict() == {"version": 2, "step": 4, "active": False}
+    with pytest.raises(ValueError, match="probe_x contains NaN"):  # checks run on every rank
+        KernelDriftTracker(model, torch.full((6, 4), math.nan))
+    assert KernelDriftTracker(model, probe, rank_zero_only=False).active
+    monkeypatch.setenv("RANK", "0")
+    loud = KernelDriftTracker(model, probe, every=2)
+    with pytest.raises(ValueError, match="from a rank that did not record"):
+        loud.load_state_dict(quiet.state_dict())
+    quiet.load_state_dict(loud.state_dict())
+    assert quiet.steps == 0 and quiet.history == []
