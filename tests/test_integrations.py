@@ -65,6 +65,16 @@ def assert_same_history(history, reference, rtol):
                 assert a == pytest.approx(b, rel=rtol), (got.step, field, a, b)
 
 
+class _Recorder:
+    """A writer that keeps (tag, value, global_step) calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def add_scalar(self, tag, value, global_step=None):
+        self.calls.append((tag, value, global_step))
+
+
 # -- TensorBoard ---------------------------------------------------------------------
 
 def test_tensorboard_event_file_holds_the_records(tmp_path):
@@ -171,9 +181,45 @@ def test_lightning_callback_records_logs_and_resumes(tmp_path):
     checkpoint = str(tmp_path / "part.ckpt")
     trainer.save_checkpoint(checkpoint)
     assert [r.step for r in first.tracker.history] == [0, 2, 4, 6, 8]
-    resumed = KernelDriftCallback(probe, probe_y, every=2, submodule="net")
+    writer = _Recorder()
+    resumed = KernelDriftCallback(probe, probe_y, every=2, submodule="net", writer=writer)
     _fit(pl, tmp_path / "part", 3, resumed, ckpt_path=checkpoint)
     assert_same_history(resumed.tracker.history, reference, rtol=1e-10)
+    # The writer gets the new records only: no second step 0 on resume.
+    assert [step for tag, _, step in writer.calls if tag == "ntk/drift"] == [10, 12]
+
+
+def test_optional_dependencies_stay_optional(monkeypatch):
+    import importlib
+    import subprocess
+    import sys
+
+    code = ("import sys, torch_ntk, torch_ntk.integrations; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'tensorboard')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__)))))
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "torch_ntk.integrations.lightning", raising=False)
+    with pytest.raises(ImportError, match="pip install lightning"):
+        importlib.import_module("torch_ntk.integrations.lightning")
+    monkeypatch.undo()
+    sys.modules.pop("torch_ntk.integrations.lightning", None)
+
+
+def test_callback_is_a_callback_of_each_installed_lightning():
+    _lightning()
+    from torch_ntk.integrations.lightning import KernelDriftCallback
+
+    callback = KernelDriftCallback(data()[2])
+    for package in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            module = __import__(package, fromlist=["Callback"])
+        except ImportError:
+            continue
+        assert isinstance(callback, module.Callback), package
 
 
 def test_lightning_callback_rejects_bad_arguments():
@@ -231,12 +277,6 @@ def test_compiled_model_gives_the_eager_history():
 
 # -- bad probe data (issue 16): the tracker's argument is named, nothing is written ---
 
-class _Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def add_scalar(self, *args, **kwargs):
-        self.calls.append(args)
 
 
 @pytest.mark.parametrize("case", ["nan_x", "overflow_x", "nan_y", "inf_y"])
