@@ -258,6 +258,32 @@ def test_autocast_bf16_training_records_in_float32():
     assert (low.float() - expected).abs().max() > 100 * (kernel - expected).abs().max()
 
 
+def test_grad_scaler_float16_training_counts_only_the_steps_taken():
+    if not hasattr(torch.amp, "GradScaler"):
+        pytest.skip("torch.amp.GradScaler('cpu') needs torch >= 2.3")
+    x, y, probe, _ = (t.float() for t in data())
+    model = mlp(torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    tracker = tn.KernelDriftTracker(model, probe, every=2)
+    tracker.attach(opt)
+
+    def step(xb, yb, scale=1.0):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.mse_loss(model(xb).float(), yb) * scale
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)  # skips opt.step() when the gradients are not finite
+        scaler.update()
+
+    for i in range(0, N_TRAIN, BATCH):
+        step(x[i:i + BATCH], y[i:i + BATCH])
+    step(x[:BATCH], y[:BATCH], scale=math.inf)  # skipped by the scaler: not counted
+    assert tracker.steps == 4 and [r.step for r in tracker.history] == [0, 2, 4]
+    expected = tn.empirical_ntk(model, probe, mode="trace", progress=False)
+    torch.testing.assert_close(tracker.last_kernel, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_ntk_wrapper_is_looked_through():
     wrapped = plain_run(epochs=1, every=2, model=tn.NTK(mlp())).history
     assert_same_history(wrapped, plain_run(epochs=1, every=2).history, rtol=1e-12)

@@ -610,6 +610,7 @@ def test_only_rank_zero_records(monkeypatch):
     quiet.attach(opt)
     train(model, opt, batches(4))
     assert quiet.steps == 4 and quiet.history == [] and quiet.record() is None
+    assert quiet.last_kernel is None and quiet.reference is None
     assert quiet.state_dict() == {"version": 2, "step": 4, "active": False}
     with pytest.raises(ValueError, match="probe_x contains NaN"):  # checks run on every rank
         KernelDriftTracker(model, torch.full((6, 4), math.nan))

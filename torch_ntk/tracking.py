@@ -282,10 +282,9 @@ class KernelDriftTracker:
         return self._limit
 
     @property
-    def last_kernel(self) -> Tensor:
-        """Θ_t [N, N] of the latest record."""
-        assert self._last is not None
-        return self._last[0]
+    def last_kernel(self) -> Optional[Tensor]:
+        """Θ_t [N, N] of the latest record (None on a rank that does not record)."""
+        return None if self._last is None else self._last[0]
 
     def attach(self, optimizer: torch.optim.Optimizer) -> torch.utils.hooks.RemovableHandle:
         """Call :meth:`step` after every ``optimizer.step()`` (a step post-hook).
