@@ -106,8 +106,10 @@ class KernelDriftTracker:
 
     Args:
         model: the ``nn.Module`` being trained (an :class:`torch_ntk.NTK`,
-            ``torch.compile`` or ``DataParallel`` wrapper is looked through). Dropout
-            and batch norm are fine: kernels are computed in eval mode.
+            ``torch.compile``, ``DataParallel`` or ``DistributedDataParallel`` wrapper is
+            looked through: the kernel is that of the module inside, so a record makes
+            no collective call). Dropout and batch norm are fine: kernels are computed
+            in eval mode.
         probe_x: [N, ...] the probe inputs (N ≥ 2), converted to the dtype and device of
             the model's parameters.
         probe_y: optional targets for ``label_alignment``: [N] or [N, c] floats, or [N]
