@@ -116,7 +116,7 @@ def _lightning():
     return pl
 
 
-def _fit(pl, root, epochs, callback, ckpt_path=None):
+def _fit(pl, root, epochs, callback, ckpt_path=None, **trainer_options):
     from torch.utils.data import DataLoader, TensorDataset
 
     class Regression(pl.LightningModule):
@@ -139,7 +139,8 @@ def _fit(pl, root, epochs, callback, ckpt_path=None):
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, callbacks=[callback],
         logger=pl.loggers.CSVLogger(str(root), name="run"), enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
+        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        **trainer_options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice on workers and log intervals
         trainer.fit(Regression().double(), loader, ckpt_path=ckpt_path)
@@ -220,6 +221,28 @@ def test_callback_is_a_callback_of_each_installed_lightning():
         except ImportError:
             continue
         assert isinstance(callback, module.Callback), package
+
+
+def test_lightning_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    pl = _lightning()
+    from torch_ntk.integrations.lightning import KernelDriftCallback
+
+    x, y, probe, probe_y = data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = tn.KernelDriftTracker(model, probe, probe_y, every=2)
+    tracker.attach(opt)
+    for _ in range(2):  # 2 epochs of 4 batches, 2 batches per optimizer step: 4 steps
+        for i in range(0, N_TRAIN, 2 * BATCH):
+            opt.zero_grad()
+            for j in (i, i + BATCH):  # Lightning scales each batch's loss by 1/2
+                (nn.functional.mse_loss(model(x[j:j + BATCH]), y[j:j + BATCH]) / 2).backward()
+            opt.step()
+
+    callback = KernelDriftCallback(probe, probe_y, every=2, submodule="net")
+    _fit(pl, tmp_path, 2, callback, accumulate_grad_batches=2)
+    assert [r.step for r in callback.tracker.history] == [0, 2, 4]
+    assert_same_history(callback.tracker.history, tracker.history, rtol=1e-10)
 
 
 def test_lightning_callback_rejects_bad_arguments():
