@@ -100,7 +100,8 @@ def autocast_off(device: torch.device):
     """Autocast disabled on the CPU and on ``device``'s type: records in full precision."""
     with contextlib.ExitStack() as stack:
         for kind in dict.fromkeys(("cpu", device.type)):
-            if torch.amp.is_autocast_available(kind):
+            available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+            if available(kind) if available is not None else kind in ("cpu", "cuda"):
                 stack.enter_context(torch.autocast(kind, enabled=False))
         yield
 
