@@ -13,8 +13,9 @@ Launch on several processes or hosts with ``torchrun`` (every rank runs the same
 """
 
 from .command import main
-from .kernel import KINDS, TileGrid, TiledKernelStats, fingerprint, tiled_kernel
+from .kernel import TiledKernelStats, fingerprint, tiled_kernel
+from .tiles import KINDS, TileGrid, TileSource
 from .solver import CGResult, conjugate_gradient, kernel_operator
 
 __all__ = ["CGResult", "KINDS", "TileGrid", "TiledKernelStats", "conjugate_gradient",
-           "fingerprint", "kernel_operator", "main", "tiled_kernel"]
+           "TileSource", "fingerprint", "kernel_operator", "main", "tiled_kernel"]

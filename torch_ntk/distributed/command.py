@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from ..files import atomic_write, write_json
-from .kernel import KINDS, tiled_kernel
+from .kernel import tiled_kernel
+from .tiles import KINDS
 from .solver import PRECONDITIONERS, conjugate_gradient
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
