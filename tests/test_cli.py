@@ -401,6 +401,10 @@ def test_kernel_model_file_and_the_trust_warning(tmp_path, inputs, images, capsy
         main(["kernel", str(tmp_path / "img2d.npy"), "--model", str(tmp_path / "cnn.pt"),
               "--no-progress", "-o", str(tmp_path / "c.npy")])
     assert "[N, 3, H, W]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the same for its finite-width NTK
+        main(["kernel", str(tmp_path / "img2d.npy"), "--model", str(tmp_path / "cnn.pt"),
+              "--kind", "empirical", "--no-progress", "-o", str(tmp_path / "c.npy")])
+    assert "argument input: the input must have shape [N, 3, H, W]" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "c.npy")
 
 

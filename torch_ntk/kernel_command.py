@@ -362,6 +362,36 @@ def _load(parser, args, dtype):
     return x1, x2
 
 
+def _outputs(parser, model, x1, device) -> int:
+    """n_L of a --model, from one sample (a usage error when it cannot take the inputs)."""
+    import torch
+
+    from .arch import lift
+    from .cnn_analytic import check_images
+    from .validation import check_batch
+
+    try:
+        spec = lift(model)
+    except ValueError:
+        spec = None
+    if spec is not None:  # the network's own shape check: names the expected [C, H, W]
+        try:
+            if spec.is_mlp:
+                check_batch("argument input", "the input", x1, features=spec.input_features,
+                            flatten=spec.flatten_input)
+            else:
+                check_images("argument input", "the input", x1, spec)
+        except ValueError as error:
+            parser.error(str(error))
+        return spec.output_features
+    try:
+        with torch.no_grad():
+            return max(1, model.eval()(x1[:1].to(device))[0].numel())
+    except Exception as error:  # the model's own error says what it expected
+        parser.error(f"argument input: the --model network cannot take inputs of shape "
+                     f"{list(x1.shape)} ({type(error).__name__}: {error})")
+
+
 def _want_tiles(parser, args, shape, dtype, budget) -> bool:
     import torch
 
@@ -402,9 +432,7 @@ def run_kernel(parser, args) -> int:
     empirical = args.kind == "empirical"
     if empirical:
         model = _empirical_model(parser, args, activation, x1, device, dtype)
-        with torch.no_grad():
-            n_out = max(1, model(x1[:1].to(device))[0].numel()) if args.model else None
-        n_out = n_out or (args.widths[-1])
+        n_out = args.widths[-1] if args.model is None else _outputs(parser, model, x1, device)
     else:
         model = _spec(parser, args, activation, x1, dtype)
         n_out = model.output_features
