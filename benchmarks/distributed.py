@@ -15,6 +15,8 @@ then tiled_kernel into a memory-mapped .npy under ``torchrun --nproc_per_node=P`
                tiling and writing the .npy with its manifests)
   features     samples whose empirical features the ranks computed, over N (1.0: each
                band's features once; a symmetric run on P ranks needs up to P bands twice)
+  write .npy   seconds to fill an N×N .npy memory map with a constant and flush it (P=1,
+               interleaved with the runs): the disk's share of the .npy output's cost
 
 The machine's load average (before and after) and CPU are recorded: on a shared machine
 the 2-process rows compete with other work.
@@ -96,9 +98,11 @@ def worker(case: str, directory: str, repeats: int, device: str, quick: bool,
     for r in range(repeats):
         out = (os.path.join(directory, f"k{r}.npy") if sink == "npy"
                else torch.empty(n, n, dtype=dtype))
-        base = None
+        base = disk = None
         if dist.get_world_size() == 1:  # the untiled call, interleaved: same conditions
             base = untiled_call(kind, model, x)
+            if sink == "npy":
+                disk = disk_write(os.path.join(directory, "disk.npy"), n, tile, dtype)
         dist.barrier()
         t0 = time.perf_counter()
         stats = tiled_kernel(model, x, kind=kind, out=out, tile_size=tile, progress=False)
@@ -107,12 +111,30 @@ def worker(case: str, directory: str, repeats: int, device: str, quick: bool,
         dist.barrier()
         total = time.perf_counter() - t0
         runs.append({"total_s": total, "compute_s": stats.seconds, "untiled_s": base,
+                     "disk_write_s": disk,
                      "tiles": stats.tiles_computed, "per_rank": [len(c) for c in stats.computed],
                      "feature_samples": stats.feature_samples})
         del out
     if rank == 0:
         files.write_json(os.path.join(directory, "result.json"), runs, indent=None)
     dist.destroy_process_group()
+
+
+def disk_write(path: str, n: int, rows: int, dtype) -> float:
+    """Seconds to fill an [n, n] .npy memory map band by band and flush it: the bound on
+    what the .npy output can cost over an in-memory tensor."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    mm = np.lib.format.open_memmap(path, mode="w+", shape=(n, n),
+                                   dtype=np.dtype(str(dtype).replace("torch.", "")))
+    for i in range(0, n, rows):
+        mm[i:i + rows] = 1.0
+    mm.flush()
+    del mm
+    seconds = time.perf_counter() - t0
+    os.remove(path)
+    return seconds
 
 
 def untiled_call(kind, model, x) -> float:
@@ -160,6 +182,8 @@ def launch(case: str, nproc: int, repeats: int, device: str, quick: bool, thread
                           if runs[0]["untiled_s"] is not None else None),
             "overhead": (statistics.median(r["total_s"] / r["untiled_s"] - 1 for r in runs)
                          if runs[0]["untiled_s"] is not None else None),
+            "disk_write_s": (statistics.median(r["disk_write_s"] for r in runs)
+                             if runs[0].get("disk_write_s") is not None else None),
             "tiles": runs[0]["tiles"], "per_rank": runs[0]["per_rank"],
             "feature_samples": runs[0].get("feature_samples")}
 
@@ -184,6 +208,7 @@ def rows_of(payload: dict) -> list[dict]:
                     "overhead": f"{r['overhead']:+.0%}" if r["overhead"] is not None else "",
                     "npy_vs_tensor": (f"{r['total_s'] / tensor1['total_s'] - 1:+.0%}"
                                       if sink == "npy" and p == 1 and tensor1 else ""),
+                    "disk_s": (f"{r['disk_write_s']:.2f}" if r.get("disk_write_s") else ""),
                     "features": (f"{sum(feats) / res['N']:.2f}"
                                  if res["kind"] == "empirical" and feats else ""),
                 })
@@ -194,6 +219,7 @@ COLUMNS = [("case", "case"), ("sink", "output"), ("N", "N"), ("tile", "tile"),
            ("procs", "ranks"), ("tiles", "tiles"), ("untiled_s", "untiled call s"),
            ("total_s", "tiled s"), ("tiles_per_s", "tiles/s"), ("efficiency", "efficiency"),
            ("overhead", "overhead vs untiled"), ("npy_vs_tensor", ".npy vs tensor"),
+           ("disk_s", "write N×N .npy s"),
            ("features", "features / N")]
 
 
