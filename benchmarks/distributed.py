@@ -202,7 +202,8 @@ def rows_of(payload: dict) -> list[dict]:
                     "case": case, "sink": sink, "N": res["N"], "tile": res["tile"], "procs": p,
                     "tiles": r["tiles"],
                     "untiled_s": f"{r['untiled_s']:.2f}" if r["untiled_s"] else "",
-                    "total_s": f"{r['total_s']:.2f}",
+                    "total_s": (f"{r['total_s']:.2f} ({min(u['total_s'] for u in r['runs']):.1f}"
+                                f"–{max(u['total_s'] for u in r['runs']):.1f})"),
                     "tiles_per_s": f"{r['tiles'] / r['compute_s']:.2f}",
                     "efficiency": f"{t1 / (p * r['total_s']):.2f}" if t1 else "",
                     "overhead": f"{r['overhead']:+.0%}" if r["overhead"] is not None else "",
@@ -217,7 +218,7 @@ def rows_of(payload: dict) -> list[dict]:
 
 COLUMNS = [("case", "case"), ("sink", "output"), ("N", "N"), ("tile", "tile"),
            ("procs", "ranks"), ("tiles", "tiles"), ("untiled_s", "untiled call s"),
-           ("total_s", "tiled s"), ("tiles_per_s", "tiles/s"), ("efficiency", "efficiency"),
+           ("total_s", "tiled s (min–max)"), ("tiles_per_s", "tiles/s"), ("efficiency", "efficiency"),
            ("overhead", "overhead vs untiled"), ("npy_vs_tensor", ".npy vs tensor"),
            ("disk_s", "write N×N .npy s"),
            ("features", "features / N")]
@@ -233,7 +234,53 @@ def render_distributed(payload: dict) -> str:
             f"{payload['repeats']} runs, {m['date'][:10]}; load average "
             f"{load[0]:.1f} before" + (f", {after[0]:.1f} after" if after else "")
             + " (under load: other jobs shared the cores)")
-    return markdown_table(rows_of(payload), COLUMNS) + "\n\n" + cond
+    return "\n\n".join([markdown_table(rows_of(payload), COLUMNS), cond,
+                        "\n".join(_summary(payload, load))])
+
+
+def _summary(payload: dict, load) -> list[str]:
+    """The issue's figures of merit from the same JSON, each against its target."""
+    spread = max(max(u["total_s"] for u in r["runs"]) / min(u["total_s"] for u in r["runs"])
+                 for res in payload["results"].values() for per in res["sinks"].values()
+                 for r in per.values())
+    out = [f"- Noise: the repeats of one launch differ by up to {spread:.1f}× (max/min tiled "
+           "time); the overheads compare each run with the untiled call timed just before it "
+           "in the same process, the .npy-vs-tensor column compares separate launches."]
+    cores = payload["machine"].get("cpu_count") or 0
+    for case, res in payload["results"].items():
+        sinks = res["sinks"]
+        parts = []
+        for sink, per in sinks.items():
+            if "1" in per and "2" in per:
+                eff = per["1"]["total_s"] / (2 * per["2"]["total_s"])
+                parts.append(f"{eff:.2f} ({sink} output)")
+        line = f"- {case}: 2-rank efficiency " + ", ".join(parts) + " (target ≥ 0.90: "
+        line += ("not meaningful here — " if load[0] > cores else "") + (
+            f"the load average {load[0]:.1f} on {cores} cores means the two ranks did not "
+            "have a core each" if load[0] > cores else "measured on a quiet machine") + ")"
+        tensor, npy = sinks.get("tensor", {}).get("1"), sinks.get("npy", {}).get("1")
+        if tensor and tensor["overhead"] is not None:
+            verdict = (("target ≤ +10%: met" if tensor["overhead"] <= 0.10 else
+                        "target ≤ +10%: missed") if res["kind"] != "empirical" else
+                       "no target for the empirical kind")
+            line += (f"; tiling overhead vs one untiled call {tensor['overhead']:+.0%} "
+                     f"(tensor output; {verdict})")
+        if npy and tensor:
+            line += (f"; the .npy output {npy['overhead']:+.0%} over the untiled call "
+                     f"({npy['total_s'] / tensor['total_s'] - 1:+.0%} against the tensor "
+                     "output's launch)")
+            if npy.get("disk_write_s"):
+                extra = npy["total_s"] - tensor["total_s"]
+                line += (f", {extra:+.1f} s against {npy['disk_write_s']:.1f} s to write and "
+                         "flush an N×N .npy alone")
+        feats = (tensor or npy or {}).get("feature_samples")
+        per2 = (sinks.get("tensor") or sinks.get("npy") or {}).get("2", {})
+        if res["kind"] == "empirical" and feats:
+            line += (f"; features computed for {sum(feats) / res['N']:.2f}·N samples on 1 rank, "
+                     f"{sum(per2.get('feature_samples') or [0]) / res['N']:.2f}·N over 2 ranks "
+                     "(each rank's bands once)")
+        out.append(line + ".")
+    return out
 
 
 def main(argv=None) -> None:
