@@ -17,7 +17,8 @@ whole matrix, are exactly symmetric.
 
 Out of core: ranks write their tiles straight into a memory-mapped ``.npy``
 (``<out>.partial`` until every tile is done, then renamed to ``<out>``) on a filesystem
-they share; no rank holds more than one tile. After each tile the map is flushed and
+they share; no rank holds more than one tile of the output (and, for the empirical kind,
+its cached band features). After each tile the map is flushed and
 the rank's manifest ``<out>.manifest.rank<r>.json`` (finished tile ids) is replaced
 atomically — after every tile, or every ``checkpoint_s`` seconds to spare the syncs — so a
 killed run resumes from the tiles recorded there and never recomputes a recorded tile or
