@@ -6,8 +6,12 @@
 # tool's output folder, which takes back few files; default results/gpu) gets a fresh
 # summary.txt and gpu_run.tar.gz of $RUN_DIR, so even a run cut short returns what it
 # did. Each step has its own time limit, so one slow or failing step cannot eat
-# the lease and the later steps still report. The limits add up to 9.8 minutes; the
-# first four steps (STEPS="build smoke cuda_tests bench") to at most 7.8.
+# the lease and the later steps still report. The limits add up to 11.3 minutes; the
+# first five steps (STEPS="build smoke cuda_tests distributed bench") to at most 9.3.
+# The distributed step runs `torchrun --nproc_per_node=1 -m torch_ntk kernel --device
+# cuda` (NCCL with world size 1: init, barriers, all-gathers) for the MLP NTK, the
+# empirical NTK (the CUDA tile path with cached band features) and a CNTK, each checked
+# against the CPU float64 kernel.
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh            # everything
 #   OUT=/some/dir STEPS="build smoke" bash scripts/gpu_check.sh   # some steps only
@@ -17,7 +21,7 @@ OUT=${OUT:-results/gpu}
 RUN_DIR=${RUN_DIR:-$(mktemp -d)/gpu_run}
 mkdir -p "$OUT" "$RUN_DIR"
 PY=${PYTHON:-python3}
-STEPS=${STEPS:-build smoke cuda_tests bench memcheck figures}
+STEPS=${STEPS:-build smoke cuda_tests distributed bench memcheck figures}
 SUMMARY="$RUN_DIR/summary.txt"
 : > "$SUMMARY"
 status=0
@@ -63,6 +67,55 @@ if want cuda_tests; then
   step cuda_tests 100 "$PY" -m pytest tests -q -k cuda -p no:cacheprovider -rfE $timeout_opt \
     --junitxml="$RUN_DIR/cuda_tests.xml"
 fi
+distributed_check() {  # NCCL (world size 1) and the CUDA tile path, against the CPU
+  local d="$RUN_DIR/distributed"
+  mkdir -p "$d"
+  "$PY" - "$d" <<'PYEOF' || return 1
+import sys, numpy as np
+d = sys.argv[1]
+g = np.random.default_rng(0)
+np.save(f"{d}/x.npy", g.standard_normal((700, 16)))
+np.save(f"{d}/img.npy", g.standard_normal((90, 2, 8, 8)))
+PYEOF
+  local run=("$PY" -m torch.distributed.run --nproc_per_node=1 --master_addr 127.0.0.1
+             --master_port 29533 -m torch_ntk kernel --device "${DIST_DEVICE:-cuda}" --no-progress)
+  "${run[@]}" "$d/x.npy" --widths 16 256 256 1 --kind ntk --tile-size 300 -o "$d/ntk.npy" \
+    --stats "$d/ntk.json" || return 1
+  "${run[@]}" "$d/x.npy" --widths 16 256 256 2 --kind empirical --seed 1 --tile-size 300 \
+    -o "$d/emp.npy" --stats "$d/emp.json" || return 1
+  "${run[@]}" "$d/img.npy" --conv 16 16 --widths 1 --kind ntk --tile-size 40 \
+    -o "$d/cntk.npy" --stats "$d/cntk.json" || return 1
+  "$PY" - "$d" <<'PYEOF'
+import json, sys, numpy as np, torch, torch_ntk as tn
+from torch import nn
+d = sys.argv[1]
+x = torch.from_numpy(np.load(f"{d}/x.npy"))
+img = torch.from_numpy(np.load(f"{d}/img.npy"))
+torch.manual_seed(1)
+mlp = tn.ntk_mlp([16, 256, 256, 2], "relu", bias_std=0.1, dtype=torch.float64)
+cnn = nn.Sequential(tn.nn.NTKConv2d(2, 16, 3, padding="same"), nn.ReLU(),
+                    tn.nn.NTKConv2d(16, 16, 3, padding="same"), nn.ReLU(),
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), tn.NTKLinear(16, 1))
+refs = {"ntk": tn.analytic_kernels(tn.mlp_spec([16, 256, 256, 1], "relu"), x).ntk,
+        "emp": tn.empirical_ntk(mlp, x, mode="trace"),
+        "cntk": tn.analytic_kernels(cnn, img).ntk}
+bad = []
+for name, ref in refs.items():
+    got = torch.from_numpy(np.load(f"{d}/{name}.npy"))
+    err = float((got - ref).abs().max() / ref.abs().max())
+    stats = json.load(open(f"{d}/{name}.json"))
+    print(f"{name}: rel err {err:.2e} vs CPU float64; {stats['tiles_computed']} tiles, "
+          f"world size {stats['world_size']}, method {stats['method']}, "
+          f"features {stats['feature_samples']}, {stats['seconds']:.2f} s")
+    if not err < 1e-10 or stats["world_size"] != 1:
+        bad.append(name)
+sys.exit(f"mismatch: {bad}" if bad else 0)
+PYEOF
+}
+
+export RUN_DIR PY
+# (DIST_DEVICE=cpu runs the same check with gloo on a machine without a GPU)
+want distributed && step distributed 90 bash -c "$(declare -f distributed_check); distributed_check"
 if want bench; then
   step bench 150 "$PY" -m torch_ntk bench all --device cuda --out "$RUN_DIR"
 fi

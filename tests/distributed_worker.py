@@ -2,9 +2,10 @@
 
     python tests/distributed_worker.py DIR {cases,mismatch}
 
-``cases`` computes every case of CASES into DIR/<name>.npy with tiled_kernel and solves
-kernel regression on DIR/ntk_sym.npy by distributed CG; ``mismatch`` gives rank 1 a
-different x1 (then a different spec) and records each rank's error in DIR/error_<r>.txt.
+``cases`` computes every case of CASES into DIR/<name>.npy with tiled_kernel (counting,
+with a forward hook on the first layer, the samples each rank's empirical model saw) and
+solves kernel regression on DIR/ntk_sym.npy by distributed CG; ``mismatch`` gives rank 1
+a different x1 (then a different spec) and records each rank's error in DIR/error_<r>.txt.
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ def model():
     return tn.ntk_mlp([N0, 32, 32, 2], "tanh", dtype=torch.float64).eval()
 
 
+def cnn():
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(tn.nn.NTKConv1d(1, 8, 3, padding="same", dtype=torch.float64),
+                         nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                         tn.NTKLinear(8, 1, dtype=torch.float64))
+
+
+def images(x):
+    """x [N, n0] as 1-channel signals [N, 1, n0]."""
+    return x.unsqueeze(1)
+
+
 def cases(x1, x2):
     """name → (model or spec, kind, x1, x2)."""
     return {
@@ -53,6 +68,8 @@ def cases(x1, x2):
         "nngp_rect": (spec(), "nngp", x1, x2),
         "emp_sym": (model(), "empirical", x1, None),
         "emp_rect": (model(), "empirical", x1, x2),
+        "cntk_sym": (cnn(), "ntk", images(x1), None),
+        "cnn_emp_rect": (cnn(), "empirical", images(x1), images(x2)),
     }
 
 
@@ -61,9 +78,17 @@ def run_cases(directory: str) -> None:
     x1, x2 = inputs(directory)
     stats = {}
     for name, (m, kind, a, b) in cases(x1, x2).items():
+        seen = [0]  # samples through the model's first layer on this rank
+        hook = (m[0].register_forward_hook(lambda mod, i, o: seen.__setitem__(0, seen[0] + len(o)))
+                if isinstance(m, torch.nn.Module) else None)
         s = tiled_kernel(m, a, b, kind=kind, out=os.path.join(directory, f"{name}.npy"),
                          tile_size=TILE, progress=False)
+        if hook is not None:
+            hook.remove()
         stats[name] = s.to_dict()
+        forwarded = [None] * dist.get_world_size()
+        dist.all_gather_object(forwarded, seen[0])
+        stats[name]["forwarded"] = forwarded
     y = np.load(os.path.join(directory, "y.npy"))
     for pre in ("jacobi", "block"):
         res = conjugate_gradient(os.path.join(directory, "ntk_sym.npy"), y, RIDGE, tol=TOL,

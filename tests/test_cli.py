@@ -297,6 +297,132 @@ def test_kernel_float32_and_inputs_from_csv(tmp_path, inputs):
     np.testing.assert_array_equal(got, expected.numpy())
 
 
+# ------------------------------------------------------- CNN image arrays, tiles, --model
+
+
+@pytest.fixture
+def images(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x2d = torch.randn(14, 2, 6, 6, generator=g, dtype=torch.float64)
+    x1d = torch.randn(13, 2, 9, generator=g, dtype=torch.float64)
+    np.save(tmp_path / "img2d.npy", x2d.numpy())
+    np.save(tmp_path / "img1d.npy", x1d.numpy())
+    return x2d, x1d
+
+
+def _cnn(layers_in, conv, widths, readout_features=None, seed=None):
+    """The network `--conv ... --widths ...` describes (NTK parametrization, relu)."""
+    from torch import nn
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    c_in, dims = layers_in
+    Conv = tn_nn().NTKConv2d if dims == 2 else tn_nn().NTKConv1d
+    layers, channels = [], [c_in, *conv]
+    for a, b in zip(channels[:-1], channels[1:]):
+        layers += [Conv(a, b, 3, padding="same", dtype=torch.float64), nn.ReLU()]
+    if readout_features is None:
+        pool = nn.AdaptiveAvgPool2d if dims == 2 else nn.AdaptiveAvgPool1d
+        layers += [pool(1), nn.Flatten()]
+        widths = [channels[-1], *widths]
+    else:
+        layers.append(nn.Flatten())
+        widths = [readout_features, *widths]
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(torch_ntk.NTKLinear(a, b, dtype=torch.float64))
+        if k < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def tn_nn():
+    return torch_ntk.nn
+
+
+@pytest.mark.parametrize("kind", ["ntk", "nngp"])
+def test_kernel_cnn_images_analytic_equals_the_api(tmp_path, images, kind):
+    """[N, C, H, W] images through --conv (CNTK-GAP) equal NTK(cnn).limit on the same
+    network, in one call and tiled (--distributed); 1-D signals too."""
+    x2d, x1d = images
+    flags = ["--conv", "8", "8", "--widths", "3", "--kind", kind, "--no-progress"]
+    out = tmp_path / "k.npy"
+    assert main(["kernel", str(tmp_path / "img2d.npy"), *flags, "-o", str(out)]) == 0
+    cnn = _cnn((2, 2), [8, 8], [3])
+    expected = getattr(torch_ntk.NTK(cnn).limit(x2d), kind)
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), expected, rtol=1e-12, atol=0)
+    tiled = tmp_path / "tiled.npy"
+    assert main(["kernel", str(tmp_path / "img2d.npy"), *flags, "--distributed",
+                 "--tile-size", "5", "-o", str(tiled)]) == 0
+    assert os.path.exists(str(tiled) + ".manifest.json")
+    torch.testing.assert_close(torch.from_numpy(np.load(tiled)), expected, rtol=1e-12, atol=0)
+    one_d = tmp_path / "k1.npy"
+    assert main(["kernel", str(tmp_path / "img1d.npy"), "--conv", "4", "--widths", "2",
+                 "--kind", kind, "--no-progress", "-o", str(one_d)]) == 0
+    expected = getattr(analytic_kernels(_cnn((2, 1), [4], [2]), x1d), kind)
+    torch.testing.assert_close(torch.from_numpy(np.load(one_d)), expected, rtol=1e-12, atol=0)
+
+
+def test_kernel_cnn_images_empirical_equals_the_api(tmp_path, images):
+    """The finite-width NTK of the seeded CNN (flatten readout) equals empirical_ntk on the
+    network built here with the same seed; tiled over x2 as well."""
+    x2d, x1d = images
+    argv = ["kernel", str(tmp_path / "img2d.npy"), "--conv", "4", "--readout", "flatten",
+            "--widths", "5", "2", "--kind", "empirical", "--seed", "7", "--no-progress"]
+    out = tmp_path / "k.npy"
+    assert main(argv + ["-o", str(out)]) == 0
+    cnn = _cnn((2, 2), [4], [5, 2], readout_features=4 * 36, seed=7)
+    expected = empirical_ntk(cnn, x2d, mode="trace")
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), expected, rtol=1e-12, atol=0)
+    tiled = tmp_path / "tiled.npy"
+    assert main(argv + ["--distributed", "--tile-size", "4", "-o", str(tiled)]) == 0
+    torch.testing.assert_close(torch.from_numpy(np.load(tiled)), expected, rtol=1e-12,
+                               atol=1e-15)
+
+
+def test_kernel_model_file_and_the_trust_warning(tmp_path, inputs, images, capsys):
+    """--model (a whole saved module) gives the API's kernel; its help says it unpickles;
+    images of the wrong shape name the expected [C, H, W]."""
+    x1, _ = inputs
+    torch.manual_seed(2)
+    mlp = ntk_mlp([5, 16, 2], "tanh", dtype=torch.float64)
+    torch.save(mlp, tmp_path / "mlp.pt")
+    out = tmp_path / "k.npy"
+    assert main(["kernel", str(tmp_path / "x1.npy"), "--model", str(tmp_path / "mlp.pt"),
+                 "--kind", "empirical", "--no-progress", "-o", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out), empirical_ntk(mlp, x1, mode="trace").numpy())
+    with pytest.raises(SystemExit):
+        main(["kernel", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "UNPICKLES" in help_text and "only files you trust" in help_text
+    assert help_text.index("--state-dict") < help_text.index("--model MODEL")
+    cnn = _cnn((3, 2), [4], [1])
+    torch.save(cnn, tmp_path / "cnn.pt")
+    with pytest.raises(SystemExit):  # 2-channel images for a 3-channel CNN
+        main(["kernel", str(tmp_path / "img2d.npy"), "--model", str(tmp_path / "cnn.pt"),
+              "--no-progress", "-o", str(tmp_path / "c.npy")])
+    assert "[N, 3, H, W]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the same for its finite-width NTK
+        main(["kernel", str(tmp_path / "img2d.npy"), "--model", str(tmp_path / "cnn.pt"),
+              "--kind", "empirical", "--no-progress", "-o", str(tmp_path / "c.npy")])
+    assert "argument input: the input must have shape [N, 3, H, W]" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "c.npy")
+
+
+def test_kernel_larger_than_the_budget_is_tiled(tmp_path, inputs, capsys):
+    """A 37×37 float64 output (10952 bytes) over a 10kB budget takes the tiled, resumable
+    path by itself, with the same kernel."""
+    x1, _ = inputs
+    out = tmp_path / "k.npy"
+    assert main(["kernel", str(tmp_path / "x1.npy"), "--widths", "5", "64", "1",
+                 "--memory-budget", "10kB", "--tile-size", "16", "--no-progress",
+                 "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "larger than the memory budget" in captured.err and "tiled" in captured.out
+    assert os.path.exists(str(out) + ".manifest.json")
+    expected = analytic_kernels(mlp_spec([5, 64, 1], "relu"), x1).ntk
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), expected, rtol=1e-12, atol=0)
+
+
 # ---------------------------------------------------------------------- bad arguments
 
 BAD = [
@@ -320,6 +446,17 @@ BAD = [
     (["kernel", "{x1}", "--widths", "5", "10", "--kind", "empirical", "--state-dict",
       "{missing}", "-o", "{out}.npy"], "--state-dict"),
     (["kernel", "{x1}", "--widths", "5", "10"], "--output"),
+    (["kernel", "{x1}", "--widths", "5", "10", "--distributed", "-o", "{out}.pt"], "--output"),
+    (["kernel", "{x1}", "--widths", "5", "10", "--kind", "empirical", "--mode", "full",
+      "--distributed", "-o", "{out}.npy"], "--mode"),
+    (["kernel", "{x1}", "--widths", "5", "10", "--model", "{x1}", "-o", "{out}.npy"],
+     "--widths"),
+    (["kernel", "{x1}", "--model", "{missing}", "-o", "{out}.npy"], "--model"),
+    (["kernel", "{x1}", "--model", "{x1}", "-o", "{out}.npy"], "--model"),
+    (["kernel", "{x1}", "-o", "{out}.npy"], "--widths"),
+    (["kernel", "{x1}", "--conv", "4", "--widths", "1", "-o", "{out}.npy"], "input"),
+    (["kernel", "{x1}", "--conv", "4", "--stride", "2", "--widths", "1", "-o", "{out}.npy"],
+     "--padding"),
     (["reproduce", "figure1", "--set", "inits=many"], "--set"),
     (["reproduce", "figure1", "--set", "colour=red"], "--set"),
     (["reproduce", "figure1", "--set", "depth=1"], "--set"),

@@ -1,7 +1,7 @@
 """torch_ntk.distributed: tiled kernels over torchrun ranks, resume, and the CG solver.
 
 Multi-process cases launch ``torchrun --nproc_per_node=2`` (gloo, CPU, loopback) as a
-subprocess running tests/distributed_worker.py or ``-m torch_ntk.distributed``. Tiles
+subprocess running tests/distributed_worker.py or ``-m torch_ntk kernel``. Tiles
 are computed with one thread there, so references computed here use one thread too and
 the distributed result must equal them bit for bit; against one untiled call (x2=None)
 the tolerance is float64 rounding (1e-12 relative).
@@ -53,8 +53,10 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 120) -> subprocess.Com
                           timeout=timeout)
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch_ntk.distributed", *args], env=_env(),
+def cli(*args: str, module: str = "torch_ntk.distributed",
+        timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in one process (one thread)."""
+    return subprocess.run([sys.executable, "-m", module, *args], env=_env(),
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -202,7 +204,8 @@ def two_rank_run(tmp_path_factory):
         return d, json.load(f)
 
 
-@pytest.mark.parametrize("name", ["ntk_sym", "nngp_rect", "emp_sym", "emp_rect"])
+@pytest.mark.parametrize("name", ["ntk_sym", "nngp_rect", "emp_sym", "emp_rect", "cntk_sym",
+                                  "cnn_emp_rect"])
 def test_two_ranks_equal_single_process(two_rank_run, tmp_path, name):
     d, stats = two_rank_run
     x1, x2 = worker.inputs(d)
@@ -245,9 +248,9 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     d = str(tmp_path)
     worker.make_inputs(d)
     out = os.path.join(d, "k.npy")
-    args = ["-m", "torch_ntk.distributed", "kernel", "--x1", os.path.join(d, "x1.npy"),
-            "--x2", os.path.join(d, "x2.npy"), "--kind", "ntk", "--widths", "5,64,64,1",
-            "--tile-size", "40", "--out", out, "--stats", os.path.join(d, "stats.json")]
+    args = ["-m", "torch_ntk", "kernel", os.path.join(d, "x1.npy"), "--no-progress",
+            "--x2", os.path.join(d, "x2.npy"), "--kind", "ntk", "--widths", "5", "64", "64", "1",
+            "--tile-size", "40", "-o", out, "--stats", os.path.join(d, "stats.json")]
     killed = torchrun(*args, "--checkpoint-s", "0", "--_stop-after-tiles", "2")
     assert killed.returncode != 0
     assert not os.path.exists(out) and os.path.exists(out + ".partial")
@@ -278,15 +281,16 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
 
 @pytest.mark.parametrize("checkpoint_s,recorded", [(0, 3), (1000, 0)])
 def test_killed_single_process_resumes_in_process(tmp_path, checkpoint_s, recorded):
-    """Without torchrun: the CLI dies after 3 tiles; tiled_kernel here finishes the rest.
+    """Without torchrun: the CLI (the python -m torch_ntk.distributed alias, torch-ntk's
+    flags) dies after 3 tiles; tiled_kernel here finishes the rest.
     Tiles count as done only once checkpointed: with a long checkpoint interval none was
     recorded, so all are computed again (never trusted half-synced)."""
     d = str(tmp_path)
     worker.make_inputs(d)
     out = os.path.join(d, "k.npy")
-    killed = cli("kernel", "--x1", os.path.join(d, "x1.npy"), "--kind", "nngp", "--widths",
-                 "5,64,64,1", "--tile-size", "64", "--out", out, "--_stop-after-tiles", "3",
-                 "--checkpoint-s", str(checkpoint_s))
+    killed = cli("kernel", os.path.join(d, "x1.npy"), "--kind", "nngp", "--widths",
+                 "5,64,64,1", "--tile-size", "64", "-o", out, "--_stop-after-tiles", "3",
+                 "--checkpoint-s", str(checkpoint_s), "--no-progress")
     assert killed.returncode != 0 and os.path.exists(out + ".partial")
     x1, _ = worker.inputs(d)
     stats = single_thread(tiled_kernel, tn.mlp_spec([5, 64, 64, 1], "relu"), x1, kind="nngp",
@@ -312,3 +316,154 @@ def test_ranks_disagreeing_about_inputs_fail_clearly(tmp_path):
         assert "model/spec differ" not in inputs_error
         assert "ranks disagree" in spec_error and "the model/spec differ" in spec_error
     assert not os.path.exists(os.path.join(d, "mismatch.npy.partial"))
+
+
+# ------------------------------------------------------- features once per band
+
+
+def _band_samples(grid: TileGrid, tiles) -> tuple[int, int]:
+    """(samples in the distinct row/column bands of ``tiles``, samples a per-tile
+    recomputation would forward)."""
+    bands, per_tile = set(), 0
+    for t in tiles:
+        a, b, c, d = grid.bounds(t)
+        diagonal = grid.symmetric and a == c
+        bands.add((1, a, b))
+        if not diagonal:
+            bands.add((1 if grid.symmetric else 2, c, d))
+        per_tile += (b - a) + (0 if diagonal else d - c)
+    return sum(stop - start for _, start, stop in bands), per_tile
+
+
+@pytest.mark.parametrize("name", ["emp_sym", "emp_rect"])
+def test_two_ranks_compute_each_band_features_once(two_rank_run, name):
+    """A forward hook on the first layer (in the worker) counts the samples each rank's
+    network saw: exactly the rows of the distinct bands of its tiles, far fewer than a
+    forward pass per tile."""
+    d, stats = two_rank_run
+    s = stats[name]
+    n2 = worker.N1 if name == "emp_sym" else worker.N2
+    grid = TileGrid(worker.N1, n2, worker.TILE, name == "emp_sym")
+    for rank, tiles in enumerate(s["computed"]):
+        once, per_tile = _band_samples(grid, tiles)
+        assert s["forwarded"][rank] == once == s["feature_samples"][rank]
+        assert once < per_tile
+        assert once <= worker.N1 + (0 if grid.symmetric else n2)
+
+
+def test_band_features_beyond_the_budget_are_recomputed(tmp_path):
+    """With a budget too small to cache the column bands, features are recomputed (more
+    samples forwarded) and the kernel is the same up to float64 rounding (the smaller
+    budget also shrinks the op's Gram workspace, which reorders its sums)."""
+    x1, x2 = torch.randn(250, 5, dtype=torch.float64), torch.randn(130, 5, dtype=torch.float64)
+    model = worker.model()
+    seen = [0]
+    model[0].register_forward_hook(lambda mod, i, o: seen.__setitem__(0, seen[0] + len(o)))
+    results = {}
+    for budget in (2**30, 10**5):
+        seen[0] = 0
+        out = torch.empty(250, 130, dtype=torch.float64)
+        stats = tiled_kernel(model, x1, x2, kind="empirical", out=out, tile_size=64,
+                             memory_budget=budget, progress=False)
+        results[budget] = (out, seen[0], stats)
+    grid = TileGrid(250, 130, 64, False)
+    once, per_tile = _band_samples(grid, range(len(grid)))
+    assert results[2**30][1] == once == 250 + 130
+    assert results[10**5][1] == results[10**5][2].feature_samples[0] > once
+    assert _rel(results[10**5][0], results[2**30][0]) < ROUNDING_F64
+    assert _rel(results[2**30][0], tn.empirical_ntk(model, x1, x2, mode="trace")) < ROUNDING_F64
+
+
+def test_tile_order_stays_on_bands():
+    grid = TileGrid(250, 250, 32, True)  # 8 bands, 36 tiles
+    shares = [TileGrid.assign(range(len(grid)), r, 2) for r in range(2)]
+    assert shares[0] == list(range(18)) and shares[1] == list(range(18, 36))
+    order = grid.order(shares[0])
+    rows = [grid.tiles[t][0] for t in order]
+    assert rows == sorted(rows)  # one row band after the other
+    cols = [grid.tiles[t][1] for t in order]
+    assert cols[:8] == list(range(8)) and cols[8:15] == list(range(7, 0, -1))  # serpentine
+
+
+# ------------------------------------------------- inputs checked before writing
+
+
+def _spec5():
+    return tn.mlp_spec([5, 16, 1], "relu")
+
+
+def _nan(x):
+    x = x.clone()
+    x[7, 2] = float("nan")
+    return x
+
+
+BAD_INPUTS = [
+    ("ntk", lambda x: _nan(x), None, ValueError, "x1 contains NaN"),
+    ("ntk", lambda x: (x * 10).long(), None, TypeError, "x1 must be float32 or float64"),
+    ("ntk", lambda x: x[:, :3], None, ValueError, r"5 features.*got shape \[101, 3\]"),
+    ("ntk", lambda x: x[:0], None, ValueError, "at least one sample"),
+    ("ntk", lambda x: x, lambda x: x[:40, :4], ValueError, r"x2 must have .*\[40, 4\]"),
+    ("empirical", lambda x: _nan(x), None, ValueError, "x1 contains NaN"),
+    ("empirical", lambda x: x[:, :3], None, ValueError, r"5 features.*got shape \[101, 3\]"),
+    ("empirical", lambda x: x.int(), None, TypeError, "x1 must be float32 or float64"),
+]
+
+
+@pytest.mark.parametrize("kind,make1,make2,error,match", BAD_INPUTS)
+def test_bad_inputs_fail_before_anything_is_written(tmp_path, kind, make1, make2, error, match):
+    """NaN, integer, wrong-width or empty inputs: a clear error naming the whole input's
+    shape (not a tile's; the tile size 16 divides none of these), and no .partial, no
+    manifest — nothing in the folder."""
+    x = torch.randn(101, 5, dtype=torch.float64)
+    m = _spec5() if kind != "empirical" else worker.model()
+    with pytest.raises(error, match=match):
+        tiled_kernel(m, make1(x), None if make2 is None else make2(x), kind=kind,
+                     out=tmp_path / "k.npy", tile_size=16, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cnn_image_of_the_wrong_shape_names_the_expected_one(tmp_path):
+    x = torch.randn(30, 2, 9, dtype=torch.float64)  # the CNN takes 1 channel
+    with pytest.raises(ValueError, match=r"x1 must have shape \[N, 1, L\] .*\[30, 2, 9\]"):
+        tiled_kernel(worker.cnn(), x, kind="ntk", out=tmp_path / "k.npy", tile_size=8,
+                     progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------- the one command under torchrun
+
+
+def test_torchrun_kernel_command_equals_single_process(tmp_path):
+    """``torchrun -m torch_ntk kernel`` (2 ranks) and ``torch-ntk kernel --distributed``
+    (one process) write the same bits; the untiled single-process command agrees to
+    float64 rounding; the stats count each band's features once per rank."""
+    d = str(tmp_path)
+    worker.make_inputs(d)
+    flags = [os.path.join(d, "x1.npy"), "--x2", os.path.join(d, "x2.npy"), "--widths", "5",
+             "32", "32", "2", "--activation", "tanh", "--kind", "empirical", "--seed", "3",
+             "--tile-size", "48", "--no-progress"]
+    two = torchrun("-m", "torch_ntk", "kernel", *flags, "-o", os.path.join(d, "two.npy"),
+                   "--stats", os.path.join(d, "stats.json"))
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = cli("kernel", *flags, "--distributed", "-o", os.path.join(d, "one.npy"),
+              module="torch_ntk")
+    assert one.returncode == 0, one.stderr[-3000:]
+    whole = cli("kernel", *flags, "-o", os.path.join(d, "whole.npy"), module="torch_ntk")
+    assert whole.returncode == 0 and "tiled" not in whole.stdout, whole.stderr[-3000:]
+    got = np.load(os.path.join(d, "two.npy"))
+    assert np.array_equal(got, np.load(os.path.join(d, "one.npy")))
+    assert _rel(got, np.load(os.path.join(d, "whole.npy"))) < ROUNDING_F64
+    x1, x2 = worker.inputs(d)
+    torch.manual_seed(3)
+    model = tn.ntk_mlp([5, 32, 32, 2], "tanh", dtype=torch.float64)
+    assert _rel(got, tn.empirical_ntk(model, x1, x2, mode="trace")) < ROUNDING_F64
+    with open(os.path.join(d, "stats.json")) as f:
+        stats = json.load(f)
+    assert stats["world_size"] == 2 and stats["method"] == "structured"
+    grid = TileGrid(worker.N1, worker.N2, 48, False)
+    for rank, tiles in enumerate(stats["computed"]):
+        assert stats["feature_samples"][rank] == _band_samples(grid, tiles)[0]
+    assert sorted(os.listdir(d)) == sorted(
+        ["x1.npy", "x2.npy", "y.npy", "two.npy", "two.npy.manifest.json", "one.npy",
+         "one.npy.manifest.json", "whole.npy", "stats.json"])

@@ -7,8 +7,10 @@
     torch-ntk reproduce figure1|figure2|figure3|cntk-digits|all [--quick] [--set KEY=VALUE ...]
         The experiments of Jacot et al. (2018), §6, with the paper's settings by default.
     torch-ntk kernel INPUT --widths 784 512 512 10 [--kind ntk|nngp|empirical] -o K.npy
-        An analytic (NNGP, NTK) or empirical NTK of an MLP on inputs from .npy/.csv/.pt,
-        saved as .npy (written through a memory map, for large N) or .pt.
+        An analytic (NNGP, NTK) or empirical NTK of an MLP (or of a CNN on image arrays,
+        --conv) on inputs from .npy/.csv/.pt, saved as .npy (written through a memory map,
+        for large N) or .pt; --distributed (or torchrun -m torch_ntk kernel ...) computes
+        it in tiles over the ranks, resumable (torch_ntk.kernel_command).
     torch-ntk quickstart
         The infinite-width kernels against averages of random networks, printed.
     torch-ntk bench [analytic|empirical|tracker|cnn|all] [--device cpu|cuda] [--quick] [--out DIR]
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__, quickstart
     from .bench import HELP as BENCH_HELP
     from .experiments import REPRODUCE_HELP, demo as demo_module
+    from .kernel_command import add_kernel_command
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -146,51 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="print the settings that would be used and exit")
     reproduce.set_defaults(handler=_cmd_reproduce, subparser=reproduce)
 
-    kernel = sub.add_parser(
-        "kernel", parents=[common], help="compute and save a kernel of an MLP on inputs from a file",
-        description=_KERNEL_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    kernel.add_argument("input", help="x1: a 2-d array in a .npy, .csv or .pt file ([N1, n0])")
-    kernel.add_argument("--x2", default=None, help="x2 in the same formats ([N2, n0]); default x1")
-    kernel.add_argument("--widths", type=_positive_int, nargs="+", required=True,
-                        help="layer widths n0 n1 ... nL of the MLP (n0 = the input columns)")
-    kernel.add_argument("--activation", default="relu",
-                        help="a registered activation, optionally NAME:PARAM "
-                             "(e.g. leaky_relu:0.2); default relu")
-    kernel.add_argument("--kind", choices=["ntk", "nngp", "empirical"], default="ntk",
-                        help="ntk (Θ∞), nngp (Σ) — infinite width; empirical — the "
-                             "finite-width NTK of one network (default ntk)")
-    kernel.add_argument("--mode", choices=["trace", "full", "diagonal"], default=None,
-                        help="empirical only: trace [N1, N2], the mean over the nL outputs "
-                             "(default), full [N1, N2, nL, nL] "
-                             "or diagonal [N1, N2, nL]")
-    kernel.add_argument("--weight-std", type=_non_negative_float, default=None,
-                        help="σ_w of ntk/standard layers (default 1)")
-    kernel.add_argument("--bias-std", type=_non_negative_float, default=None,
-                        help="σ_b of ntk/standard layers (default 0.1)")
-    kernel.add_argument("--parametrization", choices=["ntk", "standard", "torch"], default="ntk",
-                        help="ntk: NTKLinear layers (default); standard: NTKLinear(..., "
-                             "parametrization='standard'); torch: plain nn.Linear layers")
-    kernel.add_argument("--no-bias", dest="bias", action="store_false",
-                        help="dense layers without bias")
-    kernel.add_argument("--state-dict", default=None,
-                        help="empirical only: a torch.save'd state_dict of the model these "
-                             "flags describe (refused if its weight scale does not fit)")
-    kernel.add_argument("--seed", type=_non_negative_int, default=0,
-                        help="empirical only: seed of the random initialization (default 0)")
-    kernel.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-    kernel.add_argument("--precision", choices=["highest", "bf16", "bf16x3"], default=None,
-                        help="empirical only, with --dtype float32: Gram products on bfloat16 "
-                             "operands (bf16, error ~1e-3) or three split bfloat16 products "
-                             "(bf16x3, error ~1e-6); tensor cores on CUDA (default highest)")
-    kernel.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
-    kernel.add_argument("--memory-budget", type=parse_bytes, default=None,
-                        help="working memory to stay within, e.g. 2GB (default: half the "
-                             "available memory)")
-    kernel.add_argument("--chunk-size", type=_positive_int, default=None,
-                        help="samples per block (default: sized from the memory budget)")
-    kernel.add_argument("-o", "--output", required=True,
-                        help="the file to write: .npy (memory-mapped while it is filled) or .pt")
-    kernel.set_defaults(handler=_cmd_kernel, subparser=kernel)
+    add_kernel_command(sub, [common], {"positive_int": _positive_int,
+                                       "non_negative_int": _non_negative_int,
+                                       "non_negative_float": _non_negative_float}, parse_bytes)
 
     quick = sub.add_parser("quickstart", parents=[common],
                            help="print infinite-width kernels against random networks",
@@ -218,24 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="empirical only: comma-separated case names (or substrings) to run")
     bench.set_defaults(handler=_cmd_bench, subparser=bench)
     return parser
-
-
-_KERNEL_DOC = """\
-Compute a kernel of the MLP  n0 → n1 → … → nL  (NTK parametrization unless
---parametrization standard, or torch for plain nn.Linear layers) on the rows of INPUT
-(and --x2) and save it. The same flags give the same kernel as Python's
-NTK(model).limit / empirical_ntk on the model they describe.
-
-  --kind ntk | nngp   the infinite-width Θ∞ or Σ, [N1, N2] (one fused op; the hidden
-                      widths do not matter in NTK parametrization, they scale the NTK
-                      in the standard and torch ones)
-  --kind empirical    the finite-width NTK of one network (random with --seed, or
-                      loaded with --state-dict), computed block by block within
-                      --memory-budget without materializing a Jacobian
-
-A .npy output is written through a memory map of a temporary file that is renamed when
-complete, so N×N kernels larger than memory work and an interrupted run leaves nothing.
-"""
 
 
 # ---------------------------------------------------------------------------- commands
@@ -382,164 +325,6 @@ def _cmd_bench(parser, args) -> int:
     if failed:
         raise CommandError(f"suite(s) failed: {', '.join(failed)} (tracebacks above)")
     return 0
-
-
-# ------------------------------------------------------------------------------ kernel
-
-OUTPUT_SUFFIXES = (".npy", ".pt")
-
-
-def _activation(parser, text: str):
-    from .activations import REGISTRY, from_name
-
-    name, _, param = text.partition(":")
-    if name not in REGISTRY:
-        parser.error(f"argument --activation: unknown activation {name!r}; registered: "
-                     f"{', '.join(sorted(REGISTRY))}")
-    try:
-        return from_name(name, float(param) if param else None)
-    except ValueError as error:
-        parser.error(f"argument --activation: {error}")
-
-
-def _cmd_kernel(parser, args) -> int:
-    import torch
-
-    from . import empirical_ntk
-    from .analytic import analytic_kernels_into
-    from .arch import lift, mlp_spec
-    from .files import atomic_npy, atomic_write, load_inputs
-    from .modes import kernel_shape
-    from .runtime import default_memory_budget
-
-    out_suffix = os.path.splitext(args.output)[1].lower()
-    if out_suffix not in OUTPUT_SUFFIXES:
-        parser.error(f"argument -o/--output: expected a .npy or .pt file name; got {args.output!r}")
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        parser.error(f"argument -o/--output: the folder {out_dir!r} does not exist")
-    if len(args.widths) < 2:
-        parser.error("argument --widths: needs at least two widths, n0 and nL (e.g. --widths 784 10)")
-    empirical = args.kind == "empirical"
-    if not empirical:
-        for flag, given in (("--mode", args.mode is not None),
-                            ("--state-dict", args.state_dict is not None),
-                            ("--precision", args.precision is not None)):
-            if given:
-                parser.error(f"argument {flag}: only applies to --kind empirical")
-    if args.parametrization == "torch":
-        for flag, given in (("--weight-std", args.weight_std), ("--bias-std", args.bias_std)):
-            if given is not None:
-                parser.error(f"argument {flag}: does not apply to --parametrization torch "
-                             "(nn.Linear layers have PyTorch's initialization)")
-    else:
-        args.weight_std = 1.0 if args.weight_std is None else args.weight_std
-        args.bias_std = 0.1 if args.bias_std is None else args.bias_std
-    precision = args.precision or "highest"
-    if precision != "highest" and args.dtype != "float32":
-        parser.error(f"argument --precision: {precision} needs --dtype float32 (got {args.dtype})")
-    device = _check_device(parser, args.device)
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    activation = _activation(parser, args.activation)
-    try:
-        x1 = load_inputs(args.input, "input", dtype)
-        x2 = load_inputs(args.x2, "--x2", dtype) if args.x2 is not None else None
-    except ValueError as error:
-        parser.error(str(error))
-    for name, x in (("input", x1), ("--x2", x2)):
-        if x is not None and x.shape[1] != args.widths[0]:
-            parser.error(f"argument --widths: n0 = {args.widths[0]} but {name} has {x.shape[1]} "
-                         f"columns (shape {list(x.shape)}); the first width must be the input size")
-    n1, n2 = x1.shape[0], (x2 if x2 is not None else x1).shape[0]
-    n_out = args.widths[-1]
-    mode = args.mode or "trace"
-    shape = kernel_shape(mode if empirical else "trace", n1, n2, n_out)
-    x1 = x1.to(device)
-    x2 = x2.to(device) if x2 is not None else None
-    budget = args.memory_budget or default_memory_budget(device)
-    t0 = time.perf_counter()
-    info = {}
-
-    if empirical:
-        model = _model(parser, args, activation, device, dtype)
-
-        def fill(out):
-            kernel, meta = empirical_ntk(model, x1, x2, mode=mode, chunk_size=args.chunk_size,
-                                         memory_budget=budget, out=out,
-                                         progress=None if args.progress else False,
-                                         precision=precision, return_info=True)
-            info.update(method=meta.method, blocks=meta.blocks)
-            return kernel
-    else:
-        if args.parametrization == "torch":
-            spec = lift(_build_model(args, activation, "meta", dtype))
-        else:
-            spec = mlp_spec(args.widths, activation, weight_std=args.weight_std,
-                            bias_std=args.bias_std, parametrization=args.parametrization,
-                            bias=args.bias)
-
-        def fill(out):
-            blocks = analytic_kernels_into(spec, x1, x2, out, get=args.kind, memory_budget=budget,
-                                           chunk_size=args.chunk_size,
-                                           progress=None if args.progress else False)
-            info.update(method="analytic (fused op)", blocks=blocks)
-            return out
-
-    try:
-        if out_suffix == ".npy" and device.type == "cpu":
-            atomic_npy(args.output, shape, dtype, fill)
-        else:
-            result = torch.empty(shape, dtype=dtype, device=device)
-            fill(result)
-            if out_suffix == ".npy":
-                atomic_npy(args.output, shape, dtype, lambda out: out.copy_(result))
-            else:
-                result = result.cpu()
-                atomic_write(args.output, lambda f: torch.save(result, f), binary=True)
-    except (ValueError, TypeError) as error:
-        parser.error(str(error))
-    seconds = time.perf_counter() - t0
-    print(f"wrote {args.output}: {args.kind} kernel {list(shape)} {args.dtype} "
-          f"({info.get('method')}, {info.get('blocks')} block(s)) in {seconds:.2f} s")
-    return 0
-
-
-def _build_model(args, activation, device, dtype):
-    from .nn import linear_mlp, ntk_mlp
-
-    if args.parametrization == "torch":
-        return linear_mlp(args.widths, activation, bias=args.bias, device=device, dtype=dtype)
-    return ntk_mlp(args.widths, activation, weight_std=args.weight_std, bias_std=args.bias_std,
-                   parametrization=args.parametrization, bias=args.bias, device=device,
-                   dtype=dtype)
-
-
-def _model(parser, args, activation, device, dtype):
-    import torch
-
-    from .nn import weight_scale_ratio
-
-    torch.manual_seed(args.seed)
-    model = _build_model(args, activation, device, dtype)
-    if args.state_dict is not None:
-        if not os.path.isfile(args.state_dict):
-            parser.error(f"argument --state-dict: no such file: {args.state_dict!r}")
-        try:
-            state = torch.load(args.state_dict, map_location=device, weights_only=True)
-            model.load_state_dict(state)
-        except Exception as error:  # a wrong file or architecture
-            parser.error(f"argument --state-dict: cannot load {args.state_dict!r} into "
-                         f"the {args.parametrization} MLP {args.widths} ({activation.name}): "
-                         f"{error}")
-        model.to(dtype)
-        ratio = weight_scale_ratio(model)
-        if not 1 / 3 <= ratio <= 3:
-            parser.error(
-                f"argument --state-dict: its weights have {ratio:.2g}× the initial scale of "
-                f"--parametrization {args.parametrization} layers, so they belong to another "
-                "parametrization: use --parametrization torch for nn.Sequential(nn.Linear, "
-                "...) or standard for NTKLinear(parametrization='standard')")
-    return model
 
 
 # -------------------------------------------------------------------------------- main

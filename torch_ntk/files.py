@@ -107,9 +107,11 @@ def read_json(path: PathLike) -> Optional[dict]:
         return None
 
 
-def load_inputs(path: str, argument: str, dtype) -> Tensor:
+def load_inputs(path: str, argument: str, dtype, dims: tuple = (2,)) -> Tensor:
     """A 2-d float tensor from a .npy, .csv (comma-separated, optional header row) or .pt
-    file. ValueError naming ``argument`` when the file is missing or unreadable."""
+    file (with ``dims``, e.g. (3, 4): an array of one of those ranks, such as images
+    [N, C, L] or [N, C, H, W]). ValueError naming ``argument`` when the file is missing
+    or unreadable."""
     import numpy as np
 
     suffix = os.path.splitext(path)[1].lower()
@@ -133,9 +135,10 @@ def load_inputs(path: str, argument: str, dtype) -> Tensor:
     except Exception as error:  # numpy/torch raise many kinds; all mean "cannot read it"
         raise ValueError(f"argument {argument}: cannot read {path!r}: {error}") from None
     x = torch.as_tensor(array)
-    if x.dim() != 2:
-        raise ValueError(f"argument {argument}: expected a 2-d array [N, n0]; {path!r} has shape "
-                         f"{list(x.shape)}")
+    if x.dim() not in dims:
+        wanted = {2: "a 2-d array [N, n0]", 3: "images [N, C, L]", 4: "images [N, C, H, W]"}
+        raise ValueError(f"argument {argument}: expected {' or '.join(wanted[d] for d in dims)}; "
+                         f"{path!r} has shape {list(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"argument {argument}: {path!r} has no rows")
     if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,

@@ -8,13 +8,16 @@ results that resume after a crash, and a conjugate-gradient solver that streams 
     ...                      out="K.npy", tile_size=1024)          # doctest: +SKIP
     >>> fit = conjugate_gradient("K.npy", y, ridge=1e-3, tol=1e-8)  # doctest: +SKIP
 
-Launch on several processes or hosts with ``torchrun`` (every rank runs the same code):
-``torchrun --nproc_per_node=2 -m torch_ntk.distributed kernel ...``; see ``main``.
+From the command line: ``torch-ntk kernel ... --distributed`` (one process, resumable) or
+``torchrun --nproc_per_node=2 -m torch_ntk kernel ...`` (every rank runs the same line);
+``python -m torch_ntk.distributed kernel ...`` is an alias of the first, and
+``python -m torch_ntk.distributed solve ...`` runs the CG solver.
 """
 
-from .command import main
-from .kernel import KINDS, TileGrid, TiledKernelStats, fingerprint, tiled_kernel
+from .command import main, process_group
+from .kernel import TiledKernelStats, fingerprint, tiled_kernel
+from .tiles import KINDS, TileGrid, TileSource
 from .solver import CGResult, conjugate_gradient, kernel_operator
 
 __all__ = ["CGResult", "KINDS", "TileGrid", "TiledKernelStats", "conjugate_gradient",
-           "fingerprint", "kernel_operator", "main", "tiled_kernel"]
+           "TileSource", "fingerprint", "kernel_operator", "main", "process_group", "tiled_kernel"]

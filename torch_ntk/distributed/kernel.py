@@ -3,17 +3,22 @@
 K(X1, X2) [N1, N2] is cut into a grid of T×T tiles (the last row/column of tiles is
 smaller when T does not divide N). Tiles are ordered row-major — for X2 = X1 only the
 upper triangle i ≤ j, each off-diagonal tile written twice (K and Kᵀ) — and the tiles
-still to do are dealt round-robin over the ranks: rank r takes the r-th, (r+W)-th, …
-Each tile is computed by the single-device fused op on the slices it covers::
+still to do are split into W contiguous runs, one per rank, each walked row band by row
+band in a serpentine (:class:`~torch_ntk.distributed.tiles.TileGrid`), so that a rank
+stays on few bands. An analytic tile is the single-device fused op on its slices::
 
     K[a:b, c:d] = analytic_kernels(spec, X1[a:b], X2[c:d]).ntk     (off-diagonal)
     K[a:b, a:b] = analytic_kernels(spec, X1[a:b]).ntk              (diagonal, x2=None)
 
-so diagonal tiles, and with them the whole matrix, are exactly symmetric.
+an empirical tile the Gram products of its row and column bands' features, which each
+rank computes once and caches within ``memory_budget``
+(:class:`~torch_ntk.distributed.tiles.TileSource`). Diagonal tiles, and with them the
+whole matrix, are exactly symmetric.
 
 Out of core: ranks write their tiles straight into a memory-mapped ``.npy``
 (``<out>.partial`` until every tile is done, then renamed to ``<out>``) on a filesystem
-they share; no rank holds more than one tile. After each tile the map is flushed and
+they share; no rank holds more than one tile of the output (and, for the empirical kind,
+its cached band features). After each tile the map is flushed and
 the rank's manifest ``<out>.manifest.rank<r>.json`` (finished tile ids) is replaced
 atomically — after every tile, or every ``checkpoint_s`` seconds to spare the syncs — so a
 killed run resumes from the tiles recorded there and never recomputes a recorded tile or
@@ -34,7 +39,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,67 +49,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..analytic import analytic_kernels, as_spec
 from ..arch import LayerSpec
-from ..empirical import empirical_ntk
+from ..evaluation import kernel_context
 from ..files import read_json, write_json
-from ..runtime import progress_bar
+from ..runtime import default_memory_budget, progress_bar
+from .tiles import KINDS, TileGrid, TileSource, check_tile_inputs
 
 __all__ = ["KINDS", "TileGrid", "TiledKernelStats", "tiled_kernel", "fingerprint"]
 
-KINDS = ("nngp", "ntk", "empirical")
 MANIFEST_FORMAT = "torch_ntk.distributed.kernel/1"
-
-
-# --------------------------------------------------------------------------- tile grid
-
-
-@dataclass(frozen=True)
-class TileGrid:
-    """The deterministic tile grid of an [n1, n2] kernel with tile size ``tile``.
-
-    ``tiles`` lists (i, j) block indices row-major (i ≤ j only when ``symmetric``); a
-    tile's id is its position in that list.
-    """
-
-    n1: int
-    n2: int
-    tile: int
-    symmetric: bool
-
-    def __post_init__(self) -> None:
-        if self.symmetric and self.n1 != self.n2:
-            raise ValueError(f"TileGrid: a symmetric grid needs n1 == n2; got {self.n1}, {self.n2}")
-        if self.tile < 1:
-            raise ValueError(f"TileGrid: tile must be a positive integer; got {self.tile}")
-
-    @property
-    def row_blocks(self) -> int:
-        return math.ceil(self.n1 / self.tile)
-
-    @property
-    def col_blocks(self) -> int:
-        return math.ceil(self.n2 / self.tile)
-
-    @property
-    def tiles(self) -> list[tuple[int, int]]:
-        return [(i, j) for i in range(self.row_blocks)
-                for j in range(i if self.symmetric else 0, self.col_blocks)]
-
-    def __len__(self) -> int:
-        r, c = self.row_blocks, self.col_blocks
-        return r * (r + 1) // 2 if self.symmetric else r * c
-
-    def bounds(self, tile_id: int) -> tuple[int, int, int, int]:
-        """Rows a:b and columns c:d of tile ``tile_id``."""
-        i, j = self.tiles[tile_id]
-        t = self.tile
-        return i * t, min((i + 1) * t, self.n1), j * t, min((j + 1) * t, self.n2)
-
-    @staticmethod
-    def assign(remaining: Sequence[int], rank: int, world_size: int) -> list[int]:
-        """Round-robin share of the (sorted) remaining tile ids for ``rank``."""
-        return sorted(remaining)[rank::world_size]
 
 
 # --------------------------------------------------------------------- process group
@@ -224,7 +176,10 @@ class TiledKernelStats:
     tiles_total: tiles in the grid; tiles_skipped: already finished when the run started
     (resumed); computed: ids of the tiles computed in this run, by rank (all ranks);
     seconds: wall time of the compute phase (after setup); tiles_per_s: computed tiles
-    per second over all ranks; complete: every tile is done (the file is final).
+    per second over all ranks; complete: every tile is done (the file is final);
+    method: how tiles were computed ("analytic", "structured", "jacobian", "ntk_vp");
+    feature_samples: per rank, the samples whose (structured) features it computed —
+    each band's rows once when its cache held them, so at most N1 + N2.
     """
 
     path: Optional[str]
@@ -237,6 +192,8 @@ class TiledKernelStats:
     seconds: float = 0.0
     complete: bool = False
     fingerprint: str = ""
+    method: str = ""
+    feature_samples: list[int] = field(default_factory=list)
 
     @property
     def tiles_computed(self) -> int:
@@ -252,21 +209,11 @@ class TiledKernelStats:
                 "tiles_skipped": self.tiles_skipped, "tiles_computed": self.tiles_computed,
                 "computed": self.computed, "seconds": self.seconds,
                 "tiles_per_s": self.tiles_per_s, "complete": self.complete,
-                "fingerprint": self.fingerprint}
+                "fingerprint": self.fingerprint, "method": self.method,
+                "feature_samples": self.feature_samples}
 
 
 # ------------------------------------------------------------------------ main entry
-
-
-def _tile_fn(kind: str, model_or_spec, get_method: str, chunk_size: Optional[int]):
-    if kind == "empirical":
-        def compute(a: Tensor, b: Optional[Tensor]) -> Tensor:
-            return empirical_ntk(model_or_spec, a, b, mode="trace", method=get_method,
-                                 chunk_size=chunk_size, progress=False)
-    else:
-        def compute(a: Tensor, b: Optional[Tensor]) -> Tensor:
-            return getattr(analytic_kernels(model_or_spec, a, b, get=kind), kind)
-    return compute
 
 
 def tiled_kernel(
@@ -279,7 +226,7 @@ def tiled_kernel(
     tile_size: int = 1024,
     group=None,
     method: str = "auto",
-    chunk_size: Optional[int] = None,
+    memory_budget: Optional[int] = None,
     overwrite: bool = False,
     checkpoint_s: float = 10.0,
     progress: Optional[bool] = None,
@@ -293,8 +240,9 @@ def tiled_kernel(
     Args:
         model_or_spec: an ``nn.Sequential`` that lifts or a LayerSpec for "nngp"/"ntk";
             any ``nn.Module`` accepted by :func:`torch_ntk.empirical_ntk` for "empirical".
-        x1: [N1, n_0] float32/float64 on the device this rank computes on.
-        x2: [N2, n_0] like x1, or None for x2 = x1: then only tiles i ≤ j are computed,
+        x1: [N1, n_0] float32/float64 on the device this rank computes on; for a CNN,
+            images [N1, C, H, W] (or [N1, C, L]).
+        x2: [N2, ...] like x1, or None for x2 = x1: then only tiles i ≤ j are computed,
             off-diagonal ones mirrored, and K is exactly symmetric.
         kind: "nngp" or "ntk" (infinite width, :func:`torch_ntk.analytic_kernels`) or
             "empirical" (finite-width trace NTK (1/n_L) Σ_k Θ_kk, :func:`torch_ntk.empirical_ntk`).
@@ -303,11 +251,15 @@ def tiled_kernel(
             or a [N1, N2] tensor of x1's dtype (CPU, any strides). A tensor gets this
             rank's tiles only — share it between ranks (``torch.from_file(...,
             shared=True)``) to see them all — and has no manifest, so no resume.
-        tile_size: T, rows and columns per tile. For "empirical" every tile reruns the
-            forward/backward pass of its 2T samples, about c·W/(T·(1 + n_L)) of the tile's
-            Gram cost at hidden width W (c ≈ 3): choose T well above W (e.g. 4096).
+        tile_size: T, rows and columns per tile.
         group: the process group (default: the default group when initialized).
-        method, chunk_size: passed to empirical_ntk for kind="empirical".
+        method: the empirical_ntk method for kind="empirical" ("auto": structured when
+            the model lifts, else Jacobians).
+        memory_budget: bytes for an empirical tile's working set and the cache of band
+            features (structured: activations and cotangents; jacobian: per-sample
+            Jacobians); bands that do not fit are recomputed when needed again. Default:
+            :func:`torch_ntk.runtime.default_memory_budget` divided among the ranks of
+            this host (``LOCAL_WORLD_SIZE``).
         overwrite: discard an existing result or partial run of a different computation
             instead of raising.
         checkpoint_s: seconds between checkpoints: a checkpoint flushes the memory map to
@@ -322,22 +274,36 @@ def tiled_kernel(
         ``np.load(out, mmap_mode="r")``.
 
     Raises:
-        ValueError: ranks disagree about inputs/model/settings; an existing ``out`` or
-            partial run belongs to another computation (without ``overwrite``); bad
-            ``kind``/``tile_size``/``out``. Errors of the tile ops pass through.
+        TypeError: non-tensor or non-float (e.g. integer) inputs.
+        ValueError: an empty x1, NaN/Inf, inputs of the wrong width or image shape (the
+            message gives the input's shape), x2 unlike x1 — all checked before any
+            file is written; ranks disagree about inputs/model/settings; an existing
+            ``out`` or partial run belongs to another computation (without
+            ``overwrite``); bad ``kind``/``tile_size``/``out``.
     """
     if kind not in KINDS:
         raise ValueError(f"tiled_kernel: kind must be one of {KINDS}; got {kind!r}")
-    if not isinstance(tile_size, int) or tile_size < 1:
+    if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < 1:
         raise ValueError(f"tiled_kernel: tile_size must be a positive integer; got {tile_size!r}")
-    if not isinstance(x1, Tensor) or (x2 is not None and not isinstance(x2, Tensor)):
-        raise TypeError("tiled_kernel: x1 and x2 must be tensors")
+    if memory_budget is not None and not (isinstance(memory_budget, (int, float))
+                                          and memory_budget > 0):
+        raise ValueError("tiled_kernel: memory_budget must be a positive number of bytes; got "
+                         f"{memory_budget!r}")
     if x2 is x1:
         x2 = None
-    if kind != "empirical":
-        model_or_spec = as_spec(model_or_spec)
-    elif not isinstance(model_or_spec, nn.Module):
-        raise TypeError("tiled_kernel: kind='empirical' needs an nn.Module model")
+    # Every input check comes before anything is hashed, allocated or written.
+    model_or_spec, x1, x2, plan = check_tile_inputs(kind, model_or_spec, x1, x2)
+    if kind == "empirical":
+        with kernel_context(model_or_spec, x1, x2):
+            return _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method,
+                          memory_budget, overwrite, checkpoint_s, progress, _stop_after_tiles,
+                          plan)
+    return _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_budget,
+                  overwrite, checkpoint_s, progress, _stop_after_tiles, plan)
+
+
+def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_budget,
+           overwrite, checkpoint_s, progress, stop_after, plan) -> TiledKernelStats:
     active, rank, world = _group_info(group)
     symmetric = x2 is None
     n1, n2 = x1.shape[0], (x1 if symmetric else x2).shape[0]
@@ -350,13 +316,24 @@ def tiled_kernel(
     prints = fingerprint(kind, model_or_spec, x1, x2, settings)
     _check_agreement(_all_gather(prints, active, world, group))
     digest = prints["all"]
-    compute = _tile_fn(kind, model_or_spec, method, chunk_size)
+    if memory_budget is None:  # the ranks on one host share its memory
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        memory_budget = default_memory_budget(x1.device) // local
+    if not isinstance(out, Tensor):
+        out = os.fspath(out)
+    elif (tuple(out.shape) != (n1, n2) or out.dtype != x1.dtype or out.device.type != "cpu"):
+        raise ValueError(
+            f"tiled_kernel: out must be a CPU tensor of shape [{n1}, {n2}] and dtype "
+            f"{x1.dtype}; got {tuple(out.shape)} {out.dtype} on {out.device}")
+
+    def source() -> TileSource:  # built once the tiles to do are known
+        return TileSource(kind, model_or_spec, x1, x2, tile_size=tile_size, method=method,
+                          plan=plan, memory_budget=int(min(memory_budget, 2**62)))
 
     if isinstance(out, Tensor):
-        return _run_into_tensor(out, grid, x1, x2, compute, rank, world, active, group,
-                                digest, progress, _stop_after_tiles)
+        return _run_into_tensor(out, grid, source(), rank, world, active, group, digest,
+                                progress, stop_after)
 
-    out = os.fspath(out)
     partial, manifest = out + ".partial", out + ".manifest.json"
 
     # Rank 0 inspects what is on disk and decides; everyone follows its decision.
@@ -372,25 +349,26 @@ def tiled_kernel(
     done = set(decision["done"])
     if decision["complete"]:
         return TiledKernelStats(out, (n1, n2), tile_size, world, len(grid), len(grid),
-                                [[] for _ in range(world)], 0.0, True, digest)
+                                [[] for _ in range(world)], 0.0, True, digest,
+                                "", [0] * world)
 
     _barrier(active, group)  # rank 0 has created the file and merged the old manifests
     data = np.lib.format.open_memmap(partial, mode="r+")
-    mine = TileGrid.assign([t for t in range(len(grid)) if t not in done], rank, world)
+    mine = grid.order(TileGrid.assign([t for t in range(len(grid)) if t not in done], rank,
+                                      world))
+    tiles = source()
     rank_manifest = f"{out}.manifest.rank{rank}.json"
     remaining_total = len(grid) - len(done)
     bar = _progress_bar(progress, rank, remaining_total, len(done), len(grid))
     computed: list[int] = []
     start = time.perf_counter()
     last_poll = last_checkpoint = start
-    x2_full = x1 if symmetric else x2
     for tile_id in mine:
         a, b, c, d = grid.bounds(tile_id)
-        diagonal = symmetric and a == c
-        k = compute(x1[a:b], None if diagonal else x2_full[c:d])
+        k = tiles.tile(a, b, c, d, symmetric and a == c)
         k = k.detach().cpu().numpy()
         data[a:b, c:d] = k
-        if symmetric and not diagonal:
+        if symmetric and a != c:
             data[c:d, a:b] = k.T
         computed.append(tile_id)
         now = time.perf_counter()
@@ -399,7 +377,7 @@ def tiled_kernel(
             write_json(rank_manifest, {"format": MANIFEST_FORMAT, "fingerprint": digest,
                                        "rank": rank, "done": computed}, indent=None)
             last_checkpoint = now
-        if _stop_after_tiles is not None and len(computed) >= _stop_after_tiles:
+        if stop_after is not None and len(computed) >= stop_after:
             os._exit(75)  # simulate a crash (tests): no cleanup, like SIGKILL
         if bar is not None:
             now = time.perf_counter()
@@ -411,6 +389,7 @@ def tiled_kernel(
     del data
     all_computed = _all_gather(computed, active, world, group)
     seconds = max(_all_gather(seconds, active, world, group))
+    features = _all_gather(tiles.feature_samples, active, world, group)
 
     complete = None
     if rank == 0:
@@ -425,7 +404,7 @@ def tiled_kernel(
     if isinstance(complete, str):
         raise RuntimeError(complete)
     return TiledKernelStats(out, (n1, n2), tile_size, world, len(grid), len(done), all_computed,
-                            seconds, True, digest)
+                            seconds, True, digest, tiles.method, features)
 
 
 def _progress_bar(progress, rank, total, initial, grand_total):
@@ -492,24 +471,17 @@ def _finish(out, partial, manifest, digest, grid, settings):
     return True
 
 
-def _run_into_tensor(out, grid, x1, x2, compute, rank, world, active, group, digest, progress,
+def _run_into_tensor(out, grid, tiles, rank, world, active, group, digest, progress,
                      stop_after):
-    if out.shape != (grid.n1, grid.n2) or out.dtype != x1.dtype or out.device.type != "cpu":
-        raise ValueError(
-            f"tiled_kernel: out must be a CPU tensor of shape [{grid.n1}, {grid.n2}] and dtype "
-            f"{x1.dtype}; got {tuple(out.shape)} {out.dtype} on {out.device}"
-        )
-    mine = TileGrid.assign(range(len(grid)), rank, world)
+    mine = grid.order(TileGrid.assign(range(len(grid)), rank, world))
     bar = _progress_bar(progress, rank, len(mine), 0, len(grid))
-    x2_full = x1 if grid.symmetric else x2
     start = time.perf_counter()
     computed = []
     for tile_id in mine:
         a, b, c, d = grid.bounds(tile_id)
-        diagonal = grid.symmetric and a == c
-        k = compute(x1[a:b], None if diagonal else x2_full[c:d]).detach().cpu()
+        k = tiles.tile(a, b, c, d, grid.symmetric and a == c).detach().cpu()
         out[a:b, c:d] = k
-        if grid.symmetric and not diagonal:
+        if grid.symmetric and a != c:
             out[c:d, a:b] = k.T
         computed.append(tile_id)
         if bar is not None:
@@ -520,4 +492,6 @@ def _run_into_tensor(out, grid, x1, x2, compute, rank, world, active, group, dig
         bar.close()
     seconds = max(_all_gather(time.perf_counter() - start, active, world, group))
     return TiledKernelStats(None, (grid.n1, grid.n2), grid.tile, world, len(grid), 0,
-                            _all_gather(computed, active, world, group), seconds, True, digest)
+                            _all_gather(computed, active, world, group), seconds, True, digest,
+                            tiles.method, _all_gather(tiles.feature_samples, active, world,
+                                                      group))
