@@ -49,9 +49,10 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import linecache
 import operator
 import os
-import re
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -67,7 +68,6 @@ from .nn import NTKConv1d, NTKConv2d
 __all__ = ["FUNCTIONALS", "FxChain", "describe_node", "fx_chain"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)')
 
 
 # --------------------------------------------------------------------------- descriptions
@@ -93,8 +93,8 @@ def _target_name(node: fx.Node) -> str:
 
 
 def describe_node(node: fx.Node) -> str:
-    """'node NAME (OP TARGET, at FILE:LINE: code)', the line as fx recorded it."""
-    frames = [(f, int(n), c) for f, n, c in _FRAME.findall(node.stack_trace or "")]
+    """'node NAME (OP TARGET, at FILE:LINE: code)', the line recorded while tracing."""
+    frames = [node.meta["source_line"]] if "source_line" in node.meta else []
     return f"node {node.name} ({node.op} {_target_name(node)}{_user_frame(frames)})"
 
 
@@ -102,16 +102,27 @@ def describe_node(node: fx.Node) -> str:
 
 
 class _ChainTracer(fx.Tracer):
-    """symbolic_trace's tracer, with modules that lift kept whole (leaves) and source
-    lines recorded."""
+    """symbolic_trace's tracer, with modules that lift kept whole (leaves) and each node's
+    line of user code in ``node.meta["source_line"]`` (a frame walk: fx's own
+    ``record_stack_traces`` costs seconds on its first use in a process)."""
 
     def __init__(self, leaf_types: tuple[type, ...]):
         super().__init__()
         self.leaf_types = leaf_types
-        self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+
+    def create_node(self, *args, **kwargs) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        frame = sys._getframe(1)
+        while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR)
+                                     or frame.f_code.co_filename == __file__):
+            frame = frame.f_back
+        if frame is not None and node.op not in ("placeholder", "output"):
+            filename, line = frame.f_code.co_filename, frame.f_lineno
+            node.meta["source_line"] = (filename, line, linecache.getline(filename, line))
+        return node
 
 
 def _len(obj):
