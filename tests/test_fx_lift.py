@@ -352,6 +352,11 @@ def test_monte_carlo_tracker_and_the_command_line_take_the_class(tmp_path):
     mc = tn.monte_carlo_kernels(make, x, n_samples=2, get="ntk", progress=False)
     ref = tn.monte_carlo_kernels(make_seq, x, n_samples=2, get="ntk", progress=False)
     assert mc.method == "structured" and rel_err(mc.ntk, ref.ntk) <= 1e-14
+    mc = tn.monte_carlo_kernels(make, x, n_samples=2, get="nngp", nngp_estimator="readout",
+                                progress=False)
+    ref = tn.monte_carlo_kernels(make_seq, x, n_samples=2, get="nngp", nngp_estimator="readout",
+                                 progress=False)
+    assert rel_err(mc.nngp, ref.nngp) <= 1e-14
 
     model, seq = tutorial_pair(8)
     tracker = tn.KernelDriftTracker(model, x, method="structured", projections=1)

@@ -60,6 +60,17 @@ class Wrapped(nn.Module):
         return self.inner(x)
 
 
+class Branches(nn.Module):
+    """Two branches added: not a chain of layers, so no readout layer to find."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 1), nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
 def _layernorm_model(seed):
     return nn.Sequential(nn.Linear(3, 32), nn.LayerNorm(32), nn.Tanh(), nn.Linear(32, 2)).double()
 
@@ -424,8 +435,8 @@ def _call(**kw):
      ValueError, "Dropout"),
     (dict(model_fn=lambda s: nn.Sequential(nn.Linear(3, 4), nn.Tanh()),
           nngp_estimator="readout"), ValueError, "readout"),
-    (dict(model_fn=lambda s: Wrapped(nn.Linear(3, 1)), nngp_estimator="readout"),
-     ValueError, "readout"),
+    (dict(model_fn=lambda s: Branches(), nngp_estimator="readout"), ValueError,
+     r"readout.*Branches \(lift: .* used by 2 nodes"),
 ])
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -40,7 +40,7 @@ from .layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool
 from .nn import NTKConv1d, NTKConv2d, NTKLinear, conv_padding
 
 __all__ = ["AvgPool", "Conv", "Dense", "Flatten", "GlobalAvgPool", "LIFTERS", "LayerSpec",
-           "LiftOptions", "flat_modules", "lift", "lift_module", "mlp_spec"]
+           "LiftOptions", "chain_modules", "flat_modules", "lift", "lift_module", "mlp_spec"]
 
 
 Layer = Union[Dense, Activation, Conv, AvgPool, GlobalAvgPool, Flatten]
@@ -389,22 +389,36 @@ def lift(
             nn.Sequential, a forward that is not such a chain (naming the fx node: op,
             target and source line).
     """
-    if isinstance(model, nn.Sequential):
-        chain = _sequential_chain(model)
-        if not chain.nodes:
-            return _lift_links(chain.links, linear_weight_var, linear_bias_var)
-    else:
-        try:
-            chain = fx_chain(model, tuple(LIFTERS))
-        except ValueError as error:
-            raise ValueError(
-                "lift: the model must be an nn.Sequential or a module whose forward torch.fx "
-                f"reads as a chain of supported layers; {type(model).__name__}: {error}. "
-                f"{EMPIRICAL_HINT}") from error
+    chain = _chain(model)
+    if isinstance(model, nn.Sequential) and not chain.nodes:
+        return _lift_links(chain.links, linear_weight_var, linear_bias_var)
     try:
         return _lift_links(chain.links, linear_weight_var, linear_bias_var, chain.where)
     except ValueError as error:
         raise _with_context(error, "") from error
+
+
+def chain_modules(model: nn.Module) -> list[tuple[Position, nn.Module]]:
+    """The (position, module) links :func:`lift` reads, in order: the leaves of an
+    ``nn.Sequential``, or the chain torch.fx reads in another module's forward
+    (:func:`torch_ntk.fx_lift.fx_chain`); applied one after the other they compute the model.
+
+    Raises:
+        ValueError: a forward that is not a chain (naming the fx node).
+    """
+    return list(_chain(model).links)
+
+
+def _chain(model: nn.Module) -> FxChain:
+    if isinstance(model, nn.Sequential):
+        return _sequential_chain(model)
+    try:
+        return fx_chain(model, tuple(LIFTERS))
+    except ValueError as error:
+        raise ValueError(
+            "lift: the model must be an nn.Sequential or a module whose forward torch.fx "
+            f"reads as a chain of supported layers; {type(model).__name__}: {error}. "
+            f"{EMPIRICAL_HINT}") from error
 
 
 def _sequential_chain(model: nn.Sequential) -> FxChain:
