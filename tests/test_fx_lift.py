@@ -210,7 +210,7 @@ def test_each_functional_readout_lifts_like_its_module(name, fn, modules, featur
     assert info.method == "structured" and rel_err(k, expected) <= TOL
 
 
-def test_a_bare_layer_and_a_sequential_holding_a_chain_lift():
+def test_a_bare_layer_a_wrapped_model_and_a_sequential_holding_a_chain_lift():
     assert lift(nn.Linear(3, 2)) == tn.arch.LayerSpec((Dense(3, 2, 1 / 3, 1 / 9, "standard"),))
     torch.manual_seed(0)
     model, _ = tutorial_pair()
@@ -218,6 +218,9 @@ def test_a_bare_layer_and_a_sequential_holding_a_chain_lift():
     spec = lift(outer)
     assert [layer.position for layer in spec.dense_layers] == ["0.fc", 2]
     assert spec.layers[0].position == "0.conv1" and spec.layers[0].source is model.conv1
+    for wrapper in (torch.compile(model, backend="eager"), nn.DataParallel(model)):
+        assert lift(wrapper) == lift(model)  # lifted through the wrapper: the same layers
+        assert lift(wrapper).layers[0].source is model.conv1
     x = images(4, 6)
     assert rel_err(tn.empirical_ntk(outer, x, mode="full"),
                    jacobian_ntk(outer, x, x)) <= TOL

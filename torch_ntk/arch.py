@@ -1,4 +1,5 @@
-"""Lift an ``nn.Sequential`` MLP or CNN into a layer spec.
+"""Lift an MLP or CNN — an ``nn.Sequential``, or any module whose forward torch.fx reads as
+a chain of layers (:mod:`torch_ntk.fx_lift`) — into a layer spec.
 
 An MLP spec is the alternating sequence ``Dense, Activation, Dense, …, Dense`` that
 the analytic and structured kernels consume; a CNN spec is ``Conv, [Activation],
@@ -35,6 +36,7 @@ from typing import Callable, Optional, Sequence, Union
 from torch import nn
 
 from .activations import Activation, from_module, from_name, module_types
+from .evaluation import unwrap
 from .fx_lift import FxChain, fx_chain
 from .layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool
 from .nn import NTKConv1d, NTKConv2d, NTKLinear, conv_padding
@@ -410,6 +412,7 @@ def chain_modules(model: nn.Module) -> list[tuple[Position, nn.Module]]:
 
 
 def _chain(model: nn.Module) -> FxChain:
+    model = unwrap(model)  # torch.compile, DataParallel, NTK: the module holding the layers
     if isinstance(model, nn.Sequential):
         return _sequential_chain(model)
     try:
