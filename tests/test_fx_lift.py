@@ -226,6 +226,32 @@ def test_a_bare_layer_a_wrapped_model_and_a_sequential_holding_a_chain_lift():
                    jacobian_ntk(outer, x, x)) <= TOL
 
 
+class SharedActivation(nn.Module):
+    """One nn.Tanh (no parameters) applied twice, a Dropout, nested Sequentials."""
+
+    def __init__(self):
+        super().__init__()
+        self.act, self.drop = nn.Tanh(), nn.Dropout(0.5)
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.Tanh(), nn.Linear(8, 8)))
+        self.mid, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.drop(self.act(self.mid(self.act(self.body(x))))))
+
+
+def test_a_parameterless_module_may_be_called_twice():
+    torch.manual_seed(0)
+    model = SharedActivation().to(F64)
+    spec = lift(model)
+    assert [layer.position for layer in spec.dense_layers] == ["body.0", "body.1.1", "mid",
+                                                               "head"]
+    assert spec.activations[1].source is model.act and spec.activations[2].source is model.act
+    x = torch.randn(5, 4, dtype=F64)
+    kernel = tn.empirical_ntk(model, x, mode="full")  # in eval mode: dropout off
+    assert model.drop.training
+    assert rel_err(kernel, jacobian_ntk(model.eval(), x, x)) <= TOL
+
+
 # ------------------------------------------------------------------ what does not lift
 
 

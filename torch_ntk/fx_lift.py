@@ -138,7 +138,9 @@ def _trace(model: nn.Module, leaf_types: tuple[type, ...]) -> fx.Graph:
     scopes = {}
     for module in model.modules():
         scope = getattr(type(module).forward, "__globals__", None)
-        if scope is not None and scope.get("len", builtins.len) is builtins.len:
+        if scope is None or scope.get("__name__", "").startswith("torch."):
+            continue  # torch's own modules are leaves or traced without len
+        if scope.get("len", builtins.len) is builtins.len:
             scopes[id(scope)] = (scope, "len" in scope)
     try:
         for scope, _ in scopes.values():
@@ -266,10 +268,17 @@ def _constant(call: _Call, name: str, value):
 
 
 def _one(module_type: type, *names: str) -> Callable:
-    """A builder for an activation module whose constructor takes ``names`` (a subset of
-    the functional's keyword arguments; ``inplace`` is ignored)."""
-    def build(call, **kwargs):
-        return [module_type(**{n: _constant(call, n, kwargs[n]) for n in names if n in kwargs})]
+    """A builder for an activation module whose constructor takes ``names``: the
+    functional's arguments after the input, in order (``inplace`` after them is ignored)."""
+    order = (*names, "inplace")
+
+    def build(call, *args, **kwargs):
+        if len(args) > len(order) or set(kwargs) - set(order):
+            raise ValueError(f"{describe_node(call.node)}: unsupported arguments {args} "
+                             f"{kwargs}")
+        values = {**dict(zip(order, args)), **kwargs}
+        values.pop("inplace", None)
+        return [module_type(**{n: _constant(call, n, v) for n, v in values.items()})]
     return build
 
 
