@@ -193,7 +193,8 @@ def _is_shape(user: fx.Node, node: fx.Node) -> bool:
 
 
 def _is_getitem0(user: fx.Node, shape: fx.Node) -> bool:
-    return user.op == "call_function" and user.target is operator.getitem and user.args == (shape, 0)
+    return (user.op == "call_function" and user.target is operator.getitem
+            and user.args == (shape, 0))
 
 
 def _not_a_chain(why: str) -> ValueError:
