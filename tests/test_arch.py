@@ -60,7 +60,7 @@ def test_op_args_coefficients():
         (nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.ReLU(), nn.Conv1d(1, 1, 1))),
          r"module 1.1 \(Conv1d\) does not lift"),
         (nn.Sequential(), "has no dense layer"),
-        (nn.Linear(3, 1), "must be an nn.Sequential"),
+        (nn.LayerNorm(3), "must be an nn.Sequential or a module whose forward"),
     ],
 )
 def test_lift_errors_name_the_module(model, match):

@@ -48,7 +48,7 @@ class Kernels(NamedTuple):
 
 
 def as_spec(model_or_spec: Union[nn.Module, LayerSpec]) -> LayerSpec:
-    """A LayerSpec as is, or the lifted spec of an ``nn.Sequential``."""
+    """A LayerSpec as is, or the lifted spec of a model (:func:`torch_ntk.arch.lift`)."""
     if isinstance(model_or_spec, LayerSpec):
         return model_or_spec
     if isinstance(model_or_spec, nn.Module):
@@ -103,7 +103,7 @@ def analytic_kernels(
     """The infinite-width NNGP and NTK of an MLP or CNN architecture.
 
     Args:
-        model_or_spec: an ``nn.Sequential`` that lifts (:func:`torch_ntk.arch.lift`) or a
+        model_or_spec: a model that lifts (:func:`torch_ntk.arch.lift`) or a
             :class:`~torch_ntk.arch.LayerSpec`. Only the architecture and the
             initialization variances matter, not the parameter values. CNN specs run the
             fused CNN op (NTK_MATH.md §6).

@@ -1,4 +1,5 @@
-"""Lift an ``nn.Sequential`` MLP or CNN into a layer spec.
+"""Lift an MLP or CNN — an ``nn.Sequential``, or any module whose forward torch.fx reads as
+a chain of layers (:mod:`torch_ntk.fx_lift`) — into a layer spec.
 
 An MLP spec is the alternating sequence ``Dense, Activation, Dense, …, Dense`` that
 the analytic and structured kernels consume; a CNN spec is ``Conv, [Activation],
@@ -35,11 +36,13 @@ from typing import Callable, Optional, Sequence, Union
 from torch import nn
 
 from .activations import Activation, from_module, from_name, module_types
+from .evaluation import unwrap
+from .fx_lift import FxChain, fx_chain
 from .layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool
 from .nn import NTKConv1d, NTKConv2d, NTKLinear, conv_padding
 
 __all__ = ["AvgPool", "Conv", "Dense", "Flatten", "GlobalAvgPool", "LIFTERS", "LayerSpec",
-           "LiftOptions", "flat_modules", "lift", "lift_module", "mlp_spec"]
+           "LiftOptions", "chain_modules", "flat_modules", "lift", "lift_module", "mlp_spec"]
 
 
 Layer = Union[Dense, Activation, Conv, AvgPool, GlobalAvgPool, Flatten]
@@ -363,13 +366,19 @@ def lift(
     linear_weight_var: Optional[float] = None,
     linear_bias_var: Optional[float] = None,
 ) -> LayerSpec:
-    """The layer spec of an ``nn.Sequential`` MLP or CNN, each layer bound to its module.
+    """The layer spec of an MLP or CNN, each layer bound to its module.
 
     Args:
         model: ``nn.Sequential`` (nested Sequentials are flattened) of NTKLinear,
             nn.Linear, registered activations, nn.Identity, nn.Flatten, nn.Dropout; a CNN
             starts with NTKConv1d/2d or nn.Conv1d/2d, may pool (nn.AvgPool1d/2d), and reads
-            out by nn.Flatten or nn.AdaptiveAvgPool1d/2d(1) into dense layers.
+            out by nn.Flatten or nn.AdaptiveAvgPool1d/2d(1) into dense layers. Or any
+            module whose ``forward`` torch.fx reads as a chain of those modules and of
+            their functional forms (``x.relu()``, ``F.gelu``, ``x.flatten(1)``,
+            ``F.avg_pool2d``, ``x.mean((2, 3))``, …: :mod:`torch_ntk.fx_lift`); a
+            functional call's layer is bound to an equivalent module carrying the fx node
+            (``layer.source.fx_node``), and positions are qualified module names or node
+            names.
         linear_weight_var, linear_bias_var: σ_w², σ_b² assumed for ``nn.Linear`` layers
             (standard parametrization). Default: PyTorch's initialization, uniform on
             ±1/√fan_in, i.e. σ_w² = 1/3 and σ_b² = 1/(3·fan_in) (always so for nn.Conv).
@@ -378,56 +387,128 @@ def lift(
         ValueError: a module that does not lift (naming it and its position), a
             subclass of a supported type that overrides ``forward``, a model that does
             not start with a dense or conv layer and end with a dense layer, two
-            activations in a row, or CNN layers out of order.
+            activations in a row, or CNN layers out of order; for a model that is not an
+            nn.Sequential, a forward that is not such a chain (naming the fx node: op,
+            target and source line).
     """
-    if not isinstance(model, nn.Sequential):
+    chain = _chain(model)
+    if isinstance(model, nn.Sequential) and not chain.nodes:
+        return _lift_links(chain.links, linear_weight_var, linear_bias_var)
+    try:
+        return _lift_links(chain.links, linear_weight_var, linear_bias_var, chain.where)
+    except ValueError as error:
+        raise _with_context(error, "") from error
+
+
+def chain_modules(model: nn.Module) -> list[tuple[Position, nn.Module]]:
+    """The (position, module) links :func:`lift` reads, in order: the leaves of an
+    ``nn.Sequential``, or the chain torch.fx reads in another module's forward
+    (:func:`torch_ntk.fx_lift.fx_chain`); applied one after the other they compute the model.
+
+    Raises:
+        ValueError: a forward that is not a chain (naming the fx node).
+    """
+    return list(_chain(model).links)
+
+
+def _chain(model: nn.Module) -> FxChain:
+    model = unwrap(model)  # torch.compile, DataParallel, NTK: the module holding the layers
+    if isinstance(model, nn.Sequential):
+        return _sequential_chain(model)
+    try:
+        return fx_chain(model, tuple(LIFTERS))
+    except ValueError as error:
         raise ValueError(
-            f"lift: the model must be an nn.Sequential MLP; got {type(model).__name__}"
-        )
+            "lift: the model must be an nn.Sequential or a module whose forward torch.fx "
+            f"reads as a chain of supported layers; {type(model).__name__}: {error}. "
+            f"{EMPIRICAL_HINT}") from error
+
+
+def _sequential_chain(model: nn.Sequential) -> FxChain:
+    """The leaves of a Sequential as links; a leaf of the user's own class (neither a type
+    that lifts nor one of torch's) is replaced by its fx chain, at positions "i.name"."""
+    chain = FxChain()
+    for position, module in flat_modules(model):
+        if isinstance(module, tuple(LIFTERS)) or type(module).__module__.startswith("torch."):
+            chain.links.append((position, module))
+            continue
+        try:
+            inner = fx_chain(module, tuple(LIFTERS))
+        except ValueError as error:
+            raise ValueError(f"lift: {_describe(position, module)} does not lift: {error}. "
+                             f"{EMPIRICAL_HINT}") from error
+        for at, leaf in inner.links:
+            chain.links.append((f"{position}.{at}", leaf))
+            chain.nodes[f"{position}.{at}"] = inner.nodes.get(at)
+    return chain
+
+
+def _with_context(error: ValueError, context: str) -> ValueError:
+    """``error``'s message with ``context`` (the fx node) and the empirical hint at its end."""
+    message = str(error)
+    if message.endswith(EMPIRICAL_HINT):
+        message = message[:-len(EMPIRICAL_HINT)].rstrip()
+    message = message.rstrip(".") + (f"; {context}" if context else "")
+    return ValueError(f"{message}. {EMPIRICAL_HINT}")
+
+
+def _lift_links(
+    links,
+    linear_weight_var: Optional[float],
+    linear_bias_var: Optional[float],
+    where: Optional[Callable[[Position], str]] = None,
+) -> LayerSpec:
+    """The spec of (position, module) links in order (``where(position)``: the fx node
+    behind a link, added to errors)."""
     layers: list[Layer] = []
     flatten_input = convolutional = read_out = False
-    for position, module in flat_modules(model):
-        layer = lift_module(module, position, linear_weight_var, linear_bias_var)
-        if layer is None:
-            continue
-        if isinstance(layer, Flatten):
-            if convolutional and not read_out:
+    for position, module in links:
+        try:
+            layer = lift_module(module, position, linear_weight_var, linear_bias_var)
+            if layer is None:
+                continue
+            if isinstance(layer, Flatten):
+                if convolutional and not read_out:
+                    layers.append(layer)
+                    read_out = True
+                elif not layers:
+                    flatten_input = True
+                continue  # otherwise a no-op (inside an MLP, or after global pooling)
+            if isinstance(layer, (Conv, AvgPool, GlobalAvgPool)):
+                if isinstance(layer, Conv) and not layers:
+                    convolutional = True
+                if not convolutional or read_out:
+                    raise _refuse(position, module, "convolutions and pooling lift only at the "
+                                  "start of a model, before its Flatten or global pooling readout")
+                read_out = isinstance(layer, GlobalAvgPool)
                 layers.append(layer)
-                read_out = True
-            elif not layers:
-                flatten_input = True
-            continue  # otherwise a no-op (inside an MLP, or after global pooling)
-        if isinstance(layer, (Conv, AvgPool, GlobalAvgPool)):
-            if isinstance(layer, Conv) and not layers:
-                convolutional = True
-            if not convolutional or read_out:
-                raise _refuse(position, module, "convolutions and pooling lift only at the "
-                              "start of a model, before its Flatten or global pooling readout")
-            read_out = isinstance(layer, GlobalAvgPool)
+                continue
+            if isinstance(layer, Dense):
+                if convolutional and not read_out:
+                    raise _refuse(position, module, "a dense layer after convolutions needs an "
+                                  "nn.Flatten or nn.AdaptiveAvgPool(1) readout before it")
+                if layers and isinstance(layers[-1], Dense):
+                    layers.append(Activation("identity"))
+                layers.append(layer)
+                continue
+            if not layers:
+                raise ValueError(
+                    f"lift: {_describe(position, module)} comes before the first dense layer; "
+                    "the model must start with a dense layer (or a convolution)"
+                )
+            if isinstance(layers[-1], Activation):
+                raise ValueError(
+                    f"lift: {_describe(position, module)} follows another activation; "
+                    "two activations in a row do not lift"
+                )
+            if isinstance(layers[-1], READOUTS):
+                raise _refuse(position, module, "an activation between the readout and the "
+                              "dense layer after it")
             layers.append(layer)
-            continue
-        if isinstance(layer, Dense):
-            if convolutional and not read_out:
-                raise _refuse(position, module, "a dense layer after convolutions needs an "
-                              "nn.Flatten or nn.AdaptiveAvgPool(1) readout before it")
-            if layers and isinstance(layers[-1], Dense):
-                layers.append(Activation("identity"))
-            layers.append(layer)
-            continue
-        if not layers:
-            raise ValueError(
-                f"lift: {_describe(position, module)} comes before the first dense layer; "
-                "the model must start with a dense layer (or a convolution)"
-            )
-        if isinstance(layers[-1], Activation):
-            raise ValueError(
-                f"lift: {_describe(position, module)} follows another activation; "
-                "two activations in a row do not lift"
-            )
-        if isinstance(layers[-1], READOUTS):
-            raise _refuse(position, module, "an activation between the readout and the dense "
-                          "layer after it")
-        layers.append(layer)
+        except ValueError as error:
+            if where is None:
+                raise
+            raise _with_context(error, where(position)) from error
     if not layers:
         raise ValueError("lift: the model has no dense layer")
     if isinstance(layers[-1], Activation):

@@ -4,7 +4,8 @@
 
 Three ways to compute it, chosen with ``method``:
 
-``"structured"`` (``nn.Sequential`` MLPs and CNNs that :func:`torch_ntk.arch.lift` accepts)
+``"structured"`` (MLPs and CNNs that :func:`torch_ntk.arch.lift` accepts: an ``nn.Sequential``
+or a module whose forward torch.fx reads as a chain of such layers)
     One forward pass keeps each dense layer's input activations A_l [N, n_l]; one
     batched backward pass by hand gives the cotangents of all n_L outputs at once,
     D_l [N, n_L, n_{l+1}] (δ_L = I, δ_l = (δ_{l+1} W̃_{l+1}) ⊙ φ′(z_l) with the effective

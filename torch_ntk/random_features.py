@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .analytic import KERNEL_NAMES
-from .arch import Dense, LayerSpec, flat_modules, lift_module, mlp_spec
+from .arch import Dense, LayerSpec, chain_modules, lift_module, mlp_spec
 from .nn import NTKLinear
 from .runtime import forked_rng, seed_all
 from .structured import StructuredPlan
@@ -76,13 +76,14 @@ def _last_dense(function: str, model: nn.Module, seed: int) -> tuple[list[nn.Mod
 
     Only the last layer must lift: the modules before it may be anything.
     """
-    if not isinstance(model, nn.Sequential):
+    try:
+        modules = chain_modules(model)
+    except ValueError as error:
         raise ValueError(
-            f"{function}: nngp_estimator='readout' needs an nn.Sequential ending in a dense "
-            f"layer; the model of seed {seed} is {type(model).__name__}. Use "
-            "nngp_estimator='outputs'."
-        )
-    modules = list(flat_modules(model))
+            f"{function}: nngp_estimator='readout' needs an nn.Sequential (or a chain of "
+            f"layers, torch_ntk.lift) ending in a dense layer; the model of seed {seed} is "
+            f"{type(model).__name__} ({error}). Use nngp_estimator='outputs'."
+        ) from error
     while modules and isinstance(modules[-1][1], (nn.Identity, nn.Dropout)):
         modules.pop()
     position, last = modules[-1] if modules else (None, None)

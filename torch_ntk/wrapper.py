@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .analytic import Kernels, analytic_kernels
-from .arch import lift
+from .arch import EMPIRICAL_HINT, lift
 from .empirical import compute_empirical_ntk
 from .evaluation import kernel_context, unwrap
 from .tracking import KernelDriftTracker
@@ -167,9 +167,10 @@ class NTK(nn.Module):
         try:
             spec = lift(self.model)
         except ValueError as error:
+            why = str(error).replace(f" {EMPIRICAL_HINT}", "").rstrip(".")  # no method here
             raise ValueError(
                 f"{function}: {type(self.model).__name__} has no infinite-width kernel in "
-                f"torch_ntk ({error}). Limits exist for nn.Sequential MLPs and CNNs of the "
+                f"torch_ntk ({why}). Limits exist for MLPs and CNNs of the "
                 "layers torch_ntk.lift accepts; the finite-width kernel of any model is "
                 "NTK.empirical."
             ) from error
