@@ -264,25 +264,78 @@ TNTK_HD void cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Tea
   }
 }
 
+// The expectations of one activation kind, as a functor for cnn_activation_rows.
+template <typename T>
+struct AbReluExpectations {
+  T a, b;
+  TNTK_HD void operator()(T q11, T q22, T q12, T& e_phi, T& e_dphi) const {
+    abrelu_expectations(a, b, q11, q22, q12, e_phi, e_dphi);
+  }
+};
+
+template <typename T>
+struct ErfExpectations {
+  TNTK_HD void operator()(T q11, T q22, T q12, T& e_phi, T& e_dphi) const {
+    erf_expectations(q11, q22, q12, e_phi, e_dphi);
+  }
+};
+
+template <typename T>
+struct LayerExpectations {
+  const HiddenLayer<T>& layer;
+  const GaussHermite<T>& gh;
+  TNTK_HD void operator()(T q11, T q22, T q12, T& e_phi, T& e_dphi) const {
+    layer_expectations(layer, gh, q11, q22, q12, e_phi, e_dphi);
+  }
+};
+
+// ACTIVATION by plane rows for a team of one thread (the CPU path): the kind is chosen
+// once per layer, so that the closed forms' inner loop over a row's columns is one
+// branch-free body the compiler can vectorize.
+template <typename T, typename Expect>
+TNTK_HD void cnn_activation_rows(bool full, int64_t P, const T* var1, const T* var2, T* sigma,
+                                 T* theta, const Expect& expect) {
+  if (!full) {
+    for (int64_t c = 0; c < P; ++c) {
+      T e_phi, e_dphi;
+      expect(var1[c], var2[c], sigma[c], e_phi, e_dphi);
+      sigma[c] = e_phi;
+      theta[c] = e_dphi * theta[c];
+    }
+    return;
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    T* s_row = sigma + p * P;
+    T* t_row = theta + p * P;
+    const T v1 = var1[p];
+    for (int64_t c = 0; c < P; ++c) {
+      T e_phi, e_dphi;
+      expect(v1, var2[c], s_row[c], e_phi, e_dphi);
+      s_row[c] = e_phi;
+      t_row[c] = e_dphi * t_row[c];
+    }
+  }
+}
+
 // ACTIVATION, in place; var1 [P] and var2 [P] are the variances of x and x'.
 template <typename T, typename Team>
 TNTK_HD void cnn_activation(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                             const T* var1, const T* var2, T* sigma, T* theta) {
   const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
-  if (team.step() == 1) {  // one thread: by rows, without a division per entry
-    const int64_t rows = prog.full ? P : 1;
-    for (int64_t p = 0; p < rows; ++p) {
-      T* s_row = sigma + p * (prog.full ? P : 0);
-      T* t_row = theta + p * (prog.full ? P : 0);
-      for (int64_t c = 0; c < P; ++c) {
-        T e_phi, e_dphi;
-        layer_expectations(L.act, prog.gh, var1[prog.full ? p : c], var2[c], s_row[c], e_phi,
-                           e_dphi);
-        s_row[c] = e_phi;
-        t_row[c] = e_dphi * t_row[c];
-      }
+  if (team.step() == 1) {
+    switch (L.act.kind) {
+      case kAbRelu:
+        cnn_activation_rows(prog.full, P, var1, var2, sigma, theta,
+                            AbReluExpectations<T>{L.act.slope_neg, L.act.slope_pos});
+        return;
+      case kErfClosed:
+        cnn_activation_rows(prog.full, P, var1, var2, sigma, theta, ErfExpectations<T>{});
+        return;
+      default:
+        cnn_activation_rows(prog.full, P, var1, var2, sigma, theta,
+                            LayerExpectations<T>{L.act, prog.gh});
+        return;
     }
-    return;
   }
   const int64_t n = cnn_plane_size(prog.full, P);
   for (int64_t e = team.begin(); e < n; e += team.step()) {
