@@ -167,9 +167,17 @@ COLUMNS = [
 ]
 
 
-def render_table(payload: dict) -> str:
-    """The markdown table of a payload of this benchmark (docs/benchmarks.md)."""
-    return markdown_table(payload["rows"], COLUMNS)
+def render_cnn_structured(payload: dict) -> str:
+    """The markdown table of a payload of this benchmark and its machine line
+    (docs/benchmarks.md)."""
+    m = payload["machine"]
+    flags = ", ".join(k for k, v in m.get("cpu_flags", {}).items() if v)
+    return "\n".join([
+        markdown_table(payload["rows"], COLUMNS), "",
+        f"{m.get('cpu_model', '?')} ({flags}), {m['cpu_count']} cores, {m['torch_threads']} "
+        f"threads, torch {m['torch']}, {m['date'][:16].replace('T', ' ')} UTC; medians of "
+        f"{payload.get('repeats', '?')} interleaved rounds after a warm-up; run "
+        f"{payload['wall_s']:.0f} s."])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,12 +199,12 @@ def main(argv=None, *, default_dir: str | None = None,
     t0 = time.perf_counter()
     rows = [run_case(case, args.repeats, args.device) for case in CASES[args.quick]]
     payload = {"benchmark": "cnn_structured", "machine": machine_info(args.device),
-               "quick": args.quick, "rows": rows, "wall_s": round(time.perf_counter() - t0, 1),
+               "quick": args.quick, "repeats": args.repeats, "rows": rows, "wall_s": round(time.perf_counter() - t0, 1),
                "command": " ".join([prog, *argv])}
     out = args.out or os.path.join(default_dir or results_dir(),
                                    f"cnn_structured_{args.device}.json")
     write_json(out, payload)
-    print(render_table(payload))
+    print(render_cnn_structured(payload))
     print(f"\nJSON: {out}")
     return payload
 
