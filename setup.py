@@ -46,7 +46,7 @@ def _want_cuda() -> bool:
 def get_extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp"]
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     extra_link = ["-fopenmp"]
     define_macros = []
     if _want_cuda():

@@ -13,7 +13,7 @@
         it in tiles over the ranks, resumable (torch_ntk.kernel_command).
     torch-ntk quickstart
         The infinite-width kernels against averages of random networks, printed.
-    torch-ntk bench [analytic|empirical|tracker|cnn|all] [--device cpu|cuda] [--quick] [--out DIR]
+    torch-ntk bench [analytic|empirical|tracker|cnn|cnn_structured|all] [--device cpu|cuda] [--quick] [--out DIR]
         The benchmark suites (torch_ntk.bench): the fused ops against their baselines in
         the same process; writes DIR/<suite>_<device>.json and prints markdown tables.
 
@@ -116,7 +116,7 @@ def _experiment_options(default_out: str) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``torch-ntk`` command."""
     from . import __version__, quickstart
-    from .bench import HELP as BENCH_HELP
+    from .bench import HELP as BENCH_HELP, SUITES as BENCH_SUITES
     from .experiments import REPRODUCE_HELP, demo as demo_module
     from .kernel_command import add_kernel_command
 
@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", parents=[common], help="run the benchmark suites (JSON and markdown tables)",
         description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("suite", nargs="?", default="all", metavar="SUITE",
-                       choices=["analytic", "empirical", "tracker", "cnn", "all"],
-                       help="analytic, empirical, tracker, cnn or all (default all)")
+                       choices=[*BENCH_SUITES, "all"],
+                       help=f"{', '.join(BENCH_SUITES)} or all (default all)")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                        help="cpu (default) or cuda")
     bench.add_argument("--quick", action="store_true", help="small cases (a smoke run)")

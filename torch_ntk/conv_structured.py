@@ -30,11 +30,13 @@ __all__ = ["ORDERS", "ConvFactors", "ConvStructuredPlan", "choose_order", "contr
 ORDERS = ("gradients", "grams")
 
 
-def symmetric_gram(a: Tensor, tiles: int = 6) -> Tensor:
-    """a aᵀ for a [..., M, K], exactly symmetric, from the tiles on and above the diagonal
-    (about (t + 1)/(2t) of the products for t tiles per side)."""
+def symmetric_gram(a: Tensor, tiles: int = 6, min_tile: int = 512) -> Tensor:
+    """a aᵀ for a [..., M, K], exactly symmetric. With M ≥ 2·min_tile, from the tiles on and
+    above the diagonal (about (t + 1)/(2t) of the products for t tiles per side); smaller
+    M in one product (tiles of a few rows against a long K run far below a GEMM's rate:
+    measured 4× slower at M = 256, K = 147,584 in ``torch-ntk bench cnn_structured``)."""
     m = a.shape[-2]
-    t = max(1, min(tiles, m // 64))
+    t = max(1, min(tiles, m // min_tile))
     bounds = [m * i // t for i in range(t + 1)]
     out = a.new_empty((*a.shape[:-2], m, m))
     for i in range(t):
@@ -46,16 +48,25 @@ def symmetric_gram(a: Tensor, tiles: int = 6) -> Tensor:
                 out[..., rows, cols] = block
                 out[..., cols, rows] = block.transpose(-1, -2)
             else:  # a diagonal tile rounds asymmetrically: mirror its upper triangle
-                out[..., rows, cols] = torch.triu(block) + torch.triu(block, 1).transpose(-1, -2)
+                upper = torch.triu(block)
+                out[..., rows, cols] = upper.add_(torch.triu(block, 1).transpose(-1, -2))
     return out
 
 
-def contract(j1: Tensor, j2: Optional[Tensor], mode: str) -> Tensor:
-    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p].
+def contract(j1, j2, mode: str) -> Tensor:
+    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p],
+    or a list of such parts (concatenated along p: their contractions add).
 
     j2 None means j2 = j1: the result is then exactly symmetric and about half the
     products are computed (:func:`symmetric_gram`).
     """
+    if isinstance(j1, (list, tuple)):
+        parts = [contract(a, None if j2 is None else b, mode)
+                 for a, b in zip(j1, j1 if j2 is None else j2)]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
     n1, nl, p = j1.shape
     if j2 is None:
         if mode == "trace":
@@ -75,9 +86,9 @@ def contract(j1: Tensor, j2: Optional[Tensor], mode: str) -> Tensor:
 class ConvFactors:
     """One conv layer's factors for a chunk of samples, in the layer's contraction order.
 
-    ``order == "gradients"``: ``jac`` [N, n_L, C_out·(C_in|Q| + 1)], per output channel the
-    per-sample gradient √c_w·Σ_p δ_p ⊗ π_p then √c_b·Σ_p δ_p (the last column only when
-    c_b ≠ 0, the rest only when c_w ≠ 0).
+    ``order == "gradients"``: ``jac``, a list of the per-sample gradients
+    √c_w·Σ_p δ_p ⊗ π_p [N, n_L, C_out·C_in|Q|] (when c_w ≠ 0) and √c_b·Σ_p δ_p
+    [N, n_L, C_out] (when c_b ≠ 0), whose contractions add.
     ``order == "grams"``: ``patches`` [N, P, C_in|Q|], ``cot`` [N, n_L, C_out, P] and
     ``bias`` [N, n_L, C_out] (Σ_p δ_p), with the coefficients ``cw``, ``cb``.
     """
@@ -90,7 +101,8 @@ class ConvFactors:
 
     def __iter__(self):
         """Its tensors (for memory accounting)."""
-        return iter([t for t in (self.jac, self.patches, self.cot, self.bias) if t is not None])
+        return iter([t for t in (*(self.jac or ()), self.patches, self.cot, self.bias)
+                     if t is not None])
 
 
 def channels_of(mode: str, n_out: int) -> int:
@@ -184,15 +196,18 @@ def _pad(layer: Conv, a: Tensor) -> Tensor:
 
 def _patches(layer: Conv, a: Tensor) -> Tensor:
     """π [N, P, C_in·|Q|] (C_in major, as the weight): the padded input's patch at each output
-    position (1-D as height 1), gathered from a strided view of a [N, C_in, ...]."""
-    a = _pad(layer, a)
+    position (1-D as height 1), by im2col (``F.unfold``) — a transposed view, not a copy."""
     k, s, d = layer.kernel_size, layer.stride, layer.dilation
+    if layer.padding_mode == "circular":
+        a, pad = _pad(layer, a), (0,) * layer.dims
+    else:
+        pad = tuple(before for before, _ in layer.padding)
+        if any(before != after for before, after in layer.padding):  # "same" with even k
+            a, pad = _pad(layer, a), (0,) * layer.dims
     if layer.dims == 1:
-        a, k, s, d = a.unsqueeze(2), (1, *k), (1, *s), (1, *d)
-    span = [di * (ki - 1) + 1 for ki, di in zip(k, d)]
-    view = a.unfold(2, span[0], s[0]).unfold(3, span[1], s[1])[..., ::d[0], ::d[1]]
-    n, c, h, w = view.shape[:4]
-    return view.permute(0, 2, 3, 1, 4, 5).reshape(n, h * w, c * k[0] * k[1])
+        a, k, s, d, pad = a.unsqueeze(2), (1, *k), (1, *s), (1, *d), (0, *pad)
+    cols = F.unfold(a, k, dilation=d, padding=pad, stride=s)  # [N, C_in·|Q|, P]
+    return cols.transpose(1, 2)
 
 
 def _conv_input_vjp(layer: Conv, shape: tuple, g: Tensor) -> Tensor:
@@ -370,13 +385,15 @@ class ConvStructuredPlan:
                 continue
             delta = cots[k].flatten(3)  # [N, n_L, C_out, P]
             if order == "gradients":
-                # One bmm gives √c_w Σ_p δ_p ⊗ π_p and √c_b Σ_p δ_p: patches with a column √c_b.
-                parts = [_patches(layer, inputs[k]).mul(cw ** 0.5)] if cw else []
+                # √c_w Σ_p δ_p ⊗ π_p by one bmm (the scale on δ, the smaller factor) and
+                # √c_b Σ_p δ_p; their Grams add.
+                parts = []
+                if cw:
+                    d = delta.reshape(n, nl * delta.shape[2], -1).mul(cw ** 0.5)
+                    parts.append(torch.bmm(d, _patches(layer, inputs[k])).view(n, nl, -1))
                 if cb:
-                    parts.append(delta.new_full((n, delta.shape[3], 1), cb ** 0.5))
-                pat = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-                grads = torch.bmm(delta.reshape(n, nl * delta.shape[2], -1), pat)
-                convs.append(ConvFactors(order, cw, cb, jac=grads.view(n, nl, -1)))
+                    parts.append(delta.sum(-1).mul_(cb ** 0.5).view(n, nl, -1))
+                convs.append(ConvFactors(order, cw, cb, jac=parts))
             else:
                 bias = delta.sum(-1)
                 pat = _patches(layer, inputs[k]) if cw else None  # [N, P, C_in|Q|]

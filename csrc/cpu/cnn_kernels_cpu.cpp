@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "../cnn_spec.h"
+#include "clones.h"
 #include "../math/cnn_recursion.h"
 
 namespace torch_ntk {
@@ -27,6 +28,30 @@ struct SerialTeam {
   void sum2(T&, T&) const {}
 };
 
+// One pair through the whole program (math::cnn_pair on one thread), compiled once per
+// x86-64 level so that the row loops use the CPU's widest vectors.
+TNTK_CPU_CLONES void cnn_pair_float(const math::CnnProgram<float>& prog, const float* x,
+                                    const float* xp, const float* var1, const float* var2,
+                                    float* var_out, float* scratch, float& nngp, float& ntk) {
+  math::cnn_pair(prog, SerialTeam{}, x, xp, var1, var2, var_out, scratch, nngp, ntk);
+}
+TNTK_CPU_CLONES void cnn_pair_double(const math::CnnProgram<double>& prog, const double* x,
+                                     const double* xp, const double* var1, const double* var2,
+                                     double* var_out, double* scratch, double& nngp,
+                                     double& ntk) {
+  math::cnn_pair(prog, SerialTeam{}, x, xp, var1, var2, var_out, scratch, nngp, ntk);
+}
+inline void cnn_pair_cpu(const math::CnnProgram<float>& prog, const float* x, const float* xp,
+                         const float* var1, const float* var2, float* var_out, float* scratch,
+                         float& nngp, float& ntk) {
+  cnn_pair_float(prog, x, xp, var1, var2, var_out, scratch, nngp, ntk);
+}
+inline void cnn_pair_cpu(const math::CnnProgram<double>& prog, const double* x,
+                         const double* xp, const double* var1, const double* var2,
+                         double* var_out, double* scratch, double& nngp, double& ntk) {
+  cnn_pair_double(prog, x, xp, var1, var2, var_out, scratch, nngp, ntk);
+}
+
 // The CPU backend of cnn_kernels_op (csrc/cnn_spec.h).
 struct CpuCnn {
   template <typename T>
@@ -35,7 +60,6 @@ struct CpuCnn {
     prog.layers = p.layers.data();
     prog.gh = {p.gh_nodes.template data_ptr<T>(), p.gh_weights.template data_ptr<T>(),
                static_cast<int>(p.gh_nodes.numel())};
-    const SerialTeam team;
     const int64_t dim = p.x1.size(1);
     const int64_t var_len = prog.var_len;
     const int64_t scratch_len = 4 * prog.plane;
@@ -48,8 +72,8 @@ struct CpuCnn {
         for (int64_t s = begin; s < end; ++s) {
           T* row = v + s * var_len;
           T unused_nngp, unused_ntk;
-          math::cnn_pair(prog, team, xs + s * dim, xs + s * dim, row, row, row, scratch.data(),
-                         unused_nngp, unused_ntk);
+          cnn_pair_cpu(prog, xs + s * dim, xs + s * dim, row, row, row, scratch.data(),
+                       unused_nngp, unused_ntk);
         }
       });
     };
@@ -78,8 +102,8 @@ struct CpuCnn {
       }
       for (int64_t k = begin; k < end; ++k) {
         T s, t;
-        math::cnn_pair(prog, team, x1 + i * dim, x2 + j * dim, var1 + i * var_len,
-                       var2 + j * var_len, static_cast<T*>(nullptr), scratch.data(), s, t);
+        cnn_pair_cpu(prog, x1 + i * dim, x2 + j * dim, var1 + i * var_len, var2 + j * var_len,
+                     static_cast<T*>(nullptr), scratch.data(), s, t);
         if (out_nngp != nullptr) {
           out_nngp[i * n2 + j] = s;
           if (symmetric) out_nngp[j * n2 + i] = s;

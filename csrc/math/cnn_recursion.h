@@ -252,15 +252,155 @@ TNTK_HD void cnn_conv_rows(const CnnProgram<T>& prog, const CnnLayer<T>& L, cons
   }
 }
 
-// CONV (and DENSE): out = the layer applied to the planes in (cnn_conv_rows for a team
-// of one thread, cnn_conv_entries otherwise).
+// CONV on full planes by separable taps, for a team of one thread (the CPU path). The sum
+// over taps (qh, qw) of A factors, as padding and strides act on rows and columns apart:
+//   W step:  Tmp_{(r,b),(r2,b2)} = sum_qw M_{(r, s(b,qw)), (r2, s(b2,qw))}
+//            over every input row pair (r, r2) and output column pair (b, b2);
+//   H step:  out_{(a,b),(a2,b2)} = sum_qh Tmp_{(r(a,qh), b), (r(a2,qh), b2)}
+// (kh + kw adds per entry instead of kh kw). Tmp, a [h_in w_out]^2 plane, is written into
+// tmp_*, and the result into out_* (which may be the input planes: the H step reads Tmp
+// only). For stride 1 and zero padding the H step's inner loop runs over whole contiguous
+// blocks of rows a2 of the output row.
+template <typename T>
+TNTK_HD void cnn_conv_separable(const CnnLayer<T>& L, const T* sigma_in, const T* theta_in,
+                                T* tmp_s, T* tmp_t, T* sigma_out, T* theta_out) {
+  const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
+  const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
+  const int64_t tmp_row = static_cast<int64_t>(L.h_in) * L.w_out;
+  int lo_w[64], hi_w[64];  // per tap qw (kw <= 64 is checked by the caller)
+  for (int qw = 0; qw < L.kw; ++qw) {
+    cnn_tap_range(qw, L.sw, L.dw, L.pw, L.w_in, L.w_out, L.circular, lo_w[qw], hi_w[qw]);
+  }
+  for (int r = 0; r < L.h_in; ++r) {
+    for (int b = 0; b < L.w_out; ++b) {
+      T* ts = tmp_s + (static_cast<int64_t>(r) * L.w_out + b) * tmp_row;
+      T* tt = tmp_t + (static_cast<int64_t>(r) * L.w_out + b) * tmp_row;
+      for (int64_t e = 0; e < tmp_row; ++e) ts[e] = tt[e] = T(0);
+      for (int qw = 0; qw < L.kw; ++qw) {
+        const int s = cnn_source(b, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
+        if (s < 0) continue;
+        const int64_t row = (static_cast<int64_t>(r) * L.w_in + s) * p_in;
+        for (int r2 = 0; r2 < L.h_in; ++r2) {
+          cnn_add_row(L, qw, lo_w[qw], hi_w[qw], sigma_in + row + static_cast<int64_t>(r2) * L.w_in,
+                      theta_in + row + static_cast<int64_t>(r2) * L.w_in,
+                      ts + static_cast<int64_t>(r2) * L.w_out, tt + static_cast<int64_t>(r2) * L.w_out);
+        }
+      }
+    }
+  }
+  const T inv_taps = T(1) / T(L.kh * L.kw);
+  const bool contiguous = L.sh == 1 && !L.circular;
+  for (int a = 0; a < L.h_out; ++a) {
+    for (int b = 0; b < L.w_out; ++b) {
+      T* out_s = sigma_out + (static_cast<int64_t>(a) * L.w_out + b) * p_out;
+      T* out_t = theta_out + (static_cast<int64_t>(a) * L.w_out + b) * p_out;
+      for (int64_t e = 0; e < p_out; ++e) out_s[e] = out_t[e] = T(0);
+      for (int qh = 0; qh < L.kh; ++qh) {
+        const int r = cnn_source(a, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+        if (r < 0) continue;
+        const T* ts = tmp_s + (static_cast<int64_t>(r) * L.w_out + b) * tmp_row;
+        const T* tt = tmp_t + (static_cast<int64_t>(r) * L.w_out + b) * tmp_row;
+        if (contiguous) {
+          int lo, hi;
+          cnn_tap_range(qh, 1, L.dh, L.ph, L.h_in, L.h_out, 0, lo, hi);
+          const int64_t off = static_cast<int64_t>(qh * L.dh - L.ph) * L.w_out;
+          const int64_t end = static_cast<int64_t>(hi) * L.w_out;
+          for (int64_t e = static_cast<int64_t>(lo) * L.w_out; e < end; ++e) {
+            out_s[e] += ts[e + off];
+            out_t[e] += tt[e + off];
+          }
+        } else {
+          for (int a2 = 0; a2 < L.h_out; ++a2) {
+            const int r2 = cnn_source(a2, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+            if (r2 < 0) continue;
+            const T* src_s = ts + static_cast<int64_t>(r2) * L.w_out;
+            const T* src_t = tt + static_cast<int64_t>(r2) * L.w_out;
+            T* dst_s = out_s + static_cast<int64_t>(a2) * L.w_out;
+            T* dst_t = out_t + static_cast<int64_t>(a2) * L.w_out;
+            for (int b2 = 0; b2 < L.w_out; ++b2) {
+              dst_s[b2] += src_s[b2];
+              dst_t[b2] += src_t[b2];
+            }
+          }
+        }
+      }
+      for (int64_t e = 0; e < p_out; ++e) {
+        cnn_conv_finish(L.act, inv_taps, out_s[e], out_t[e], out_s[e], out_t[e]);
+      }
+    }
+  }
+}
+
+// CONV (and DENSE): the layer applied to the planes (sigma, theta). Returns true when the
+// result is in (sigma_next, theta_next), false when it was written back into (sigma,
+// theta): cnn_conv_separable (full planes on one thread, when its temporary plane fits
+// the scratch), cnn_conv_rows (other planes on one thread) or cnn_conv_entries (a team).
 template <typename T, typename Team>
-TNTK_HD void cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
-                      const T* sigma_in, const T* theta_in, T* sigma_out, T* theta_out) {
-  if (team.step() == 1) {
-    cnn_conv_rows(prog, L, sigma_in, theta_in, sigma_out, theta_out);
-  } else {
-    cnn_conv_entries(prog, L, team, sigma_in, theta_in, sigma_out, theta_out);
+TNTK_HD bool cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
+                      T* sigma, T* theta, T* sigma_next, T* theta_next) {
+  if (team.step() != 1) {
+    cnn_conv_entries(prog, L, team, sigma, theta, sigma_next, theta_next);
+    return true;
+  }
+  const int64_t tmp_side = static_cast<int64_t>(L.h_in) * L.w_out;
+  if (prog.full && L.kw <= 64 && L.kh * L.kw > 1 && tmp_side * tmp_side <= prog.plane) {
+    cnn_conv_separable(L, sigma, theta, sigma_next, theta_next, sigma, theta);
+    return false;
+  }
+  cnn_conv_rows(prog, L, sigma, theta, sigma_next, theta_next);
+  return true;
+}
+
+// The expectations of one activation kind, as a functor for cnn_activation_rows.
+template <typename T>
+struct AbReluExpectations {
+  T a, b;
+  TNTK_HD void operator()(T q11, T q22, T q12, T& e_phi, T& e_dphi) const {
+    abrelu_expectations(a, b, q11, q22, q12, e_phi, e_dphi);
+  }
+};
+
+template <typename T>
+struct ErfExpectations {
+  TNTK_HD void operator()(T q11, T q22, T q12, T& e_phi, T& e_dphi) const {
+    erf_expectations(q11, q22, q12, e_phi, e_dphi);
+  }
+};
+
+template <typename T>
+struct LayerExpectations {
+  const HiddenLayer<T>& layer;
+  const GaussHermite<T>& gh;
+  TNTK_HD void operator()(T q11, T q22, T q12, T& e_phi, T& e_dphi) const {
+    layer_expectations(layer, gh, q11, q22, q12, e_phi, e_dphi);
+  }
+};
+
+// ACTIVATION by plane rows for a team of one thread (the CPU path): the kind is chosen
+// once per layer, so that the closed forms' inner loop over a row's columns is one
+// branch-free body the compiler can vectorize.
+template <typename T, typename Expect>
+TNTK_HD void cnn_activation_rows(bool full, int64_t P, const T* var1, const T* var2, T* sigma,
+                                 T* theta, const Expect& expect) {
+  if (!full) {
+    for (int64_t c = 0; c < P; ++c) {
+      T e_phi, e_dphi;
+      expect(var1[c], var2[c], sigma[c], e_phi, e_dphi);
+      sigma[c] = e_phi;
+      theta[c] = e_dphi * theta[c];
+    }
+    return;
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    T* s_row = sigma + p * P;
+    T* t_row = theta + p * P;
+    const T v1 = var1[p];
+    for (int64_t c = 0; c < P; ++c) {
+      T e_phi, e_dphi;
+      expect(v1, var2[c], s_row[c], e_phi, e_dphi);
+      s_row[c] = e_phi;
+      t_row[c] = e_dphi * t_row[c];
+    }
   }
 }
 
@@ -269,20 +409,20 @@ template <typename T, typename Team>
 TNTK_HD void cnn_activation(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                             const T* var1, const T* var2, T* sigma, T* theta) {
   const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
-  if (team.step() == 1) {  // one thread: by rows, without a division per entry
-    const int64_t rows = prog.full ? P : 1;
-    for (int64_t p = 0; p < rows; ++p) {
-      T* s_row = sigma + p * (prog.full ? P : 0);
-      T* t_row = theta + p * (prog.full ? P : 0);
-      for (int64_t c = 0; c < P; ++c) {
-        T e_phi, e_dphi;
-        layer_expectations(L.act, prog.gh, var1[prog.full ? p : c], var2[c], s_row[c], e_phi,
-                           e_dphi);
-        s_row[c] = e_phi;
-        t_row[c] = e_dphi * t_row[c];
-      }
+  if (team.step() == 1) {
+    switch (L.act.kind) {
+      case kAbRelu:
+        cnn_activation_rows(prog.full, P, var1, var2, sigma, theta,
+                            AbReluExpectations<T>{L.act.slope_neg, L.act.slope_pos});
+        return;
+      case kErfClosed:
+        cnn_activation_rows(prog.full, P, var1, var2, sigma, theta, ErfExpectations<T>{});
+        return;
+      default:
+        cnn_activation_rows(prog.full, P, var1, var2, sigma, theta,
+                            LayerExpectations<T>{L.act, prog.gh});
+        return;
     }
-    return;
   }
   const int64_t n = cnn_plane_size(prog.full, P);
   for (int64_t e = team.begin(); e < n; e += team.step()) {
@@ -386,7 +526,7 @@ TNTK_HD void cnn_pair(const CnnProgram<T>& prog, const Team& team, const T* x, c
     switch (L.code) {
       case kCnnConv:
       case kCnnDense:
-        cnn_conv(prog, L, team, sigma, theta, sigma_next, theta_next);
+        swap = cnn_conv(prog, L, team, sigma, theta, sigma_next, theta_next);
         break;
       case kCnnActivation:
         if (var_out != nullptr) {

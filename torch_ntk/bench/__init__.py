@@ -9,13 +9,15 @@ markdown table.
   TF32/bf16 modes with their error against float64;
 - :mod:`torch_ntk.bench.tracker` — KernelDriftTracker's cost against a training step;
 - :mod:`torch_ntk.bench.cnn` — the fused infinite-width CNN kernel op against the eager
-  plain-torch recursion, and its FLOP/s against a float32 matmul.
+  plain-torch recursion, and its FLOP/s against a float32 matmul;
+- :mod:`torch_ntk.bench.cnn_structured` — the structured finite-width CNN NTK against
+  torch.func's vmap(jacrev), ``method="jacobian"`` and the Gram GEMMs alone.
 
 Timings are medians after warm-up (CUDA events on a GPU); ratios against baselines run
 in the same process are the claim, never an assertion in a test.
 """
 
-SUITES = ("analytic", "empirical", "tracker", "cnn")
+SUITES = ("analytic", "empirical", "tracker", "cnn", "cnn_structured")
 
 # The help of ``torch-ntk bench``.
 HELP = """\
@@ -29,6 +31,8 @@ Run the benchmark suites of torch_ntk.bench (the same code as benchmarks/*.py):
   tracker    KernelDriftTracker's cost against a training step
   cnn        the fused infinite-width CNN kernel op (CNTK-GAP, CNTK-Flatten) against
              the eager plain-torch recursion; its FLOP/s against a float32 matmul
+  cnn_structured  the structured finite-width CNN NTK against vmap(jacrev), the
+             Jacobian method and the Gram GEMMs alone (CPU)
 
 Each suite writes OUT/<suite>_<device>.json and prints its markdown table; times are
 medians after warm-up (CUDA events on a GPU). --quick runs small cases (seconds to a

@@ -39,7 +39,7 @@ from torch_ntk.cnn_analytic import cnn_kernels as eager_cnn_kernels
 from torch_ntk.nn import NTKConv2d, NTKLinear
 
 from .common import (
-    elapsed, machine_info, markdown_table, matmul_rate, parse_suite_args, results_dir,
+    elapsed, load_average, machine_info, markdown_table, matmul_rate, parse_suite_args, results_dir,
     summary, write_json,
 )
 
@@ -171,6 +171,21 @@ COLUMNS = [
 ]
 
 
+def render_cnn(payload: dict) -> str:
+    """The markdown table of a payload of this benchmark and the line of its machine and
+    matmul reference (docs/benchmarks.md)."""
+    m = payload["machine"]
+    flags = ", ".join(k for k, v in m.get("cpu_flags", {}).items() if v)
+    mm = payload["matmul"]
+    return "\n".join([
+        markdown_table(payload["rows"], COLUMNS), "",
+        f"{m.get('cpu_model', '?')} ({flags}), {m['cpu_count']} cores, {m['torch_threads']} "
+        f"threads, torch {m['torch']}, {m['date'][:16].replace('T', ' ')} UTC; load average "
+        f"{payload.get('load_before', float('nan')):.1f} before, "
+        f"{payload.get('load_after', float('nan')):.1f} after; float32 {mm['n']}³ matmul "
+        f"beside it: {mm['flops'] / 1e9:.0f} GFLOP/s; run {payload['wall_s']:.0f} s."])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,6 +202,7 @@ def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m to
     parser = build_parser()
     args, argv = parse_suite_args(parser, argv, prog)
     t0 = time.perf_counter()
+    load_before = load_average()
     mm_n = 512 if args.quick else (8192 if args.device == "cuda" else 2048)
     matmul = matmul_rate(mm_n, args.device)
     print({"matmul": matmul}, flush=True)
@@ -196,10 +212,11 @@ def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m to
     payload = {"benchmark": "cnn", "machine": machine_info(args.device), "quick": args.quick,
                "matmul": matmul, "flop_count": recursion_flops.__doc__.strip(),
                "rows": rows, "wall_s": round(time.perf_counter() - t0, 1),
+               "load_before": load_before, "load_after": load_average(),
                "command": " ".join([prog, *argv])}
     out = args.out or os.path.join(default_dir or results_dir(), f"cnn_{args.device}.json")
     write_json(out, payload)
-    print(markdown_table(rows, COLUMNS))
+    print(render_cnn(payload))
     print(f"\nJSON: {out}")
     return payload
 
