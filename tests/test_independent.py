@@ -229,3 +229,25 @@ def test_monte_carlo_of_wide_networks_within_standard_errors(name, param, kind):
     assert _z_scores(mc, *_mc_kernels(name, param, kind, x1, x2)) <= Z_MAX
     for what in ("no_bias", "sigma_w"):
         assert _z_scores(mc, *_mc_kernels(name, param, kind, x1, x2, what)) > Z_MAX, what
+
+
+# ---------------------------------------------------------------------------------------
+# random architectures (hypothesis)
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(name=st.sampled_from(sorted(ind.CLOSED_FORMS)), kind=st.sampled_from(["ntk", "standard", "torch"]),
+       widths=st.lists(st.integers(1, 70), min_size=2, max_size=6), bias=st.booleans(),
+       weight_std=st.floats(0.3, 2.0), bias_std=st.floats(0.0, 1.0), n1=st.integers(1, 4),
+       n2=st.one_of(st.none(), st.integers(1, 3)), seed=st.integers(0, 2**16))
+def test_random_architectures_match_the_independent_recursion(name, kind, widths, bias, weight_std,
+                                                              bias_std, n1, n2, seed):
+    x1 = _points(n1, d=widths[0], seed=seed)
+    x2 = None if n2 is None else _points(n2, d=widths[0], seed=seed + 1)
+    model = _model(widths, name, None, kind, bias, weight_std, bias_std)
+    net = _oracle(widths, name, None, kind, bias, weight_std, bias_std, closed_form=True)
+    k = tn.analytic_kernels(model, torch.tensor(x1), None if x2 is None else torch.tensor(x2))
+    nngp, ntk = ind.kernels(net, x1, x2)
+    assert ind.rel_err(k.nngp.numpy(), nngp) <= CLOSED and ind.rel_err(k.ntk.numpy(), ntk) <= CLOSED
