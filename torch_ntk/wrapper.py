@@ -180,7 +180,16 @@ class NTK(nn.Module):
 
         Returns a new :class:`Linearized` module holding its own copy of the model;
         training it never changes this model (and vice versa).
+
+        Raises:
+            ValueError: every parameter is frozen (requires_grad=False): the linearization
+                would be the constant f(x; θ0), with nothing to train.
         """
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError(
+                "NTK.linearize: every parameter of the model has requires_grad=False, so the "
+                "linearized model would have nothing to train; unfreeze the parameters to "
+                "linearize around (p.requires_grad_(True))")
         return Linearized(self.model)
 
     def tracker(self, probe_x: Tensor, probe_y: Optional[Tensor] = None, **kwargs: Any):
