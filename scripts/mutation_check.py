@@ -145,17 +145,22 @@ def _copy_tree(dest: str) -> None:
             shutil.copy2(src, os.path.join(dest, rel))
 
 
-def _apply(tree: str, fault: Fault, undo: bool = False) -> None:
+def _apply(tree: str, fault: Fault) -> str:
+    """Put the fault into the copy; returns the file's original text (for _restore)."""
     path = os.path.join(tree, fault.path)
     with open(path) as f:
         text = f.read()
-    old, new = (fault.new, fault.old) if undo else (fault.old, fault.new)
-    if text.count(old) != 1:
-        raise SystemExit(f"fault {fault.name}: the text to replace occurs {text.count(old)} "
-                         f"times in {fault.path} (needs exactly 1); update the fault")
+    if text.count(fault.old) != 1:
+        raise SystemExit(f"fault {fault.name}: the text to replace occurs "
+                         f"{text.count(fault.old)} times in {fault.path} (needs exactly 1)")
     with open(path, "w") as f:
-        f.write(text.replace(old, new))
-    os.utime(path)  # ninja compares times
+        f.write(text.replace(fault.old, fault.new))
+    return text
+
+
+def _restore(tree: str, fault: Fault, text: str) -> None:
+    with open(os.path.join(tree, fault.path), "w") as f:
+        f.write(text)  # a new mtime: ninja rebuilds it before the next C++ fault
 
 
 def _build(tree: str, log) -> tuple[bool, float]:
@@ -198,7 +203,7 @@ def run(faults, timeout: float, log_path: str) -> dict:
         _copy_tree(tree)
         for fault in python + cpp:
             log.write(f"\n===== {fault.name}\n")
-            _apply(tree, fault)
+            original = _apply(tree, fault)
             row = {**asdict(fault), "language": "C++" if fault.cpp else "Python"}
             try:
                 if fault.cpp:
@@ -210,7 +215,7 @@ def run(faults, timeout: float, log_path: str) -> dict:
                         continue
                 row.update(_run_tests(tree, fault, timeout, log))
             finally:
-                _apply(tree, fault, undo=True)
+                _restore(tree, fault, original)
             results.append(row)
             print(f"{fault.name:32s} {row['status']:10s} {row.get('killed_by') or ''}",
                   flush=True)
