@@ -1,6 +1,6 @@
 """Monte-Carlo kernels and the random-features view (torch_ntk.monte_carlo).
 
-Three oracle tiers (STYLE §13):
+Three oracle tiers:
 - exact: the estimator against tests/oracles.py's torch.func Monte Carlo with the
   same seeds, Welford moments against a two-pass mean/std, random-feature Grams
   against empirical_ntk, structured path against torch.func path (float64, 1e-10);

@@ -137,7 +137,7 @@ class NTK(nn.Module):
 
     def limit(self, x1: Tensor, x2: Optional[Tensor] = None,
               get: Union[str, Sequence[str]] = ("nngp", "ntk"), **kwargs: Any) -> Kernels:
-        """The infinite-width kernels of this architecture (NTK_MATH.md §3).
+        """The infinite-width kernels of this architecture (Jacot et al. Thm 1).
 
         Args:
             x1: [N1, n_0] float32/float64 (any [N1, ...] if the model starts with Flatten).
@@ -248,7 +248,7 @@ class Linearized(nn.Module):
     computed in one ``torch.func.jvp`` per call (one forward pass with forward-mode
     tangents; no Jacobian is formed). Gradients flow to θ through the tangent, so the
     module trains with any optimizer; the loss landscape in θ is exactly quadratic for
-    squared error (NTK_MATH.md §4: a linear model with kernel Θ at θ0). It composes
+    squared error (Jacot et al. §5: a linear model with kernel Θ at θ0). It composes
     with torch.func, so ``empirical_ntk(lin, x)`` works — and equals the network's
     NTK at θ0 whatever θ is. When a module in training mode owns buffers (batch norm
     updating its running statistics), the same jvp runs through
