@@ -219,3 +219,30 @@ def test_devices_against_cpu_float64(device, dtype, name, param, symmetric):
     assert rel_err(k.ntk, ntk) <= tol and rel_err(k.nngp, nngp) <= tol
     if symmetric:
         assert torch.equal(k.ntk, k.ntk.T)
+
+
+# Bad-input fuzzing: any batch either gives finite kernels or a ValueError/TypeError that
+# names the argument; never NaN, never another exception.
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(n1=st.integers(0, 4), n2=st.one_of(st.none(), st.integers(0, 3)),
+       d1=st.integers(4, 6), d2=st.integers(4, 6),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.int64, torch.float16]),
+       bad=st.sampled_from([None, float("nan"), float("inf")]), where=st.sampled_from(["x1", "x2"]))
+def test_fuzzed_inputs_give_finite_kernels_or_errors_naming_the_argument(n1, n2, d1, d2, dtype,
+                                                                         bad, where):
+    spec = tn.mlp_spec([5, 8, 1], "tanh")
+    x1 = torch.randn(n1, d1, dtype=torch.float64).to(dtype)
+    x2 = None if n2 is None else torch.randn(n2, d2, dtype=torch.float64).to(dtype)
+    target = x1 if where == "x1" or x2 is None else x2
+    if bad is not None and target.numel() and target.is_floating_point():
+        target.view(-1)[0] = bad
+    try:
+        k = tn.analytic_kernels(spec, x1, x2)
+    except (ValueError, TypeError) as error:
+        assert "analytic_kernels: x1" in str(error) or "analytic_kernels: x2" in str(error)
+        return
+    assert torch.isfinite(k.ntk).all() and torch.isfinite(k.nngp).all()
+    assert k.ntk.shape == (n1, n1 if n2 is None else n2)
