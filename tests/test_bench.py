@@ -106,11 +106,9 @@ def test_precision_rows_error_against_float64(kernel_run, precision):
     _, result, rows = kernel_run
     variants = [("structured op only", f"x2=None, {precision}"),
                 ("structured op only", f"x2!=x1, {precision}"), ("structured", f"x2=None, {precision}")]
+    assert supported(precision)  # every precision the bench lists is in this torch_ntk's op
     for key in variants:
         row = rows[key]
-        if not supported(precision):
-            assert row["status"] == "unsupported" and "precision" in row["message"]
-            continue
         assert row["status"] == "ok", row
         assert 0 <= row["err_fro"] <= ERROR_BOUND[precision], key
         assert 0 <= row["err_max"] <= 3 * ERROR_BOUND[precision], key
@@ -118,9 +116,8 @@ def test_precision_rows_error_against_float64(kernel_run, precision):
             assert 0 <= row["op_err_fro"] <= ERROR_BOUND[precision], key
         if precision != "highest":
             assert row["speedup_vs_highest"] > 0 and row["precision"] == precision
-    if supported(precision):
-        assert result["summary"][f"{precision}_err_fro"] == rows[variants[0]]["err_fro"]
-    if precision == "bf16" and supported("bf16"):  # rounding to 8 bits shows
+    assert result["summary"][f"{precision}_err_fro"] == rows[variants[0]]["err_fro"]
+    if precision == "bf16":  # rounding to 8 bits shows
         highest = rows[("structured op only", "x2=None, highest")]
         assert rows[variants[0]]["err_fro"] > 10 * highest["err_fro"]
         assert rows[variants[0]]["op_err_fro"] > 10 * highest["op_err_fro"]
@@ -148,9 +145,9 @@ def test_bench_analytic_quick(tmp_path, capsys):
     relu = next(r for r in payload["rows"] if r["activation"] == "relu")
     assert isinstance(relu["fused_s"], float) and isinstance(relu["eager_s"], float)
     assert relu["speedup_vs_eager"] > 0 and relu["max_rel_diff"] <= 1e-4
-    assert isinstance(relu["compiled_s"], float) or relu["compiled_s"].startswith("failed")
-    if isinstance(relu["compiled_s"], float):
-        assert relu["compile_s"] > 0 and relu["speedup_vs_compiled"] > 0
+    # the aot_eager baseline compiles on any machine: a failed baseline is a failed test
+    assert isinstance(relu["compiled_s"], float), relu["compiled_s"]
+    assert relu["compile_s"] > 0 and relu["speedup_vs_compiled"] > 0
     text = capsys.readouterr().out
     assert "| activation |" in text and "analytic_cpu.json" in text
 

@@ -88,11 +88,32 @@ def test_figure2_wide_networks_fall_inside_the_gaussian_band_more_often(tmp_path
     narrow, wide = saved["summary"]["widths"]["10"], saved["summary"]["widths"]["300"]
     assert wide["in_band"] > narrow["in_band"] + 0.1
     assert wide["mean_abs_z"] < narrow["mean_abs_z"]
-    # The band is the Gaussian's: p10 < p50 < p90 with p90 − p50 = 1.2816 std.
-    gp = saved["results"]["gp_t"]
-    p10, p50, p90, std = (np.array(gp[k]) for k in ("p10", "p50", "p90", "std"))
-    assert np.all(p10 <= p50) and np.all(p50 <= p90)
-    np.testing.assert_allclose(p90 - p50, figure2.Z90 * std, atol=1e-12)
+    # The band against the law of gradient flow written out here (Lee et al. 2019, eq. 16;
+    # scipy's expm and solve): with K = Θ(X, X), T = K⁻¹(I − e^{−ηtK/N}), mean Θ(x, X) T y,
+    # cov Σ(x, x) + Θ(x, X) T Σ(X, X) Tᵀ Θ(X, x) − 2 Θ(x, X) T Σ(X, x); p10/p90 its
+    # N(0, 1) 10th/90th percentiles (scipy.stats).
+    from scipy import linalg, stats
+
+    res = saved["results"]
+    spec = mlp_spec([2] + [1] * (config.depth - 1) + [1], "relu", bias_std=config.bias_std)
+    f64 = torch.float64
+    x_train = common.circle(torch.tensor(res["train_angles"], dtype=f64))
+    xs = common.circle(torch.tensor(res["gamma"], dtype=f64))
+    k_tt, k_st = analytic_kernels(spec, x_train), analytic_kernels(spec, xs, x_train)
+    theta, sigma = k_tt.ntk.numpy(), k_tt.nngp.numpy()
+    theta_s, sigma_s = k_st.ntk.numpy(), k_st.nngp.numpy()
+    sigma_ss = np.diag(analytic_kernels(spec, xs, get="nngp").nngp.numpy())
+    n = len(theta)
+    t_op = np.linalg.solve(theta, np.eye(n) - linalg.expm(-config.lr * config.steps * theta / n))
+    a = theta_s @ t_op
+    mean = a @ np.array(res["y_train"])
+    var = sigma_ss + np.einsum("ij,jk,ik->i", a, sigma, a) - 2 * np.einsum("ij,ij->i", a, sigma_s)
+    gp = res["gp_t"]
+    np.testing.assert_allclose(gp["p50"], mean, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gp["std"], np.sqrt(np.maximum(var, 0)), rtol=1e-6, atol=1e-7)
+    for key, q in (("p10", 0.1), ("p90", 0.9)):
+        np.testing.assert_allclose(gp[key], mean + stats.norm.ppf(q) * np.sqrt(np.maximum(var, 0)),
+                                   rtol=1e-6, atol=1e-7)
     assert np.array(saved["results"]["widths"]["300"]["functions"]).shape == (6, 61)
 
 

@@ -1,7 +1,9 @@
-"""Finite-width NTK: structured op vs torch.func Jacobian contraction vs NTK-vector products.
+"""Finite-width NTK: structured op, torch.func Jacobian contraction and NTK-vector products,
+each against tests/oracles.py's explicit per-sample Jacobians (torch.func only, no code
+shared with the package).
 
-Oracle tiers: the three methods agree in float64 to a relative error of 1e-10 (they
-are different algorithms for the same sums); chunked and unchunked runs agree to
+Oracle tiers: every method agrees with the oracle in float64 to a relative error of 1e-10
+(the same sums, another algorithm); chunked and unchunked runs agree to
 rounding (1e-13); x2 = None is exactly symmetric; the wide-network limit (Jacot
 Thm 1) is checked statistically (width, seeds and the tolerance are in the test).
 """
@@ -16,6 +18,8 @@ from torch import nn
 import torch_ntk
 from torch_ntk import NTKLinear, empirical_ntk, ntk_mlp, ops
 from torch_ntk.nn import Erf
+
+from oracles import func_ntk_modes
 
 F64 = torch.float64
 MODES = ("full", "trace", "diagonal")
@@ -85,24 +89,24 @@ CASES = [
 ]
 
 
-def all_methods(model, x1, x2, mode, **kw):
-    return {m: empirical_ntk(model, x1, x2, mode=mode, method=m, **kw) for m in METHODS}
+def assert_matches_oracle(model, x1, x2, modes=MODES, methods=METHODS, tol=TOL, **kw):
+    """Every method in every mode within ``tol`` of the torch.func oracle."""
+    oracle = func_ntk_modes(model, x1, x2)
+    for mode in modes:
+        for method in methods:
+            k = empirical_ntk(model, x1, x2, mode=mode, method=method, **kw)
+            assert k.shape == oracle[mode].shape, (method, mode)
+            assert rel_err(k, oracle[mode]) <= tol, (method, mode, x2 is None)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_methods_agree(case):
+def test_methods_match_the_torch_func_oracle(case):
     kind, act, depth, n_out, bias = case
     model = make_model(kind, act, depth, n_out, bias)
     x1 = torch.randn(6, 5, dtype=F64)
     x2 = torch.randn(4, 5, dtype=F64)
-    for mode in MODES:
-        for second in (x2, None):
-            k = all_methods(model, x1, second, mode)
-            n2 = 6 if second is None else 4
-            expected = {"full": (6, n2, n_out, n_out), "trace": (6, n2), "diagonal": (6, n2, n_out)}
-            assert k["structured"].shape == expected[mode]
-            assert rel_err(k["structured"], k["jacobian"]) <= TOL, (mode, second is None)
-            assert rel_err(k["ntk_vp"], k["jacobian"]) <= TOL, (mode, second is None)
+    for second in (x2, None):
+        assert_matches_oracle(model, x1, second)
 
 
 def test_modes_are_consistent():
@@ -122,10 +126,7 @@ def test_frozen_parameters_drop_out():
     for p in model[2].parameters():  # a whole layer frozen
         p.requires_grad_(False)
     x1, x2 = torch.randn(6, 5, dtype=F64), torch.randn(3, 5, dtype=F64)
-    for mode in MODES:
-        k = all_methods(model, x1, x2, mode)
-        assert rel_err(k["structured"], k["jacobian"]) <= TOL
-        assert rel_err(k["ntk_vp"], k["jacobian"]) <= TOL
+    assert_matches_oracle(model, x1, x2)
     frozen = empirical_ntk(model, x1, x2, mode="trace")
     for p in model.parameters():
         p.requires_grad_(True)
@@ -173,7 +174,7 @@ def test_symmetric_when_x2_is_none(method, mode):
 def test_structured_float32_symmetric_and_accurate():
     model = make_model("ntk", "relu", 3, 3, width=300)
     x = torch.randn(300, 5, dtype=F64)  # several CPU tiles in full mode
-    reference = empirical_ntk(model, x, method="jacobian", mode="trace")
+    reference = func_ntk_modes(model, x)["trace"]
     model32, x32 = model.float(), x.float()
     for mode in MODES:
         k = empirical_ntk(model32, x32, mode=mode)
@@ -192,7 +193,8 @@ def test_flatten_dropout_identity_and_dense_pairs_lift():
     x1, x2 = torch.randn(5, 3, 4, dtype=F64), torch.randn(3, 3, 4, dtype=F64)
     k, info = empirical_ntk(model, x1, x2, return_info=True)
     assert info.method == "structured"
-    assert rel_err(k, empirical_ntk(model, x1, x2, method="jacobian")) <= TOL
+    assert_matches_oracle(model, x1, x2)
+    assert_matches_oracle(model, x1, None, methods=("structured",))
 
 
 def test_auto_reports_its_choice():
@@ -333,6 +335,7 @@ def test_training_dropout_is_evaluated_in_eval_mode():
     x = torch.randn(4, 5, dtype=F64)
     k, info = empirical_ntk(model, x, mode="trace", return_info=True)
     assert info.method == "structured" and model.training and model[2].training
+    assert rel_err(k, func_ntk_modes(model, x)["trace"]) <= TOL  # the oracle evaluates in eval()
     model.eval()
     assert torch.equal(k, empirical_ntk(model, x, mode="trace"))
 
@@ -494,7 +497,7 @@ def test_op_precision_is_the_rounded_formula(precision, mode):
 def test_empirical_ntk_precision():
     model = make_model("ntk", "relu", 3, 2, width=64)
     x1, x2 = torch.randn(40, 5, dtype=F64), torch.randn(25, 5, dtype=F64)
-    exact = empirical_ntk(model, x1, x2, method="jacobian")
+    exact = func_ntk_modes(model, x1, x2)["full"]
     model32 = model.float()
     errors = {}
     for precision in ("highest", "bf16x3", "bf16"):
@@ -585,7 +588,7 @@ def test_cuda_deep_model():
 def test_cuda_empirical_ntk(mode, tmp_path):
     model = make_model("ntk", "gelu", 3, 3, width=40)
     x1, x2 = torch.randn(90, 5, dtype=F64), torch.randn(33, 5, dtype=F64)
-    cpu = empirical_ntk(model, x1, x2, mode=mode)
+    cpu = func_ntk_modes(model, x1, x2)[mode]
     model_gpu = model.cuda()
     k, info = empirical_ntk(model_gpu, x1.cuda(), x2.cuda(), mode=mode, return_info=True)
     assert info.method == "structured" and k.is_cuda
@@ -649,3 +652,27 @@ def test_cuda_opcheck(dtype):
         torch.library.opcheck(
             torch.ops.torch_ntk.structured_ntk.default, (a1, d1, a2 or [], d2 or [], cw, cb, "full")
         )
+
+
+# ---------------------------------------------------------------------------------
+# random architectures (hypothesis): the structured method against the oracle
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["ntk", "standard", "linear"]),
+       act=st.sampled_from(sorted(ACTIVATIONS)), depth=st.integers(1, 4),
+       n_out=st.integers(1, 3), bias=st.booleans(), n0=st.integers(1, 6),
+       width=st.integers(1, 9), n1=st.integers(1, 5), n2=st.one_of(st.none(), st.integers(1, 4)),
+       mode=st.sampled_from(MODES), seed=st.integers(0, 2**16))
+def test_random_architectures_match_the_oracle(kind, act, depth, n_out, bias, n0, width, n1, n2,
+                                               mode, seed):
+    model = make_model(kind, act, depth, n_out, bias, n0=n0, width=width, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(n1, n0, generator=g, dtype=F64)
+    x2 = None if n2 is None else torch.randn(n2, n0, generator=g, dtype=F64)
+    k, info = empirical_ntk(model, x1, x2, mode=mode, return_info=True)
+    assert info.method == "structured"
+    assert rel_err(k, func_ntk_modes(model, x1, x2)[mode]) <= TOL

@@ -1,6 +1,6 @@
 """Monte-Carlo kernels and the random-features view (torch_ntk.monte_carlo).
 
-Three oracle tiers (STYLE §13):
+Three oracle tiers:
 - exact: the estimator against tests/oracles.py's torch.func Monte Carlo with the
   same seeds, Welford moments against a two-pass mean/std, random-feature Grams
   against empirical_ntk, structured path against torch.func path (float64, 1e-10);
@@ -181,8 +181,8 @@ def test_chunked_evaluation_matches():
 # pre-activations are exactly Gaussian), so a narrow network is the right target. Three
 # hidden layers: the mean differs from the limit by O(1/n); at n = 256 that is far below
 # the standard error of 64 samples (measured: relative bias < 1% at n = 64, 512 samples).
-CASES = [("relu", [3, 64, 4]), ("erf", [3, 64, 4]), ("relu", [3, 256, 256, 256, 4]),
-         ("erf", [3, 256, 256, 256, 4])]
+CASES = [("relu", [3, 64, 4]), ("erf", [3, 64, 4]), ("tanh", [3, 64, 4]), ("elu", [3, 64, 4]),
+         ("relu", [3, 256, 256, 256, 4]), ("erf", [3, 256, 256, 256, 4])]
 
 
 @pytest.mark.parametrize("act, widths", CASES)
@@ -207,8 +207,7 @@ def test_symmetric_inputs_give_exactly_symmetric_estimates():
         assert torch.equal(t, t.T)
     same = tn.monte_carlo_kernels(make, x, x, 8)
     assert all(torch.equal(a, b) for a, b in zip(mc[:4], same[:4]))
-    limit = tn.analytic_kernels(tn.mlp_spec([3, 32, 32, 2], "erf", bias_std=0.3), x)
-    assert torch.linalg.eigvalsh(mc.ntk).min() > 0 and limit.ntk.shape == mc.ntk.shape
+    assert torch.linalg.eigvalsh(mc.ntk).min() > 0
 
 
 def test_standard_error_matches_the_spread_of_independent_repetitions():
@@ -425,6 +424,10 @@ def _call(**kw):
     (dict(x1=_points(3, d=4), get="ntk"), ValueError, "x1"),
     (dict(x1=torch.ones(3, 3, dtype=torch.int64)), TypeError, "x1 must be float32 or float64"),
     (dict(x1=_points(3)[:0]), ValueError, "x1 must be a batch"),
+    (dict(x1=_points(3).index_fill(0, torch.tensor([1]), float("nan"))), ValueError,
+     "monte_carlo_kernels: x1 contains NaN or Inf"),
+    (dict(x2=_points(2).index_fill(0, torch.tensor([0]), float("inf"))), ValueError,
+     "monte_carlo_kernels: x2 contains NaN or Inf"),
     (dict(x2=_points(2).float()), ValueError, "x2 must have the dtype of x1"),
     (dict(get="ntkk"), ValueError, "get must name some of"),
     (dict(get=()), ValueError, "get must name some of"),

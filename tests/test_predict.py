@@ -1,4 +1,4 @@
-"""Tests of torch_ntk.predict (NTK_MATH.md §4).
+"""Tests of torch_ntk.predict (Jacot et al. §5).
 
 Oracles, tightest first: direct float64 formulas (torch.linalg.solve, matrix_exp and
 the block-matrix exponential for ∫ e^{−sA} ds), explicit Euler / gradient-descent steps
@@ -35,8 +35,8 @@ def _jacobian_ntk(model: torch.nn.Module, x1: torch.Tensor, x2=None) -> torch.Te
     """Reference empirical NTK [N1, N2, n_L, n_L] by torch.func Jacobian contraction.
 
     Θ_kk'(x, x') = Σ_p ∂f_k(x)/∂θ_p ∂f_k'(x')/∂θ_p, one parameter tensor at a time so
-    only one per-parameter Jacobian is alive. (To be replaced by
-    torch_ntk.empirical_ntk once that lands.)
+    only one per-parameter Jacobian is alive. Kept independent of torch_ntk.empirical_ntk
+    on purpose: it is the oracle the predictions are checked against.
     """
     params = {k: v.detach() for k, v in model.named_parameters()}
     total = None

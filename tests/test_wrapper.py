@@ -325,3 +325,11 @@ def test_linearized_batch_norm_in_training_mode():
     out, tangent = plain._jvp_forward_ad(
         theta0, {n: p - theta0[n] for n, p in plain.model.named_parameters()}, (x,), {})
     torch.testing.assert_close(out + tangent, plain(x), rtol=1e-13, atol=1e-14)
+
+
+def test_linearize_of_a_fully_frozen_model_is_refused():
+    model = ntk_mlp([3, 4, 1], "relu")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="NTK.linearize: every parameter .* requires_grad=False"):
+        NTK(model).linearize()

@@ -1,4 +1,4 @@
-"""Infinite-width kernels of an MLP: the NNGP Σ and the NTK Θ∞ (NTK_MATH.md §3); CNNs dispatch.
+"""Infinite-width kernels of an MLP: the NNGP Σ and the NTK Θ∞ (Jacot et al. Thm 1); CNNs dispatch.
 
     Σ^(1)   = σ_w² xᵀx′/n_0 + σ_b²
     Σ^(l+1) = σ_w² E[φ(u)φ(v)] + σ_b²,   Σ̇^(l+1) = σ_w² E[φ′(u)φ′(v)]
@@ -8,7 +8,7 @@ Computed by one fused op: a GEMM for ⟨x, x′⟩, the per-sample variances in 
 then one pass over pairs that runs every layer in registers and writes only the
 requested outputs. Closed forms for the ReLU family and erf; Gauss–Hermite
 quadrature of degree ``quadrature_degree`` for every other activation. CNN specs
-(:mod:`torch_ntk.cnn_analytic`) take the convolutional recursion of NTK_MATH.md §6.
+(:mod:`torch_ntk.cnn_analytic`) take the convolutional recursion of Arora et al. 2019.
 
 Example::
 
@@ -106,7 +106,7 @@ def analytic_kernels(
         model_or_spec: a model that lifts (:func:`torch_ntk.arch.lift`) or a
             :class:`~torch_ntk.arch.LayerSpec`. Only the architecture and the
             initialization variances matter, not the parameter values. CNN specs run the
-            fused CNN op (NTK_MATH.md §6).
+            fused CNN op (Arora et al. 2019).
         x1: [N1, n_0] float32/float64 (any [N1, ...] when the model starts with Flatten);
             for a CNN, images [N1, C, H, W] (or [N1, C, L] for 1-D convolutions).
         x2: [N2, n_0] like x1, or None for x2 = x1 (then the result is exactly symmetric

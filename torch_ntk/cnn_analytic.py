@@ -1,4 +1,4 @@
-"""Infinite-width CNN kernels (NNGP, NTK; NTK_MATH.md §6) in plain torch; the CNN op's program.
+"""Infinite-width CNN kernels (NNGP, NTK; Arora et al. 2019) in plain torch; the CNN op's program.
 
 The recursion runs over position–position covariances of a pair of images. Its state after
 each layer is (K, T): K the covariance of the current features (per channel, averaged over

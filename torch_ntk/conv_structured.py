@@ -1,6 +1,6 @@
 """The structured finite-width NTK of a lifted CNN: factors per layer and the conv contractions.
 
-See NTK_MATH.md §6 (the structured conv NTK, Novak et al. 2022). With δ_p = ∂f_k/∂z_p the
+See Arora et al. 2019 (the structured conv NTK, Novak et al. 2022). With δ_p = ∂f_k/∂z_p the
 cotangents of a conv layer's output at position p and π_p the input patch it reads,
 
     Θ^W(x, x′) = c_w · Σ_{p,p′} ⟨δ_p(x), δ_p′(x′)⟩ · ⟨π_p(x), π_p′(x′)⟩

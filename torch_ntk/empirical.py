@@ -1,4 +1,4 @@
-"""Finite-width (empirical) NTK of a model at its current parameters (NTK_MATH.md §2).
+"""Finite-width (empirical) NTK of a model at its current parameters (Jacot et al. §4).
 
     Θ_kk′(x, x′) = Σ_p ∂f_k(x)/∂θ_p · ∂f_k′(x′)/∂θ_p    (p: parameters with requires_grad)
 

@@ -1,4 +1,4 @@
-"""Monte-Carlo kernels and the random-features view (NTK_MATH.md §5; Jacot et al. §3.1).
+"""Monte-Carlo kernels and the random-features view (Jacot et al. §3.1).
 
 A kernel K is approximated by P random functions f^(p) with E[f^(p)(x) f^(p)(x′)] = K:
 the Gram (1/P) Σ_p f^(p)(x) f^(p)(x′) tends to K as P → ∞, with an error ∝ P^−½.

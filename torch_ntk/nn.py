@@ -1,4 +1,4 @@
-"""NTK-parametrized layers (dense and convolutional) and MLP builders (NTK_MATH.md §1).
+"""NTK-parametrized layers (dense and convolutional) and MLP builders (Jacot et al. §2).
 
 NTK parametrization (Jacot et al. 2018): parameters are i.i.d. N(0, 1) and the
 layer computes

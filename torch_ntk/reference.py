@@ -28,7 +28,7 @@ def analytic_kernels_reference(
     quadrature_degree: Optional[int] = None,
     force_quadrature: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(NNGP [N1, N2], NTK [N1, N2]) by the layer recursion of NTK_MATH.md §3 in eager torch.
+    """(NNGP [N1, N2], NTK [N1, N2]) by the layer recursion of Jacot et al. Thm 1 in eager torch.
 
     Closed forms come from the activation registry (θ by atan2); other activations
     use :func:`torch_ntk.activations.gaussian_expectations` (memory N1·N2·degree²).

@@ -1,6 +1,6 @@
 """The structured plan: a lifted MLP's passes giving the factors A_l, D_l of its empirical NTK.
 
-See NTK_MATH.md §2. For dense layers z_l = W̃_l a_l + b̃_l (W̃ the effective weights) the NTK is
+See Jacot et al. §4. For dense layers z_l = W̃_l a_l + b̃_l (W̃ the effective weights) the NTK is
 
     Θ(x, x′) = Σ_l (c_w,l · ⟨a_l(x), a_l(x′)⟩ + c_b,l) · D_l(x) D_l(x′)ᵀ,
 

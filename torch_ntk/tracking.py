@@ -1,4 +1,4 @@
-"""Kernel drift tracking: how far a training network's NTK moves (NTK_MATH.md §2, §3, §5).
+"""Kernel drift tracking: how far a training network's NTK moves (Jacot et al. §3.1, §4, Thm 1).
 
 In the infinite-width limit the NTK stays fixed during training (Jacot et al. 2018,
 Thm 2) and training is kernel regression with Θ∞. A finite network's kernel moves; by

@@ -137,7 +137,7 @@ class NTK(nn.Module):
 
     def limit(self, x1: Tensor, x2: Optional[Tensor] = None,
               get: Union[str, Sequence[str]] = ("nngp", "ntk"), **kwargs: Any) -> Kernels:
-        """The infinite-width kernels of this architecture (NTK_MATH.md §3).
+        """The infinite-width kernels of this architecture (Jacot et al. Thm 1).
 
         Args:
             x1: [N1, n_0] float32/float64 (any [N1, ...] if the model starts with Flatten).
@@ -181,7 +181,16 @@ class NTK(nn.Module):
 
         Returns a new :class:`Linearized` module holding its own copy of the model;
         training it never changes this model (and vice versa).
+
+        Raises:
+            ValueError: every parameter is frozen (requires_grad=False): the linearization
+                would be the constant f(x; θ0), with nothing to train.
         """
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError(
+                "NTK.linearize: every parameter of the model has requires_grad=False, so the "
+                "linearized model would have nothing to train; unfreeze the parameters to "
+                "linearize around (p.requires_grad_(True))")
         return Linearized(self.model)
 
     def tracker(self, probe_x: Tensor, probe_y: Optional[Tensor] = None, **kwargs: Any):
@@ -240,7 +249,7 @@ class Linearized(nn.Module):
     computed in one ``torch.func.jvp`` per call (one forward pass with forward-mode
     tangents; no Jacobian is formed). Gradients flow to θ through the tangent, so the
     module trains with any optimizer; the loss landscape in θ is exactly quadratic for
-    squared error (NTK_MATH.md §4: a linear model with kernel Θ at θ0). It composes
+    squared error (Jacot et al. §5: a linear model with kernel Θ at θ0). It composes
     with torch.func, so ``empirical_ntk(lin, x)`` works — and equals the network's
     NTK at θ0 whatever θ is. When a module in training mode owns buffers (batch norm
     updating its running statistics), the same jvp runs through

@@ -5,7 +5,7 @@ initialized 10 times, are trained by full-batch gradient descent (learning rate 
 1000 steps) on the same four points of the unit circle (angles γ = −2.2, −0.7, 0.6,
 2.1 — the paper shows four points but does not list them) with targets
 f*(x) = x1·x2 = sin(2γ)/2. In the infinite-width limit f_t is Gaussian at every time t
-(NTK_MATH.md §4): f_0 ~ GP(0, Σ) and kernel gradient descent with Θ∞ is linear, so
+(Jacot et al. §5): f_0 ~ GP(0, Σ) and kernel gradient descent with Θ∞ is linear, so
 its law is given by :func:`torch_ntk.predict.gradient_descent_mse_ensemble`. The
 figure draws the trained functions f_T(cos γ, sin γ) over the 10th, 50th and 90th
 percentiles of that Gaussian at t = T.

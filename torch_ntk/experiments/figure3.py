@@ -18,7 +18,7 @@ drawn in the plane of the 2nd and 3rd components, coloured by digit.
 (b, c) Training along a component. Networks of several widths are trained by full-batch
 gradient descent towards f* = f_0 + s·u_c (their own initial function plus a multiple
 s = √N of the c-th component, c = 2). In the infinite-width limit the function then
-moves on a straight line, f_t − f_0 = (1 − e^{−ηtλ_c/N}) s·u_c (NTK_MATH.md §4); a
+moves on a straight line, f_t − f_0 = (1 − e^{−ηtλ_c/N}) s·u_c (Jacot et al. §5); a
 finite network deviates from it. Per recorded step: ``along`` = ⟨f_t − f_0, u_c⟩/s
 (the prediction 1 − e^{−ηtλ_c/N}) and ``deviation`` = ‖f_t − f_0 − along·s·u_c‖/s
 (0 on the line). The learning rate defaults to N/λ_1, half the largest stable one, and

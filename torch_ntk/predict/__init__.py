@@ -1,4 +1,4 @@
-"""What kernel gradient descent predicts (NTK_MATH.md §4): gradient flow, ensembles, GP, kernel PCA.
+"""What kernel gradient descent predicts (Jacot et al. §5): gradient flow, ensembles, GP, kernel PCA.
 
 Train and test outputs of gradient flow at any time, infinite ensembles of networks, GP
 inference with the NNGP or NTK as prior, kernel principal components, and the largest

@@ -56,7 +56,7 @@ def gradient_descent_mse(
 ) -> Callable[..., Predictions]:
     """Gradient flow on the MSE cost for a linear model with kernel K: a ``predict_fn``.
 
-    The training-set outputs and the test outputs at time t (NTK_MATH.md §4):
+    The training-set outputs and the test outputs at time t (Jacot et al. §5):
 
         f_t(X) = Y + e^{−ηtK/N} (f_0(X) − Y)
         f_t(x) = f_0(x) + Θ(x, X) K⁻¹ (I − e^{−ηtK/N}) (Y − f_0(X))
@@ -159,7 +159,7 @@ def gradient_descent_mse_ensemble(
     """The law of an infinite ensemble of networks trained by gradient flow on MSE.
 
     Networks start from f_0 ~ GP(0, Σ) (Σ: the NNGP kernel) and follow kernel gradient
-    descent with the NTK Θ (NTK_MATH.md §4). With K = Θ(X, X) + diag_reg·I and
+    descent with the NTK Θ (Jacot et al. §5). With K = Θ(X, X) + diag_reg·I and
     T_t = K⁻¹(I − e^{−ηtK/N}), f_t is Gaussian with
 
         mean(x)      = Θ(x, X) T_t Y

@@ -27,7 +27,7 @@ class KernelPCA(NamedTuple):
     eigenvalues: [k] λ_1 ≥ … ≥ λ_k ≥ 0 (clipped at 0).
     eigenvectors: [N, k] orthonormal u_i with K u_i = λ_i u_i.
 
-    Gradient flow decomposes along these components (NTK_MATH.md §4): from f_0 = 0,
+    Gradient flow decomposes along these components (Jacot et al. §5): from f_0 = 0,
 
         f_t(x) = Σ_i φ_i(x) · (1 − e^{−ηtλ_i/N}) · ⟨u_i, Y⟩,   φ_i(x) = Θ(x, X) u_i / λ_i,
 
