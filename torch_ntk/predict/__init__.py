@@ -2,8 +2,10 @@
 
 Train and test outputs of gradient flow at any time, infinite ensembles of networks, GP
 inference with the NNGP or NTK as prior, kernel principal components, and the largest
-stable step. Modules: ``mse`` (:func:`gradient_descent_mse`,
-:func:`gradient_descent_mse_ensemble`, :func:`max_learning_rate`), ``gp``
+stable step, and kernel gradient descent on any cost (cross-entropy…) by an ODE solver.
+Modules: ``mse`` (:func:`gradient_descent_mse`,
+:func:`gradient_descent_mse_ensemble`, :func:`max_learning_rate`), ``ode``
+(:func:`gradient_descent`: any cost, integrated by torchdiffeq, the ``ode`` extra), ``gp``
 (:func:`gp_inference`), ``pca`` (:func:`kernel_pca`), ``spectrum`` (the eigendecomposition
 they share and :class:`KernelConditioningWarning`), ``checks`` (their argument checks).
 
@@ -53,6 +55,7 @@ Example::
 from .checks import Times
 from .gp import Gaussian, GaussianPredictions, gp_inference
 from .mse import Predictions, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
+from .ode import COSTS, gradient_descent
 from .pca import KernelPCA, kernel_pca
 from .spectrum import KernelConditioningWarning
 
@@ -61,8 +64,10 @@ __all__ = [
     "GaussianPredictions",
     "KernelConditioningWarning",
     "KernelPCA",
+    "COSTS",
     "Predictions",
     "gp_inference",
+    "gradient_descent",
     "gradient_descent_mse",
     "gradient_descent_mse_ensemble",
     "kernel_pca",
