@@ -78,8 +78,9 @@ def ce_grad(onehot):
 def test_mse_matches_closed_form(problem, eta):
     p = problem
     ts = torch.tensor([0.0, 0.3, 2.0, 15.0, 120.0], dtype=F64)
-    got = gradient_descent("mse", p["k"], p["y"], learning_rate=eta)(ts, p["f0"], p["g0"], p["k_test"])
-    ref = gradient_descent_mse(p["k"], p["y"], learning_rate=eta)(ts, p["f0"], p["g0"], p["k_test"])
+    args = (ts, p["f0"], p["g0"], p["k_test"])
+    got = gradient_descent("mse", p["k"], p["y"], learning_rate=eta)(*args)
+    ref = gradient_descent_mse(p["k"], p["y"], learning_rate=eta)(*args)
     for i in range(len(ts)):
         assert rel(got.train[i], ref.train[i]) < 1e-8, float(ts[i])
         assert rel(got.test[i], ref.test[i]) < 1e-8, float(ts[i])

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``torch-ntk`` command."""
     from . import __version__, quickstart
     from .bench import HELP as BENCH_HELP
-    from .experiments import REPRODUCE_HELP, demo as demo_module
+    from .experiments import EXPERIMENTS, REPRODUCE_HELP, demo as demo_module
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -137,11 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
-        help="the experiments of Jacot et al. (2018), §6 (figure1-3), and cntk-digits",
+        help="the experiments of Jacot et al. (2018), §6 (figure1-3), cntk-digits, classification",
         description=REPRODUCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reproduce.add_argument("figures", nargs="+", metavar="FIGURE",
-                           choices=["figure1", "figure2", "figure3", "cntk-digits", "all"],
-                           help="figure1, figure2, figure3, cntk-digits or all (the figures)")
+                           choices=[*EXPERIMENTS, "all"],
+                           help=f"{', '.join(EXPERIMENTS)} or all (the figures)")
     reproduce.add_argument("--print-config", action="store_true",
                            help="print the settings that would be used and exit")
     reproduce.set_defaults(handler=_cmd_reproduce, subparser=reproduce)
