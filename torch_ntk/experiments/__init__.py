@@ -50,10 +50,12 @@ non-quadratic cost:
   cntk-digits  test accuracy of kernel regression with CNTK-GAP, CNTK-Flatten, the MLP
            NTK and NNGP against trained CNNs of widths 16, 64, 128, on 20 … 1000 of
            scikit-learn's 8×8 digits (estimated 12 min on 2 idle CPU cores; --quick 2 min)
-  classification  networks of widths 64 … 4096 trained by full-batch GD with
-           cross-entropy on 4 digit classes against kernel gradient descent (ODE solver)
-           with Θ₀ and Θ∞ from their own initial function: logit and accuracy gaps over
-           training, and their slope against width (needs torchdiffeq, the ode extra)
+  classification  networks of widths 64 … 2048 (4 inits, 400 steps) trained by
+           full-batch GD with cross-entropy on 4 digit classes against kernel gradient
+           descent (ODE solver) with Θ₀ and Θ∞ from their own initial function: logit and
+           accuracy gaps over training and their slope against width (needs torchdiffeq,
+           the ode extra; --quick: widths 64, 256, 1024, 2 inits, 200 steps, 71 s of CPU
+           time; the defaults are estimated at about 20 min of CPU time, not measured)
 
 Each figure writes <figure>.png and <figure>.json (every number behind it,
 the settings, run times and the machine) into --out. Defaults are the paper's settings:

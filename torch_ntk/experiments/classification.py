@@ -21,7 +21,8 @@ Kernel predictions, from each network's own initial function f_0 (train and test
 
 both in continuous time t = step. Per recorded step, on the test images: the **logit gap**
 (RMS over images and logits of f_net − f_kernel), the **accuracy gap**
-|acc_net − acc_kernel| and the **disagreement** (fraction of images whose argmax differs).
+|acc_net − acc_kernel| and the **disagreement** (fraction of images whose argmax differs,
+an upper bound of the accuracy gap).
 ``floor`` is the logit gap between *discrete* kernel gradient descent with Θ₀ (the
 linearized network trained by the same steps) and its flow: the part of the Θ₀ gap that
 comes from the steps' discretization rather than from finite width.
@@ -80,7 +81,7 @@ class Config:
     train_per_class: int = 25
     test_per_class: int = 50
     depth: int = 2                                   # ReLU hidden layers
-    widths: tuple[int, ...] = (64, 256, 1024, 4096)
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
     inits: int = 4                                   # networks per width
     steps: int = 400                                 # full-batch GD steps
     records: int = 8                                 # recorded times (plus t = 0)
@@ -228,7 +229,8 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
                                       get="ntk").ntk.double().cpu()
     lr = config.lr_fraction * max_learning_rate(k_inf)
     dtype = DTYPES[config.dtype]
-    results: dict[str, Any] = {"steps": steps, "lr": lr, "widths": {}}
+    results: dict[str, Any] = {"steps": steps, "lr": lr, "widths": {},
+                               "load_average_start": list(os.getloadavg())}
     jobs = [(w, i) for w in config.widths for i in range(config.inits)]
     for w, i in with_progress(jobs, "classification networks", enabled=progress):
         with seeded(derive_seed(config.seed, NAME, "init", w, i)):
@@ -260,6 +262,7 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
         results["widths"].setdefault(str(w), []).append(run_gaps)
     summary = summarize(config, results)
     results["test_labels"] = y_test
+    results["load_average_end"] = list(os.getloadavg())  # the machine may be shared
     return finish(NAME, config, device, results, summary, watch, out, draw)
 
 
@@ -325,7 +328,7 @@ def draw(payload: dict[str, Any]):
              title="network − kernel flow (— Θ₀, -- Θ∞, ⋯ floor)")
     ax_t.legend(fontsize="small")
     ax_d.set(xlabel="gradient-descent step t", ylabel="test argmax disagreement",
-             title="fraction of test digits classified differently")
+             title="test digits classified differently (— Θ₀, -- Θ∞)")
     rows = summary["widths"]
     for k, marker in zip(KERNELS, ("o", "s")):
         ys = [rows[str(w)][f"{k}_logit"] for w in widths]
