@@ -220,6 +220,10 @@ def test_momentum_mse_matches_damped_oscillators(problem):
         mode = ((s2 * torch.exp(s1 * t) - s1 * torch.exp(s2 * t)) / (s2 - s1)).real
         ref = p["y"] + u @ (mode[:, None] * r0)
         assert rel(got.train[i], ref) < 1e-8, float(t)
+    # test points equal to the training points follow the same second-order flow
+    same = gradient_descent("mse", p["k"], p["y"], learning_rate=eta, momentum=mu)(
+        ts, p["f0"], p["f0"], p["k"])
+    assert rel(same.test, same.train) < 1e-8 and rel(same.train, got.train) < 1e-8
 
 
 def test_float32_close_to_float64(problem):
