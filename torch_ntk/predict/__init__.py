@@ -22,8 +22,10 @@ Conventions (the same in every function here):
   over the n_L outputs (the infinite-width case, or the trace-mode empirical NTK): the
   outputs evolve independently with the same kernel. A *full* kernel has shape
   [N1, N2, n_L, n_L] (entry [i, j, k, k'] = Θ_kk'(x_i, x_j)), as the full-mode empirical
-  NTK returns; only :func:`gradient_descent_mse` and :func:`max_learning_rate` accept it.
-- **Targets.** y_train is [N] (one output) or [N, n_L]; every output has y's layout.
+  NTK returns; :func:`gradient_descent_mse`, :func:`gradient_descent` and
+  :func:`max_learning_rate` accept it.
+- **Targets.** y_train is [N] (one output) or [N, n_L]; every output has y's layout
+  (:func:`gradient_descent` also takes integer class indices [N] for classification).
 - **Precision.** Use float64. The closed forms go through an eigendecomposition (or a
   Cholesky factorization) of K, whose condition number on real data easily exceeds
   1/eps(float32) ≈ 8e6; float32 is accepted (and works on well-conditioned kernels)
@@ -34,8 +36,9 @@ Conventions (the same in every function here):
   At finite t a singular kernel is harmless (the λ → 0 limit is taken exactly); at
   t = ∞ its null space cannot be fitted, so the pseudo-inverse is used and a
   :class:`KernelConditioningWarning` names the ridge that gives a unique answer.
-- Pure torch: CPU and CUDA tensors, float32 and float64; every tensor argument must
-  share k_train_train's dtype and device.
+- Pure torch (:func:`gradient_descent` adds torchdiffeq, the ``ode`` extra): CPU and
+  CUDA tensors, float32 and float64; every tensor argument must share k_train_train's
+  dtype and device.
 
 Example::
 
