@@ -9,6 +9,7 @@ results; the floor's Euler recursion converges to the ODE flow at first order in
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
@@ -21,16 +22,18 @@ from torch_ntk.experiments.common import loglog_slope
 from torch_ntk.predict import gradient_descent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-pytest.importorskip("torchdiffeq")
 needs_sklearn = pytest.mark.skipif(
     not figure3.digits_available(),
     reason="classification needs scikit-learn's bundled digits: pip install 'torch-ntk[digits]'")
+needs_ode = pytest.mark.skipif(importlib.util.find_spec("torchdiffeq") is None,
+                               reason="needs torchdiffeq: pip install 'torch-ntk[ode]'")
 
 TINY = ["--set", "classes=0,1,2", "--set", "train_per_class=6", "--set", "test_per_class=10",
         "--set", "widths=16,256", "--set", "inits=1", "--set", "steps=30", "--set", "records=3"]
 
 
 @needs_sklearn
+@needs_ode
 def test_classification_tiny_run(tmp_path, capsys):
     assert main(["reproduce", "classification", "--out", str(tmp_path), "--no-progress"]
                 + TINY) == 0
@@ -59,6 +62,7 @@ def test_classification_tiny_run(tmp_path, capsys):
     assert table.count("\n| 16 |") == 1 and table.count("\n| 256 |") == 1
 
 
+@needs_ode
 def test_discrete_kernel_gd_approaches_the_flow():
     """Euler steps of size η converge to the flow at first order as η → 0 (t fixed)."""
     g = torch.Generator().manual_seed(3)

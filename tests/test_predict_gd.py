@@ -8,6 +8,7 @@ checks of gp_inference / kernel_pca (issue 16).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 
@@ -17,8 +18,9 @@ import torch
 import torch_ntk
 from torch_ntk.predict import gp_inference, gradient_descent, gradient_descent_mse, kernel_pca
 
-pytest.importorskip("torchdiffeq")
 pytestmark = pytest.mark.usefixtures("one_thread")
+needs_ode = pytest.mark.skipif(importlib.util.find_spec("torchdiffeq") is None,
+                               reason="needs torchdiffeq: pip install 'torch-ntk[ode]'")
 
 F64 = torch.float64
 N, M, C = 24, 7, 3
@@ -74,6 +76,7 @@ def ce_grad(onehot):
 # --------------------------------------------------------------------------- mse
 
 
+@needs_ode
 @pytest.mark.parametrize("eta", [0.5, 3.0])
 def test_mse_matches_closed_form(problem, eta):
     p = problem
@@ -89,6 +92,7 @@ def test_mse_matches_closed_form(problem, eta):
             assert rel(got.train[i] - p["f0"], ref.train[i] - p["f0"]) < 1e-7
 
 
+@needs_ode
 def test_mse_full_kernel_matches_closed_form():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(10, 4, generator=g, dtype=F64)
@@ -110,6 +114,7 @@ def test_mse_full_kernel_matches_closed_form():
 # ----------------------------------------------------------------- cross-entropy
 
 
+@needs_ode
 @pytest.mark.parametrize("targets", ["onehot", "labels"])
 def test_cross_entropy_matches_rk4(problem, targets):
     p = problem
@@ -121,6 +126,7 @@ def test_cross_entropy_matches_rk4(problem, targets):
     assert rel(got.train - p["f0"], f - p["f0"]) < 1e-6   # the motion, not only f_0
 
 
+@needs_ode
 def test_cross_entropy_full_kernel_matches_rk4():
     """A full kernel couples the outputs: reference on the flattened [N·n_L] system."""
     g = torch.Generator().manual_seed(2)
@@ -145,6 +151,7 @@ def test_cross_entropy_full_kernel_matches_rk4():
     assert rel(got.train, f.reshape(9, 3)) < 1e-6 and rel(got.test, gt.reshape(5, 3)) < 1e-6
 
 
+@needs_ode
 def test_cross_entropy_classifies_its_training_set(problem):
     p = problem
     out = gradient_descent("cross_entropy", p["k"], p["labels"], learning_rate=4.0)(
@@ -157,6 +164,7 @@ def test_cross_entropy_classifies_its_training_set(problem):
 # ------------------------------------------------------------------ custom costs
 
 
+@needs_ode
 def test_callable_cost_matches_rk4(problem):
     """A quartic cost C = (1/4N) Σ (f − y)⁴, gradient by autograd vs its analytic form."""
     p = problem
@@ -171,6 +179,7 @@ def test_callable_cost_matches_rk4(problem):
     assert rel(got.train, f) < 1e-6 and rel(got.test, g) < 1e-6
 
 
+@needs_ode
 def test_callable_cross_entropy_agrees_with_named(problem):
     """torch's cross_entropy through autograd against the closed-form gradient path."""
     p = problem
@@ -185,6 +194,7 @@ def test_callable_cross_entropy_agrees_with_named(problem):
 # ----------------------------------------------------------------- times, momentum
 
 
+@needs_ode
 def test_t_zero_returns_initial_function(problem):
     p = problem
     out = gradient_descent("cross_entropy", p["k"], p["onehot"])(0.0, p["f0"], p["g0"], p["k_test"])
@@ -193,6 +203,7 @@ def test_t_zero_returns_initial_function(problem):
     assert torch.equal(zero.train, torch.zeros(N, C, dtype=F64)) and zero.test is None
 
 
+@needs_ode
 def test_vector_t_equals_separate_calls(problem):
     p = problem
     predict = gradient_descent("cross_entropy", p["k"], p["labels"], learning_rate=2.0)
@@ -205,6 +216,7 @@ def test_vector_t_equals_separate_calls(problem):
         assert rel(out.train[i], one.train) < 1e-8 and rel(out.test[i], one.test) < 1e-8
 
 
+@needs_ode
 def test_momentum_mse_matches_damped_oscillators(problem):
     """Per eigenmode of K the residual solves r'' + (1 − μ) r' + (ηλ/N) r = 0, r'(0) = 0."""
     p = problem
@@ -226,6 +238,7 @@ def test_momentum_mse_matches_damped_oscillators(problem):
     assert rel(same.test, same.train) < 1e-8 and rel(same.train, got.train) < 1e-8
 
 
+@needs_ode
 def test_float32_close_to_float64(problem):
     p = problem
     ref = gradient_descent("cross_entropy", p["k"], p["labels"], learning_rate=2.0)(
@@ -236,6 +249,7 @@ def test_float32_close_to_float64(problem):
     assert rel(got.train.double(), ref.train) < 1e-4 and rel(got.test.double(), ref.test) < 1e-4
 
 
+@needs_ode
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(problem):
     p = problem
@@ -251,6 +265,7 @@ def test_cuda_matches_cpu(problem):
 # -------------------------------------------------------------------- bad input
 
 
+@needs_ode
 def test_bad_cost(problem):
     p = problem
     with pytest.raises(ValueError, match="cost must be one of"):
@@ -268,6 +283,7 @@ def test_bad_cost(problem):
         gradient_descent(lambda f, y: f.sum() * math.nan, p["k"], p["y"])(1.0, p["f0"])
 
 
+@needs_ode
 def test_nan_kernels(problem):
     p = problem
     k = p["k"].clone()
@@ -285,6 +301,7 @@ def test_nan_kernels(problem):
         predict(1.0, f0)
 
 
+@needs_ode
 def test_mismatched_shapes(problem):
     p = problem
     with pytest.raises(ValueError, match="y_train must have shape"):
@@ -314,6 +331,7 @@ def test_mismatched_shapes(problem):
         predict(1.0, p["f0"].float())
 
 
+@needs_ode
 def test_bad_times_and_settings(problem):
     p = problem
     predict = gradient_descent("mse", p["k"], p["y"])
