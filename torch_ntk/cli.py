@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``torch-ntk`` command."""
     from . import __version__, quickstart
     from .bench import HELP as BENCH_HELP
-    from .experiments import EXPERIMENTS, REPRODUCE_HELP, demo as demo_module
+    from .experiments import REPRODUCE_HELP, demo as demo_module
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="gradient-descent steps (default 300)")
     demo.set_defaults(handler=_cmd_demo, subparser=demo)
 
+    from .experiments import EXPERIMENTS
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
         help="the experiments of Jacot et al. (2018), §6 (figure1-3), cntk-digits, classification",
