@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiments import EXPERIMENTS
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
-        help="the experiments of Jacot et al. (2018), §6 (figure1-3), cntk-digits, classification",
+        help="the experiments of Jacot et al. (2018), §6 (figure1-3), and more",
         description=REPRODUCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reproduce.add_argument("figures", nargs="+", metavar="FIGURE",
                            choices=[*EXPERIMENTS, "all"],
