@@ -19,4 +19,6 @@ VPY=.venv/bin/python
 "$VPY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" lightning tensorboard
 # FORCE_CUDA decides whether CUDA ops are built (default: when a toolkit and a CUDA torch exist).
 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+# torchdiffeq (the ode extra) without its dependencies, so that it never replaces the torch above.
+"$VPY" -m pip install -q --disable-pip-version-check --no-deps torchdiffeq
 "$VPY" -c "import torch_ntk, torch; print('torch_ntk', torch_ntk.__version__, 'on torch', torch.__version__, '(CUDA ops built)' if torch_ntk.ops.cuda_built() else '(CPU ops)')"

@@ -138,13 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="gradient-descent steps (default 300)")
     demo.set_defaults(handler=_cmd_demo, subparser=demo)
 
+    from .experiments import EXPERIMENTS
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
-        help="the experiments of Jacot et al. (2018), §6 (figure1-3), and cntk-digits",
+        help="the experiments of Jacot et al. (2018), §6 (figure1-3), and more",
         description=REPRODUCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     reproduce.add_argument("figures", nargs="+", metavar="FIGURE",
-                           choices=["figure1", "figure2", "figure3", "cntk-digits", "all"],
-                           help="figure1, figure2, figure3, cntk-digits or all (the figures)")
+                           choices=[*EXPERIMENTS, "all"],
+                           help=f"{', '.join(EXPERIMENTS)} or all (the figures)")
     reproduce.add_argument("--print-config", action="store_true",
                            help="print the settings that would be used and exit")
     reproduce.set_defaults(handler=_cmd_reproduce, subparser=reproduce)

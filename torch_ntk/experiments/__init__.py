@@ -13,6 +13,8 @@ command prints) and, where it needs an optional dependency, ``missing_requiremen
   bundled digits, the ``digits`` extra) and convergence along one of them;
 - :mod:`.cntk_digits` (``cntk-digits``) — kernel regression with convolutional NTKs
   against trained CNNs on small training sets of digits (Arora et al., 2020);
+- :mod:`.classification` — networks trained with cross-entropy on a few digit classes
+  against kernel gradient descent with Θ₀ and Θ∞ (the paper's §3, by an ODE solver);
 - :mod:`.demo` — the ``torch-ntk demo`` command.
 
 Example::
@@ -29,7 +31,7 @@ import importlib
 from types import ModuleType
 
 FIGURES = ("figure1", "figure2", "figure3")          # the paper's; ``reproduce all`` runs them
-EXPERIMENTS = FIGURES + ("cntk-digits",)
+EXPERIMENTS = FIGURES + ("cntk-digits", "classification")
 
 # The help of ``torch-ntk reproduce``.
 REPRODUCE_HELP = """\
@@ -42,24 +44,31 @@ Reproduce the experiments of Jacot, Gabriel & Hongler (NeurIPS 2018), §6:
   figure3  kernel principal components of handwritten digits with a wide network's
            NTK, and networks trained along the 2nd component (straight line at n = ∞)
 
-and, not part of "all", the small-data comparison of Arora et al. (2020):
+and, not part of "all", the small-data comparison of Arora et al. (2020) and §3 for a
+non-quadratic cost:
 
   cntk-digits  test accuracy of kernel regression with CNTK-GAP, CNTK-Flatten, the MLP
            NTK and NNGP against trained CNNs of widths 16, 64, 128, on 20 … 1000 of
            scikit-learn's 8×8 digits (estimated 12 min on 2 idle CPU cores; --quick 2 min)
+  classification  networks of widths 64 … 2048 (4 inits, 400 steps) trained by
+           full-batch GD with cross-entropy on 4 digit classes against kernel gradient
+           descent (ODE solver) with Θ₀ and Θ∞ from their own initial function: logit and
+           accuracy gaps over training and their slope against width (needs torchdiffeq,
+           the ode extra; 21 min on 2 shared CPU cores, 9 min of CPU time; --quick:
+           widths 64, 256, 1024, 2 inits, 200 steps, 71 s of CPU time)
 
 Each figure writes <figure>.png and <figure>.json (every number behind it,
 the settings, run times and the machine) into --out. Defaults are the paper's settings:
 on 2 CPU cores figure1 takes about 50 min and figure3 about 13 min (width 10000), figure2
 about 2 min; --quick takes about a minute each; --device cuda runs them on a GPU.
 
-figure3 and cntk-digits need scikit-learn's bundled digits: pip install 'torch-ntk[digits]'.
+figure3, cntk-digits and classification need scikit-learn's bundled digits: pip install
+'torch-ntk[digits]' (classification also torchdiffeq: 'torch-ntk[digits,ode]').
 """
 
 
 def load(name: str) -> ModuleType:
-    """The module of experiment ``name`` ("figure1", "figure2", "figure3", "cntk-digits" or
-    "demo")."""
+    """The module of experiment ``name`` (one of EXPERIMENTS, or "demo")."""
     if name not in EXPERIMENTS + ("demo",):
         raise ValueError(f"unknown experiment {name!r}; available: "
                          f"{', '.join(EXPERIMENTS + ('demo',))}")

@@ -2,8 +2,10 @@
 
 Train and test outputs of gradient flow at any time, infinite ensembles of networks, GP
 inference with the NNGP or NTK as prior, kernel principal components, and the largest
-stable step. Modules: ``mse`` (:func:`gradient_descent_mse`,
-:func:`gradient_descent_mse_ensemble`, :func:`max_learning_rate`), ``gp``
+stable step, and kernel gradient descent on any cost (cross-entropy…) by an ODE solver.
+Modules: ``mse`` (:func:`gradient_descent_mse`,
+:func:`gradient_descent_mse_ensemble`, :func:`max_learning_rate`), ``ode``
+(:func:`gradient_descent`: any cost, integrated by torchdiffeq, the ``ode`` extra), ``gp``
 (:func:`gp_inference`), ``pca`` (:func:`kernel_pca`), ``spectrum`` (the eigendecomposition
 they share and :class:`KernelConditioningWarning`), ``checks`` (their argument checks).
 
@@ -20,8 +22,10 @@ Conventions (the same in every function here):
   over the n_L outputs (the infinite-width case, or the trace-mode empirical NTK): the
   outputs evolve independently with the same kernel. A *full* kernel has shape
   [N1, N2, n_L, n_L] (entry [i, j, k, k'] = Θ_kk'(x_i, x_j)), as the full-mode empirical
-  NTK returns; only :func:`gradient_descent_mse` and :func:`max_learning_rate` accept it.
-- **Targets.** y_train is [N] (one output) or [N, n_L]; every output has y's layout.
+  NTK returns; :func:`gradient_descent_mse`, :func:`gradient_descent` and
+  :func:`max_learning_rate` accept it.
+- **Targets.** y_train is [N] (one output) or [N, n_L]; every output has y's layout
+  (:func:`gradient_descent` also takes integer class indices [N] for classification).
 - **Precision.** Use float64. The closed forms go through an eigendecomposition (or a
   Cholesky factorization) of K, whose condition number on real data easily exceeds
   1/eps(float32) ≈ 8e6; float32 is accepted (and works on well-conditioned kernels)
@@ -32,8 +36,9 @@ Conventions (the same in every function here):
   At finite t a singular kernel is harmless (the λ → 0 limit is taken exactly); at
   t = ∞ its null space cannot be fitted, so the pseudo-inverse is used and a
   :class:`KernelConditioningWarning` names the ridge that gives a unique answer.
-- Pure torch: CPU and CUDA tensors, float32 and float64; every tensor argument must
-  share k_train_train's dtype and device.
+- Pure torch (:func:`gradient_descent` adds torchdiffeq, the ``ode`` extra): CPU and
+  CUDA tensors, float32 and float64; every tensor argument must share k_train_train's
+  dtype and device.
 
 Example::
 
@@ -53,6 +58,7 @@ Example::
 from .checks import Times
 from .gp import Gaussian, GaussianPredictions, gp_inference
 from .mse import Predictions, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
+from .ode import COSTS, gradient_descent
 from .pca import KernelPCA, kernel_pca
 from .spectrum import KernelConditioningWarning
 
@@ -61,8 +67,10 @@ __all__ = [
     "GaussianPredictions",
     "KernelConditioningWarning",
     "KernelPCA",
+    "COSTS",
     "Predictions",
     "gp_inference",
+    "gradient_descent",
     "gradient_descent_mse",
     "gradient_descent_mse_ensemble",
     "kernel_pca",

@@ -44,8 +44,15 @@ def check_tensor(
             raise ValueError(
                 f"{name} must be on the device of {like_name} ({like.device}); got {x.device}"
             )
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
+    if x.numel():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            first = [int(i) for i in bad.nonzero()[0]]
+            raise ValueError(
+                f"{name} contains NaN or Inf ({int(bad.sum())} of {x.numel()} entries, the "
+                f"first at {first}); a kernel with NaN usually comes from NaN/Inf inputs or "
+                "parameters, or an overflow in float32: check them, or recompute in float64"
+            )
     return x
 
 
