@@ -394,14 +394,14 @@ def test_monte_carlo_tracker_and_the_command_line_take_the_class(tmp_path):
     assert rel_err(tracker.limit_kernel, tn.analytic_kernels(seq, x).ntk) <= 1e-14
     assert tracker.history[0].trace > 0
 
-    from torch_ntk.distributed.command import main
+    from torch_ntk.cli import main
 
     torch.save(model, tmp_path / "model.pt")
     np.save(tmp_path / "x.npy", x.numpy())
     for kind, expected in (("ntk", tn.analytic_kernels(seq, x).ntk),
                            ("empirical", in_mode(jacobian_ntk(model, x, x), "trace"))):
         out = tmp_path / f"{kind}.npy"
-        assert main(["kernel", "--x1", str(tmp_path / "x.npy"), "--out", str(out), "--kind", kind,
+        assert main(["kernel", str(tmp_path / "x.npy"), "-o", str(out), "--kind", kind,
                      "--model", str(tmp_path / "model.pt"), "--device", "cpu",
                      "--no-progress"]) == 0
         assert rel_err(torch.from_numpy(np.load(out)), expected) <= TOL
