@@ -176,6 +176,8 @@ struct CudaAnalytic {
   // The pair kernels read the Gram matrix and write outputs tile by tile; a separate
   // Gram buffer keeps reads and writes of different blocks from overlapping.
   static constexpr bool kGramIsOutput = false;
+  // Smooth activations stay on 2-D quadrature here (the Hermite series runs on the CPU).
+  static constexpr bool kHermiteSeries = false;
 
   template <typename T>
   static void run(const AnalyticProblem<T>& p, at::Tensor& nngp, at::Tensor& ntk) {
