@@ -211,3 +211,21 @@ def test_symmetric_blocked_pass_matches_rectangular_pass(name):
         # The diagonal: exact variances against ~sqrt(eps) angles from rounding (ReLU's kink).
         assert float((a - b).diagonal().abs().max() / b.abs().max()) <= 1e-7
 
+
+
+def test_series_with_zero_inputs():
+    """Zero inputs (q = 0 at the first hidden layer, no bias) give exact zeros in the NNGP
+    (φ = tanh, φ(0) = 0) and leave the other pairs as without them (pairs are independent)."""
+    import torch_ntk as tn
+    spec = tn.mlp_spec([5, 64, 64, 64, 1], "tanh", bias_std=0.0)
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x[1] = 0
+    x[4] = 0
+    keep = [0, 2, 3, 5]
+    for x2 in (None, x[:3]):
+        k = tn.analytic_kernels(spec, x, x2)
+        assert torch.isfinite(k.ntk).all() and torch.isfinite(k.nngp).all()
+        assert float(k.nngp[[1, 4]].abs().max()) == 0.0
+        sub = tn.analytic_kernels(spec, x[keep], None if x2 is None else x2[[0, 2]])
+        cols = keep if x2 is None else [0, 2]
+        assert float((k.ntk[keep][:, cols] - sub.ntk).abs().max()) <= 1e-12
