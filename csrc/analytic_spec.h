@@ -150,7 +150,7 @@ void finish_hermite(AnalyticProblem<T>& p) {
   for (int64_t l = 0; l < L; ++l) {
     if (p.layers[l].kind != math::kHermite) continue;
     int c = 0;
-    while (c + 1 < math::kHermiteCheckpoints && w[l * math::kHermiteCheckpoints + c] *
+    while (c + 1 < math::HermiteTerms<T>::value / math::kHermiteStep && w[l * math::kHermiteCheckpoints + c] *
                                                         w[l * math::kHermiteCheckpoints + c] >
                                                     tol) {
       ++c;

@@ -49,6 +49,16 @@ struct HermiteTolerance<double> {
   static constexpr double value = 1e-11;
 };
 
+// The terms computed per sample in the dtype T (float: the tolerance 1e-7 is met by fewer).
+template <typename T>
+struct HermiteTerms {
+  static constexpr int value = kHermiteMaxTerms;
+};
+template <>
+struct HermiteTerms<float> {
+  static constexpr int value = kHermiteMaxTerms / 2;
+};
+
 // The inverse length scale c of phi (see the header comment).
 template <typename T>
 TNTK_HD T hermite_scale(int id, T param) {
@@ -236,11 +246,12 @@ struct HermiteSampleTables {
 template <typename T>
 TNTK_HD double hermite_sample(int id, T param, T q, int64_t l, int64_t n, int64_t s,
                               const HermiteSampleTables<T>& out) {
-  double a[kHermiteMaxTerms], b[kHermiteMaxTerms], na, nb;
-  hermite_coefficients<double>(id, static_cast<double>(param), static_cast<double>(q),
-                               kHermiteMaxTerms, a, b, na, nb);
+  constexpr int kmax = HermiteTerms<T>::value;
+  double a[kmax], b[kmax], na, nb;
+  hermite_coefficients<double>(id, static_cast<double>(param), static_cast<double>(q), kmax, a,
+                               b, na, nb);
   double ca = 0, cb = 0;
-  for (int k = 0; k < kHermiteMaxTerms; ++k) {
+  for (int k = 0; k < kmax; ++k) {
     out.a[(l * kHermiteMaxTerms + k) * n + s] = static_cast<T>(a[k]);
     out.b[(l * kHermiteMaxTerms + k) * n + s] = static_cast<T>(b[k]);
     ca += a[k] * a[k];
@@ -251,6 +262,12 @@ TNTK_HD double hermite_sample(int id, T param, T q, int64_t l, int64_t n, int64_
       const double rb = nb > 0 ? fsqrt(max0(nb - cb) / nb) : 0.0;
       out.tails[((l * 2 + 0) * kHermiteCheckpoints + c) * n + s] = ra;
       out.tails[((l * 2 + 1) * kHermiteCheckpoints + c) * n + s] = rb;
+    }
+  }
+  for (int c = kmax / kHermiteStep; c < kHermiteCheckpoints; ++c) {  // not computed: as the last
+    for (int ab = 0; ab < 2; ++ab) {
+      out.tails[((l * 2 + ab) * kHermiteCheckpoints + c) * n + s] =
+          out.tails[((l * 2 + ab) * kHermiteCheckpoints + kmax / kHermiteStep - 1) * n + s];
     }
   }
   out.na[l * n + s] = static_cast<T>(na);

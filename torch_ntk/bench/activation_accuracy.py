@@ -102,8 +102,11 @@ COLUMNS = [("activation", "activation"), ("param", "param"), ("default_path", "d
 def render_activation_accuracy(payload: dict) -> str:
     """Markdown table of the payload's rows."""
     from .common import markdown_table
-    return (f"q ∈ {payload['qs']}, ρ ∈ {payload['rhos']}, float64, against nested "
-            "scipy.integrate.quad\n\n" + markdown_table(payload["rows"], COLUMNS))
+    rows = [dict(r, quadrature_degree="—", quadrature_max_rel_err="—")
+            if r["default_path"] == "closed form" else r for r in payload["rows"]]
+    return (f"q = q11 = q22 ∈ {payload['qs']}, ρ ∈ {payload['rhos']}, float64, against nested "
+            "scipy.integrate.quad; error relative to sqrt(E[φ(u)²]E[φ(v)²]) (φ′ likewise)\n\n"
+            + markdown_table(rows, COLUMNS))
 
 
 def main(argv=None) -> dict:

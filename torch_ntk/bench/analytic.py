@@ -164,6 +164,12 @@ COLUMNS = [
 ]
 
 
+def render_analytic(payload: dict) -> str:
+    """The main table (markdown) of an analytic payload: fused op against the eager and
+    compiled plain-torch recursion."""
+    return markdown_table(payload["rows"], COLUMNS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
