@@ -3,7 +3,7 @@ independent 2-D integral.
 
 Reference: E[φ(u)φ(v)] and E[φ′(u)φ′(v)] for (u, v) ~ N(0, [[q1, ρ√(q1q2)], [., q2]]) as
 ∫∫ φ(√q1 z1) φ(√q2 (ρ z1 + √(1−ρ²) z2)) dN(z1) dN(z2) by a tensor-product composite
-Gauss–Legendre rule on [−9, 9]² (8 nodes per panel, panel width min(1/2, 1/(2√q)), far below
+Gauss–Legendre rule on [−9, 9]² (8 nodes per panel, panel width min(1/2, 1/√q), well below
 the scale on which φ(√q·) turns; its own error is below 1e-12 here, checked against scipy's
 dblquad at one point per activation). The op is called with one hidden layer so that
 NNGP = E[φφ] and NTK = E[φ′φ′] exactly (input_weight_var 1, ntk terms 0).
@@ -50,7 +50,7 @@ def _phi(name, p):
 
 
 def _rule(q):
-    h = min(0.5, 0.5 / math.sqrt(q))
+    h = min(0.5, 1.0 / math.sqrt(q))
     edges = np.linspace(-9, 9, int(math.ceil(18 / h)) + 1)
     x, w = np.polynomial.legendre.leggauss(8)
     a, b = edges[:-1, None], edges[1:, None]
