@@ -12,6 +12,7 @@
 #include <ATen/Dispatch.h>
 
 #include "checks.h"
+#include "math/hermite.h"
 #include "math/recursion.h"
 
 namespace torch_ntk {
@@ -22,6 +23,7 @@ struct AnalyticArgs {
   at::IntArrayRef act_ids;         // then one entry per hidden layer in each list
   at::ArrayRef<double> act_params, weight_var, bias_var, ntk_weight, ntk_bias;
   bool force_quadrature;
+  bool hermite_series;  // smooth activations by their Hermite series (math/hermite.h)
 };
 
 inline void check_analytic_args(const at::Tensor& x1, const c10::optional<at::Tensor>& x2,
@@ -45,6 +47,7 @@ inline void check_analytic_args(const at::Tensor& x1, const c10::optional<at::Te
                     "must all have one entry per hidden layer; got lengths ", n, ", ",
                     a.act_params.size(), ", ", a.weight_var.size(), ", ", a.bias_var.size(), ", ",
                     a.ntk_weight.size(), ", ", a.ntk_bias.size());
+  // The series falls back to quadrature for the pairs its bound does not cover.
   bool needs_quadrature = false;
   for (size_t l = 0; l < n; ++l) {
     const int64_t id = a.act_ids[l];
@@ -80,6 +83,9 @@ std::vector<math::HiddenLayer<T>> make_hidden_layers(const AnalyticArgs& a) {
     auto& h = layers[l];
     h.act = static_cast<int>(a.act_ids[l]);
     h.kind = math::expectation_kind(h.act, a.force_quadrature);
+    if (a.hermite_series && !a.force_quadrature && math::hermite_series_applies(h.act)) {
+      h.kind = math::kHermite;
+    }
     h.param = static_cast<T>(a.act_params[l]);
     math::abrelu_slopes(h.act, h.param, h.slope_neg, h.slope_pos);
     h.weight_var = static_cast<T>(a.weight_var[l]);
@@ -106,7 +112,66 @@ struct AnalyticProblem {
   // [max(L - 1, 1), N1], [.., N2]: for the backend to fill with math::sample_variances;
   // var2 aliases var1 when symmetric.
   at::Tensor var1, var2;
+  // Hermite-series tables (when a layer is math::kHermite; else undefined), per sample set
+  // (the second aliases the first when symmetric), laid out as math::HermiteSampleTables:
+  // a, b [L-1, K_max, N] coefficients, na, nb [L-1, N] norms, tails [L-1, 2, C, N] float64
+  // (filled by the backend's sample pass); then finish_hermite sets, per layer, the terms K
+  // and ra, rb [L-1, N]: the relative tails at that K.
+  bool hermite = false;
+  at::Tensor ha1, hb1, hna1, hnb1, htails1, ha2, hb2, hna2, hnb2, htails2;
+  at::Tensor hra1, hrb1, hra2, hrb2;
+  std::vector<int> hermite_terms;  // [L-1] K per layer (0 for other layers)
 };
+
+// The tables of sample set 1 or 2 as the math code wants them.
+template <typename T>
+math::HermiteSampleTables<T> hermite_tables(const AnalyticProblem<T>& p, int set) {
+  const bool one = set == 1;
+  return {(one ? p.ha1 : p.ha2).template data_ptr<T>(), (one ? p.hb1 : p.hb2).template data_ptr<T>(),
+          (one ? p.hna1 : p.hna2).template data_ptr<T>(),
+          (one ? p.hnb1 : p.hnb2).template data_ptr<T>(),
+          (one ? p.htails1 : p.htails2).template data_ptr<double>()};
+}
+
+// After the sample pass: per series layer the smallest K (a multiple of kHermiteStep, at
+// most K_max) whose bound r_K(q)^2 meets the tolerance for every sample (so that even
+// rho = 1 pairs of similar samples are within it), and the samples' relative tails there.
+template <typename T>
+void finish_hermite(AnalyticProblem<T>& p) {
+  if (!p.hermite) return;
+  const int64_t L = static_cast<int64_t>(p.layers.size());
+  at::Tensor worst = p.htails1.amax(-1);  // [L, 2, C]
+  if (!p.symmetric) worst = at::maximum(worst, p.htails2.amax(-1));
+  worst = worst.amax(1).cpu().contiguous();  // [L, C]
+  const double* w = worst.data_ptr<double>();
+  const double tol = math::HermiteTolerance<T>::value;
+  p.hermite_terms.assign(L, 0);
+  std::vector<int64_t> checkpoint(L, 0);
+  for (int64_t l = 0; l < L; ++l) {
+    if (p.layers[l].kind != math::kHermite) continue;
+    int c = 0;
+    while (c + 1 < math::HermiteTerms<T>::value / math::kHermiteStep && w[l * math::kHermiteCheckpoints + c] *
+                                                        w[l * math::kHermiteCheckpoints + c] >
+                                                    tol) {
+      ++c;
+    }
+    p.hermite_terms[l] = (c + 1) * math::kHermiteStep;
+    checkpoint[l] = c;
+  }
+  const at::Tensor idx =
+      at::tensor(checkpoint, at::TensorOptions().dtype(at::kLong)).to(p.htails1.device());
+  auto pick = [&](const at::Tensor& tails, int which) {  // [L, N] in T
+    const at::Tensor t = tails.select(1, which);         // [L, C, N]
+    return t.gather(1, idx.view({L, 1, 1}).expand({L, 1, t.size(2)}))
+        .squeeze(1)
+        .to(p.x1.scalar_type())
+        .contiguous();
+  };
+  p.hra1 = pick(p.htails1, 0);
+  p.hrb1 = pick(p.htails1, 1);
+  p.hra2 = p.symmetric ? p.hra1 : pick(p.htails2, 0);
+  p.hrb2 = p.symmetric ? p.hrb1 : pick(p.htails2, 1);
+}
 
 template <typename T>
 AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor& x2,
@@ -130,10 +195,31 @@ AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor&
   const int64_t rows = std::max<int64_t>(static_cast<int64_t>(p.layers.size()), 1);
   p.var1 = at::empty({rows, p.n1}, x1.options());
   p.var2 = symmetric ? p.var1 : at::empty({rows, p.n2}, x1.options());
+  for (const auto& h : p.layers) p.hermite |= h.kind == math::kHermite;
+  if (p.hermite) {
+    const int64_t K = math::kHermiteMaxTerms, C = math::kHermiteCheckpoints;
+    const auto f64 = x1.options().dtype(at::kDouble);
+    auto alloc = [&](int64_t n, at::Tensor& a, at::Tensor& b, at::Tensor& na, at::Tensor& nb,
+                     at::Tensor& tails) {
+      a = at::empty({rows, K, n}, x1.options());
+      b = at::empty({rows, K, n}, x1.options());
+      na = at::empty({rows, n}, x1.options());
+      nb = at::empty({rows, n}, x1.options());
+      tails = at::empty({rows, 2, C, n}, f64);
+    };
+    alloc(p.n1, p.ha1, p.hb1, p.hna1, p.hnb1, p.htails1);
+    if (symmetric) {
+      p.ha2 = p.ha1, p.hb2 = p.hb1, p.hna2 = p.hna1, p.hnb2 = p.hnb1, p.htails2 = p.htails1;
+    } else {
+      alloc(p.n2, p.ha2, p.hb2, p.hna2, p.hnb2, p.htails2);
+    }
+  }
   return p;
 }
 
 // The analytic_kernels op (schema in csrc/torch_ntk.cpp) on one backend, which supplies
+//   Backend::kHermiteSeries: whether it runs math::kHermite layers (else they stay
+//     kQuadrature),
 //   Backend::kGramIsOutput: whether the first wanted output may overwrite the Gram matrix
 //     (each part of the Gram matrix is read before its outputs are written), and
 //   Backend::run<T>(const AnalyticProblem<T>&, at::Tensor& nngp, at::Tensor& ntk): the
@@ -145,10 +231,10 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
     at::IntArrayRef act_ids, at::ArrayRef<double> act_params, at::ArrayRef<double> weight_var,
     at::ArrayRef<double> bias_var, at::ArrayRef<double> ntk_weight,
     at::ArrayRef<double> ntk_bias, const at::Tensor& gh_nodes, const at::Tensor& gh_weights,
-    bool force_quadrature, bool want_nngp, bool want_ntk) {
+    bool force_quadrature, bool want_nngp, bool want_ntk, bool hermite_series) {
   const AnalyticArgs args{{input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias},
                           act_ids,    act_params, weight_var, bias_var, ntk_weight, ntk_bias,
-                          force_quadrature};
+                          force_quadrature, hermite_series && Backend::kHermiteSeries};
   check_analytic_args(x1_in, x2_in, args, gh_nodes, gh_weights, want_nngp, want_ntk);
 
   const bool symmetric = !x2_in.has_value();

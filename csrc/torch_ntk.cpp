@@ -17,6 +17,9 @@ TORCH_LIBRARY(torch_ntk, m) {
   // dense layer gives Sigma^(1) = input_weight_var <x, x'> + input_bias_var and
   // Theta^(1) = input_ntk_weight <x, x'> + input_ntk_bias; then one entry per hidden
   // layer (activation followed by a dense layer) in each list.
+  // hermite_series: smooth activations (tanh, sigmoid, SiLU, GELU, softplus) by their
+  // Hermite series (csrc/math/hermite.h), the gh rule serving the pairs outside its
+  // bound; false: by the 2-D gh rule throughout. force_quadrature overrides both.
   // Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not wanted is an empty
   // tensor of shape [0].
   m.def(
@@ -24,7 +27,7 @@ TORCH_LIBRARY(torch_ntk, m) {
       "float input_ntk_weight, float input_ntk_bias, int[] act_ids, float[] act_params, "
       "float[] weight_var, float[] bias_var, float[] ntk_weight, float[] ntk_bias, "
       "Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, bool want_nngp, "
-      "bool want_ntk) -> (Tensor, Tensor)");
+      "bool want_ntk, bool hermite_series=True) -> (Tensor, Tensor)");
   // Infinite-width NNGP and NTK of a CNN (csrc/math/cnn_recursion.h for the formulas).
   // x1 [N1, C0, H, W] (1-D inputs as [N, C, 1, L]), x2 [N2, C0, H, W] or None (x2 = x1,
   // result exactly symmetric). The network is a program: one code per layer, each taking

@@ -41,14 +41,24 @@ __all__ = [
     "module_types",
 ]
 
-# Gauss–Hermite degree per dimension (degree² evaluations per expectation) used
-# when a spec mixes activations and none is given: the largest per-activation
-# default below. Each activation's default keeps the relative error of a depth-3
-# NTK/NNGP on unit-scale inputs below 1e-4 where the activation is smooth
-# (measured against degree 256 in tests/test_activations.py): sigmoid and softplus
-# 24, SiLU and GELU 32, tanh 64 (its poles at ±iπ/2 slow the convergence). ELU and
-# SELU have a kink in φ′ (SELU in φ′ itself) and converge slowly: about 1e-2 relative
-# at degree 64, the default for both.
+# Gauss–Hermite degree per dimension (degree² evaluations per expectation) of the 2-D
+# quadrature, used when a spec mixes activations and none is given: the largest
+# per-activation default below (sigmoid and softplus 24, SiLU and GELU 32, tanh, ELU and
+# SELU 64). Since the Hermite series (csrc/math/hermite.h) serves tanh, sigmoid, SiLU,
+# GELU and softplus in the CPU op by default, the quadrature runs for them only with an
+# explicit ``quadrature_degree`` (and on CUDA); ELU and SELU always use it.
+#
+# Accuracy of each activation's expectations E[φφ], E[φ′φ′] (float64, relative to the
+# Cauchy–Schwarz scale, max over q = q11 = q22 ∈ {0.1, 1, 10} and ρ ∈ {−0.9, 0, 0.5, 0.9,
+# 0.99}) against nested scipy.integrate.quad, from
+# benchmarks/results/activation_accuracy.json (``python -m
+# torch_ntk.bench.activation_accuracy``; table in docs/benchmarks.md):
+#   identity, relu, leaky_relu, abs, erf (closed forms)     ≤ 6e-16
+#   gelu, tanh, sigmoid, silu, softplus (Hermite series)    ≤ 7e-12
+#   the same by 2-D quadrature at their default degree      0.026, 0.046, 0.023, 0.0029, 7.6e-4
+#     (at q = 10: φ(√q·z) turns faster than the nodes are spaced; ≤ 1e-4 near q = 1)
+#   elu (α = 1), selu (2-D quadrature, degree 64)            0.017, 0.027 (the kink at 0;
+#     ~6e-3 at q = 1, α = 1.3: tests/test_hermite.py holds 1e-2 there)
 DEFAULT_QUADRATURE_DEGREE = 64
 
 _SELU_ALPHA = 1.6732632423543772848170429916717

@@ -6,9 +6,12 @@
 
 Computed by one fused op: a GEMM for ⟨x, x′⟩, the per-sample variances in O(N·L),
 then one pass over pairs that runs every layer in registers and writes only the
-requested outputs. Closed forms for the ReLU family and erf; Gauss–Hermite
-quadrature of degree ``quadrature_degree`` for every other activation. CNN specs
-(:mod:`torch_ntk.cnn_analytic`) take the convolutional recursion of Arora et al. 2019.
+requested outputs. Closed forms for the ReLU family and erf; Hermite series for the
+smooth activations (per sample the Hermite coefficients of φ(√q·z) and φ′(√q·z), per pair
+their power series in the correlation); 2-D Gauss–Hermite quadrature of degree
+``quadrature_degree`` for ELU/SELU, and for every activation without a closed form when
+``quadrature_degree`` is given. CNN specs (:mod:`torch_ntk.cnn_analytic`) take the
+convolutional recursion of Arora et al. 2019.
 
 Example::
 
@@ -112,10 +115,13 @@ def analytic_kernels(
         x2: [N2, n_0] like x1, or None for x2 = x1 (then the result is exactly symmetric
             and only the upper triangle is computed).
         get: "nngp", "ntk" or both.
-        quadrature_degree: Gauss–Hermite degree per dimension for activations without a
-            closed form (cost ∝ degree²). Default: the largest per-activation default of
-            the spec (:data:`torch_ntk.activations.DEFAULT_QUADRATURE_DEGREE` explains the
-            choice; it keeps smooth activations below 1e-4 relative error).
+        quadrature_degree: None (default): the smooth activations (tanh, sigmoid, SiLU,
+            GELU, softplus) use their Hermite series (csrc/math/hermite.h;
+            truncation bound 1e-11 relative in float64, 1e-7 in float32), and 2-D
+            Gauss–Hermite quadrature of the spec's default degree serves the pairs where
+            that bound is not met and the other activations without a closed form (ELU,
+            SELU). An int: 2-D quadrature of this degree per dimension for every activation
+            without a closed form (cost ∝ degree²; the op's path before the series).
         force_quadrature: integrate closed-form activations by quadrature too (for tests).
 
     Returns:
@@ -142,6 +148,7 @@ def analytic_kernels(
     if x2 is not None:
         x2 = check_batch("analytic_kernels", "x2", x2, like=x1, features=spec.input_features,
                          flatten=spec.flatten_input)
+    series = quadrature_degree is None
     if quadrature_degree is None:
         quadrature_degree = default_quadrature_degree(spec, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)
@@ -149,6 +156,7 @@ def analytic_kernels(
         x1, x2, **compiled_op_args(spec), gh_nodes=nodes.to(x1.device),
         gh_weights=weights.to(x1.device),
         force_quadrature=force_quadrature, want_nngp="nngp" in wanted, want_ntk="ntk" in wanted,
+        hermite_series=series,
     )
     return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
 

@@ -53,6 +53,7 @@ def analytic_kernels(
     force_quadrature: bool = False,
     want_nngp: bool = True,
     want_ntk: bool = True,
+    hermite_series: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Infinite-width (NNGP [N1, N2], NTK [N1, N2]) of an MLP; see csrc/math/recursion.h.
 
@@ -61,8 +62,10 @@ def analytic_kernels(
     σ_b²) and Θ^(1) = input_ntk_weight·⟨x, x′⟩ + input_ntk_bias (its c_w and c_b); the
     lists hold one entry per hidden layer (activation, then dense layer). All of them
     come from :func:`torch_ntk.analytic.compiled_op_args`. ``gh_nodes``/``gh_weights``
-    [degree] float64 are the Gauss–Hermite rule for activations without a closed form.
-    An output not wanted is an empty tensor [0].
+    [degree] float64 are the Gauss–Hermite rule for activations without a closed form
+    (with ``hermite_series``, the smooth ones use their Hermite series, csrc/math/hermite.h,
+    and the rule only where the series' bound is not met). An output not wanted is an
+    empty tensor [0].
     """
     check_built_for("torch_ntk.analytic_kernels", x1, x2)
     return torch.ops.torch_ntk.analytic_kernels.default(
@@ -71,7 +74,7 @@ def analytic_kernels(
         [float(p) for p in act_params], [float(v) for v in weight_var],
         [float(v) for v in bias_var], [float(v) for v in ntk_weight],
         [float(v) for v in ntk_bias], gh_nodes, gh_weights, bool(force_quadrature),
-        bool(want_nngp), bool(want_ntk),
+        bool(want_nngp), bool(want_ntk), bool(hermite_series),
     )
 
 
@@ -79,7 +82,7 @@ def analytic_kernels(
 def _analytic_kernels_fake(
     x1, x2, input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias, act_ids,
     act_params, weight_var, bias_var, ntk_weight, ntk_bias,
-    gh_nodes, gh_weights, force_quadrature, want_nngp, want_ntk,
+    gh_nodes, gh_weights, force_quadrature, want_nngp, want_ntk, hermite_series=True,
 ):
     torch._check(x1.dim() == 2, lambda: f"analytic_kernels: x1 must be 2-D; got {x1.shape}")
     if x2 is not None:

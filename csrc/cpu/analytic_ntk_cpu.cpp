@@ -4,8 +4,11 @@
 // the per-sample variances run the recursion in O(N L); then a parallel pass
 // over tiles of pairs runs every layer on a tile held in L1 (q12 and theta
 // arrays of kTile entries) and overwrites the buffer with the outputs. The
-// closed-form layers are branch-free loops over the tile that the compiler
-// vectorizes (AVX2/AVX-512 clones are selected at run time on x86-64).
+// closed-form and Hermite-series layers are branch-free loops over the tile that the
+// compiler vectorizes (baseline SSE2, AVX2 and AVX-512 clones are selected at run time on
+// x86-64; setup.py's -fno-trapping-math lets GCC if-convert the square roots and
+// divisions). When x2 is None, a block of kRows rows runs at a time and the mirror
+// image of its tiles is written kRows contiguous entries per column, not one.
 #include <algorithm>
 #include <vector>
 
@@ -26,12 +29,30 @@ namespace torch_ntk {
 namespace {
 
 constexpr int64_t kTile = 256;
+constexpr int64_t kRows = 16;  // rows per block of the symmetric pass
+
+// A Hermite-series layer's tables (AnalyticProblem::ha1 ... for hidden layer l).
+template <typename T>
+struct SeriesLayer {
+  const T* a1;   // [K_max, N1]
+  const T* b1;
+  const T* a2;   // [K_max, N2]
+  const T* b2;
+  const T* na1;  // [N1] E[phi^2] (the exact diagonal when symmetric)
+  const T* nb1;
+  const T* ra1;  // [N1] relative tails at K
+  const T* rb1;
+  const T* ra2;  // [N2]
+  const T* rb2;
+  int K;
+};
 
 template <typename T>
 struct PairProblem {
   const math::HiddenLayer<T>* layers;
   int64_t num_layers;
   math::GaussHermite<T> gh;
+  const SeriesLayer<T>* series;  // [num_layers]; used for math::kHermite layers
   math::InputLayer<T> input;
   const T* var1;  // [num_layers, N1]: Sigma^(l)(x1_i, x1_i) entering hidden layer l
   const T* var2;  // [num_layers, N2]
@@ -42,13 +63,67 @@ struct PairProblem {
   bool symmetric;
 };
 
-// Runs all layers for pairs (i, j0..j0+n) and writes the outputs (and their mirror
-// images when symmetric).
+// A Hermite-series layer on the pairs (i, j0..j0+n): both series by Horner in rho over
+// the tile (vectorized along j), the pairs whose truncation bound exceeds the tolerance
+// redone by composite 2-D quadrature (math::composite_expectations, in double), the
+// diagonal pair (i, i) from the exact norms.
+template <typename T>
+inline __attribute__((always_inline)) void series_layer(const PairProblem<T>& P,
+                                                        const math::HiddenLayer<T>& layer,
+                                                        const SeriesLayer<T>& S, int64_t l,
+                                                        int64_t i, int64_t j0, int64_t n,
+                                                        T* sigma, T* theta) {
+  T rho[kTile], ea[kTile], eb[kTile], bound[kTile];
+  const T q11 = P.var1[l * P.n1 + i];
+  const T* q22 = P.var2 + l * P.n2 + j0;
+  for (int64_t k = 0; k < n; ++k) {
+    const T prod = q11 * q22[k];
+    rho[k] = prod > T(0) ? math::clamp(sigma[k] / math::fsqrt(prod), T(-1), T(1)) : T(0);
+    ea[k] = T(0);
+    eb[k] = T(0);
+  }
+  for (int c = S.K - 1; c >= 0; --c) {
+    const T a1 = S.a1[c * P.n1 + i], b1 = S.b1[c * P.n1 + i];
+    const T* a2 = S.a2 + c * P.n2 + j0;
+    const T* b2 = S.b2 + c * P.n2 + j0;
+    for (int64_t k = 0; k < n; ++k) {
+      ea[k] = ea[k] * rho[k] + a1 * a2[k];
+      eb[k] = eb[k] * rho[k] + b1 * b2[k];
+    }
+  }
+  const T ra1 = S.ra1[i], rb1 = S.rb1[i];
+  const T* ra2 = S.ra2 + j0;
+  const T* rb2 = S.rb2 + j0;
+  bool any = false;
+  for (int64_t k = 0; k < n; ++k) {
+    const T p = math::hermite_rho_power(rho[k], S.K);
+    const T ba = ra1 * ra2[k], bb = rb1 * rb2[k];
+    bound[k] = (ba > bb ? ba : bb) * p;
+    any |= bound[k] > T(math::HermiteTolerance<T>::value);
+  }
+  const bool diagonal = P.symmetric && j0 == i;
+  if (any) {
+    for (int64_t k = diagonal ? 1 : 0; k < n; ++k) {
+      if (bound[k] > T(math::HermiteTolerance<T>::value)) {
+        double e, ed;
+        math::composite_expectations<double>(layer.act, layer.param, q11, q22[k], sigma[k], e,
+                                             ed);
+        ea[k] = static_cast<T>(e);
+        eb[k] = static_cast<T>(ed);
+      }
+    }
+  }
+  if (diagonal) {
+    ea[0] = S.na1[i];
+    eb[0] = S.nb1[i];
+  }
+  for (int64_t k = 0; k < n; ++k) math::apply_layer(layer, ea[k], eb[k], sigma[k], theta[k]);
+}
+
+// Runs all layers for pairs (i, j0..j0+n) into sigma[0..n) and theta[0..n).
 template <typename T>
 inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, int64_t i,
-                                                     int64_t j0, int64_t n) {
-  T sigma[kTile];
-  T theta[kTile];
+                                                     int64_t j0, int64_t n, T* sigma, T* theta) {
   const T* g = P.gram + i * P.n2 + j0;
   for (int64_t k = 0; k < n; ++k) {
     sigma[k] = P.input.sigma(g[k]);
@@ -77,6 +152,9 @@ inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, in
           math::apply_layer(layer, e, ed, sigma[k], theta[k]);
         }
         break;
+      case math::kHermite:
+        series_layer(P, layer, P.series[l], l, i, j0, n, sigma, theta);
+        break;
       default:
         for (int64_t k = 0; k < n; ++k) {
           T e, ed;
@@ -87,41 +165,121 @@ inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, in
         break;
     }
   }
-  if (P.nngp != nullptr) {
-    T* out = P.nngp + i * P.n2 + j0;
-    for (int64_t k = 0; k < n; ++k) out[k] = sigma[k];
-    if (P.symmetric) {
-      for (int64_t k = 0; k < n; ++k) P.nngp[(j0 + k) * P.n2 + i] = sigma[k];
-    }
-  }
-  if (P.ntk != nullptr) {
-    T* out = P.ntk + i * P.n2 + j0;
-    for (int64_t k = 0; k < n; ++k) out[k] = theta[k];
-    if (P.symmetric) {
-      for (int64_t k = 0; k < n; ++k) P.ntk[(j0 + k) * P.n2 + i] = theta[k];
-    }
+}
+
+// All pairs of row i, written in place (x2 given).
+template <typename T>
+inline __attribute__((always_inline)) void pair_row(const PairProblem<T>& P, int64_t i) {
+  T sigma[kTile];
+  T theta[kTile];
+  for (int64_t j0 = 0; j0 < P.n2; j0 += kTile) {
+    const int64_t n = std::min(kTile, P.n2 - j0);
+    pair_tile(P, i, j0, n, sigma, theta);
+    if (P.nngp != nullptr) std::copy(sigma, sigma + n, P.nngp + i * P.n2 + j0);
+    if (P.ntk != nullptr) std::copy(theta, theta + n, P.ntk + i * P.n2 + j0);
   }
 }
 
-// All pairs of row i (j >= i when symmetric: the lower triangle is only written).
+// Writes the block [i0, i0+rows) x [j0, j0+n) from buf (row r at buf + r * kTile; entries
+// with j < i are not computed) and its mirror image: column j of the block goes to row j,
+// rows contiguous entries at a time.
 template <typename T>
-inline __attribute__((always_inline)) void pair_row(const PairProblem<T>& P, int64_t i) {
-  const int64_t start = P.symmetric ? i : 0;
-  for (int64_t j0 = start; j0 < P.n2; j0 += kTile) {
-    pair_tile(P, i, j0, std::min(kTile, P.n2 - j0));
+inline __attribute__((always_inline)) void write_block(T* out, int64_t N, int64_t i0,
+                                                       int64_t rows, int64_t j0, int64_t n,
+                                                       const T* buf) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = i0 + r;
+    const int64_t c0 = std::max<int64_t>(i - j0, 0);
+    if (c0 < n) std::copy(buf + r * kTile + c0, buf + r * kTile + n, out + i * N + j0 + c0);
+  }
+  for (int64_t c = 0; c < n; ++c) {
+    const int64_t j = j0 + c;
+    T* row = out + j * N + i0;
+    const int64_t r_end = std::min(rows, j - i0);  // pairs (i, j) with i < j
+    for (int64_t r = 0; r < r_end; ++r) row[r] = buf[r * kTile + c];
+  }
+}
+
+// The block of rows [i0, i0+rows) of the symmetric problem: pairs j >= i, by tiles of
+// kTile columns, each tile written with its mirror image.
+template <typename T>
+inline __attribute__((always_inline)) void pair_block(const PairProblem<T>& P, int64_t i0,
+                                                      int64_t rows) {
+  T sigma[kRows * kTile];
+  T theta[kRows * kTile];
+  const int64_t N = P.n1;
+  for (int64_t j0 = i0; j0 < N; j0 += kTile) {
+    const int64_t n = std::min(kTile, N - j0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
+      const int64_t c0 = std::max<int64_t>(i - j0, 0);  // the row's pairs start at j = i
+      if (c0 < n) pair_tile(P, i, j0 + c0, n - c0, sigma + r * kTile + c0, theta + r * kTile + c0);
+    }
+    if (P.nngp != nullptr) write_block(P.nngp, N, i0, rows, j0, n, sigma);
+    if (P.ntk != nullptr) write_block(P.ntk, N, i0, rows, j0, n, theta);
   }
 }
 
 TNTK_CPU_CLONES void pair_row_float(const PairProblem<float>& P, int64_t i) { pair_row(P, i); }
 TNTK_CPU_CLONES void pair_row_double(const PairProblem<double>& P, int64_t i) { pair_row(P, i); }
+TNTK_CPU_CLONES void pair_block_float(const PairProblem<float>& P, int64_t i0, int64_t rows) {
+  pair_block(P, i0, rows);
+}
+TNTK_CPU_CLONES void pair_block_double(const PairProblem<double>& P, int64_t i0, int64_t rows) {
+  pair_block(P, i0, rows);
+}
 
 inline void pair_row_dispatch(const PairProblem<float>& P, int64_t i) { pair_row_float(P, i); }
 inline void pair_row_dispatch(const PairProblem<double>& P, int64_t i) { pair_row_double(P, i); }
+inline void pair_block_dispatch(const PairProblem<float>& P, int64_t i0, int64_t rows) {
+  pair_block_float(P, i0, rows);
+}
+inline void pair_block_dispatch(const PairProblem<double>& P, int64_t i0, int64_t rows) {
+  pair_block_double(P, i0, rows);
+}
+
+// The series tables of one sample set (1 or 2) and the variances: per sample, layer by layer,
+// the coefficients of series layers and the next variance from their exact E[phi^2].
+template <typename T>
+void sample_pass(const AnalyticProblem<T>& p, const math::GaussHermite<T>& gh, int set) {
+  const at::Tensor& sq = set == 1 ? p.sq1 : p.sq2;
+  const at::Tensor& var = set == 1 ? p.var1 : p.var2;
+  const T* sq_norms = sq.data_ptr<T>();
+  T* v = var.data_ptr<T>();
+  const int64_t n = sq.numel();
+  const int64_t num_layers = static_cast<int64_t>(p.layers.size());
+  const math::HiddenLayer<T>* layers = p.layers.data();
+  if (!p.hermite) {
+    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        math::sample_variances(p.input, layers, num_layers, gh, sq_norms[s], n, s, v);
+      }
+    });
+    return;
+  }
+  const math::HermiteSampleTables<T> tables = hermite_tables(p, set);
+  at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      T q = p.input.sigma(sq_norms[s]);
+      for (int64_t l = 0; l < num_layers; ++l) {
+        v[l * n + s] = q;
+        const auto& layer = layers[l];
+        if (layer.kind == math::kHermite) {
+          const double e = math::hermite_sample(layer.act, layer.param, q, l, n, s, tables);
+          q = layer.weight_var * static_cast<T>(e) + layer.bias_var;
+        } else {
+          q = math::next_variance(layer, gh, q);
+        }
+      }
+    }
+  });
+}
 
 // The CPU backend of analytic_kernels_op and activation_op (csrc/analytic_spec.h).
 struct CpuAnalytic {
   // Each tile reads its Gram entries before it writes its outputs.
   static constexpr bool kGramIsOutput = true;
+  static constexpr bool kHermiteSeries = true;
 
   template <typename T>
   static void run(const AnalyticProblem<T>& p, at::Tensor& nngp, at::Tensor& ntk) {
@@ -129,22 +287,30 @@ struct CpuAnalytic {
     const math::GaussHermite<T> gh{p.gh_nodes.template data_ptr<T>(),
                                    p.gh_weights.template data_ptr<T>(),
                                    static_cast<int>(p.gh_nodes.numel())};
-    auto variances = [&](const at::Tensor& sq, const at::Tensor& var) {
-      const T* sq_norms = sq.data_ptr<T>();
-      T* v = var.data_ptr<T>();
-      const int64_t n = sq.numel();
-      at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-        for (int64_t s = begin; s < end; ++s) {
-          math::sample_variances(p.input, p.layers.data(), num_layers, gh, sq_norms[s], n, s, v);
-        }
-      });
-    };
-    variances(p.sq1, p.var1);
-    if (!p.symmetric) variances(p.sq2, p.var2);
+    sample_pass(p, gh, 1);
+    if (!p.symmetric) sample_pass(p, gh, 2);
+    AnalyticProblem<T>& pm = const_cast<AnalyticProblem<T>&>(p);
+    finish_hermite(pm);
+    std::vector<SeriesLayer<T>> series(num_layers);
+    for (int64_t l = 0; l < num_layers && p.hermite; ++l) {
+      const int64_t K = math::kHermiteMaxTerms;
+      series[l] = {p.ha1.template data_ptr<T>() + l * K * p.n1,
+                   p.hb1.template data_ptr<T>() + l * K * p.n1,
+                   p.ha2.template data_ptr<T>() + l * K * p.n2,
+                   p.hb2.template data_ptr<T>() + l * K * p.n2,
+                   p.hna1.template data_ptr<T>() + l * p.n1,
+                   p.hnb1.template data_ptr<T>() + l * p.n1,
+                   p.hra1.template data_ptr<T>() + l * p.n1,
+                   p.hrb1.template data_ptr<T>() + l * p.n1,
+                   p.hra2.template data_ptr<T>() + l * p.n2,
+                   p.hrb2.template data_ptr<T>() + l * p.n2,
+                   p.hermite_terms[l]};
+    }
 
     const PairProblem<T> P{p.layers.data(),
                            num_layers,
                            gh,
+                           series.data(),
                            p.input,
                            p.var1.template data_ptr<T>(),
                            p.var2.template data_ptr<T>(),
@@ -156,12 +322,19 @@ struct CpuAnalytic {
                            p.symmetric};
     const int64_t n1 = p.n1;
     if (p.symmetric) {
-      // Row i holds N - i pairs: pairing row k with row N-1-k balances the threads.
-      const int64_t half = (n1 + 1) / 2;
+      // Block b holds rows [b kRows, ...) and its pairs j >= i: pairing block k with block
+      // nb-1-k balances the threads. A block reads Gram entries (i, j >= i) of its own rows
+      // only and writes the mirror (j, i) of them, in rows j > i whose own block reads only
+      // columns >= j: no entry is written before it is read.
+      const int64_t nb = (n1 + kRows - 1) / kRows;
+      const int64_t half = (nb + 1) / 2;
+      auto block = [&](int64_t b) {
+        pair_block_dispatch(P, b * kRows, std::min(kRows, n1 - b * kRows));
+      };
       at::parallel_for(0, half, 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
-          pair_row_dispatch(P, k);
-          if (n1 - 1 - k != k) pair_row_dispatch(P, n1 - 1 - k);
+          block(k);
+          if (nb - 1 - k != k) block(nb - 1 - k);
         }
       });
     } else {

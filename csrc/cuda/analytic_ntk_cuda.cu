@@ -3,7 +3,8 @@
 // Same plan as the CPU op (csrc/cpu/analytic_ntk_cpu.cpp) and the same per-pair
 // arithmetic (csrc/math/recursion.h): a GEMM for <x, x'> into an output buffer, a
 // kernel for the per-sample variances, then a pair kernel in which each thread runs
-// every layer of its pairs in registers. When x2 is None only tiles on or above the
+// every layer of its pairs in registers (Hermite-series layers: the same per-sample tables
+// and per-pair arithmetic as the CPU, csrc/math/hermite.h). When x2 is None only tiles on or above the
 // diagonal run; each writes its tile and, through shared memory, the transposed
 // tile, so both halves are written coalesced and the result is exactly symmetric.
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <torch/library.h>
 
 #include "../analytic_spec.h"
+#include "../math/hermite.h"
 #include "../math/recursion.h"
 
 namespace torch_ntk {
@@ -39,7 +41,40 @@ struct DeviceProblem {
   const T* gram;  // [n1, n2]
   T* nngp;        // [n1, n2] or nullptr
   T* ntk;         // [n1, n2] or nullptr
+  // Hermite-series tables (AnalyticProblem::ha1 ...; nullptr when no layer is kHermite).
+  const T *ha1, *hb1, *ha2, *hb2, *hna1, *hnb1, *hra1, *hrb1, *hra2, *hrb2;
+  const int* hterms;  // [num_layers] K of each series layer
 };
+
+// One pair's expectations in a Hermite-series layer l (csrc/math/hermite.h): the series,
+// or composite 2-D quadrature (double) where its bound exceeds the tolerance, or the exact
+// norms on the diagonal; as the CPU's series_layer.
+template <typename T>
+__device__ void series_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>& layer, int l,
+                            int64_t i, int64_t j, bool diagonal, T q11, T q22, T q12, T& e,
+                            T& ed) {
+  if (diagonal) {
+    e = P.hna1[l * P.n1 + i];
+    ed = P.hnb1[l * P.n1 + i];
+    return;
+  }
+  const int K = P.hterms[l];
+  const T prod = q11 * q22;
+  const T rho = prod > T(0) ? math::clamp(q12 / math::fsqrt(prod), T(-1), T(1)) : T(0);
+  const int64_t o1 = static_cast<int64_t>(l) * math::kHermiteMaxTerms * P.n1 + i;
+  const int64_t o2 = static_cast<int64_t>(l) * math::kHermiteMaxTerms * P.n2 + j;
+  math::hermite_pair(P.ha1 + o1, P.hb1 + o1, P.n1, P.ha2 + o2, P.hb2 + o2, P.n2, K, rho, e, ed);
+  const T ba = P.hra1[l * P.n1 + i] * P.hra2[l * P.n2 + j];
+  const T bb = P.hrb1[l * P.n1 + i] * P.hrb2[l * P.n2 + j];
+  const T bound = (ba > bb ? ba : bb) * math::hermite_rho_power(rho, K);
+  if (bound > T(math::HermiteTolerance<T>::value)) {
+    double e64, ed64;
+    math::composite_expectations<double>(layer.act, static_cast<double>(layer.param), q11, q22,
+                                         q12, e64, ed64);
+    e = static_cast<T>(e64);
+    ed = static_cast<T>(ed64);
+  }
+}
 
 // The layer table and the quadrature rule, copied into dynamic shared memory.
 template <typename T>
@@ -77,21 +112,41 @@ __device__ void run_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>* 
     const T q22 = P.var2[l * P.n2 + j];
     if (diagonal) sigma = q11;  // exact variance on the diagonal, as on the CPU
     T e, ed;
-    math::layer_expectations(layers[l], gh, q11, q22, sigma, e, ed);
+    if (layers[l].kind == math::kHermite) {
+      series_pair(P, layers[l], l, i, j, diagonal, q11, q22, sigma, e, ed);
+    } else {
+      math::layer_expectations(layers[l], gh, q11, q22, sigma, e, ed);
+    }
     math::apply_layer(layers[l], e, ed, sigma, theta);
   }
 }
 
+// The variances of one sample set; with series (hermite), the series tables too: layer by
+// layer, the next variance of a series layer from its exact E[phi^2] (as on the CPU).
 template <typename T>
 __global__ void sample_variance_kernel(DeviceProblem<T> P, const T* sq_norms, int64_t n,
-                                       T* var) {
+                                       T* var, bool hermite,
+                                       math::HermiteSampleTables<T> htables) {
   const SharedTables<T> tables = load_shared(P);
   const math::HiddenLayer<T>* layers = tables.layers;
   const math::GaussHermite<T>& gh = tables.gh;
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x * blockDim.y +
                     threadIdx.y * blockDim.x + threadIdx.x;
   if (s >= n) return;
-  math::sample_variances(P.input, layers, P.num_layers, gh, sq_norms[s], n, s, var);
+  if (!hermite) {
+    math::sample_variances(P.input, layers, P.num_layers, gh, sq_norms[s], n, s, var);
+    return;
+  }
+  T q = P.input.sigma(sq_norms[s]);
+  for (int l = 0; l < P.num_layers; ++l) {
+    var[static_cast<int64_t>(l) * n + s] = q;
+    if (layers[l].kind == math::kHermite) {
+      const double e = math::hermite_sample(layers[l].act, layers[l].param, q, l, n, s, htables);
+      q = layers[l].weight_var * static_cast<T>(e) + layers[l].bias_var;
+    } else {
+      q = math::next_variance(layers[l], gh, q);
+    }
+  }
 }
 
 // Rectangular case: one thread per pair (kBlockRows rows per pass), coalesced along j.
@@ -176,6 +231,7 @@ struct CudaAnalytic {
   // The pair kernels read the Gram matrix and write outputs tile by tile; a separate
   // Gram buffer keeps reads and writes of different blocks from overlapping.
   static constexpr bool kGramIsOutput = false;
+  static constexpr bool kHermiteSeries = true;
 
   template <typename T>
   static void run(const AnalyticProblem<T>& p, at::Tensor& nngp, at::Tensor& ntk) {
@@ -212,16 +268,39 @@ struct CudaAnalytic {
     const dim3 block(kTileDim, kBlockRows);
 
     const int per_block = kTileDim * kBlockRows;
+    const math::HermiteSampleTables<T> none{nullptr, nullptr, nullptr, nullptr, nullptr};
     sample_variance_kernel<T><<<(n1 + per_block - 1) / per_block, block, smem, stream>>>(
-        P, p.sq1.template data_ptr<T>(), n1, p.var1.template data_ptr<T>());
+        P, p.sq1.template data_ptr<T>(), n1, p.var1.template data_ptr<T>(), p.hermite,
+        p.hermite ? hermite_tables(p, 1) : none);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (!p.symmetric) {
       sample_variance_kernel<T><<<(n2 + per_block - 1) / per_block, block, smem, stream>>>(
-          P, p.sq2.template data_ptr<T>(), n2, p.var2.template data_ptr<T>());
+          P, p.sq2.template data_ptr<T>(), n2, p.var2.template data_ptr<T>(), p.hermite,
+          p.hermite ? hermite_tables(p, 2) : none);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     P.var1 = p.var1.template data_ptr<T>();
     P.var2 = p.var2.template data_ptr<T>();
+    at::Tensor hterms;
+    P.ha1 = P.hb1 = P.ha2 = P.hb2 = P.hna1 = P.hnb1 = P.hra1 = P.hrb1 = P.hra2 = P.hrb2 = nullptr;
+    P.hterms = nullptr;
+    if (p.hermite) {
+      AnalyticProblem<T>& pm = const_cast<AnalyticProblem<T>&>(p);
+      finish_hermite(pm);  // K per layer (synchronizes: a [L, C] max comes to the host)
+      hterms = at::tensor(std::vector<int>(p.hermite_terms), at::TensorOptions().dtype(at::kInt))
+                   .to(p.x1.device());
+      P.hterms = hterms.data_ptr<int>();
+      P.ha1 = p.ha1.template data_ptr<T>();
+      P.hb1 = p.hb1.template data_ptr<T>();
+      P.ha2 = p.ha2.template data_ptr<T>();
+      P.hb2 = p.hb2.template data_ptr<T>();
+      P.hna1 = p.hna1.template data_ptr<T>();
+      P.hnb1 = p.hnb1.template data_ptr<T>();
+      P.hra1 = p.hra1.template data_ptr<T>();
+      P.hrb1 = p.hrb1.template data_ptr<T>();
+      P.hra2 = p.hra2.template data_ptr<T>();
+      P.hrb2 = p.hrb2.template data_ptr<T>();
+    }
 
     const dim3 grid((n2 + kTileDim - 1) / kTileDim, (n1 + kTileDim - 1) / kTileDim);
     TORCH_CHECK_VALUE(grid.y <= 65535, "analytic_kernels: x1 has too many rows for one launch (",

@@ -4,7 +4,8 @@
 // For each activation phi: phi(x), phi'(x), and for the ReLU family and erf the
 // closed-form Gaussian expectations
 //     E[phi(u) phi(v)]   and   E[phi'(u) phi'(v)],   (u, v) ~ N(0, [[q11, q12], [q12, q22]]).
-// Every other activation is integrated by quadrature (quadrature.h).
+// Every other activation is integrated by quadrature (quadrature.h), or, for the smooth
+// ones in the MLP op, by its Hermite series (hermite.h).
 #pragma once
 
 #include "angles.h"
@@ -48,8 +49,11 @@ inline const char* activation_name(int id) {
   }
 }
 
-// How a layer's expectations are computed.
-enum ExpectationKind : int { kAbRelu = 0, kErfClosed = 1, kQuadrature = 2 };
+// How a layer's expectations are computed. kHermite (the Hermite series of hermite.h,
+// with kQuadrature for the pairs where its bound is not met) is chosen by the analytic
+// op's hermite_series argument (csrc/analytic_spec.h), never by expectation_kind; code
+// that does not know it treats it as kQuadrature.
+enum ExpectationKind : int { kAbRelu = 0, kErfClosed = 1, kQuadrature = 2, kHermite = 3 };
 
 inline int expectation_kind(int id, bool force_quadrature) {
   if (force_quadrature) return kQuadrature;

@@ -1,4 +1,4 @@
-// The infinite-width CNN recursion (NTK_MATH.md section 6), one pair at a time.
+// The infinite-width CNN recursion (Arora et al. 2019, Novak et al. 2019), one pair at a time.
 //
 // A pair (x, x') of images carries two position-position planes: Sigma_{p,p'}, the
 // covariance of the current features at positions p of x and p' of x', and Theta_{p,p'},

@@ -28,6 +28,8 @@ TNTK_HD float ftanh(float x) { return tanhf(x); }
 TNTK_HD double ftanh(double x) { return tanh(x); }
 TNTK_HD float ferf(float x) { return erff(x); }
 TNTK_HD double ferf(double x) { return erf(x); }
+TNTK_HD float fceil(float x) { return ceilf(x); }
+TNTK_HD double fceil(double x) { return ceil(x); }
 
 template <typename T>
 TNTK_HD T clamp(T x, T lo, T hi) {

@@ -1,4 +1,4 @@
-// The infinite-width layer recursion (NTK_MATH.md section 3), one pair at a time.
+// The infinite-width layer recursion (Jacot et al. 2018, Lee et al. 2019), one pair at a time.
 //
 //   Sigma^(1)       = w_0 <x, x'> + b_0      (InputLayer: weight_var, bias_var)
 //   Theta^(1)       = tw_0 <x, x'> + tb_0    (InputLayer: ntk_weight, ntk_bias)

@@ -1,4 +1,4 @@
-// The structured empirical NTK, one output tile at a time (NTK_MATH.md section 2).
+// The structured empirical NTK, one output tile at a time (Novak et al. 2022).
 //
 // For dense layer l with input activations A_l [N, n_l], output cotangents
 // D_l [N, n_L, m_l] (D_l[x, k, :] = df_k(x)/dz_l) and coefficients (c_w, c_b):

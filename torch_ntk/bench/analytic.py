@@ -164,6 +164,12 @@ COLUMNS = [
 ]
 
 
+def render_analytic(payload: dict) -> str:
+    """The main table (markdown) of an analytic payload: fused op against the eager and
+    compiled plain-torch recursion."""
+    return markdown_table(payload["rows"], COLUMNS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of the compiled baseline (default inductor)")
+    parser.add_argument("--paths", action="store_true",
+                        help="also time the op against its previous paths (analytic_paths.py)")
+    parser.add_argument("--baseline-tree", default=None,
+                        help="with --paths: a checkout with its own built _C to compare against")
     parser.add_argument("--out", default=None,
                         help="JSON path (default benchmarks/results/analytic_<device>.json)")
     return parser
@@ -189,8 +199,14 @@ def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m to
     rows = run(CASES[(args.device, args.quick)], args.device, args.repeats, methods, ceilings,
                args.compile_backend)
     payload = {"benchmark": "analytic", "machine": machine_info(args.device),
-               "roofline": ceilings, "rows": rows, "wall_s": round(time.perf_counter() - t0, 1),
-               "command": " ".join([prog, *argv])}
+               "roofline": ceilings, "rows": rows}
+    if args.paths and args.device == "cpu":
+        from .analytic_paths import render_analytic_paths, run_paths
+        payload["paths"] = run_paths(args.baseline_tree, quick=args.quick)
+        print(render_analytic_paths(payload))
+    payload.update({"load_end": [round(v, 2) for v in os.getloadavg()],
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "command": " ".join([prog, *argv])})
     out = args.out or os.path.join(default_dir or results_dir(), f"analytic_{args.device}.json")
     write_json(out, payload)
     print(markdown_table(rows, COLUMNS))

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -177,6 +178,16 @@ def roofline(device: str = "cpu", n_matmul: Optional[int] = None,
             "copy_bytes_per_s": 2 * src.numel() * 4 / t_copy}
 
 
+def _compiler() -> str:
+    """The first line of ``$CXX --version`` (c++ by default: what builds torch_ntk._C)."""
+    try:
+        out = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.splitlines()[0] if out else ""
+
+
 def machine_info(device: str = "cpu") -> dict:
     info = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -188,6 +199,7 @@ def machine_info(device: str = "cpu") -> dict:
         "device": device,
     }
     info.update(cpu_info())
+    info["compiler"] = _compiler()
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda

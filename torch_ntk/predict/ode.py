@@ -4,7 +4,7 @@ For a cost C(f) on the training outputs, kernel gradient descent with kernel K r
 
     ∂_t f(X) = −η K ∇_f C(f(X)),        ∂_t f(x) = −η Θ(x, X) ∇_f C(f(X))
 
-(the paper's ∂_t f = −∇_K C|_f, its §3; NTK_MATH.md §4 for the least-squares case, whose
+(the paper's ∂_t f = −∇_K C|_f, its §3; the paper's §5 for the least-squares case, whose
 closed form is :func:`~torch_ntk.predict.gradient_descent_mse`). The gradient is the one
 of the cost *as a sum over the training set*, so the 1/N of a mean cost is inside it:
 ``"mse"`` C = (1/2N) Σ_i ‖f_i − y_i‖² gives ∂_t f = −(η/N) K (f − Y), exactly the flow of
