@@ -11,6 +11,7 @@ Rank r writes DIR/rank<r>.json: {"rank", "active", "steps", "history", "history_
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -56,6 +57,11 @@ def main(directory: str) -> None:
               "history_all": [r.as_dict() for r in everywhere.history]}
     with open(os.path.join(directory, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    # The trackers hold the DDP model: release it (and its reducer's hold on the process
+    # group) before the group goes, or gloo may abort at exit ("terminate called without
+    # an active exception", seen once in a full run).
+    del tracker, everywhere
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
