@@ -52,6 +52,11 @@ def render_cntk_digits(payload: dict) -> str:
         m = s["methods"][key]
         cells = [f"{mu:.3f} ± {sd:.3f}" for mu, sd in zip(m["mean"], m["std"])]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    sec, env = payload.get("seconds"), payload.get("environment", {})
+    if sec:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in sec.items() if k != "total")
+        lines += ["", f"Run time {sec['total']:.0f} s ({parts}) with {env.get('threads', '?')} "
+                  f"threads on {env.get('cpu_model', '?')}, torch {env.get('torch', '?')}."]
     return "\n".join(lines)
 
 

@@ -18,12 +18,7 @@
 
 #include "../analytic_spec.h"
 #include "../math/recursion.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define TNTK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TNTK_CPU_CLONES
-#endif
+#include "clones.h"
 
 namespace torch_ntk {
 namespace {

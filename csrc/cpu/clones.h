@@ -3,10 +3,8 @@
 // picks the best one for the running CPU once, at load time.
 #pragma once
 
-#ifndef TNTK_CPU_CLONES
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TNTK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TNTK_CPU_CLONES
-#endif
 #endif
