@@ -233,7 +233,8 @@ def render_distributed(payload: dict) -> str:
             f"{payload['threads_per_process']} thread(s) per rank, median of "
             f"{payload['repeats']} runs, {m['date'][:10]}; load average "
             f"{load[0]:.1f} before" + (f", {after[0]:.1f} after" if after else "")
-            + " (under load: other jobs shared the cores)")
+            + (" (under load: other jobs shared the cores)"
+               if max(load[0], after[0] if after else 0) > 1.5 else " (a quiet machine)"))
     return "\n\n".join([markdown_table(rows_of(payload), COLUMNS), cond,
                         "\n".join(_summary(payload, load))])
 
@@ -249,15 +250,20 @@ def _summary(payload: dict, load) -> list[str]:
     cores = payload["machine"].get("cpu_count") or 0
     for case, res in payload["results"].items():
         sinks = res["sinks"]
-        parts = []
+        parts, effs = [], []
         for sink, per in sinks.items():
             if "1" in per and "2" in per:
                 eff = per["1"]["total_s"] / (2 * per["2"]["total_s"])
                 parts.append(f"{eff:.2f} ({sink} output)")
+                effs.append((sink, eff))
         line = f"- {case}: 2-rank efficiency " + ", ".join(parts) + " (target ≥ 0.90: "
-        line += ("not meaningful here — " if load[0] > cores else "") + (
-            f"the load average {load[0]:.1f} on {cores} cores means the two ranks did not "
-            "have a core each" if load[0] > cores else "measured on a quiet machine") + ")"
+        if load[0] > cores:
+            line += (f"not meaningful here — the load average {load[0]:.1f} on {cores} cores "
+                     "means the two ranks did not have a core each)")
+        else:
+            verdict = ", ".join(f"{sink} {'met' if eff >= 0.90 else 'missed'}"
+                                for sink, eff in effs)
+            line += f"{verdict}; measured on a quiet machine)"
         tensor, npy = sinks.get("tensor", {}).get("1"), sinks.get("npy", {}).get("1")
         if tensor and tensor["overhead"] is not None:
             verdict = (("target ≤ +10%: met" if tensor["overhead"] <= 0.10 else
