@@ -144,9 +144,29 @@ PATH_COLUMNS = [
 
 
 def render_analytic_paths(payload: dict) -> str:
-    """The paths table (markdown) of a payload written by ``--paths``."""
+    """The paths table (markdown) of a payload written by ``--paths``, with issue 15's
+    targets judged: ReLU/erf ≤ 0.09 s, ≥ 4× the previous build and within 2× of the floor;
+    the series ≥ 50× the 2-D quadrature."""
     from .common import markdown_table
     m = payload["machine"]
+    rows = payload["paths"]
+    loads = [r["load_before"][0] for r in rows if r.get("load_before")]
+    busy = max(loads, default=float("nan"))
+    state = f"under load (1-min load up to {busy:.1f})" if not busy <= 1.5 else (
+        f"a quiet machine (1-min load ≤ {busy:.1f})")
     head = (f"{m.get('cpu_model', '?')}, flags {m.get('cpu_flags')}, compiler "
-            f"{m.get('compiler', '?')}, {payload['paths'][0]['threads']} threads, under load\n\n")
-    return head + markdown_table(payload["paths"], PATH_COLUMNS)
+            f"{m.get('compiler', '?')}, {rows[0]['threads']} threads, {state}\n\n")
+    verdicts = []
+    for r in rows:
+        name = f"{r['activation']} d{r['depth']} N = {r['N']}"
+        if r.get("baseline_build_s"):
+            ratio, floor = r["baseline_build_s"] / r["new_s"], r["new_s"] / r["floor_s"]
+            verdicts.append(
+                f"- {name}: {r['new_s']:.3f} s (≤ 0.09 s: {'met' if r['new_s'] <= 0.09 else 'missed'}); "
+                f"{ratio:.2f}× the previous build (≥ 4×: {'met' if ratio >= 4 else 'missed'}); "
+                f"{floor:.2f}× the floor (within 2×: {'met' if floor <= 2 else 'missed'}).")
+        elif r.get("quadrature_s"):
+            ratio = r["quadrature_s"] / r["new_s"]
+            verdicts.append(f"- {name}: {ratio:.0f}× the 2-D quadrature at degree "
+                            f"{r['quadrature_degree']} (≥ 50×: {'met' if ratio >= 50 else 'missed'}).")
+    return head + markdown_table(rows, PATH_COLUMNS) + "\n\n" + "\n".join(verdicts)
