@@ -39,8 +39,8 @@ from torch_ntk.cnn_analytic import cnn_kernels as eager_cnn_kernels
 from torch_ntk.nn import NTKConv2d, NTKLinear
 
 from .common import (
-    elapsed, load_average, machine_info, markdown_table, matmul_rate, parse_suite_args, results_dir,
-    summary, write_json,
+    elapsed, load_average, machine_info, machine_line, markdown_table, matmul_rate,
+    parse_suite_args, results_dir, summary, write_json,
 )
 
 # name: (readout, depth, c0, hw, N); the eager composite runs where its planes fit.
@@ -174,13 +174,10 @@ COLUMNS = [
 def render_cnn(payload: dict) -> str:
     """The markdown table of a payload of this benchmark, the line of its machine and
     matmul reference, and the issue's target judged (docs/benchmarks.md)."""
-    m = payload["machine"]
-    flags = ", ".join(k for k, v in m.get("cpu_flags", {}).items() if v)
     mm = payload["matmul"]
     lines = [
         markdown_table(payload["rows"], COLUMNS), "",
-        f"{m.get('cpu_model', '?')} ({flags}), {m['cpu_count']} cores, {m['torch_threads']} "
-        f"threads, torch {m['torch']}, {m['date'][:16].replace('T', ' ')} UTC; load average "
+        f"{machine_line(payload['machine'])}; load average "
         f"{payload.get('load_before', float('nan')):.1f} before, "
         f"{payload.get('load_after', float('nan')):.1f} after; float32 {mm['n']}³ matmul "
         f"beside it: {mm['flops'] / 1e9:.0f} GFLOP/s; run {payload['wall_s']:.0f} s.", ""]

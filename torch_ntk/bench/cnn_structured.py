@@ -40,7 +40,7 @@ from torch_ntk.conv_structured import ConvStructuredPlan
 from torch_ntk.nn import NTKConv2d, NTKLinear
 
 from .common import (
-    interleaved, load_average, machine_info, markdown_table, parse_suite_args,
+    interleaved, load_average, machine_info, machine_line, markdown_table, parse_suite_args,
     results_dir, summary, write_json,
 )
 
@@ -171,14 +171,11 @@ COLUMNS = [
 def render_cnn_structured(payload: dict) -> str:
     """The markdown table of a payload of this benchmark and its machine line
     (docs/benchmarks.md)."""
-    m = payload["machine"]
-    flags = ", ".join(k for k, v in m.get("cpu_flags", {}).items() if v)
     rows = [dict(row, torch_func_over_floor=round(row["torch_func_s"] / row["gemm_floor_s"], 2))
             for row in payload["rows"]]
     return "\n".join([
         markdown_table(rows, COLUMNS), "",
-        f"{m.get('cpu_model', '?')} ({flags}), {m['cpu_count']} cores, {m['torch_threads']} "
-        f"threads, torch {m['torch']}, {m['date'][:16].replace('T', ' ')} UTC; medians of "
+        f"{machine_line(payload['machine'])}; medians of "
         f"{payload.get('repeats', '?')} interleaved rounds after a warm-up; run "
         f"{payload['wall_s']:.0f} s."])
 

@@ -206,6 +206,15 @@ def machine_info(device: str = "cpu") -> dict:
     return info
 
 
+def machine_line(machine: dict) -> str:
+    """One line naming the machine of a payload: CPU model and vector flags, cores,
+    threads, torch, date (UTC) — the line under a rendered table."""
+    flags = ", ".join(k for k, v in machine.get("cpu_flags", {}).items() if v)
+    return (f"{machine.get('cpu_model', '?')} ({flags}), {machine['cpu_count']} cores, "
+            f"{machine['torch_threads']} threads, torch {machine['torch']}, "
+            f"{machine['date'][:16].replace('T', ' ')} UTC")
+
+
 def results_dir() -> str:
     """benchmarks/results of a source checkout (the scripts' default output folder), or
     ./benchmark_results when torch_ntk is installed elsewhere."""
