@@ -241,3 +241,19 @@ def test_cnn_script_is_a_thin_wrapper():
     assert done.returncode == 0, done.stderr
     assert "--device" in done.stdout and "--quick" in done.stdout
     assert "python benchmarks/cnn.py" in done.stdout
+
+
+def test_bench_cnn_structured_quick(tmp_path, capsys):
+    """The suite runs and every method agrees with vmap(jacrev) (float32, 1e-4)."""
+    assert main(["bench", "cnn_structured", "--quick", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    payload = read_json(tmp_path / "cnn_structured_cpu.json")
+    assert payload["benchmark"] == "cnn_structured" and payload["quick"]
+    assert {(r["n_L"], r["mode"]) for r in payload["rows"]} == {(1, "trace"), (3, "full")}
+    for row in payload["rows"]:
+        for key in ("structured", "grams", "jacobian"):
+            assert row[f"{key}_rel_diff"] <= 1e-4, (key, row)
+        assert row["contractions"] and row["floor_gflop"] >= 0
+        assert 0 < row["gemm_floor_s"] and 0 < row["structured_s"]
+    text = capsys.readouterr().out
+    assert "| width |" in text and "cnn_structured_cpu.json" in text
