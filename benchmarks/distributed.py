@@ -46,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from torch_ntk import files  # noqa: E402
+from torch_ntk._utils import files  # noqa: E402
 from torch_ntk.bench.common import machine_info, markdown_table, write_json  # noqa: E402
 
 CASES = {

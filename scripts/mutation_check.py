@@ -49,11 +49,11 @@ class Fault:
 
 FAULTS = [
     # --- analytic (Python) ---
-    Fault("input_bias_dropped", "analytic", "torch_ntk/analytic.py",
+    Fault("input_bias_dropped", "analytic", "torch_ntk/analytic/kernels.py",
           "input_bias_var=first.bias_var,", "input_bias_var=0.0,",
           ("tests/test_independent.py", "-k", "recursion"),
           "the first layer's σ_b² left out of Σ¹"),
-    Fault("torch_linear_bias_var", "analytic", "torch_ntk/arch.py",
+    Fault("torch_linear_bias_var", "analytic", "torch_ntk/lifting/lift.py",
           "bias_var = 1.0 / (3.0 * fan_in) if bias_var is None else float(bias_var)",
           "bias_var = 1.0 / fan_in if bias_var is None else float(bias_var)",
           ("tests/test_independent.py", "-k", "torch"),
@@ -68,7 +68,7 @@ FAULTS = [
           ("tests/test_activations.py",),
           "softplus′ ignores β"),
     # --- empirical (Python) ---
-    Fault("structured_bias_coef", "empirical", "torch_ntk/structured.py",
+    Fault("structured_bias_coef", "empirical", "torch_ntk/empirical/mlp_plan.py",
           "dense.ntk_bias_coef if b_on else 0.0", "0.0",
           ("tests/test_empirical.py", "-k", "oracle"),
           "the structured NTK leaves out every bias term"),
@@ -79,13 +79,13 @@ FAULTS = [
           ("tests/test_predict.py",),
           "the ensemble law's gradient-flow rate η/N taken as η"),
     # --- tracker ---
-    Fault("drift_over_current_norm", "tracker", "torch_ntk/drift_records.py",
+    Fault("drift_over_current_norm", "tracker", "torch_ntk/tracking/records.py",
           '"drift": torch.linalg.matrix_norm(k - ref) / ref_norm,',
           '"drift": torch.linalg.matrix_norm(k - ref) / k_norm,',
           ("tests/test_tracking.py",),
           "relative drift divided by ‖Θ_t‖ instead of ‖Θ_ref‖"),
     # --- Monte Carlo ---
-    Fault("stderr_biased", "monte carlo", "torch_ntk/kernel_samples.py",
+    Fault("stderr_biased", "monte carlo", "torch_ntk/monte_carlo/samples.py",
           "return (self.m2 / ((self.n - 1) * self.n)).sqrt_()",
           "return (self.m2 / (self.n * self.n)).sqrt_()",
           ("tests/test_monte_carlo.py",),
@@ -97,7 +97,7 @@ FAULTS = [
           ("tests/test_distributed.py", "-k", "single_process or two_ranks"),
           "symmetric tiled kernels do not mirror the upper tiles"),
     # --- CLI ---
-    Fault("cli_default_bias_std", "cli", "torch_ntk/cli.py",
+    Fault("cli_default_bias_std", "cli", "torch_ntk/cli/main.py",
           "args.bias_std = 0.1 if args.bias_std is None else args.bias_std",
           "args.bias_std = 0.0 if args.bias_std is None else args.bias_std",
           ("tests/test_cli.py", "-k", "kernel"),

@@ -1,5 +1,5 @@
 """Infinite-width NNGP and NTK: the fused op against the plain-torch recursion (the same
-formulas in another implementation, torch_ntk.reference: an implementation check, not an
+formulas in another implementation, torch_ntk.analytic.reference: an implementation check, not an
 independent one), against tests/independent.py (numpy/scipy, shares nothing with the
 package; every activation is in test_independent.py), Monte Carlo of wide random
 networks built from the package's modules, and the kernels' structural properties."""
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import torch_ntk as tn
-from torch_ntk.reference import analytic_kernels_reference
+from torch_ntk.analytic.reference import analytic_kernels_reference
 
 from conftest import EXACT_F32, EXACT_F64, devices, dtypes, rel_err
 import independent as ind

@@ -7,7 +7,8 @@ from torch import nn
 import torch_ntk as tn
 from torch_ntk.activations import Activation
 from torch_ntk.analytic import compiled_op_args
-from torch_ntk.arch import Dense, LayerSpec, lift
+from torch_ntk.layers import Dense
+from torch_ntk.lifting import LayerSpec, lift
 
 
 def test_lift_ntk_mlp_matches_mlp_spec():

@@ -12,11 +12,12 @@ from torch import nn
 
 import torch_ntk as tn
 from torch_ntk.analytic import analytic_kernels_into, compiled_op_args
-from torch_ntk.arch import AvgPool, Conv, Dense, Flatten, GlobalAvgPool, LayerSpec, lift
+from torch_ntk.layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool
+from torch_ntk.lifting import LayerSpec, lift
 from torch_ntk.activations import Activation
-from torch_ntk.cnn_analytic import cnn_kernels, cnn_op_args
+from torch_ntk.analytic.cnn import cnn_kernels, cnn_op_args
 from torch_ntk.nn import NTKConv1d, NTKConv2d, NTKLinear
-from torch_ntk.structured import StructuredPlan
+from torch_ntk.empirical.mlp_plan import StructuredPlan
 
 D = torch.float64
 

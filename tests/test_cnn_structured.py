@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import torch_ntk as tn
-from torch_ntk.conv_structured import (ConvStructuredPlan, choose_order, conv_layer_ntk,
+from torch_ntk.empirical.cnn_plan import (ConvStructuredPlan, choose_order, conv_layer_ntk,
                                        symmetric_gram)
 from torch_ntk.nn import NTKConv1d, NTKConv2d, NTKLinear
 

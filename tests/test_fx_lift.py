@@ -1,4 +1,4 @@
-"""Lifting models of the user's own classes through torch.fx (torch_ntk.fx_lift).
+"""Lifting models of the user's own classes through torch.fx (torch_ntk.lifting.fx).
 
 References: the equivalent nn.Sequential with the same parameter tensors (its spec, its
 analytic and structured kernels), and an independent Jacobian contraction by torch.func
@@ -18,7 +18,8 @@ from torch.func import functional_call, jacrev, vmap
 
 import torch_ntk as tn
 from torch_ntk.activations import Abs, Erf
-from torch_ntk.arch import Dense, lift
+from torch_ntk.layers import Dense
+from torch_ntk.lifting import lift
 
 F64 = torch.float64
 TOL = 1e-10
@@ -211,7 +212,7 @@ def test_each_functional_readout_lifts_like_its_module(name, fn, modules, featur
 
 
 def test_a_bare_layer_a_wrapped_model_and_a_sequential_holding_a_chain_lift():
-    assert lift(nn.Linear(3, 2)) == tn.arch.LayerSpec((Dense(3, 2, 1 / 3, 1 / 9, "standard"),))
+    assert lift(nn.Linear(3, 2)) == tn.LayerSpec((Dense(3, 2, 1 / 3, 1 / 9, "standard"),))
     torch.manual_seed(0)
     model, _ = tutorial_pair()
     outer = nn.Sequential(model, nn.Tanh(), nn.Linear(3, 2, dtype=F64))

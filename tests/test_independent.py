@@ -208,7 +208,7 @@ def _mc_kernels(name, param, kind, x1, x2, what=None):
     weight_std = 1.2 * (math.sqrt(1.1) if what == "sigma_w" else 1.0)
     model = _model(widths, name, param, kind, bias, weight_std=weight_std, bias_std=0.5)
     if kind == "torch":
-        model = tn.arch.lift(model, linear_weight_var=(1.1 if what == "sigma_w" else 1) / 3)
+        model = tn.lift(model, linear_weight_var=(1.1 if what == "sigma_w" else 1) / 3)
     k = tn.analytic_kernels(model, torch.tensor(x1), torch.tensor(x2))
     return k.nngp.numpy(), k.ntk.numpy()
 

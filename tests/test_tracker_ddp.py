@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from torch_ntk.drift_records import DriftRecord
+from torch_ntk.tracking import DriftRecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(

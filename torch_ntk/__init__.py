@@ -20,15 +20,26 @@ except ImportError as _error:  # pragma: no cover - depends on the installation
         "torch), or run 'bash scripts/test.sh' which does everything."
     ) from _error
 
-from . import activations, arch, cnn_analytic, nn, ops, predict
+from . import activations, analytic, empirical, layers, lifting, monte_carlo, nn, ops, predict, \
+    tracking
 from .analytic import Kernels, analytic_kernels
-from .arch import Dense, LayerSpec, lift, mlp_spec
 from .empirical import MethodFallbackWarning, NTKInfo, empirical_ntk
+from .layers import Dense
+from .lifting import LayerSpec, lift, mlp_spec
 from .monte_carlo import (MonteCarloKernels, convergence_study, iter_monte_carlo_kernels,
                           monte_carlo_kernels, random_features, random_network)
 from .nn import NTKLinear, ntk_mlp
 from .tracking import KernelDriftTracker
 from .wrapper import NTK
+
+
+def __getattr__(name: str):
+    """The deprecated modules ``arch`` and ``cnn_analytic`` (shims that warn) on first use."""
+    if name in ("arch", "cnn_analytic"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'torch_ntk' has no attribute {name!r}")
+
 
 __version__ = "0.2.0"
 
@@ -43,13 +54,15 @@ __all__ = [
     "NTKInfo",
     "NTKLinear",
     "activations",
+    "analytic",
     "analytic_kernels",
-    "arch",
-    "cnn_analytic",
     "convergence_study",
+    "empirical",
     "empirical_ntk",
     "iter_monte_carlo_kernels",
+    "layers",
     "lift",
+    "lifting",
     "mlp_spec",
     "monte_carlo",
     "monte_carlo_kernels",
@@ -57,6 +70,7 @@ __all__ = [
     "ntk_mlp",
     "ops",
     "predict",
+    "tracking",
     "random_features",
     "random_network",
 ]

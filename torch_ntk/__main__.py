@@ -1,5 +1,5 @@
 """``python -m torch_ntk``: the ``torch-ntk`` command (see torch_ntk/cli.py)."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from . import _C  # registers the ops
-from .modes import MODES, check_mode, kernel_shape
-from .runtime import check_built_for
-from .validation import check_int
+from ._utils.modes import MODES, check_mode, kernel_shape
+from ._utils.runtime import check_built_for
+from ._utils.validation import check_int
 
 __all__ = [
     "DEFAULT_WORKSPACE_BYTES",

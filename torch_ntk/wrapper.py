@@ -51,12 +51,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from .analytic import Kernels, analytic_kernels
-from .arch import EMPIRICAL_HINT, lift
-from .empirical import compute_empirical_ntk
-from .evaluation import kernel_context, unwrap
-from .tracking import KernelDriftTracker
-from .validation import check_batch, check_parameters_match
+from .analytic.kernels import Kernels, analytic_kernels
+from .lifting.lift import EMPIRICAL_HINT, lift
+from .empirical.ntk import compute_empirical_ntk
+from ._utils.model_context import kernel_context, unwrap
+from .tracking.tracker import KernelDriftTracker
+from ._utils.validation import check_batch, check_parameters_match
 
 __all__ = ["NTK", "Linearized", "unwrap", "kernel_context"]
 

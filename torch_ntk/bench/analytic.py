@@ -28,7 +28,7 @@ import time
 import torch
 
 import torch_ntk as tn
-from torch_ntk.reference import analytic_kernels_reference
+from torch_ntk.analytic.reference import analytic_kernels_reference
 
 from .common import (
     machine_info, markdown_table, parse_suite_args, peak_memory, results_dir, roofline, sync,

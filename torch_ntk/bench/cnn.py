@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 import torch_ntk as tn
-from torch_ntk.cnn_analytic import cnn_kernels as eager_cnn_kernels
+from torch_ntk.analytic.cnn import cnn_kernels as eager_cnn_kernels
 from torch_ntk.nn import NTKConv2d, NTKLinear
 
 from .common import (

@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 import torch_ntk as tn
-from torch_ntk.conv_structured import ConvStructuredPlan
+from torch_ntk.empirical.cnn_plan import ConvStructuredPlan
 from torch_ntk.nn import NTKConv2d, NTKLinear
 
 from .common import (

@@ -24,8 +24,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ..files import atomic_write
-from ..runtime import cpu_info
+from .._utils.files import atomic_write
+from .._utils.runtime import cpu_info
 
 __all__ = [
     "sync", "elapsed", "time_call", "interleaved", "summary", "cuda_peak", "peak_memory",

@@ -16,7 +16,7 @@ import torch
 
 import torch_ntk
 from torch_ntk import empirical_ntk, ops
-from torch_ntk.structured import StructuredPlan
+from torch_ntk.empirical.mlp_plan import StructuredPlan
 
 from .common import (
     cuda_peak, float32_matmul, interleaved, is_oom, parse_suite_args, results_dir, short, sync,

@@ -4,7 +4,7 @@
 import sys
 
 if sys.argv[1:2] == ["kernel"]:
-    from ..cli import main as cli_main
+    from ..cli.main import main as cli_main
 
     sys.exit(cli_main(["kernel", "--distributed", *sys.argv[2:]]))
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..files import atomic_write, write_json
+from .._utils.files import atomic_write, write_json
 from .solver import PRECONDITIONERS, conjugate_gradient
 
 __all__ = ["main", "process_group"]

@@ -49,10 +49,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..arch import LayerSpec
-from ..evaluation import kernel_context
-from ..files import read_json, write_json
-from ..runtime import default_memory_budget, progress_bar
+from ..lifting.lift import LayerSpec
+from .._utils.model_context import kernel_context
+from .._utils.files import read_json, write_json
+from .._utils.runtime import default_memory_budget, progress_bar
 from .tiles import KINDS, TileGrid, TileSource, check_tile_inputs
 
 __all__ = ["KINDS", "TileGrid", "TiledKernelStats", "tiled_kernel", "fingerprint"]

@@ -19,13 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..analytic import analytic_kernels, as_spec
-from ..arch import lift
-from ..blocks import ConvStructuredBlocks, JacobianBlocks, NTKVPBlocks, StructuredBlocks
-from ..cnn_analytic import check_images
-from ..conv_structured import ConvStructuredPlan
-from ..structured import StructuredPlan
-from ..validation import check_batch, check_parameters_match
+from ..analytic.kernels import analytic_kernels, as_spec
+from ..lifting.lift import lift
+from ..empirical.engines import ConvStructuredBlocks, JacobianBlocks, NTKVPBlocks, StructuredBlocks
+from ..analytic.cnn import check_images
+from ..empirical.cnn_plan import ConvStructuredPlan
+from ..empirical.mlp_plan import StructuredPlan
+from .._utils.validation import check_batch, check_parameters_match
 
 __all__ = ["KINDS", "METHODS", "TileGrid", "TileSource", "check_tile_inputs"]
 

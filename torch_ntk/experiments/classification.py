@@ -46,9 +46,9 @@ from typing import Any, Iterator, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..analytic import analytic_kernels
-from ..arch import mlp_spec
-from ..empirical import empirical_ntk
+from ..analytic.kernels import analytic_kernels
+from ..lifting.lift import mlp_spec
+from ..empirical.ntk import empirical_ntk
 from ..nn import ntk_mlp
 from ..predict import gradient_descent, max_learning_rate
 from .common import (

@@ -42,8 +42,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..analytic import analytic_kernels
-from ..arch import mlp_spec
+from ..analytic.kernels import analytic_kernels
+from ..lifting.lift import mlp_spec
 from ..nn import NTKConv2d, NTKLinear
 from ..predict import gp_inference
 from .common import (

@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Sized,
 import torch
 from torch import Tensor, nn
 
-from .. import runtime
-from ..files import atomic_write, jsonable, write_json
-from ..runtime import cpu_info, seeded
+from .._utils import runtime
+from .._utils.files import atomic_write, jsonable, write_json
+from .._utils.runtime import cpu_info, seeded
 
 __all__ = [
     "DTYPES",

@@ -33,12 +33,12 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..analytic import analytic_kernels
-from ..arch import mlp_spec
-from ..empirical import empirical_ntk
+from ..analytic.kernels import analytic_kernels
+from ..lifting.lift import mlp_spec
+from ..empirical.ntk import empirical_ntk
 from ..nn import ntk_mlp
 from ..predict import gradient_descent_mse, max_learning_rate
-from ..tracking import KernelDriftTracker
+from ..tracking.tracker import KernelDriftTracker
 from .common import (
     DTYPES, Stopwatch, check_positive, circle, derive_seed, finish, fmt, loglog_slope,
     new_figure, with_progress, rel_norm, resolve_device, seeded, train_gd,

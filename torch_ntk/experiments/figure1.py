@@ -31,9 +31,9 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..analytic import analytic_kernels
-from ..arch import mlp_spec
-from ..empirical import empirical_ntk
+from ..analytic.kernels import analytic_kernels
+from ..lifting.lift import mlp_spec
+from ..empirical.ntk import empirical_ntk
 from ..nn import ntk_mlp
 from ..predict import max_learning_rate
 from .common import (

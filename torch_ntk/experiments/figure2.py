@@ -32,8 +32,8 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..analytic import analytic_kernels
-from ..arch import mlp_spec
+from ..analytic.kernels import analytic_kernels
+from ..lifting.lift import mlp_spec
 from ..nn import ntk_mlp
 from ..predict import gradient_descent_mse_ensemble, max_learning_rate
 from .common import (

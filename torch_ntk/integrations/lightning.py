@@ -18,8 +18,8 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..drift_records import DriftRecord, log_scalars, scalars
-from ..tracking import KernelDriftTracker
+from ..tracking.records import DriftRecord, log_scalars, scalars
+from ..tracking.tracker import KernelDriftTracker
 
 __all__ = ["KernelDriftCallback"]
 

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..validation import check_int
+from .._utils.validation import check_int
 from .checks import (
     Times,
     as_times,

@@ -154,7 +154,7 @@ def add_kernel_command(sub, parents, number_types: dict, parse_bytes) -> argpars
 
 
 def _activation(parser, text: str):
-    from .activations import REGISTRY, from_name
+    from ..activations import REGISTRY, from_name
 
     name, _, param = text.partition(":")
     if name not in REGISTRY:
@@ -217,7 +217,7 @@ def _check_flags(parser, args) -> None:
 def _dense_layers(args, widths, activation, device, dtype):
     from torch import nn
 
-    from .nn import NTKLinear
+    from ..nn import NTKLinear
 
     layers = []
     for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -237,7 +237,7 @@ def build_network(args, activation, x1, device, dtype):
     import torch
     from torch import nn
 
-    from .nn import NTKConv1d, NTKConv2d
+    from ..nn import NTKConv1d, NTKConv2d
 
     if args.conv is None:
         return nn.Sequential(*_dense_layers(args, args.widths, activation, device, dtype))
@@ -286,7 +286,7 @@ def _load_model(parser, args, device, dtype):
 def _empirical_model(parser, args, activation, x1, device, dtype):
     import torch
 
-    from .nn import weight_scale_ratio
+    from ..nn import weight_scale_ratio
 
     if args.model is not None:
         return _load_model(parser, args, device, dtype)
@@ -323,7 +323,7 @@ def _describe(args) -> str:
 
 
 def _spec(parser, args, activation, x1, dtype):
-    from .arch import lift, mlp_spec
+    from ..lifting.lift import lift, mlp_spec
 
     if args.model is not None:
         try:
@@ -344,7 +344,7 @@ def _spec(parser, args, activation, x1, dtype):
 
 
 def _load(parser, args, dtype):
-    from .files import load_inputs
+    from .._utils.files import load_inputs
 
     dims = (2,) if args.conv is None and args.model is None else \
         ((3, 4) if args.model is None else (2, 3, 4))
@@ -366,9 +366,9 @@ def _outputs(parser, model, x1, device) -> int:
     """n_L of a --model, from one sample (a usage error when it cannot take the inputs)."""
     import torch
 
-    from .arch import lift
-    from .cnn_analytic import check_images
-    from .validation import check_batch
+    from ..lifting.lift import lift
+    from ..analytic.cnn import check_images
+    from .._utils.validation import check_batch
 
     try:
         spec = lift(model)
@@ -416,8 +416,8 @@ def run_kernel(parser, args) -> int:
     """The ``kernel`` command's handler (``parser`` for usage errors)."""
     import torch
 
-    from .modes import kernel_shape
-    from .runtime import default_memory_budget, resolve_device
+    from .._utils.modes import kernel_shape
+    from .._utils.runtime import default_memory_budget, resolve_device
 
     _check_flags(parser, args)
     try:
@@ -449,9 +449,9 @@ def run_kernel(parser, args) -> int:
 def _run_whole(parser, args, model, x1, x2, shape, dtype, device, budget) -> int:
     import torch
 
-    from . import empirical_ntk
-    from .analytic import analytic_kernels_into
-    from .files import atomic_npy, atomic_write
+    from .. import empirical_ntk
+    from ..analytic.kernels import analytic_kernels_into
+    from .._utils.files import atomic_npy, atomic_write
 
     t0 = time.perf_counter()
     info = {}
@@ -491,8 +491,8 @@ def _run_whole(parser, args, model, x1, x2, shape, dtype, device, budget) -> int
 
 
 def _run_tiled(parser, args, model, x1, x2, device) -> int:
-    from .distributed import process_group, tiled_kernel
-    from .files import write_json
+    from ..distributed import process_group, tiled_kernel
+    from .._utils.files import write_json
 
     if not args.distributed and "WORLD_SIZE" not in os.environ:
         print(f"{args.output}: the kernel is larger than the memory budget; computing it in "

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .arch import Conv, Dense, GlobalAvgPool, LayerSpec, lift
-from .cnn_analytic import check_images
-from .structured import layer_coefficients
+from ..lifting.lift import Conv, Dense, GlobalAvgPool, LayerSpec, lift
+from ..analytic.cnn import check_images
+from .mlp_plan import layer_coefficients
 
 __all__ = ["ORDERS", "ConvFactors", "ConvStructuredPlan", "choose_order", "contract",
            "conv_layer_ntk", "symmetric_gram"]

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import Tensor
 
-from .validation import check_batch
+from .._utils.validation import check_batch
 
 __all__ = ["autocast_off", "check_probe", "check_reference", "check_targets", "norm",
            "process_rank", "projection_matrix"]

@@ -13,9 +13,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .activations import gaussian_expectations
-from .analytic import compiled_op_args, default_quadrature_degree
-from .arch import LayerSpec
+from ..activations import gaussian_expectations
+from .kernels import compiled_op_args, default_quadrature_degree
+from ..lifting.lift import LayerSpec
 
 __all__ = ["analytic_kernels_reference"]
 

@@ -16,9 +16,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .arch import Dense, LayerSpec, lift
-from .nn import NTKLinear
-from .validation import check_batch
+from ..lifting.lift import Dense, LayerSpec, lift
+from ..nn import NTKLinear
+from .._utils.validation import check_batch
 
 __all__ = ["StructuredPlan", "layer_coefficients"]
 

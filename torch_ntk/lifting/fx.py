@@ -62,8 +62,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import Abs, Erf
-from .nn import NTKConv1d, NTKConv2d
+from ..activations import Abs, Erf
+from ..nn import NTKConv1d, NTKConv2d
 
 __all__ = ["FUNCTIONALS", "FxChain", "describe_node", "fx_chain"]
 

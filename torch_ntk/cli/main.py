@@ -115,10 +115,11 @@ def _experiment_options(default_out: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``torch-ntk`` command."""
-    from . import __version__, quickstart
-    from .bench import HELP as BENCH_HELP, SUITES as BENCH_SUITES
-    from .experiments import REPRODUCE_HELP, demo as demo_module
-    from .kernel_command import add_kernel_command
+    from .. import __version__
+    from . import quickstart
+    from ..bench import HELP as BENCH_HELP, SUITES as BENCH_SUITES
+    from ..experiments import REPRODUCE_HELP, demo as demo_module
+    from .kernel import add_kernel_command
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="gradient-descent steps (default 300)")
     demo.set_defaults(handler=_cmd_demo, subparser=demo)
 
-    from .experiments import EXPERIMENTS
+    from ..experiments import EXPERIMENTS
     reproduce = sub.add_parser(
         "reproduce", parents=[_experiment_options("torch_ntk_figures"), common],
         help="the experiments of Jacot et al. (2018), §6 (figure1-3), and more",
@@ -197,7 +198,7 @@ def _overrides(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[st
 
 def _config(parser, module, args, overrides: dict[str, Any], strict: bool):
     """The Config of ``module`` for these arguments (usage errors exit with status 2)."""
-    from .experiments.common import config_with
+    from ..experiments.common import config_with
 
     base = module.Config()
     fields = set(base.__dataclass_fields__)
@@ -217,7 +218,7 @@ def _config(parser, module, args, overrides: dict[str, Any], strict: bool):
 
 def _check_device(parser, device: str):
     """The torch.device named by --device (usage error when there is none such)."""
-    from .runtime import resolve_device
+    from .._utils.runtime import resolve_device
 
     try:
         return resolve_device(device)
@@ -226,7 +227,7 @@ def _check_device(parser, device: str):
 
 
 def _cmd_reproduce(parser, args) -> int:
-    from .experiments import FIGURES, load
+    from ..experiments import FIGURES, load
 
     names = list(FIGURES) if "all" in args.figures else list(dict.fromkeys(args.figures))
     overrides = _overrides(parser, args.overrides)
@@ -270,7 +271,7 @@ def _settings_line(config) -> str:
 
 
 def _cmd_demo(parser, args) -> int:
-    from .experiments import demo
+    from ..experiments import demo
 
     overrides = _overrides(parser, args.overrides)
     if args.widths is not None:
@@ -300,7 +301,7 @@ def _cmd_quickstart(parser, args) -> int:
 def _cmd_bench(parser, args) -> int:
     import torch
 
-    from .bench import SUITES, run_suites
+    from ..bench import SUITES, run_suites
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: CUDA is not available on this machine")
@@ -308,7 +309,7 @@ def _cmd_bench(parser, args) -> int:
     if args.cases is not None:
         if "empirical" not in suites:
             parser.error("argument --cases: only applies to the empirical suite")
-        from .bench.empirical import CASES, select_cases
+        from ..bench.empirical import CASES, select_cases
 
         cases = CASES[(args.device, args.quick)]
         if not select_cases(cases, args.cases):

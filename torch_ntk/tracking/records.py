@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .files import atomic_write
+from .._utils.files import atomic_write
 
 __all__ = ["CSV_COLUMNS", "DriftRecord", "SCALAR_TAGS", "log_scalars", "measure", "plot_history",
            "scalars", "write_csv"]

@@ -13,12 +13,12 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .analytic import KERNEL_NAMES
-from .arch import Dense, LayerSpec, chain_modules, lift_module, mlp_spec
-from .nn import NTKLinear
-from .runtime import forked_rng, seed_all
-from .structured import StructuredPlan
-from .validation import check_batch, check_int
+from ..analytic.kernels import KERNEL_NAMES
+from ..lifting.lift import Dense, LayerSpec, chain_modules, lift_module, mlp_spec
+from ..nn import NTKLinear
+from .._utils.runtime import forked_rng, seed_all
+from ..empirical.mlp_plan import StructuredPlan
+from .._utils.validation import check_batch, check_int
 
 __all__ = ["SpecOrWidths", "build_network", "random_features", "random_network",
            "readout_features", "spec_at_width"]

@@ -72,15 +72,15 @@ from typing import Literal, Optional, Union, overload
 import torch
 from torch import Tensor, nn
 
-from . import ops
-from .arch import lift
-from .blocks import ConvStructuredBlocks, JacobianBlocks, NTKVPBlocks, StructuredBlocks
-from .conv_structured import ConvStructuredPlan
-from .evaluation import kernel_context
-from .modes import MODES, check_mode, kernel_shape
-from .runtime import check_built_for, default_memory_budget, progress_bar
-from .structured import StructuredPlan
-from .validation import check_batch, check_parameters_match
+from .. import ops
+from ..lifting.lift import lift
+from .engines import ConvStructuredBlocks, JacobianBlocks, NTKVPBlocks, StructuredBlocks
+from .cnn_plan import ConvStructuredPlan
+from .._utils.model_context import kernel_context
+from .._utils.modes import MODES, check_mode, kernel_shape
+from .._utils.runtime import check_built_for, default_memory_budget, progress_bar
+from .mlp_plan import StructuredPlan
+from .._utils.validation import check_batch, check_parameters_match
 
 __all__ = ["MODES", "METHODS", "MethodFallbackWarning", "NTKInfo", "compute_empirical_ntk",
            "default_memory_budget", "empirical_ntk"]

@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 from torch import nn
 
-from .nn import PARAMETRIZATIONS
+from ..nn import PARAMETRIZATIONS
 
 __all__ = ["AvgPool", "Conv", "Dense", "Flatten", "GlobalAvgPool"]
 

@@ -28,11 +28,11 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from . import ops
-from .activations import hermite_rule, quadrature_degree_for
-from .arch import LayerSpec, lift
-from .cnn_analytic import check_images, cnn_op_args, pair_floats
-from .validation import check_batch, check_choices
+from .. import ops
+from ..activations import hermite_rule, quadrature_degree_for
+from ..lifting.lift import LayerSpec, lift
+from .cnn import check_images, cnn_op_args, pair_floats
+from .._utils.validation import check_batch, check_choices
 
 __all__ = ["Kernels", "analytic_kernels", "as_spec"]
 
@@ -204,7 +204,7 @@ def analytic_kernels_into(
     block is copied into it. ``progress`` as for :func:`torch_ntk.runtime.progress_bar`
     (shown only for more than one block). Returns the number of blocks.
     """
-    from .runtime import default_memory_budget, progress_bar
+    from .._utils.runtime import default_memory_budget, progress_bar
 
     spec = as_spec(model_or_spec)
     n1 = x1.shape[0]

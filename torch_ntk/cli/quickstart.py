@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from .analytic import analytic_kernels
-from .arch import mlp_spec
-from .experiments.common import circle, rel_norm
-from .monte_carlo import monte_carlo_kernels
-from .nn import ntk_mlp
+from ..analytic.kernels import analytic_kernels
+from ..lifting.lift import mlp_spec
+from ..experiments.common import circle, rel_norm
+from ..monte_carlo.estimates import monte_carlo_kernels
+from ..nn import ntk_mlp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -55,10 +55,10 @@ from typing import Iterator, Optional, Sequence, Union
 from torch import Tensor
 
 from .convergence import ConvergenceRecord, ConvergenceStudy, SlopeFit, convergence_study
-from .kernel_samples import NNGP_ESTIMATORS, ModelFn, MonteCarloKernels, RunningEstimate
+from .samples import NNGP_ESTIMATORS, ModelFn, MonteCarloKernels, RunningEstimate
 from .random_features import random_features, random_network
-from .runtime import progress_bar
-from .validation import check_increasing_ints, check_int
+from .._utils.runtime import progress_bar
+from .._utils.validation import check_increasing_ints, check_int
 
 __all__ = [
     "ConvergenceRecord",

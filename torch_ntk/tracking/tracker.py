@@ -63,12 +63,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .analytic import analytic_kernels
-from .arch import lift
-from .drift_records import DriftRecord, log_scalars, measure, plot_history, write_csv
-from .empirical import compute_empirical_ntk
-from .evaluation import kernel_context, unwrap
-from .tracking_inputs import (autocast_off, check_probe, check_reference, check_targets, norm,
+from ..analytic.kernels import analytic_kernels
+from ..lifting.lift import lift
+from .records import DriftRecord, log_scalars, measure, plot_history, write_csv
+from ..empirical.ntk import compute_empirical_ntk
+from .._utils.model_context import kernel_context, unwrap
+from .inputs import (autocast_off, check_probe, check_reference, check_targets, norm,
                               process_rank, projection_matrix)
 
 __all__ = ["DriftRecord", "KernelDriftTracker", "projection_matrix"]

@@ -12,11 +12,11 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .analytic import KERNEL_NAMES
-from .empirical import METHODS, empirical_ntk
+from ..analytic.kernels import KERNEL_NAMES
+from ..empirical.ntk import METHODS, empirical_ntk
 from .random_features import apply_in_chunks, readout_features
-from .runtime import forked_rng, seed_all
-from .validation import check_batch, check_choices, check_int
+from .._utils.runtime import forked_rng, seed_all
+from .._utils.validation import check_batch, check_choices, check_int
 
 __all__ = ["ModelFn", "MonteCarloKernels", "Moments", "NNGP_ESTIMATORS", "RunningEstimate",
            "draw_network"]

@@ -14,11 +14,11 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .analytic import KERNEL_NAMES, analytic_kernels
-from .kernel_samples import Moments, RunningEstimate
+from ..analytic.kernels import KERNEL_NAMES, analytic_kernels
+from .samples import Moments, RunningEstimate
 from .random_features import SpecOrWidths, build_network, spec_at_width
-from .runtime import progress_bar
-from .validation import check_batch, check_choices, check_increasing_ints, check_int
+from .._utils.runtime import progress_bar
+from .._utils.validation import check_batch, check_choices, check_increasing_ints, check_int
 
 __all__ = ["ConvergenceRecord", "ConvergenceStudy", "SlopeFit", "convergence_study"]
 

@@ -17,10 +17,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from . import ops
-from .conv_structured import ConvStructuredPlan, choose_order, contract, conv_layer_ntk
-from .modes import channels
-from .structured import StructuredPlan
+from .. import ops
+from .cnn_plan import ConvStructuredPlan, choose_order, contract, conv_layer_ntk
+from .._utils.modes import channels
+from .mlp_plan import StructuredPlan
 
 __all__ = [
     "ConvStructuredBlocks",

@@ -112,7 +112,7 @@ def default_memory_budget(device: Union[str, torch.device] = "cpu") -> int:
 
 def check_built_for(function: str, *tensors: Optional[Tensor]) -> None:
     """ValueError when a CUDA tensor reaches a build of torch_ntk without the CUDA ops."""
-    from . import _C
+    from .. import _C
 
     for t in tensors:
         if t is not None and t.is_cuda and not bool(_C.with_cuda):
