@@ -36,8 +36,8 @@ from torch_ntk.activations import Activation
 from torch_ntk.analytic.cnn import cnn_kernels
 from torch_ntk.analytic.fused import cnn_op_args
 from torch_ntk.layers.base import rule_of
-from torch_ntk.layers import (KERNEL_RULES, OP_ENCODINGS, AvgPool, Conv, Dense, Flatten,
-                              GlobalAvgPool)
+from torch_ntk.layers import (KERNEL_RULES, OP_ENCODINGS, AvgPool, Conv, Dense, Flatten, GlobalAvgPool,
+                              GlobalSumPool, SumPool)
 from torch_ntk.nn import NTKConv1d, NTKConv2d, NTKLinear
 
 D = torch.float64
@@ -49,6 +49,20 @@ def conv2d(c_in, c_out, k, **kw):
 
 def dense(n_in, n_out, **kw):
     return NTKLinear(n_in, n_out, dtype=D, **kw)
+
+
+class SumReadout(nn.Module):
+    """A CNN whose readout is ``x.sum((2, 3))`` in forward (lifted by torch.fx); ``relu``:
+    an activation after the first conv, ``head_bias``: the dense head's bias."""
+
+    def __init__(self, width, relu=True, head_bias=True):
+        super().__init__()
+        self.conv, self.act = conv2d(2, width, 3), nn.ReLU() if relu else nn.Identity()
+        self.conv2 = conv2d(width, width, 2, padding=1)
+        self.head = dense(width, 1, bias=head_bias)
+
+    def forward(self, x):
+        return self.head(self.conv2(self.act(self.conv(x))).sum((2, 3)))
 
 
 class Case(NamedTuple):
@@ -82,6 +96,22 @@ CASES: dict[type, Case] = {
                                           dense(w, 1)), (2, 5, 5), "linear"),
     GlobalAvgPool: Case(lambda w: nn.Sequential(conv2d(2, w, 3), nn.AdaptiveAvgPool2d(1),
                                                 nn.Flatten(), dense(w, 1)), (2, 5, 5), "linear"),
+    # the recipe's demonstration (docs/recipe_layer_kind.md): SumPool and GlobalSumPool
+    SumPool: Case(lambda w: nn.Sequential(conv2d(2, w, 3, padding=1), nn.LPPool2d(1, 2),
+                                          nn.Flatten(), dense(w * 4, 1)), (2, 5, 5), "linear",
+                  formula=(lambda w: nn.Sequential(
+                      conv2d(2, w, 3, padding=1), nn.ReLU(), nn.LPPool2d(1, 2), nn.Flatten(),
+                      dense(w * 4, 1, bias=False)), lambda w: nn.Sequential(
+                      conv2d(2, w, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                      dense(w * 4, 1, bias=False)), 4 ** 2),
+                  refuse=((nn.Sequential(conv2d(2, 2, 3), nn.LPPool2d(2, 2), nn.Flatten(),
+                                         dense(2, 1)), r"module 1 \(LPPool2d\) does not lift: "
+                           "norm_type=2"),)),
+    GlobalSumPool: Case(lambda w: SumReadout(w, relu=False), (2, 5, 5), "linear",
+                        formula=(lambda w: SumReadout(w, head_bias=False), lambda w: (
+                            nn.Sequential(conv2d(2, w, 3), nn.ReLU(), conv2d(w, w, 2, padding=1),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                          dense(w, 1, bias=False))), 16 ** 2)),
 }
 
 
