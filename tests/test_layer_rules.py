@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -36,8 +35,8 @@ from torch_ntk.activations import Activation
 from torch_ntk.analytic.cnn import cnn_kernels
 from torch_ntk.analytic.fused import cnn_op_args
 from torch_ntk.layers.base import rule_of
-from torch_ntk.layers import (KERNEL_RULES, OP_ENCODINGS, AvgPool, Conv, Dense, Flatten, GlobalAvgPool,
-                              GlobalSumPool, SumPool)
+from torch_ntk.layers import (KERNEL_RULES, OP_ENCODINGS, AvgPool, Conv, Dense, Flatten,
+                              GlobalAvgPool, GlobalSumPool, SumPool)
 from torch_ntk.nn import NTKConv1d, NTKConv2d, NTKLinear
 
 D = torch.float64

@@ -1,9 +1,10 @@
 """Sum pooling and global sum pooling (neural-tangents' ``SumPool`` / ``GlobalSumPool``).
 
 Lifted from ``nn.LPPool1d/2d(1, k, s)`` and ``F.lp_pool1d/2d(x, 1, k, s)`` (for p = 1 torch
-computes avg_pool(x)·|B|, the signed window sum; the layer is bound to
-:class:`WindowSum`, which computes the same sums with a gradient everywhere), and — as the readout after convolutions —
-``x.sum((2, 3))`` after a 2-D conv or ``x.sum(2)`` after a 1-D one (:class:`SpatialSum`).
+computes avg_pool(x)·|B|, the signed window sum; the layer is bound to :class:`WindowSum`,
+which computes the same sums with a gradient everywhere), and — as the readout after
+convolutions — ``x.sum((2, 3))`` / ``torch.sum(x, (2, 3))`` after a 2-D conv or ``x.sum(2)``
+after a 1-D one (:class:`SpatialSum`).
 
 Infinite width. A sum pool is the average pool times the window size |B| = kh·kw, and the
 kernels are bilinear in the features, so each position index contributes a factor |B|:
@@ -21,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -137,9 +139,10 @@ lifts_functional(("call_function", F.lp_pool1d))(_lp_pool(nn.LPPool1d))
 lifts_functional(("call_function", F.lp_pool2d))(_lp_pool(nn.LPPool2d))
 
 
-@lifts_functional(("call_method", "sum"))
+@lifts_functional(("call_method", "sum"), ("call_function", torch.sum))
 def spatial_sum(call, dim=None, keepdim=False, dtype=None):
-    """``x.sum((2, 3))`` after a 2-D conv, ``x.sum(2)`` after a 1-D one (keepdim either way:
+    """``x.sum((2, 3))`` or ``torch.sum(x, (2, 3))`` after a 2-D conv, ``x.sum(2)`` after a
+    1-D one (keepdim either way:
     the readout's features are [N, C] for the dense layer after it)."""
     dims = set(dim) if isinstance(dim, (tuple, list)) else {dim}
     spatial = {1: ({2}, {-1}), 2: ({2, 3}, {-2, -1}, {2, -1}, {-2, 3})}.get(call.dims, ())
