@@ -1,8 +1,11 @@
 """Infinite width: the NNGP kernel Σ and the limiting NTK Θ∞ of a lifted architecture.
 
 - ``kernels``: ``analytic_kernels`` (the entry; fused ops, row blocks), ``Kernels``;
-- ``cnn``: the CNN recursion over position–position covariances in plain torch and the
-  CNN op's program;
+- ``fused``: a spec compiled to the fused ops' arguments (each layer kind's op encoding),
+  or None when a kind has none;
+- ``graph``: the walker of the layer kinds' registered rules (requirements folded);
+- ``cnn``: ``cnn_kernels``, the recursion in plain torch over that walker (the reference
+  of the fused ops, and the path of kinds without an op encoding);
 - ``reference``: the MLP recursion as an eager torch composite (the baseline).
 """
 

@@ -31,10 +31,12 @@ from torch import Tensor, nn
 from .. import ops
 from ..activations import hermite_rule, quadrature_degree_for
 from ..lifting.lift import LayerSpec, lift
-from .cnn import check_images, cnn_op_args, pair_floats
+from .cnn import cnn_kernels, pair_floats
+from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree
 from .._utils.validation import check_batch, check_choices
 
-__all__ = ["Kernels", "analytic_kernels", "as_spec"]
+__all__ = ["Kernels", "analytic_kernels", "as_spec", "compiled_op_args",
+           "default_quadrature_degree"]
 
 KERNEL_NAMES = ("nngp", "ntk")
 
@@ -59,38 +61,6 @@ def as_spec(model_or_spec: Union[nn.Module, LayerSpec]) -> LayerSpec:
     raise TypeError(
         "model_or_spec must be an nn.Sequential MLP or a torch_ntk.arch.LayerSpec; got "
         f"{type(model_or_spec).__name__}"
-    )
-
-
-def default_quadrature_degree(spec: LayerSpec, force_quadrature: bool = False) -> int:
-    """The largest default Gauss–Hermite degree among the spec's activations (≥ 1)."""
-    return quadrature_degree_for(spec.activations, force_quadrature)
-
-
-def compiled_op_args(spec: LayerSpec) -> dict:
-    """The layer arguments of :func:`torch_ntk.ops.analytic_kernels`, in the op's order.
-
-    input_weight_var, input_bias_var — Σ^(1) = input_weight_var·⟨x, x′⟩ + input_bias_var
-    (σ_w²/n_0 and σ_b² of the first dense layer); input_ntk_weight, input_ntk_bias —
-    Θ^(1) = input_ntk_weight·⟨x, x′⟩ + input_ntk_bias (the first layer's c_w, c_b); per
-    hidden layer (activation, then dense): act_ids, act_params, σ_w², σ_b², and the NTK's
-    additive term ntk_weight·E[φφ] + ntk_bias with ntk_weight = c_w·n_in (σ_w² for ntk,
-    n_in for standard) and ntk_bias = c_b.
-    MLP specs only (ValueError for a CNN spec: see :func:`torch_ntk.cnn_analytic.cnn_op_args`).
-    """
-    spec.require_mlp("compiled_op_args")
-    first, rest = spec.dense_layers[0], spec.dense_layers[1:]
-    return dict(
-        input_weight_var=first.weight_var / first.in_features,
-        input_bias_var=first.bias_var,
-        input_ntk_weight=first.ntk_weight_coef,
-        input_ntk_bias=first.ntk_bias_coef,
-        act_ids=[a.id for a in spec.activations],
-        act_params=[float(a.param) for a in spec.activations],
-        weight_var=[float(d.weight_var) for d in rest],
-        bias_var=[float(d.bias_var) for d in rest],
-        ntk_weight=[float(d.ntk_weight_coef * d.in_features) for d in rest],
-        ntk_bias=[float(d.ntk_bias_coef) for d in rest],
     )
 
 
@@ -164,11 +134,16 @@ def analytic_kernels(
 def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
                  quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
     """A CNN spec's kernels by the fused op ``torch_ntk::cnn_kernels`` (its program from
-    :func:`torch_ntk.cnn_analytic.cnn_op_args`; the same recursion in plain torch,
-    :func:`torch_ntk.cnn_analytic.cnn_kernels`, is the tests' and benchmarks' reference)."""
-    x1 = check_images("analytic_kernels", "x1", x1, spec)
+    :func:`torch_ntk.analytic.fused.cnn_op_args`), or, when a layer kind has no op encoding,
+    by the same recursion in plain torch (:func:`torch_ntk.analytic.cnn.cnn_kernels`, also
+    the tests' and benchmarks' reference)."""
+    program = cnn_op_args(spec)
+    if program is None:  # a layer kind without an op encoding: the torch walker runs it
+        got = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
+        return Kernels(got.nngp, got.ntk)
+    x1 = spec.check_input("analytic_kernels", "x1", x1)
     if x2 is not None:
-        x2 = check_images("analytic_kernels", "x2", x2, spec, like=x1)
+        x2 = spec.check_input("analytic_kernels", "x2", x2, like=x1)
     if spec.spatial_dims == 1:  # [N, C, L] runs as [N, C, 1, L]
         x1 = x1.unsqueeze(2)
         x2 = None if x2 is None else x2.unsqueeze(2)
@@ -176,7 +151,7 @@ def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tupl
         quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)
     nngp, ntk = ops.cnn_kernels(
-        x1, x2, *cnn_op_args(spec), nodes.to(x1.device), weights.to(x1.device),
+        x1, x2, *program, nodes.to(x1.device), weights.to(x1.device),
         force_quadrature=force_quadrature, want_nngp="nngp" in wanted, want_ntk="ntk" in wanted,
     )
     return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)

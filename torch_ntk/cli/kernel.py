@@ -367,7 +367,6 @@ def _outputs(parser, model, x1, device) -> int:
     import torch
 
     from ..lifting.lift import lift
-    from ..analytic.cnn import check_images
     from .._utils.validation import check_batch
 
     try:
@@ -380,7 +379,7 @@ def _outputs(parser, model, x1, device) -> int:
                 check_batch("argument input", "the input", x1, features=spec.input_features,
                             flatten=spec.flatten_input)
             else:
-                check_images("argument input", "the input", x1, spec)
+                spec.check_input("argument input", "the input", x1)
         except ValueError as error:
             parser.error(str(error))
         return spec.output_features

@@ -22,7 +22,6 @@ from .. import ops
 from ..analytic.kernels import analytic_kernels, as_spec
 from ..lifting.lift import lift
 from ..empirical.engines import ConvStructuredBlocks, JacobianBlocks, NTKVPBlocks, StructuredBlocks
-from ..analytic.cnn import check_images
 from ..empirical.cnn_plan import ConvStructuredPlan
 from ..empirical.mlp_plan import StructuredPlan
 from .._utils.validation import check_batch, check_parameters_match
@@ -117,9 +116,9 @@ def check_tile_inputs(kind: str, model_or_spec, x1: Tensor, x2: Optional[Tensor]
             if x2 is not None:
                 check_batch(FUNCTION, "x2", x2, like=x1, **check)
         else:
-            check_images(FUNCTION, "x1", x1, spec)
+            spec.check_input(FUNCTION, "x1", x1)
             if x2 is not None:
-                check_images(FUNCTION, "x2", x2, spec, like=x1)
+                spec.check_input(FUNCTION, "x2", x2, like=x1)
         return spec, x1, x2, None
     if not isinstance(model_or_spec, nn.Module):
         raise TypeError(f"{FUNCTION}: kind='empirical' needs an nn.Module model; got "

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..lifting.lift import Conv, Dense, GlobalAvgPool, LayerSpec, lift
-from ..analytic.cnn import check_images
 from .mlp_plan import layer_coefficients
 
 __all__ = ["ORDERS", "ConvFactors", "ConvStructuredPlan", "choose_order", "contract",
@@ -293,7 +292,7 @@ class ConvStructuredPlan:
 
     def check_input(self, function: str, name: str, x: Tensor) -> Tensor:
         """x as [N, C, H, W] or [N, C, L], with the shape the model needs."""
-        x = check_images(function, name, x, self.spec)
+        x = self.spec.check_input(function, name, x)
         self._record_shapes(x[:1])
         return x
 

@@ -28,6 +28,9 @@ table and activation registry):
                                                                ``nn.Flatten()``
   ===========================================================  =============================
 
+and the functional forms the layer kinds register with
+:func:`torch_ntk.layers.base.lifts_functional` (:data:`torch_ntk.layers.FUNCTIONALS`).
+
 Anything else — two consumers of one output (a branch, a concatenation, a product), a
 second input, a parameter used outside a module, a layer module called twice, an
 unknown function, control flow that depends on data — is a ValueError naming the node
@@ -63,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import Abs, Erf
+from ..layers.base import FUNCTIONALS as KIND_FUNCTIONALS
 from ..nn import NTKConv1d, NTKConv2d
 
 __all__ = ["FUNCTIONALS", "FxChain", "describe_node", "fx_chain"]
@@ -377,7 +381,8 @@ FUNCTIONALS: dict[tuple[str, object], Callable] = {
 def _functional_modules(call: _Call) -> list[nn.Module]:
     """The modules computing a functional node (ValueError naming it if it is not listed)."""
     node = call.node
-    build = FUNCTIONALS.get((node.op, node.target))
+    build = FUNCTIONALS.get((node.op, node.target)) or KIND_FUNCTIONALS.get((node.op,
+                                                                             node.target))
     if build is None:
         raise ValueError(f"{describe_node(node)} is not a supported layer (functional forms "
                          "that lift: torch_ntk.fx_lift.FUNCTIONALS)")
@@ -395,7 +400,12 @@ def _functional_modules(call: _Call) -> list[nn.Module]:
         inspect.signature(build).bind(call, *args, **kwargs)
     except TypeError as error:
         raise ValueError(f"{describe_node(node)}: unsupported arguments ({error})") from error
-    return build(call, *args, **kwargs)
+    try:
+        return build(call, *args, **kwargs)
+    except ValueError as error:
+        if str(error).startswith(describe_node(node)):
+            raise
+        raise ValueError(f"{describe_node(node)}: {error}") from error
 
 
 # --------------------------------------------------------------------------- the chain
@@ -423,7 +433,7 @@ def _conv_dims(module: nn.Module, dims: Optional[int]) -> Optional[int]:
     if isinstance(module, (nn.Conv2d, NTKConv2d)):
         return 2
     if isinstance(module, (nn.Flatten, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)) or hasattr(
-            module, "in_features"):
+            module, "in_features") or getattr(module, "readout", False):
         return None
     return dims
 

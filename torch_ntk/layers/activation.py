@@ -1,0 +1,64 @@
+"""Activations and kernel no-ops: lifting, infinite-width rule, op encoding.
+
+The descriptor is :class:`torch_ntk.activations.Activation` (the registry mirrored in
+csrc). Infinite width, position by position (planes or diagonals alike):
+
+    K ← E[φ(u)φ(v)],   T ← E[φ′(u)φ′(v)] ⊙ T
+    with Var u = K(x, x)_{p,p} (``state.var1``), Var v = K(x′, x′)_{p′,p′} (``state.var2``),
+    Cov(u, v) = K_{p,p′}
+
+(closed forms where the activation has one, else Gauss–Hermite quadrature of
+``state.degree`` in chunks). ``nn.Identity`` and ``nn.Dropout`` lift to nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..activations import Activation, from_module, gaussian_expectations, module_types
+from .base import LiftOptions, Position, kernel_rule, lifts, op_encoding
+from .state import KernelState
+
+__all__ = ["ACTIVATION", "QUADRATURE_ELEMENTS", "expectations"]
+
+ACTIVATION = 1  # the fused CNN op's layer code
+QUADRATURE_ELEMENTS = 1 << 22  # elements × degree² per quadrature chunk
+
+
+@lifts(*module_types())
+def lift_activation(position: Position, module: nn.Module, options: LiftOptions) -> Activation:
+    return from_module(module)
+
+
+@lifts(nn.Identity, nn.Dropout)
+def lift_no_op(position: Position, module: nn.Module, options: LiftOptions) -> None:
+    return None
+
+
+def expectations(act: Activation, q11: Tensor, q22: Tensor, q12: Tensor, degree: int,
+                 force_quadrature: bool) -> tuple[Tensor, Tensor]:
+    """(E[φ(u)φ(v)], E[φ′(u)φ′(v)]) for Var u = q11, Var v = q22, Cov = q12 (broadcast)."""
+    if act.has_closed_form and not force_quadrature:
+        return act.closed_form(q11, q22, q12)
+    shape = torch.broadcast_shapes(q11.shape, q22.shape, q12.shape)
+    q11, q22, q12 = (t.expand(shape).reshape(-1) for t in (q11, q22, q12))
+    step = max(1, QUADRATURE_ELEMENTS // (degree * degree))
+    parts = [gaussian_expectations(act, q11[i:i + step], q22[i:i + step], q12[i:i + step], degree)
+             for i in range(0, q12.numel(), step)]
+    return (torch.cat([p[0] for p in parts]).reshape(shape),
+            torch.cat([p[1] for p in parts]).reshape(shape))
+
+
+@kernel_rule(Activation, variances=True)
+def activation_kernel(layer: Activation, state: KernelState) -> KernelState:
+    """K ← E[φ(u)φ(v)], T ← E[φ′(u)φ′(v)] ⊙ T (module doc)."""
+    e_phi, e_dphi = expectations(layer, state.var1, state.var2, state.nngp, state.degree,
+                                 state.force_quadrature)
+    return state.replace(nngp=e_phi, ntk=e_dphi * state.ntk)
+
+
+@op_encoding(Activation)
+def activation_encoding(layer: Activation) -> tuple[int, list[int], list[float]]:
+    """ACTIVATION | act_id | param."""
+    return ACTIVATION, [layer.id], [float(layer.param)]
