@@ -155,14 +155,15 @@ class ConvStructuredPlan:
 
         x: [N, C, ...]. One forward pass keeps each Conv/Dense input and each activation's
         φ′(z); one backward pass for the N·n_L output directions at once (each linear layer's
-        input vjp by autograd) gives the cotangents δ_l [N, n_L, C_out, P] / [N, n_L, m].
+        input vjp by its rule's ``input_vjp`` or autograd) gives the cotangents
+        δ_l [N, n_L, C_out, P] / [N, n_L, m]; each kept layer's rule then gives its factors.
         """
         n, nl = x.shape[0], self.n_out
         inputs, in_shapes, dphi = {}, [], {}
         a = x
         for k, layer in enumerate(self.spec.layers):
             in_shapes.append(tuple(a.shape[1:]))
-            if isinstance(layer, (Conv, Dense)):
+            if id(layer) in self.rules:  # a layer with parameters: its rule needs its input
                 inputs[k] = a
             elif hasattr(layer, "derivative") and layer.name != "identity":
                 dphi[k] = layer.derivative(a)
@@ -175,12 +176,11 @@ class ConvStructuredPlan:
             if k in dphi:
                 g = (g.view(n, nl, *g.shape[1:]) * dphi[k].unsqueeze(1)).view(g.shape)
                 continue
-            if isinstance(layer, (Conv, Dense)) and id(layer) in keep:
+            if id(layer) in keep:
                 cots[k] = g.view(n, nl, *g.shape[1:])
             if k == 0 or layer.source is None:
                 continue
-            if not any(isinstance(earlier, (Conv, Dense)) and id(earlier) in keep
-                       for earlier in self.spec.layers[:k]):
+            if not any(id(earlier) in keep for earlier in self.spec.layers[:k]):
                 break  # nothing before needs cotangents
             g = _input_vjp(layer, in_shapes[k], g)
         acts, dcots, convs = [], [], []
