@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..analytic.kernels import analytic_kernels, as_spec
