@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import torch_ntk as tn
-from torch_ntk.empirical.cnn_plan import (ConvStructuredPlan, choose_order, conv_layer_ntk,
-                                       symmetric_gram)
+from torch_ntk.empirical.cnn_plan import ConvStructuredPlan
+from torch_ntk.empirical.rules.conv import choose_order, conv_layer_ntk, symmetric_gram
 from torch_ntk.nn import NTKConv1d, NTKConv2d, NTKLinear
 
 from oracles import func_ntk

@@ -2,8 +2,8 @@
 before anything is written, and the tile computation.
 
 Analytic tiles ("nngp", "ntk", MLP or CNN) run the fused op on the tile's slices of the
-inputs. Empirical tiles reuse the engines of :func:`torch_ntk.empirical_ntk`
-(:mod:`torch_ntk.blocks`) on the whole x1/x2: a band's features — the structured method's
+inputs. Empirical tiles reuse the engines of :func:`torch_ntk.empirical_ntk`, chosen by
+the same :func:`torch_ntk.empirical.engines.make_engine`, on the whole x1/x2: a band's features — the structured method's
 activations and cotangents (A_l, D_l, or a CNN's patches and cotangents), the Jacobian
 method's per-sample Jacobians — are computed once per rank and kept, least recently used
 out, within the memory budget; a tile [a:b, c:d] then costs only its Gram products.
@@ -15,21 +15,15 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
-from .. import ops
 from ..analytic.kernels import analytic_kernels, as_spec
-from ..lifting.lift import lift
-from ..empirical.engines import ConvStructuredBlocks, JacobianBlocks, NTKVPBlocks, StructuredBlocks
-from ..empirical.cnn_plan import ConvStructuredPlan
-from ..empirical.mlp_plan import StructuredPlan
+from ..empirical.engines import METHODS, make_engine, structured_plan
 from .._utils.validation import check_batch, check_parameters_match
 
 __all__ = ["KINDS", "METHODS", "TileGrid", "TileSource", "check_tile_inputs"]
 
 KINDS = ("nngp", "ntk", "empirical")
-METHODS = ("auto", "structured", "jacobian", "ntk_vp")
 FUNCTION = "tiled_kernel"
 
 
@@ -131,8 +125,7 @@ def check_tile_inputs(kind: str, model_or_spec, x1: Tensor, x2: Optional[Tensor]
         raise ValueError(f"{FUNCTION}: the model has no parameter with requires_grad=True, so "
                          "its NTK is identically zero")
     try:
-        spec = lift(model_or_spec)
-        plan = StructuredPlan(spec) if spec.is_mlp else ConvStructuredPlan(spec)
+        plan = structured_plan(model_or_spec)
     except ValueError:
         plan = None
     if plan is not None:  # the shape the network needs, named for the whole input
@@ -161,24 +154,12 @@ class TileSource:
         if kind != "empirical":
             self.method, self.engine, self.spec = "analytic", None, model_or_spec
             return
-        if method not in METHODS:
-            raise ValueError(f"{FUNCTION}: method must be one of {METHODS}; got {method!r}")
-        if method == "structured" and plan is None:
-            raise ValueError(f"{FUNCTION}: method='structured' needs a model that lifts to an "
-                             "MLP or CNN (torch_ntk.lift); use method='jacobian' or 'ntk_vp'")
-        if x1.is_cuda and not ops.cuda_built():
-            plan = None
-        if method in ("auto", "structured") and plan is not None:
-            plan.features = self._counted(plan.features)
-            blocks = StructuredBlocks if isinstance(plan, StructuredPlan) else ConvStructuredBlocks
-            self.engine, self.method = blocks(plan, x1, x2, "trace"), "structured"
-        else:
-            trainable = {k: p for k, p in model_or_spec.named_parameters() if p.requires_grad}
-            with torch.no_grad():
-                n_out = max(1, model_or_spec(x1[:1])[0].numel())
-            self.method = "ntk_vp" if method == "ntk_vp" else "jacobian"
-            self.engine = (NTKVPBlocks if self.method == "ntk_vp" else JacobianBlocks)(
-                model_or_spec, trainable, x1, x2, "trace", n_out)
+        trainable = {k: p for k, p in model_or_spec.named_parameters() if p.requires_grad}
+        self.engine = make_engine(FUNCTION, model_or_spec, x1, x2, "trace", method,
+                                  trainable=trainable, plan=plan)
+        self.method = self.engine.method
+        if self.engine.plan is not None:
+            self.engine.plan.features = self._counted(self.engine.plan.features)
         # The tile's own working set is planned by the engine; what is left of the
         # budget holds the cached bands (the current row band is kept outside it).
         self.engine.size_blocks(memory_budget, tile_size, False)

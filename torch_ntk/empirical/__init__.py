@@ -1,10 +1,13 @@
 """Finite width: the empirical NTK Θ(x, x′) = Σ_p ∂f(x)/∂θ_p ∂f(x′)/∂θ_p of a model.
 
-- ``ntk``: ``empirical_ntk`` / ``compute_empirical_ntk`` (validation, method choice, the
-  block loop), ``NTKInfo``, ``MethodFallbackWarning``;
+- ``ntk``: ``empirical_ntk`` / ``compute_empirical_ntk`` (validation, the block loop),
+  ``NTKInfo``;
 - ``engines``: the block engines (fused structured op, CNN structured, ``vmap(jacrev)``,
-  NTK-vector products) and their sizing within the memory budget;
-- ``mlp_plan`` / ``cnn_plan``: the forward and batched backward passes of a lifted MLP / CNN.
+  NTK-vector products), their sizing within the memory budget, and ``make_engine``: the
+  one method choice (also used by ``torch_ntk.distributed``), ``MethodFallbackWarning``;
+- ``mlp_plan`` / ``cnn_plan``: the forward and batched backward passes of a lifted MLP / CNN;
+- ``rules``: what each torch module type contributes to Θ, one file per type
+  (``@ntk_rule``: ``rules.linear``, ``rules.conv``), looked up by the plans.
 """
 
 from .ntk import (METHODS, MODES, MethodFallbackWarning, NTKInfo, compute_empirical_ntk,

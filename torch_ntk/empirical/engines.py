@@ -1,37 +1,59 @@
-"""The block engines of ``empirical_ntk``: structured op, Jacobians, NTK-vector products.
+"""The block engines of ``empirical_ntk`` and the one choice between them (:func:`make_engine`).
 
-Each computes Θ for (x1 rows i0:i1, x2 columns j0:j1) and sizes its blocks from a
-memory budget.
+Each engine computes Θ for (x1 rows i0:i1, x2 columns j0:j1) and sizes its blocks from a
+memory budget: the structured op on an MLP plan's factors (:class:`StructuredBlocks`), a
+CNN plan's conv contractions plus the fused op (:class:`ConvStructuredBlocks`), per-sample
+Jacobians by ``vmap(jacrev)`` (:class:`JacobianBlocks`), NTK-vector products
+(:class:`NTKVPBlocks`).
 
 An engine is built on (x1, x2 or None, mode); ``size_blocks(budget, chunk_size,
 split_for_progress)`` chooses the samples per block (and sizes its caches) and returns it;
 ``block(i0, i1, j0, j1, diagonal)`` returns Θ(x1[i0:i1], x2[j0:j1]) in the mode's shape.
+:func:`make_engine` also sets ``method``, ``reason``, ``plan`` and ``n_out`` on it; every
+caller (``empirical_ntk``, the tiles of ``torch_ntk.distributed``, through them the
+tracker and the wrapper) builds its engine there.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .cnn_plan import ConvStructuredPlan, choose_order, contract, conv_layer_ntk
+from ..lifting.lift import lift
 from .._utils.modes import channels
+from .._utils.runtime import check_built_for
+from .cnn_plan import ConvStructuredPlan
 from .mlp_plan import StructuredPlan
+from .rules.conv import choose_order, contract, conv_layer_ntk
 
 __all__ = [
     "ConvStructuredBlocks",
     "FuncModel",
     "JacobianBlocks",
+    "METHODS",
+    "MethodFallbackWarning",
     "NTKVPBlocks",
     "StructuredBlocks",
     "activation_numel",
     "contract",
+    "make_engine",
+    "output_size",
     "square_chunk",
+    "structured_plan",
 ]
+
+METHODS = ("auto", "structured", "jacobian", "ntk_vp")
+
+
+class MethodFallbackWarning(UserWarning):
+    """``method="auto"`` on an ``nn.Sequential`` that does not lift: the slower Jacobian
+    method runs, and the warning says which module stopped the fused path."""
 
 # Estimated work (floating-point operations) above which a single block is split so
 # the progress bar has something to show (a few seconds on a CPU).
@@ -156,7 +178,7 @@ class StructuredBlocks(_PlanFeatures):
 
 class ConvStructuredBlocks(_PlanFeatures):
     """A CNN's structured NTK per block: the dense tail by the fused op, each conv layer by
-    :func:`~torch_ntk.conv_structured.conv_layer_ntk` in the order its FLOP model picks."""
+    :func:`~torch_ntk.empirical.rules.conv.conv_layer_ntk` in the order its FLOP model picks."""
 
     def __init__(self, plan: ConvStructuredPlan, x1: Tensor, x2: Optional[Tensor], mode: str,
                  precision: str = "highest"):
@@ -365,3 +387,126 @@ class NTKVPBlocks:
         diag = full.diagonal(dim1=2, dim2=3)  # [i, j, k]
         return diag.mean(-1) if self.mode == "trace" else diag
 
+
+
+# ---------------------------------------------------------------------------------
+# the one method choice
+
+Plan = Union[StructuredPlan, ConvStructuredPlan]
+Engine = Union["StructuredBlocks", "ConvStructuredBlocks", "JacobianBlocks", "NTKVPBlocks"]
+
+# The engine that contracts a plan's factors, and what the plan's model is.
+_STRUCTURED = {StructuredPlan: StructuredBlocks, ConvStructuredPlan: ConvStructuredBlocks}
+_PLAN_KIND = {StructuredPlan: "an MLP", ConvStructuredPlan: "a CNN"}
+
+
+def structured_plan(model: nn.Module) -> Plan:
+    """The structured plan of ``model``: :class:`StructuredPlan` for an MLP spec,
+    :class:`ConvStructuredPlan` for a CNN spec. ValueError (from :func:`torch_ntk.lift`, or
+    a layer without an empirical rule) when it has none."""
+    spec = lift(model)
+    return StructuredPlan(spec) if spec.is_mlp else ConvStructuredPlan(spec)
+
+
+def output_size(function: str, model: nn.Module, x1: Tensor) -> int:
+    """n_L, from one forward pass on one sample (also a clear error for bad inputs)."""
+    try:
+        with torch.no_grad():
+            y = model(x1[:1])
+    except Exception as error:  # the model's own error names what is wrong
+        raise ValueError(
+            f"{function}: the model cannot be applied to x1 of shape {list(x1.shape)} "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(y, Tensor) or y.dim() < 1 or y.shape[0] != 1:
+        raise ValueError(
+            f"{function}: the model must map a batch [N, ...] to a tensor [N, n_L] (or [N]); "
+            f"got {type(y).__name__} {list(getattr(y, 'shape', []))} for one sample"
+        )
+    return max(1, y[0].numel())
+
+
+def _choose(function: str, model: nn.Module, method: str, x: Tensor, plan: Optional[Plan],
+            stacklevel: int) -> tuple[str, str, Optional[Plan]]:
+    """(method, reason, structured plan or None); see :func:`make_engine`."""
+    if method not in METHODS:
+        raise ValueError(f"{function}: method must be one of {METHODS}; got {method!r}")
+    if method in ("jacobian", "ntk_vp"):
+        return method, "requested", None
+    if plan is None:
+        try:
+            plan = structured_plan(model)
+        except ValueError as error:
+            if method == "structured":
+                raise ValueError(
+                    f"{function}: method='structured' is not available: {error}; "
+                    "method='jacobian' or 'ntk_vp' computes the kernel of any model"
+                ) from error
+            reason = f"the model does not lift to an MLP or CNN ({error})"
+            if isinstance(model, nn.Sequential):  # one that looks meant to lift: say why not
+                warnings.warn(MethodFallbackWarning(
+                    f"{function}: method='auto' runs the Jacobian method (slower) because "
+                    f"{reason}; pass method='jacobian' to silence this warning"),
+                    stacklevel=stacklevel + 1)
+            return "jacobian", reason, None
+    if x.is_cuda and not ops.cuda_built():
+        if method == "structured":
+            check_built_for(function, x)
+        return "jacobian", "torch_ntk was built without CUDA, so the fused op cannot run", None
+    kind = _PLAN_KIND[type(plan)]
+    reason = "requested" if method == "structured" else f"the model lifts to {kind}"
+    return "structured", reason, plan
+
+
+def make_engine(function: str, model: nn.Module, x1: Tensor, x2: Optional[Tensor], mode: str,
+                method: str = "auto", *, trainable: dict[str, Tensor],
+                precision: str = "highest", plan: Optional[Plan] = None,
+                stacklevel: int = 1) -> Engine:
+    """The one method choice of the empirical NTK, and the engine that computes it.
+
+    ``method``: "structured" runs the model's structured plan (:func:`structured_plan`:
+    the MLP plan, or the CNN plan) and raises ValueError, naming the module, when the
+    model does not lift; "jacobian" and "ntk_vp" run as asked; "auto" runs the structured
+    plan when the model lifts and the fused op runs on the inputs' device, else "jacobian"
+    — with a :class:`MethodFallbackWarning` naming the module that stopped the fused path
+    when the model is an ``nn.Sequential`` (one that looks meant to lift).
+
+    Args:
+        function: the entry point the user called (errors and warnings name it).
+        model: the nn.Module; ``trainable`` its parameters with requires_grad (name →
+            tensor), the ones the Jacobian engines differentiate.
+        x1, x2: checked batches [N1, ...], [N2, ...] or None (x2 = x1); a plan checks
+            (and may flatten) them for the network's input shape.
+        mode: "full", "trace" or "diagonal".
+        precision: "highest", or "bf16"/"bf16x3" (structured method, float32 only).
+        plan: the structured plan if the caller already built it (None: built here).
+        stacklevel: the warning's stack level, counted from the caller of make_engine.
+
+    Returns:
+        The engine, with ``method``, ``reason`` (the request, or auto's reason),
+        ``plan`` (None unless structured), ``n_out`` and the checked ``x1``/``x2`` set.
+    """
+    method, reason, plan = _choose(function, model, method, x1, plan, stacklevel + 1)
+    if precision != "highest":
+        if method != "structured":
+            raise ValueError(
+                f"{function}: precision={precision!r} needs the structured method, but "
+                f"method {method!r} runs ({reason}); use precision='highest'"
+            )
+        if x1.dtype != torch.float32:
+            raise ValueError(
+                f"{function}: precision={precision!r} needs float32 inputs and parameters; "
+                f"got {x1.dtype}. Use precision='highest' for float64."
+            )
+    if plan is not None:
+        x1 = plan.check_input(function, "x1", x1)
+        if x2 is not None:
+            x2 = plan.check_input(function, "x2", x2)
+        engine = _STRUCTURED[type(plan)](plan, x1, x2, mode, precision)
+        n_out = plan.n_out
+    else:
+        n_out = output_size(function, model, x1)
+        blocks = JacobianBlocks if method == "jacobian" else NTKVPBlocks
+        engine = blocks(model, trainable, x1, x2, mode, n_out)
+    engine.method, engine.reason, engine.plan, engine.n_out = method, reason, plan, n_out
+    return engine

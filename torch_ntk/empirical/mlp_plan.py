@@ -6,7 +6,9 @@ See Jacot et al. §4. For dense layers z_l = W̃_l a_l + b̃_l (W̃ the effectiv
 
 D_l [n_L, m_l] the cotangents of the n_L outputs at layer l's output: D_L = I and
 D_l = (D_{l+1} W̃_{l+1}) ⊙ φ′(z_l). A layer whose parameters are all frozen has
-c_w = c_b = 0 and is left out.
+c_w = c_b = 0 and is left out. What a dense layer contributes — its factors (A_l, D_l) and
+(c_w, c_b) — is the rule of its module type (:mod:`torch_ntk.empirical.rules.linear`,
+looked up by ``type(dense.source)``); the plan only runs the passes.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from ..lifting.lift import Dense, LayerSpec, lift
-from ..nn import NTKLinear
 from .._utils.validation import check_batch
+from .rules import rule_for
+from .rules.linear import DenseFactors
 
 __all__ = ["StructuredPlan", "layer_coefficients"]
 
@@ -27,7 +30,7 @@ class StructuredPlan:
     """The passes of a lifted MLP (its spec bound to modules) that give A_l and D_l.
 
     Attributes:
-        spec: the lifted :class:`~torch_ntk.arch.LayerSpec`.
+        spec: the lifted :class:`~torch_ntk.LayerSpec`.
         denses: its Dense layers (``dense.source`` is the module).
         weight_scales: per dense layer, the factor on W in forward (σ_w/√n_in for an
             NTK-parametrized NTKLinear, else 1): W̃ = scale · W.
@@ -45,11 +48,9 @@ class StructuredPlan:
             )
         self.spec = spec
         self.denses: tuple[Dense, ...] = spec.dense_layers
-        self.weight_scales = [
-            d.source.weight_scale if isinstance(d.source, NTKLinear) else 1.0
-            for d in self.denses
-        ]
-        self.coefs = [layer_coefficients(d) for d in self.denses]
+        self.weight_scales = [getattr(d.source, "weight_scale", 1.0) for d in self.denses]
+        self.rules = [rule_for(d.source) for d in self.denses]
+        self.coefs = [rule.coefficients(d.source) for rule, d in zip(self.rules, self.denses)]
         self.n_out = spec.output_features
         self.input_features = spec.input_features
 
@@ -99,8 +100,16 @@ class StructuredPlan:
             cot = g
             cots.append(cot)
         cots.reverse()
-        keep = self._kept()
-        return [acts[l] for l in keep], [cots[l] for l in keep]
+        factors = [self.rules[l].factors(self.denses[l].source, acts[l], cots[l])
+                   for l in self._kept()]
+        if not all(isinstance(f, DenseFactors) for f in factors):
+            raise TypeError("StructuredPlan: a dense layer's rule must give DenseFactors")
+        return [f.inputs for f in factors], [f.cotangents for f in factors]
+
+    def layer_names(self) -> list[str]:
+        """Per layer with a choice of contraction, "position: order" (for NTKInfo): none in an
+        MLP, whose dense layers all go through the fused op."""
+        return []
 
     def coefficients(self) -> tuple[list[float], list[float]]:
         """(c_w per kept layer, c_b per kept layer), the weights of :meth:`features`."""
@@ -123,8 +132,6 @@ class StructuredPlan:
 
 
 def layer_coefficients(dense) -> tuple[float, float]:
-    """(c_w, c_b) of a lifted Dense or Conv layer, 0 for a frozen weight or bias."""
-    module = dense.source
-    w_on = module.weight.requires_grad
-    b_on = module.bias is not None and module.bias.requires_grad
-    return (dense.ntk_weight_coef if w_on else 0.0, dense.ntk_bias_coef if b_on else 0.0)
+    """(c_w, c_b) of a lifted Dense or Conv layer bound to its module, 0 for a frozen weight
+    or bias: the coefficients of the rule of its module type."""
+    return rule_for(dense.source).coefficients(dense.source)

@@ -4,7 +4,7 @@
 
 Three ways to compute it, chosen with ``method``:
 
-``"structured"`` (MLPs and CNNs that :func:`torch_ntk.arch.lift` accepts: an ``nn.Sequential``
+``"structured"`` (MLPs and CNNs that :func:`torch_ntk.lift` accepts: an ``nn.Sequential``
 or a module whose forward torch.fx reads as a chain of such layers)
     One forward pass keeps each dense layer's input activations A_l [N, n_l]; one
     batched backward pass by hand gives the cotangents of all n_L outputs at once,
@@ -23,7 +23,7 @@ or a module whose forward torch.fx reads as a chain of such layers)
     c_w Σ_{p,p′} ⟨δ_p, δ′_p′⟩⟨π_p, π′_p′⟩ + c_b ⟨Σ_p δ_p, Σ_p′ δ′_p′⟩ (π_p its input patches),
     computed per layer in the order a FLOP model picks: per-sample weight gradients
     Σ_p δ_p ⊗ π_p then one Gram GEMM, or the patch Gram times the cotangent Gram
-    (:mod:`torch_ntk.conv_structured`; ``NTKInfo.contractions`` names the choice). The
+    (:mod:`torch_ntk.empirical.rules.conv`; ``NTKInfo.contractions`` names the choice). The
     dense layers after the readout go through the fused op.
 ``"jacobian"`` (any model)
     Jacobian contraction, the method of PyTorch's NTK tutorial: per-sample Jacobians
@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional, Union, overload
 
@@ -73,26 +72,16 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..lifting.lift import lift
-from .engines import ConvStructuredBlocks, JacobianBlocks, NTKVPBlocks, StructuredBlocks
-from .cnn_plan import ConvStructuredPlan
 from .._utils.model_context import kernel_context
 from .._utils.modes import MODES, check_mode, kernel_shape
-from .._utils.runtime import check_built_for, default_memory_budget, progress_bar
-from .mlp_plan import StructuredPlan
+from .._utils.runtime import default_memory_budget, progress_bar
 from .._utils.validation import check_batch, check_parameters_match
+from .engines import METHODS, MethodFallbackWarning, make_engine
 
 __all__ = ["MODES", "METHODS", "MethodFallbackWarning", "NTKInfo", "compute_empirical_ntk",
            "default_memory_budget", "empirical_ntk"]
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("auto", "structured", "jacobian", "ntk_vp")
-
-
-class MethodFallbackWarning(UserWarning):
-    """``method="auto"`` on an ``nn.Sequential`` that does not lift: the slower Jacobian
-    method runs, and the warning says which module stopped the fused path."""
 
 
 @dataclass(frozen=True)
@@ -254,26 +243,6 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
         x2 = check_batch(function, "x2", x2, like=x1)
     trainable = _check_parameters(function, model, x1)
 
-    method, reason, plan = _choose_method(function, model, method, x1)
-    if precision != "highest":
-        if method != "structured":
-            raise ValueError(
-                f"{function}: precision={precision!r} needs the structured method, but "
-                f"method {method!r} runs ({reason}); use precision='highest'"
-            )
-        if x1.dtype != torch.float32:
-            raise ValueError(
-                f"{function}: precision={precision!r} needs float32 inputs and parameters; "
-                f"got {x1.dtype}. Use precision='highest' for float64."
-            )
-    if plan is not None:
-        x1 = plan.check_input(function, "x1", x1)
-        if x2 is not None:
-            x2 = plan.check_input(function, "x2", x2)
-        n_out = plan.n_out
-    else:
-        n_out = _output_size(function, model, x1)
-
     if memory_budget is None:
         memory_budget = default_memory_budget(x1.device)
     elif not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
@@ -283,25 +252,24 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
         )
     memory_budget = int(min(memory_budget, 2**62))
 
+    # The one method choice (also the tiles' of torch_ntk.distributed): the engine, on the
+    # inputs as its plan checked them (a CNN's shape, an MLP's flattened input).
+    engine = make_engine(function, model, x1, x2, mode, method, trainable=trainable,
+                         precision=precision, stacklevel=4)
+    method, reason, plan, n_out = engine.method, engine.reason, engine.plan, engine.n_out
+    x1, x2 = engine.x1, engine.x2
+
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     shape = kernel_shape(mode, n1, n2, n_out)
     out = _check_out(function, out, shape, x1.dtype)
 
-    if method == "structured" and isinstance(plan, ConvStructuredPlan):
-        engine = ConvStructuredBlocks(plan, x1, x2, mode, precision)
-    elif method == "structured":
-        engine = StructuredBlocks(plan, x1, x2, mode, precision)
-    elif method == "jacobian":
-        engine = JacobianBlocks(model, trainable, x1, x2, mode, n_out)
-    else:
-        engine = NTKVPBlocks(model, trainable, x1, x2, mode, n_out)
     chunk = engine.size_blocks(memory_budget, chunk_size, progress is not False)
     result, blocks = _fill(engine, x1, x2, mode, n_out, chunk, out, progress, method,
                           f"{function} ({method})")
     if out is not None:
         result = out
-    contractions = tuple(plan.layer_names()) if isinstance(plan, ConvStructuredPlan) else ()
+    contractions = () if plan is None else tuple(plan.layer_names())
     info = NTKInfo(method, reason, mode, min(chunk, n1), min(chunk, n2), blocks, memory_budget,
                    time.perf_counter() - start, contractions)
     logger.debug("%s: %s", function, info)
@@ -343,56 +311,6 @@ def _check_out(
             f"{list(out.shape)} and {out.dtype}"
         )
     return out
-
-
-def _output_size(function: str, model: nn.Module, x1: Tensor) -> int:
-    """n_L, from one forward pass on one sample (also a clear error for bad inputs)."""
-    try:
-        with torch.no_grad():
-            y = model(x1[:1])
-    except Exception as error:  # the model's own error names what is wrong
-        raise ValueError(
-            f"{function}: the model cannot be applied to x1 of shape {list(x1.shape)} "
-            f"({type(error).__name__}: {error})"
-        ) from error
-    if not isinstance(y, Tensor) or y.dim() < 1 or y.shape[0] != 1:
-        raise ValueError(
-            f"{function}: the model must map a batch [N, ...] to a tensor [N, n_L] (or [N]); "
-            f"got {type(y).__name__} {list(getattr(y, 'shape', []))} for one sample"
-        )
-    return max(1, y[0].numel())
-
-
-# ---------------------------------------------------------------------------------
-# method choice
-
-
-def _choose_method(function: str, model: nn.Module, method: str, x: Tensor):
-    """(method, reason, structured plan or None)."""
-    if method in ("jacobian", "ntk_vp"):
-        return method, "requested", None
-    try:
-        spec = lift(model)
-        plan = StructuredPlan(spec) if spec.is_mlp else ConvStructuredPlan(spec)
-    except ValueError as error:
-        if method == "structured":
-            raise ValueError(
-                f"{function}: method='structured' is not available: {error}; method='jacobian' "
-                "or 'ntk_vp' computes the kernel of any model"
-            ) from error
-        reason = f"the model does not lift to an MLP or CNN ({error})"
-        if isinstance(model, nn.Sequential):  # one that looks meant to lift: say why not
-            warnings.warn(MethodFallbackWarning(
-                f"{function}: method='auto' runs the Jacobian method (slower) because {reason}; "
-                "pass method='jacobian' to silence this warning"), stacklevel=5)
-        return "jacobian", reason, None
-    if x.is_cuda and not ops.cuda_built():
-        if method == "structured":
-            check_built_for(function, x)
-        return "jacobian", "torch_ntk was built without CUDA, so the fused op cannot run", None
-    kind = "an MLP" if isinstance(plan, StructuredPlan) else "a CNN"
-    reason = "requested" if method == "structured" else f"the model lifts to {kind}"
-    return "structured", reason, plan
 
 
 # ---------------------------------------------------------------------------------
