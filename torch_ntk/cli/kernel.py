@@ -46,6 +46,18 @@ the same command after a crash resumes it; the file appears when complete:
 
   torch-ntk kernel x.npy --widths 784 512 1 -o K.npy --distributed
   torchrun --nproc_per_node=4 -m torch_ntk kernel x.npy --widths 784 512 1 -o K.npy
+
+A resume trusts only what belongs to this very computation (the inputs, network,
+settings and torch_ntk version recorded in the manifest, and the finished file's recorded
+size and checksum); a result or partial run of another one, or a result changed since,
+is refused with the reason. Every output is written atomically: an existing -o file is
+refused without --overwrite; Ctrl-C, SIGTERM and SIGHUP remove the temporary file (exit
+status 130, 143, 129), and a tiled run keeps <out>.partial with its finished tiles
+recorded, to resume with the same command.
+
+Inputs: .npy, .npz (one array), .csv (comma-separated numbers; a non-numeric first line is
+a header; pandas' row index column is refused until --csv-index-col says what it is), .pt
+(a tensor, loaded with weights_only=True).
 """
 
 
@@ -203,7 +215,9 @@ def _check_flags(parser, args) -> None:
             if given is not None:
                 parser.error(f"argument {flag}: not with --model (the file holds the network)")
         if not os.path.isfile(args.model):
-            parser.error(f"argument --model: no such file: {args.model!r}")
+            parser.error(f"argument --model: {args.model!r} is a folder; expected a file saved "
+                         "by torch.save(model, path)" if os.path.isdir(args.model) else
+                         f"argument --model: no such file: {args.model!r}")
     elif args.widths is None:
         parser.error("argument --widths: give the network: --widths n0 ... nL (MLP), "
                      "--conv C1 ... --widths ... nL (CNN) or --model FILE")
@@ -320,7 +334,10 @@ def _empirical_model(parser, args, activation, x1, device, dtype):
     if args.state_dict is None:
         return model
     if not os.path.isfile(args.state_dict):
-        parser.error(f"argument --state-dict: no such file: {args.state_dict!r}")
+        parser.error(f"argument --state-dict: {args.state_dict!r} is a folder; expected a file "
+                     "saved by torch.save(model.state_dict(), path)"
+                     if os.path.isdir(args.state_dict) else
+                     f"argument --state-dict: no such file: {args.state_dict!r}")
     try:
         state = torch.load(args.state_dict, map_location=device, weights_only=True)
         model.load_state_dict(state)
@@ -587,8 +604,9 @@ def _run_tiled(parser, args, model, x1, x2, device) -> int:
             if stats.tiles_skipped == stats.tiles_total and not stats.tiles_computed:
                 print(f"{args.output} is already this kernel: {args.kind} "
                       f"{list(stats.shape)} {args.dtype}, finished by an earlier run of this "
-                      f"computation (its manifest's fingerprint and the file's size and "
-                      f"checksum match); nothing computed", flush=True)
+                      f"computation (verified against {args.output}.manifest.json: the same "
+                      "inputs, network, settings and torch_ntk version, and the file it "
+                      "recorded); nothing computed", flush=True)
             else:
                 print(f"wrote {args.output}: {args.kind} kernel {list(stats.shape)} "
                       f"{args.dtype} (tiled, {stats.method}); {stats.tiles_computed} tiles "
