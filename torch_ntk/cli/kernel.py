@@ -595,8 +595,7 @@ def _run_tiled(parser, args, model, x1, x2, device) -> int:
             print(f"torch-ntk kernel (rank {rank}): error: {error}", file=sys.stderr, flush=True)
             return 2
         except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM/SIGHUP turned into it by main
-            if rank == 0:
-                error.note = _interrupted_note(args)
+            error.note = _interrupted_note(args)  # every rank has checkpointed its tiles
             raise
         if rank == 0:
             if args.stats:
