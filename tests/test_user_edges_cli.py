@@ -480,3 +480,18 @@ def test_an_npz_with_one_array_is_read(tmp_path, capsys):
     assert run(["kernel", tmp_path / "one.npz", "--widths", "3", "16", "1", "-o",
                 tmp_path / "K.npy", "--no-progress"], capsys)[0] == 0
     np.testing.assert_allclose(np.load(tmp_path / "K.npy"), ntk_reference(x), rtol=1e-12)
+
+
+def test_an_r_style_csv_with_quoted_row_names_is_refused_then_read(tmp_path, capsys):
+    """R's write.csv: a header "" over quoted row names "1".."N"."""
+    x = np.random.default_rng(5).standard_normal((12, 3))
+    with open(tmp_path / "x.csv", "w") as f:
+        f.write('"","a","b","c"\n')
+        for i, row in enumerate(x, 1):
+            f.write(",".join([f'"{i}"'] + [repr(float(v)) for v in row]) + "\n")
+    argv = ["kernel", tmp_path / "x.csv", "--widths", "3", "16", "1", "-o", tmp_path / "K.npy",
+            "--no-progress"]
+    status, _, err = run(argv, capsys)
+    assert status == 2 and "row index" in err and "--csv-index-col yes" in err
+    assert run(argv + ["--csv-index-col", "yes"], capsys)[0] == 0
+    np.testing.assert_allclose(np.load(tmp_path / "K.npy"), ntk_reference(x), rtol=1e-12)

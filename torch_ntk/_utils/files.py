@@ -187,8 +187,9 @@ def _read_csv(path: str, argument: str, header: Optional[bool], index_col: Optio
     """A 2-d float64 array from a comma-separated text file. ``header``/``index_col``:
     True (the first line / column is a header / a row index: skipped), False (data), None
     (detect: a non-numeric first line is a header; a first line 0,1,…,m−1 (pandas'
-    default column names) or a first column 0,1,…,N−1 or under an empty/"Unnamed: 0"
-    header field (pandas' row index) is refused with the flag that decides)."""
+    default column names) or a first column 0,1,…,N−1 (or 1,…,N) or under an empty /
+    "Unnamed: 0" header field (pandas' or R's row index) is refused with the flag that
+    decides). Quoted fields ("1", as R's write.csv writes) are read."""
     import csv
 
     import numpy as np
@@ -213,7 +214,7 @@ def _read_csv(path: str, argument: str, header: Optional[bool], index_col: Optio
             header = False
     try:
         data = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1 if header else 0,
-                          dtype=np.float64, encoding="utf-8-sig")
+                          dtype=np.float64, encoding="utf-8-sig", quotechar='"')
     except ValueError as error:  # numpy's message names the row (counted after the header)
         why = str(error).split("; use `usecols`")[0]
         raise ValueError(f"argument {argument}: cannot read {path!r} as comma-separated "
@@ -222,13 +223,17 @@ def _read_csv(path: str, argument: str, header: Optional[bool], index_col: Optio
         raise ValueError(f"argument {argument}: {path!r} has no rows of data")
     if index_col is None:
         marker = header and first[0] in ("", "Unnamed: 0", "index")
-        counts = data.shape[0] > 1 and np.array_equal(data[:, 0], np.arange(data.shape[0]))
+        rows = np.arange(data.shape[0])
+        counts = data.shape[0] > 1 and (np.array_equal(data[:, 0], rows)
+                                        or np.array_equal(data[:, 0], rows + 1))
         if data.shape[1] > 1 and (marker or counts):
-            why = (f"its header's first field is {first[0]!r}, as pandas writes over the index"
-                   if marker else f"it is 0, 1, …, {data.shape[0] - 1}")
+            why = (f"its header's first field is {first[0]!r}, as pandas' df.to_csv and R's "
+                   "write.csv write over a row index" if marker else
+                   f"it counts the rows, {data[0, 0]:g}, {data[1, 0]:g}, …, {data[-1, 0]:g}, "
+                   "like the row index pandas' df.to_csv writes")
             raise ValueError(
                 f"argument {argument}: the first column of {path!r} looks like a row index, "
-                f"not a feature ({why}; pandas' df.to_csv writes one): pass --csv-index-col "
+                f"not a feature ({why}): pass --csv-index-col "
                 "yes to drop it or --csv-index-col no to keep it as a feature (or write the "
                 "file with df.to_csv(path, index=False))")
     elif index_col:
