@@ -571,8 +571,9 @@ def _prepare(out, partial, manifest, prints, grid, dtype, settings, overwrite):
                  not in (None, digest)]
         other = recorded not in (None, digest) or bool(stale)
         if other:
-            reason = (f"{partial} is a partial run of a different computation "
-                      f"({_differs(old, prints, settings) if old else 'by its rank manifests'})")
+            what = (_differs(old, prints, settings) if old else
+                    "its rank manifests record another")
+            reason = f"{partial} is a partial run of a different computation ({what})"
             if not overwrite:
                 return refuse(reason, "discard it (or rerun that computation's command to "
                                       "finish it)")
