@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shlex
 import sys
 import time
 
@@ -45,6 +46,18 @@ the same command after a crash resumes it; the file appears when complete:
 
   torch-ntk kernel x.npy --widths 784 512 1 -o K.npy --distributed
   torchrun --nproc_per_node=4 -m torch_ntk kernel x.npy --widths 784 512 1 -o K.npy
+
+A resume trusts only what belongs to this very computation (the inputs, network,
+settings and torch_ntk version recorded in the manifest, and the finished file's recorded
+size and checksum); a result or partial run of another one, or a result changed since,
+is refused with the reason. Every output is written atomically: an existing -o file is
+refused without --overwrite; Ctrl-C, SIGTERM and SIGHUP remove the temporary file (exit
+status 130, 143, 129), and a tiled run keeps <out>.partial with its finished tiles
+recorded, to resume with the same command.
+
+Inputs: .npy, .npz (one array), .csv (comma-separated numbers; a non-numeric first line is
+a header; pandas' row index column is refused until --csv-index-col says what it is), .pt
+(a tensor, loaded with weights_only=True).
 """
 
 
@@ -68,9 +81,17 @@ def add_kernel_command(sub, parents, number_types: dict, parse_bytes) -> argpars
         "kernel", parents=parents, help="compute and save a kernel of an MLP or CNN on inputs "
         "from a file (tiled over torchrun ranks with --distributed)",
         description=KERNEL_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    k.add_argument("input", help="x1: [N1, n0] in a .npy, .csv or .pt file; images [N1, C, H, W] "
-                                 "or [N1, C, L] (.npy/.pt) for a CNN")
+    k.add_argument("input", help="x1: [N1, n0] in a .npy, .npz (one array), .csv or .pt file; "
+                                 "images [N1, C, H, W] or [N1, C, L] (.npy/.npz/.pt) for a CNN")
     k.add_argument("--x2", default=None, help="x2 in the same formats; default x1")
+    k.add_argument("--csv-header", choices=["auto", "yes", "no"], default="auto",
+                   help="a .csv input's first line: yes, a header (skipped); no, data; auto "
+                        "(default): a header when not all numbers (a first line 0,1,…,n-1, "
+                        "pandas' default column names, is refused: say which)")
+    k.add_argument("--csv-index-col", choices=["auto", "yes", "no"], default="auto",
+                   help="a .csv input's first column: yes, a row index (dropped), as pandas' "
+                        "df.to_csv writes by default; no, a feature; auto (default): refuse "
+                        "a first column 0,1,…,N-1 or under an empty header field (say which)")
     net = k.add_argument_group("network (architecture flags and --state-dict first; --model "
                                "only for trusted files)")
     net.add_argument("--widths", type=_widths, nargs="+", default=None,
@@ -130,18 +151,23 @@ def add_kernel_command(sub, parents, number_types: dict, parse_bytes) -> argpars
     k.add_argument("--chunk-size", type=pos, default=None,
                    help="samples per block (default: sized from the memory budget)")
     k.add_argument("-o", "--output", required=True,
-                   help="the file to write: .npy (memory-mapped while it is filled) or .pt")
+                   help="the file to write: .npy (memory-mapped while it is filled) or .pt; "
+                        "written atomically (it appears only when complete); an existing "
+                        "file is refused without --overwrite")
+    k.add_argument("--overwrite", action="store_true",
+                   help="replace an existing -o file (or a tiled partial run of another "
+                        "computation); without it they are refused, except a finished tiled "
+                        "result of this very computation, which is reported as done")
     tiled = k.add_argument_group("tiled, resumable runs (.npy, trace mode)")
     tiled.add_argument("--distributed", action="store_true",
                        help="compute in tiles over the ranks of torchrun (one process "
                             "without it), resumable: rerun the same command after a crash")
     tiled.add_argument("--tile-size", type=pos, default=2048,
                        help="rows and columns per tile (default 2048)")
-    tiled.add_argument("--checkpoint-s", type=nonneg_f, default=10.0,
-                       help="seconds between checkpoints (flush + manifest); 0: after every "
-                            "tile (default 10)")
-    tiled.add_argument("--overwrite", action="store_true",
-                       help="replace an existing result or partial run of another computation")
+    tiled.add_argument("--checkpoint-s", type=nonneg_f, default=2.0,
+                       help="seconds between checkpoints (flush + manifest): a crash loses at "
+                            "most this much finished work (Ctrl-C, SIGTERM and SIGHUP lose "
+                            "none); 0: after every tile (default 2)")
     tiled.add_argument("--stats", default=None,
                        help="write the tiled run's statistics here (JSON, rank 0)")
     tiled.add_argument("--_stop-after-tiles", dest="stop_after_tiles", type=pos,
@@ -173,6 +199,14 @@ def _check_flags(parser, args) -> None:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         parser.error(f"argument -o/--output: the folder {out_dir!r} does not exist")
+    if os.path.isdir(args.output):
+        parser.error(f"argument -o/--output: {args.output!r} is a folder; expected a .npy or "
+                     ".pt file name")
+    csv_inputs = [p for p in (args.input, args.x2) if p and p.lower().endswith(".csv")]
+    for flag, value in (("--csv-header", args.csv_header), ("--csv-index-col", args.csv_index_col)):
+        if value != "auto" and not csv_inputs:
+            parser.error(f"argument {flag}: only applies to .csv inputs (input and --x2 are "
+                         f"{', '.join(repr(p) for p in (args.input, args.x2) if p)})")
     if args.widths is not None:
         args.widths = [w for group in args.widths for w in group]
     if args.model is not None:
@@ -181,7 +215,9 @@ def _check_flags(parser, args) -> None:
             if given is not None:
                 parser.error(f"argument {flag}: not with --model (the file holds the network)")
         if not os.path.isfile(args.model):
-            parser.error(f"argument --model: no such file: {args.model!r}")
+            parser.error(f"argument --model: {args.model!r} is a folder; expected a file saved "
+                         "by torch.save(model, path)" if os.path.isdir(args.model) else
+                         f"argument --model: no such file: {args.model!r}")
     elif args.widths is None:
         parser.error("argument --widths: give the network: --widths n0 ... nL (MLP), "
                      "--conv C1 ... --widths ... nL (CNN) or --model FILE")
@@ -298,7 +334,10 @@ def _empirical_model(parser, args, activation, x1, device, dtype):
     if args.state_dict is None:
         return model
     if not os.path.isfile(args.state_dict):
-        parser.error(f"argument --state-dict: no such file: {args.state_dict!r}")
+        parser.error(f"argument --state-dict: {args.state_dict!r} is a folder; expected a file "
+                     "saved by torch.save(model.state_dict(), path)"
+                     if os.path.isdir(args.state_dict) else
+                     f"argument --state-dict: no such file: {args.state_dict!r}")
     try:
         state = torch.load(args.state_dict, map_location=device, weights_only=True)
         model.load_state_dict(state)
@@ -348,9 +387,11 @@ def _load(parser, args, dtype):
 
     dims = (2,) if args.conv is None and args.model is None else \
         ((3, 4) if args.model is None else (2, 3, 4))
+    csv = dict(csv_header={"auto": None, "yes": True, "no": False}[args.csv_header],
+               csv_index_col={"auto": None, "yes": True, "no": False}[args.csv_index_col])
     try:
-        x1 = load_inputs(args.input, "input", dtype, dims=dims)
-        x2 = load_inputs(args.x2, "--x2", dtype, dims=dims) if args.x2 is not None else None
+        x1 = load_inputs(args.input, "input", dtype, dims=dims, **csv)
+        x2 = load_inputs(args.x2, "--x2", dtype, dims=dims, **csv) if args.x2 is not None else None
     except ValueError as error:
         parser.error(str(error))
     if args.conv is None and args.model is None:
@@ -452,6 +493,9 @@ def _run_whole(parser, args, model, x1, x2, shape, dtype, device, budget) -> int
     from ..analytic.kernels import analytic_kernels_into
     from .._utils.files import atomic_npy, atomic_write
 
+    if os.path.exists(args.output) and not args.overwrite:
+        parser.error(f"argument -o/--output: {args.output!r} exists; pass --overwrite to "
+                     "replace it, or choose another -o")
     t0 = time.perf_counter()
     info = {}
 
@@ -483,14 +527,49 @@ def _run_whole(parser, args, model, x1, x2, shape, dtype, device, budget) -> int
                 atomic_write(args.output, lambda f: torch.save(result, f), binary=True)
     except (ValueError, TypeError) as error:
         parser.error(str(error))
+    _forget_tiled_result(args.output)
     print(f"wrote {args.output}: {args.kind} kernel {list(shape)} {args.dtype} "
           f"({info.get('method')}, {info.get('blocks')} block(s)) in "
           f"{time.perf_counter() - t0:.2f} s")
     return 0
 
 
+def _forget_tiled_result(output: str) -> None:
+    """After a plain run replaced ``output``: drop a tiled run's manifest that recorded the
+    old file as finished (it describes a file that is gone; a tiled rerun would refuse it
+    anyway, as its size and checksum no longer match). A partial run's manifest stays."""
+    from .._utils.files import read_json
+
+    manifest = output + ".manifest.json"
+    old = read_json(manifest)
+    if isinstance(old, dict) and old.get("complete") and str(old.get("format", "")).startswith(
+            "torch_ntk.distributed.kernel/"):
+        try:
+            os.remove(manifest)
+        except OSError:
+            pass
+
+
+def _interrupted_note(args) -> str:
+    """What an interrupted tiled run leaves and how to resume it (for main's message)."""
+    from ..distributed.kernel import recorded_tiles
+
+    partial = args.output + ".partial"
+    if not os.path.exists(partial):
+        return "no partial output was written"
+    counts = recorded_tiles(args.output)
+    done = (f"{counts[0]} of {counts[1]} tiles finished and recorded" if counts else
+            "no tiles recorded")
+    argv = getattr(args, "argv", None)
+    again = ("the same command" if argv is None or "WORLD_SIZE" in os.environ else
+             "torch-ntk " + shlex.join(argv))
+    return (f"{partial} and its manifests ({args.output}.manifest*.json) remain, with {done}; "
+            f"to resume, rerun {again}; to discard the run, delete them")
+
+
 def _run_tiled(parser, args, model, x1, x2, device) -> int:
     from ..distributed import process_group, tiled_kernel
+    from ..distributed.kernel import OutputConflict
     from .._utils.files import write_json
 
     if not args.distributed and "WORLD_SIZE" not in os.environ:
@@ -505,14 +584,30 @@ def _run_tiled(parser, args, model, x1, x2, device) -> int:
                                  checkpoint_s=args.checkpoint_s,
                                  progress=None if args.progress else False,
                                  _stop_after_tiles=args.stop_after_tiles)
+        except OutputConflict as error:
+            message = str(error).replace("tiled_kernel: ", "", 1).replace(
+                "overwrite=True (--overwrite)", "--overwrite")
+            print(f"torch-ntk kernel (rank {rank}): error: argument -o/--output: {message}",
+                  file=sys.stderr, flush=True)
+            return 2
         except (ValueError, TypeError) as error:
             print(f"torch-ntk kernel (rank {rank}): error: {error}", file=sys.stderr, flush=True)
             return 2
+        except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM/SIGHUP turned into it by main
+            error.note = _interrupted_note(args)  # every rank has checkpointed its tiles
+            raise
         if rank == 0:
             if args.stats:
                 write_json(args.stats, stats.to_dict(), indent=None)
-            print(f"wrote {args.output}: {args.kind} kernel {list(stats.shape)} {args.dtype} "
-                  f"(tiled, {stats.method}); {stats.tiles_computed} tiles computed, "
-                  f"{stats.tiles_skipped} resumed, {stats.world_size} rank(s), "
-                  f"{stats.seconds:.2f} s", flush=True)
+            if stats.tiles_skipped == stats.tiles_total and not stats.tiles_computed:
+                print(f"{args.output} is already this kernel: {args.kind} "
+                      f"{list(stats.shape)} {args.dtype}, finished by an earlier run of this "
+                      f"computation (verified against {args.output}.manifest.json: the same "
+                      "inputs, network, settings and torch_ntk version, and the file it "
+                      "recorded); nothing computed", flush=True)
+            else:
+                print(f"wrote {args.output}: {args.kind} kernel {list(stats.shape)} "
+                      f"{args.dtype} (tiled, {stats.method}); {stats.tiles_computed} tiles "
+                      f"computed, {stats.tiles_skipped} resumed, {stats.world_size} rank(s), "
+                      f"{stats.seconds:.2f} s", flush=True)
     return 0

@@ -18,16 +18,23 @@
         the same process; writes DIR/<suite>_<device>.json and prints markdown tables.
 
 Exit status: 0 on success, 2 for bad arguments (the message names the argument), 1 when
-a run fails (e.g. an optional dependency is missing), 130 when interrupted. Outputs are
-written atomically: an interrupted or failed command leaves no partial file.
+a run fails (e.g. an optional dependency is missing), 130 when interrupted by Ctrl-C,
+128 + the signal's number when stopped by SIGTERM (143) or SIGHUP (129), which are handled
+like Ctrl-C. Outputs are written atomically: an interrupted or failed command leaves no
+partial file — except a tiled ``kernel`` run's ``<out>.partial`` and manifests, kept on
+purpose so that rerunning the same command resumes it (the message says so). An existing
+output file is refused without ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -38,6 +45,49 @@ PROG = "torch-ntk"
 
 class CommandError(Exception):
     """A failure while running a command (exit status 1), as opposed to a usage error."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt so that
+    the same clean-up runs (temporary files removed, a tiled run checkpointed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main
+    thread (only where their action is the default one: a SIGHUP ignored by nohup stays
+    ignored, an application's own handler stays); a second such signal during the
+    clean-up is ignored. The previous handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if fired:
+            return  # already stopping: let the clean-up finish
+        fired.append(signum)
+        raise Terminated(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
+        except (OSError, ValueError):
+            pass
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -336,7 +386,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``torch-ntk`` command with ``argv`` (default ``sys.argv[1:]``); return the
     exit status (argparse usage errors raise SystemExit(2) with the message on stderr)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command is None:
         parser.print_help()
         return 0
@@ -345,9 +397,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return args.handler(args.subparser, args)
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted; no partial output was written", file=sys.stderr)
+        with signals_as_interrupts():
+            return args.handler(args.subparser, args)
+    except KeyboardInterrupt as error:
+        note = getattr(error, "note", None) or "no partial output was written"
+        if isinstance(error, Terminated):
+            name = signal.Signals(error.signum).name
+            print(f"{PROG} {args.command}: stopped by {name}; {note}", file=sys.stderr)
+            return 128 + error.signum
+        print(f"{PROG} {args.command}: interrupted; {note}", file=sys.stderr)
         return 130
     except (CommandError, ImportError, FloatingPointError) as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)

@@ -22,8 +22,19 @@ its cached band features). After each tile the map is flushed and
 the rank's manifest ``<out>.manifest.rank<r>.json`` (finished tile ids) is replaced
 atomically — after every tile, or every ``checkpoint_s`` seconds to spare the syncs — so a
 killed run resumes from the tiles recorded there and never recomputes a recorded tile or
-trusts a half-written one. Rank 0 merges the rank manifests into ``<out>.manifest.json`` at
-start and at the end (``"complete": true``). A resumed run may use another world size.
+trusts a half-written one; Ctrl-C (KeyboardInterrupt) or an error in a tile makes a last
+checkpoint of the finished tiles before the exception leaves. Rank 0 merges the rank
+manifests into ``<out>.manifest.json`` at start and at the end, where it records the
+result (``"complete": true``, the file's size, mtime and, up to 256 MiB, sha256) before
+renaming ``<out>.partial`` to ``<out>``. A resumed run may use another world size.
+
+What is on disk is trusted only when it belongs to this very computation: the manifest's
+fingerprint (inputs, model, settings, shapes, the torch_ntk version) must equal this run's,
+and a finished ``<out>`` must still be the file the manifest recorded (same size and
+checksum, or same size and mtime when it was too large to hash). A result or partial run of
+another computation, or a result changed since, is refused (naming what differs) unless
+``overwrite``; a result that is gone, or a partial run without a manifest, is computed
+again with a note on stderr.
 
 Multi-host: tiles of one row band share file pages at their column edges. Local disks
 and parallel filesystems (Lustre, GPFS, BeeGFS) keep concurrent writes to distinct bytes
@@ -40,6 +51,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -55,9 +67,17 @@ from .._utils.files import read_json, write_json
 from .._utils.runtime import default_memory_budget, progress_bar
 from .tiles import KINDS, TileGrid, TileSource, check_tile_inputs
 
-__all__ = ["KINDS", "TileGrid", "TiledKernelStats", "tiled_kernel", "fingerprint"]
+__all__ = ["KINDS", "OutputConflict", "TileGrid", "TiledKernelStats", "tiled_kernel",
+           "fingerprint", "recorded_tiles"]
 
-MANIFEST_FORMAT = "torch_ntk.distributed.kernel/1"
+MANIFEST_FORMAT = "torch_ntk.distributed.kernel/2"  # /2: "parts", "result" (size, mtime, sha256)
+
+HASH_LIMIT = 256 * 2**20  # results up to this size are checksummed (sha256) in the manifest
+
+
+class OutputConflict(ValueError):
+    """``out`` (or its partial run) exists and is not known to be this computation's; the
+    message says why. Pass ``overwrite=True`` (``--overwrite``) to replace it."""
 
 
 # --------------------------------------------------------------------- process group
@@ -156,6 +176,15 @@ def _rank_manifests(out: str) -> list[str]:
     return sorted(glob.glob(glob.escape(out) + ".manifest.rank*.json"))
 
 
+def recorded_tiles(out: str) -> Optional[tuple[int, int]]:
+    """(tiles recorded as finished, tiles in the grid) of the run whose manifest is
+    ``<out>.manifest.json`` — what a rerun would resume from — or None without one."""
+    m = read_json(os.fspath(out) + ".manifest.json")
+    if not m or "fingerprint" not in m or "tiles_total" not in m:
+        return None
+    return len(_collect_done(os.fspath(out), m["fingerprint"])), int(m["tiles_total"])
+
+
 def _collect_done(out: str, digest: str) -> set[int]:
     """Tile ids recorded as finished for computation ``digest`` (merged + rank files)."""
     done: set[int] = set()
@@ -179,7 +208,8 @@ class TiledKernelStats:
     per second over all ranks; complete: every tile is done (the file is final);
     method: how tiles were computed ("analytic", "structured", "jacobian", "ntk_vp");
     feature_samples: per rank, the samples whose (structured) features it computed —
-    each band's rows once when its cache held them, so at most N1 + N2.
+    each band's rows once when its cache held them, so at most N1 + N2; notes: what was
+    found on disk and discarded or redone (also printed on stderr by rank 0).
     """
 
     path: Optional[str]
@@ -194,6 +224,7 @@ class TiledKernelStats:
     fingerprint: str = ""
     method: str = ""
     feature_samples: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def tiles_computed(self) -> int:
@@ -210,7 +241,7 @@ class TiledKernelStats:
                 "computed": self.computed, "seconds": self.seconds,
                 "tiles_per_s": self.tiles_per_s, "complete": self.complete,
                 "fingerprint": self.fingerprint, "method": self.method,
-                "feature_samples": self.feature_samples}
+                "feature_samples": self.feature_samples, "notes": self.notes}
 
 
 # ------------------------------------------------------------------------ main entry
@@ -228,7 +259,7 @@ def tiled_kernel(
     method: str = "auto",
     memory_budget: Optional[int] = None,
     overwrite: bool = False,
-    checkpoint_s: float = 10.0,
+    checkpoint_s: float = 2.0,
     progress: Optional[bool] = None,
     _stop_after_tiles: Optional[int] = None,
 ) -> TiledKernelStats:
@@ -260,11 +291,12 @@ def tiled_kernel(
             Jacobians); bands that do not fit are recomputed when needed again. Default:
             :func:`torch_ntk.runtime.default_memory_budget` divided among the ranks of
             this host (``LOCAL_WORLD_SIZE``).
-        overwrite: discard an existing result or partial run of a different computation
-            instead of raising.
+        overwrite: discard an existing ``out`` or partial run that is not known to be this
+            computation's (see above) instead of raising :class:`OutputConflict`.
         checkpoint_s: seconds between checkpoints: a checkpoint flushes the memory map to
             disk (msync) and then records the tiles computed since in the rank's manifest
-            (written with fsync, replaced atomically). A crash loses at most this much work;
+            (written with fsync, replaced atomically). A crash loses at most this much work
+            (default 2 s; KeyboardInterrupt and errors make a last checkpoint, losing none);
             0 checkpoints after every tile (each costs a sync, ~10-20 ms on a local disk).
         progress: tqdm bar on rank 0 (tiles done over all ranks, rate, ETA); None shows
             it once the run takes over two seconds.
@@ -277,9 +309,10 @@ def tiled_kernel(
         TypeError: non-tensor or non-float (e.g. integer) inputs.
         ValueError: an empty x1, NaN/Inf, inputs of the wrong width or image shape (the
             message gives the input's shape), x2 unlike x1 — all checked before any
-            file is written; ranks disagree about inputs/model/settings; an existing
-            ``out`` or partial run belongs to another computation (without
-            ``overwrite``); bad ``kind``/``tile_size``/``out``.
+            file is written; ranks disagree about inputs/model/settings;
+            :class:`OutputConflict` (a ValueError): an existing ``out`` or partial run is
+            not known to be this computation's (without ``overwrite``); bad
+            ``kind``/``tile_size``/``out``.
     """
     if kind not in KINDS:
         raise ValueError(f"tiled_kernel: kind must be one of {KINDS}; got {kind!r}")
@@ -310,9 +343,11 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
     grid = TileGrid(n1, n2, tile_size, symmetric)
     dtype = np.dtype(str(x1.dtype).replace("torch.", ""))
 
+    from .. import __version__
+
     settings = {"kind": kind, "tile_size": tile_size, "shape": [n1, n2], "dtype": dtype.str,
                 "symmetric": symmetric,
-                "method": method if kind == "empirical" else None}
+                "method": method if kind == "empirical" else None, "torch_ntk": __version__}
     prints = fingerprint(kind, model_or_spec, x1, x2, settings)
     _check_agreement(_all_gather(prints, active, world, group))
     digest = prints["all"]
@@ -340,17 +375,22 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
     decision = None
     if rank == 0:
         try:  # an error here must reach every rank, or they would wait forever
-            decision = _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite)
+            decision = _prepare(out, partial, manifest, prints, grid, dtype, settings,
+                                overwrite)
         except OSError as error:
-            decision = f"tiled_kernel: cannot prepare {out}: {error}"
+            decision = {"error": f"tiled_kernel: cannot prepare {out}: {error}"}
     decision = _broadcast(decision, active, group)
-    if isinstance(decision, str):
-        raise ValueError(decision)
+    if "error" in decision:
+        raise (OutputConflict if decision.get("conflict") else ValueError)(decision["error"])
+    notes = decision["notes"]
+    if rank == 0:
+        for note in notes:
+            print(f"tiled_kernel: {note}", file=sys.stderr, flush=True)
     done = set(decision["done"])
     if decision["complete"]:
         return TiledKernelStats(out, (n1, n2), tile_size, world, len(grid), len(grid),
                                 [[] for _ in range(world)], 0.0, True, digest,
-                                "", [0] * world)
+                                "", [0] * world, notes)
 
     _barrier(active, group)  # rank 0 has created the file and merged the old manifests
     data = np.lib.format.open_memmap(partial, mode="r+")
@@ -363,28 +403,44 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
     computed: list[int] = []
     start = time.perf_counter()
     last_poll = last_checkpoint = start
-    for tile_id in mine:
-        a, b, c, d = grid.bounds(tile_id)
-        k = tiles.tile(a, b, c, d, symmetric and a == c)
-        k = k.detach().cpu().numpy()
-        data[a:b, c:d] = k
-        if symmetric and a != c:
-            data[c:d, a:b] = k.T
-        computed.append(tile_id)
-        now = time.perf_counter()
-        if now - last_checkpoint >= checkpoint_s or tile_id == mine[-1]:
-            data.flush()  # the tiles are on disk before they are recorded as done
-            write_json(rank_manifest, {"format": MANIFEST_FORMAT, "fingerprint": digest,
-                                       "rank": rank, "done": computed}, indent=None)
-            last_checkpoint = now
-        if stop_after is not None and len(computed) >= stop_after:
-            os._exit(75)  # simulate a crash (tests): no cleanup, like SIGKILL
-        if bar is not None:
+    recorded = 0  # len(computed) at the last checkpoint
+
+    def checkpoint() -> None:
+        data.flush()  # the tiles are on disk before they are recorded as done
+        write_json(rank_manifest, {"format": MANIFEST_FORMAT, "fingerprint": digest,
+                                   "rank": rank, "done": computed}, indent=None)
+
+    try:
+        for tile_id in mine:
+            a, b, c, d = grid.bounds(tile_id)
+            k = tiles.tile(a, b, c, d, symmetric and a == c)
+            k = k.detach().cpu().numpy()
+            data[a:b, c:d] = k
+            if symmetric and a != c:
+                data[c:d, a:b] = k.T
+            computed.append(tile_id)  # only once both copies of the tile are written
             now = time.perf_counter()
-            if world == 1 or now - last_poll > 1.0 or tile_id == mine[-1]:
-                last_poll = now
-                others = len(_collect_done(out, digest) - done - set(mine)) if world > 1 else 0
-                bar.update(max(0, others + len(computed) - bar.n))
+            if now - last_checkpoint >= checkpoint_s or tile_id == mine[-1]:
+                checkpoint()
+                recorded, last_checkpoint = len(computed), now
+            if stop_after is not None and len(computed) >= stop_after:
+                os._exit(75)  # simulate a crash (tests): no cleanup, like SIGKILL
+            if bar is not None:
+                now = time.perf_counter()
+                if world == 1 or now - last_poll > 1.0 or tile_id == mine[-1]:
+                    last_poll = now
+                    others = (len(_collect_done(out, digest) - done - set(mine))
+                              if world > 1 else 0)
+                    bar.update(max(0, others + len(computed) - bar.n))
+    except BaseException:  # Ctrl-C, SIGTERM under the CLI, an error: keep the finished tiles
+        if len(computed) > recorded:
+            try:
+                checkpoint()
+            except BaseException:  # noqa: BLE001 — the first exception is the one to report
+                pass
+        if bar is not None:
+            bar.close()
+        raise
     seconds = time.perf_counter() - start
     del data
     all_computed = _all_gather(computed, active, world, group)
@@ -394,7 +450,7 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
     complete = None
     if rank == 0:
         try:
-            complete = _finish(out, partial, manifest, digest, grid, settings)
+            complete = _finish(out, partial, manifest, prints, grid, settings)
         except OSError as error:
             complete = f"tiled_kernel: cannot finish {out}: {error}"
     complete = _broadcast(complete, active, group)
@@ -404,7 +460,7 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
     if isinstance(complete, str):
         raise RuntimeError(complete)
     return TiledKernelStats(out, (n1, n2), tile_size, world, len(grid), len(done), all_computed,
-                            seconds, True, digest, tiles.method, features)
+                            seconds, True, digest, tiles.method, features, notes)
 
 
 def _progress_bar(progress, rank, total, initial, grand_total):
@@ -413,59 +469,154 @@ def _progress_bar(progress, rank, total, initial, grand_total):
                         "done before)", unit="tile", leave=True, enabled=rank == 0)
 
 
-def _manifest_payload(digest, grid, settings, done, complete, data_file) -> dict:
-    return {"format": MANIFEST_FORMAT, "fingerprint": digest, "settings": settings,
-            "tiles_total": len(grid), "done": sorted(done), "complete": complete,
-            "data": os.path.basename(data_file)}
+def _manifest_payload(prints, grid, settings, done, complete, data_file, result=None) -> dict:
+    return {"format": MANIFEST_FORMAT, "fingerprint": prints["all"], "parts": prints,
+            "settings": settings, "tiles_total": len(grid), "done": sorted(done),
+            "complete": complete, "data": os.path.basename(data_file), "result": result}
 
 
-def _prepare(out, partial, manifest, digest, grid, dtype, settings, overwrite):
-    """Rank 0: decide between 'already complete', 'resume' and 'start' (returns a dict),
-    or an error message (str)."""
+def _identity(path: str) -> dict:
+    """What the manifest records of a finished result: size, mtime and (up to
+    HASH_LIMIT bytes) the sha256 of its bytes."""
+    st = os.stat(path)
+    digest = None
+    if st.st_size <= HASH_LIMIT:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
+def _changed(path: str, old: dict) -> Optional[str]:
+    """None when ``path`` is the result ``old`` (a manifest) recorded, else how it differs."""
+    recorded = old.get("result")
+    if not isinstance(recorded, dict) or "size" not in recorded:
+        return (f"{os.path.basename(path)} has no recorded size or checksum (a manifest of an "
+                "older torch_ntk), so it cannot be verified")
+    size = os.path.getsize(path)
+    if size != recorded["size"]:
+        return (f"{os.path.basename(path)} is {size} bytes, the finished result was "
+                f"{recorded['size']}")
+    if recorded.get("sha256"):
+        if _identity(path)["sha256"] != recorded["sha256"]:
+            return f"{os.path.basename(path)}'s content differs from the recorded checksum"
+        return None
+    if os.stat(path).st_mtime_ns != recorded.get("mtime_ns"):
+        return f"{os.path.basename(path)} was modified after the run finished"
+    return None
+
+
+def _differs(old: dict, prints: dict, settings: dict) -> str:
+    """What differs between a manifest's computation and this one, in words."""
+    parts = old.get("parts") or {}
+    what = []
+    for key, label in (("x1", "the inputs x1"), ("x2", "the inputs x2"),
+                       ("model", "the model/network")):
+        if key in parts and parts[key] != prints[key]:
+            what.append(label)
+    before = old.get("settings") or {}
+    for key in sorted(set(before) | set(settings)):
+        if before.get(key) != settings.get(key):
+            name = "the torch_ntk version" if key == "torch_ntk" else key
+            what.append(f"{name} {before.get(key)} → {settings.get(key)}")
+    return ", ".join(what) if what else "inputs, model or settings differ"
+
+
+def _prepare(out, partial, manifest, prints, grid, dtype, settings, overwrite):
+    """Rank 0: decide between 'already complete', 'resume' and 'start' (a dict with
+    "complete", "done", "notes"), or refuse ({"error": message, "conflict": True})."""
+    digest = prints["all"]
     old = read_json(manifest)
+    old = old if isinstance(old, dict) else None
+    ours = bool(old) and old.get("fingerprint") == digest
+    finished = bool(old) and bool(old.get("complete"))
+    notes: list[str] = []
+    complete = {"complete": True, "done": list(range(len(grid))), "notes": notes}
+
+    def refuse(reason: str, what: str) -> dict:
+        return {"error": f"tiled_kernel: {reason}; pass overwrite=True (--overwrite) to {what}",
+                "conflict": True}
+
     if os.path.exists(out):
-        if old and old.get("fingerprint") == digest and old.get("complete"):
-            return {"complete": True, "done": list(range(len(grid)))}
+        if ours and finished:
+            change = _changed(out, old)
+            if change is None:
+                return complete
+            reason = (f"{out} exists but is not known to be this kernel: {manifest} records "
+                      f"this computation as finished, but {change}")
+        elif finished:
+            reason = (f"{out} exists and is the result of another computation "
+                      f"({_differs(old, prints, settings)})")
+        else:
+            reason = (f"{out} exists and no manifest records it as the result of this "
+                      "computation")
         if not overwrite:
-            return (f"tiled_kernel: {out} exists and is not the result of this computation "
-                    "(or has no manifest); pass overwrite=True (--overwrite) to replace it")
+            return refuse(reason, "replace it")
         os.remove(out)
+        notes.append(f"{reason}: replaced (overwrite)")
+    elif ours and finished:
+        if os.path.exists(partial) and _changed(partial, old) is None:
+            os.replace(partial, out)  # finished and recorded, stopped before the rename
+            for path in _rank_manifests(out):
+                os.remove(path)
+            return complete
+        notes.append(f"{manifest} records this computation as finished, but {out} is gone: "
+                     "computing it again")
     done: set[int] = set()
     if os.path.exists(partial):
         recorded = old.get("fingerprint") if old else None
         stale = [p for p in _rank_manifests(out) if (read_json(p) or {}).get("fingerprint")
                  not in (None, digest)]
-        if (recorded not in (None, digest) or stale) and not overwrite:
-            return (f"tiled_kernel: {partial} is a partial run of a different computation "
-                    "(inputs, model or settings changed); pass overwrite=True (--overwrite) "
-                    "to discard it")
-        try:
-            header = np.load(partial, mmap_mode="r")
-            usable = header.shape == (grid.n1, grid.n2) and header.dtype == dtype
-            del header
-        except (OSError, ValueError):
-            usable = False
-        if usable and not (recorded not in (None, digest) or stale):
-            done = _collect_done(out, digest)
+        other = recorded not in (None, digest) or bool(stale)
+        if other:
+            what = (_differs(old, prints, settings) if old else
+                    "its rank manifests record another")
+            reason = f"{partial} is a partial run of a different computation ({what})"
+            if not overwrite:
+                return refuse(reason, "discard it (or rerun that computation's command to "
+                                      "finish it)")
+            notes.append(f"{reason}: discarded (overwrite)")
+        elif not (ours and finished):
+            try:
+                header = np.load(partial, mmap_mode="r")
+                usable = header.shape == (grid.n1, grid.n2) and header.dtype == dtype
+                del header
+            except (OSError, ValueError):
+                usable = False
+            if usable:
+                done = _collect_done(out, digest)
+                if not done and old is None:
+                    notes.append(f"{partial} has no manifest recording finished tiles: "
+                                 "starting over")
+            else:
+                notes.append(f"{partial} is not a [{grid.n1}, {grid.n2}] {dtype} array "
+                             "(damaged or of another run): starting over")
     if not done:
         for path in _rank_manifests(out):
             os.remove(path)
         np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(grid.n1, grid.n2))
-    write_json(manifest, _manifest_payload(digest, grid, settings, done, False, partial),
+    write_json(manifest, _manifest_payload(prints, grid, settings, done, False, partial),
                indent=None)
     for path in _rank_manifests(out):  # merged above; a crash before this line re-merges
         os.remove(path)
-    return {"complete": False, "done": sorted(done)}
+    return {"complete": False, "done": sorted(done), "notes": notes}
 
 
-def _finish(out, partial, manifest, digest, grid, settings):
+def _finish(out, partial, manifest, prints, grid, settings):
+    """Rank 0, every tile done: record the result (size, mtime, checksum) in the manifest,
+    then rename the partial file to ``out`` (a crash between the two: the next run finds
+    the recorded partial file and renames it)."""
+    digest = prints["all"]
     done = _collect_done(out, digest)
     if len(done) != len(grid):
         missing = sorted(set(range(len(grid))) - done)[:10]
         return (f"tiled_kernel: {len(grid) - len(done)} tiles are not recorded as done after "
                 f"all ranks finished (e.g. {missing}); rerun to complete them")
-    os.replace(partial, out)
-    write_json(manifest, _manifest_payload(digest, grid, settings, done, True, out), indent=None)
+    write_json(manifest, _manifest_payload(prints, grid, settings, done, True, out,
+                                           _identity(partial)), indent=None)
+    os.replace(partial, out)  # a rename keeps the size and mtime recorded above
     for path in _rank_manifests(out):
         os.remove(path)
     return True
