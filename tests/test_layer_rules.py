@@ -95,7 +95,7 @@ CASES: dict[type, Case] = {
                                           dense(w, 1)), (2, 5, 5), "linear"),
     GlobalAvgPool: Case(lambda w: nn.Sequential(conv2d(2, w, 3), nn.AdaptiveAvgPool2d(1),
                                                 nn.Flatten(), dense(w, 1)), (2, 5, 5), "linear"),
-    # the recipe's demonstration (docs/recipe_layer_kind.md): SumPool and GlobalSumPool
+    # the recipe's demonstration (docs/architecture.md, "Adding a layer kind"): SumPool and GlobalSumPool
     SumPool: Case(lambda w: nn.Sequential(conv2d(2, w, 3, padding=1), nn.LPPool2d(1, 2),
                                           nn.Flatten(), dense(w * 4, 1)), (2, 5, 5), "linear",
                   formula=(lambda w: nn.Sequential(

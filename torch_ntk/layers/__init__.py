@@ -9,7 +9,7 @@
 
 Importing this package imports every kind file of this folder (so their decorators fill
 the registries) and re-exports the descriptor classes each lists in ``__all__``: a new
-kind is one new file (``docs/recipe_layer_kind.md``), nothing else edited.
+kind is one new file (``docs/architecture.md, "Adding a layer kind"``), nothing else edited.
 """
 
 import importlib as _importlib
