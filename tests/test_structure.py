@@ -30,9 +30,6 @@ def _run(*args, cwd=ROOT):
                           text=True, timeout=120)
 
 
-@pytest.mark.xfail(strict=True, reason="empirical/cnn_plan.py imports analytic.cnn.check_images "
-                   "until LayerSpec.check_input replaces it (engineer ha's branch); flip after "
-                   "that merge")
 def test_structure_script_exits_zero():
     result = _run()
     assert result.returncode == 0, result.stdout + result.stderr

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import torch_ntk as tn
+import torch_ntk._utils.version
 from torch_ntk.cli import main
 from torch_ntk.cli.main import signals_as_interrupts
 from torch_ntk.distributed import tiles as tiles_module
@@ -170,7 +171,7 @@ def test_a_recorded_result_that_was_not_yet_renamed_is_finished(ab, capsys):
 
 def test_another_package_version_is_another_computation(ab, capsys, monkeypatch):
     assert run(A_TILED, capsys)[0] == 0
-    monkeypatch.setattr(tn, "__version__", "99.0")
+    monkeypatch.setattr(torch_ntk._utils.version, "VERSION", "99.0")
     status, _, err = run(A_TILED, capsys)
     assert status == 2 and "the torch_ntk version" in err and "99.0" in err, err
 

@@ -41,7 +41,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'torch_ntk' has no attribute {name!r}")
 
 
-__version__ = "0.2.0"
+from ._utils.version import VERSION as __version__  # noqa: E402
 
 __all__ = [
     "Dense",

@@ -47,14 +47,13 @@ all-gathered and a disagreement is a ValueError naming what differs.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -63,21 +62,14 @@ from torch import Tensor, nn
 
 from ..lifting.lift import LayerSpec
 from .._utils.model_context import kernel_context
-from .._utils.files import read_json, write_json
+from .._utils.files import write_json
 from .._utils.runtime import default_memory_budget, progress_bar
+from .manifest import (MANIFEST_FORMAT, OutputConflict, collect_done, finish, prepare,
+                       recorded_tiles)
 from .tiles import KINDS, TileGrid, TileSource, check_tile_inputs
 
 __all__ = ["KINDS", "OutputConflict", "TileGrid", "TiledKernelStats", "tiled_kernel",
            "fingerprint", "recorded_tiles"]
-
-MANIFEST_FORMAT = "torch_ntk.distributed.kernel/2"  # /2: "parts", "result" (size, mtime, sha256)
-
-HASH_LIMIT = 256 * 2**20  # results up to this size are checksummed (sha256) in the manifest
-
-
-class OutputConflict(ValueError):
-    """``out`` (or its partial run) exists and is not known to be this computation's; the
-    message says why. Pass ``overwrite=True`` (``--overwrite``) to replace it."""
 
 
 # --------------------------------------------------------------------- process group
@@ -167,32 +159,6 @@ def _check_agreement(prints: list[dict]) -> None:
         + ". Every rank must pass the same x1, x2, model/spec and settings (load the same "
         "files, seed the model identically)."
     )
-
-
-# ------------------------------------------------------------------------- manifest
-
-
-def _rank_manifests(out: str) -> list[str]:
-    return sorted(glob.glob(glob.escape(out) + ".manifest.rank*.json"))
-
-
-def recorded_tiles(out: str) -> Optional[tuple[int, int]]:
-    """(tiles recorded as finished, tiles in the grid) of the run whose manifest is
-    ``<out>.manifest.json`` — what a rerun would resume from — or None without one."""
-    m = read_json(os.fspath(out) + ".manifest.json")
-    if not m or "fingerprint" not in m or "tiles_total" not in m:
-        return None
-    return len(_collect_done(os.fspath(out), m["fingerprint"])), int(m["tiles_total"])
-
-
-def _collect_done(out: str, digest: str) -> set[int]:
-    """Tile ids recorded as finished for computation ``digest`` (merged + rank files)."""
-    done: set[int] = set()
-    for path in [out + ".manifest.json", *_rank_manifests(out)]:
-        m = read_json(path)
-        if m and m.get("fingerprint") == digest:
-            done.update(int(t) for t in m.get("done", ()))
-    return done
 
 
 # ---------------------------------------------------------------------------- stats
@@ -343,7 +309,7 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
     grid = TileGrid(n1, n2, tile_size, symmetric)
     dtype = np.dtype(str(x1.dtype).replace("torch.", ""))
 
-    from .. import __version__
+    from .._utils.version import VERSION as __version__
 
     settings = {"kind": kind, "tile_size": tile_size, "shape": [n1, n2], "dtype": dtype.str,
                 "symmetric": symmetric,
@@ -375,7 +341,7 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
     decision = None
     if rank == 0:
         try:  # an error here must reach every rank, or they would wait forever
-            decision = _prepare(out, partial, manifest, prints, grid, dtype, settings,
+            decision = prepare(out, partial, manifest, prints, grid, dtype, settings,
                                 overwrite)
         except OSError as error:
             decision = {"error": f"tiled_kernel: cannot prepare {out}: {error}"}
@@ -429,7 +395,7 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
                 now = time.perf_counter()
                 if world == 1 or now - last_poll > 1.0 or tile_id == mine[-1]:
                     last_poll = now
-                    others = (len(_collect_done(out, digest) - done - set(mine))
+                    others = (len(collect_done(out, digest) - done - set(mine))
                               if world > 1 else 0)
                     bar.update(max(0, others + len(computed) - bar.n))
     except BaseException:  # Ctrl-C, SIGTERM under the CLI, an error: keep the finished tiles
@@ -450,7 +416,7 @@ def _tiled(model_or_spec, x1, x2, kind, out, tile_size, group, method, memory_bu
     complete = None
     if rank == 0:
         try:
-            complete = _finish(out, partial, manifest, prints, grid, settings)
+            complete = finish(out, partial, manifest, prints, grid, settings)
         except OSError as error:
             complete = f"tiled_kernel: cannot finish {out}: {error}"
     complete = _broadcast(complete, active, group)
@@ -467,159 +433,6 @@ def _progress_bar(progress, rank, total, initial, grand_total):
     """Rank 0's bar over the tiles (None on the other ranks)."""
     return progress_bar(total, progress=progress, desc=f"kernel tiles ({initial}/{grand_total} "
                         "done before)", unit="tile", leave=True, enabled=rank == 0)
-
-
-def _manifest_payload(prints, grid, settings, done, complete, data_file, result=None) -> dict:
-    return {"format": MANIFEST_FORMAT, "fingerprint": prints["all"], "parts": prints,
-            "settings": settings, "tiles_total": len(grid), "done": sorted(done),
-            "complete": complete, "data": os.path.basename(data_file), "result": result}
-
-
-def _identity(path: str) -> dict:
-    """What the manifest records of a finished result: size, mtime and (up to
-    HASH_LIMIT bytes) the sha256 of its bytes."""
-    st = os.stat(path)
-    digest = None
-    if st.st_size <= HASH_LIMIT:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-
-
-def _changed(path: str, old: dict) -> Optional[str]:
-    """None when ``path`` is the result ``old`` (a manifest) recorded, else how it differs."""
-    recorded = old.get("result")
-    if not isinstance(recorded, dict) or "size" not in recorded:
-        return (f"{os.path.basename(path)} has no recorded size or checksum (a manifest of an "
-                "older torch_ntk), so it cannot be verified")
-    size = os.path.getsize(path)
-    if size != recorded["size"]:
-        return (f"{os.path.basename(path)} is {size} bytes, the finished result was "
-                f"{recorded['size']}")
-    if recorded.get("sha256"):
-        if _identity(path)["sha256"] != recorded["sha256"]:
-            return f"{os.path.basename(path)}'s content differs from the recorded checksum"
-        return None
-    if os.stat(path).st_mtime_ns != recorded.get("mtime_ns"):
-        return f"{os.path.basename(path)} was modified after the run finished"
-    return None
-
-
-def _differs(old: dict, prints: dict, settings: dict) -> str:
-    """What differs between a manifest's computation and this one, in words."""
-    parts = old.get("parts") or {}
-    what = []
-    for key, label in (("x1", "the inputs x1"), ("x2", "the inputs x2"),
-                       ("model", "the model/network")):
-        if key in parts and parts[key] != prints[key]:
-            what.append(label)
-    before = old.get("settings") or {}
-    for key in sorted(set(before) | set(settings)):
-        if before.get(key) != settings.get(key):
-            name = "the torch_ntk version" if key == "torch_ntk" else key
-            what.append(f"{name} {before.get(key)} → {settings.get(key)}")
-    return ", ".join(what) if what else "inputs, model or settings differ"
-
-
-def _prepare(out, partial, manifest, prints, grid, dtype, settings, overwrite):
-    """Rank 0: decide between 'already complete', 'resume' and 'start' (a dict with
-    "complete", "done", "notes"), or refuse ({"error": message, "conflict": True})."""
-    digest = prints["all"]
-    old = read_json(manifest)
-    old = old if isinstance(old, dict) else None
-    ours = bool(old) and old.get("fingerprint") == digest
-    finished = bool(old) and bool(old.get("complete"))
-    notes: list[str] = []
-    complete = {"complete": True, "done": list(range(len(grid))), "notes": notes}
-
-    def refuse(reason: str, what: str) -> dict:
-        return {"error": f"tiled_kernel: {reason}; pass overwrite=True (--overwrite) to {what}",
-                "conflict": True}
-
-    if os.path.exists(out):
-        if ours and finished:
-            change = _changed(out, old)
-            if change is None:
-                return complete
-            reason = (f"{out} exists but is not known to be this kernel: {manifest} records "
-                      f"this computation as finished, but {change}")
-        elif finished:
-            reason = (f"{out} exists and is the result of another computation "
-                      f"({_differs(old, prints, settings)})")
-        else:
-            reason = (f"{out} exists and no manifest records it as the result of this "
-                      "computation")
-        if not overwrite:
-            return refuse(reason, "replace it")
-        os.remove(out)
-        notes.append(f"{reason}: replaced (overwrite)")
-    elif ours and finished:
-        if os.path.exists(partial) and _changed(partial, old) is None:
-            os.replace(partial, out)  # finished and recorded, stopped before the rename
-            for path in _rank_manifests(out):
-                os.remove(path)
-            return complete
-        notes.append(f"{manifest} records this computation as finished, but {out} is gone: "
-                     "computing it again")
-    done: set[int] = set()
-    if os.path.exists(partial):
-        recorded = old.get("fingerprint") if old else None
-        stale = [p for p in _rank_manifests(out) if (read_json(p) or {}).get("fingerprint")
-                 not in (None, digest)]
-        other = recorded not in (None, digest) or bool(stale)
-        if other:
-            what = (_differs(old, prints, settings) if old else
-                    "its rank manifests record another")
-            reason = f"{partial} is a partial run of a different computation ({what})"
-            if not overwrite:
-                return refuse(reason, "discard it (or rerun that computation's command to "
-                                      "finish it)")
-            notes.append(f"{reason}: discarded (overwrite)")
-        elif not (ours and finished):
-            try:
-                header = np.load(partial, mmap_mode="r")
-                usable = header.shape == (grid.n1, grid.n2) and header.dtype == dtype
-                del header
-            except (OSError, ValueError):
-                usable = False
-            if usable:
-                done = _collect_done(out, digest)
-                if not done and old is None:
-                    notes.append(f"{partial} has no manifest recording finished tiles: "
-                                 "starting over")
-            else:
-                notes.append(f"{partial} is not a [{grid.n1}, {grid.n2}] {dtype} array "
-                             "(damaged or of another run): starting over")
-    if not done:
-        for path in _rank_manifests(out):
-            os.remove(path)
-        np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(grid.n1, grid.n2))
-    write_json(manifest, _manifest_payload(prints, grid, settings, done, False, partial),
-               indent=None)
-    for path in _rank_manifests(out):  # merged above; a crash before this line re-merges
-        os.remove(path)
-    return {"complete": False, "done": sorted(done), "notes": notes}
-
-
-def _finish(out, partial, manifest, prints, grid, settings):
-    """Rank 0, every tile done: record the result (size, mtime, checksum) in the manifest,
-    then rename the partial file to ``out`` (a crash between the two: the next run finds
-    the recorded partial file and renames it)."""
-    digest = prints["all"]
-    done = _collect_done(out, digest)
-    if len(done) != len(grid):
-        missing = sorted(set(range(len(grid))) - done)[:10]
-        return (f"tiled_kernel: {len(grid) - len(done)} tiles are not recorded as done after "
-                f"all ranks finished (e.g. {missing}); rerun to complete them")
-    write_json(manifest, _manifest_payload(prints, grid, settings, done, True, out,
-                                           _identity(partial)), indent=None)
-    os.replace(partial, out)  # a rename keeps the size and mtime recorded above
-    for path in _rank_manifests(out):
-        os.remove(path)
-    return True
 
 
 def _run_into_tensor(out, grid, tiles, rank, world, active, group, digest, progress,
