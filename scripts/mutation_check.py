@@ -49,11 +49,11 @@ class Fault:
 
 FAULTS = [
     # --- analytic (Python) ---
-    Fault("input_bias_dropped", "analytic", "torch_ntk/analytic/kernels.py",
+    Fault("input_bias_dropped", "analytic", "torch_ntk/analytic/fused.py",
           "input_bias_var=first.bias_var,", "input_bias_var=0.0,",
           ("tests/test_independent.py", "-k", "recursion"),
           "the first layer's σ_b² left out of Σ¹"),
-    Fault("torch_linear_bias_var", "analytic", "torch_ntk/lifting/lift.py",
+    Fault("torch_linear_bias_var", "analytic", "torch_ntk/layers/dense.py",
           "bias_var = 1.0 / (3.0 * fan_in) if bias_var is None else float(bias_var)",
           "bias_var = 1.0 / fan_in if bias_var is None else float(bias_var)",
           ("tests/test_independent.py", "-k", "torch"),
@@ -68,8 +68,9 @@ FAULTS = [
           ("tests/test_activations.py",),
           "softplus′ ignores β"),
     # --- empirical (Python) ---
-    Fault("structured_bias_coef", "empirical", "torch_ntk/empirical/mlp_plan.py",
-          "dense.ntk_bias_coef if b_on else 0.0", "0.0",
+    Fault("structured_bias_coef", "empirical", "torch_ntk/empirical/rules/__init__.py",
+          "return (cw if weight_on else 0.0, cb if bias_on else 0.0)",
+          "return (cw if weight_on else 0.0, 0.0)",
           ("tests/test_empirical.py", "-k", "oracle"),
           "the structured NTK leaves out every bias term"),
     # --- predict ---
@@ -107,8 +108,8 @@ FAULTS = [
           "standard error with 1/n instead of 1/(n − 1) (biased variance)"),
     # --- distributed ---
     Fault("mirror_tiles_skipped", "distributed", "torch_ntk/distributed/kernel.py",
-          "        if symmetric and a != c:\n            data[c:d, a:b] = k.T\n",
-          "        if False:\n            data[c:d, a:b] = k.T\n",
+          "            if symmetric and a != c:\n                data[c:d, a:b] = k.T\n",
+          "            if False:\n                data[c:d, a:b] = k.T\n",
           ("tests/test_distributed.py", "-k", "single_process or two_ranks"),
           "symmetric tiled kernels do not mirror the upper tiles"),
     # --- CLI ---
