@@ -235,3 +235,58 @@ def test_auto_falling_back_from_a_sequential_says_why():
         warnings.simplefilter("error")
         tn.empirical_ntk(model, x, method="jacobian")
         tn.empirical_ntk(Custom().to(F64), x)
+
+
+# ------------------------------------------------------------------ issue 32: items 4, 6, 7, 11, 12
+
+
+def _alignment_by_hand(k, y):
+    yyt = y @ y.t()
+    return float((k * yyt).sum() / (torch.linalg.norm(k) * torch.linalg.norm(yyt)))
+
+
+def test_label_alignment_has_one_definition_whatever_the_labels_spelling():
+    model = linear_mlp([5, 32, 32, 3], seed=4)
+    torch.manual_seed(4)
+    x = torch.randn(12, 5, dtype=F64)
+    labels = torch.tensor([0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2])
+    one_hot = nn.functional.one_hot(labels, 3).to(F64)
+    values = {}
+    for name, y in {"int": labels, "int column": labels[:, None], "one-hot": one_hot,
+                    "one-hot, 10 classes": nn.functional.one_hot(labels, 10).float()}.items():
+        tracker = tn.KernelDriftTracker(model, x, y)
+        values[name] = tracker.history[0].label_alignment
+    k = tracker.last_kernel.double()
+    expected = _alignment_by_hand(k, one_hot)
+    for name, value in values.items():
+        assert abs(value - expected) <= 1e-12, name
+    assert abs(tn.tracking.label_alignment(k, labels) - expected) <= 1e-12
+    # floats are taken as given: a 1-D float vector is one target column
+    yf = labels.to(F64)
+    assert abs(tn.tracking.label_alignment(k, yf) - _alignment_by_hand(k, yf[:, None])) <= 1e-12
+    with pytest.raises(ValueError, match=r"probe_y.*ambiguous.*float"):
+        tn.KernelDriftTracker(model, x, labels[:, None].repeat(1, 2))
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h, _ = self.attn(x, x, x)
+        return self.head(h.mean(1))
+
+
+def test_ntk_vp_and_the_tracker_work_on_multihead_attention():
+    torch.manual_seed(7)
+    model = _Attention().to(F64)
+    x = torch.randn(5, 4, 8, dtype=F64)
+    before = torch.backends.mha.get_fastpath_enabled()
+    vp = tn.empirical_ntk(model, x, method="ntk_vp")
+    jac = tn.empirical_ntk(model, x, method="jacobian")
+    assert rel(vp, jac) <= 1e-12
+    assert torch.backends.mha.get_fastpath_enabled() == before  # restored
+    tracker = tn.KernelDriftTracker(model, x, method="ntk_vp")
+    assert rel(tracker.last_kernel, jac.diagonal(dim1=2, dim2=3).mean(-1)) <= 1e-12
