@@ -10,6 +10,7 @@ directly on the model the CLI should have built (1e-12).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -290,3 +291,42 @@ def test_ntk_vp_and_the_tracker_work_on_multihead_attention():
     assert torch.backends.mha.get_fastpath_enabled() == before  # restored
     tracker = tn.KernelDriftTracker(model, x, method="ntk_vp")
     assert rel(tracker.last_kernel, jac.diagonal(dim1=2, dim2=3).mean(-1)) <= 1e-12
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 8)
+        self.block = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, x):
+        x = self.inp(x)
+        x = x + self.block(x)
+        return self.out(x)
+
+
+@pytest.mark.parametrize("kind", ["residual", "batchnorm"])
+def test_models_without_a_limit_are_refused_with_what_works_today(kind):
+    if kind == "residual":
+        build, where = _Residual, r"node inp .*residual"
+    else:
+        def build():
+            return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+        where = r"module 1 \(BatchNorm1d\) does not lift"
+    model = build()
+    x = torch.randn(4, 3)
+    for name, call in {"analytic_kernels": lambda: tn.analytic_kernels(model, x),
+                       "NTK.limit": lambda: tn.NTK(model).limit(x),
+                       "lift": lambda: tn.lift(model)}.items():
+        with pytest.raises(ValueError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"{name}:"), message
+        assert re.search(where, message), message
+        assert "monte_carlo_kernels(model_fn, x)" in message, message
+        assert "empirical" in message.lower(), message
+    # what the message points to does run on this model
+    mc = tn.monte_carlo_kernels(lambda seed: build(), x, n_samples=2, get="ntk",
+                                method="jacobian")
+    assert mc.ntk.shape == (4, 4)

@@ -52,7 +52,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .analytic.kernels import Kernels, analytic_kernels
-from .lifting.lift import EMPIRICAL_HINT, lift
+from .analytic.refusal import no_limit_error
+from .lifting.lift import lift
 from .empirical.ntk import compute_empirical_ntk
 from ._utils.model_context import kernel_context, unwrap
 from .tracking.tracker import KernelDriftTracker
@@ -167,13 +168,7 @@ class NTK(nn.Module):
         try:
             spec = lift(self.model)
         except ValueError as error:
-            why = str(error).replace(f" {EMPIRICAL_HINT}", "").rstrip(".")  # no method here
-            raise ValueError(
-                f"{function}: {type(self.model).__name__} has no infinite-width kernel in "
-                f"torch_ntk ({why}). Limits exist for MLPs and CNNs of the "
-                "layers torch_ntk.lift accepts; the finite-width kernel of any model is "
-                "NTK.empirical."
-            ) from error
+            raise no_limit_error(function, self.model, error, "NTK.empirical") from error
         return analytic_kernels(spec, x1, x2, get, **kwargs)
 
     def linearize(self) -> "Linearized":

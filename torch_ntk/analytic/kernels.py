@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..activations import hermite_rule, quadrature_degree_for
 from ..lifting.lift import LayerSpec, lift
+from .refusal import no_limit_error
 from .cnn import check_images, cnn_op_args, pair_floats
 from .._utils.validation import check_batch, check_choices
 
@@ -50,12 +51,18 @@ class Kernels(NamedTuple):
     ntk: Optional[Tensor]
 
 
-def as_spec(model_or_spec: Union[nn.Module, LayerSpec]) -> LayerSpec:
-    """A LayerSpec as is, or the lifted spec of a model (:func:`torch_ntk.arch.lift`)."""
+def as_spec(model_or_spec: Union[nn.Module, LayerSpec],
+            function: str = "analytic_kernels") -> LayerSpec:
+    """A LayerSpec as is, or the lifted spec of a model (:func:`torch_ntk.arch.lift`);
+    a model that does not lift gets a ValueError naming ``function``, the layer or node
+    and what works instead (:func:`torch_ntk.monte_carlo_kernels`, ``empirical_ntk``)."""
     if isinstance(model_or_spec, LayerSpec):
         return model_or_spec
     if isinstance(model_or_spec, nn.Module):
-        return lift(model_or_spec)
+        try:
+            return lift(model_or_spec)
+        except ValueError as error:
+            raise no_limit_error(function, model_or_spec, error) from error
     raise TypeError(
         "model_or_spec must be an nn.Sequential MLP or a torch_ntk.arch.LayerSpec; got "
         f"{type(model_or_spec).__name__}"

@@ -110,7 +110,7 @@ def check_tile_inputs(kind: str, model_or_spec, x1: Tensor, x2: Optional[Tensor]
         if x is not None and not isinstance(x, Tensor):
             raise TypeError(f"{FUNCTION}: {name} must be a torch.Tensor; got {type(x).__name__}")
     if kind != "empirical":
-        spec = as_spec(model_or_spec)
+        spec = as_spec(model_or_spec, FUNCTION)
         if spec.is_mlp:
             check = dict(features=spec.input_features, flatten=spec.flatten_input)
             check_batch(FUNCTION, "x1", x1, **check)

@@ -250,8 +250,9 @@ def _refuse(position: Position, module: nn.Module, why: str) -> ValueError:
                       f"{EMPIRICAL_HINT}")
 
 
-EMPIRICAL_HINT = ("Finite-width kernels of any model: empirical_ntk(..., method='jacobian' or "
-                  "'ntk_vp')")
+EMPIRICAL_HINT = ("A Monte-Carlo estimate of the infinite-width limit of any architecture: "
+                  "torch_ntk.monte_carlo_kernels(model_fn, x); finite-width kernels of any "
+                  "model: empirical_ntk(..., method='jacobian' or 'ntk_vp')")
 
 
 def _lift_conv(position: Position, module: nn.Module, options: LiftOptions) -> Conv:
