@@ -330,3 +330,46 @@ def test_models_without_a_limit_are_refused_with_what_works_today(kind):
     mc = tn.monte_carlo_kernels(lambda seed: build(), x, n_samples=2, get="ntk",
                                 method="jacobian")
     assert mc.ntk.shape == (4, 4)
+
+
+def _small_cnn():
+    torch.manual_seed(11)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3)).to(F64)
+
+
+@pytest.mark.parametrize("entry", ["NTK.limit", "analytic_kernels"])
+def test_limit_progress_bar_on_request_and_never_when_off(entry, capsys):
+    model = _small_cnn()
+    torch.manual_seed(12)
+    x = torch.randn(9, 2, 6, 6, dtype=F64)
+    call = (lambda **kw: tn.NTK(model).limit(x, **kw)) if entry == "NTK.limit" else \
+        (lambda **kw: tn.analytic_kernels(model, x, **kw))
+    plain = call(progress=False)
+    assert capsys.readouterr().err == ""
+    shown = call(progress=True)
+    err = capsys.readouterr().err
+    assert "analytic_kernels" in err and "pair" in err and "/45" in err  # 9·10/2 pairs
+    for name in ("nngp", "ntk"):  # row blocks: the same kernels, exactly symmetric
+        a, b = getattr(shown, name), getattr(plain, name)
+        assert rel(a, b) <= 1e-13 and torch.equal(a, a.T)
+        assert torch.equal(a.diagonal(), b.diagonal())
+    assert capsys.readouterr().err == ""
+
+
+def test_limit_progress_rows_blocks_cover_a_cross_kernel_and_an_mlp(capsys):
+    torch.manual_seed(13)
+    x1, x2 = torch.randn(7, 2, 6, 6, dtype=F64), torch.randn(5, 2, 6, 6, dtype=F64)
+    cnn = _small_cnn()
+    a = tn.analytic_kernels(cnn, x1, x2, progress=True)
+    assert "/35" in capsys.readouterr().err  # 7·5 pairs
+    b = tn.analytic_kernels(cnn, x1, x2, progress=False)
+    assert rel(a.ntk, b.ntk) <= 1e-13 and rel(a.nngp, b.nngp) <= 1e-13
+    mlp = tn.ntk_mlp([3, 64, 64, 2], "relu", dtype=F64)
+    z = torch.randn(40, 3, dtype=F64)
+    a = tn.NTK(mlp).limit(z, get="ntk", progress=True)
+    assert "/820" in capsys.readouterr().err  # 40·41/2 pairs
+    b = tn.NTK(mlp).limit(z, get="ntk")  # progress=None on a short run: one call, no bar
+    assert capsys.readouterr().err == ""
+    assert a.nngp is None and rel(a.ntk, b.ntk) <= 1e-13 and torch.equal(a.ntk, a.ntk.T)

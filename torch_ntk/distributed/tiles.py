@@ -195,8 +195,8 @@ class TileSource:
     def tile(self, a: int, b: int, c: int, d: int, diagonal: bool) -> Tensor:
         if self.engine is None:
             x2 = None if diagonal else (self.x1 if self.x2 is None else self.x2)[c:d]
-            return getattr(analytic_kernels(self.spec, self.x1[a:b], x2, get=self.kind),
-                           self.kind)
+            return getattr(analytic_kernels(self.spec, self.x1[a:b], x2, get=self.kind,
+                                            progress=False), self.kind)
         k = self.engine.block(a, b, c, d, diagonal)
         if diagonal and self.method != "structured":
             k = (k + k.T) / 2  # exactly symmetric, as empirical_ntk's diagonal blocks
