@@ -373,3 +373,106 @@ def test_limit_progress_rows_blocks_cover_a_cross_kernel_and_an_mlp(capsys):
     b = tn.NTK(mlp).limit(z, get="ntk")  # progress=None on a short run: one call, no bar
     assert capsys.readouterr().err == ""
     assert a.nngp is None and rel(a.ntk, b.ntk) <= 1e-13 and torch.equal(a.ntk, a.ntk.T)
+
+
+class _SmallResidual(nn.Module):
+    """Not liftable (a residual branch): empirical_ntk runs the Jacobian method."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 64), nn.Linear(64, 64), nn.Linear(64, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        h = h + torch.tanh(self.b(h))
+        return self.c(h)
+
+
+def test_a_small_memory_budget_warns_how_much_slower_and_what_budget_avoids_it():
+    torch.manual_seed(14)
+    model = _SmallResidual().to(F64)
+    x = torch.randn(16, 4, dtype=F64)
+    with pytest.warns(tn.empirical.MemoryBudgetWarning,
+                      match=r"^empirical_ntk: memory_budget=3 MiB splits .*x slower.*"
+                            r"memory_budget=\S+ \w?i?B or more would avoid it") as record:
+        small = tn.empirical_ntk(model, x, memory_budget=3 * 2**20)
+    assert issubclass(record[0].category, UserWarning)
+    assert tn.MemoryBudgetWarning is tn.empirical.MemoryBudgetWarning
+    with warnings.catch_warnings():  # the default budget, or an ample one: no warning
+        warnings.simplefilter("error")
+        default = tn.empirical_ntk(model, x)
+        tn.empirical_ntk(model, x, memory_budget=2**30)
+    assert rel(small, default) <= 1e-13
+
+
+@pytest.mark.parametrize("mib", [3, 4, 8, 64])
+def test_jacobian_blocks_stay_within_the_budgets_memory_model(mib):
+    from torch_ntk.empirical import budget as model_of
+    from torch_ntk.empirical.engines import JacobianBlocks
+
+    torch.manual_seed(15)
+    model = _SmallResidual().to(F64)
+    x = torch.randn(40, 4, dtype=F64)
+    trainable = dict(model.named_parameters())
+    engine = JacobianBlocks(model, trainable, x, None, "full", 3)
+    budget = mib * 2**20
+    chunk = engine.size_blocks(budget, None, False)
+    sizes = {k: v.numel() for k, v in trainable.items()}
+    plan = model_of.jacobian_plan(budget, sizes, 40, 3, 8, engine.act, 9)
+    assert plan.fits and chunk == plan.chunk and engine.groups == plan.groups
+    # fixed + chunk's Jacobians and their temporaries + block + cache: the whole budget
+    largest = max(sum(sizes[k] for k in g) for g in plan.groups)
+    per_sample = (3 * 3 * largest + 4 * engine.act) * 8
+    used = model_of.fixed_bytes(sum(sizes.values()), 8) + chunk * per_sample + chunk**2 * 2 * 9 * 8
+    assert used == plan.model_bytes and used + engine.cache.limit <= budget
+    # every op's output counts (the residual branch's tanh and add too)
+    assert engine.act >= 64 * 4 + 3
+
+
+_PEAK_SCRIPT = r"""
+import resource, sys, warnings, torch, torch.nn as nn, torch_ntk as tn
+torch.set_num_threads(1)
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+    def forward(self, x):
+        return x + self.c2(torch.relu(self.c1(x)))
+class ResNet(nn.Module):
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem, self.b1, self.b2 = nn.Conv2d(3, c, 3, padding=1), Block(c), Block(c)
+        self.head = nn.Linear(c, 10)
+    def forward(self, x):
+        return self.head(self.b2(self.b1(torch.relu(self.stem(x)))).mean((2, 3)))
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+torch.manual_seed(0)
+model, x = ResNet(), torch.randn(24, 3, 16, 16)
+budget = int(sys.argv[1])
+tn.empirical_ntk(model, x[:2])  # imports and first calls out of the measurement
+before = rss()
+warnings.simplefilter("ignore")
+k = tn.empirical_ntk(model, x, memory_budget=budget, progress=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(peak - before - k.numel() * k.element_size())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_measured_peak_memory_stays_within_the_budget(tmp_path):
+    # Peak RSS growth of a fresh process during the call, the result not counted, must
+    # stay within the budget (tolerance: 25%, for the allocator's rounding and RSS noise).
+    import subprocess
+    import sys
+
+    script = tmp_path / "peak.py"
+    script.write_text(_PEAK_SCRIPT)
+    budget = 16 * 2**20
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(tn.__file__)), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(script), str(budget)], capture_output=True,
+                         text=True, env=env, timeout=600, check=True).stdout
+    peak = int(out.strip().splitlines()[-1])
+    assert peak <= 1.25 * budget, f"peak {peak / 2**20:.1f} MiB for a 16 MiB budget"
