@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["JacobianCost", "JacobianPlan", "MemoryBudgetWarning", "budget_note", "fixed_bytes",
-           "forward_numel", "jacobian_plan", "jacobian_work", "measure_cost"]
+           "forward_numel", "jacobian_plan", "jacobian_work", "may_be_slow",
+           "measure_cost"]
 
 # Slowdown (estimated work against the efficient plan's) from which a budget is said to
 # force blocks far below the efficient size.
@@ -189,7 +190,7 @@ def forward_numel(model: nn.Module, x: Tensor) -> int:
 def measure_cost(jacobian, x: Tensor) -> JacobianCost:
     """A short measured probe: ``jacobian(xs)`` (one group's vmap(jacrev)) timed on one and
     on two samples after a warm-up call, and a small GEMM for the contraction's rate (the
-    best of two runs each)."""
+    best of three runs each)."""
     def timed(xs: Tensor) -> float:
         return timed_call(lambda: jacobian(xs))
 
@@ -205,11 +206,11 @@ def measure_cost(jacobian, x: Tensor) -> JacobianCost:
 
 
 def timed_call(fn) -> float:
-    """The best of two wall-clock timings of fn() (synchronized on CUDA)."""
+    """The best of three wall-clock timings of fn() (synchronized on CUDA)."""
     import time
 
     best = math.inf
-    for _ in range(2):
+    for _ in range(3):
         _sync()
         start = time.perf_counter()
         fn()
@@ -230,6 +231,19 @@ def _bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def may_be_slow(plan: JacobianPlan, best: JacobianPlan, work_for) -> bool:
+    """Whether ``plan`` may run SLOW_FACTOR times slower than ``best`` or does not fit,
+    before measuring anything: its Jacobian calls or sample-Jacobians (the terms of the
+    work, the contraction being the same) exceed best's that many times.
+    work_for(plan, cost) → seconds."""
+    if not plan.fits:
+        return True
+    for unit in (JacobianCost(1.0, 0.0, 0.0), JacobianCost(0.0, 1.0, 0.0)):
+        if work_for(plan, unit) >= SLOW_FACTOR * max(work_for(best, unit), 1e-9):
+            return True
+    return False
+
+
 def budget_note(budget: int, plan: JacobianPlan, plan_for, work_for, ceiling: int) -> Optional[str]:
     """A MemoryBudgetWarning's text when ``plan`` (made for ``budget``) is predicted to run
     at least SLOW_FACTOR times slower than the efficient plan, or when it does not fit;
@@ -245,19 +259,21 @@ def budget_note(budget: int, plan: JacobianPlan, plan_for, work_for, ceiling: in
                      "exceeds it")
     if slow >= SLOW_FACTOR:
         parts.append(
-            f"memory_budget={_bytes(budget)} splits the work into {len(plan.groups)} "
+            ("it" if parts else f"memory_budget={_bytes(budget)}") +
+            f" splits the work into {len(plan.groups)} "
             f"parameter group(s) and blocks of {plan.chunk} samples: at least about "
-            f"{slow:.0f}x slower than without a limit (about {work:.3g} s against {best:.3g} s, by a model of "
-            "its Jacobian calls timed on two samples: every group repeats the forward and "
-            "backward passes, and column Jacobians that the cache cannot hold are recomputed "
-            "for each row block)")
+            f"{slow:.0f}x slower than without a limit (about {work:.3g} s against "
+            f"{best:.3g} s, by a model of its Jacobian calls timed on two samples: every "
+            "group repeats the forward and backward passes, and column Jacobians that the "
+            "cache cannot hold are recomputed for each row block)")
     if not parts:
         return None
     # the smallest budget (doubling) within 1.25x of the efficient plan's work
     suggestion, b = None, budget
     while b < ceiling:
         b = min(ceiling, 2 * b)
-        if work_for(plan_for(b)) <= 1.25 * best:
+        candidate = plan_for(b)
+        if candidate.fits and work_for(candidate) <= 1.25 * best:
             suggestion = b
             break
     if suggestion is not None:

@@ -268,16 +268,18 @@ class JacobianBlocks:
             c = _split_for_progress(c, n, x1, x2, per_pair, split_for_progress)
         self.cache = _LRU(plan.cache)
         self.budget_note = None
-        if self.check_budget:
+        n1, n2 = x1.shape[0], None if x2 is None else x2.shape[0]
+
+        def work_for(p, cost):
+            return budget_model.jacobian_work(p, sizes, n1, n2, nl, s, pair, cost)
+
+        if self.check_budget and budget_model.may_be_slow(plan, plan_for(2**50, None), work_for):
             cost = budget_model.measure_cost(lambda xs: self._vmap_jacobian(plan.groups[0], xs),
                                              x1)
-            n1, n2 = x1.shape[0], None if x2 is None else x2.shape[0]
-
-            def work_for(p):
-                return budget_model.jacobian_work(p, sizes, n1, n2, nl, s, pair, cost)
 
             self.budget_note = budget_model.budget_note(
-                budget, plan, lambda b: plan_for(b, None), work_for, self.budget_ceiling)
+                budget, plan, lambda b: plan_for(b, None), lambda p: work_for(p, cost),
+                self.budget_ceiling)
         return c
 
     def _jacobian(self, side: int, start: int, stop: int, g: int) -> dict[str, Tensor]:
