@@ -316,8 +316,26 @@ class JacobianBlocks:
 
 def activation_numel(model: nn.Module, x: Tensor) -> int:
     """Numbers produced by one sample's forward, every op counted (functional ones and the
-    residual additions too; views excluded), for memory estimates."""
-    return budget_model.forward_numel(model, x)
+    residual additions too; views excluded), for memory estimates; where a model cannot
+    run under a dispatch mode, those of its leaf modules."""
+    try:
+        return budget_model.forward_numel(model, x)
+    except Exception:  # noqa: BLE001 — the leaf modules' count below is the fallback
+        pass
+    total = [0]
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, Tensor):
+            total[0] += output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], 1)
 
 
 class NTKVPBlocks:
