@@ -23,7 +23,7 @@ except ImportError as _error:  # pragma: no cover - depends on the installation
 from . import activations, analytic, empirical, layers, lifting, monte_carlo, nn, ops, predict, \
     tracking
 from .analytic import Kernels, analytic_kernels
-from .empirical import MethodFallbackWarning, NTKInfo, empirical_ntk
+from .empirical import MemoryBudgetWarning, MethodFallbackWarning, NTKInfo, empirical_ntk
 from .layers import Dense
 from .lifting import LayerSpec, lift, mlp_spec
 from .monte_carlo import (MonteCarloKernels, convergence_study, iter_monte_carlo_kernels,
@@ -48,6 +48,7 @@ __all__ = [
     "KernelDriftTracker",
     "Kernels",
     "LayerSpec",
+    "MemoryBudgetWarning",
     "MethodFallbackWarning",
     "MonteCarloKernels",
     "NTK",

@@ -52,7 +52,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .analytic.kernels import Kernels, analytic_kernels
-from .lifting.lift import EMPIRICAL_HINT, lift
+from .analytic.refusal import no_limit_error
+from .lifting.lift import lift
 from .empirical.ntk import compute_empirical_ntk
 from ._utils.model_context import kernel_context, unwrap
 from .tracking.tracker import KernelDriftTracker
@@ -136,13 +137,18 @@ class NTK(nn.Module):
         return compute_empirical_ntk("NTK.empirical", self.model, x1, x2, mode, **kwargs)
 
     def limit(self, x1: Tensor, x2: Optional[Tensor] = None,
-              get: Union[str, Sequence[str]] = ("nngp", "ntk"), **kwargs: Any) -> Kernels:
+              get: Union[str, Sequence[str]] = ("nngp", "ntk"), *,
+              progress: Optional[bool] = None, **kwargs: Any) -> Kernels:
         """The infinite-width kernels of this architecture (Jacot et al. Thm 1).
 
         Args:
             x1: [N1, n_0] float32/float64 (any [N1, ...] if the model starts with Flatten).
             x2: [N2, n_0] like x1, or None for x2 = x1.
             get: "nngp", "ntk" or both.
+            progress: a progress bar on stderr over the pairs of inputs: None (default)
+                once a long run (a 1000-image CNN kernel takes about a minute on a CPU)
+                has lasted two seconds; True at once; False never
+                (:func:`torch_ntk.analytic_kernels`).
             **kwargs: ``quadrature_degree``, ``force_quadrature`` of
                 :func:`torch_ntk.analytic_kernels`.
 
@@ -167,14 +173,8 @@ class NTK(nn.Module):
         try:
             spec = lift(self.model)
         except ValueError as error:
-            why = str(error).replace(f" {EMPIRICAL_HINT}", "").rstrip(".")  # no method here
-            raise ValueError(
-                f"{function}: {type(self.model).__name__} has no infinite-width kernel in "
-                f"torch_ntk ({why}). Limits exist for MLPs and CNNs of the "
-                "layers torch_ntk.lift accepts; the finite-width kernel of any model is "
-                "NTK.empirical."
-            ) from error
-        return analytic_kernels(spec, x1, x2, get, **kwargs)
+            raise no_limit_error(function, self.model, error, "NTK.empirical") from error
+        return analytic_kernels(spec, x1, x2, get, progress=progress, **kwargs)
 
     def linearize(self) -> "Linearized":
         """f_lin(x; θ) = f(x; θ0) + J(x)(θ − θ0) around the current parameters θ0.

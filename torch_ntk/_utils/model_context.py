@@ -39,17 +39,36 @@ def unwrap(model: nn.Module) -> nn.Module:
 def kernel_context(model: nn.Module, *tensors: Optional[Tensor]) -> Iterator[None]:
     """Evaluate ``model`` for a kernel without leaving a trace on it or on training.
 
-    Inside: every module in eval mode and gradient recording off. On exit: each
-    module's own ``training`` flag restored (mixed modes survive), and the CPU random
+    Inside: every module in eval mode, gradient recording off, and the fast path of
+    ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` off (its fused kernel has no
+    forward-mode AD, so ``method="ntk_vp"`` would fail on it; the slow path computes the
+    same function). On exit: each module's own ``training`` flag restored (mixed modes
+    survive), the fast-path switch restored, and the CPU random
     generator and those of the CUDA devices holding the model or ``tensors`` reset to
     their state on entry, so training that follows draws the same dropout masks and
     augmentations as without the kernel computation.
     """
     modes = [(m, m.training) for m in model.modules()]
-    with forked_rng(cuda_devices_of(model, *tensors)), torch.no_grad():
+    with forked_rng(cuda_devices_of(model, *tensors)), torch.no_grad(), _mha_fastpath_off():
         try:
             model.eval()
             yield
         finally:
             for m, mode in modes:
                 m.training = mode
+
+
+@contextlib.contextmanager
+def _mha_fastpath_off() -> Iterator[None]:
+    """torch.backends.mha's fast path disabled inside, its previous setting restored after
+    (a no-op on a torch without the switch)."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    previous = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(previous)

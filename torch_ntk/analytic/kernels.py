@@ -33,6 +33,7 @@ from ..activations import hermite_rule, quadrature_degree_for
 from ..lifting.lift import LayerSpec, lift
 from .cnn import cnn_kernels, pair_floats
 from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree
+from .refusal import no_limit_error
 from .._utils.validation import check_batch, check_choices
 
 __all__ = ["Kernels", "analytic_kernels", "as_spec", "compiled_op_args",
@@ -52,12 +53,18 @@ class Kernels(NamedTuple):
     ntk: Optional[Tensor]
 
 
-def as_spec(model_or_spec: Union[nn.Module, LayerSpec]) -> LayerSpec:
-    """A LayerSpec as is, or the lifted spec of a model (:func:`torch_ntk.arch.lift`)."""
+def as_spec(model_or_spec: Union[nn.Module, LayerSpec],
+            function: str = "analytic_kernels") -> LayerSpec:
+    """A LayerSpec as is, or the lifted spec of a model (:func:`torch_ntk.arch.lift`);
+    a model that does not lift gets a ValueError naming ``function``, the layer or node
+    and what works instead (:func:`torch_ntk.monte_carlo_kernels`, ``empirical_ntk``)."""
     if isinstance(model_or_spec, LayerSpec):
         return model_or_spec
     if isinstance(model_or_spec, nn.Module):
-        return lift(model_or_spec)
+        try:
+            return lift(model_or_spec)
+        except ValueError as error:
+            raise no_limit_error(function, model_or_spec, error) from error
     raise TypeError(
         "model_or_spec must be an nn.Sequential MLP or a torch_ntk.arch.LayerSpec; got "
         f"{type(model_or_spec).__name__}"
@@ -72,6 +79,7 @@ def analytic_kernels(
     *,
     quadrature_degree: Optional[int] = None,
     force_quadrature: bool = False,
+    progress: Optional[bool] = None,
 ) -> Kernels:
     """The infinite-width NNGP and NTK of an MLP or CNN architecture.
 
@@ -93,6 +101,12 @@ def analytic_kernels(
             SELU). An int: 2-D quadrature of this degree per dimension for every activation
             without a closed form (cost ∝ degree²; the op's path before the series).
         force_quadrature: integrate closed-form activations by quadrature too (for tests).
+        progress: a tqdm bar on stderr counting the pairs (x1_i, x2_j) done. None (default):
+            a long run (a FLOP estimate, then the measured time of its first row block,
+            predicts over two seconds) runs in row blocks and shows the bar once it has
+            lasted two seconds; True: row blocks and the bar at once; False: no bar, one
+            op call. Blocked runs equal one call up to rounding (the diagonal and the
+            symmetry of x2=None stay exact; only the upper triangle is computed).
 
     Returns:
         :class:`Kernels` with ``nngp`` and ``ntk`` of shape [N1, N2] (None if not
@@ -111,6 +125,20 @@ def analytic_kernels(
     """
     spec = as_spec(model_or_spec)
     wanted = check_choices("analytic_kernels", "get", get, KERNEL_NAMES)
+    if progress is not False:
+        x1, x2 = _checked_inputs(spec, x1, x2)
+
+        def compute(a: Tensor, b: Optional[Tensor]) -> Kernels:
+            return _one_call(spec, a, b, wanted, quadrature_degree, force_quadrature)
+
+        return in_row_blocks(compute, x1, x2, wanted, progress, _flops_per_pair(spec, x1),
+                             "analytic_kernels")
+    return _one_call(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
+
+
+def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
+              quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
+    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op."""
     if not spec.is_mlp:
         return _cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
@@ -197,7 +225,8 @@ def analytic_kernels_into(
         for i0 in starts:
             i1 = min(i0 + rows, n1)
             block_x2 = x2 if x2 is not None else (None if len(starts) == 1 else x1)
-            out[i0:i1].copy_(getattr(analytic_kernels(spec, x1[i0:i1], block_x2, get=get), get))
+            out[i0:i1].copy_(getattr(analytic_kernels(spec, x1[i0:i1], block_x2, get=get,
+                                                      progress=False), get))
             if bar is not None:
                 bar.update(1)
     finally:
@@ -207,3 +236,104 @@ def analytic_kernels_into(
 
 
 __all__.append("analytic_kernels_into")
+
+
+# ---------------------------------------------------------------------------------
+# row blocks with a progress bar (issue 32, item 11)
+
+# Estimated work (floating-point operations) below which a run is one op call without
+# a progress bar (progress=None): well under the bar's two seconds on any CPU.
+_PROBE_FLOPS = 2e9
+# Row blocks a blocked run is split into (at most), and the fewest rows per block: each
+# block's call recomputes the per-sample terms of its columns (about one pair's work per
+# column for a CNN), an overhead of about 1/rows of the pairs' work.
+_ROW_BLOCKS = 32
+_MIN_ROWS = 16
+
+
+def _checked_inputs(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor]):
+    """x1, x2 validated (and flattened) as the op call would, so that they can be sliced."""
+    if spec.is_mlp:
+        x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
+                         flatten=spec.flatten_input)
+        if x2 is not None:
+            x2 = check_batch("analytic_kernels", "x2", x2, like=x1,
+                             features=spec.input_features, flatten=spec.flatten_input)
+        return x1, x2
+    x1 = spec.check_input("analytic_kernels", "x1", x1)
+    if x2 is not None:
+        x2 = spec.check_input("analytic_kernels", "x2", x2, like=x1)
+    return x1, x2
+
+
+def _flops_per_pair(spec: LayerSpec, x1: Tensor) -> float:
+    """A rough count of the operations per pair of inputs (only to decide whether a run
+    is long enough to be worth a bar): a few per layer for an MLP; for a CNN each layer
+    sweeps the pair's plane of positions (:func:`torch_ntk.analytic.cnn.pair_floats`)."""
+    per_layer = 50.0 if spec.is_mlp else 4.0 * pair_floats(spec, x1)
+    return per_layer * max(1, len(spec.layers))
+
+
+def in_row_blocks(compute, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
+                  progress: Optional[bool], flops_per_pair: float, desc: str) -> Kernels:
+    """``compute(a, b) -> Kernels`` over row blocks of x1 with a progress bar over pairs.
+
+    x2 = None: block rows i0:i1 take their diagonal block by ``compute(x1[i0:i1], None)``
+    (exact diagonal and symmetry) and the rest of their upper triangle by
+    ``compute(x1[i0:i1], x1[i1:])``, mirrored below. progress=None: one call when the run
+    is predicted short (``flops_per_pair``), else the first row block is timed and the
+    rest runs in one call if it is predicted to take under two seconds.
+    """
+    import math
+    import time
+
+    from .._utils.runtime import PROGRESS_DELAY_S, progress_bar
+
+    n1 = x1.shape[0]
+    symmetric = x2 is None
+    n2 = n1 if symmetric else x2.shape[0]
+    total = n1 * (n1 + 1) // 2 if symmetric else n1 * n2
+    if progress is None and total * flops_per_pair < _PROBE_FLOPS:
+        return compute(x1, x2)
+    rows = max(_MIN_ROWS, math.ceil(n1 / _ROW_BLOCKS))
+    out: dict[str, Tensor] = {}
+
+    def put(name: str, value: Tensor, i0: int, i1: int, j0: int, j1: int) -> None:
+        if name not in out:
+            out[name] = value.new_empty(n1, n2)
+        out[name][i0:i1, j0:j1] = value
+        if symmetric and i0 != j0:
+            out[name][j0:j1, i0:i1] = value.T
+
+    def run(i0: int, i1: int, last: bool) -> int:
+        """Rows i0:i1 (``last``: through the end, one call); returns the pairs done."""
+        if not symmetric:
+            k = compute(x1[i0:i1], x2)
+            for name in wanted:
+                put(name, getattr(k, name), i0, i1, 0, n2)
+            return (i1 - i0) * n2
+        k = compute(x1[i0:i1], None)
+        for name in wanted:
+            put(name, getattr(k, name), i0, i1, i0, i1)
+        if i1 < n1 and not last:
+            k = compute(x1[i0:i1], x1[i1:])
+            for name in wanted:
+                put(name, getattr(k, name), i0, i1, i1, n1)
+        r = i1 - i0
+        return r * (r + 1) // 2 + r * (n1 - i1)
+
+    start = time.perf_counter()
+    done = run(0, min(rows, n1), rows >= n1)
+    if progress is None and done < total:
+        elapsed = time.perf_counter() - start
+        if elapsed * (total - done) / done < PROGRESS_DELAY_S:
+            run(rows, n1, True)
+            return Kernels(out.get("nngp"), out.get("ntk"))
+    bar = progress_bar(total, progress=progress, desc=desc, unit="pair")
+    try:
+        bar.update(done)
+        for i0 in range(rows, n1, rows):
+            bar.update(run(i0, min(i0 + rows, n1), False))
+    finally:
+        bar.close()
+    return Kernels(out.get("nngp"), out.get("ntk"))

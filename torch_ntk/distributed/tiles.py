@@ -103,7 +103,7 @@ def check_tile_inputs(kind: str, model_or_spec, x1: Tensor, x2: Optional[Tensor]
         if x is not None and not isinstance(x, Tensor):
             raise TypeError(f"{FUNCTION}: {name} must be a torch.Tensor; got {type(x).__name__}")
     if kind != "empirical":
-        spec = as_spec(model_or_spec)
+        spec = as_spec(model_or_spec, FUNCTION)
         if spec.is_mlp:
             check = dict(features=spec.input_features, flatten=spec.flatten_input)
             check_batch(FUNCTION, "x1", x1, **check)
@@ -175,8 +175,8 @@ class TileSource:
     def tile(self, a: int, b: int, c: int, d: int, diagonal: bool) -> Tensor:
         if self.engine is None:
             x2 = None if diagonal else (self.x1 if self.x2 is None else self.x2)[c:d]
-            return getattr(analytic_kernels(self.spec, self.x1[a:b], x2, get=self.kind),
-                           self.kind)
+            return getattr(analytic_kernels(self.spec, self.x1[a:b], x2, get=self.kind,
+                                            progress=False), self.kind)
         k = self.engine.block(a, b, c, d, diagonal)
         if diagonal and self.method != "structured":
             k = (k + k.T) / 2  # exactly symmetric, as empirical_ntk's diagonal blocks

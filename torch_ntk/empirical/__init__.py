@@ -5,13 +5,14 @@
 - ``engines``: the block engines (fused structured op, CNN structured, ``vmap(jacrev)``,
   NTK-vector products), their sizing within the memory budget, and ``make_engine``: the
   one method choice (also used by ``torch_ntk.distributed``), ``MethodFallbackWarning``;
+- ``budget``: the Jacobian method's memory and work models, ``MemoryBudgetWarning``;
 - ``mlp_plan`` / ``cnn_plan``: the forward and batched backward passes of a lifted MLP / CNN;
 - ``rules``: what each torch module type contributes to Θ, one file per type
   (``@ntk_rule``: ``rules.linear``, ``rules.conv``), looked up by the plans.
 """
 
-from .ntk import (METHODS, MODES, MethodFallbackWarning, NTKInfo, compute_empirical_ntk,
-                  default_memory_budget, empirical_ntk)
+from .ntk import (METHODS, MODES, MemoryBudgetWarning, MethodFallbackWarning, NTKInfo,
+                  compute_empirical_ntk, default_memory_budget, empirical_ntk)
 
-__all__ = ["METHODS", "MODES", "MethodFallbackWarning", "NTKInfo", "compute_empirical_ntk",
-           "default_memory_budget", "empirical_ntk"]
+__all__ = ["METHODS", "MODES", "MemoryBudgetWarning", "MethodFallbackWarning", "NTKInfo",
+           "compute_empirical_ntk", "default_memory_budget", "empirical_ntk"]

@@ -30,6 +30,7 @@ from .._utils.modes import channels
 from .._utils.runtime import check_built_for
 from .cnn_plan import ConvStructuredPlan
 from .mlp_plan import StructuredPlan
+from . import budget as budget_model
 from .rules.conv import choose_order, contract, conv_layer_ntk
 
 __all__ = [
@@ -253,41 +254,54 @@ class FuncModel:
 class JacobianBlocks:
     """Per-sample Jacobians by vmap(jacrev), contracted parameter block by block."""
 
+    # Set by the caller: estimate the budget's cost (budget_note) and the largest budget
+    # worth suggesting.
+    check_budget = False
+    budget_ceiling = 0
+
     def __init__(self, model, trainable, x1, x2, mode, n_out):
         self.f = FuncModel(model, trainable)
+        self.model = model
         self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
         self.groups = [list(self.f.params)]
         self.cache = _LRU(0)
         self.act = activation_numel(model, x1)
+        self.budget_note: Optional[str] = None
 
     def size_blocks(self, budget: int, chunk_size: Optional[int],
                     split_for_progress: bool) -> int:
+        """Groups, chunk and cache from the memory model of :mod:`.budget`; sets
+        ``budget_note`` (a MemoryBudgetWarning's text, or None) when the budget forces
+        blocks far below the efficient size or cannot be met."""
         x1, x2 = self.x1, self.x2
         n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
         s, nl = x1.element_size(), self.n_out
         sizes = {k: v.numel() for k, v in self.f.params.items()}
-        # A sample's Jacobian, with vmap(jacrev)'s temporaries (about as much again).
-        per_sample_group_limit = budget / 16
-        groups, current, current_size = [], [], 0
-        for name, size in sizes.items():
-            cost = 2 * nl * size * s
-            if current and current_size + cost > per_sample_group_limit:
-                groups.append(current)
-                current, current_size = [], 0
-            current.append(name)
-            current_size += cost
-        groups.append(current)
-        self.groups = groups
-        largest = max(sum(sizes[k] for k in g) for g in groups)
-        per_sample = 2 * (2 * nl * largest + nl * self.act) * s  # row and column chunks
-        pair = channels(self.mode, nl) * s * 2
-        if chunk_size is not None:
-            c = min(chunk_size, n)
-        else:
-            c = square_chunk(n, per_sample, pair, budget / 2)
+        pair = channels(self.mode, nl)
+
+        def plan_for(b: int, forced: Optional[int] = chunk_size):
+            return budget_model.jacobian_plan(b, sizes, n, nl, s, self.act, pair, forced)
+
+        plan = plan_for(budget)
+        self.groups = plan.groups
+        c = plan.chunk
+        if chunk_size is None:
             per_pair = 2 * sum(sizes.values()) * (nl * nl if self.mode == "full" else nl)
             c = _split_for_progress(c, n, x1, x2, per_pair, split_for_progress)
-        self.cache = _LRU(max(0, budget - c * per_sample - c * c * pair))
+        self.cache = _LRU(plan.cache)
+        self.budget_note = None
+        n1, n2 = x1.shape[0], None if x2 is None else x2.shape[0]
+
+        def work_for(p, cost):
+            return budget_model.jacobian_work(p, sizes, n1, n2, nl, s, pair, cost)
+
+        if self.check_budget and budget_model.may_be_slow(plan, plan_for(2**50, None), work_for):
+            cost = budget_model.measure_cost(lambda xs: self._vmap_jacobian(plan.groups[0], xs),
+                                             x1)
+
+            self.budget_note = budget_model.budget_note(
+                budget, plan, lambda b: plan_for(b, None), lambda p: work_for(p, cost),
+                self.budget_ceiling)
         return c
 
     def _jacobian(self, side: int, start: int, stop: int, g: int) -> dict[str, Tensor]:
@@ -296,16 +310,20 @@ class JacobianBlocks:
         names = self.groups[g]
 
         def make():
-            sub = {k: self.f.params[k] for k in names}
-            rest = {k: v for k, v in self.f.params.items() if k not in sub}
-
-            def fn(p, xs):
-                return self.f.single({**rest, **p}, xs)
-
-            jac = torch.func.vmap(torch.func.jacrev(fn), in_dims=(None, 0))(sub, x[start:stop])
-            return [{k: v.flatten(2) for k, v in jac.items()}]
+            return [self._vmap_jacobian(names, x[start:stop])]
 
         return self.cache.get(key, make, pin=side == 1)[0]
+
+    def _vmap_jacobian(self, names: list, xs: Tensor) -> dict[str, Tensor]:
+        """{name: [n, n_L, numel]} per-sample Jacobians of xs for the parameters ``names``."""
+        sub = {k: self.f.params[k] for k in names}
+        rest = {k: v for k, v in self.f.params.items() if k not in sub}
+
+        def fn(p, x):
+            return self.f.single({**rest, **p}, x)
+
+        jac = torch.func.vmap(torch.func.jacrev(fn), in_dims=(None, 0))(sub, xs)
+        return {k: v.flatten(2) for k, v in jac.items()}
 
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         total = None
@@ -319,7 +337,13 @@ class JacobianBlocks:
 
 
 def activation_numel(model: nn.Module, x: Tensor) -> int:
-    """Numbers produced by the model's leaf modules for one sample (memory estimates)."""
+    """Numbers produced by one sample's forward, every op counted (functional ones and the
+    residual additions too; views excluded), for memory estimates; where a model cannot
+    run under a dispatch mode, those of its leaf modules."""
+    try:
+        return budget_model.forward_numel(model, x)
+    except Exception:  # noqa: BLE001 — the leaf modules' count below is the fallback
+        pass
     total = [0]
 
     def hook(_module, _inputs, output):

@@ -64,6 +64,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import warnings
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional, Union, overload
@@ -72,14 +73,15 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .budget import MemoryBudgetWarning
 from .._utils.model_context import kernel_context
 from .._utils.modes import MODES, check_mode, kernel_shape
 from .._utils.runtime import default_memory_budget, progress_bar
 from .._utils.validation import check_batch, check_parameters_match
 from .engines import METHODS, MethodFallbackWarning, make_engine
 
-__all__ = ["MODES", "METHODS", "MethodFallbackWarning", "NTKInfo", "compute_empirical_ntk",
-           "default_memory_budget", "empirical_ntk"]
+__all__ = ["MODES", "METHODS", "MemoryBudgetWarning", "MethodFallbackWarning", "NTKInfo",
+           "compute_empirical_ntk", "default_memory_budget", "empirical_ntk"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +169,12 @@ def empirical_ntk(
         chunk_size: samples of x1 and of x2 per block; None sizes blocks from
             ``memory_budget``. Every chunking gives the same result up to rounding.
         memory_budget: bytes of working memory to stay within (inputs, parameters and
-            ``out`` not counted). Default: half the available host memory for CPU
-            inputs, 80% of the free device memory for CUDA inputs.
+            ``out`` or the result not counted). Default: half the available host memory
+            for CPU inputs, 80% of the free device memory for CUDA inputs. A budget far
+            below what the Jacobian method needs to compute each Jacobian once (it then
+            splits the parameters into groups and recomputes Jacobians per block) gets a
+            :class:`MemoryBudgetWarning` with the predicted slowdown and the budget that
+            avoids it (:mod:`torch_ntk.empirical.budget` has the memory and work models).
         out: optional [N1, N2, ...] tensor of the result's shape and dtype (any device,
             any strides, e.g. memory-mapped) to write into; it is returned.
         progress: None shows a tqdm bar once the run takes over two seconds; True
@@ -243,6 +249,7 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
         x2 = check_batch(function, "x2", x2, like=x1)
     trainable = _check_parameters(function, model, x1)
 
+    budget_given = memory_budget is not None
     if memory_budget is None:
         memory_budget = default_memory_budget(x1.device)
     elif not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
@@ -258,6 +265,7 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
                          precision=precision, stacklevel=4)
     method, reason, plan, n_out = engine.method, engine.reason, engine.plan, engine.n_out
     x1, x2 = engine.x1, engine.x2
+    _check_budget_cost(engine, budget_given and chunk_size is None, x1)
 
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -265,6 +273,7 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
     out = _check_out(function, out, shape, x1.dtype)
 
     chunk = engine.size_blocks(memory_budget, chunk_size, progress is not False)
+    _warn_budget_cost(function, engine)
     result, blocks = _fill(engine, x1, x2, mode, n_out, chunk, out, progress, method,
                           f"{function} ({method})")
     if out is not None:
@@ -274,6 +283,20 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
                    time.perf_counter() - start, contractions)
     logger.debug("%s: %s", function, info)
     return (result, info) if return_info else result
+
+
+def _check_budget_cost(engine, wanted: bool, x1: Tensor) -> None:
+    """Ask an engine that can (the Jacobian method's) to estimate what a user-given
+    memory_budget costs against the default budget."""
+    if wanted and hasattr(engine, "check_budget"):
+        engine.check_budget = True
+        engine.budget_ceiling = default_memory_budget(x1.device)
+
+
+def _warn_budget_cost(function: str, engine) -> None:
+    note = getattr(engine, "budget_note", None)
+    if note:
+        warnings.warn(MemoryBudgetWarning(f"{function}: {note}"), stacklevel=5)
 
 
 # ---------------------------------------------------------------------------------

@@ -38,8 +38,9 @@ __all__ = ["EMPIRICAL_HINT", "FUNCTIONALS", "KERNEL_RULES", "KernelRule", "LIFTE
 
 Position = Union[int, str]  # a module's index in the model, "i.j" inside nested Sequentials
 
-EMPIRICAL_HINT = ("Finite-width kernels of any model: empirical_ntk(..., method='jacobian' or "
-                  "'ntk_vp')")
+EMPIRICAL_HINT = ("A Monte-Carlo estimate of the infinite-width limit of any architecture: "
+                  "torch_ntk.monte_carlo_kernels(model_fn, x); finite-width kernels of any "
+                  "model: empirical_ntk(..., method='jacobian' or 'ntk_vp')")
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,8 @@ def _walk(graph: fx.Graph) -> list[tuple[fx.Node, fx.Node, set]]:
             users = "; ".join(describe_node(u) for u in main) or "nothing"
             raise _not_a_chain(
                 f"the output of {describe_node(current)} is used by {len(main)} nodes "
-                f"({users}); in a chain each output feeds only the next layer")
+                f"({users}): a residual (skip) connection or a branch, which has no closed-form "
+                "limit in torch_ntk; in a chain each output feeds only the next layer")
         (nxt,) = main
         for b in batch:
             stray = [u for u in b.users if u is not nxt]

@@ -5,7 +5,7 @@
 - ``records``: one record's metrics, CSV, TensorBoard scalars and plots.
 """
 
-from .records import DriftRecord
+from .records import DriftRecord, label_alignment
 from .tracker import KernelDriftTracker, projection_matrix
 
-__all__ = ["DriftRecord", "KernelDriftTracker", "projection_matrix"]
+__all__ = ["DriftRecord", "KernelDriftTracker", "label_alignment", "projection_matrix"]

@@ -35,7 +35,19 @@ def check_probe(probe_x: Tensor, like: Tensor) -> Tensor:
 
 
 def check_targets(probe_y: Tensor, n: int, device: torch.device) -> Tensor:
-    """probe_y [N] or [N, c] (integer labels one-hot encoded) as Y [N, c] float64."""
+    """probe_y as the target matrix Y [N, c] float64 of ``label_alignment``.
+
+    One definition, whatever the spelling:
+
+    - integer (or bool) class labels, [N] or [N, 1]: one-hot, Y[i, y_i] = 1, with
+      c = max label + 1 columns. (The alignment only sees Y Yᵀ — 1 where two samples
+      share a class, 0 elsewhere — so the number of columns, e.g. the model's n_L, does
+      not change it: [N] integer labels and their one-hot float matrix give the same value.)
+    - floating targets: as given; [N] is one column (a regression target: y.float() of 0/1
+      labels is the single target y, not two classes, and gives another value than the
+      integer labels).
+    - integer [N, c > 1]: refused (ambiguous); cast to float to use it as Y.
+    """
     if not isinstance(probe_y, Tensor):
         raise TypeError(f"KernelDriftTracker: probe_y must be a torch.Tensor; got {type(probe_y).__name__}")
     if probe_y.shape[:1] != (n,) or probe_y.dim() > 2:
@@ -44,10 +56,19 @@ def check_targets(probe_y: Tensor, n: int, device: torch.device) -> Tensor:
             f"{list(probe_y.shape)}"
         )
     y = probe_y.detach().to(device)
-    if not y.is_floating_point():
-        if y.dim() != 1 or bool((y < 0).any()):
-            raise ValueError("KernelDriftTracker: integer probe_y must be [N] class labels >= 0")
-        y = torch.nn.functional.one_hot(y.long())
+    if not (y.is_floating_point() or y.is_complex()):
+        if y.dim() == 2 and y.shape[1] != 1:
+            raise ValueError(
+                f"KernelDriftTracker: integer probe_y of shape {list(y.shape)} is ambiguous: "
+                "pass class labels as [N] (one-hot encoded) or a target matrix Y [N, c] as "
+                "floats (probe_y.float())")
+        y = y.reshape(n).long()
+        if bool((y < 0).any()):
+            raise ValueError("KernelDriftTracker: integer probe_y must be class labels >= 0; "
+                             f"got min {int(y.min())}")
+        y = torch.nn.functional.one_hot(y)
+    elif y.is_complex():
+        raise ValueError("KernelDriftTracker: probe_y must be real; got a complex tensor")
     y = y.to(torch.float64).reshape(n, -1)
     if not bool(torch.isfinite(y).all()):
         raise ValueError("KernelDriftTracker: probe_y contains NaN or Inf; label_alignment "

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from .._utils.files import atomic_write
 
-__all__ = ["CSV_COLUMNS", "DriftRecord", "SCALAR_TAGS", "log_scalars", "measure", "plot_history",
-           "scalars", "write_csv"]
+__all__ = ["CSV_COLUMNS", "DriftRecord", "SCALAR_TAGS", "label_alignment", "log_scalars",
+           "measure", "plot_history", "scalars", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,33 @@ def log_scalars(writer: Any, record: DriftRecord) -> None:
         writer.add_scalar(tag, value, global_step=record.step)
 
 
+def label_alignment(kernel: Tensor, targets: Tensor) -> float:
+    """Kernel-target alignment of Θ [N, N] with the targets Y:
+
+        A(Θ, Y) = ⟨Θ, Y Yᵀ⟩_F / (‖Θ‖_F ‖Y Yᵀ‖_F),   ⟨A, B⟩_F = Σ_ij A_ij B_ij,
+
+    in float64 (1 when Θ ∝ Y Yᵀ). ``targets`` is read as :class:`KernelDriftTracker`'s
+    ``probe_y``: integer class labels [N] (or [N, 1]) are one-hot encoded with
+    max label + 1 columns — the value does not depend on the number of columns, so labels
+    and their one-hot float matrix agree; floating targets are taken as given, [N] as one
+    column (for c = 1: yᵀΘy / (‖Θ‖_F ‖y‖²)).
+    """
+    from .inputs import check_targets  # records does not otherwise need the checks
+
+    if not isinstance(kernel, Tensor) or kernel.dim() != 2 or kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"label_alignment: kernel must be a square [N, N] tensor; got "
+                         f"{list(getattr(kernel, 'shape', [])) or type(kernel).__name__}")
+    k = kernel.detach().double()
+    y = check_targets(targets, k.shape[0], k.device)
+    return float(_alignment(k, y, torch.linalg.matrix_norm(k)))
+
+
+def _alignment(k: Tensor, y: Tensor, k_norm: Tensor) -> Tensor:
+    """⟨Θ, Y Yᵀ⟩ / (‖Θ‖ ‖Y Yᵀ‖) for Θ = k [N, N], Y = y [N, c] float64, ‖Θ‖ = k_norm."""
+    yty = y.t() @ y  # ‖YYᵀ‖_F = ‖YᵀY‖_F
+    return (y * (k @ y)).sum() / (k_norm * torch.linalg.matrix_norm(yty))
+
+
 def measure(step: int, kernel: Tensor, reference: Tensor, *, top_k: int,
             param_movement: Union[Tensor, float], last: Optional[tuple[Tensor, int]] = None,
             limit: Optional[Tensor] = None, targets: Optional[Tensor] = None,
@@ -120,9 +147,7 @@ def measure(step: int, kernel: Tensor, reference: Tensor, *, top_k: int,
         lim = limit.double()
         scalars["limit_distance"] = torch.linalg.matrix_norm(k - lim) / torch.linalg.matrix_norm(lim)
     if targets is not None:
-        y = targets
-        yty = y.t() @ y  # ‖YYᵀ‖_F = ‖YᵀY‖_F
-        scalars["label_alignment"] = (y * (k @ y)).sum() / (k_norm * torch.linalg.matrix_norm(yty))
+        scalars["label_alignment"] = _alignment(k, targets, k_norm)
     top = k.new_empty(0)
     if spectrum:
         eig = torch.linalg.eigvalsh(k)  # ascending

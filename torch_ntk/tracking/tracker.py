@@ -93,8 +93,9 @@ class KernelDriftTracker:
                          was taken since the previous one)
         limit_distance   ‖Θ_t − Θ∞‖ / ‖Θ∞‖                     (None when the model does
                          not lift to an MLP)
-        label_alignment  ⟨Θ_t, Y Yᵀ⟩ / (‖Θ_t‖ ‖Y Yᵀ‖)            (Y = probe_y as [N, c];
-                         for c = 1 this is yᵀΘy / (‖Θ‖ ‖y‖²); None without targets)
+        label_alignment  ⟨Θ_t, Y Yᵀ⟩ / (‖Θ_t‖ ‖Y Yᵀ‖)            (Y = probe_y as [N, c]:
+                         integer labels one-hot, floats as given; for c = 1 this is
+                         yᵀΘy / (‖Θ‖ ‖y‖²); None without targets)
         trace            tr Θ_t
         eigenvalues      the top_k eigenvalues of Θ_t, largest first
         condition_number λ_max / λ_min of Θ_t (inf when λ_min ≤ 0 in floating point)
@@ -112,8 +113,12 @@ class KernelDriftTracker:
             in eval mode.
         probe_x: [N, ...] the probe inputs (N ≥ 2), converted to the dtype and device of
             the model's parameters.
-        probe_y: optional targets for ``label_alignment``: [N] or [N, c] floats, or [N]
-            integer class labels (one-hot encoded).
+        probe_y: optional targets for ``label_alignment``: [N] or [N, 1] integer class
+            labels, one-hot encoded (max label + 1 columns; the value does not depend on
+            the column count, so labels and their one-hot float matrix agree), or floats
+            taken as given, [N] as one column (so ``y.float()`` of 0/1 labels is one
+            regression target, not two classes: another value than ``y.long()``).
+            :func:`torch_ntk.tracking.label_alignment` computes it for any kernel.
         every: record after every ``every``-th optimizer step (step() counts them).
         reference: the kernel drift is measured against: "init" — Θ_0, the kernel
             when the tracker is built; "limit" — Θ∞ (the model must lift); or an
