@@ -45,6 +45,17 @@ SLOW_FACTOR = 3.0
 _REPLAY_STEPS = 200_000
 
 
+def square_chunk(n: int, per_sample: float, per_pair: float, budget: float) -> int:
+    """Largest c ≤ n with c·per_sample + c²·per_pair ≤ budget (at least 1)."""
+    if n * per_sample + n * n * per_pair <= budget:
+        return n
+    if per_pair > 0:
+        c = (-per_sample + math.sqrt(per_sample**2 + 4 * per_pair * budget)) / (2 * per_pair)
+    else:
+        c = budget / max(per_sample, 1)
+    return max(1, min(n, int(c)))
+
+
 class MemoryBudgetWarning(UserWarning):
     """``memory_budget`` forces the kernel into blocks far smaller than efficient: the
     warning says about how much slower the run is (by a FLOP model) and which budget
@@ -74,7 +85,6 @@ def jacobian_plan(budget: int, sizes: dict, n: int, n_out: int, itemsize: int,
                   chunk_size: Optional[int] = None) -> JacobianPlan:
     """The Jacobian method's groups, chunk and cache within ``budget`` bytes (module
     docstring); sizes: parameter name → numel; n: the larger batch; activations: A."""
-    from .engines import square_chunk
 
     s, nl = itemsize, n_out
     fixed = fixed_bytes(sum(sizes.values()), s)

@@ -31,6 +31,7 @@ from .._utils.runtime import check_built_for
 from .cnn_plan import ConvStructuredPlan
 from .mlp_plan import StructuredPlan
 from . import budget as budget_model
+from .budget import square_chunk
 from .rules.conv import choose_order, contract, conv_layer_ntk
 
 __all__ = [
@@ -98,17 +99,6 @@ def _tensors(part):
     if isinstance(part, dict):
         return list(part.values())
     return [t for p in part for t in _tensors(p)]
-
-
-def square_chunk(n: int, per_sample: float, per_pair: float, budget: float) -> int:
-    """Largest c ≤ n with c·per_sample + c²·per_pair ≤ budget (at least 1)."""
-    if n * per_sample + n * n * per_pair <= budget:
-        return n
-    if per_pair > 0:
-        c = (-per_sample + math.sqrt(per_sample**2 + 4 * per_pair * budget)) / (2 * per_pair)
-    else:
-        c = budget / max(per_sample, 1)
-    return max(1, min(n, int(c)))
 
 
 def _split_for_progress(c: int, n: int, x1: Tensor, x2: Optional[Tensor], flops_per_pair: float,
