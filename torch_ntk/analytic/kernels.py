@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..activations import hermite_rule, quadrature_degree_for
 from ..lifting.lift import LayerSpec, lift
+from .autograd import needs_grad, no_backward_error
 from .cnn import check_images, cnn_op_args, pair_floats
 from .._utils.validation import check_batch, check_choices
 
@@ -141,6 +142,8 @@ def analytic_kernels(
     """
     spec = as_spec(model_or_spec)
     wanted = check_choices("analytic_kernels", "get", get, KERNEL_NAMES)
+    if needs_grad(x1, x2):
+        raise no_backward_error("analytic_kernels", "an input (x1 or x2)")
     if not spec.is_mlp:
         return _cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
