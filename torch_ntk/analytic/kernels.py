@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..activations import hermite_rule, quadrature_degree_for
 from ..lifting.lift import LayerSpec, lift
-from .autograd import needs_grad, no_backward_error
+from .autograd import differentiable_kernels, needs_grad, with_variances
 from .cnn import check_images, cnn_op_args, pair_floats
 from .._utils.validation import check_batch, check_choices
 
@@ -103,8 +103,10 @@ def analytic_kernels(
     *,
     quadrature_degree: Optional[int] = None,
     force_quadrature: bool = False,
+    weight_var=None,
+    bias_var=None,
 ) -> Kernels:
-    """The infinite-width NNGP and NTK of an MLP or CNN architecture.
+    """The infinite-width NNGP and NTK of an MLP or CNN architecture, differentiable.
 
     Args:
         model_or_spec: a model that lifts (:func:`torch_ntk.arch.lift`) or a
@@ -124,6 +126,23 @@ def analytic_kernels(
             SELU). An int: 2-D quadrature of this degree per dimension for every activation
             without a closed form (cost ∝ degree²; the op's path before the series).
         force_quadrature: integrate closed-form activations by quadrature too (for tests).
+        weight_var, bias_var: override σ_w² / σ_b² of the linear layers (Dense and Conv, in
+            order): None (the spec's), a float or 0-dim tensor for every linear layer, or one
+            per linear layer (a sequence of floats / 0-dim tensors, or a 1-D tensor). Tensors
+            have x1's dtype and device and may require grad (hyperparameter fitting). With
+            NTK parametrization the NTK's coefficients follow (c_w = σ_w²/n_in, c_b = σ_b²).
+
+    Gradients: when nothing requires grad (or under ``torch.no_grad()``) the fused ops
+    compute the kernels (fast; they have no backward). When x1, x2 or a variance override
+    requires grad under grad mode, the same recursion runs as a torch composite
+    (:mod:`torch_ntk.analytic.autograd`) that autograd differentiates w.r.t. each of them,
+    on any device: slower (several [N1, N2] temporaries per layer, kept for the backward;
+    for a CNN with pooling [N1, N2, P, P] planes) and the values agree with the fused op's
+    to rounding (closed forms; the Hermite series and quadrature to their truncation). At a
+    point paired with itself (x in x1 and x2) the ReLU family's NTK of depth ≥ 2 has a kink
+    (|t|-like in the distance); the gradient there is the symmetric subgradient, as central
+    differences give. No double backward. Gradients w.r.t. activation parameters are not
+    offered.
 
     Returns:
         :class:`Kernels` with ``nngp`` and ``ntk`` of shape [N1, N2] (None if not
@@ -138,19 +157,30 @@ def analytic_kernels(
 
     Raises:
         TypeError: non-floating inputs. ValueError: wrong shapes, empty batches,
-        NaN/Inf, an unknown ``get``, or a model that does not lift.
+        NaN/Inf, an unknown ``get``, a model that does not lift, or a variance override of
+        the wrong shape, sign, dtype or device.
     """
     spec = as_spec(model_or_spec)
     wanted = check_choices("analytic_kernels", "get", get, KERNEL_NAMES)
-    if needs_grad(x1, x2):
-        raise no_backward_error("analytic_kernels", "an input (x1 or x2)")
+    if weight_var is not None or bias_var is not None:
+        if not isinstance(x1, torch.Tensor):
+            check_batch("analytic_kernels", "x1", x1)
+        spec = with_variances(spec, x1, weight_var, bias_var)
+    differentiable = needs_grad(x1, x2, *_tensors(weight_var), *_tensors(bias_var))
     if not spec.is_mlp:
+        if differentiable:
+            nngp, ntk = differentiable_kernels(spec, x1, x2, wanted, quadrature_degree,
+                                               force_quadrature)
+            return Kernels(nngp, ntk)
         return _cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
                      flatten=spec.flatten_input)
     if x2 is not None:
         x2 = check_batch("analytic_kernels", "x2", x2, like=x1, features=spec.input_features,
                          flatten=spec.flatten_input)
+    if differentiable:
+        return Kernels(*differentiable_kernels(spec, x1, x2, wanted, quadrature_degree,
+                                               force_quadrature))
     series = quadrature_degree is None
     if quadrature_degree is None:
         quadrature_degree = default_quadrature_degree(spec, force_quadrature)
@@ -162,6 +192,15 @@ def analytic_kernels(
         hermite_series=series,
     )
     return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
+
+
+def _tensors(value) -> list:
+    """The tensors in a variance override (None, a number, a tensor or a sequence)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
 
 
 def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
