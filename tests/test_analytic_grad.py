@@ -189,3 +189,71 @@ def test_no_double_backward():
     (g,) = torch.autograd.grad(analytic_kernels(spec, x1, x2).ntk.sum(), x1, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice|once_differentiable"):
         g.sum().backward()
+
+
+def _with_stds(widths, act, weight_var, bias_var):
+    """The spec whose every layer has these variances (the fused op's reference values)."""
+    return mlp_spec(widths, act, weight_std=weight_var ** 0.5, bias_std=bias_var ** 0.5)
+
+
+@pytest.mark.parametrize("act", ["relu", "erf", "tanh"])
+def test_variance_gradients(act):
+    """σ_w², σ_b² as 0-dim tensors (every layer) and per layer: gradcheck, and the derivative
+    against central differences of the fused op on specs built with those variances."""
+    widths = [3, 8, 8, 1]
+    spec = mlp_spec(widths, act)
+    x1, x2 = _inputs()
+    x1, x2 = x1.detach(), x2.detach()
+    wv = torch.tensor(1.3, dtype=DTYPE, requires_grad=True)
+    bv = torch.tensor(0.2, dtype=DTYPE, requires_grad=True)
+    k = analytic_kernels(spec, x1, x2, weight_var=wv, bias_var=bv)
+    assert k.ntk.requires_grad
+    fused = _fused(_with_stds(widths, act, 1.3, 0.2), x1, x2)
+    torch.testing.assert_close(torch.cat([k.nngp.flatten(), k.ntk.flatten()]), fused,
+                               rtol=1e-7, atol=1e-7)
+    c = torch.randn(fused.shape, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+    gw, gb = torch.autograd.grad((c * torch.cat([k.nngp.flatten(), k.ntk.flatten()])).sum(),
+                                 (wv, bv))
+    step = 1e-5 if act != "tanh" else 1e-4
+    for grad, (dw, db) in ((gw, (step, 0)), (gb, (0, step))):
+        plus = _fused(_with_stds(widths, act, 1.3 + dw, 0.2 + db), x1, x2)
+        minus = _fused(_with_stds(widths, act, 1.3 - dw, 0.2 - db), x1, x2)
+        numeric = (c * (plus - minus)).sum() / (2 * step)
+        assert abs(float(grad - numeric)) <= 1e-5 * max(1.0, abs(float(numeric)))
+    fast = act == "tanh"
+    assert torch.autograd.gradcheck(
+        lambda w, b: analytic_kernels(spec, x1, x2, weight_var=w, bias_var=b), (wv, bv),
+        fast_mode=fast)
+    per_layer = torch.tensor([1.0, 1.5, 0.7], dtype=DTYPE, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda w: analytic_kernels(spec, x1, None, weight_var=w, bias_var=[0.1, bv, 0.3]),
+        (per_layer,), fast_mode=fast)
+
+
+def test_cnn_variance_gradients():
+    model = nn.Sequential(NTKConv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), NTKLinear(4, 1)).to(DTYPE)
+    x = torch.randn(3, 1, 4, 4, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    wv = torch.tensor([1.2, 0.8], dtype=DTYPE, requires_grad=True)
+    bv = torch.tensor(0.05, dtype=DTYPE, requires_grad=True)
+    k = analytic_kernels(model, x, weight_var=wv, bias_var=bv)
+    with torch.no_grad():
+        ref = analytic_kernels(model, x, weight_var=[1.2, 0.8], bias_var=0.05)
+    torch.testing.assert_close(k.ntk, ref.ntk, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda w, b: analytic_kernels(model, x, weight_var=w, bias_var=b), (wv, bv))
+
+
+def test_variance_override_errors():
+    spec = mlp_spec([3, 8, 1], "relu")
+    x = torch.randn(4, 3, dtype=DTYPE)
+    with pytest.raises(ValueError, match="weight_var must have the dtype of x1"):
+        analytic_kernels(spec, x, weight_var=torch.tensor(1.0, dtype=torch.float32))
+    with pytest.raises(ValueError, match="one entry per linear"):
+        analytic_kernels(spec, x, weight_var=torch.ones(3, dtype=DTYPE))
+    with pytest.raises(ValueError, match="one entry per linear"):
+        analytic_kernels(spec, x, bias_var=[0.1])
+    with pytest.raises(ValueError, match="non-negative"):
+        analytic_kernels(spec, x, bias_var=-0.1)
+    with pytest.raises(ValueError, match="without bias"):
+        analytic_kernels(mlp_spec([3, 8, 1], "relu", bias=False), x, bias_var=0.1)
