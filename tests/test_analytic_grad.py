@@ -289,7 +289,7 @@ def test_fitting_variances_by_the_gp_marginal_likelihood():
         (-evidence()).backward()
         opt.step()
     end = float(evidence().detach())
-    print(f"log evidence {start:.2f} -> {end:.2f}; σ_w² {float(log_w.exp()):.3f}, "
-          f"σ_b² {float(log_b.exp()):.3f}")
+    print(f"log evidence {start:.2f} -> {end:.2f}; σ_w² {float(log_w.detach().exp()):.3f}, "
+          f"σ_b² {float(log_b.detach().exp()):.3f}")
     assert end > start + 5, (start, end)
     assert torch.isfinite(log_w) and torch.isfinite(log_b)
