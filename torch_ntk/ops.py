@@ -119,13 +119,16 @@ def _not_differentiable(op: str):
     def backward(ctx, *grads):
         raise RuntimeError(
             f"torch_ntk::{op} has no backward (no double backward either): the fused op is not "
-            "differentiable. torch_ntk.analytic_kernels with inputs that require grad raises "
-            "before it runs; detach the inputs or call under torch.no_grad().")
+            "differentiable. For gradients call torch_ntk.analytic_kernels (or NTK.limit): with "
+            "inputs or variance overrides that require grad it runs the differentiable torch "
+            "composite (torch_ntk.analytic.autograd) instead of this op. Otherwise detach the "
+            "inputs or call under torch.no_grad().")
     return backward
 
 
 # The fused kernel ops have no derivative: their outputs carry a node whose backward raises
 # (without it autograd's fallback gave a grad_fn that computed a wrong or no gradient).
+# torch_ntk.analytic_kernels never sends inputs that require grad here (issue 30).
 torch.library.register_autograd("torch_ntk::analytic_kernels",
                                 _not_differentiable("analytic_kernels"))
 torch.library.register_autograd("torch_ntk::cnn_kernels", _not_differentiable("cnn_kernels"))
