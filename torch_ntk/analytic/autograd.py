@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import lru_cache
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from ..layers.descriptors import Conv, Dense
 from ..lifting.lift import LayerSpec
 
 __all__ = ["differentiable_kernels", "hermite_expectations", "mlp_kernels", "needs_grad",
-           "no_backward_error", "with_variances"]
+           "with_variances"]
 
 #: Activations whose expectations the fused MLP op takes from their Hermite series.
 HERMITE_SERIES = ("tanh", "sigmoid", "silu", "gelu", "softplus")
@@ -54,15 +54,6 @@ def needs_grad(*tensors) -> bool:
     them requires grad); non-tensors and None are skipped."""
     return torch.is_grad_enabled() and any(
         isinstance(t, Tensor) and t.requires_grad for t in tensors)
-
-
-def no_backward_error(function: str, what: str) -> RuntimeError:
-    """The error for a call whose inputs require grad where no correct backward exists."""
-    return RuntimeError(
-        f"{function}: {what} requires grad, but the infinite-width kernels of this call have "
-        "no backward (the fused ops torch_ntk::analytic_kernels / cnn_kernels are not "
-        "differentiable, and a gradient through them would be wrong). Detach the inputs "
-        "(x.detach()) or call under torch.no_grad() to compute the kernels without gradients.")
 
 
 # ---- variance overrides --------------------------------------------------------------
