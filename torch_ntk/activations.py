@@ -72,13 +72,76 @@ def _abrelu_expectations(a: float, b: float, q11: Tensor, q22: Tensor, q12: Tens
 
     E[φφ]   = ((a²+b²)(s + (π−θ) q12) − 2ab (s − θ q12)) / 2π,   s = √(q11 q22 − q12²)
     E[φ′φ′] = ((a²+b²)(π−θ) + 2ab θ) / 2π
+
+    When an argument requires grad (under grad mode), :class:`_ABReLUDual` computes the same
+    values with the closed-form derivatives (autograd of atan2/sqrt is infinite at s = 0).
     """
+    if torch.is_grad_enabled() and any(isinstance(q, Tensor) and q.requires_grad
+                                       for q in (q11, q22, q12)):
+        like = next(q for q in (q12, q11, q22) if isinstance(q, Tensor))
+        q11, q22, q12 = (q if isinstance(q, Tensor) else torch.as_tensor(
+            q, dtype=like.dtype, device=like.device) for q in (q11, q22, q12))
+        return _ABReLUDual.apply(q11, q22, q12, float(a), float(b))
     s = torch.sqrt(torch.clamp(q11 * q22 - q12 * q12, min=0))
     theta = torch.atan2(s, q12)
     sq, ab2 = a * a + b * b, 2 * a * b
     e_phi = (sq * (s + (math.pi - theta) * q12) - ab2 * (s - theta * q12)) / (2 * math.pi)
     e_dphi = (sq * (math.pi - theta) + ab2 * theta) / (2 * math.pi)
     return e_phi, e_dphi
+
+
+class _ABReLUDual(torch.autograd.Function):
+    """(E[φφ], E[φ′φ′]) of the ReLU family with their derivatives in closed form (Price's
+    theorem, NTK_MATH §9), c = (b − a)², s = √(q11 q22 − q12²)::
+
+        ∂E[φφ]/∂q12 = E[φ′φ′],           ∂E[φφ]/∂q11 = c·s / (4π q11)
+        ∂E[φ′φ′]/∂q12 = c / (2π s),       ∂E[φ′φ′]/∂q11 = −c·q12 / (4π q11 s)
+
+    (q22 like q11). E[φ′φ′] has a kink where s = 0 (ρ = ±1: a point paired with itself or
+    its negative; its angle θ grows like the distance): there, and wherever rounding cannot
+    resolve s (s ≤ 32·√eps·√(q11 q22)), its derivative is the symmetric subgradient 0, the
+    value central differences give. Where q11 = 0 the q11-derivatives are taken as 0.
+    No double backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q11, q22, q12, a, b):
+        s = torch.sqrt(torch.clamp(q11 * q22 - q12 * q12, min=0))
+        theta = torch.atan2(s, q12)
+        sq, ab2 = a * a + b * b, 2 * a * b
+        e_phi = (sq * (s + (math.pi - theta) * q12) - ab2 * (s - theta * q12)) / (2 * math.pi)
+        e_dphi = (sq * (math.pi - theta) + ab2 * theta) / (2 * math.pi)
+        ctx.save_for_backward(q11, q22, q12, s, e_dphi)
+        ctx.c = (b - a) ** 2
+        return e_phi, e_dphi
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_phi, g_dphi):
+        q11, q22, q12, s, e_dphi = ctx.saved_tensors
+        c = ctx.c
+        eps = torch.finfo(s.dtype).eps
+        if g_phi is None:
+            g_phi = torch.zeros_like(s)
+        if g_dphi is None:
+            g_dphi = torch.zeros_like(s)
+        resolved = s > 32 * math.sqrt(eps) * torch.sqrt(torch.clamp(q11 * q22, min=0))
+        inv_s = torch.where(resolved, 1 / torch.where(resolved, s, 1), 0)
+        g_dphi = g_dphi * (c / (2 * math.pi)) * inv_s  # ∂E[φ′φ′]/∂q12, the kink's subgradient 0
+        grads = []
+        for q, needed in ((q11, ctx.needs_input_grad[0]), (q22, ctx.needs_input_grad[1])):
+            if not needed:
+                grads.append(None)
+                continue
+            pos = q > 0
+            inv_q = torch.where(pos, 1 / torch.where(pos, q, 1), 0)
+            g = (g_phi * (c / (4 * math.pi)) * s - g_dphi * 0.5 * q12) * inv_q
+            grads.append(g.sum_to_size(q.shape) if g.shape != q.shape else g)
+        g12 = None
+        if ctx.needs_input_grad[2]:
+            g12 = g_phi * e_dphi + g_dphi
+            g12 = g12.sum_to_size(q12.shape) if g12.shape != q12.shape else g12
+        return grads[0], grads[1], g12, None, None
 
 
 def _erf_expectations(q11: Tensor, q22: Tensor, q12: Tensor, param: float):
@@ -325,6 +388,21 @@ def hermite_rule(degree: int, dtype: torch.dtype = torch.float64) -> tuple[Tenso
     return torch.as_tensor(nodes, dtype=dtype), torch.as_tensor(weights, dtype=dtype)
 
 
+class _SafeSqrt(torch.autograd.Function):
+    """√x with derivative 0 where x = 0 (instead of ∞)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sqrt(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, g / (2 * torch.where(y > 0, y, 1)), 0)
+
+
 def gaussian_expectations(
     act: Activation,
     q11: Tensor,
@@ -342,8 +420,16 @@ def gaussian_expectations(
     t, w = hermite_rule(degree, q11.dtype)
     t, w = t.to(q11.device), w.to(q11.device)
     norm = torch.sqrt(torch.clamp(q11 * q22, min=0))
-    rho = torch.where(norm > 0, q12 / torch.where(norm > 0, norm, 1), 0).clamp(-1, 1)
-    perp = torch.sqrt(torch.clamp(1 - rho * rho, min=0))
+    rho = torch.where(norm > 0, q12 / torch.where(norm > 0, norm, 1), 0)
+    if torch.is_grad_enabled() and rho.requires_grad:
+        # differentiable: the clamp passes gradients through (rounding can put ρ past ±1),
+        # and √(1 − ρ²) has derivative 0 at ρ = ±1, where it multiplies Σ_j w_j t_j(…) = 0
+        # and where ρ is at its extreme (dρ = 0), instead of ∞·0
+        rho = rho + (rho.clamp(-1, 1) - rho).detach()
+        perp = _SafeSqrt.apply(torch.clamp(1 - rho * rho, min=0))
+    else:
+        rho = rho.clamp(-1, 1)
+        perp = torch.sqrt(torch.clamp(1 - rho * rho, min=0))
     su = torch.sqrt(torch.clamp(2 * q11, min=0))[..., None, None]
     sv = torch.sqrt(torch.clamp(2 * q22, min=0))[..., None, None]
     ti, tj = t[:, None], t[None, :]

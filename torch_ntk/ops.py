@@ -115,6 +115,25 @@ def _fake_kernel_pair(op: str, x1, x2, want_nngp: bool, want_ntk: bool):
     return nngp, ntk
 
 
+def _not_differentiable(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"torch_ntk::{op} has no backward (no double backward either): the fused op is not "
+            "differentiable. For gradients call torch_ntk.analytic_kernels (or NTK.limit): with "
+            "inputs or variance overrides that require grad it runs the differentiable torch "
+            "composite (torch_ntk.analytic.autograd) instead of this op. Otherwise detach the "
+            "inputs or call under torch.no_grad().")
+    return backward
+
+
+# The fused kernel ops have no derivative: their outputs carry a node whose backward raises
+# (without it autograd's fallback gave a grad_fn that computed a wrong or no gradient).
+# torch_ntk.analytic_kernels never sends inputs that require grad here (issue 30).
+torch.library.register_autograd("torch_ntk::analytic_kernels",
+                                _not_differentiable("analytic_kernels"))
+torch.library.register_autograd("torch_ntk::cnn_kernels", _not_differentiable("cnn_kernels"))
+
+
 def activation(x: Tensor, act_id: int, param: float = 0.0, derivative: bool = False) -> Tensor:
     """φ(x) or φ′(x) of registered activation ``act_id``, by the compiled kernel code."""
     check_built_for("torch_ntk.activation", x)

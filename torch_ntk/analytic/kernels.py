@@ -34,6 +34,7 @@ from ..lifting.lift import LayerSpec, lift
 from .cnn import cnn_kernels, pair_floats
 from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree
 from .refusal import no_limit_error
+from .autograd import differentiable_kernels, needs_grad, with_variances
 from .._utils.validation import check_batch, check_choices
 
 __all__ = ["Kernels", "analytic_kernels", "as_spec", "compiled_op_args",
@@ -80,8 +81,10 @@ def analytic_kernels(
     quadrature_degree: Optional[int] = None,
     force_quadrature: bool = False,
     progress: Optional[bool] = None,
+    weight_var=None,
+    bias_var=None,
 ) -> Kernels:
-    """The infinite-width NNGP and NTK of an MLP or CNN architecture.
+    """The infinite-width NNGP and NTK of an MLP or CNN architecture, differentiable.
 
     Args:
         model_or_spec: a model that lifts (:func:`torch_ntk.arch.lift`) or a
@@ -107,6 +110,23 @@ def analytic_kernels(
             lasted two seconds; True: row blocks and the bar at once; False: no bar, one
             op call. Blocked runs equal one call up to rounding (the diagonal and the
             symmetry of x2=None stay exact; only the upper triangle is computed).
+        weight_var, bias_var: override σ_w² / σ_b² of the linear layers (Dense and Conv, in
+            order): None (the spec's), a float or 0-dim tensor for every linear layer, or one
+            per linear layer (a sequence of floats / 0-dim tensors, or a 1-D tensor). Tensors
+            have x1's dtype and device and may require grad (hyperparameter fitting). With
+            NTK parametrization the NTK's coefficients follow (c_w = σ_w²/n_in, c_b = σ_b²).
+
+    Gradients: when nothing requires grad (or under ``torch.no_grad()``) the fused ops
+    compute the kernels (fast; they have no backward). When x1, x2 or a variance override
+    requires grad under grad mode, the same recursion runs as a torch composite
+    (:mod:`torch_ntk.analytic.autograd`) that autograd differentiates w.r.t. each of them,
+    on any device: slower (several [N1, N2] temporaries per layer, kept for the backward;
+    for a CNN with pooling [N1, N2, P, P] planes) and the values agree with the fused op's
+    to rounding (closed forms; the Hermite series and quadrature to their truncation). At a
+    point paired with itself (x in x1 and x2) the ReLU family's NTK of depth ≥ 2 has a kink
+    (|t|-like in the distance); the gradient there is the symmetric subgradient, as central
+    differences give. No double backward. Gradients w.r.t. activation parameters are not
+    offered.
 
     Returns:
         :class:`Kernels` with ``nngp`` and ``ntk`` of shape [N1, N2] (None if not
@@ -121,10 +141,17 @@ def analytic_kernels(
 
     Raises:
         TypeError: non-floating inputs. ValueError: wrong shapes, empty batches,
-        NaN/Inf, an unknown ``get``, or a model that does not lift.
+        NaN/Inf, an unknown ``get``, a model that does not lift, or a variance override of
+        the wrong shape, sign, dtype or device.
     """
     spec = as_spec(model_or_spec)
     wanted = check_choices("analytic_kernels", "get", get, KERNEL_NAMES)
+    if weight_var is not None or bias_var is not None:
+        if not isinstance(x1, torch.Tensor):
+            check_batch("analytic_kernels", "x1", x1)
+        spec = with_variances(spec, x1, weight_var, bias_var)
+    if needs_grad(x1, x2, *_tensors(weight_var), *_tensors(bias_var)):
+        return _differentiable(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     if progress is not False:
         x1, x2 = _checked_inputs(spec, x1, x2)
 
@@ -134,6 +161,20 @@ def analytic_kernels(
         return in_row_blocks(compute, x1, x2, wanted, progress, _flops_per_pair(spec, x1),
                              "analytic_kernels")
     return _one_call(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
+
+
+def _differentiable(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
+                    quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
+    """Both kernels by the recursion as a torch composite that autograd differentiates
+    (:mod:`torch_ntk.analytic.autograd`): inputs or variances require grad."""
+    if spec.is_mlp:
+        x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
+                         flatten=spec.flatten_input)
+        if x2 is not None:
+            x2 = check_batch("analytic_kernels", "x2", x2, like=x1,
+                             features=spec.input_features, flatten=spec.flatten_input)
+    nngp, ntk = differentiable_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
+    return Kernels(nngp, ntk)
 
 
 def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
@@ -157,6 +198,15 @@ def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
         hermite_series=series,
     )
     return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
+
+
+def _tensors(value) -> list:
+    """The tensors in a variance override (None, a number, a tensor or a sequence)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
 
 
 def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,

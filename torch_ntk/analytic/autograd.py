@@ -1,0 +1,279 @@
+"""Gradients of the infinite-width kernels (issue 30): the differentiable torch path.
+
+The fused ops ``torch_ntk::analytic_kernels`` and ``torch_ntk::cnn_kernels`` have no
+backward: their outputs carry an autograd node whose backward raises (registered in
+:mod:`torch_ntk.ops`), so a gradient through them is an error, never a wrong or missing
+one. :func:`torch_ntk.analytic_kernels` uses them whenever nothing requires grad. When an
+input (x1, x2) or a variance override (``weight_var``, ``bias_var``) requires grad under
+grad mode, it runs the same recursion as a torch composite instead, which autograd
+differentiates (:func:`differentiable_kernels`):
+
+- MLP specs: :func:`mlp_kernels` below (the layer recursion of Jacot et al. on [N1, N2]
+  matrices, as :func:`torch_ntk.analytic.reference.analytic_kernels_reference`);
+- CNN specs: the plain-torch walker :func:`torch_ntk.analytic.cnn.cnn_kernels`.
+
+The dual activations are made safe for autograd where their formulas are singular: the
+ReLU family by its closed-form derivatives (:class:`torch_ntk.activations._ABReLUDual`;
+at ρ = ±1, a point paired with itself, Σ̇ has a kink and its derivative is the symmetric
+subgradient 0), erf by its closed form (smooth), the smooth activations (tanh, sigmoid,
+SiLU, GELU, softplus) by their Hermite series in torch (:func:`hermite_expectations`, as
+the fused MLP op), and the others by the 2-D Gauss–Hermite quadrature in torch.
+
+Limits: no double backward (the ReLU family's derivative raises on it; the others are
+not tested for it); memory O(N1·N2) per layer kept for the backward (O(N1·N2·P²) per layer
+for a CNN with pooling), time a few times the fused op's forward; gradients w.r.t.
+activation parameters are not offered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..activations import Activation, gaussian_expectations, quadrature_degree_for
+from ..layers import Conv, Dense
+from ..lifting.lift import LayerSpec
+
+__all__ = ["differentiable_kernels", "hermite_expectations", "mlp_kernels", "needs_grad",
+           "with_variances"]
+
+#: Activations whose expectations the fused MLP op takes from their Hermite series.
+HERMITE_SERIES = ("tanh", "sigmoid", "silu", "gelu", "softplus")
+_SERIES_STEP, _SERIES_MAX_TERMS = 8, 128
+_SERIES_VECTOR_ELEMENTS = 1 << 22  # pairs × terms below which ρ^k are formed at once
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd would record an op on any of ``tensors`` (grad mode on and one of
+    them requires grad); non-tensors and None are skipped."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad for t in tensors)
+
+
+# ---- variance overrides --------------------------------------------------------------
+
+def _linear_layers(spec: LayerSpec) -> list[int]:
+    return [k for k, layer in enumerate(spec.layers) if isinstance(layer, (Conv, Dense))]
+
+
+def _override_values(function: str, name: str, value, count: int, like: Tensor) -> list:
+    """One σ² per linear layer from ``value``: a float or 0-dim tensor for every layer, or a
+    sequence / 1-D tensor of ``count`` entries."""
+    if isinstance(value, Tensor):
+        if value.dtype != like.dtype:
+            raise ValueError(f"{function}: {name} must have the dtype of x1 ({like.dtype}); got "
+                             f"{value.dtype}")
+        if value.device != like.device:
+            raise ValueError(f"{function}: {name} must be on x1's device ({like.device}); got "
+                             f"{value.device}")
+        if value.dim() == 0:
+            return [value] * count
+        if value.dim() != 1 or value.shape[0] != count:
+            raise ValueError(f"{function}: {name} must be a 0-dim tensor or have one entry per "
+                             f"linear (Dense/Conv) layer ({count}); got shape {list(value.shape)}")
+        values = list(value.unbind(0))
+    elif isinstance(value, (int, float)):
+        return [float(value)] * count
+    else:
+        values = list(value)
+        if len(values) != count:
+            raise ValueError(f"{function}: {name} must have one entry per linear (Dense/Conv) "
+                             f"layer ({count}); got {len(values)}")
+        values = [_override_values(function, f"{name}[{i}]", v, 1, like)[0]
+                  for i, v in enumerate(values)]
+    for i, v in enumerate(values):
+        if isinstance(v, Tensor) and v.dim() != 0:
+            raise ValueError(f"{function}: {name}[{i}] must be a number or a 0-dim tensor; got "
+                             f"shape {list(v.shape)}")
+        if not bool(v >= 0):
+            raise ValueError(f"{function}: {name} must be non-negative; got {float(v)}")
+    return values
+
+
+def with_variances(spec: LayerSpec, x1: Tensor, weight_var=None, bias_var=None,
+                   function: str = "analytic_kernels") -> LayerSpec:
+    """``spec`` with the σ_w² / σ_b² of its linear layers (Dense and Conv, in order) replaced.
+
+    Each of ``weight_var``, ``bias_var``: None (keep the spec's), a float or 0-dim tensor
+    (every linear layer), or one float / 0-dim tensor per linear layer (a sequence or a 1-D
+    tensor). Tensors must have x1's dtype and device; they may require grad. The NTK's
+    coefficients follow the parametrization (ntk: c_w = σ_w²/n_in, c_b = σ_b²). A bias
+    variance for a layer without bias is an error.
+    """
+    if weight_var is None and bias_var is None:
+        return spec
+    index = _linear_layers(spec)
+    layers = list(spec.layers)
+    for name, value in (("weight_var", weight_var), ("bias_var", bias_var)):
+        if value is None:
+            continue
+        for k, v in zip(index, _override_values(function, name, value, len(index), x1)):
+            layer = layers[k]
+            if name == "bias_var" and not layer.has_bias and bool(v != 0):
+                raise ValueError(f"{function}: bias_var for layer {k} ({type(layer).__name__} "
+                                 "without bias) must be 0")
+            layers[k] = dataclasses.replace(layer, **{name: v})
+    return dataclasses.replace(spec, layers=tuple(layers))
+
+
+# ---- Hermite series in torch ------------------------------------------------------------
+
+@lru_cache(maxsize=16)
+def _series_rule(width: float, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes z, weights (with the N(0, 1) density) and h_k(z) = He_k(z)/√k! [terms, nodes] of
+    a composite 16-point Gauss–Legendre rule on [−13, 13] with panels of ``width``."""
+    panels = max(1, int(math.ceil(26 / width)))
+    t, w = np.polynomial.legendre.leggauss(16)
+    edges = np.linspace(-13, 13, panels + 1)
+    half = (edges[1:] - edges[:-1])[:, None] / 2
+    z = ((edges[:-1] + edges[1:])[:, None] / 2 + half * t[None, :]).ravel()
+    weights = (half * w[None, :]).ravel() * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    h = np.empty((terms, z.size))
+    h[0] = 1
+    if terms > 1:
+        h[1] = z
+    for k in range(1, terms - 1):
+        h[k + 1] = (z * h[k] - math.sqrt(k) * h[k - 1]) / math.sqrt(k + 1)
+    return z, weights, h
+
+
+def _scale(act: Activation) -> float:
+    """The inverse length scale of φ (as csrc/math/hermite.h)."""
+    return {"softplus": act.param, "sigmoid": 0.5, "silu": 0.5}.get(act.name, 1.0)
+
+
+def _coefficients(fn, q: Tensor, z: Tensor, w: Tensor, h: Tensor) -> Tensor:
+    """[..., K]: E[fn(√q z) h_k(z)] for each q."""
+    values = fn(torch.sqrt(q)[..., None] * z) * w
+    return values @ h.T
+
+
+def _terms_needed(a: Tensor, tolerance: float) -> int:
+    """The shortest K (a multiple of 8) whose relative tail Σ_{k≥K} a_k² / Σ_k a_k² is at most
+    ``tolerance`` for every row of ``a`` [..., K_max] (a pair's relative error is at most
+    the product of its two samples' relative tails' square roots, so at most this)."""
+    with torch.no_grad():
+        power = a.detach() * a.detach()
+        total = power.sum(-1, keepdim=True)
+        tail = torch.clamp(total - torch.cumsum(power, -1), min=0) / torch.clamp(
+            total, min=torch.finfo(a.dtype).tiny)
+        ok = (tail <= tolerance).reshape(-1, a.shape[-1]).all(0)
+        k = int(ok.to(torch.int8).argmax()) + 1 if bool(ok.any()) else a.shape[-1]
+    return min(a.shape[-1], int(math.ceil(k / _SERIES_STEP) * _SERIES_STEP))
+
+
+def hermite_expectations(act: Activation, q11: Tensor, q22: Tensor, q12: Tensor,
+                         tolerance: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """(E[φ(u)φ(v)], E[φ′(u)φ′(v)]) by the Hermite series of φ and φ′ (Mehler's formula,
+    csrc/math/hermite.h): Σ_k a_k(q11) a_k(q22) ρ^k with ρ = q12/√(q11 q22), the
+    coefficients a_k(q) = E[φ(√q z) h_k(z)] by a composite Gauss–Legendre rule in torch
+    (differentiable in q), and as many terms K (≤ 128) as the Cauchy–Schwarz bound of the
+    tail needs for ``tolerance`` (1e-11 in float64, 1e-7 in float32) relative, at |ρ| = 1,
+    for every q given. Broadcasts like :func:`~torch_ntk.activations.gaussian_expectations`.
+    q must be positive.
+    """
+    like = next(q for q in (q12, q11, q22) if isinstance(q, Tensor))
+    dtype, device = like.dtype, like.device
+    # the coefficients per sample (q11 [N1, 1], q22 [1, N2]), broadcast only in the sum
+    q11, q22, q12 = (torch.as_tensor(q, dtype=dtype, device=device) for q in (q11, q22, q12))
+    if tolerance is None:
+        tolerance = 1e-11 if dtype == torch.float64 else 1e-7
+    q_max = float(torch.maximum(q11.detach().max(), q22.detach().max()))
+    width = min(0.5, 1 / (_scale(act) * math.sqrt(max(q_max, 1e-12))))
+    z, w, h = (torch.as_tensor(a, dtype=dtype, device=device)
+               for a in _series_rule(width, _SERIES_MAX_TERMS))
+    out = []
+    for fn in (act, act.derivative):
+        a1, a2 = (_coefficients(fn, q, z, w, h) for q in (q11, q22))
+        terms = max(_terms_needed(a1, tolerance), _terms_needed(a2, tolerance))
+        norm = torch.sqrt(q11 * q22)
+        rho = q12 / norm
+        rho = rho + (rho.clamp(-1, 1) - rho).detach()
+        shape = torch.broadcast_shapes(q11.shape, q22.shape, q12.shape)
+        if math.prod(shape) * terms <= _SERIES_VECTOR_ELEMENTS:  # powers ρ^k at once
+            powers = torch.cumprod(rho[..., None].expand(*rho.shape, terms - 1), -1)
+            powers = torch.cat([torch.ones_like(powers[..., :1]), powers], -1)
+            acc = (a1[..., :terms] * a2[..., :terms] * powers).sum(-1)
+        else:  # Horner, [..] temporaries only
+            acc = a1[..., terms - 1] * a2[..., terms - 1]
+            for k in range(terms - 2, -1, -1):
+                acc = acc * rho + a1[..., k] * a2[..., k]
+        out.append(acc.expand(shape))
+    return out[0], out[1]
+
+
+# ---- the recursions ---------------------------------------------------------------------
+
+def _expectations(act: Activation, q11, q22, q12, degree: int, force_quadrature: bool,
+                  series: bool):
+    if act.has_closed_form and not force_quadrature:
+        return act.closed_form(q11, q22, q12)
+    if series and act.name in HERMITE_SERIES:
+        return hermite_expectations(act, q11, q22, q12)
+    return gaussian_expectations(act, q11, q22, q12, degree)
+
+
+def mlp_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], quadrature_degree:
+                Optional[int] = None, force_quadrature: bool = False) -> tuple[Tensor, Tensor]:
+    """(NNGP, NTK) [N1, N2] of an MLP spec by the layer recursion in torch, differentiable
+    w.r.t. x1, x2 and the spec's variances when they are tensors (:func:`with_variances`).
+
+    The expectations as the fused op: closed forms (ReLU family, erf), the Hermite series
+    for the smooth activations when ``quadrature_degree`` is None, else (and for ELU/SELU)
+    2-D Gauss–Hermite quadrature of the spec's default degree or ``quadrature_degree``.
+    x2 = None: the per-sample variances come from the Gram diagonal, the diagonal pairs
+    use them exactly, the upper triangle is mirrored.
+    """
+    series = quadrature_degree is None and not force_quadrature
+    if quadrature_degree is None:
+        quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
+    args = (quadrature_degree, force_quadrature, series)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else x2
+    if spec.flatten_input:
+        x1, x2 = x1.flatten(1), x2.flatten(1)
+    gram = x1 @ x2.T
+    if symmetric:
+        sq1 = sq2 = torch.diagonal(gram)
+    else:
+        sq1, sq2 = (x1 * x1).sum(1), (x2 * x2).sum(1)
+    first = spec.dense_layers[0]
+    wv, bv = first.weight_var / first.in_features, first.bias_var
+    sigma = wv * gram + bv
+    theta = first.ntk_weight_coef * gram + first.ntk_bias_coef
+    var1, var2 = wv * sq1 + bv, wv * sq2 + bv
+    for act, dense in zip(spec.activations, spec.dense_layers[1:]):
+        if symmetric:  # exact: Σ^(l)(x, x) is the variance
+            eye = torch.eye(sigma.shape[0], dtype=torch.bool, device=sigma.device)
+            sigma = torch.where(eye, var1[:, None], sigma)
+        e_phi, e_dphi = _expectations(act, var1[:, None], var2[None, :], sigma, *args)
+        tw = dense.ntk_weight_coef * dense.in_features
+        theta = theta * (dense.weight_var * e_dphi) + tw * e_phi + dense.ntk_bias_coef
+        sigma = dense.weight_var * e_phi + dense.bias_var
+        var1 = dense.weight_var * _expectations(act, var1, var1, var1, *args)[0] + dense.bias_var
+        var2 = (var1 if symmetric else
+                dense.weight_var * _expectations(act, var2, var2, var2, *args)[0]
+                + dense.bias_var)
+    if symmetric:  # the upper triangle, mirrored, as the fused op computes it
+        sigma = torch.triu(sigma) + torch.triu(sigma, 1).T
+        theta = torch.triu(theta) + torch.triu(theta, 1).T
+    return sigma, theta
+
+
+def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
+                           quadrature_degree: Optional[int], force_quadrature: bool):
+    """(nngp, ntk) by the torch composite (MLP: :func:`mlp_kernels`; CNN: the walker
+    :func:`torch_ntk.analytic.cnn.cnn_kernels`), for :func:`torch_ntk.analytic_kernels`
+    when something requires grad; x1/x2 already validated (MLP: [N, n0])."""
+    if spec.is_mlp:
+        nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature)
+    else:
+        from .cnn import cnn_kernels
+        nngp, ntk = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
+    return (nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
