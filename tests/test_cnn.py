@@ -197,14 +197,48 @@ def test_monte_carlo_of_wide_cnns_matches_the_limit(name):
 # the recursion's own consistency
 
 
-@pytest.mark.parametrize("name", list(MC_CASES))
+# Models for the fused-vs-torch comparison only (not Monte Carlo): every parameter that the
+# MC cases leave coinciding with another takes a distinct value here — AvgPool stride ≠
+# kernel on maps ≥ 3×3 (kernel 2 stride 1; kernel 3 stride 2; a non-square (3, 2) / (2, 1)),
+# kernel, stride and dilation with height ≠ width, C_in ≠ C_out, images with H ≠ W.
+POOL_CASES = {
+    "avgpool-k2-s1-on-5x5": lambda: [
+        NTKConv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, stride=1),
+        NTKConv2d(3, 4, 2, stride=(1, 2), dilation=(2, 1), padding="valid"), tn.nn.Erf()],
+    "avgpool-k3-s2-on-6x7": lambda: [
+        NTKConv2d(2, 3, (2, 3), padding="same", padding_mode="circular"), nn.Tanh(),
+        nn.AvgPool2d(3, stride=2), NTKConv2d(3, 5, 1, parametrization="standard")],
+    "avgpool-3x2-s2x1-on-6x7": lambda: [
+        NTKConv2d(2, 4, 2, padding=(1, 0)), nn.GELU(), nn.AvgPool2d((3, 2), stride=(2, 1)),
+        NTKConv2d(4, 3, (2, 1), dilation=(1, 2), padding=(0, 1))],
+}
+POOL_SHAPES = {"avgpool-k2-s1-on-5x5": (5, 5), "avgpool-k3-s2-on-6x7": (6, 7),
+               "avgpool-3x2-s2x1-on-6x7": (6, 7)}
+
+
+def pool_model(name, n_out=3):
+    """A POOL_CASES body with a Flatten readout, float64."""
+    body = nn.Sequential(*POOL_CASES[name]()).double()
+    with torch.no_grad():
+        out = body(torch.zeros(1, 2, *POOL_SHAPES[name], dtype=D))
+    assert min(out.shape[2:]) >= 2, out.shape  # the pool's stride shows in its output size
+    return nn.Sequential(*body, nn.Flatten(), NTKLinear(out[0].numel(), n_out, dtype=D))
+
+
+@pytest.mark.parametrize("name", list(MC_CASES) + list(POOL_CASES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_op_equals_the_plain_torch_recursion(name, dtype):
     """analytic_kernels runs the fused C++ op; cnn_kernels is the same recursion written in
     plain torch (a different implementation: einsum planes, window means, torch
-    expectations): 1e-10 in float64, 1e-5 in float32, x2 given and x2 = None."""
-    model = mc_model(name, 5).to(dtype)
-    x1, x2 = images(4, seed=11).to(dtype), images(3, seed=12).to(dtype)
+    expectations, and it reads the layer spec directly, not the op's encoded program):
+    1e-10 in float64, 1e-5 in float32, x2 given and x2 = None."""
+    if name in POOL_CASES:
+        model = pool_model(name).to(dtype)
+        h, w = POOL_SHAPES[name]
+        x1, x2 = images(4, h=h, w=w, seed=11).to(dtype), images(3, h=h, w=w, seed=12).to(dtype)
+    else:
+        model = mc_model(name, 5).to(dtype)
+        x1, x2 = images(4, seed=11).to(dtype), images(3, seed=12).to(dtype)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     for second in (x2, None):
         fused = tn.analytic_kernels(model, x1, second)
@@ -266,7 +300,7 @@ def test_op_args_by_hand():
     spec = LayerSpec((
         Conv(2, 4, (3, 3), (2, 1), (1, 2), ((1, 1), (0, 2)), "circular", 1.5, 0.2, "ntk"),
         Activation("relu"),
-        AvgPool((2, 2), (2, 2)),
+        AvgPool((3, 2), (2, 1)),  # stride ≠ kernel, height ≠ width: each int distinct
         Conv(4, 5, (3,) * 2, weight_var=2.0, bias_var=0.0, parametrization="standard",
              has_bias=False),
         GlobalAvgPool(),
@@ -278,7 +312,7 @@ def test_op_args_by_hand():
     assert codes == [0, 1, 2, 0, 3, 5, 1, 5]
     assert ints == [3, 3, 2, 1, 1, 2, 1, 1, 0, 2, 1,  # conv 1
                     1,  # relu
-                    2, 2, 2, 2,  # avgpool
+                    3, 2, 2, 1,  # avgpool (kh, kw, sh, sw)
                     3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 0,  # conv 2
                     2]  # leaky_relu
     assert floats == pytest.approx([1.5, 0.2, 1.5, 0.2,  # conv 1 (ntk: tw = σ_w², tb = σ_b²)
