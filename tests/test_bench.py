@@ -25,6 +25,14 @@ from torch_ntk.bench import empirical as bench_empirical
 from torch_ntk.bench.empirical_report import sweep_markdown
 from torch_ntk.cli import main
 
+
+def no_cpp_compiler() -> str:
+    """The one known reason torch.compile (inductor) cannot run on the CPU: no C++ compiler
+    on PATH ($CXX, c++, g++, clang++). "" when one is there (then compiling must work)."""
+    import shutil
+    names = [os.environ.get("CXX", "")] + ["c++", "g++", "clang++"]
+    return "" if any(n and shutil.which(n) for n in names) else "no C++ compiler on PATH"
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,11 +85,13 @@ def test_structured_and_composites_agree(kernel_run):
     assert rows[("composite", "x2=None")]["status"] == "ok"
     assert rows[("composite", "x2=None")]["max_rel_diff"] <= 1e-4
     compiled = rows[("composite compiled", "x2=None")]
-    assert compiled["status"] in ("ok", "error")  # a compiler failure is recorded, not fatal
-    if compiled["status"] == "ok":
-        assert compiled["max_rel_diff"] <= 1e-4 and compiled["compile_s"] > 0
+    # The suite records a compiler failure instead of stopping; the test accepts one only
+    # for the known reason (no C++ compiler for inductor), and then it must say so.
+    if no_cpp_compiler():
+        assert compiled["status"] == "error" and compiled["message"], compiled
     else:
-        assert compiled["message"]
+        assert compiled["status"] == "ok", compiled
+        assert compiled["max_rel_diff"] <= 1e-4 and compiled["compile_s"] > 0
     op = rows[("structured op only", "x2=None, highest")]
     assert op["status"] == "ok" and op["max_rel_diff"] <= 1e-4
 
