@@ -469,11 +469,16 @@ def test_force_quadrature_agrees_with_closed_form():
 
 
 def test_want_flags():
-    x = torch.randn(3, 2, 4, 4)
+    """One kernel asked for: the other is empty, the one returned is the reference's (1e-10)."""
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    layers = encode(NETS["gap_only"], 2, 4, 4, "ntk")[3]
+    ref_nngp, _ = (r.triu() + r.triu(1).T for r in reference(layers, x, x))
     nngp, ntk = run_op(NETS["gap_only"], x, None, want_ntk=False)
     assert nngp.shape == (3, 3) and ntk.shape == (0,)
+    assert rel_err(nngp, ref_nngp) < 1e-10
     nngp, ntk = run_op(NETS["gap_only"], x, x[:2], want_nngp=False)
     assert nngp.shape == (0,) and ntk.shape == (3, 2)
+    assert rel_err(ntk, reference(layers, x, x[:2])[1]) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
