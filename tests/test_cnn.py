@@ -156,7 +156,8 @@ MC_CASES = {
         NTKConv2d(2, n, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.AvgPool2d(2),
         NTKConv2d(n, n, 2, padding=1, padding_mode="circular"), nn.ReLU()], "flatten"),
     "gap-tanh-quadrature-stride2": (lambda n: [
-        NTKConv2d(2, n, 3, stride=2, weight_std=1.5), nn.Tanh(), nn.AvgPool2d(2, stride=1),
+        NTKConv2d(2, n, 3, stride=2, padding=1, weight_std=1.5), nn.Tanh(),
+        nn.AvgPool2d(2, stride=1),  # on 3×3 maps: 2×2 out (1×1 were the stride its kernel)
         NTKConv2d(n, n, 1, parametrization="standard", weight_std=1.2)], "gap"),
 }
 
@@ -174,23 +175,66 @@ def mc_model(name, width, n_out=8):
     return nn.Sequential(*layers, *head)
 
 
+def perturbed_specs(spec):
+    """The spec with one deliberate mistake each (as tests/test_independent.py perturbs its
+    oracle): σ_w² × 1.2 in every layer; every bias variance + 0.1; an AvgPool's stride read
+    as its kernel (where that changes the geometry).
+
+    Not among them, because these Monte-Carlo checks cannot see it: σ_w² × 1.5 in the first
+    conv alone moves the NTK of "gap-erf-same" by 2.7% (max|z| 2.9 at 128 networks of width
+    64); first-layer coefficients are checked exactly by the explicit sums and the
+    selection-matrix reference (test_linear_cnn_kernels_are_explicit_sums,
+    tests/test_cnn_op.py)."""
+    import dataclasses
+    layers = list(spec.layers)
+    weighted = (Conv, Dense)
+    out = {}
+    out["sigma_w_all_x1.2"] = LayerSpec(tuple(
+        dataclasses.replace(l, weight_var=1.2 * l.weight_var) if isinstance(l, weighted) else l
+        for l in layers))
+    out["bias_plus_0.1"] = LayerSpec(tuple(
+        dataclasses.replace(l, bias_var=l.bias_var + 0.1) if isinstance(l, weighted)
+        and l.has_bias else l for l in layers))
+    if any(isinstance(l, AvgPool) and l.stride != l.kernel_size for l in layers):
+        out["pool_stride_as_kernel"] = LayerSpec(tuple(
+            AvgPool(l.kernel_size, l.kernel_size) if isinstance(l, AvgPool) else l
+            for l in layers))
+    return out
+
+
 @pytest.mark.parametrize("name", list(MC_CASES))
 def test_monte_carlo_of_wide_cnns_matches_the_limit(name):
     """128 networks of width 64, n_L = 8 outputs, 4 images 2×5×5 against x2 of 3 images:
     |z| < 5 for every entry of both kernels (standard errors of the Monte-Carlo mean), and
     relative Frobenius error ‖MC − limit‖/‖limit‖ < 0.03 + 3·‖stderr‖/‖limit‖ (a 3% allowance
-    for the O(1/width) bias plus three times the Monte-Carlo noise)."""
+    for the O(1/width) bias plus three times the Monte-Carlo noise).
+    Anti-check: the NTK of each perturbed spec (perturbed_specs) misses the same Monte-Carlo
+    estimate by more than twice an allowance (max|z| > 10 or relative error > 2·(0.03 +
+    3·noise)), so a package with that mistake could not pass."""
     x1, x2 = images(4, seed=2), images(3, seed=3)
-    limit = tn.analytic_kernels(mc_model(name, 64), x1, x2)  # standard layers: width matters
+    model = mc_model(name, 64)
+    limit = tn.analytic_kernels(model, x1, x2)  # standard layers: width matters
     mc = tn.monte_carlo_kernels(lambda seed: mc_model(name, 64), x1, x2, n_samples=128,
                                 method="jacobian", progress=False)
-    for kind in ("ntk", "nngp"):
-        est, err, ref = getattr(mc, kind), getattr(mc, f"{kind}_stderr"), getattr(limit, kind)
+
+    def stats(kind, ref):
+        est, err = getattr(mc, kind), getattr(mc, f"{kind}_stderr")
         z = ((est - ref) / err).abs().max().item()
         rel = ((est - ref).norm() / ref.norm()).item()
         noise = (err.norm() / ref.norm()).item()
+        return z, rel, noise
+
+    for kind in ("ntk", "nngp"):
+        z, rel, noise = stats(kind, getattr(limit, kind))
         print(f"{name} {kind}: max|z| {z:.2f}, relative error {rel:.4f}, noise {noise:.4f}")
         assert z < 5 and rel < 0.03 + 3 * noise, (kind, z, rel, noise)
+    caught = {}
+    for what, spec in perturbed_specs(lift(model)).items():
+        z, rel, noise = stats("ntk", tn.analytic_kernels(spec, x1, x2).ntk)
+        print(f"{name} perturbed {what}: max|z| {z:.2f}, relative error {rel:.4f}, "
+              f"noise {noise:.4f}")
+        caught[what] = z > 2 * 5 or rel > 2 * (0.03 + 3 * noise)
+    assert all(caught.values()), caught
 
 
 # ---------------------------------------------------------------------------------
