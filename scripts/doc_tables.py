@@ -75,11 +75,42 @@ _ANALYTIC = [
 ]
 
 
+_ANALYTIC_MATCH = ("activation", "depth", "N", "dtype", "x2")
+_ANALYTIC_RUNS = {"fused_s": ".4g", "eager_s": ".4g", "compiled_s": ".4g",
+                  "speedup_vs_eager": ".3g", "speedup_vs_compiled": ".3g"}
+
+
 def render_analytic(payload: dict) -> str:
-    """bench analytic's rows; columns no row fills are left out."""
-    rows = payload["rows"]
-    columns = [c for c in _ANALYTIC if any(c[0] in r for r in rows)]
-    return markdown_table(rows, columns)
+    """bench analytic's rows; columns no row fills are left out. Times and ratios are the
+    median (min–max, n) over the runs kept in the JSON (one value for n=1). For x2 = None
+    the fused op computes N(N+1)/2 pairs and the eager/compiled composites N²: "sym.
+    factor" is 2N/(N+1), and "× eager per pair" the ratio divided by it (x2 ≠ x1 rows:
+    factor 1, every method computes N² pairs)."""
+    from torch_ntk.bench.common import across_runs, median_range, runs_line, symmetry_factor
+    shown = []
+    for row in payload["rows"]:
+        out = dict(row)
+        out.setdefault("x2", "None")
+        for key, fmt in _ANALYTIC_RUNS.items():
+            values = across_runs(payload, out, key, _ANALYTIC_MATCH)
+            if len(values) > 1:
+                out[key] = median_range(values, fmt)
+        if isinstance(row.get("speedup_vs_eager"), (int, float)):
+            factor = symmetry_factor(row["N"]) if out["x2"] == "None" else 1.0
+            out["sym_factor"] = f"{factor:.2f}"
+            out["per_pair_vs_eager"] = f"{row['speedup_vs_eager'] / factor:.1f}"
+            if isinstance(row.get("speedup_vs_compiled"), (int, float)):
+                out["per_pair_vs_compiled"] = f"{row['speedup_vs_compiled'] / factor:.1f}"
+        shown.append(out)
+    columns = [c for c in _ANALYTIC if any(c[0] in r for r in shown)]
+    at = [k for k, _ in columns].index("speedup_vs_compiled") + 1 if any(
+        "speedup_vs_compiled" in r for r in shown) else [k for k, _ in columns].index(
+        "speedup_vs_eager") + 1
+    columns[at:at] = [("sym_factor", "sym. factor"), ("per_pair_vs_eager", "× eager per pair")] + (
+        [("per_pair_vs_compiled", "× compiled per pair")]
+        if any("per_pair_vs_compiled" in r for r in shown) else [])
+    columns.insert(4, ("x2", "x2"))
+    return markdown_table(shown, columns) + "\n\n" + runs_line(payload)
 
 
 def _cases(payload: dict, kind: str) -> list:
@@ -93,35 +124,62 @@ def _cases(payload: dict, kind: str) -> list:
     return out
 
 
+def _effective(res: dict, variant: str) -> bool:
+    """A FLOP rate of ``res`` counted N² pairs where x2 = None computes N(N+1)/2: every
+    x2 = None-based rate of a result written before the count was fixed."""
+    return not res.get("flop_pairs") and "x2!=x1" not in variant
+
+
 def render_empirical_cases(payload: dict) -> str:
     """Every method of the timed cases: median and best-of times, × structured, and the
     achieved FLOP/s over the same run's float32 matmul with median times and with best-of
-    times of both (on a loaded machine the best-of ratio is the steadier one)."""
+    times of both (on a loaded machine the best-of ratio is the steadier one).
+    × structured is the median (min–max, n) over every kept run of the case where it was
+    rerun (``earlier_runs``), else the run's (median, best). "sym. factor": for x2 = None
+    the structured op computes N(N+1)/2 pairs and the composite / jacobian / ntk_vp
+    baselines all N², so their ratio includes 2N/(N+1). A rate marked † is effective:
+    counted N² pairs for a triangle (a run from before the count was fixed)."""
+    from torch_ntk.bench.common import median_range, symmetry_factor
     lines = ["| case | method | variant | status | median s | best s | × structured "
-             "(median, best) | of matmul (median, best) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "(median, best) | sym. factor | of matmul (median, best) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    marked = False
     for res in _cases(payload, "cases"):
         rows = res["rows"]
+        runs = [res] + list(res.get("earlier_runs", []))
         matmul = next((r for r in rows if r["method"] == "matmul"), None)
         for r in rows:
             if r["method"] == "matmul":
                 continue
             ratio = ", ".join(_g(r[k]) for k in ("vs_structured", "vs_structured_best") if k in r)
+            values = [o["vs_structured"] for run in runs for o in run["rows"]
+                      if o["method"] == r["method"] and o["variant"] == r["variant"]
+                      and isinstance(o.get("vs_structured"), (int, float))]
+            if len(values) > 1:
+                ratio = median_range(values)
+            factor = ""
+            if r["method"] != "structured" and "x2!=x1" not in r["variant"] and ratio:
+                factor = f"{symmetry_factor(res['case']['n']):.2f}"
             frac = ""
             if "matmul_fraction" in r and matmul and r.get("best") and matmul.get("best"):
                 best = r["matmul_fraction"] * (r["seconds"] / r["best"]) * (
                     matmul["best"] / matmul["seconds"])
                 frac = f"{r['matmul_fraction']:.2f}, {best:.2f}"
+                if _effective(res, r["variant"]):
+                    frac, marked = frac + " †", True
             status = r["status"] if r["status"] == "ok" else (
                 f"{r['status']}: {r.get('message', '')[:60]}")
             lines.append(f"| {res['case']['name']} | {r['method']} | {r['variant']} | {status} | "
                          f"{_g(r.get('seconds'), '.4g')} | {_g(r.get('best'), '.4g')} | {ratio} | "
-                         f"{frac} |")
+                         f"{factor} | {frac} |")
     for res in _cases(payload, "memory"):
         for r in res["rows"]:
             lines.append(f"| {res['case']['name']} | {r['method']} | {r['variant']} | "
                          f"{r['status']}; peak RSS {r['peak_rss'] / 1e9:.2f} GB | "
-                         f"{_g(r.get('seconds'), '.4g')} | | | |")
+                         f"{_g(r.get('seconds'), '.4g')} | | | | |")
+    if marked:
+        lines += ["", "† effective rate: these runs counted N² pairs for x2 = None, where "
+                  "the op computes N(N+1)/2 (the work done is 1/(2N/(N+1)) ≈ ½ of the count)."]
     return "\n".join(lines)
 
 

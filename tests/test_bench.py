@@ -25,6 +25,14 @@ from torch_ntk.bench import empirical as bench_empirical
 from torch_ntk.bench.empirical_report import sweep_markdown
 from torch_ntk.cli import main
 
+
+def no_cpp_compiler() -> str:
+    """The one known reason torch.compile (inductor) cannot run on the CPU: no C++ compiler
+    on PATH ($CXX, c++, g++, clang++). "" when one is there (then compiling must work)."""
+    import shutil
+    names = [os.environ.get("CXX", "")] + ["c++", "g++", "clang++"]
+    return "" if any(n and shutil.which(n) for n in names) else "no C++ compiler on PATH"
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,11 +85,13 @@ def test_structured_and_composites_agree(kernel_run):
     assert rows[("composite", "x2=None")]["status"] == "ok"
     assert rows[("composite", "x2=None")]["max_rel_diff"] <= 1e-4
     compiled = rows[("composite compiled", "x2=None")]
-    assert compiled["status"] in ("ok", "error")  # a compiler failure is recorded, not fatal
-    if compiled["status"] == "ok":
-        assert compiled["max_rel_diff"] <= 1e-4 and compiled["compile_s"] > 0
+    # The suite records a compiler failure instead of stopping; the test accepts one only
+    # for the known reason (no C++ compiler for inductor), and then it must say so.
+    if no_cpp_compiler():
+        assert compiled["status"] == "error" and compiled["message"], compiled
     else:
-        assert compiled["message"]
+        assert compiled["status"] == "ok", compiled
+        assert compiled["max_rel_diff"] <= 1e-4 and compiled["compile_s"] > 0
     op = rows[("structured op only", "x2=None, highest")]
     assert op["status"] == "ok" and op["max_rel_diff"] <= 1e-4
 
@@ -148,8 +158,45 @@ def test_bench_analytic_quick(tmp_path, capsys):
     # the aot_eager baseline compiles on any machine: a failed baseline is a failed test
     assert isinstance(relu["compiled_s"], float), relu["compiled_s"]
     assert relu["compile_s"] > 0 and relu["speedup_vs_compiled"] > 0
+    distinct = [r for r in payload["rows"] if r["x2"] == "x2≠x1"]  # every method N² pairs
+    assert distinct and all(r["max_rel_diff"] <= 1e-4 for r in distinct)
+    assert len(payload["runs"]) == 1 and payload["runs"][0]["rows"] == payload["rows"]
     text = capsys.readouterr().out
     assert "| activation |" in text and "analytic_cpu.json" in text
+
+
+def test_fairness_helpers_and_kept_runs(tmp_path):
+    """Symmetry factor, every run kept in the JSON with its date and load, median and range
+    across runs; a different benchmark in the same file starts afresh."""
+    from torch_ntk.bench.common import (across_runs, keep_runs, median_range, symmetry_factor,
+                                        write_json)
+    assert symmetry_factor(1) == 1 and symmetry_factor(1000) == 2000 / 1001
+    path = str(tmp_path / "x.json")
+
+    def payload(t, load):
+        return {"benchmark": "cnn", "quick": False, "load_before": load,
+                "machine": {"device": "cpu", "date": f"2026-12-0{t}T00:00:00"},
+                "rows": [{"case": "A", "N": 10, "fused_s": float(t)}]}
+
+    for t in (1, 3, 2):
+        write_json(path, keep_runs(path, payload(t, 0.5 * t)))
+    kept = read_json(path)
+    assert [r["load"] for r in kept["runs"]] == [0.5, 1.5, 1.0]
+    assert across_runs(kept, kept["rows"][0], "fused_s", ("case", "N")) == [1.0, 3.0, 2.0]
+    assert median_range([1.0, 3.0, 2.0]) == "2 (1–3, n=3)" and median_range([2.5]) == "2.5"
+    other = keep_runs(path, dict(payload(4, 0.1), benchmark="analytic"))
+    assert len(other["runs"]) == 1
+
+
+def test_estimates_are_not_judged_and_triangles_are_counted_once():
+    from torch_ntk.bench.cnn import recursion_flops, render_cnn
+    from torch_ntk.bench.empirical_measure import flops
+    text = render_cnn(read_json(os.path.join(ROOT, "benchmarks", "results", "cnn_cpu.json")))
+    line = next(l for l in text.splitlines() if l.startswith("- Target"))
+    assert "not measured" in line and "met" not in line.replace("measured", "")
+    case = dict(width=8, depth=2, n=4, n_out=1, mode="trace")
+    assert flops(case, False)["gram"] * 16 == flops(case, True)["gram"] * 10  # N(N+1)/2 vs N²
+    assert recursion_flops("gap", 1, 4, 4) * (16 + 8) == recursion_flops("gap", 1, 4, 4, True) * (10 + 4)
 
 
 @pytest.mark.parametrize("argv, argument", [
@@ -226,6 +273,7 @@ def test_bench_cnn_quick(tmp_path, capsys):
     assert "cpu_model" in payload["machine"] or not os.path.exists("/proc/cpuinfo")
     assert "2·E·|Q|" in payload["flop_count"]
     assert {r["case"] for r in payload["rows"]} == {"CNTK-GAP", "CNTK-Flatten"}
+    assert {r["x2"] for r in payload["rows"]} == {"None", "x2≠x1"}
     for row in payload["rows"]:
         assert row["fused_s"] > 0 and row["linear_s"] > 0 and row["gflops_per_s"] > 0
         assert isinstance(row["eager_s"], float) and row["speedup_vs_eager"] > 0

@@ -156,7 +156,8 @@ MC_CASES = {
         NTKConv2d(2, n, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.AvgPool2d(2),
         NTKConv2d(n, n, 2, padding=1, padding_mode="circular"), nn.ReLU()], "flatten"),
     "gap-tanh-quadrature-stride2": (lambda n: [
-        NTKConv2d(2, n, 3, stride=2, weight_std=1.5), nn.Tanh(), nn.AvgPool2d(2, stride=1),
+        NTKConv2d(2, n, 3, stride=2, padding=1, weight_std=1.5), nn.Tanh(),
+        nn.AvgPool2d(2, stride=1),  # on 3×3 maps: 2×2 out (1×1 were the stride its kernel)
         NTKConv2d(n, n, 1, parametrization="standard", weight_std=1.2)], "gap"),
 }
 
@@ -174,37 +175,114 @@ def mc_model(name, width, n_out=8):
     return nn.Sequential(*layers, *head)
 
 
+def perturbed_specs(spec):
+    """The spec with one deliberate mistake each (as tests/test_independent.py perturbs its
+    oracle): σ_w² × 1.2 in every layer; every bias variance + 0.1; an AvgPool's stride read
+    as its kernel (where that changes the geometry).
+
+    Not among them, because these Monte-Carlo checks cannot see it: σ_w² × 1.5 in the first
+    conv alone moves the NTK of "gap-erf-same" by 2.7% (max|z| 2.9 at 128 networks of width
+    64); first-layer coefficients are checked exactly by the explicit sums and the
+    selection-matrix reference (test_linear_cnn_kernels_are_explicit_sums,
+    tests/test_cnn_op.py)."""
+    import dataclasses
+    layers = list(spec.layers)
+    weighted = (Conv, Dense)
+    out = {}
+    out["sigma_w_all_x1.2"] = LayerSpec(tuple(
+        dataclasses.replace(l, weight_var=1.2 * l.weight_var) if isinstance(l, weighted) else l
+        for l in layers))
+    out["bias_plus_0.1"] = LayerSpec(tuple(
+        dataclasses.replace(l, bias_var=l.bias_var + 0.1) if isinstance(l, weighted)
+        and l.has_bias else l for l in layers))
+    if any(isinstance(l, AvgPool) and l.stride != l.kernel_size for l in layers):
+        out["pool_stride_as_kernel"] = LayerSpec(tuple(
+            AvgPool(l.kernel_size, l.kernel_size) if isinstance(l, AvgPool) else l
+            for l in layers))
+    return out
+
+
 @pytest.mark.parametrize("name", list(MC_CASES))
 def test_monte_carlo_of_wide_cnns_matches_the_limit(name):
     """128 networks of width 64, n_L = 8 outputs, 4 images 2×5×5 against x2 of 3 images:
     |z| < 5 for every entry of both kernels (standard errors of the Monte-Carlo mean), and
     relative Frobenius error ‖MC − limit‖/‖limit‖ < 0.03 + 3·‖stderr‖/‖limit‖ (a 3% allowance
-    for the O(1/width) bias plus three times the Monte-Carlo noise)."""
+    for the O(1/width) bias plus three times the Monte-Carlo noise).
+    Anti-check: the NTK of each perturbed spec (perturbed_specs) misses the same Monte-Carlo
+    estimate by more than twice an allowance (max|z| > 10 or relative error > 2·(0.03 +
+    3·noise)), so a package with that mistake could not pass."""
     x1, x2 = images(4, seed=2), images(3, seed=3)
-    limit = tn.analytic_kernels(mc_model(name, 64), x1, x2)  # standard layers: width matters
+    model = mc_model(name, 64)
+    limit = tn.analytic_kernels(model, x1, x2)  # standard layers: width matters
     mc = tn.monte_carlo_kernels(lambda seed: mc_model(name, 64), x1, x2, n_samples=128,
                                 method="jacobian", progress=False)
-    for kind in ("ntk", "nngp"):
-        est, err, ref = getattr(mc, kind), getattr(mc, f"{kind}_stderr"), getattr(limit, kind)
+
+    def stats(kind, ref):
+        est, err = getattr(mc, kind), getattr(mc, f"{kind}_stderr")
         z = ((est - ref) / err).abs().max().item()
         rel = ((est - ref).norm() / ref.norm()).item()
         noise = (err.norm() / ref.norm()).item()
+        return z, rel, noise
+
+    for kind in ("ntk", "nngp"):
+        z, rel, noise = stats(kind, getattr(limit, kind))
         print(f"{name} {kind}: max|z| {z:.2f}, relative error {rel:.4f}, noise {noise:.4f}")
         assert z < 5 and rel < 0.03 + 3 * noise, (kind, z, rel, noise)
+    caught = {}
+    for what, spec in perturbed_specs(lift(model)).items():
+        z, rel, noise = stats("ntk", tn.analytic_kernels(spec, x1, x2).ntk)
+        print(f"{name} perturbed {what}: max|z| {z:.2f}, relative error {rel:.4f}, "
+              f"noise {noise:.4f}")
+        caught[what] = z > 2 * 5 or rel > 2 * (0.03 + 3 * noise)
+    assert all(caught.values()), caught
 
 
 # ---------------------------------------------------------------------------------
 # the recursion's own consistency
 
 
-@pytest.mark.parametrize("name", list(MC_CASES))
+# Models for the fused-vs-torch comparison only (not Monte Carlo): every parameter that the
+# MC cases leave coinciding with another takes a distinct value here — AvgPool stride ≠
+# kernel on maps ≥ 3×3 (kernel 2 stride 1; kernel 3 stride 2; a non-square (3, 2) / (2, 1)),
+# kernel, stride and dilation with height ≠ width, C_in ≠ C_out, images with H ≠ W.
+POOL_CASES = {
+    "avgpool-k2-s1-on-5x5": lambda: [
+        NTKConv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, stride=1),
+        NTKConv2d(3, 4, 2, stride=(1, 2), dilation=(2, 1), padding="valid"), tn.nn.Erf()],
+    "avgpool-k3-s2-on-6x7": lambda: [
+        NTKConv2d(2, 3, (2, 3), padding="same", padding_mode="circular"), nn.Tanh(),
+        nn.AvgPool2d(3, stride=2), NTKConv2d(3, 5, 1, parametrization="standard")],
+    "avgpool-3x2-s2x1-on-6x7": lambda: [
+        NTKConv2d(2, 4, 2, padding=(1, 0)), nn.GELU(), nn.AvgPool2d((3, 2), stride=(2, 1)),
+        NTKConv2d(4, 3, (2, 1), dilation=(1, 2), padding=(0, 1))],
+}
+POOL_SHAPES = {"avgpool-k2-s1-on-5x5": (5, 5), "avgpool-k3-s2-on-6x7": (6, 7),
+               "avgpool-3x2-s2x1-on-6x7": (6, 7)}
+
+
+def pool_model(name, n_out=3):
+    """A POOL_CASES body with a Flatten readout, float64."""
+    body = nn.Sequential(*POOL_CASES[name]()).double()
+    with torch.no_grad():
+        out = body(torch.zeros(1, 2, *POOL_SHAPES[name], dtype=D))
+    assert min(out.shape[2:]) >= 2, out.shape  # the pool's stride shows in its output size
+    return nn.Sequential(*body, nn.Flatten(), NTKLinear(out[0].numel(), n_out, dtype=D))
+
+
+@pytest.mark.parametrize("name", list(MC_CASES) + list(POOL_CASES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_op_equals_the_plain_torch_recursion(name, dtype):
     """analytic_kernels runs the fused C++ op; cnn_kernels is the same recursion written in
     plain torch (a different implementation: einsum planes, window means, torch
-    expectations): 1e-10 in float64, 1e-5 in float32, x2 given and x2 = None."""
-    model = mc_model(name, 5).to(dtype)
-    x1, x2 = images(4, seed=11).to(dtype), images(3, seed=12).to(dtype)
+    expectations, and it reads the layer spec directly, not the op's encoded program):
+    1e-10 in float64, 1e-5 in float32, x2 given and x2 = None."""
+    if name in POOL_CASES:
+        model = pool_model(name).to(dtype)
+        h, w = POOL_SHAPES[name]
+        x1, x2 = images(4, h=h, w=w, seed=11).to(dtype), images(3, h=h, w=w, seed=12).to(dtype)
+    else:
+        model = mc_model(name, 5).to(dtype)
+        x1, x2 = images(4, seed=11).to(dtype), images(3, seed=12).to(dtype)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     for second in (x2, None):
         fused = tn.analytic_kernels(model, x1, second)
@@ -266,7 +344,7 @@ def test_op_args_by_hand():
     spec = LayerSpec((
         Conv(2, 4, (3, 3), (2, 1), (1, 2), ((1, 1), (0, 2)), "circular", 1.5, 0.2, "ntk"),
         Activation("relu"),
-        AvgPool((2, 2), (2, 2)),
+        AvgPool((3, 2), (2, 1)),  # stride ≠ kernel, height ≠ width: each int distinct
         Conv(4, 5, (3,) * 2, weight_var=2.0, bias_var=0.0, parametrization="standard",
              has_bias=False),
         GlobalAvgPool(),
@@ -278,7 +356,7 @@ def test_op_args_by_hand():
     assert codes == [0, 1, 2, 0, 3, 5, 1, 5]
     assert ints == [3, 3, 2, 1, 1, 2, 1, 1, 0, 2, 1,  # conv 1
                     1,  # relu
-                    2, 2, 2, 2,  # avgpool
+                    3, 2, 2, 1,  # avgpool (kh, kw, sh, sw)
                     3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 0,  # conv 2
                     2]  # leaky_relu
     assert floats == pytest.approx([1.5, 0.2, 1.5, 0.2,  # conv 1 (ntk: tw = σ_w², tb = σ_b²)

@@ -238,6 +238,11 @@ NETS = {
     "linear_chain": [conv(3, (2, 2), pad=((0, 1), (1, 0))), conv(3, (2, 1), d=(2, 1)),
                      pool((1, 2), (1, 1)), FLAT_, dense(4), dense()],
     "gap_only": [conv(5, (3, 3), s=(2, 2), pad=((1, 1), (1, 1))), act("relu"), GAP_, dense()],
+    # Average pooling whose stride differs from its kernel, on maps of 3×3 or more.
+    "pool_k3_s2": [conv(3, (2, 2), pad=((1, 1), (1, 1))), act("relu"), pool((3, 3), (2, 2)),
+                   FLAT_, dense(4), act("erf"), dense()],
+    "pool_3x2_s1x2": [conv(4, (2, 3), d=(2, 1), pad=((1, 1), (1, 1)), circular=True),
+                      act("abs"), pool((3, 2), (1, 2)), GAP_, dense()],
 }
 
 
@@ -262,6 +267,108 @@ def test_matches_reference(name, hw, parametrization, one_thread):
     nngp_g, ntk_g = run_op(net, x1, x1.clone(), parametrization)
     upper = torch.ones(3, 3, dtype=torch.bool).triu()
     assert torch.equal(nngp_g[upper], nngp_s[upper]) and torch.equal(ntk_g[upper], ntk_s[upper])
+
+
+# ---------------------------------------------------------------- torch modules, lifted
+# The tests above feed the op programs from this file's encode(). These feed it torch
+# modules through torch_ntk's lift and cnn_op_args (the user's path), against the same
+# selection-matrix reference: an error in the package's encoding (an AvgPool stride read as
+# its kernel, a swapped height/width, a padding side) shows here. Every parameter takes a
+# value distinct from its partners: stride ≠ kernel, kh ≠ kw, sh ≠ sw, dh ≠ dw, padding ≠ 0,
+# C_in ≠ C_out, H ≠ W, N1 ≠ N2.
+
+MODULE_NETS = {
+    "pool_k2_s1": [conv(3, (3, 2), pad=((1, 1), (0, 0))), act("relu"), pool((2, 2), (1, 1)),
+                   conv(4, (2, 2), s=(2, 1)), act("erf"), FLAT_, dense(5),
+                   act("leaky_relu", 0.2), dense(2)],
+    "pool_k3_s2": [conv(4, (2, 3), d=(2, 1), pad=((1, 1), (1, 1)), circular=True), act("abs"),
+                   pool((3, 3), (2, 2)), FLAT_, dense()],
+    "pool_3x2_s2x1_gap": [conv(3, (3, 3), s=(1, 2), pad=((1, 1), (1, 1))), act("relu"),
+                          pool((3, 2), (2, 1)), conv(2, (1, 2)), act("erf"), GAP_, dense(3)],
+}
+
+
+def to_modules(net, c0, parametrization):
+    """torch modules (torch_ntk.nn layers, torch activations) computing `net`."""
+    from torch import nn
+    import torch_ntk as tn
+    from torch_ntk.nn import NTKConv2d, NTKLinear
+    acts = {"relu": lambda p: nn.ReLU(), "leaky_relu": lambda p: nn.LeakyReLU(p),
+            "abs": lambda p: tn.nn.Abs(), "erf": lambda p: tn.nn.Erf()}
+    out, channels, features = [], c0, None
+    for layer in net:
+        kind = layer["kind"]
+        if kind == "conv":
+            (pt, pb), (pl, pr) = layer["pad"]
+            assert pt == pb and pl == pr  # nn.Conv's padding is symmetric
+            out.append(NTKConv2d(channels, layer["c_out"], layer["k"], layer["s"], (pt, pl),
+                                 layer["d"], "circular" if layer["circular"] else "zeros",
+                                 weight_std=math.sqrt(layer["wv"]),
+                                 bias_std=math.sqrt(layer["bv"]),
+                                 parametrization=parametrization, dtype=torch.float64))
+            channels = layer["c_out"]
+        elif kind == "act":
+            out.append(acts[layer["name"]](layer["param"]))
+        elif kind == "pool":
+            out.append(nn.AvgPool2d(layer["k"], layer["s"]))
+        elif kind == "gap":
+            out += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            features = channels
+        elif kind == "flatten":
+            out.append(nn.Flatten())
+            features = None  # set from a forward pass below
+        else:
+            if features is None:
+                with torch.no_grad():
+                    features = nn.Sequential(*out)(torch.zeros(1, c0, *HW_MODULES,
+                                                           dtype=torch.float64)).shape[1]
+            out.append(NTKLinear(features, layer["width"], weight_std=math.sqrt(layer["wv"]),
+                                 bias_std=math.sqrt(layer["bv"]),
+                                 parametrization=parametrization, dtype=torch.float64))
+            features = layer["width"]
+    return nn.Sequential(*out).double()
+
+
+HW_MODULES = (6, 7)
+
+
+def pool_sizes(net, h, w):
+    """[(output size with the pool's stride, output size were the stride its kernel)]."""
+    sizes = []
+    for layer in net:
+        if layer["kind"] == "conv":
+            (kh, kw), (sh, sw), (dh, dw) = layer["k"], layer["s"], layer["d"]
+            (pt, pb), (pl, pr) = layer["pad"]
+            h = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+            w = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        elif layer["kind"] == "pool":
+            (kh, kw), (sh, sw) = layer["k"], layer["s"]
+            sizes.append((((h - kh) // sh + 1, (w - kw) // sw + 1),
+                          ((h - kh) // kh + 1, (w - kw) // kw + 1)))
+            h, w = sizes[-1][0]
+    return sizes
+
+
+@pytest.mark.parametrize("name", list(MODULE_NETS))
+@pytest.mark.parametrize("parametrization", ["ntk", "standard"])
+def test_lifted_modules_match_reference(name, parametrization, one_thread):
+    """tn.analytic_kernels(torch modules) against the selection-matrix reference: 1e-10
+    relative, x2 given (N2 ≠ N1) and x2 = None (the reference's upper triangle mirrored)."""
+    import torch_ntk as tn
+    net = MODULE_NETS[name]
+    for (h, w), (hk, wk) in pool_sizes(net, *HW_MODULES):  # the stride changes the geometry
+        assert min(h, w) >= 2 and (h, w) != (hk, wk)
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.randn(3, 2, *HW_MODULES, dtype=torch.float64, generator=g)
+    x2 = torch.randn(2, 2, *HW_MODULES, dtype=torch.float64, generator=g)
+    model = to_modules(net, 2, parametrization)
+    layers = encode(net, 2, *HW_MODULES, parametrization)[3]
+    ref_nngp, ref_ntk = reference(layers, x1, x2)
+    got = tn.analytic_kernels(model, x1, x2)
+    assert rel_err(got.nngp, ref_nngp) < 1e-10 and rel_err(got.ntk, ref_ntk) < 1e-10
+    ref_nngp, ref_ntk = (r.triu() + r.triu(1).T for r in reference(layers, x1, x1))
+    got = tn.analytic_kernels(model, x1)
+    assert rel_err(got.nngp, ref_nngp) < 1e-10 and rel_err(got.ntk, ref_ntk) < 1e-10
 
 
 @pytest.mark.parametrize("name", ["stride_dilation_circular", "pool_gap"])
@@ -362,11 +469,16 @@ def test_force_quadrature_agrees_with_closed_form():
 
 
 def test_want_flags():
-    x = torch.randn(3, 2, 4, 4)
+    """One kernel asked for: the other is empty, the one returned is the reference's (1e-10)."""
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    layers = encode(NETS["gap_only"], 2, 4, 4, "ntk")[3]
+    ref_nngp, _ = (r.triu() + r.triu(1).T for r in reference(layers, x, x))
     nngp, ntk = run_op(NETS["gap_only"], x, None, want_ntk=False)
     assert nngp.shape == (3, 3) and ntk.shape == (0,)
+    assert rel_err(nngp, ref_nngp) < 1e-10
     nngp, ntk = run_op(NETS["gap_only"], x, x[:2], want_nngp=False)
     assert nngp.shape == (0,) and ntk.shape == (3, 2)
+    assert rel_err(ntk, reference(layers, x, x[:2])[1]) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

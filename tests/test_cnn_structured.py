@@ -14,7 +14,7 @@ from torch_ntk.empirical.cnn_plan import ConvStructuredPlan
 from torch_ntk.empirical.rules.conv import choose_order, conv_layer_ntk, symmetric_gram
 from torch_ntk.nn import NTKConv1d, NTKConv2d, NTKLinear
 
-from oracles import func_ntk
+from oracles import func_ntk, func_ntk_modes
 
 D = torch.float64
 TOL = 1e-10
@@ -56,9 +56,19 @@ def _frozen():
     return model
 
 
+def _pool_stride():
+    """Every geometry parameter distinct from its partner: H ≠ W, kh ≠ kw, sh ≠ sw, dh ≠ dw,
+    an AvgPool whose stride is not its kernel, C_in ≠ C_out, n_L = 3."""
+    return nn.Sequential(
+        NTKConv2d(2, 3, (3, 2), stride=(2, 1), dilation=(1, 2), padding=(1, 0)), nn.ReLU(),
+        nn.AvgPool2d(3, stride=(1, 2)), NTKConv2d(3, 4, (2, 1), stride=(1, 2)), nn.Tanh(),
+        nn.Flatten(), NTKLinear(4 * 2 * 1, 3))
+
+
 MODELS = {"gap-n10": (lambda: _gap(10), (2, 6, 6)), "gap-n1": (lambda: _gap(1), (2, 6, 6)),
           "circular-avgpool": (_circular_pool, (2, 6, 6)), "standard": (_standard, (2, 5, 5)),
-          "conv1d": (_one_d, (2, 7)), "frozen": (_frozen, (2, 6, 6))}
+          "conv1d": (_one_d, (2, 7)), "frozen": (_frozen, (2, 6, 6)),
+          "pool-stride-hw": (_pool_stride, (2, 9, 8))}
 
 
 def _setup(name, seed=0):
@@ -103,12 +113,20 @@ def test_equals_jacobian_contraction(name, order, force):
                     assert torch.equal(got, t.transpose(2, 3) if mode == "full" else t)
 
 
-@pytest.mark.parametrize("name", ["gap-n10", "standard", "conv1d", "frozen"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_equals_func_oracle(name):
+    """Every model, every mode, x2 given and x2 = None, against per-sample Jacobians by
+    torch.func (tests/oracles.py, no torch_ntk code): absolute 1e-10 (kernels are O(1))."""
     model, x1, x2 = _setup(name, seed=1)
     n_out = model(x1[:1]).shape[1]
     got = tn.empirical_ntk(model, x1, x2, mode="trace", progress=False)
     torch.testing.assert_close(got * n_out, func_ntk(model, x1, x2), rtol=0, atol=TOL)
+    for other in (x2, None):
+        ref = func_ntk_modes(model, x1, other)
+        for mode in ("full", "trace", "diagonal"):
+            got = tn.empirical_ntk(model, x1, other, mode=mode, progress=False)
+            assert got.shape == ref[mode].shape, (mode, got.shape, ref[mode].shape)
+            torch.testing.assert_close(got, ref[mode], rtol=0, atol=TOL)
 
 
 def test_orders_agree_and_grams_row_blocks():

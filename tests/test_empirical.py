@@ -311,7 +311,10 @@ def test_unliftable_model_with_structured_is_rejected():
     x = torch.randn(4, 5, dtype=F64)
     with pytest.raises(ValueError, match=r"method='structured' is not available.*Softsign"):
         empirical_ntk(model, x, method="structured")
-    assert empirical_ntk(model, x).shape == (4, 4, 1, 1)  # auto falls back
+    got = empirical_ntk(model, x)  # auto falls back
+    want = func_ntk_modes(model, x)["full"]  # per-sample Jacobians by torch.func
+    assert got.shape == want.shape == (4, 4, 1, 1)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
 
 
 def test_parameter_problems():

@@ -168,6 +168,38 @@ def test_each_functional_activation_lifts_to_its_registry_entry(name, fn, module
     assert info.method == "structured" and rel_err(k, expected) <= TOL
 
 
+# The oracle's (registry name, parameter) of each ACTIVATIONS entry, written out by hand
+# (not read from the lifted spec: a wrong lift must not choose its own reference).
+ORACLE_ACTIVATIONS = {
+    "x.relu()": ("relu", None), "F.relu": ("relu", None), "F.relu inplace": ("relu", None),
+    "torch.relu": ("relu", None), "torch.tanh": ("tanh", None), "F.gelu": ("gelu", None),
+    "F.gelu tanh": ("gelu", 1.0), "torch.erf": ("erf", None), "F.silu": ("silu", None),
+    "F.leaky_relu": ("leaky_relu", 0.2), "F.leaky_relu positional": ("leaky_relu", 0.3),
+    "F.leaky_relu default": ("leaky_relu", 0.01), "x.sigmoid()": ("sigmoid", None),
+    "torch.abs": ("abs", None)}
+CLOSED_FORM = {"relu", "leaky_relu", "abs", "erf"}
+
+
+@pytest.mark.parametrize("name, fn, module", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_each_functional_activation_has_the_independent_limit(name, fn, module):
+    """The analytic kernels of the fx-lifted class against tests/independent.py (numpy/scipy,
+    the recursion and the activation written out again; nn.Linear's default law): 1e-12
+    relative for closed forms (ReLU family, erf), 1e-8 for the rest at quadrature degree 256
+    (test_independent.py's tolerances)."""
+    import independent as ind
+    torch.manual_seed(0)
+    model = Middle(fn).to(F64)
+    act_name, param = ORACLE_ACTIVATIONS[name]
+    closed = act_name in CLOSED_FORM
+    x1, x2 = torch.randn(4, 4, dtype=F64), torch.randn(3, 4, dtype=F64)
+    net = ind.mlp([4, 8, 2], act_name, param, linear=True, closed_form=closed)
+    want_nngp, want_ntk = ind.kernels(net, x1.numpy(), x2.numpy())
+    got = tn.analytic_kernels(model, x1, x2, quadrature_degree=None if closed else 256)
+    tol = 1e-12 if closed else 1e-8
+    assert ind.rel_err(got.nngp.numpy(), want_nngp) < tol
+    assert ind.rel_err(got.ntk.numpy(), want_ntk) < tol
+
+
 class Readout(nn.Module):
     """conv → relu → readout(x) → fc: a CNN whose readout is a functional call."""
 
@@ -209,6 +241,46 @@ def test_each_functional_readout_lifts_like_its_module(name, fn, modules, featur
     expected = in_mode(jacobian_ntk(model, x, x), "full")
     k, info = tn.empirical_ntk(model, x, mode="full", return_info=True)
     assert info.method == "structured" and rel_err(k, expected) <= TOL
+
+
+def _op_reference_net(readout_id, features, channels=4, k=3, c0=3):
+    """tests/test_cnn_op.py's description of Readout(...): nn.Conv2d/nn.Linear default laws
+    (σ_w² = 1/3, σ_b² = 1/(3·fan_in), standard parametrization), written out by hand."""
+    from test_cnn_op import FLAT_, GAP_, act, conv, dense, pool
+    fan = c0 * k * k
+    readout = {"F.avg_pool2d": [pool((2, 2), (2, 2)), FLAT_],
+               "F.avg_pool2d stride": [pool((3, 3), (1, 1)), FLAT_]}.get(
+        readout_id, [GAP_] if features == channels else [FLAT_])
+    return [conv(channels, (k, k), wv=1 / 3, bv=1 / (3 * fan)), act("relu"), *readout,
+            dense(2, wv=1 / 3, bv=1 / (3 * features))]
+
+
+@pytest.mark.parametrize("name, fn, modules, features", READOUTS, ids=[r[0] for r in READOUTS])
+def test_each_functional_readout_has_the_independent_limit(name, fn, modules, features):
+    """The analytic kernels of the fx-lifted class against tests/test_cnn_op.py's
+    selection-matrix reference (no torch_ntk code): 1e-10 relative, N1 ≠ N2."""
+    from test_cnn_op import encode, reference
+    torch.manual_seed(0)
+    model = Readout(fn, features).to(F64)
+    x1, x2 = torch.randn(3, 3, 8, 8, dtype=F64), torch.randn(2, 3, 8, 8, dtype=F64)
+    layers = encode(_op_reference_net(name, features), 3, 8, 8, "standard")[3]
+    want_nngp, want_ntk = reference(layers, x1, x2)
+    got = tn.analytic_kernels(model, x1, x2)
+    assert rel_err(got.nngp, want_nngp) <= TOL and rel_err(got.ntk, want_ntk) <= TOL
+
+
+def test_the_tutorial_cnn_has_the_independent_limit():
+    """TutorialCNN (fx-lifted) against the selection-matrix reference of test_cnn_op.py."""
+    from test_cnn_op import FLAT_, act, conv, dense, encode, reference
+    model, _ = tutorial_pair()
+    c, fan0, fan = 6, 27, 54
+    net = [conv(c, (3, 3), wv=1 / 3, bv=1 / (3 * fan0)), act("relu"),
+           conv(c, (3, 3), wv=1 / 3, bv=1 / (3 * fan)), act("relu"),
+           conv(c, (3, 3), wv=1 / 3, bv=1 / (3 * fan)), FLAT_, dense(3, 1 / 3, 1 / (3 * 54))]
+    x1, x2 = images(3, 1), images(2, 2)
+    want_nngp, want_ntk = reference(encode(net, 3, 9, 9, "standard")[3], x1, x2)
+    got = tn.analytic_kernels(model, x1, x2)
+    assert rel_err(got.nngp, want_nngp) <= TOL and rel_err(got.ntk, want_ntk) <= TOL
 
 
 def test_a_bare_layer_a_wrapped_model_and_a_sequential_holding_a_chain_lift():

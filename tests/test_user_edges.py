@@ -156,12 +156,14 @@ def batchnorm_mlp():
 
 
 def test_batchnorm_in_train_mode_is_computed_in_eval_mode_by_every_entry_point():
+    from oracles import func_ntk_modes  # torch.func, evaluated in eval mode
     model = batchnorm_mlp()
     x = torch.randn(1, 3, dtype=F64)  # one sample: train-mode batch norm would fail
     x5 = torch.randn(5, 3, dtype=F64)
-    model.eval()
-    expected = tn.empirical_ntk(model, x5, mode="trace", method="jacobian")
     model.train()
+    expected = func_ntk_modes(model, x5)["trace"]
+    one = func_ntk_modes(model, x)["full"]
+    assert model.training
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     k1 = tn.empirical_ntk(model, x5, mode="trace")
     k2 = tn.NTK(model).empirical(x5, mode="trace")
@@ -169,7 +171,8 @@ def test_batchnorm_in_train_mode_is_computed_in_eval_mode_by_every_entry_point()
     for k, v in model.named_buffers():  # running statistics untouched
         assert torch.equal(v, buffers[k]), k
     assert rel(k1, expected) <= 1e-12 and rel(k2, expected) <= 1e-12
-    assert tn.empirical_ntk(model, x).shape == (1, 1, 2, 2)
+    got = tn.empirical_ntk(model, x)
+    assert got.shape == one.shape == (1, 1, 2, 2) and rel(got, one) <= 1e-12
     tracker = tn.KernelDriftTracker(model, x5)
     assert rel(tracker.last_kernel.to(F64), expected) <= 1e-12
 

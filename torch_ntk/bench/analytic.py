@@ -15,6 +15,13 @@ and max |Θ_fused − Θ_eager| / max |Θ_eager| (the two must agree).
 On CUDA times come from CUDA events and memory from torch.cuda.max_memory_allocated.
 The compiled baseline runs only for the cases marked so (compilation dominates a GPU
 run's time); the others say "skipped".
+
+Symmetry: for x2 = None the fused op computes the N(N+1)/2 pairs of one triangle while
+the eager and compiled composites compute all N²; the rendered table prints that factor
+(2N/(N+1)) beside their ratios and the ratio per pair. The X2_CASES rows time x2 ≠ x1
+(another batch of N), where every method computes the same N² pairs (factor 1).
+Every run written into the same JSON is kept (``runs``); the table shows the median and
+range over them.
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ import torch_ntk as tn
 from torch_ntk.analytic.reference import analytic_kernels_reference
 
 from .common import (
-    machine_info, markdown_table, parse_suite_args, peak_memory, results_dir, roofline, sync,
-    time_call, write_json,
+    keep_runs, machine_info, markdown_table, parse_suite_args, peak_memory, results_dir,
+    roofline, sync, time_call, write_json,
 )
 
 # (activation, depth, N, dtype, compile the composite too)
@@ -50,6 +57,13 @@ CASES = {
     # A smoke run: compiling would take 20 s of its 30.
     ("cuda", True): [("relu", 5, 2000, torch.float32, False), ("tanh", 3, 300, torch.float32, False)],
 }
+# x2 ≠ x1 (a second batch of N): every method computes the same N² pairs.
+X2_CASES = {
+    ("cpu", False): [("relu", 5, 4000, torch.float32, False)],
+    ("cpu", True): [("relu", 5, 1000, torch.float32, False)],
+    ("cuda", False): [("relu", 5, 20000, torch.float32, False)],
+    ("cuda", True): [("relu", 5, 2000, torch.float32, False)],
+}
 # Quadrature cases run every method at this degree (the eager composite holds
 # N²·degree² values, so it stops at EAGER_QUADRATURE_MAX_N).
 QUADRATURE_DEGREE = 16
@@ -61,17 +75,18 @@ def _spec(act: str, depth: int):
 
 
 def _setup(method: str, act: str, depth: int, n: int, dtype, device: str,
-           backend: str = "inductor"):
+           backend: str = "inductor", distinct: bool = False):
     spec = _spec(act, depth)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 16, generator=g, dtype=dtype).to(device)
+    x2 = torch.randn(n, 16, generator=g, dtype=dtype).to(device) if distinct else None
     degree = None if tn.activations.from_name(act).has_closed_form else QUADRATURE_DEGREE
     if method == "fused":
-        return lambda: tn.analytic_kernels(spec, x, quadrature_degree=degree)
+        return lambda: tn.analytic_kernels(spec, x, x2, quadrature_degree=degree)
     composite = functools.partial(analytic_kernels_reference, spec, quadrature_degree=degree)
     if method == "compiled":
         composite = torch.compile(composite, backend=backend)
-    return lambda: composite(x)
+    return lambda: composite(x, x2)
 
 
 def _supported(method: str, act: str, n: int) -> bool:
@@ -79,9 +94,10 @@ def _supported(method: str, act: str, n: int) -> bool:
     return method == "fused" or closed or n <= EAGER_QUADRATURE_MAX_N
 
 
-def _measure(method: str, case: tuple, device: str, repeats: int, backend: str) -> dict:
+def _measure(method: str, case: tuple, device: str, repeats: int, backend: str,
+             distinct: bool = False) -> dict:
     act, depth, n, dtype, _ = case
-    fn = _setup(method, act, depth, n, dtype, device, backend)
+    fn = _setup(method, act, depth, n, dtype, device, backend, distinct)
     out = {}
     if method == "compiled":  # the first call compiles; a second one settles any recompile
         t0 = time.perf_counter()
@@ -91,7 +107,8 @@ def _measure(method: str, case: tuple, device: str, repeats: int, backend: str) 
     timing = time_call(fn, repeats=repeats, warmup=1, device=device)
     out["seconds"] = timing["median_s"]
     if method != "compiled" or device == "cuda":
-        setup = functools.partial(_setup, method, act, depth, n, dtype, device)
+        setup = functools.partial(_setup, method, act, depth, n, dtype, device,
+                                  distinct=distinct)
         mem = peak_memory(setup, device) if method != "compiled" else peak_memory(lambda: fn, device)
         if "peak_extra_bytes" in mem:
             out["peak_MB"] = round(mem["peak_extra_bytes"] / 2**20, 1)
@@ -99,12 +116,13 @@ def _measure(method: str, case: tuple, device: str, repeats: int, backend: str) 
 
 
 def run(cases, device: str, repeats: int, methods, ceilings: dict,
-        backend: str = "inductor") -> list[dict]:
+        backend: str = "inductor", x2_cases=()) -> list[dict]:
     rows = []
-    for case in cases:
+    for case, distinct in [(c, False) for c in cases] + [(c, True) for c in x2_cases]:
         act, depth, n, dtype, compile_it = case
         itemsize = torch.tensor([], dtype=dtype).element_size()
-        row = {"activation": act, "depth": depth, "N": n, "dtype": str(dtype).replace("torch.", "")}
+        row = {"activation": act, "depth": depth, "N": n, "dtype": str(dtype).replace("torch.", ""),
+               "x2": "x2≠x1" if distinct else "None"}
         for method in methods:
             if not _supported(method, act, n):
                 row[f"{method}_s"] = "n/a"
@@ -113,7 +131,7 @@ def run(cases, device: str, repeats: int, methods, ceilings: dict,
                 row[f"{method}_s"] = "skipped"
                 continue
             try:
-                result = _measure(method, case, device, repeats, backend)
+                result = _measure(method, case, device, repeats, backend, distinct)
             except torch.OutOfMemoryError as error:  # recorded, not fatal
                 row[f"{method}_s"] = "failed: out of memory"
                 row[f"{method}_error"] = str(error).splitlines()[0][:300]
@@ -132,8 +150,8 @@ def run(cases, device: str, repeats: int, methods, ceilings: dict,
                 row[f"{method}_peak_MB"] = result["peak_MB"]
         if isinstance(row.get("fused_s"), float) and isinstance(row.get("eager_s"), float):
             # The two must agree: max |NTK_fused − NTK_eager| / max |NTK_eager|.
-            k_fused = _setup("fused", act, depth, n, dtype, device)()[1]
-            k_eager = _setup("eager", act, depth, n, dtype, device)()[1]
+            k_fused = _setup("fused", act, depth, n, dtype, device, distinct=distinct)()[1]
+            k_eager = _setup("eager", act, depth, n, dtype, device, distinct=distinct)()[1]
             diff = float((k_fused - k_eager).abs().max() / k_eager.abs().max())
             row["max_rel_diff"] = float(f"{diff:.2e}")
             del k_fused, k_eager
@@ -142,7 +160,7 @@ def run(cases, device: str, repeats: int, methods, ceilings: dict,
             for base in ("eager", "compiled"):
                 if isinstance(row.get(f"{base}_s"), float):
                     row[f"speedup_vs_{base}"] = round(row[f"{base}_s"] / fused, 1)
-            pairs = n * (n + 1) / 2  # x2=None: the upper triangle
+            pairs = n * n if distinct else n * (n + 1) / 2  # x2=None: the upper triangle
             row["pair_layers_per_s"] = f"{pairs * (depth - 1) / fused:.3g}"
             bytes_moved = 3 * n * n * itemsize  # Gram read, two outputs written
             row["copy_bw_fraction"] = round(bytes_moved / fused / ceilings["copy_bytes_per_s"], 3)
@@ -197,8 +215,8 @@ def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m to
     ceilings = roofline(args.device)
     print({"roofline": ceilings}, flush=True)
     rows = run(CASES[(args.device, args.quick)], args.device, args.repeats, methods, ceilings,
-               args.compile_backend)
-    payload = {"benchmark": "analytic", "machine": machine_info(args.device),
+               args.compile_backend, X2_CASES[(args.device, args.quick)])
+    payload = {"benchmark": "analytic", "machine": machine_info(args.device), "quick": args.quick,
                "roofline": ceilings, "rows": rows}
     if args.paths and args.device == "cpu":
         from .analytic_paths import render_analytic_paths, run_paths
@@ -208,7 +226,7 @@ def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m to
                     "wall_s": round(time.perf_counter() - t0, 1),
                     "command": " ".join([prog, *argv])})
     out = args.out or os.path.join(default_dir or results_dir(), f"analytic_{args.device}.json")
-    write_json(out, payload)
+    write_json(out, keep_runs(out, payload))
     print(markdown_table(rows, COLUMNS))
     print(f"\nJSON: {out}")
     return payload

@@ -40,8 +40,9 @@ from torch_ntk.empirical.cnn_plan import ConvStructuredPlan
 from torch_ntk.nn import NTKConv2d, NTKLinear
 
 from .common import (
-    interleaved, load_average, machine_info, machine_line, markdown_table, parse_suite_args,
-    results_dir, summary, write_json,
+    across_runs, interleaved, keep_runs, load_average, machine_info, machine_line,
+    markdown_table, median_range, parse_suite_args, results_dir, runs_line, summary,
+    symmetry_factor, write_json,
 )
 
 # (width, depth, hw, N, n_L, mode, time the "grams" order too)
@@ -162,22 +163,35 @@ COLUMNS = [
     ("structured_s", "structured s"), ("grams_s", "grams order s"),
     ("jacobian_s", "method=jacobian s"), ("torch_func_s", "vmap(jacrev) s"),
     ("gemm_floor_s", "Gram GEMMs alone s"), ("torch_func_over_structured", "× vmap(jacrev)"),
-    ("jacobian_over_structured", "× jacobian"), ("structured_over_floor", "structured ÷ floor"),
+    ("jacobian_over_structured", "× jacobian"), ("sym_factor", "sym. factor"),
+    ("structured_over_floor", "structured ÷ floor"),
     ("torch_func_over_floor", "vmap(jacrev) ÷ floor"),
     ("structured_rel_diff", "rel diff vs vmap(jacrev)"), ("load", "load"),
 ]
 
 
+MATCH = ("width", "depth", "N", "n_L", "mode")
+
+
 def render_cnn_structured(payload: dict) -> str:
     """The markdown table of a payload of this benchmark and its machine line
-    (docs/benchmarks.md)."""
-    rows = [dict(row, torch_func_over_floor=round(row["torch_func_s"] / row["gemm_floor_s"], 2))
-            for row in payload["rows"]]
+    (docs/benchmarks.md). x2 = None: the structured method computes the N(N+1)/2 pairs of
+    one triangle, vmap(jacrev), method=jacobian and the GEMM floor all N²: "sym. factor"
+    (2N/(N+1)) is in their ratios. Ratios are the median (min–max, n) over kept runs."""
+    rows = []
+    for row in payload["rows"]:
+        r = dict(row, torch_func_over_floor=round(row["torch_func_s"] / row["gemm_floor_s"], 2),
+                 sym_factor=f"{symmetry_factor(row['N']):.2f}")
+        for key in ("torch_func_over_structured", "jacobian_over_structured"):
+            values = across_runs(payload, row, key, MATCH)
+            if len(values) > 1:
+                r[key] = median_range(values)
+        rows.append(r)
     return "\n".join([
         markdown_table(rows, COLUMNS), "",
         f"{machine_line(payload['machine'])}; medians of "
         f"{payload.get('repeats', '?')} interleaved rounds after a warm-up; run "
-        f"{payload['wall_s']:.0f} s."])
+        f"{payload['wall_s']:.0f} s. {runs_line(payload)}"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +217,7 @@ def main(argv=None, *, default_dir: str | None = None,
                "command": " ".join([prog, *argv])}
     out = args.out or os.path.join(default_dir or results_dir(),
                                    f"cnn_structured_{args.device}.json")
-    write_json(out, payload)
+    write_json(out, keep_runs(out, payload))
     print(render_cnn_structured(payload))
     print(f"\nJSON: {out}")
     return payload

@@ -31,7 +31,8 @@ __all__ = [
     "sync", "elapsed", "time_call", "interleaved", "summary", "cuda_peak", "peak_memory",
     "matmul_rate", "roofline", "machine_info", "write_json", "markdown_table",
     "results_dir", "float32_matmul", "parse_suite_args", "rss_bytes", "short", "is_oom",
-    "load_average", "wait_for_quiet",
+    "load_average", "wait_for_quiet", "symmetry_factor", "keep_runs", "across_runs",
+    "median_range", "runs_line",
 ]
 
 
@@ -266,3 +267,82 @@ def wait_for_quiet(args) -> float:
     while load_average() >= args.quiet_load and time.time() < deadline:
         time.sleep(5)
     return load_average()
+
+
+# ---------------------------------------------------------------------------------------
+# fairness: the pair work of x2 = None, and every run kept
+
+
+def symmetry_factor(n: int) -> float:
+    """N² / (N(N+1)/2) = 2N/(N+1): how much more pair work a baseline computing the full
+    square does than an op computing one triangle for x2 = None (→ 2 for large N)."""
+    return 2 * n / (n + 1)
+
+
+def keep_runs(path: str, payload: dict, same: tuple = ("benchmark", "quick")) -> dict:
+    """``payload`` with ``payload["runs"]``: every earlier run recorded in the JSON at
+    ``path`` (its own ``runs``, or the file itself as one run) when it is the same
+    benchmark (the keys ``same`` and the device agree), then this one. A run is
+    {"date", "load", "wall_s", "rows"}; renderers show the median and range over them."""
+    def as_run(p: dict) -> dict:
+        machine = p.get("machine", {})
+        load = p.get("load_before", p.get("load_end"))
+        if isinstance(load, list):
+            load = load[0]
+        return {"date": machine.get("date", "?"), "load": load, "wall_s": p.get("wall_s"),
+                "rows": p.get("rows", [])}
+
+    runs = []
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+        # a key missing from an older file (written before it was recorded) agrees
+        agree = all(old.get(k, payload.get(k)) == payload.get(k) for k in same) and (
+            old.get("machine", {}).get("device") == payload.get("machine", {}).get("device"))
+        if agree:
+            runs = old.get("runs") or [as_run(old)]
+    payload["runs"] = runs + [as_run(payload)]
+    return payload
+
+
+def across_runs(payload: dict, row: dict, key: str, match: tuple) -> list:
+    """The numeric values of ``key`` in the rows of every run of ``payload`` that agree
+    with ``row`` on the fields ``match`` (just ``row[key]`` when the payload keeps no
+    runs, as JSON written before runs were kept)."""
+    runs = payload.get("runs") or [{"rows": [row]}]
+    values = []
+    for run in runs:
+        for other in run.get("rows", []):
+            if all(other.get(m) == row.get(m) for m in match):
+                value = other.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values.append(value)
+    return values
+
+
+def median_range(values: list, fmt: str = ".3g") -> str:
+    """"m" for one value, "m (lo–hi, n=k)" for several: the median and range."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return format(values[0], fmt) if fmt else str(values[0])
+    return (f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}}, "
+            f"n={len(values)})")
+
+
+def runs_line(payload: dict) -> str:
+    """One line listing the runs a rendered table summarizes: n, and each run's date and
+    load average (n=1 for JSON written before runs were kept)."""
+    runs = payload.get("runs")
+    if not runs:
+        return "Runs: n=1 (medians and ranges appear when the suite is rerun into this file)."
+    parts = []
+    for run in runs:
+        load = run.get("load")
+        parts.append(f"{str(run.get('date', '?'))[:16].replace('T', ' ')}"
+                     + (f" (load {load:.1f})" if isinstance(load, (int, float)) else ""))
+    return (f"Runs: n={len(runs)} — {'; '.join(parts)}. Cells with several runs show the "
+            f"median (min–max, n).")

@@ -23,7 +23,7 @@ from .common import (
     wait_for_quiet, write_json,
 )
 from .empirical_measure import (
-    PRECISIONS, ROOFLINE_OF, flops, make_problem, run_worker, worker,
+    FLOP_PAIRS, PRECISIONS, ROOFLINE_OF, flops, make_problem, run_worker, worker,
 )
 from .empirical_report import kernel_summary, markdown
 
@@ -510,6 +510,7 @@ def main(argv=None, *, default_dir: str | None = None,
     for case in cases:
         print(f"running {case['name']} ...", file=sys.stderr, flush=True)
         results.append(run_case(case, args))
+        results[-1].update(flop_pairs=FLOP_PAIRS, date=time.strftime("%Y-%m-%d %H:%M:%S"))
     meta = dict(
         torch=torch.__version__, torch_ntk=torch_ntk.__version__, python=platform.python_version(),
         machine=platform.machine(), processor=platform.processor() or platform.uname().processor,
@@ -524,6 +525,13 @@ def main(argv=None, *, default_dir: str | None = None,
             old = json.load(f)
         fresh = {r["case"]["name"] for r in results}
         kept = [r for r in old.get("results", []) if r["case"]["name"] not in fresh]
+        # every earlier run of a case rerun now is kept beside it (rendered: median, range)
+        earlier = {r["case"]["name"]: r for r in old.get("results", [])
+                   if r["case"]["name"] in fresh}
+        for r in results:
+            if r["case"]["name"] in earlier:
+                prev = dict(earlier[r["case"]["name"]])
+                r["earlier_runs"] = prev.pop("earlier_runs", []) + [prev]
         order = [c["name"] for c in ALL_CASES]
         results = sorted(kept + results, key=lambda r: order.index(r["case"]["name"])
                          if r["case"]["name"] in order else len(order))

@@ -40,14 +40,23 @@ def make_problem(case: dict, device: str):
     return model, x, x2
 
 
+# Results computed since the FLOP count below counts N(N+1)/2 pairs for x2 = None carry
+# FLOP_PAIRS; older ones counted N² (an effective rate, ×2N/(N+1) the work done).
+FLOP_PAIRS = "x2=None: N(N+1)/2 pairs"
+
+
 def flops(case: dict, distinct: bool) -> dict:
+    """FLOPs of the structured method: forward and cotangent passes, and the Gram
+    products over the pairs it computes — N² for x2 ≠ x1, the N(N+1)/2 of one triangle
+    for x2 = None (not the N² a full-square method does)."""
     w, d, n, nl = case["width"], case["depth"], case["n"], case["n_out"]
     widths = [w] * d + [nl]
     c = nl * nl if case["mode"] == "full" else nl
     sets = 2 if distinct else 1
+    pairs = n * n if distinct else n * (n + 1) / 2
     fwd = sets * sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
     cot = sets * sum(2 * n * nl * b * a for a, b in list(zip(widths[:-1], widths[1:]))[1:])
-    gram = sum(2 * n * n * (a + c * b) for a, b in zip(widths[:-1], widths[1:]))
+    gram = sum(2 * pairs * (a + c * b) for a, b in zip(widths[:-1], widths[1:]))
     return dict(forward=fwd, cotangent=cot, gram=gram, total=fwd + cot + gram)
 
 
