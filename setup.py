@@ -81,6 +81,7 @@ def get_extensions():
 
 setup(
     packages=find_packages(include=["torch_ntk", "torch_ntk.*"]),
+    package_data={"torch_ntk": ["py.typed"]},  # PEP 561: the package ships type hints
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
