@@ -17,8 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PACKAGES="numpy ninja pybind11 setuptools>=64 wheel tqdm matplotlib pytest hypothesis scipy scikit-learn"
-# Optional integrations, tested in CI. Pinned to the same torch in the same command, so
-# that pip never swaps the torch installed above.
+# Optional integrations, tested in CI.
 INTEGRATIONS="lightning tensorboard"
 # The build's CPU time: about 7 CPU-minutes, the longest translation unit about 2.5
 # (GCC 12; measured per object, see README "Set-up times"); for the message only.
@@ -52,12 +51,11 @@ if reason=$($STAMP check .venv/deps.stamp "${DEPS_ARGS[@]}"); then
 else
   echo "setup_env: installing packages into .venv ($reason; log: .venv/setup.log)"
   : >.venv/setup.log
+  # One resolver pass for torch, the packages and the integrations, so that pip never
+  # swaps the torch that TORCH_SPEC names for one an integration would prefer.
   # shellcheck disable=SC2086  # the package lists are word lists
   run_logged .venv/setup.log "$VPY" -m pip install --disable-pip-version-check \
-    "$TORCH_SPEC" $PACKAGES
-  # shellcheck disable=SC2086
-  run_logged .venv/setup.log "$VPY" -m pip install --disable-pip-version-check \
-    "$TORCH_SPEC" $INTEGRATIONS
+    "$TORCH_SPEC" $PACKAGES $INTEGRATIONS
   # torchdiffeq (the ode extra) without its dependencies, so that it never replaces the torch above.
   run_logged .venv/setup.log "$VPY" -m pip install --disable-pip-version-check --no-deps torchdiffeq
   $STAMP write .venv/deps.stamp "${DEPS_ARGS[@]}"
