@@ -60,9 +60,6 @@ def digest(files: list[str], values: list[str]) -> dict[str, str]:
 def stale_reason(stamp_path: str, stamp: dict[str, str], require: list[str]) -> str | None:
     """None when the stamp at ``stamp_path`` equals ``stamp`` and every ``require`` glob
     matches a file; otherwise why the step must run."""
-    for pattern in require:
-        if not glob.glob(pattern):
-            return f"{pattern} is missing"
     try:
         with open(stamp_path) as f:
             old = json.load(f)
@@ -70,6 +67,9 @@ def stale_reason(stamp_path: str, stamp: dict[str, str], require: list[str]) -> 
         return "first run"
     except (OSError, ValueError):
         return f"{stamp_path} is unreadable"
+    for pattern in require:
+        if not glob.glob(pattern):
+            return f"{pattern} is missing"
     changed = sorted(k.split(":", 1)[1] for k in set(old) | set(stamp)
                      if old.get(k) != stamp.get(k))
     if not changed:
