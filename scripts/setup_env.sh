@@ -19,10 +19,10 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PACKAGES="numpy ninja pybind11 setuptools>=64 wheel tqdm matplotlib pytest hypothesis scipy scikit-learn"
 # Optional integrations, tested in CI.
 INTEGRATIONS="lightning tensorboard"
-# The build's CPU time: about 7 CPU-minutes, the longest translation unit about 2.5
-# (GCC 12; measured per object, see README "Set-up times"); for the message only.
-BUILD_CPU_S=420
-BUILD_LONGEST_S=150
+# For the message only: the build's CPU seconds (4 objects, 108 s of GCC 12 at a load
+# below 2, plus linking and pip) and its longest object (the analytic op, 38 s, plus pip).
+BUILD_CPU_S=130
+BUILD_LONGEST_S=60
 
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv

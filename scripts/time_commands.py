@@ -155,32 +155,27 @@ def _minutes(seconds) -> str:
 def render_setup_times(payload: dict) -> str:
     """The README table: each call's set-up and work time, what was skipped, the load."""
     m = payload["machine"]
-    rows = ["| call | set-up | pip | C++ build | then | load (1-min avg, before → after) |",
-            "|---|---:|---|---|---:|---|"]
-    work_names = {"demo.sh --out": "the demo", "demo.sh --help": "`--help` only",
-                  "test.sh": "the test suite"}
-    seen = set()
-    for call in payload["calls"]:
-        command = call["command"]
-        name = next((v for k, v in work_names.items() if k in command), "")
-        script = "demo.sh" if "demo.sh" in command else "test.sh"
-        nth = "first" if script not in seen and not seen else "again"
-        seen.add(script)
-        shown = f"`bash scripts/{script}{' --help' if '--help' in command else ''}` ({nth})"
-        build = call["build"] + (f" ({call['build_s']} s)" if call.get("build_s") else "")
-        load = f"{call['load_before'][0]:.1f} → {call['load_after'][0]:.1f}" \
-            if call["load_before"] and call["load_after"] else "—"
-        rows.append(f"| {shown} | {_minutes(call['setup_s'])} | {call['pip']} | {build} | "
-                    f"{name}: {_minutes(call['work_s'])} | {load} |")
+    rows = ["| # | command (one fresh clone, in this order) | set-up | pip | C++ build | "
+            "then | load before → after |",
+            "|---:|---|---:|---|---|---|---|"]
+    for k, call in enumerate(payload["calls"], 1):
+        command = re.sub(r" --out \S+", "", call["command"])
+        then = ("the test suite" if "test.sh" in command else
+                "the help text" if "--help" in command else "the demo")
+        build = call["build"] + (f" in {_minutes(call['build_s'])}" if call.get("build_s") else "")
+        load = (f"{call['load_before'][0]:.1f} → {call['load_after'][0]:.1f}"
+                if call["load_before"] and call["load_after"] else "—")
+        rows.append(f"| {k} | `{command}` | {_minutes(call['setup_s'])} | {call['pip']} | "
+                    f"{build} | {then}: {_minutes(call['work_s'])} | {load} |")
     loaded = any(c["load_before"] and max(c["load_before"][0], c["load_after"][0]) > 2
                  for c in payload["calls"])
     rows.append("")
     rows.append(f"Measured {payload['date']} (commit {payload['commit']}) on {m['cpu']}, "
                 f"{m['cores']} cores ({', '.join(m['avx_flags'])}), {m['compiler']}, Python "
-                f"{m['python']}{', under load (1-minute load average above 2)' if loaded else ''}"
-                "; `python scripts/time_commands.py` reruns it in a fresh clone.")
+                f"{m['python']}" + (", **under load** (1-minute load average above 2: other "
+                                    "jobs shared the cores)" if loaded else "") +
+                "; load is the 1-minute average. `python scripts/time_commands.py` reruns it.")
     return "\n".join(rows)
-
 
 if __name__ == "__main__":
     sys.exit(main())
