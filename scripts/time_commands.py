@@ -126,6 +126,7 @@ def main(argv=None) -> int:
                 print(f"time_commands: {' '.join(command)} ...", flush=True)
                 result = timed_call(command, clone, log)
                 results.append(result)
+                _write(args.output, commit, results)  # each call as it finishes
                 print(f"time_commands:   {result['total_s']} s (set-up {result['setup_s']} s, "
                       f"pip {result['pip']}, build {result['build']}), rc {result['rc']}, "
                       f"load {result['load_before']} -> {result['load_after']}", flush=True)
@@ -136,14 +137,18 @@ def main(argv=None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    payload = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "commit": commit, "machine": machine(), "calls": results}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
+    _write(args.output, commit, results)
     print(f"time_commands: wrote {args.output}")
     return 0 if all(r["rc"] == 0 for r in results) else 1
+
+
+def _write(path: str, commit: str, results: list) -> None:
+    payload = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "commit": commit, "machine": machine(), "calls": results}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.write("\n")
 
 
 def _minutes(seconds) -> str:
