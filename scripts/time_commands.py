@@ -170,8 +170,9 @@ def render_setup_times(payload: dict) -> str:
         build = call["build"] + (f" in {_minutes(call['build_s'])}" if call.get("build_s") else "")
         load = (f"{call['load_before'][0]:.1f} → {call['load_after'][0]:.1f}"
                 if call["load_before"] and call["load_after"] else "—")
+        work = _minutes(call["work_s"]) if call["rc"] == 0 else "stopped (see below)"
         rows.append(f"| {k} | `{command}` | {_minutes(call['setup_s'])} | {call['pip']} | "
-                    f"{build} | {then}: {_minutes(call['work_s'])} | {load} |")
+                    f"{build} | {then}: {work} | {load} |")
     loaded = any(c["load_before"] and max(c["load_before"][0], c["load_after"][0]) > 2
                  for c in payload["calls"])
     rows.append("")
@@ -180,7 +181,17 @@ def render_setup_times(payload: dict) -> str:
                 f"{m['python']}" + (", **under load** (1-minute load average above 2: other "
                                     "jobs shared the cores)" if loaded else "") +
                 "; load is the 1-minute average. `python scripts/time_commands.py` reruns it.")
-    return "\n".join(rows)
+    for k, call in enumerate(payload["calls"], 1):
+        if call.get("note"):
+            rows.append(f"Call {k}: {call['note']}.")
+    if payload.get("rebuild"):
+        r = payload["rebuild"]
+        rows.append(f"Rebuild after {r['change']} (pip skipped): {_minutes(r['wall_s'])}, load "
+                    f"{r['load_before']:.1f} → {r['load_after']:.1f}.")
+    if payload.get("note"):
+        rows.append(f"Note: {payload['note']}.")
+    return "\n\n".join([rows[0] + "\n" + "\n".join(rows[1:rows.index("")]),
+                        *rows[rows.index("") + 1:]])
 
 if __name__ == "__main__":
     sys.exit(main())
