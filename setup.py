@@ -50,7 +50,10 @@ def get_extensions():
     # the per-pair loops (csrc/cpu/analytic_ntk_cpu.cpp), i.e. vectorize them (vsqrtps and
     # vdivps in objdump; GCC 12 keeps them scalar without it). No change to the results:
     # IEEE exception flags are not read anywhere.
-    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+    # -g0: Python's CFLAGS (sysconfig) add -g, and the debug information of torch's
+    # headers more than doubles each object's compile time (structured_ntk_cpu.cpp: 68 s
+    # of CPU with -g, 29 s with -g0, GCC 12) and makes the library 16 MB instead of ~1 MB.
+    cxx_flags = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
     extra_link = ["-fopenmp"]
     define_macros = []
     if _want_cuda():
@@ -81,6 +84,7 @@ def get_extensions():
 
 setup(
     packages=find_packages(include=["torch_ntk", "torch_ntk.*"]),
+    package_data={"torch_ntk": ["py.typed"]},  # PEP 561: the package ships type hints
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -50,6 +50,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "distributed": (f"{RESULTS}/distributed_cpu.json", "benchmarks.distributed:render_distributed"),
     "fx_tutorial": (f"{RESULTS}/fx_tutorial_cpu.json", "benchmarks.fx_tutorial:render_fx_tutorial"),
     "mutation_check": (f"{RESULTS}/mutation_check.json", "mutation_check:render_mutation"),
+    "setup_times": ("docs/figures/setup_times.json", "time_commands:render_setup_times"),
 }
 
 _BLOCK = re.compile(r"(<!-- table:([\w.-]+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)

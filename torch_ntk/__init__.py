@@ -24,6 +24,7 @@ from . import activations, analytic, empirical, layers, lifting, monte_carlo, nn
     tracking
 from .analytic import Kernels, analytic_kernels
 from .empirical import MemoryBudgetWarning, MethodFallbackWarning, NTKInfo, empirical_ntk
+from .io import load_kernels, save_kernels
 from .layers import Dense
 from .lifting import LayerSpec, lift, mlp_spec
 from .monte_carlo import (MonteCarloKernels, convergence_study, iter_monte_carlo_kernels,
@@ -63,6 +64,7 @@ __all__ = [
     "iter_monte_carlo_kernels",
     "layers",
     "lift",
+    "load_kernels",
     "lifting",
     "mlp_spec",
     "monte_carlo",
@@ -74,4 +76,5 @@ __all__ = [
     "tracking",
     "random_features",
     "random_network",
+    "save_kernels",
 ]
