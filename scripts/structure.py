@@ -44,7 +44,7 @@ ORDER = (
     ("analytic",),
     ("empirical",),
     ("monte_carlo", "tracking", "distributed"),
-    ("wrapper", "integrations", "__init__"),
+    ("wrapper", "io", "integrations", "__init__"),
     ("cli", "experiments", "bench"),
 )
 EXEMPT = ("arch", "cnn_analytic", "__main__")  # deprecation shims; `python -m torch_ntk`
