@@ -67,7 +67,20 @@ FAULTS = [
           "lambda x, p: _where(p * x > 20, 1.0, torch.sigmoid(x), x)",
           ("tests/test_activations.py",),
           "softplus′ ignores β"),
+    Fault("cnn_pool_stride_as_kernel", "analytic", "torch_ntk/layers/pool.py",
+          "    return AVGPOOL, [*k, *s], []", "    return AVGPOOL, [*k, *k], []",
+          ("tests/test_cnn_op.py", "tests/test_cnn.py"),
+          "the CNN op's program reads an average pool's stride as its kernel size"),
+    Fault("sum_pool_window_once", "analytic", "torch_ntk/layers/sum_pool.py",
+          "float(math.prod(layer.kernel_size)) ** 2)", "float(math.prod(layer.kernel_size)))",
+          ("tests/test_layer_rules.py",),
+          "sum pooling scales the kernels by |B| instead of |B|²"),
     # --- empirical (Python) ---
+    Fault("conv_rule_bias_unscaled", "empirical", "torch_ntk/empirical/rules/conv.py",
+          "parts.append(self.bias.mul(self.cb ** 0.5).view(n, nl, -1))",
+          "parts.append(self.bias.view(n, nl, -1))",
+          ("tests/test_cnn_structured.py", "tests/test_empirical_rules.py"),
+          "the conv rule's per-sample bias gradients lose √c_b (the gradients order)"),
     Fault("structured_bias_coef", "empirical", "torch_ntk/empirical/rules/__init__.py",
           "return (cw if weight_on else 0.0, cb if bias_on else 0.0)",
           "return (cw if weight_on else 0.0, 0.0)",
@@ -247,16 +260,42 @@ def run(faults, timeout: float, log_path: str) -> dict:
 def render_mutation(payload: dict) -> str:
     """The markdown table: fault → the test that killed it."""
     lines = [
-        "| fault | area | language | mistake | killed by | s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| fault | area | language | mistake | killed by | s | run (commit, date) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in payload["results"]:
         killer = f"`{r['killed_by']}`" if r.get("killed_by") else f"**{r['status']}**"
+        run_at = f"{r['commit']}, {r['date']}" if r.get("commit") else "before the commit was recorded"
         lines.append(f"| {r['name']} | {r['area']} | {r['language']} | {r['what']} | {killer} "
-                     f"| {r.get('seconds', '')} |")
+                     f"| {r.get('seconds', '')} | {run_at} |")
     lines.append("")
-    lines.append(f"{payload['killed']} of {payload['faults']} faults killed.")
+    listed = len(FAULTS)
+    lines.append(f"{payload['killed']} of {payload['faults']} faults killed"
+                 + ("." if payload["faults"] == listed
+                    else f"; {listed - payload['faults']} listed faults not run yet."))
     return "\n".join(lines)
+
+
+def _commit() -> str:
+    """The checked-out commit, with "+dirty" when the working tree has changes."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
+def _merged(payload: dict, previous_path) -> dict:
+    """A run of some faults (``--only``) merged into the previous JSON: each fault keeps its
+    latest row (with its own commit and date); faults no longer listed are dropped."""
+    rows = {}
+    if previous_path and os.path.exists(previous_path):
+        with open(previous_path) as f:
+            rows = {r["name"]: r for r in json.load(f).get("results", [])}
+    rows.update({r["name"]: r for r in payload["results"]})
+    results = [rows[f.name] for f in FAULTS if f.name in rows]
+    return {**payload, "faults": len(results),
+            "killed": sum(r["status"] == "killed" for r in results), "results": results}
 
 
 def main(argv=None) -> int:
@@ -283,6 +322,11 @@ def main(argv=None) -> int:
             if fh.read().count(f.old) != 1:
                 parser.error(f"fault {f.name}: its text no longer occurs once in {f.path}")
     payload = run(faults, args.timeout, args.log)
+    commit = _commit()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for row in payload["results"]:
+        row.update(commit=commit, date=stamp, load_avg=payload["load_avg"])
+    payload = _merged(payload, args.json if args.only else None)
     payload["machine"] = {"cpus": os.cpu_count()}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
