@@ -75,7 +75,7 @@ class NTK(nn.Module):
     module docstring for the state-dict convention and the added methods.
     """
 
-    # The attribute holding the wrapped model (torch_ntk.evaluation.unwrap looks through it).
+    # The attribute holding the wrapped model (torch_ntk._utils.model_context.unwrap looks through it).
     wrapped_model_attribute = "model"
 
     def __init__(self, model: nn.Module) -> None:

@@ -10,7 +10,7 @@ requested outputs. Closed forms for the ReLU family and erf; Hermite series for 
 smooth activations (per sample the Hermite coefficients of φ(√q·z) and φ′(√q·z), per pair
 their power series in the correlation); 2-D Gauss–Hermite quadrature of degree
 ``quadrature_degree`` for ELU/SELU, and for every activation without a closed form when
-``quadrature_degree`` is given. CNN specs (:mod:`torch_ntk.cnn_analytic`) take the
+``quadrature_degree`` is given. CNN specs (:mod:`torch_ntk.analytic.cnn`) take the
 convolutional recursion of Arora et al. 2019.
 
 Example::
@@ -56,7 +56,7 @@ class Kernels(NamedTuple):
 
 def as_spec(model_or_spec: Union[nn.Module, LayerSpec],
             function: str = "analytic_kernels") -> LayerSpec:
-    """A LayerSpec as is, or the lifted spec of a model (:func:`torch_ntk.arch.lift`);
+    """A LayerSpec as is, or the lifted spec of a model (:func:`torch_ntk.lift`);
     a model that does not lift gets a ValueError naming ``function``, the layer or node
     and what works instead (:func:`torch_ntk.monte_carlo_kernels`, ``empirical_ntk``)."""
     if isinstance(model_or_spec, LayerSpec):
@@ -67,7 +67,7 @@ def as_spec(model_or_spec: Union[nn.Module, LayerSpec],
         except ValueError as error:
             raise no_limit_error(function, model_or_spec, error) from error
     raise TypeError(
-        "model_or_spec must be an nn.Sequential MLP or a torch_ntk.arch.LayerSpec; got "
+        "model_or_spec must be an nn.Sequential MLP or a torch_ntk.LayerSpec; got "
         f"{type(model_or_spec).__name__}"
     )
 
@@ -87,8 +87,8 @@ def analytic_kernels(
     """The infinite-width NNGP and NTK of an MLP or CNN architecture, differentiable.
 
     Args:
-        model_or_spec: a model that lifts (:func:`torch_ntk.arch.lift`) or a
-            :class:`~torch_ntk.arch.LayerSpec`. Only the architecture and the
+        model_or_spec: a model that lifts (:func:`torch_ntk.lift`) or a
+            :class:`~torch_ntk.LayerSpec`. Only the architecture and the
             initialization variances matter, not the parameter values. CNN specs run the
             fused CNN op (Arora et al. 2019).
         x1: [N1, n_0] float32/float64 (any [N1, ...] when the model starts with Flatten);
@@ -249,7 +249,7 @@ def analytic_kernels_into(
     x2 [N2, n0] (None: x1) into ``out`` [N1, N2], a block of rows at a time.
 
     A block of r rows computes its [r, N2] output and temporaries (about 4·r·N2 numbers
-    of x1's dtype for an MLP, r·N2 times :func:`torch_ntk.cnn_analytic.pair_floats` for a
+    of x1's dtype for an MLP, r·N2 times :func:`torch_ntk.analytic.cnn.pair_floats` for a
     CNN) within ``memory_budget`` bytes (default:
     :func:`torch_ntk.runtime.default_memory_budget` of x1's device), and at most
     ``chunk_size`` rows. One block takes the symmetric fast path when x2 is None.

@@ -10,7 +10,7 @@ float32. On the same inputs in the same process it reports:
 
 - the median time of the fused op (``torch_ntk.analytic_kernels(spec, x)``, i.e.
   ``torch_ntk.ops.cnn_kernels``) and of the eager plain-torch composite
-  (``torch_ntk.cnn_analytic.cnn_kernels``), their ratio, and
+  (``torch_ntk.analytic.cnn.cnn_kernels``), their ratio, and
   max |Θ_fused − Θ_eager| / max |Θ_eager| (the two must agree). The composite holds
   planes [N, N, P, P] (GAP) or [N, N, P] (Flatten): where its estimated peak
   (EAGER_TENSORS such tensors) passes EAGER_MAX_BYTES it is skipped, the row says so,

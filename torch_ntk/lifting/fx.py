@@ -4,7 +4,7 @@
 when it is a chain — one input x, each node consuming only the previous node's output
 (and, for ``x.view(x.size(0), -1)``, that output's batch size), the last node returned —
 and gives, for each node, a module computing it, so that the chain lifts exactly like an
-``nn.Sequential`` of those modules (:func:`torch_ntk.arch.lift`, the same ``LIFTERS``
+``nn.Sequential`` of those modules (:func:`torch_ntk.lift`, the same ``LIFTERS``
 table and activation registry):
 
 - a call of a submodule (``self.conv1(x)``): that module, at its qualified name
@@ -386,7 +386,7 @@ def _functional_modules(call: _Call) -> list[nn.Module]:
                                                                              node.target))
     if build is None:
         raise ValueError(f"{describe_node(node)} is not a supported layer (functional forms "
-                         "that lift: torch_ntk.fx_lift.FUNCTIONALS)")
+                         "that lift: torch_ntk.layers.base.FUNCTIONALS)")
     kwargs = dict(node.kwargs)
     kwargs.pop("inplace", None)
     args = list(node.args)

@@ -115,7 +115,7 @@ def random_network(
     """The MLP of an architecture at hidden width n, drawn from ``seed``.
 
     Args:
-        spec_or_widths: a :class:`~torch_ntk.arch.LayerSpec` (its σ_w², σ_b²,
+        spec_or_widths: a :class:`~torch_ntk.LayerSpec` (its σ_w², σ_b²,
             activations and parametrization are kept) or widths [n_0, n_1, …, n_L]
             (built like :func:`torch_ntk.mlp_spec` with ``activation``, ``weight_std``,
             ``bias_std``, ``parametrization``).
@@ -226,7 +226,7 @@ def spec_at_width(name: str, spec_or_widths: SpecOrWidths, width: Optional[int],
                         parametrization)
     else:
         raise TypeError(
-            f"{name}: spec_or_widths must be a torch_ntk.arch.LayerSpec or a list of widths; "
+            f"{name}: spec_or_widths must be a torch_ntk.LayerSpec or a list of widths; "
             f"got {type(spec_or_widths).__name__}"
         )
     spec.require_mlp(name)

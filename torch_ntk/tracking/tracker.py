@@ -38,7 +38,7 @@ Records are computed in the parameters' dtype with autocast disabled, whatever t
 autocast state around ``optimizer.step()``.
 
 The tracker never perturbs training: kernels are computed under
-:func:`torch_ntk.evaluation.kernel_context` (eval mode, no autograd, every module's
+:func:`torch_ntk._utils.model_context.kernel_context` (eval mode, no autograd, every module's
 train/eval flag and the CPU/CUDA random generators restored), no ``.grad`` is read or
 written, and the only copies it keeps are Θ_ref, θ_0, the last kernel and (when the
 model lifts) Θ∞ — three N×N matrices and one copy of the trainable parameters.
