@@ -119,7 +119,7 @@ def analytic_kernels(
     Gradients: when nothing requires grad (or under ``torch.no_grad()``) the fused ops
     compute the kernels (fast; they have no backward). When x1, x2 or a variance override
     requires grad under grad mode, the same recursion runs as a torch composite
-    (:mod:`torch_ntk.analytic.autograd`) that autograd differentiates w.r.t. each of them,
+    (``torch_ntk.analytic.autograd``) that autograd differentiates w.r.t. each of them,
     on any device: slower (several [N1, N2] temporaries per layer, kept for the backward;
     for a CNN with pooling [N1, N2, P, P] planes) and the values agree with the fused op's
     to rounding (closed forms; the Hermite series and quadrature to their truncation). At a
@@ -166,7 +166,7 @@ def analytic_kernels(
 def _differentiable(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
                     quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
     """Both kernels by the recursion as a torch composite that autograd differentiates
-    (:mod:`torch_ntk.analytic.autograd`): inputs or variances require grad."""
+    (``torch_ntk.analytic.autograd``): inputs or variances require grad."""
     if spec.is_mlp:
         x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
                          flatten=spec.flatten_input)

@@ -173,8 +173,8 @@ def empirical_ntk(
             for CPU inputs, 80% of the free device memory for CUDA inputs. A budget far
             below what the Jacobian method needs to compute each Jacobian once (it then
             splits the parameters into groups and recomputes Jacobians per block) gets a
-            :class:`MemoryBudgetWarning` with the predicted slowdown and the budget that
-            avoids it (:mod:`torch_ntk.empirical.budget` has the memory and work models).
+            ``torch_ntk.MemoryBudgetWarning`` with the predicted slowdown and the budget that
+            avoids it (``torch_ntk.empirical.budget`` has the memory and work models).
         out: optional [N1, N2, ...] tensor of the result's shape and dtype (any device,
             any strides, e.g. memory-mapped) to write into; it is returned.
         progress: None shows a tqdm bar once the run takes over two seconds; True

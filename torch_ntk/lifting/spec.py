@@ -129,7 +129,8 @@ class LayerSpec:
 
     @property
     def nodes(self) -> tuple[Node, ...]:
-        """The spec as a graph: node k is layer k reading node k − 1 (-1: the input)."""
+        """The graph view of the spec, in which node k is layer k reading node k − 1 (-1 is
+        the input); a chain is the special case of a graph."""
         return tuple(Node(layer, (k - 1,)) for k, layer in enumerate(self.layers))
 
     @property
@@ -208,7 +209,7 @@ class LayerSpec:
         for a 2-D or 1-D CNN whose readout gets the positions its next Dense takes.
 
         Raises:
-            TypeError, ValueError: as :func:`torch_ntk._utils.validation.check_batch` (NaN,
+            TypeError, ValueError: as ``check_batch`` (NaN,
                 empty batch, dtype/device unlike ``like``); ValueError naming the expected
                 per-sample shape otherwise.
         """

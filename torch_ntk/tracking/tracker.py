@@ -118,7 +118,7 @@ class KernelDriftTracker:
             the column count, so labels and their one-hot float matrix agree), or floats
             taken as given, [N] as one column (so ``y.float()`` of 0/1 labels is one
             regression target, not two classes: another value than ``y.long()``).
-            :func:`torch_ntk.tracking.label_alignment` computes it for any kernel.
+            ``torch_ntk.tracking.label_alignment`` computes it for any kernel.
         every: record after every ``every``-th optimizer step (step() counts them).
         reference: the kernel drift is measured against: "init" — Θ_0, the kernel
             when the tracker is built; "limit" — Θ∞ (the model must lift); or an
