@@ -52,7 +52,7 @@ nitpick_ignore = [
     ("py:class", "The factor applied to W in forward"),
     ("py:class", "The factor applied to b in forward"),
     # Stale since the layout change (issue 25): the module is torch_ntk.lifting.fx now.
-    ("py:mod", "torch_ntk.fx_lift"),
+    ("py:mod", "torch_ntk.lifting.fx"),
 ]
 
 

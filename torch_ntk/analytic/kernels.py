@@ -251,10 +251,10 @@ def analytic_kernels_into(
     A block of r rows computes its [r, N2] output and temporaries (about 4·r·N2 numbers
     of x1's dtype for an MLP, r·N2 times :func:`torch_ntk.analytic.cnn.pair_floats` for a
     CNN) within ``memory_budget`` bytes (default:
-    :func:`torch_ntk.runtime.default_memory_budget` of x1's device), and at most
+    :func:`torch_ntk._utils.runtime.default_memory_budget` of x1's device), and at most
     ``chunk_size`` rows. One block takes the symmetric fast path when x2 is None.
     ``out`` may live elsewhere than x1 (e.g. a memory-mapped .npy on the CPU); each
-    block is copied into it. ``progress`` as for :func:`torch_ntk.runtime.progress_bar`
+    block is copied into it. ``progress`` as for :func:`torch_ntk._utils.runtime.progress_bar`
     (shown only for more than one block). Returns the number of blocks.
     """
     from .._utils.runtime import default_memory_budget, progress_bar

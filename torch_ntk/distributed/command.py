@@ -1,7 +1,7 @@
 """``python -m torch_ntk.distributed {kernel,solve} ...`` — also under ``torchrun``.
 
 ``kernel`` is an alias of ``torch-ntk kernel --distributed`` (the same flags; see
-:mod:`torch_ntk.kernel_command`); ``solve`` runs conjugate-gradient kernel regression on
+:mod:`torch_ntk.cli.kernel`); ``solve`` runs conjugate-gradient kernel regression on
 a kernel .npy. Under torchrun (WORLD_SIZE set) the process group is initialized from the
 environment (:func:`process_group`): NCCL when computing on CUDA (device cuda:LOCAL_RANK),
 gloo on CPU. Without torchrun it runs in one process. Every rank must see the same files

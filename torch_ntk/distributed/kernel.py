@@ -255,7 +255,7 @@ def tiled_kernel(
         memory_budget: bytes for an empirical tile's working set and the cache of band
             features (structured: activations and cotangents; jacobian: per-sample
             Jacobians); bands that do not fit are recomputed when needed again. Default:
-            :func:`torch_ntk.runtime.default_memory_budget` divided among the ranks of
+            :func:`torch_ntk._utils.runtime.default_memory_budget` divided among the ranks of
             this host (``LOCAL_WORLD_SIZE``).
         overwrite: discard an existing ``out`` or partial run that is not known to be this
             computation's (see above) instead of raising :class:`OutputConflict`.

@@ -3,7 +3,7 @@
 Every experiment is a frozen dataclass ``Config`` (the paper's settings as defaults, a
 ``QUICK`` dict of smaller ones) and a ``run(config, out=None, progress=False)`` that
 returns a JSON-ready dict and, when ``out`` is a folder, writes ``<name>.json`` and
-``<name>.png`` into it. Files are written atomically (:mod:`torch_ntk.files`), and only
+``<name>.png`` into it. Files are written atomically (:mod:`torch_ntk._utils.files`), and only
 once the run has finished, so an interrupted run leaves the previous files (or none),
 never half-written ones.
 """
@@ -125,7 +125,7 @@ def derive_seed(seed: int, *keys: Union[int, str]) -> int:
 
 
 def resolve_device(name: Union[str, torch.device]) -> torch.device:
-    """:func:`torch_ntk.runtime.resolve_device`, with CUDA initialized so that
+    """:func:`torch_ntk._utils.runtime.resolve_device`, with CUDA initialized so that
     :func:`seeded` reaches its generators from the first draw on."""
     device = runtime.resolve_device(name)
     if device.type == "cuda":
@@ -161,7 +161,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def with_progress(iterable: Sized, desc: str, enabled: bool, leave: bool = True) -> Iterable:
-    """``iterable`` behind a progress bar on stderr (:func:`torch_ntk.runtime.progress_bar`)
+    """``iterable`` behind a progress bar on stderr (:func:`torch_ntk._utils.runtime.progress_bar`)
     when ``enabled``."""
     bar = runtime.progress_bar(len(iterable), progress=True, desc=desc, iterable=iterable,
                                leave=leave, enabled=enabled)

@@ -55,7 +55,7 @@ class KernelDriftCallback(*_callback_bases()):
     batch it brings the tracker's step count to ``trainer.global_step`` (optimizer
     steps; gradient accumulation counts one), which records when a multiple of
     ``every`` is reached, and logs the record's scalars (``ntk/drift``,
-    ``ntk/alignment_distance``, … as in :func:`torch_ntk.drift_records.scalars`) through
+    ``ntk/alignment_distance``, … as in :func:`torch_ntk.tracking.records.scalars`) through
     every logger of the Trainer with ``logger.log_metrics(metrics, step=record.step)``
     — on global rank 0, at each record, independently of ``log_every_n_steps``.
 

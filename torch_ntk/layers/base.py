@@ -8,7 +8,7 @@ each consumer, each registered by a decorator of this module:
   torch module lifts (:data:`LIFTERS`, read by :func:`torch_ntk.lifting.lift`);
 - ``@lifts_functional((op, target), ...)``: ``(call, *args, **kwargs) -> [modules]``, the
   modules computing a functional call that torch.fx records (:data:`FUNCTIONALS`, read by
-  :mod:`torch_ntk.lifting.fx` after its own table);
+  ``torch_ntk.lifting.fx`` after its own table);
 - ``@kernel_rule(Kind, planes=..., variances=...)``: ``(layer, state) -> state``, the
   layer's infinite-width map on a :class:`~torch_ntk.layers.state.KernelState`
   (:data:`KERNEL_RULES`, walked by :mod:`torch_ntk.analytic.graph`); ``planes=True``

@@ -1,5 +1,5 @@
 """Lift an MLP or CNN — an ``nn.Sequential``, or any module whose forward torch.fx reads as
-a chain of layers (:mod:`torch_ntk.lifting.fx`) — into a layer spec.
+a chain of layers (``torch_ntk.lifting.fx``) — into a layer spec.
 
 An MLP spec is the alternating sequence ``Dense, Activation, Dense, …, Dense`` that
 the analytic and structured kernels consume; a CNN spec is ``Conv, [Activation],
@@ -110,7 +110,7 @@ def lift(
             out by nn.Flatten or nn.AdaptiveAvgPool1d/2d(1) into dense layers. Or any
             module whose ``forward`` torch.fx reads as a chain of those modules and of
             their functional forms (``x.relu()``, ``F.gelu``, ``x.flatten(1)``,
-            ``F.avg_pool2d``, ``x.mean((2, 3))``, …: :mod:`torch_ntk.lifting.fx`); a
+            ``F.avg_pool2d``, ``x.mean((2, 3))``, …: ``torch_ntk.lifting.fx``); a
             functional call's layer is bound to an equivalent module carrying the fx node
             (``layer.source.fx_node``), and positions are qualified module names or node
             names.
@@ -138,7 +138,7 @@ def lift(
 def chain_modules(model: nn.Module) -> list[tuple[Position, nn.Module]]:
     """The (position, module) links :func:`lift` reads, in order: the leaves of an
     ``nn.Sequential``, or the chain torch.fx reads in another module's forward
-    (:func:`torch_ntk.lifting.fx.fx_chain`); applied one after the other they compute the model.
+    (``torch_ntk.lifting.fx.fx_chain``); applied one after the other they compute the model.
 
     Raises:
         ValueError: a forward that is not a chain (naming the fx node).
