@@ -186,6 +186,12 @@ def test_fairness_helpers_and_kept_runs(tmp_path):
     assert median_range([1.0, 3.0, 2.0]) == "2 (1–3, n=3)" and median_range([2.5]) == "2.5"
     other = keep_runs(path, dict(payload(4, 0.1), benchmark="analytic"))
     assert len(other["runs"]) == 1
+    moved = payload(5, 0.1)  # another CPU: its runs are not pooled with this machine's
+    moved["machine"]["cpu_model"] = "Another CPU"
+    assert len(keep_runs(path, moved)["runs"]) == 1
+    # rows written before the x2 column (x2 = None) match the renderers' "None"
+    assert across_runs({"runs": [{"rows": [{"case": "A", "x2": None, "fused_s": 1.0}]}]},
+                       {"case": "A", "x2": "None"}, "fused_s", ("case", "x2")) == [1.0]
 
 
 def test_estimates_are_not_judged_and_triangles_are_counted_once():

@@ -300,8 +300,10 @@ def keep_runs(path: str, payload: dict, same: tuple = ("benchmark", "quick")) ->
         except (OSError, ValueError):
             old = {}
         # a key missing from an older file (written before it was recorded) agrees
-        agree = all(old.get(k, payload.get(k)) == payload.get(k) for k in same) and (
-            old.get("machine", {}).get("device") == payload.get("machine", {}).get("device"))
+        # the same machine: a median over runs of different CPUs would mix machines
+        agree = all(old.get(k, payload.get(k)) == payload.get(k) for k in same) and all(
+            old.get("machine", {}).get(k) == payload.get("machine", {}).get(k)
+            for k in ("device", "cpu_model"))
         if agree:
             runs = old.get("runs") or [as_run(old)]
     payload["runs"] = runs + [as_run(payload)]
@@ -316,11 +318,16 @@ def across_runs(payload: dict, row: dict, key: str, match: tuple) -> list:
     values = []
     for run in runs:
         for other in run.get("rows", []):
-            if all(other.get(m) == row.get(m) for m in match):
+            if all(_matchable(other.get(m)) == _matchable(row.get(m)) for m in match):
                 value = other.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     values.append(value)
     return values
+
+
+def _matchable(value):
+    """Rows written before the x2 column existed hold x2 = None, the renderers "None"."""
+    return "None" if value is None else value
 
 
 def median_range(values: list, fmt: str = ".3g") -> str:
