@@ -27,8 +27,10 @@ AVGPOOL, GLOBAL_AVGPOOL, FLATTEN = 2, 3, 4  # the fused CNN op's layer codes
 
 
 @dataclass(frozen=True)
-class AvgPool:
-    """Average pooling over windows of ``kernel_size`` every ``stride`` (no padding, floor)."""
+class WindowPool:
+    """A pool over windows of ``kernel_size`` every ``stride`` (no padding, floor): the
+    fields and geometry shared by :class:`AvgPool` and ``sum_pool.SumPool``. Not a layer kind
+    itself (no rules are registered for it, so a subclass finds none through it)."""
 
     role: ClassVar[str] = "spatial"
 
@@ -54,6 +56,11 @@ class AvgPool:
         if self.dims == 1:
             k, s = (1,) + k, (1,) + s
         return k, s, (1, 1), ((0, 0), (0, 0))
+
+
+@dataclass(frozen=True)
+class AvgPool(WindowPool):
+    """Average pooling over windows of ``kernel_size`` every ``stride`` (no padding, floor)."""
 
 
 @dataclass(frozen=True)

@@ -27,40 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import LiftOptions, Position, kernel_rule, lifts, lifts_functional, refusal
-from .pool import pool_planes
+from .pool import WindowPool, pool_planes
 from .state import KernelState
 
 __all__ = ["GlobalSumPool", "SpatialSum", "SumPool", "WindowSum"]
 
 
 @dataclass(frozen=True)
-class SumPool:
+class SumPool(WindowPool):
     """Sum pooling over windows of ``kernel_size`` every ``stride`` (no padding, floor)."""
-
-    role: ClassVar[str] = "spatial"
-
-    kernel_size: tuple
-    stride: tuple
-    position: Optional[Union[int, str]] = field(default=None, compare=False)
-    source: Optional[nn.Module] = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kernel_size", tuple(self.kernel_size))
-        object.__setattr__(self, "stride", tuple(self.stride))
-        if len(self.kernel_size) not in (1, 2) or len(self.stride) != len(self.kernel_size):
-            raise ValueError(f"SumPool: kernel_size and stride need one entry per spatial dim "
-                             f"(1 or 2); got {self.kernel_size}, {self.stride}")
-
-    @property
-    def dims(self) -> int:
-        return len(self.kernel_size)
-
-    def window(self) -> tuple[tuple, tuple, tuple, tuple]:
-        """(kernel, stride, dilation 1, padding 0) as 2-D, a 1-D pool with height 1."""
-        k, s = self.kernel_size, self.stride
-        if self.dims == 1:
-            k, s = (1,) + k, (1,) + s
-        return k, s, (1, 1), ((0, 0), (0, 0))
 
 
 @dataclass(frozen=True)
