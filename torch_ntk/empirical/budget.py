@@ -34,7 +34,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["JacobianCost", "JacobianPlan", "MemoryBudgetWarning", "budget_note", "fixed_bytes",
+from .inputs import call_model, take
+
+__all__ = ["JacobianCost", "JacobianPlan", "MemoryBudgetWarning", "activation_numel",
+           "block_numel", "budget_note",
+           "fixed_bytes",
            "forward_numel", "jacobian_plan", "jacobian_work", "may_be_slow",
            "measure_cost"]
 
@@ -69,22 +73,41 @@ def fixed_bytes(params: int, itemsize: int) -> int:
 
 @dataclass(frozen=True)
 class JacobianPlan:
-    """groups: parameter names per group; chunk: samples per block; cache: bytes for cached
-    column Jacobians; model_bytes: the memory model's peak for this plan (≤ the budget
-    unless even one sample per block does not fit); fits: whether it does."""
+    """groups: parameter blocks per group, each a name (the whole parameter) or
+    ``(name, r0, r1)`` (rows r0:r1 along its dimension 0: a parameter whose one-sample
+    Jacobian exceeds a group's share is split into such row blocks, each its own group);
+    chunk: samples per block; cache: bytes for cached column Jacobians; model_bytes: the
+    memory model's peak for this plan (≤ the budget unless even one sample per block does
+    not fit); fits: whether it does; sample_bytes: one sample's working set (its largest
+    group's Jacobian with temporaries, its activations and their cotangents), which no
+    plan goes below; group_numel: numbers per group."""
 
     groups: list
     chunk: int
     cache: int
     model_bytes: int
     fits: bool
+    sample_bytes: int = 0
+    group_numel: tuple = ()
+
+
+def block_numel(block, sizes: dict, rows: dict) -> int:
+    """Numbers in a parameter block: a name, or (name, r0, r1) rows of it."""
+    if isinstance(block, str):
+        return sizes[block]
+    name, r0, r1 = block
+    return sizes[name] // max(1, rows.get(name, 1)) * (r1 - r0)
 
 
 def jacobian_plan(budget: int, sizes: dict, n: int, n_out: int, itemsize: int,
                   activations: int, pair_channels: int,
-                  chunk_size: Optional[int] = None) -> JacobianPlan:
+                  chunk_size: Optional[int] = None,
+                  rows: Optional[dict] = None) -> JacobianPlan:
     """The Jacobian method's groups, chunk and cache within ``budget`` bytes (module
-    docstring); sizes: parameter name → numel; n: the larger batch; activations: A."""
+    docstring); sizes: parameter name → numel; rows: name → size of its dimension 0 (a
+    parameter given here is split into row blocks when its one-sample Jacobian exceeds a
+    group's share of the budget); n: the larger batch; activations: A."""
+    rows = rows or {}
 
     s, nl = itemsize, n_out
     fixed = fixed_bytes(sum(sizes.values()), s)
@@ -94,13 +117,23 @@ def jacobian_plan(budget: int, sizes: dict, n: int, n_out: int, itemsize: int,
     groups, current, current_size = [], [], 0
     for name, size in sizes.items():
         cost = 2 * nl * size * s
+        r = rows.get(name, 1)
+        if cost > group_limit and r > 1:  # row blocks of this parameter, one group each
+            step = max(1, min(r, int(group_limit // (cost / r))))
+            if current:
+                groups.append(current)
+                current, current_size = [], 0
+            groups.extend([(name, a, min(a + step, r))] for a in range(0, r, step))
+            continue
         if current and current_size + cost > group_limit:
             groups.append(current)
             current, current_size = [], 0
         current.append(name)
         current_size += cost
-    groups.append(current)
-    largest = max(sum(sizes[k] for k in g) for g in groups)
+    if current or not groups:
+        groups.append(current)
+    group_numel = tuple(sum(block_numel(k, sizes, rows) for k in g) for g in groups)
+    largest = max(group_numel)
     per_sample = (3 * nl * largest + (nl + 1) * activations) * s
     pair = 2 * pair_channels * s
     if chunk_size is not None:
@@ -109,7 +142,8 @@ def jacobian_plan(budget: int, sizes: dict, n: int, n_out: int, itemsize: int,
         c = square_chunk(n, per_sample, pair, room / 2)
     used = fixed + c * per_sample + c * c * pair
     cache = max(0, budget - used)
-    return JacobianPlan(groups, c, cache, used, used <= budget)
+    return JacobianPlan(groups, c, cache, used, used <= budget, per_sample + pair,
+                        group_numel)
 
 
 @dataclass(frozen=True)
@@ -134,7 +168,7 @@ def jacobian_work(plan: JacobianPlan, sizes: dict, n1: int, n2: Optional[int], n
     cols = rows if symmetric else [(j, min(j + c, n2v)) for j in range(0, n2v, c)]
     pairs = [(r, q) for a, r in enumerate(rows) for b, q in enumerate(cols)
              if not symmetric or b >= a]
-    group_bytes = [n_out * sum(sizes[k] for k in g) * itemsize for g in plan.groups]
+    group_bytes = [n_out * numel * itemsize for numel in plan.group_numel]
     g = len(plan.groups)
     if len(pairs) == 1:
         calls, evals = (g, n1 * g) if symmetric else (2 * g, (n1 + n2v) * g)
@@ -177,7 +211,7 @@ def _replay(pairs, symmetric: bool, group_bytes: Sequence[int], limit: int):
     return calls, evals
 
 
-def forward_numel(model: nn.Module, x: Tensor) -> int:
+def forward_numel(model: nn.Module, x) -> int:
     """Numbers the ops of one sample's forward produce (views excluded): the activations
     that vmap(jacrev) saves and whose cotangents it computes."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -193,24 +227,24 @@ def forward_numel(model: nn.Module, x: Tensor) -> int:
             return out
 
     with torch.no_grad(), Count():
-        model(x[:1])
+        call_model(model, take(x, 0, 1))
     return max(Count.total, 1)
 
 
-def measure_cost(jacobian, x: Tensor) -> JacobianCost:
-    """A short measured probe: ``jacobian(xs)`` (one group's vmap(jacrev)) timed on one and
-    on two samples after a warm-up call, and a small GEMM for the contraction's rate (the
-    best of three runs each)."""
-    def timed(xs: Tensor) -> float:
-        return timed_call(lambda: jacobian(xs))
+def measure_cost(jacobian, n: int, dtype: torch.dtype, device) -> JacobianCost:
+    """A short measured probe: ``jacobian(k)`` (one group's vmap(jacrev) of the first k of
+    n samples) timed on one and on two samples after a warm-up call, and a small GEMM in
+    ``dtype`` on ``device`` for the contraction's rate (the best of three runs each)."""
+    def timed(k: int) -> float:
+        return timed_call(lambda: jacobian(k))
 
-    jacobian(x[:1])
-    t1 = timed(x[:1])
-    t2 = timed(x[:2]) if x.shape[0] > 1 else 2 * t1
+    jacobian(1)
+    t1 = timed(1)
+    t2 = timed(2) if n > 1 else 2 * t1
     per_sample = max(t2 - t1, 0.1 * t1, 1e-7)
     per_call = max(t1 - per_sample, 0.0)
     # the contraction's rate: a GEMM of 2·128·2048·128 FLOPs in the inputs' dtype
-    a = torch.ones(128, 2048, dtype=x.dtype, device=x.device)
+    a = torch.ones(128, 2048, dtype=dtype, device=device)
     gemm = max(timed_call(lambda: torch.mm(a, a.t())), 1e-7)
     return JacobianCost(per_call, per_sample, gemm / (2.0 * 128 * 2048 * 128))
 
@@ -292,3 +326,27 @@ def budget_note(budget: int, plan: JacobianPlan, plan_for, work_for, ceiling: in
         parts.append(f"even the default budget ({_bytes(ceiling)}) does not; "
                      "method='ntk_vp' needs no Jacobian in memory")
     return "; ".join(parts)
+
+
+def activation_numel(model: nn.Module, x) -> int:
+    """Numbers produced by one sample's forward, every op counted (functional ones and the
+    residual additions too; views excluded), for memory estimates; where a model cannot
+    run under a dispatch mode, those of its leaf modules."""
+    try:
+        return forward_numel(model, x)
+    except Exception:  # noqa: BLE001 — the leaf modules' count below is the fallback
+        pass
+    total = [0]
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, Tensor):
+            total[0] += output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            call_model(model, take(x, 0, 1))
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], 1)

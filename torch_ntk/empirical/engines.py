@@ -32,6 +32,8 @@ from .cnn_plan import ConvStructuredPlan
 from .mlp_plan import StructuredPlan
 from . import budget as budget_model
 from .budget import square_chunk
+from .budget import activation_numel
+from .inputs import FuncModel, OutputFn, batch_size, is_plain, map_leaves, output_size, take
 from .rules.conv import choose_order, contract, conv_layer_ntk
 
 __all__ = [
@@ -101,12 +103,15 @@ def _tensors(part):
     return [t for p in part for t in _tensors(p)]
 
 
-def _split_for_progress(c: int, n: int, x1: Tensor, x2: Optional[Tensor], flops_per_pair: float,
-                        enabled: bool, smallest: int = 16) -> int:
-    """A chunk giving a few blocks (so a progress bar can move) for a long single-block run."""
-    n2 = x1.shape[0] if x2 is None else x2.shape[0]
-    work = x1.shape[0] * n2 * flops_per_pair
-    if enabled and c >= n and work > _PROGRESS_FLOPS.get(x1.device.type, _PROGRESS_FLOPS["cuda"]):
+def _split_for_progress(c: int, n: int, x1, x2, flops_per_pair: float,
+                        enabled: bool, smallest: int = 16, device_type: Optional[str] = None) -> int:
+    """A chunk giving a few blocks (so a progress bar can move) for a long single-block run
+    (x1, x2: leaf structures, :mod:`.inputs`)."""
+    n1 = batch_size(x1)
+    n2 = n1 if x2 is None else batch_size(x2)
+    work = n1 * n2 * flops_per_pair
+    kind = device_type or x1.device.type
+    if enabled and c >= n and work > _PROGRESS_FLOPS.get(kind, _PROGRESS_FLOPS["cuda"]):
         return min(c, max(smallest, math.ceil(n / 4)))
     return c
 
@@ -222,37 +227,25 @@ class ConvStructuredBlocks(_PlanFeatures):
         return dense if conv is None else dense.add_(conv)
 
 
-class FuncModel:
-    """The model as a function of its trainable parameters (torch.func)."""
-
-    def __init__(self, model: nn.Module, trainable: dict[str, Tensor]):
-        self.model = model
-        self.params = {k: v.detach() for k, v in trainable.items()}
-        self.fixed = {k: v.detach() for k, v in model.named_parameters() if k not in trainable}
-        self.fixed.update(dict(model.named_buffers()))
-
-    def batch(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """f(x) [n, n_L] for a batch x [n, ...]."""
-        y = torch.func.functional_call(self.model, (params, self.fixed), (x,))
-        return y.reshape(x.shape[0], -1)
-
-    def single(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """f(x) [n_L] for one sample x [...]."""
-        return self.batch(params, x.unsqueeze(0))[0]
-
-
 class JacobianBlocks:
-    """Per-sample Jacobians by vmap(jacrev), contracted parameter block by block."""
+    """Per-sample Jacobians by vmap(jacrev), contracted parameter block by block (a
+    parameter whose one-sample Jacobian exceeds the budget's share is split into row blocks;
+    a budget below one sample's working set is refused with the bytes it needs)."""
 
     # Set by the caller: estimate the budget's cost (budget_note) and the largest budget
-    # worth suggesting.
+    # worth suggesting; the entry point named in errors.
     check_budget = False
     budget_ceiling = 0
+    function = "empirical_ntk"
 
-    def __init__(self, model, trainable, x1, x2, mode, n_out):
-        self.f = FuncModel(model, trainable)
+    def __init__(self, model, trainable, x1, x2, mode, n_out, output_fn: OutputFn = None,
+                 dtype: Optional[torch.dtype] = None):
+        self.f = FuncModel(model, trainable, output_fn)
         self.model = model
         self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
+        first = next(iter(self.f.params.values()))
+        self.dtype = dtype or (x1.dtype if is_plain(x1) else first.dtype)
+        self.device = first.device
         self.groups = [list(self.f.params)]
         self.cache = _LRU(0)
         self.act = activation_numel(model, x1)
@@ -264,30 +257,42 @@ class JacobianBlocks:
         ``budget_note`` (a MemoryBudgetWarning's text, or None) when the budget forces
         blocks far below the efficient size or cannot be met."""
         x1, x2 = self.x1, self.x2
-        n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
-        s, nl = x1.element_size(), self.n_out
+        n = max(batch_size(x1), 0 if x2 is None else batch_size(x2))
+        s, nl = self.dtype.itemsize, self.n_out
         sizes = {k: v.numel() for k, v in self.f.params.items()}
+        rows = {k: v.shape[0] for k, v in self.f.params.items() if v.dim() > 0}
         pair = channels(self.mode, nl)
 
         def plan_for(b: int, forced: Optional[int] = chunk_size):
-            return budget_model.jacobian_plan(b, sizes, n, nl, s, self.act, pair, forced)
+            return budget_model.jacobian_plan(b, sizes, n, nl, s, self.act, pair, forced, rows)
 
         plan = plan_for(budget)
+        if plan.sample_bytes > budget:
+            raise ValueError(
+                f"{self.function}: memory_budget={budget} bytes is below what one sample "
+                f"needs in the Jacobian method ({plan.sample_bytes} bytes even with the "
+                f"parameters in {len(plan.groups)} block(s): the largest block's one-sample "
+                f"Jacobian for {nl} outputs with its temporaries, and one forward's "
+                f"{self.act} activations with their {nl} cotangents); pass memory_budget >= "
+                f"{plan.sample_bytes}, or method='ntk_vp' (no Jacobian in memory), or fewer "
+                "outputs through output_fn")
         self.groups = plan.groups
         c = plan.chunk
         if chunk_size is None:
             per_pair = 2 * sum(sizes.values()) * (nl * nl if self.mode == "full" else nl)
-            c = _split_for_progress(c, n, x1, x2, per_pair, split_for_progress)
+            c = _split_for_progress(c, n, x1, x2, per_pair, split_for_progress,
+                                    device_type=self.device.type)
         self.cache = _LRU(plan.cache)
         self.budget_note = None
-        n1, n2 = x1.shape[0], None if x2 is None else x2.shape[0]
+        n1, n2 = batch_size(x1), None if x2 is None else batch_size(x2)
 
         def work_for(p, cost):
             return budget_model.jacobian_work(p, sizes, n1, n2, nl, s, pair, cost)
 
         if self.check_budget and budget_model.may_be_slow(plan, plan_for(2**50, None), work_for):
-            cost = budget_model.measure_cost(lambda xs: self._vmap_jacobian(plan.groups[0], xs),
-                                             x1)
+            cost = budget_model.measure_cost(
+                lambda k: self._vmap_jacobian(plan.groups[0], take(x1, 0, k)), n1,
+                self.dtype, self.device)
 
             self.budget_note = budget_model.budget_note(
                 budget, plan, lambda b: plan_for(b, None), lambda p: work_for(p, cost),
@@ -300,20 +305,47 @@ class JacobianBlocks:
         names = self.groups[g]
 
         def make():
-            return [self._vmap_jacobian(names, x[start:stop])]
+            return [self._vmap_jacobian(names, take(x, start, stop))]
 
         return self.cache.get(key, make, pin=side == 1)[0]
 
-    def _vmap_jacobian(self, names: list, xs: Tensor) -> dict[str, Tensor]:
-        """{name: [n, n_L, numel]} per-sample Jacobians of xs for the parameters ``names``."""
-        sub = {k: self.f.params[k] for k in names}
-        rest = {k: v for k, v in self.f.params.items() if k not in sub}
+    def _vmap_jacobian(self, names: list, xs) -> dict[str, Tensor]:
+        """{block: [n, n_L, numel]} per-sample Jacobians of xs for the parameter blocks
+        ``names``: a name (the whole parameter) or (name, r0, r1) (its rows r0:r1, the
+        other rows held fixed; the blocks of one parameter sum to its whole term)."""
+        params = self.f.params
+        sub, pieces = {}, {}
+        for block in names:
+            if isinstance(block, str):
+                sub[block] = params[block]
+            else:
+                name, r0, r1 = block
+                key = f"{name}[{r0}:{r1}]"
+                sub[key], pieces[key] = params[name][r0:r1], block
+        split = {block[0] for block in pieces.values()}
+        rest = {k: v for k, v in params.items() if k not in sub and k not in split}
 
         def fn(p, x):
-            return self.f.single({**rest, **p}, x)
+            full = {**rest, **{k: v for k, v in p.items() if k not in pieces}}
+            for key, (name, r0, r1) in pieces.items():
+                whole = params[name]
+                full[name] = torch.cat([whole[:r0], p[key], whole[r1:]])
+            return self.f.single(full, x)
 
         jac = torch.func.vmap(torch.func.jacrev(fn), in_dims=(None, 0))(sub, xs)
         return {k: v.flatten(2) for k, v in jac.items()}
+
+    def sample_diagonal(self, i0: int, i1: int) -> Tensor:
+        """Θ_kk(x_i, x_i) [i1 − i0, n_L] of x1's samples i0:i1: per-sample squared gradient
+        norms Σ_p (∂f_k(x_i)/∂θ_p)², one vmap(jacrev) (n_L backward passes, vmapped over
+        the samples) per parameter group."""
+        total = None
+        for names in self.groups:
+            jac = self._vmap_jacobian(names, take(self.x1, i0, i1))
+            for j in jac.values():
+                part = j.square().sum(-1)
+                total = part if total is None else total.add_(part)
+        return total.detach()
 
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         total = None
@@ -326,36 +358,16 @@ class JacobianBlocks:
         return total.detach()
 
 
-def activation_numel(model: nn.Module, x: Tensor) -> int:
-    """Numbers produced by one sample's forward, every op counted (functional ones and the
-    residual additions too; views excluded), for memory estimates; where a model cannot
-    run under a dispatch mode, those of its leaf modules."""
-    try:
-        return budget_model.forward_numel(model, x)
-    except Exception:  # noqa: BLE001 — the leaf modules' count below is the fallback
-        pass
-    total = [0]
-
-    def hook(_module, _inputs, output):
-        if isinstance(output, Tensor):
-            total[0] += output.numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return max(total[0], 1)
-
-
 class NTKVPBlocks:
     """NTK-vector products: one vjp at (x2_j, k′) and one jvp over the x1 chunk per column."""
 
-    def __init__(self, model, trainable, x1, x2, mode, n_out):
-        self.f = FuncModel(model, trainable)
+    def __init__(self, model, trainable, x1, x2, mode, n_out, output_fn: OutputFn = None,
+                 dtype: Optional[torch.dtype] = None):
+        self.f = FuncModel(model, trainable, output_fn)
         self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
+        first = next(iter(self.f.params.values()))
+        self.dtype = dtype or (x1.dtype if is_plain(x1) else first.dtype)
+        self.device = first.device
         self.act = activation_numel(model, x1)
         self.params_numel = sum(v.numel() for v in self.f.params.values())
         self.columns = 1
@@ -363,14 +375,15 @@ class NTKVPBlocks:
     def size_blocks(self, budget: int, chunk_size: Optional[int],
                     split_for_progress: bool) -> int:
         x1, x2 = self.x1, self.x2
-        n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
-        s, nl = x1.element_size(), self.n_out
+        n = max(batch_size(x1), 0 if x2 is None else batch_size(x2))
+        s, nl = self.dtype.itemsize, self.n_out
         pair = channels(self.mode, nl) * s * 2 + nl * nl * s
         if chunk_size is not None:
             c = min(chunk_size, n)
         else:
             c = square_chunk(n, 0, pair, budget / 2)
-            c = _split_for_progress(c, n, x1, x2, 6 * nl * self.params_numel, split_for_progress)
+            c = _split_for_progress(c, n, x1, x2, 6 * nl * self.params_numel, split_for_progress,
+                                    device_type=self.device.type)
         # Each column in flight holds a parameter-sized vector and a jvp over c samples.
         per_column = (3 * self.params_numel + 4 * c * self.act + self.act) * s
         self.columns = max(1, min(c * nl, int(budget / 2 / per_column)))
@@ -378,23 +391,25 @@ class NTKVPBlocks:
 
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         f, params, nl = self.f, self.f.params, self.n_out
-        xa = self.x1[i0:i1]
-        xb = (self.x1 if self.x2 is None else self.x2)[j0:j1]
-        ncols = xb.shape[0] * nl
-        col_x = xb.repeat_interleave(nl, 0)
-        col_v = torch.eye(nl, dtype=xa.dtype, device=xa.device).repeat(xb.shape[0], 1)
+        xa = take(self.x1, i0, i1)
+        xb = take(self.x1 if self.x2 is None else self.x2, j0, j1)
+        na, nb = i1 - i0, j1 - j0
+        ncols = nb * nl
+        col_x = map_leaves(lambda t: t.repeat_interleave(nl, 0), xb)
+        col_v = torch.eye(nl, dtype=self.dtype, device=self.device).repeat(nb, 1)
 
-        def column(xs: Tensor, v: Tensor) -> Tensor:
+        def column(xs, v: Tensor) -> Tensor:
             _, vjp_fn = torch.func.vjp(lambda p: f.single(p, xs), params)
             (tangent,) = vjp_fn(v)
             _, jv = torch.func.jvp(lambda p: f.batch(p, xa), (params,), (tangent,))
             return jv  # [n1, n_L]: Θ_k,k′(x1_i, x_j) for all i, k
 
         parts = [
-            torch.func.vmap(column)(col_x[c0:c0 + self.columns], col_v[c0:c0 + self.columns])
+            torch.func.vmap(column)(take(col_x, c0, c0 + self.columns),
+                                    col_v[c0:c0 + self.columns])
             for c0 in range(0, ncols, self.columns)
         ]
-        cols = torch.cat(parts).view(xb.shape[0], nl, xa.shape[0], nl)  # [j, k′, i, k]
+        cols = torch.cat(parts).view(nb, nl, na, nl)  # [j, k′, i, k]
         full = cols.permute(2, 0, 3, 1)  # [i, j, k, k′]
         if self.mode == "full":
             return full
@@ -422,31 +437,21 @@ def structured_plan(model: nn.Module) -> Plan:
     return StructuredPlan(spec) if spec.is_mlp else ConvStructuredPlan(spec)
 
 
-def output_size(function: str, model: nn.Module, x1: Tensor) -> int:
-    """n_L, from one forward pass on one sample (also a clear error for bad inputs)."""
-    try:
-        with torch.no_grad():
-            y = model(x1[:1])
-    except Exception as error:  # the model's own error names what is wrong
-        raise ValueError(
-            f"{function}: the model cannot be applied to x1 of shape {list(x1.shape)} "
-            f"({type(error).__name__}: {error})"
-        ) from error
-    if not isinstance(y, Tensor) or y.dim() < 1 or y.shape[0] != 1:
-        raise ValueError(
-            f"{function}: the model must map a batch [N, ...] to a tensor [N, n_L] (or [N]); "
-            f"got {type(y).__name__} {list(getattr(y, 'shape', []))} for one sample"
-        )
-    return max(1, y[0].numel())
-
-
-def _choose(function: str, model: nn.Module, method: str, x: Tensor, plan: Optional[Plan],
-            stacklevel: int) -> tuple[str, str, Optional[Plan]]:
+def _choose(function: str, model: nn.Module, method: str, x, plan: Optional[Plan],
+            stacklevel: int, output_fn: OutputFn = None) -> tuple[str, str, Optional[Plan]]:
     """(method, reason, structured plan or None); see :func:`make_engine`."""
     if method not in METHODS:
         raise ValueError(f"{function}: method must be one of {METHODS}; got {method!r}")
     if method in ("jacobian", "ntk_vp"):
         return method, "requested", None
+    if not is_plain(x) or output_fn is not None:
+        what = "output_fn is given" if is_plain(x) else "x1 is not one floating-point tensor"
+        if method == "structured":
+            raise ValueError(
+                f"{function}: method='structured' is not available: {what} (the structured "
+                "plans take one float tensor and the model's own output); method='jacobian' "
+                "or 'ntk_vp' computes the kernel of any model and inputs")
+        return "jacobian", f"{what}, which the structured plans do not take", None
     if plan is None:
         try:
             plan = structured_plan(model)
@@ -475,7 +480,8 @@ def _choose(function: str, model: nn.Module, method: str, x: Tensor, plan: Optio
 def make_engine(function: str, model: nn.Module, x1: Tensor, x2: Optional[Tensor], mode: str,
                 method: str = "auto", *, trainable: dict[str, Tensor],
                 precision: str = "highest", plan: Optional[Plan] = None,
-                stacklevel: int = 1) -> Engine:
+                stacklevel: int = 1, output_fn: OutputFn = None,
+                dtype: Optional[torch.dtype] = None) -> Engine:
     """The one method choice of the empirical NTK, and the engine that computes it.
 
     ``method``: "structured" runs the model's structured plan (:func:`structured_plan`:
@@ -489,18 +495,23 @@ def make_engine(function: str, model: nn.Module, x1: Tensor, x2: Optional[Tensor
         function: the entry point the user called (errors and warnings name it).
         model: the nn.Module; ``trainable`` its parameters with requires_grad (name →
             tensor), the ones the Jacobian engines differentiate.
-        x1, x2: checked batches [N1, ...], [N2, ...] or None (x2 = x1); a plan checks
-            (and may flatten) them for the network's input shape.
+        x1, x2: checked batches [N1, ...], [N2, ...] or None (x2 = x1): tensors, or leaf
+            structures (tuples, dicts: ``torch_ntk.empirical.inputs``) which the
+            Jacobian engines take; a plan checks (and may flatten) them for the
+            network's input shape.
         mode: "full", "trace" or "diagonal".
         precision: "highest", or "bf16"/"bf16x3" (structured method, float32 only).
         plan: the structured plan if the caller already built it (None: built here).
         stacklevel: the warning's stack level, counted from the caller of make_engine.
+        output_fn: picks the output to differentiate from the model's output (None: the
+            output itself); given, the Jacobian engines run.
+        dtype: the kernel's dtype (default: x1's for a float tensor, else the parameters').
 
     Returns:
         The engine, with ``method``, ``reason`` (the request, or auto's reason),
         ``plan`` (None unless structured), ``n_out`` and the checked ``x1``/``x2`` set.
     """
-    method, reason, plan = _choose(function, model, method, x1, plan, stacklevel + 1)
+    method, reason, plan = _choose(function, model, method, x1, plan, stacklevel + 1, output_fn)
     if precision != "highest":
         if method != "structured":
             raise ValueError(
@@ -519,8 +530,9 @@ def make_engine(function: str, model: nn.Module, x1: Tensor, x2: Optional[Tensor
         engine = _STRUCTURED[type(plan)](plan, x1, x2, mode, precision)
         n_out = plan.n_out
     else:
-        n_out = output_size(function, model, x1)
+        n_out = output_size(function, model, x1, output_fn)
         blocks = JacobianBlocks if method == "jacobian" else NTKVPBlocks
-        engine = blocks(model, trainable, x1, x2, mode, n_out)
+        engine = blocks(model, trainable, x1, x2, mode, n_out, output_fn, dtype)
+        engine.function = function
     engine.method, engine.reason, engine.plan, engine.n_out = method, reason, plan, n_out
     return engine

@@ -75,10 +75,14 @@ from torch import Tensor, nn
 from .. import ops
 from .budget import MemoryBudgetWarning
 from .._utils.model_context import kernel_context
-from .._utils.modes import MODES, check_mode, kernel_shape
+from .._utils.modes import MODES, kernel_shape
 from .._utils.runtime import default_memory_budget, progress_bar
 from .._utils.validation import check_batch, check_parameters_match
-from .engines import METHODS, MethodFallbackWarning, make_engine
+from .engines import METHODS, JacobianBlocks, MethodFallbackWarning, make_engine
+from .inputs import (OutputFn, batch_size, check_inputs, is_plain, output_size, reference,
+                     trainable_device)
+
+SAMPLE_DIAGONAL = "sample_diagonal"
 
 __all__ = ["MODES", "METHODS", "MemoryBudgetWarning", "MethodFallbackWarning", "NTKInfo",
            "compute_empirical_ntk", "default_memory_budget", "empirical_ntk"]
@@ -122,7 +126,7 @@ def empirical_ntk(
     model: nn.Module, x1: Tensor, x2: Optional[Tensor] = ..., mode: str = ...,
     method: str = ..., chunk_size: Optional[int] = ..., *, memory_budget: Optional[int] = ...,
     out: Optional[Tensor] = ..., progress: Optional[bool] = ...,
-    return_info: Literal[False] = ...,
+    precision: str = ..., output_fn: OutputFn = ..., return_info: Literal[False] = ...,
 ) -> Tensor: ...
 
 
@@ -131,7 +135,7 @@ def empirical_ntk(
     model: nn.Module, x1: Tensor, x2: Optional[Tensor] = ..., mode: str = ...,
     method: str = ..., chunk_size: Optional[int] = ..., *, memory_budget: Optional[int] = ...,
     out: Optional[Tensor] = ..., progress: Optional[bool] = ..., precision: str = ...,
-    return_info: Literal[True],
+    output_fn: OutputFn = ..., return_info: Literal[True],
 ) -> tuple[Tensor, NTKInfo]: ...
 
 
@@ -147,6 +151,7 @@ def empirical_ntk(
     out: Optional[Tensor] = None,
     progress: Optional[bool] = None,
     precision: str = "highest",
+    output_fn: OutputFn = None,
     return_info: bool = False,
 ) -> Union[Tensor, tuple[Tensor, NTKInfo]]:
     """The empirical NTK Θ(x1, x2) of ``model`` at its current parameters.
@@ -160,11 +165,21 @@ def empirical_ntk(
             the model in **eval mode** (dropout off, batch norm with its running
             statistics), whatever mode it is in: the call switches every module to
             eval and restores each one's flag, and the random generators, afterwards.
-        x1: [N1, ...] float32/float64 ([N1, n_0] for an MLP).
-        x2: [N2, ...] like x1, or None (or x1 itself) for x2 = x1: the result is then
-            exactly symmetric, Θ_kk′(x_i, x_j) = Θ_k′k(x_j, x_i) bit for bit.
+        x1: [N1, ...] float32/float64 ([N1, n_0] for an MLP); or a tensor of any dtype
+            (integer token ids: the NTK is taken w.r.t. the parameters, never the
+            inputs), a tuple (called as ``model(*x1)``) or a dict (``model(**x1)``) of
+            tensors, each with the N1 samples along dimension 0 (chunking splits every
+            leaf). Such inputs, and ``output_fn``, run the Jacobian or ntk_vp method
+            (``torch_ntk.empirical.inputs``); the kernel then has the dtype of the
+            trainable parameters.
+        x2: [N2, ...] like x1 (the same structure and leaf dtypes), or None (or x1
+            itself) for x2 = x1: the result is then exactly symmetric,
+            Θ_kk′(x_i, x_j) = Θ_k′k(x_j, x_i) bit for bit.
         mode: "full" → [N1, N2, n_L, n_L]; "trace" → [N1, N2], (1/n_L) Σ_k Θ_kk (the mean);
-            "diagonal" → [N1, N2, n_L], Θ_kk.
+            "diagonal" → [N1, N2, n_L], Θ_kk; "sample_diagonal" → [N1, n_L],
+            Θ_kk(x_i, x_i) = Σ_p (∂f_k(x_i)/∂θ_p)², the per-sample squared gradient norm
+            per output (x2 must be None; n_L backward passes vmapped over the samples,
+            by parameter groups within ``memory_budget``; method "auto" or "jacobian").
         method: "auto", "structured", "jacobian" or "ntk_vp" (see the module docstring).
         chunk_size: samples of x1 and of x2 per block; None sizes blocks from
             ``memory_budget``. Every chunking gives the same result up to rounding.
@@ -186,6 +201,11 @@ def empirical_ntk(
             structured method; see :func:`torch_ntk.ops.structured_ntk`. For a CNN it
             applies to the dense layers after the readout; conv layers always run in the
             inputs' dtype.
+        output_fn: picks the output to differentiate from the model's output: a callable
+            returning [N, n_L] or [N], e.g. ``lambda out: out["logits"]``,
+            ``lambda out: out.logits[:, -1]`` (a language model's last position) or
+            ``lambda out: out.logits`` (a HuggingFace-style output object). None: the
+            model's output, which must then be such a tensor.
         return_info: also return an :class:`NTKInfo` saying which method ran and why.
 
     Returns:
@@ -200,7 +220,8 @@ def empirical_ntk(
     """
     return compute_empirical_ntk(
         "empirical_ntk", model, x1, x2, mode, method, chunk_size, memory_budget=memory_budget,
-        out=out, progress=progress, precision=precision, return_info=return_info)
+        out=out, progress=progress, precision=precision, output_fn=output_fn,
+        return_info=return_info)
 
 
 def compute_empirical_ntk(
@@ -216,6 +237,7 @@ def compute_empirical_ntk(
     out: Optional[Tensor] = None,
     progress: Optional[bool] = None,
     precision: str = "highest",
+    output_fn: OutputFn = None,
     return_info: bool = False,
 ) -> Union[Tensor, tuple[Tensor, NTKInfo]]:
     """:func:`empirical_ntk`, with errors and warnings naming ``function``: the entry point
@@ -225,13 +247,18 @@ def compute_empirical_ntk(
     with kernel_context(model, x1 if isinstance(x1, Tensor) else None,
                         x2 if isinstance(x2, Tensor) else None):
         return _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, out,
-                        progress, precision, return_info)
+                        progress, precision, return_info, output_fn)
 
 
 def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, out, progress,
-             precision, return_info):
+             precision, return_info, output_fn=None):
     start = time.perf_counter()
-    check_mode(function, mode)
+    if mode != SAMPLE_DIAGONAL and mode not in MODES:
+        raise ValueError(
+            f"{function}: mode must be one of {MODES + (SAMPLE_DIAGONAL,)}; got {mode!r}")
+    if output_fn is not None and not callable(output_fn):
+        raise TypeError(f"{function}: output_fn must be a callable applied to the model's "
+                        f"output (e.g. lambda out: out.logits); got {type(output_fn).__name__}")
     if method not in METHODS:
         raise ValueError(f"{function}: method must be one of {METHODS}; got {method!r}")
     if precision not in ops.PRECISIONS:
@@ -244,38 +271,45 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
         )
     if x2 is x1:
         x2 = None  # the same batch: take the symmetric path
-    x1 = check_batch(function, "x1", x1)
-    if x2 is not None:
-        x2 = check_batch(function, "x2", x2, like=x1)
-    trainable = _check_parameters(function, model, x1)
+    x1, x2, trainable = _check_inputs(function, model, x1, x2)
+    dtype, device = reference(x1, trainable)
+    if mode == SAMPLE_DIAGONAL and x2 is not None:
+        raise ValueError(f"{function}: mode='sample_diagonal' is Θ(x_i, x_i) of x1's samples; "
+                         "x2 must be None")
+    if mode == SAMPLE_DIAGONAL and method not in ("auto", "jacobian"):
+        raise ValueError(f"{function}: mode='sample_diagonal' runs per-sample gradients (the "
+                         f"Jacobian method); method must be 'auto' or 'jacobian', got {method!r}")
 
     budget_given = memory_budget is not None
     if memory_budget is None:
-        memory_budget = default_memory_budget(x1.device)
+        memory_budget = default_memory_budget(device)
     elif not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
         raise ValueError(
             f"{function}: memory_budget must be a positive number of bytes; got "
             f"{memory_budget!r}"
         )
     memory_budget = int(min(memory_budget, 2**62))
+    if mode == SAMPLE_DIAGONAL:
+        return _sample_diagonal(function, model, trainable, x1, chunk_size, memory_budget, out,
+                                output_fn, dtype, start, return_info)
 
     # The one method choice (also the tiles' of torch_ntk.distributed): the engine, on the
     # inputs as its plan checked them (a CNN's shape, an MLP's flattened input).
     engine = make_engine(function, model, x1, x2, mode, method, trainable=trainable,
-                         precision=precision, stacklevel=4)
+                         precision=precision, stacklevel=4, output_fn=output_fn, dtype=dtype)
     method, reason, plan, n_out = engine.method, engine.reason, engine.plan, engine.n_out
     x1, x2 = engine.x1, engine.x2
-    _check_budget_cost(engine, budget_given and chunk_size is None, x1)
+    _check_budget_cost(engine, budget_given and chunk_size is None, device)
 
-    n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
+    n1 = batch_size(x1)
+    n2 = n1 if x2 is None else batch_size(x2)
     shape = kernel_shape(mode, n1, n2, n_out)
-    out = _check_out(function, out, shape, x1.dtype)
+    out = _check_out(function, out, shape, dtype)
 
     chunk = engine.size_blocks(memory_budget, chunk_size, progress is not False)
     _warn_budget_cost(function, engine)
-    result, blocks = _fill(engine, x1, x2, mode, n_out, chunk, out, progress, method,
-                          f"{function} ({method})")
+    result, blocks = _fill(engine, n1, None if x2 is None else n2, mode, n_out, chunk, out,
+                          progress, method, f"{function} ({method})", dtype, device)
     if out is not None:
         result = out
     contractions = () if plan is None else tuple(plan.layer_names())
@@ -285,12 +319,33 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
     return (result, info) if return_info else result
 
 
-def _check_budget_cost(engine, wanted: bool, x1: Tensor) -> None:
+def _check_budget_cost(engine, wanted: bool, device: torch.device) -> None:
     """Ask an engine that can (the Jacobian method's) to estimate what a user-given
     memory_budget costs against the default budget."""
     if wanted and hasattr(engine, "check_budget"):
         engine.check_budget = True
-        engine.budget_ceiling = default_memory_budget(x1.device)
+        engine.budget_ceiling = default_memory_budget(device)
+
+
+def _sample_diagonal(function, model, trainable, x1, chunk_size, budget, out, output_fn,
+                     dtype, start, return_info):
+    """mode="sample_diagonal": Θ_kk(x_i, x_i) [N, n_L] by per-sample gradients, chunk by
+    chunk and parameter group by group within the budget (JacobianBlocks' memory model)."""
+    n_out = output_size(function, model, x1, output_fn)
+    n = batch_size(x1)
+    out = _check_out(function, out, (n, n_out), dtype)
+    engine = JacobianBlocks(model, trainable, x1, None, "diagonal", n_out, output_fn, dtype)
+    engine.function = function
+    chunk = engine.size_blocks(budget, chunk_size, False)
+    result = out if out is not None else torch.empty(n, n_out, dtype=dtype,
+                                                     device=engine.device)
+    for i0 in range(0, n, chunk):
+        result[i0:i0 + chunk].copy_(engine.sample_diagonal(i0, min(i0 + chunk, n)))
+    blocks = -(-n // chunk)
+    info = NTKInfo("jacobian", "mode='sample_diagonal' takes per-sample gradients",
+                   SAMPLE_DIAGONAL, min(chunk, n), 1, blocks, budget,
+                   time.perf_counter() - start)
+    return (result, info) if return_info else result
 
 
 def _warn_budget_cost(function: str, engine) -> None:
@@ -303,8 +358,25 @@ def _warn_budget_cost(function: str, engine) -> None:
 # validation
 
 
-def _check_parameters(function: str, model: nn.Module, x: Tensor) -> dict[str, Tensor]:
-    check_parameters_match(function, model, x)
+def _check_inputs(function: str, model: nn.Module, x1, x2):
+    """(x1, x2, trainable parameters), checked: a floating tensor x1 as before (its dtype
+    and device are the parameters'); any other x1 (token ids, tuples, dicts) by
+    ``inputs.check_inputs``, its leaves on the trainable parameters' one device."""
+    if isinstance(x1, Tensor) and x1.is_floating_point():
+        x1 = check_batch(function, "x1", x1)
+        if x2 is not None:
+            x2 = check_batch(function, "x2", x2, like=x1)
+        return x1, x2, _check_parameters(function, model, x1)
+    device = trainable_device(function, model)
+    x1 = check_inputs(function, "x1", x1, device=device)
+    if x2 is not None:
+        x2 = check_inputs(function, "x2", x2, like=x1, device=device)
+    return x1, x2, _check_parameters(function, model, None)
+
+
+def _check_parameters(function: str, model: nn.Module, x: Optional[Tensor]) -> dict[str, Tensor]:
+    if x is not None:
+        check_parameters_match(function, model, x)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     # One reduction per parameter; the exact (slower) test only runs to name a culprit.
     with torch.no_grad():
@@ -318,6 +390,10 @@ def _check_parameters(function: str, model: nn.Module, x: Tensor) -> dict[str, T
             f"{function}: the model has no parameter with requires_grad=True, so its NTK is "
             "identically zero"
         )
+    dtypes = {p.dtype for p in trainable.values() if p.is_floating_point()}
+    if x is None and len(dtypes) > 1:
+        raise ValueError(f"{function}: the trainable parameters mix dtypes {sorted(map(str, dtypes))}; "
+                         "convert the model to one (model.double() or model.float())")
     return trainable
 
 
@@ -340,12 +416,12 @@ def _check_out(
 # the block loop
 
 
-def _fill(engine, x1: Tensor, x2: Optional[Tensor], mode: str, n_out: int, chunk: int,
+def _fill(engine, n1: int, n2: Optional[int], mode: str, n_out: int, chunk: int,
           out: Optional[Tensor], progress: Optional[bool], method: str,
-          desc: str) -> tuple[Tensor, int]:
-    symmetric = x2 is None
-    n1 = x1.shape[0]
-    n2 = n1 if symmetric else x2.shape[0]
+          desc: str, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, int]:
+    """The block loop over N1 × N2 (n2 None: x2 = x1, upper blocks and their mirror)."""
+    symmetric = n2 is None
+    n2 = n1 if symmetric else n2
     rows = [(i, min(i + chunk, n1)) for i in range(0, n1, chunk)]
     cols = rows if symmetric else [(j, min(j + chunk, n2)) for j in range(0, n2, chunk)]
     pairs = [
@@ -359,7 +435,8 @@ def _fill(engine, x1: Tensor, x2: Optional[Tensor], mode: str, n_out: int, chunk
             block = _symmetrize(block, mode)
         return block, 1
 
-    result = out if out is not None else x1.new_empty(kernel_shape(mode, n1, n2, n_out))
+    result = out if out is not None else torch.empty(kernel_shape(mode, n1, n2, n_out),
+                                                     dtype=dtype, device=device)
     bar = progress_bar(len(pairs), progress=progress, desc=desc,
                        unit="block", enabled=len(pairs) > 1)
     try:
