@@ -23,7 +23,8 @@ except ImportError as _error:  # pragma: no cover - depends on the installation
 from . import activations, analytic, empirical, layers, lifting, monte_carlo, nn, ops, predict, \
     tracking
 from .analytic import Kernels, analytic_kernels
-from .empirical import MemoryBudgetWarning, MethodFallbackWarning, NTKInfo, empirical_ntk
+from .empirical import (MemoryBudgetWarning, MethodFallbackWarning, NTKInfo, NTKOperator,
+                        empirical_ntk)
 from .io import load_kernels, save_kernels
 from .layers import Dense
 from .lifting import LayerSpec, lift, mlp_spec
@@ -54,6 +55,7 @@ __all__ = [
     "MonteCarloKernels",
     "NTK",
     "NTKInfo",
+    "NTKOperator",
     "NTKLinear",
     "activations",
     "analytic",

@@ -2,7 +2,9 @@
 
 Solves (K + λ I) α = y for a symmetric positive semi-definite K [N, N] (λ > 0, or K
 positive definite) that need not fit in memory: K is a path to a ``.npy`` (memory-mapped
-read-only), a NumPy array/memmap or a tensor. Each matrix–vector product streams over
+read-only), a NumPy array/memmap or a tensor — or an operator that is never formed, any
+object with ``shape``, ``matvec(v)`` for v [N, m] and ``diagonal()`` (such as
+``torch_ntk.NTKOperator``: Θ·v by a vjp/jvp pair), applied whole on every rank. Each matrix–vector product streams over
 row blocks K[a:b, :]; with a process group, rank r takes row blocks r, r+W, … and the
 partial products are summed with ``all_reduce``, so every rank reads only its rows and
 every rank holds the same iterates. Vectors are [N] or [N, m] (m right-hand sides solved
@@ -67,6 +69,10 @@ class kernel_operator:
 
     def __init__(self, kernel, ridge: float = 0.0, *, row_block: Optional[int] = None,
                  group=None, dtype: torch.dtype = torch.float64, device="cpu"):
+        self.operator = kernel if callable(getattr(kernel, "matvec", None)) else None
+        if self.operator is not None:
+            self._init_operator(kernel, ridge, dtype, device)
+            return
         if isinstance(kernel, (str, os.PathLike)):
             kernel = np.load(os.fspath(kernel), mmap_mode="r")
         if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
@@ -88,6 +94,24 @@ class kernel_operator:
         self.blocks = blocks[self.rank::self.world]
         self.matvecs = 0
 
+    def _init_operator(self, op, ridge: float, dtype: torch.dtype, device) -> None:
+        """An operator kernel (``matvec``, ``diagonal``, ``shape``): no rows to stream."""
+        shape = tuple(getattr(op, "shape", ()))
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"conjugate_gradient: the kernel operator must be square [N, N]; "
+                             f"got shape {shape}")
+        if not callable(getattr(op, "diagonal", None)):
+            raise ValueError("conjugate_gradient: a kernel operator needs a diagonal() method "
+                             "(for the Jacobi preconditioner) besides matvec")
+        if not ridge >= 0:
+            raise ValueError(f"conjugate_gradient: ridge must be ≥ 0; got {ridge!r}")
+        self.kernel, self.ridge, self.dtype, self.device = op, float(ridge), dtype, device
+        self.n = shape[0]
+        self.op_dtype = getattr(op, "dtype", dtype)
+        self.op_device = getattr(op, "device", device)
+        self.active, self.group, self.rank, self.world = False, None, 0, 1
+        self.blocks, self.matvecs = [], 0
+
     def rows(self, a: int, b: int) -> Tensor:
         k = self.kernel[a:b]
         k = k if isinstance(k, Tensor) else torch.from_numpy(np.require(k, requirements="CW"))
@@ -99,6 +123,11 @@ class kernel_operator:
         return t
 
     def __call__(self, v: Tensor) -> Tensor:
+        if self.operator is not None:
+            self.matvecs += 1
+            w = v.to(dtype=self.op_dtype, device=self.op_device)
+            out = self.operator.matvec(w).to(dtype=v.dtype, device=v.device)
+            return out + self.ridge * v
         out = torch.zeros_like(v)
         for a, b in self.blocks:
             out[a:b] = self.rows(a, b) @ v
@@ -106,6 +135,9 @@ class kernel_operator:
         return self._reduce(out) + self.ridge * v
 
     def diagonal(self) -> Tensor:
+        if self.operator is not None:
+            d = self.operator.diagonal().reshape(-1)
+            return d.to(dtype=self.dtype, device=self.device) + self.ridge
         d = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         for a, b in self.blocks:
             d[a:b] = self.rows(a, b)[:, a:b].diagonal()
@@ -113,6 +145,10 @@ class kernel_operator:
 
     def block_preconditioner(self, block_size: int):
         """M⁻¹ for the block-Jacobi preconditioner, diagonal blocks of ``block_size``."""
+        if self.operator is not None:
+            raise ValueError("conjugate_gradient: preconditioner='block' needs the kernel's "
+                             "diagonal blocks, which an operator does not hold; use "
+                             "preconditioner='jacobi' (its diagonal()) or 'none'")
         blocks = [(a, min(a + block_size, self.n)) for a in range(0, self.n, block_size)]
         factors = []
         for a, b in blocks[self.rank::self.world]:
@@ -157,7 +193,12 @@ def conjugate_gradient(
     """Solve (K + ridge·I) α = y by preconditioned conjugate gradients.
 
     Args:
-        kernel: K [N, N], symmetric PSD: a ``.npy`` path (memory-mapped), array or tensor.
+        kernel: K [N, N], symmetric PSD: a ``.npy`` path (memory-mapped), array or tensor;
+            or an operator with ``shape`` (N, N), ``matvec(v)`` (v [N, m] → K v [N, m]) and
+            ``diagonal()`` ([N]), e.g. :class:`torch_ntk.NTKOperator` (K = Θ(x, x) over
+            the N = samples × outputs entries, never formed); ``row_block`` is then
+            unused, "block" preconditioning is refused, and with a process group every
+            rank applies the whole operator (no reduction).
         y: [N] or [N, m] targets.
         ridge: λ ≥ 0 added to the diagonal (needed when K is singular).
         tol: stop when ‖y − (K + λI)α‖ ≤ tol·‖y‖ for every column.

@@ -271,7 +271,7 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
         )
     if x2 is x1:
         x2 = None  # the same batch: take the symmetric path
-    x1, x2, trainable = _check_inputs(function, model, x1, x2)
+    x1, x2, trainable = check_model_inputs(function, model, x1, x2)
     dtype, device = reference(x1, trainable)
     if mode == SAMPLE_DIAGONAL and x2 is not None:
         raise ValueError(f"{function}: mode='sample_diagonal' is Θ(x_i, x_i) of x1's samples; "
@@ -358,7 +358,7 @@ def _warn_budget_cost(function: str, engine) -> None:
 # validation
 
 
-def _check_inputs(function: str, model: nn.Module, x1, x2):
+def check_model_inputs(function: str, model: nn.Module, x1, x2):
     """(x1, x2, trainable parameters), checked: a floating tensor x1 as before (its dtype
     and device are the parameters'); any other x1 (token ids, tuples, dicts) by
     ``inputs.check_inputs``, its leaves on the trainable parameters' one device."""
