@@ -42,20 +42,36 @@ def kernel_context(model: nn.Module, *tensors: Optional[Tensor]) -> Iterator[Non
     Inside: every module in eval mode, gradient recording off, and the fast path of
     ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` off (its fused kernel has no
     forward-mode AD, so ``method="ntk_vp"`` would fail on it; the slow path computes the
-    same function). On exit: each module's own ``training`` flag restored (mixed modes
+    same function), and ``scaled_dot_product_attention`` on its math backend (the fused
+    flash/memory-efficient kernels have no forward-mode AD either, which the jvp of
+    ``ntk_vp`` and ``NTKOperator`` needs; the math backend computes the same function). On exit: each module's own ``training`` flag restored (mixed modes
     survive), the fast-path switch restored, and the CPU random
     generator and those of the CUDA devices holding the model or ``tensors`` reset to
     their state on entry, so training that follows draws the same dropout masks and
     augmentations as without the kernel computation.
     """
     modes = [(m, m.training) for m in model.modules()]
-    with forked_rng(cuda_devices_of(model, *tensors)), torch.no_grad(), _mha_fastpath_off():
+    with forked_rng(cuda_devices_of(model, *tensors)), torch.no_grad(), _mha_fastpath_off(), \
+            _sdpa_math():
         try:
             model.eval()
             yield
         finally:
             for m, mode in modes:
                 m.training = mode
+
+
+@contextlib.contextmanager
+def _sdpa_math() -> Iterator[None]:
+    """scaled_dot_product_attention restricted to its math backend inside (a no-op on a
+    torch without ``torch.nn.attention.sdpa_kernel``)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - older torch
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 @contextlib.contextmanager

@@ -194,7 +194,8 @@ def check_inputs(function: str, name: str, x: Inputs, *, like: Optional[Inputs] 
     return x
 
 
-def _paths(function: str, name: str, x):
+def _paths(function: str, name: str, x, root: Optional[str] = None):
+    root = root or name
     items = x.items() if isinstance(x, dict) else enumerate(x)
     for key, v in items:
         if isinstance(x, dict) and not isinstance(key, str):
@@ -204,9 +205,9 @@ def _paths(function: str, name: str, x):
         if isinstance(v, Tensor):
             yield path, v
         elif isinstance(v, (tuple, list, dict)):
-            yield from _paths(function, path, v)
+            yield from _paths(function, path, v, root)
         else:
-            raise TypeError(f"{function}: {path} must be a torch.Tensor (every leaf of {name} "
+            raise TypeError(f"{function}: {path} must be a torch.Tensor (every leaf of {root} "
                             f"is a batch [N, ...]); got {type(v).__name__}")
 
 
