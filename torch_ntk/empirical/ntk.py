@@ -358,19 +358,20 @@ def _warn_budget_cost(function: str, engine) -> None:
 # validation
 
 
-def check_model_inputs(function: str, model: nn.Module, x1, x2):
+def check_model_inputs(function: str, model: nn.Module, x1, x2, names=("x1", "x2")):
     """(x1, x2, trainable parameters), checked: a floating tensor x1 as before (its dtype
     and device are the parameters'); any other x1 (token ids, tuples, dicts) by
-    ``inputs.check_inputs``, its leaves on the trainable parameters' one device."""
+    ``inputs.check_inputs``, its leaves on the trainable parameters' one device. ``names``:
+    the arguments' names in errors."""
     if isinstance(x1, Tensor) and x1.is_floating_point():
-        x1 = check_batch(function, "x1", x1)
+        x1 = check_batch(function, names[0], x1)
         if x2 is not None:
-            x2 = check_batch(function, "x2", x2, like=x1)
+            x2 = check_batch(function, names[1], x2, like=x1)
         return x1, x2, _check_parameters(function, model, x1)
     device = trainable_device(function, model)
-    x1 = check_inputs(function, "x1", x1, device=device)
+    x1 = check_inputs(function, names[0], x1, device=device)
     if x2 is not None:
-        x2 = check_inputs(function, "x2", x2, like=x1, device=device)
+        x2 = check_inputs(function, names[1], x2, like=x1, device=device)
     return x1, x2, _check_parameters(function, model, None)
 
 

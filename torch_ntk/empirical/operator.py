@@ -91,7 +91,7 @@ class NTKOperator:
                              f"got {memory_budget!r}")
         self.model, self.output_fn, self.chunk_size = model, output_fn, chunk_size
         with kernel_context(model):
-            self.x, _, self.trainable = check_model_inputs(function, model, x, None)
+            self.x, _, self.trainable = check_model_inputs(function, model, x, None, ("x", "x"))
             self.dtype, self.device = reference(self.x, self.trainable)
             self.n_out = output_size(function, model, self.x, output_fn)
             self.activations = activation_numel(model, self.x)
