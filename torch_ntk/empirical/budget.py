@@ -105,8 +105,9 @@ def jacobian_plan(budget: int, sizes: dict, n: int, n_out: int, itemsize: int,
                   rows: Optional[dict] = None) -> JacobianPlan:
     """The Jacobian method's groups, chunk and cache within ``budget`` bytes (module
     docstring); sizes: parameter name → numel; rows: name → size of its dimension 0 (a
-    parameter given here is split into row blocks when its one-sample Jacobian exceeds a
-    group's share of the budget); n: the larger batch; activations: A."""
+    parameter given here is split into row blocks of at most a group's share, room/16,
+    when its one-sample Jacobian exceeds a quarter of the room, budget − fixed); n: the
+    larger batch; activations: A."""
     rows = rows or {}
 
     s, nl = itemsize, n_out
@@ -118,7 +119,9 @@ def jacobian_plan(budget: int, sizes: dict, n: int, n_out: int, itemsize: int,
     for name, size in sizes.items():
         cost = 2 * nl * size * s
         r = rows.get(name, 1)
-        if cost > group_limit and r > 1:  # row blocks of this parameter, one group each
+        # A parameter whose one-sample Jacobian takes over a quarter of the room is split
+        # into row blocks of at most a group's share, one group each.
+        if cost > 4 * group_limit and r > 1:
             step = max(1, min(r, int(group_limit // (cost / r))))
             if current:
                 groups.append(current)

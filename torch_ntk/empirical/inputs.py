@@ -164,7 +164,9 @@ def check_inputs(function: str, name: str, x: Inputs, *, like: Optional[Inputs] 
     else:
         raise TypeError(
             f"{function}: {name} must be a torch.Tensor, a tuple or a dict of tensors (a "
-            f"tuple calls model(*{name}), a dict model(**{name})); got {type(x).__name__}")
+            f"tuple calls model(*{name}), a dict model(**{name})); got {type(x).__name__}"
+            + (f" (for a numpy array: torch.from_numpy({name}))"
+               if type(x).__module__.startswith("numpy") else ""))
     for path, t in paths:
         if t.dim() == 0:
             raise ValueError(

@@ -78,7 +78,7 @@ from .._utils.model_context import kernel_context
 from .._utils.modes import MODES, kernel_shape
 from .._utils.runtime import default_memory_budget, progress_bar
 from .._utils.validation import check_batch, check_parameters_match
-from .engines import METHODS, JacobianBlocks, MethodFallbackWarning, make_engine
+from .engines import METHODS, JacobianBlocks, MethodFallbackWarning, make_engine, structured_plan
 from .inputs import (OutputFn, batch_size, check_inputs, is_plain, output_size, reference,
                      trainable_device)
 
@@ -368,11 +368,22 @@ def check_model_inputs(function: str, model: nn.Module, x1, x2, names=("x1", "x2
         if x2 is not None:
             x2 = check_batch(function, names[1], x2, like=x1)
         return x1, x2, _check_parameters(function, model, x1)
+    if isinstance(x1, Tensor) and _lifts(model):
+        check_batch(function, names[0], x1)  # a chain of Linear/Conv layers takes floats
     device = trainable_device(function, model)
     x1 = check_inputs(function, names[0], x1, device=device)
     if x2 is not None:
         x2 = check_inputs(function, names[1], x2, like=x1, device=device)
     return x1, x2, _check_parameters(function, model, None)
+
+
+def _lifts(model: nn.Module) -> bool:
+    """Whether ``model`` has a structured plan (an MLP or CNN: its input is a float tensor)."""
+    try:
+        structured_plan(model)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_parameters(function: str, model: nn.Module, x: Optional[Tensor]) -> dict[str, Tensor]:
