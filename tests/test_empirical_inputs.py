@@ -306,3 +306,16 @@ def test_a_budget_below_one_sample_is_refused_with_the_bytes_it_needs():
         warnings.simplefilter("ignore", tn.MemoryBudgetWarning)
         got = tn.empirical_ntk(model, x, method="jacobian", memory_budget=need)
     assert rel_err(got, reference_full(model, x)) <= EXACT_F64
+
+
+def test_ntk_vp_refuses_a_budget_below_one_product_and_runs_at_the_one_it_names():
+    model = Wide()
+    x = (torch.randn(4, 40, dtype=F64), torch.rand(4, 1, dtype=F64))
+    with pytest.raises(ValueError, match=r"memory_budget=2000 bytes is below what one "
+                                         r"NTK-vector product needs .*>= \d+") as error:
+        tn.empirical_ntk(model, x, method="ntk_vp", memory_budget=2000)
+    need = int(re.search(r">= (\d+)", str(error.value)).group(1))
+    got, info = tn.empirical_ntk(model, x, method="ntk_vp", memory_budget=need,
+                                 return_info=True)
+    assert info.row_chunk < 4  # the chunk shrank to fit one column's jvp
+    assert rel_err(got, reference_full(model, x)) <= EXACT_F64

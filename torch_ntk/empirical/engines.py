@@ -359,7 +359,11 @@ class JacobianBlocks:
 
 
 class NTKVPBlocks:
-    """NTK-vector products: one vjp at (x2_j, k′) and one jvp over the x1 chunk per column."""
+    """NTK-vector products: one vjp at (x2_j, k′) and one jvp over the x1 chunk per column
+    (chunks sized so one column's jvp fits half the budget; a budget below one column over
+    one sample is refused with the bytes it needs)."""
+
+    function = "empirical_ntk"
 
     def __init__(self, model, trainable, x1, x2, mode, n_out, output_fn: OutputFn = None,
                  dtype: Optional[torch.dtype] = None):
@@ -384,7 +388,19 @@ class NTKVPBlocks:
             c = square_chunk(n, 0, pair, budget / 2)
             c = _split_for_progress(c, n, x1, x2, 6 * nl * self.params_numel, split_for_progress,
                                     device_type=self.device.type)
-        # Each column in flight holds a parameter-sized vector and a jvp over c samples.
+        # Each column in flight holds a parameter-sized vector and a jvp over c samples;
+        # one column over one sample must fit in half the budget, else the run is refused.
+        need = 2 * (3 * self.params_numel + 5 * self.act) * s
+        if need > budget:
+            raise ValueError(
+                f"{self.function}: memory_budget={budget} bytes is below what one NTK-vector "
+                f"product needs ({need} bytes: 3 parameter-sized vectors of "
+                f"{self.params_numel} numbers and one sample's {self.act} activations with "
+                f"their tangents, twice for the block's other half); pass memory_budget >= "
+                f"{need}")
+        if chunk_size is None:
+            fit = (budget / 2 / s - 3 * self.params_numel - self.act) / (4 * self.act)
+            c = max(1, min(c, int(fit)))
         per_column = (3 * self.params_numel + 4 * c * self.act + self.act) * s
         self.columns = max(1, min(c * nl, int(budget / 2 / per_column)))
         return c
