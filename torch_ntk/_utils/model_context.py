@@ -44,8 +44,9 @@ def kernel_context(model: nn.Module, *tensors: Optional[Tensor]) -> Iterator[Non
     forward-mode AD, so ``method="ntk_vp"`` would fail on it; the slow path computes the
     same function), and ``scaled_dot_product_attention`` on its math backend (the fused
     flash/memory-efficient kernels have no forward-mode AD either, which the jvp of
-    ``ntk_vp`` and ``NTKOperator`` needs; the math backend computes the same function). On exit: each module's own ``training`` flag restored (mixed modes
-    survive), the fast-path switch restored, and the CPU random
+    ``ntk_vp`` and ``NTKOperator`` needs; the math backend computes the same function).
+    On exit: each module's own ``training`` flag restored (mixed modes survive), the
+    fast-path and backend switches restored, and the CPU random
     generator and those of the CUDA devices holding the model or ``tensors`` reset to
     their state on entry, so training that follows draws the same dropout masks and
     augmentations as without the kernel computation.

@@ -103,8 +103,8 @@ def _tensors(part):
     return [t for p in part for t in _tensors(p)]
 
 
-def _split_for_progress(c: int, n: int, x1, x2, flops_per_pair: float,
-                        enabled: bool, smallest: int = 16, device_type: Optional[str] = None) -> int:
+def _split_for_progress(c: int, n: int, x1, x2, flops_per_pair: float, enabled: bool,
+                        smallest: int = 16, device_type: Optional[str] = None) -> int:
     """A chunk giving a few blocks (so a progress bar can move) for a long single-block run
     (x1, x2: leaf structures, :mod:`.inputs`)."""
     n1 = batch_size(x1)

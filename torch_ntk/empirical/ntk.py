@@ -38,11 +38,17 @@ or a module whose forward torch.fx reads as a chain of such layers)
 ``"auto"`` picks "structured" when the model lifts and the op is available on the
 inputs' device, else "jacobian"; ``return_info=True`` reports the choice and why.
 
+Inputs: x1/x2 may be a float tensor (every method), or — for the Jacobian and ntk_vp
+methods — a tensor of any dtype (token ids), a tuple (``model(*x)``) or a dict
+(``model(**x)``) of tensors sharing batch dimension 0; ``output_fn`` picks the output to
+differentiate (``torch_ntk.empirical.inputs``).
+
 Modes: ``"full"`` [N1, N2, n_L, n_L] (entry [i, j, k, k′] = Θ_kk′(x1_i, x2_j)),
 ``"trace"`` [N1, N2] = (1/n_L) Σ_k Θ_kk (the **mean** over outputs, in every method: the
 scale of one output's kernel, of ``analytic_kernels(...).ntk`` and of the dynamics that
 :mod:`torch_ntk.predict` solves; neural-tangents' convention; before 0.2 it was the sum),
-``"diagonal"`` [N1, N2, n_L] = Θ_kk.
+``"diagonal"`` [N1, N2, n_L] = Θ_kk; ``"sample_diagonal"`` [N1, n_L] = Θ_kk(x_i, x_i) (per-sample
+squared gradient norms, x2 = None: n_L backward passes vmapped over the samples).
 
 Large N: rows and columns are processed in blocks whose working memory stays within
 ``memory_budget`` (default: half the available host memory, or 80% of the free memory
@@ -79,7 +85,7 @@ from .._utils.modes import MODES, kernel_shape
 from .._utils.runtime import default_memory_budget, progress_bar
 from .._utils.validation import check_batch, check_parameters_match
 from .engines import METHODS, JacobianBlocks, MethodFallbackWarning, make_engine, structured_plan
-from .inputs import (OutputFn, batch_size, check_inputs, is_plain, output_size, reference,
+from .inputs import (Inputs, OutputFn, batch_size, check_inputs, output_size, reference,
                      trainable_device)
 
 SAMPLE_DIAGONAL = "sample_diagonal"
@@ -123,7 +129,7 @@ class NTKInfo:
 
 @overload
 def empirical_ntk(
-    model: nn.Module, x1: Tensor, x2: Optional[Tensor] = ..., mode: str = ...,
+    model: nn.Module, x1: Inputs, x2: Optional[Inputs] = ..., mode: str = ...,
     method: str = ..., chunk_size: Optional[int] = ..., *, memory_budget: Optional[int] = ...,
     out: Optional[Tensor] = ..., progress: Optional[bool] = ...,
     precision: str = ..., output_fn: OutputFn = ..., return_info: Literal[False] = ...,
@@ -132,7 +138,7 @@ def empirical_ntk(
 
 @overload
 def empirical_ntk(
-    model: nn.Module, x1: Tensor, x2: Optional[Tensor] = ..., mode: str = ...,
+    model: nn.Module, x1: Inputs, x2: Optional[Inputs] = ..., mode: str = ...,
     method: str = ..., chunk_size: Optional[int] = ..., *, memory_budget: Optional[int] = ...,
     out: Optional[Tensor] = ..., progress: Optional[bool] = ..., precision: str = ...,
     output_fn: OutputFn = ..., return_info: Literal[True],
@@ -141,8 +147,8 @@ def empirical_ntk(
 
 def empirical_ntk(
     model: nn.Module,
-    x1: Tensor,
-    x2: Optional[Tensor] = None,
+    x1: Inputs,
+    x2: Optional[Inputs] = None,
     mode: str = "full",
     method: str = "auto",
     chunk_size: Optional[int] = None,
@@ -227,8 +233,8 @@ def empirical_ntk(
 def compute_empirical_ntk(
     function: str,
     model: nn.Module,
-    x1: Tensor,
-    x2: Optional[Tensor] = None,
+    x1: Inputs,
+    x2: Optional[Inputs] = None,
     mode: str = "full",
     method: str = "auto",
     chunk_size: Optional[int] = None,
@@ -404,8 +410,9 @@ def _check_parameters(function: str, model: nn.Module, x: Optional[Tensor]) -> d
         )
     dtypes = {p.dtype for p in trainable.values() if p.is_floating_point()}
     if x is None and len(dtypes) > 1:
-        raise ValueError(f"{function}: the trainable parameters mix dtypes {sorted(map(str, dtypes))}; "
-                         "convert the model to one (model.double() or model.float())")
+        raise ValueError(f"{function}: the trainable parameters mix dtypes "
+                         f"{sorted(map(str, dtypes))}; convert the model to one "
+                         "(model.double() or model.float())")
     return trainable
 
 
