@@ -7,8 +7,9 @@ object with ``shape``, ``matvec(v)`` for v [N, m] and ``diagonal()`` (such as
 ``torch_ntk.NTKOperator``: Θ·v by a vjp/jvp pair), applied whole on every rank. Each
 matrix–vector product with a stored K streams over row blocks K[a:b, :]; with a process
 group, rank r takes row blocks r, r+W, … and the partial products are summed with
-``all_reduce``, so every rank reads only its rows and every rank holds the same iterates. Vectors are [N] or [N, m] (m right-hand sides solved
-together, each with its own step sizes) in float64 by default.
+``all_reduce``, so every rank reads only its rows and every rank holds the same iterates.
+Vectors are [N] or [N, m] (m right-hand sides solved together, each with its own step
+sizes) in float64 by default.
 
 Preconditioners M ≈ K + λI (applied as M⁻¹r):
   "jacobi"  diag(K) + λ;
