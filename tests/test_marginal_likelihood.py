@@ -247,6 +247,7 @@ def test_fit_bad_input():
         (lambda: fit(spec, x, y, method="sgd"), ValueError, "method must be"),
         (lambda: fit(spec, x, y, lr=0.0), ValueError, "lr must be a positive number"),
         (lambda: fit(spec, x, y[:5]), ValueError, r"y must be a tensor \[N\] or \[N, C\]"),
+        (lambda: fit(spec, x, y.numpy()), TypeError, "y must be a torch.Tensor"),
         (lambda: fit(mlp_spec([3, 1, 1], "relu", bias_std=0.0), x, y), ValueError,
          "bias_var starts at 0.0"),
         (lambda: fit(spec, x, y, diag_reg=0.0), ValueError, "diag_reg starts at 0.0"),

@@ -47,11 +47,15 @@ class FittedHyperparameters(NamedTuple):
 
     weight_var: [L] σ_w² of each linear (Dense/Conv) layer, in order (all equal when
         shared), detached, x's dtype.
+
     bias_var: [L] σ_b² of each linear layer (0 for a layer without bias).
+
     diag_reg: 0-dim, the noise variance σ² (the ridge).
+
     log_evidence: [E + 1] the objective at each of the E evaluations the optimizer made
         (Adam: before each step; L-BFGS: its line-search trials included, so not
         monotone), then at the fitted values.
+
     spec: the input spec with the fitted variances (floats): pass it to
         :func:`torch_ntk.analytic_kernels` or ``predict.gp_inference`` with ``diag_reg``.
     """
@@ -118,10 +122,12 @@ def fit_kernel_hyperparameters(
         raise ValueError(f"{name}: lr must be a positive number; got {lr!r}")
     if not isinstance(x, Tensor):
         check_batch(name, "x", x)
-    if not isinstance(y, Tensor) or y.shape[:1] != x.shape[:1]:
-        got = list(y.shape) if isinstance(y, Tensor) else type(y).__name__
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name}: y must be a torch.Tensor [N] or [N, C]; got "
+                        f"{type(y).__name__}")
+    if y.shape[:1] != x.shape[:1]:
         raise ValueError(f"{name}: y must be a tensor [N] or [N, C] with N = {x.shape[0]} "
-                         f"rows like x; got {got}")
+                         f"rows like x; got {list(y.shape)}")
     if diag_reg is None:
         diag_reg = 0.1 * float(y.detach().double().square().mean())
     layers = [layer for layer in spec.layers if isinstance(layer, (Conv, Dense))]

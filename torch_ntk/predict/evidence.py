@@ -39,7 +39,7 @@ def gp_marginal_likelihood(
             of k's dtype and device (it may require grad).
 
     Returns:
-        A 0-dim tensor of k's dtype: the log evidence summed over the C columns.
+        The log evidence, summed over the C columns (a 0-dim tensor of k's dtype).
 
     Raises:
         TypeError / ValueError: as :func:`gp_inference` (shapes, dtypes, devices, NaN/Inf,
