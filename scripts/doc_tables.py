@@ -81,8 +81,9 @@ def render_kip_digits(payload: dict) -> str:
               f"depth {cfg['depth']}."]
     if sec:
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in sec.items() if k != "total")
-        lines[-1] += (f" Run time {sec['total']:.0f} s ({parts}) with "
-                      f"{env.get('threads', '?')} threads on {env.get('cpu_model', '?')}, "
+        threads = env.get("threads", "?")
+        lines[-1] += (f" Run time {sec['total']:.0f} s ({parts}) with {threads} "
+                      f"thread{'' if threads == 1 else 's'} on {env.get('cpu_model', '?')}, "
                       f"torch {env.get('torch', '?')}.")
     return "\n".join(lines)
 
