@@ -61,7 +61,8 @@ non-quadratic cost:
   kip-digits  Kernel Inducing Points (Nguyen, Chen & Lee, 2021): 10 and 50 support
            images learned by Adam through the MLP NTK and the CNTK (flatten readout),
            test accuracy against the same number of random real digits and against all
-           training digits, 5 seeds (--quick: 10 images, 2 seeds, 100 steps)
+           training digits, 5 seeds (--quick: 10 images, 2 seeds, 100 steps, 28 s of
+           CPU time with --threads 1; prefer --threads 1, the tensors are small)
 
 Each figure writes <figure>.png and <figure>.json (every number behind it,
 the settings, run times and the machine) into --out. Defaults are the paper's settings:
