@@ -60,6 +60,34 @@ def render_cntk_digits(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def render_kip_digits(payload: dict) -> str:
+    """Test accuracy of learned and random support sets and of all training digits
+    (kip-digits.json): mean ± std over the seeds."""
+    s, cfg = payload["summary"], payload["config"]
+    lines = ["| kernel | support images | learned (KIP) | random real | gain | "
+             f"all {s['train']} training digits |", "|---|---|---|---|---|---|"]
+    titles = {"mlp-ntk": "MLP NTK", "cntk": f"CNTK ({cfg['cntk_readout']} readout)"}
+
+    def cell(c: dict) -> str:
+        return f"{c['mean']:.3f}" + ("" if c["std"] is None else f" ± {c['std']:.3f}")
+
+    for kernel, k in s["kernels"].items():
+        for n, c in k["supports"].items():
+            lines.append(f"| {titles.get(kernel, kernel)} | {n} | {cell(c['learned'])} | "
+                         f"{cell(c['random'])} | {c['gain']:+.3f} | {k['full']:.3f} |")
+    sec, env = payload.get("seconds"), payload.get("environment", {})
+    lines += ["", f"{cfg['seeds']} seeds, {cfg['steps']} Adam steps (learning rate {cfg['lr']}) "
+              f"on batches of {cfg['target_batch']} training digits, {s['test']} test digits, "
+              f"depth {cfg['depth']}."]
+    if sec:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in sec.items() if k != "total")
+        threads = env.get("threads", "?")
+        lines[-1] += (f" Run time {sec['total']:.0f} s ({parts}) with {threads} "
+                      f"thread{'' if threads == 1 else 's'} on {env.get('cpu_model', '?')}, "
+                      f"torch {env.get('torch', '?')}.")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------
 # docs/benchmarks.md
 

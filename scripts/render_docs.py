@@ -29,6 +29,8 @@ EMPIRICAL_CPU = f"{RESULTS}/empirical_cpu.json"
 TABLES: dict[str, tuple[str, str]] = {
     "demo": ("docs/figures/demo.json", "doc_tables:render_demo"),
     "cntk_digits": ("docs/figures/cntk-digits.json", "doc_tables:render_cntk_digits"),
+    "kip_digits": ("docs/figures/kip-digits.json", "doc_tables:render_kip_digits"),
+    "kip_digits_10": ("docs/figures/full/kip-digits-10.json", "doc_tables:render_kip_digits"),
     "classification": ("docs/figures/classification.json",
                        "torch_ntk.experiments.classification:render_classification"),
     "analytic_cpu": (f"{RESULTS}/analytic_cpu.json", "doc_tables:render_analytic"),

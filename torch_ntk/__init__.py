@@ -22,7 +22,7 @@ except ImportError as _error:  # pragma: no cover - depends on the installation
 
 from . import activations, analytic, empirical, layers, lifting, monte_carlo, nn, ops, predict, \
     tracking
-from .analytic import Kernels, analytic_kernels
+from .analytic import FittedHyperparameters, Kernels, analytic_kernels, fit_kernel_hyperparameters
 from .empirical import (MemoryBudgetWarning, MethodFallbackWarning, NTKInfo, NTKOperator,
                         empirical_ntk)
 from .io import load_kernels, save_kernels
@@ -47,6 +47,7 @@ from ._utils.version import VERSION as __version__  # noqa: E402
 
 __all__ = [
     "Dense",
+    "FittedHyperparameters",
     "KernelDriftTracker",
     "Kernels",
     "LayerSpec",
@@ -63,6 +64,7 @@ __all__ = [
     "convergence_study",
     "empirical",
     "empirical_ntk",
+    "fit_kernel_hyperparameters",
     "iter_monte_carlo_kernels",
     "layers",
     "lift",

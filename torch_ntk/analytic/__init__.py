@@ -6,11 +6,14 @@
 - ``graph``: the walker of the layer kinds' registered rules (requirements folded);
 - ``cnn``: ``cnn_kernels``, the recursion in plain torch over that walker (the reference
   of the fused ops, and the path of kinds without an op encoding);
-- ``reference``: the MLP recursion as an eager torch composite (the baseline).
+- ``reference``: the MLP recursion as an eager torch composite (the baseline);
+- ``autograd``: the differentiable torch path taken when inputs or variances require grad;
+- ``fit``: ``fit_kernel_hyperparameters`` (σ_w², σ_b², ridge by the GP marginal likelihood).
 """
 
+from .fit import FittedHyperparameters, fit_kernel_hyperparameters
 from .kernels import (KERNEL_NAMES, Kernels, analytic_kernels, analytic_kernels_into, as_spec,
                       compiled_op_args, default_quadrature_degree)
 
-__all__ = ["KERNEL_NAMES", "Kernels", "analytic_kernels", "analytic_kernels_into", "as_spec",
+__all__ = ["FittedHyperparameters", "fit_kernel_hyperparameters", "KERNEL_NAMES", "Kernels", "analytic_kernels", "analytic_kernels_into", "as_spec",
            "compiled_op_args", "default_quadrature_degree"]

@@ -4,7 +4,7 @@
         NTK theory at work in about a minute on a CPU: empirical NTKs of MLPs of growing
         width converge to Θ∞, training barely moves them, and trained networks match
         kernel regression. Prints a table; writes PNG figures and demo.json.
-    torch-ntk reproduce figure1|figure2|figure3|cntk-digits|all [--quick] [--set KEY=VALUE ...]
+    torch-ntk reproduce figure1|figure2|figure3|cntk-digits|kip-digits|all [--quick] [--set KEY=VALUE ...]
         The experiments of Jacot et al. (2018), §6, with the paper's settings by default.
     torch-ntk kernel INPUT --widths 784 512 512 10 [--kind ntk|nngp|empirical] -o K.npy
         An analytic (NNGP, NTK) or empirical NTK of an MLP (or of a CNN on image arrays,

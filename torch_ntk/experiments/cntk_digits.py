@@ -128,13 +128,19 @@ def cnn(config: Config, width: int, readout: str = "gap", device=None, dtype=Non
     return nn.Sequential(*layers)
 
 
+def standardized_digits() -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits as images [1797, 1, 8, 8] float64, each with zero mean and unit
+    variance over its 64 pixels (‖x‖² = 64), and their labels [1797]."""
+    pixels, labels = load_digits()
+    pixels = pixels - pixels.mean(1, keepdim=True)
+    return (pixels / pixels.std(1, correction=0, keepdim=True)).reshape(-1, 1, 8, 8), labels
+
+
 def data(config: Config) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """Standardized images [1797, 1, 8, 8] float64, labels [1797], the test indices
     [test] and per draw the indices of its training images [sizes[-1]] (the first n of
     them are the training set of size n)."""
-    pixels, labels = load_digits()
-    pixels = pixels - pixels.mean(1, keepdim=True)
-    images = (pixels / pixels.std(1, correction=0, keepdim=True)).reshape(-1, 1, 8, 8)
+    images, labels = standardized_digits()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(
         derive_seed(config.seed, NAME, "test")))
     test, pool = order[: config.test], order[config.test:]

@@ -6,7 +6,8 @@ stable step, and kernel gradient descent on any cost (cross-entropy…) by an OD
 Modules: ``mse`` (:func:`gradient_descent_mse`,
 :func:`gradient_descent_mse_ensemble`, :func:`max_learning_rate`), ``ode``
 (:func:`gradient_descent`: any cost, integrated by torchdiffeq, the ``ode`` extra), ``gp``
-(:func:`gp_inference`), ``pca`` (:func:`kernel_pca`), ``spectrum`` (the eigendecomposition
+(:func:`gp_inference`), ``evidence`` (:func:`gp_marginal_likelihood`, the log evidence,
+differentiable), ``pca`` (:func:`kernel_pca`), ``spectrum`` (the eigendecomposition
 they share and :class:`KernelConditioningWarning`), ``checks`` (their argument checks).
 
 Conventions (the same in every function here):
@@ -56,6 +57,7 @@ Example::
 """
 
 from .checks import Times
+from .evidence import gp_marginal_likelihood
 from .gp import Gaussian, GaussianPredictions, gp_inference
 from .mse import Predictions, gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
 from .ode import COSTS, gradient_descent
@@ -70,6 +72,7 @@ __all__ = [
     "COSTS",
     "Predictions",
     "gp_inference",
+    "gp_marginal_likelihood",
     "gradient_descent",
     "gradient_descent_mse",
     "gradient_descent_mse_ensemble",

@@ -90,9 +90,9 @@ def check_train_kernel(
         raise ValueError(f"{name} must have shape {expected}; got {list(k.shape)}")
     if flat.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one training sample; got {list(k.shape)}")
-    scale = float(flat.abs().max())
+    scale = float(flat.detach().abs().max())
     eps = torch.finfo(flat.dtype).eps
-    asym = float((flat - flat.mT).abs().max())
+    asym = float((flat.detach() - flat.detach().mT).abs().max())
     if asym > 1000 * eps * max(scale, torch.finfo(flat.dtype).tiny):
         raise ValueError(
             f"{name} must be symmetric (a Gram matrix Θ(X, X) of the training inputs with "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from .checks import check_cross_kernel, check_like, check_number, check_targets, check_train_kernel
-from .spectrum import F64_HINT, KernelConditioningWarning, ridge_hint, symmetric
+from .spectrum import noisy_cholesky, symmetric
 
 __all__ = ["Gaussian", "GaussianPredictions", "gp_inference"]
 
@@ -75,29 +74,7 @@ def gp_inference(
     k, n, _ = check_train_kernel("k_train_train", k_train_train, allow_full=False)
     y_train = check_targets("y_train", y_train, k, n, None)
     diag_reg = check_number("diag_reg", diag_reg, 0.0, strict=False)
-    a = k + diag_reg * torch.eye(n, dtype=k.dtype, device=k.device)
-    chol, info = torch.linalg.cholesky_ex(a)
-    level = 10.0 * n * torch.finfo(k.dtype).eps * float(torch.diagonal(a).abs().max())
-    if int(info) != 0:
-        values = torch.linalg.eigvalsh(a)
-        raise ValueError(
-            "k_train_train + diag_reg·I is singular or not positive definite at "
-            f"{k.dtype} precision (Cholesky failed; smallest eigenvalue "
-            f"{float(values[0]):.3e}, largest {float(values[-1]):.3e}); pass diag_reg="
-            f"{ridge_hint(diag_reg, float(values[0]), float(values[-1]), level, k.dtype)} "
-            f"(a noise variance){F64_HINT[k.dtype]}."
-        )
-    pivots = torch.diagonal(chol) ** 2
-    if float(pivots.min()) <= level:
-        warnings.warn(
-            f"k_train_train + diag_reg·I is nearly singular at {k.dtype} precision (smallest "
-            f"Cholesky pivot {float(pivots.min()):.2e} ≤ rounding level {level:.2e}); the "
-            "posterior is dominated by rounding. Pass diag_reg="
-            f"{ridge_hint(diag_reg, 0.0, float(torch.diagonal(a).max()), level, k.dtype)}"
-            f"{F64_HINT[k.dtype]}.",
-            KernelConditioningWarning,
-            stacklevel=2,
-        )
+    chol = noisy_cholesky("k_train_train", k, diag_reg, "the posterior", stacklevel=3)
     y_shape = tuple(y_train.shape)
     y_flat = y_train.reshape(n, -1)
     alpha = torch.cholesky_solve(y_flat, chol)  # A⁻¹ Y, [N, C]

@@ -1,4 +1,5 @@
-"""The eigendecomposition K + diag_reg·I = U diag(λ) Uᵀ, its rounding level and warnings."""
+"""The factorizations of K + diag_reg·I (eigendecomposition, Cholesky), their rounding level
+and warnings."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ __all__ = [
     "F64_HINT",
     "KernelConditioningWarning",
     "Spectrum",
+    "noisy_cholesky",
     "ridge_hint",
     "rounding_level",
     "symmetric",
@@ -101,6 +103,44 @@ class Spectrum:
         finite = a * ratio
         inverse = torch.where(self.zero, 0, 1 / torch.where(self.zero, 1, self.values))
         return torch.where(infinite, inverse.expand_as(finite), finite)
+
+
+def noisy_cholesky(name: str, k: Tensor, diag_reg, what: str, stacklevel: int = 3) -> Tensor:
+    """The lower Cholesky factor L of A = k + diag_reg·I (k [N, N] symmetric, diag_reg a
+    number or a 0-dim tensor, differentiable through both).
+
+    Raises ValueError when A is not positive definite at k's precision (the message names
+    the ``diag_reg`` that fixes it); warns :class:`KernelConditioningWarning` when a pivot
+    is below the rounding level ``10·N·eps·max diag A`` (``what``, e.g. "the posterior", is
+    then dominated by rounding).
+    """
+    n = k.shape[0]
+    a = k + diag_reg * torch.eye(n, dtype=k.dtype, device=k.device)
+    chol, info = torch.linalg.cholesky_ex(a)
+    reg = float(diag_reg.detach()) if isinstance(diag_reg, Tensor) else float(diag_reg)
+    with torch.no_grad():
+        level = 10.0 * n * torch.finfo(k.dtype).eps * float(torch.diagonal(a).abs().max())
+        if int(info) != 0:
+            values = torch.linalg.eigvalsh(a)
+            raise ValueError(
+                f"{name} + diag_reg·I is singular or not positive definite at "
+                f"{k.dtype} precision (Cholesky failed; smallest eigenvalue "
+                f"{float(values[0]):.3e}, largest {float(values[-1]):.3e}); pass diag_reg="
+                f"{ridge_hint(reg, float(values[0]), float(values[-1]), level, k.dtype)} "
+                f"(a noise variance){F64_HINT[k.dtype]}."
+            )
+        pivots = torch.diagonal(chol) ** 2
+        if float(pivots.min()) <= level:
+            warnings.warn(
+                f"{name} + diag_reg·I is nearly singular at {k.dtype} precision (smallest "
+                f"Cholesky pivot {float(pivots.min()):.2e} ≤ rounding level {level:.2e}); "
+                f"{what} is dominated by rounding. Pass diag_reg="
+                f"{ridge_hint(reg, 0.0, float(torch.diagonal(a).max()), level, k.dtype)}"
+                f"{F64_HINT[k.dtype]}.",
+                KernelConditioningWarning,
+                stacklevel=stacklevel,
+            )
+    return chol
 
 
 def symmetric(c: Tensor) -> Tensor:
