@@ -83,6 +83,37 @@ TNTK_HD int64_t cnn_index(bool full, int64_t positions, int64_t p, int64_t pp) {
   return full ? p * positions + pp : p;
 }
 
+// A team thread's entries e = begin, begin + step, ... of a plane over `positions`
+// positions, walked as (p, p') = (e / positions, e % positions) (full) or (e, e)
+// (diagonal) without a division per entry: one at the start, then p' advances by
+// step % positions with a carry into p. Rows and columns are 32-bit (positions < 2^31),
+// the offset into the plane 64-bit.
+struct PlaneCursor {
+  bool full;
+  int positions, p, pp, dp, dpp;
+  TNTK_HD PlaneCursor(bool full_plane, int64_t n_positions, int64_t begin, int64_t step)
+      : full(full_plane), positions(static_cast<int>(n_positions)) {
+    p = static_cast<int>(full ? begin / n_positions : begin);
+    pp = static_cast<int>(full ? begin % n_positions : begin);
+    dp = static_cast<int>(full ? step / n_positions : step);
+    dpp = static_cast<int>(full ? step % n_positions : step);
+  }
+  TNTK_HD bool valid() const { return p < positions; }
+  TNTK_HD int64_t offset() const { return full ? static_cast<int64_t>(p) * positions + pp : p; }
+  TNTK_HD void next() {
+    p += dp;
+    if (!full) {
+      pp = p;
+      return;
+    }
+    pp += dpp;
+    if (pp >= positions) {
+      pp -= positions;
+      ++p;
+    }
+  }
+};
+
 // Row (or column) of an input position read by output position `out` and tap `tap`:
 // -1 when it falls in the zero padding.
 TNTK_HD int cnn_source(int out, int tap, int stride, int dilation, int pad, int size,
@@ -99,13 +130,11 @@ template <typename T, typename Team>
 TNTK_HD void cnn_input(const CnnProgram<T>& prog, const Team& team, const T* x, const T* xp,
                        T* sigma, T* theta) {
   const int64_t P = static_cast<int64_t>(prog.h0) * prog.w0;
-  const int64_t n = cnn_plane_size(prog.full, P);
   const T inv_c = T(1) / T(prog.c0);
-  for (int64_t e = team.begin(); e < n; e += team.step()) {
-    const int64_t p = prog.full ? e / P : e;
-    const int64_t pp = prog.full ? e % P : e;
+  for (PlaneCursor cur(prog.full, P, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
     T acc = T(0);
-    for (int c = 0; c < prog.c0; ++c) acc += x[c * P + p] * xp[c * P + pp];
+    for (int c = 0; c < prog.c0; ++c) acc += x[c * P + cur.p] * xp[c * P + cur.pp];
     sigma[e] = acc * inv_c;
     theta[e] = T(0);
   }
@@ -129,13 +158,11 @@ TNTK_HD void cnn_conv_entries(const CnnProgram<T>& prog, const CnnLayer<T>& L, c
                               T* theta_out) {
   const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
   const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
-  const int64_t n = cnn_plane_size(prog.full, p_out);
   const T inv_taps = T(1) / T(L.kh * L.kw);
-  for (int64_t e = team.begin(); e < n; e += team.step()) {
-    const int64_t p = prog.full ? e / p_out : e;
-    const int64_t pp = prog.full ? e % p_out : e;
-    const int a = static_cast<int>(p / L.w_out), b = static_cast<int>(p % L.w_out);
-    const int a2 = static_cast<int>(pp / L.w_out), b2 = static_cast<int>(pp % L.w_out);
+  for (PlaneCursor cur(prog.full, p_out, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
+    const int a = cur.p / L.w_out, b = cur.p % L.w_out;  // 32-bit
+    const int a2 = cur.pp / L.w_out, b2 = cur.pp % L.w_out;
     T acc_s = T(0), acc_t = T(0);
     for (int qh = 0; qh < L.kh; ++qh) {
       const int r = cnn_source(a, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
@@ -424,12 +451,10 @@ TNTK_HD void cnn_activation(const CnnProgram<T>& prog, const CnnLayer<T>& L, con
         return;
     }
   }
-  const int64_t n = cnn_plane_size(prog.full, P);
-  for (int64_t e = team.begin(); e < n; e += team.step()) {
-    const int64_t p = prog.full ? e / P : e;
-    const int64_t pp = prog.full ? e % P : e;
+  for (PlaneCursor cur(prog.full, P, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
     T e_phi, e_dphi;
-    layer_expectations(L.act, prog.gh, var1[p], var2[pp], sigma[e], e_phi, e_dphi);
+    layer_expectations(L.act, prog.gh, var1[cur.p], var2[cur.pp], sigma[e], e_phi, e_dphi);
     sigma[e] = e_phi;
     theta[e] = e_dphi * theta[e];
   }
@@ -452,11 +477,11 @@ TNTK_HD void cnn_avgpool(const CnnLayer<T>& L, const Team& team, const T* sigma_
   const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
   const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
   const T inv = T(1) / (T(L.kh * L.kw) * T(L.kh * L.kw));
-  for (int64_t e = team.begin(); e < p_out * p_out; e += team.step()) {
-    const int64_t p = e / p_out, pp = e % p_out;
-    const int a = static_cast<int>(p / L.w_out) * L.sh, b = static_cast<int>(p % L.w_out) * L.sw;
-    const int a2 = static_cast<int>(pp / L.w_out) * L.sh;
-    const int b2 = static_cast<int>(pp % L.w_out) * L.sw;
+  for (PlaneCursor cur(true, p_out, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
+    const int a = cur.p / L.w_out * L.sh, b = cur.p % L.w_out * L.sw;  // 32-bit
+    const int a2 = cur.pp / L.w_out * L.sh;
+    const int b2 = cur.pp % L.w_out * L.sw;
     T acc_s = T(0), acc_t = T(0);
     for (int i = 0; i < L.kh; ++i) {
       for (int j = 0; j < L.kw; ++j) {
