@@ -50,7 +50,7 @@ def main() -> int:
             x1, x2 = torch.randn(29, 5, dtype=torch.float64), torch.randn(18, 5, dtype=torch.float64)
             for mode in ("full", "trace", "diagonal"):
                 ref = tn.empirical_ntk(model, x1, x2, mode=mode, method="structured")
-                for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+                for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
                     m = model.to("cuda", dtype)
                     out = tn.empirical_ntk(m, x1.to("cuda", dtype), x2.to("cuda", dtype), mode=mode,
                                            method="structured")
