@@ -49,6 +49,7 @@ inline int64_t scratch_blocks(int device, int64_t items, int64_t slice_bytes) {
 // The threads of one block sharing a pair; red [2 * kThreads] in shared memory.
 template <typename T>
 struct BlockTeam {
+  static constexpr bool kSerial = false;  // the team paths of csrc/math/cnn_recursion.h
   T* red;
   TNTK_HD int64_t begin() const {
 #ifdef __CUDA_ARCH__

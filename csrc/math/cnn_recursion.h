@@ -23,8 +23,8 @@
 // same pass run on the pair (x, x) (a "self" pass), which records them.
 //
 // Every step takes a Team: the threads sharing one pair's planes. The CPU runs a pair on
-// one thread (begin 0, step 1, sync a no-op); a CUDA block splits each plane over its
-// threads and synchronizes between steps.
+// one thread (begin 0, step 1, sync a no-op, Team::kSerial true); a CUDA block splits each
+// plane over its threads and synchronizes between steps (kSerial false).
 #pragma once
 
 #include <cstdint>
@@ -365,17 +365,20 @@ TNTK_HD void cnn_conv_separable(const CnnLayer<T>& L, const T* sigma_in, const T
 template <typename T, typename Team>
 TNTK_HD bool cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                       T* sigma, T* theta, T* sigma_next, T* theta_next) {
-  if (team.step() != 1) {
+  // Team::kSerial selects the path at compile time, so the one-thread paths (with their
+  // local arrays) are not compiled into the CUDA kernel.
+  if constexpr (!Team::kSerial) {
     cnn_conv_entries(prog, L, team, sigma, theta, sigma_next, theta_next);
     return true;
+  } else {
+    const int64_t tmp_side = static_cast<int64_t>(L.h_in) * L.w_out;
+    if (prog.full && L.kw <= 64 && L.kh * L.kw > 1 && tmp_side * tmp_side <= prog.plane) {
+      cnn_conv_separable(L, sigma, theta, sigma_next, theta_next, sigma, theta);
+      return false;
+    }
+    cnn_conv_rows(prog, L, sigma, theta, sigma_next, theta_next);
+    return true;
   }
-  const int64_t tmp_side = static_cast<int64_t>(L.h_in) * L.w_out;
-  if (prog.full && L.kw <= 64 && L.kh * L.kw > 1 && tmp_side * tmp_side <= prog.plane) {
-    cnn_conv_separable(L, sigma, theta, sigma_next, theta_next, sigma, theta);
-    return false;
-  }
-  cnn_conv_rows(prog, L, sigma, theta, sigma_next, theta_next);
-  return true;
 }
 
 // The expectations of one activation kind, as a functor for cnn_activation_rows.
@@ -436,7 +439,7 @@ template <typename T, typename Team>
 TNTK_HD void cnn_activation(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                             const T* var1, const T* var2, T* sigma, T* theta) {
   const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
-  if (team.step() == 1) {
+  if constexpr (Team::kSerial) {
     switch (L.act.kind) {
       case kAbRelu:
         cnn_activation_rows(prog.full, P, var1, var2, sigma, theta,
