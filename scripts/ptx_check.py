@@ -89,7 +89,7 @@ def compile_ptx(cu: Path, out: Path, nvcc: str, arch: str) -> None:
     import torch.utils.cpp_extension as ext
 
     includes = ext.include_paths(device_type="cuda") + [sysconfig.get_paths()["include"]]
-    cmd = [nvcc, "-ptx", f"-arch={arch}", "-std=c++17", "-DTORCH_NTK_WITH_CUDA",
+    cmd = [nvcc, "-ptx", f"-arch={arch}", "-std=c++20", "-DTORCH_NTK_WITH_CUDA",
            "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H"]
     cmd += ext.COMMON_NVCC_FLAGS + nvcc_flags_from_setup()
     cmd += [f"-I{p}" for p in includes] + [str(cu), "-o", str(out)]
