@@ -85,13 +85,13 @@ def find_nvcc() -> str:
     return nvcc
 
 
-def compile_ptx(cu: Path, out: Path, nvcc: str, arch: str) -> None:
+def compile_ptx(cu: Path, out: Path, nvcc: str, arch: str, extra: list[str]) -> None:
     import torch.utils.cpp_extension as ext
 
     includes = ext.include_paths(device_type="cuda") + [sysconfig.get_paths()["include"]]
     cmd = [nvcc, "-ptx", f"-arch={arch}", "-std=c++20", "-DTORCH_NTK_WITH_CUDA",
            "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H"]
-    cmd += ext.COMMON_NVCC_FLAGS + nvcc_flags_from_setup()
+    cmd += ext.COMMON_NVCC_FLAGS + nvcc_flags_from_setup() + extra
     cmd += [f"-I{p}" for p in includes] + [str(cu), "-o", str(out)]
     subprocess.run(cmd, check=True)
 
@@ -133,18 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="compute_90", help="virtual architecture (default %(default)s)")
     ap.add_argument("--ptx-dir", help="write the PTX files here (default: a temporary folder)")
+    ap.add_argument("--extra-flag", action="append", default=[], metavar="FLAG",
+                    help="append an nvcc flag (e.g. --extra-flag=--use_fast_math, to see the "
+                         "check fail)")
     ap.add_argument("sources", nargs="*", help="the .cu files (default: csrc/cuda/*.cu)")
     args = ap.parse_args(argv)
     sources = [Path(s) for s in args.sources] or sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
     nvcc = find_nvcc()
-    print("ptx_check: nvcc", nvcc, "flags", " ".join(nvcc_flags_from_setup()))
+    print("ptx_check: nvcc", nvcc, "flags", " ".join(nvcc_flags_from_setup() + args.extra_flag))
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(args.ptx_dir or tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
         for cu in sources:
             ptx_path = out_dir / (cu.stem + ".ptx")
-            compile_ptx(cu, ptx_path, nvcc, args.arch)
+            compile_ptx(cu, ptx_path, nvcc, args.arch, args.extra_flag)
             counts, bad = scan(ptx_path.read_text())
             names = demangle(list(counts))
             cols = [name for name, _ in PATTERNS]
