@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 pretty = names.get(fn, fn)
                 dtype = "f32" if "<float>" in pretty else ("f64" if "<double>" in pretty else "-")
-                short = re.sub(r"\(.*", "", pretty).replace("torch_ntk::", "")
-                short = short.replace("(anonymous namespace)::", "")
+                short = pretty.replace("(anonymous namespace)::", "").replace("torch_ntk::", "")
+                short = re.sub(r"^void ", "", re.sub(r"\(.*", "", short))
                 print(f"{dtype:6} {short[:60]:60} " + " ".join(f"{c[k]:>14}" for k in cols))
                 total.update(c)
             print(f"{'':6} {'TOTAL':60} " + " ".join(f"{total[k]:>14}" for k in cols))
