@@ -3,7 +3,8 @@
 CPU ops are always built. CUDA ops (csrc/cuda/*.cu) are added when a CUDA
 toolkit is found, or when FORCE_CUDA=1 (then the toolkit must exist; set
 CUDA_HOME to its root if nvcc is a wrapper script). Without a visible GPU the
-default TORCH_CUDA_ARCH_LIST is "8.0;9.0" (A100, H100/H200). FORCE_CUDA=0
+default TORCH_CUDA_ARCH_LIST is "8.0;9.0+PTX" (A100, H100/H200, and PTX that newer
+GPUs JIT-compile). FORCE_CUDA=0
 builds a CPU-only package even where a toolkit exists.
 
 Install with: pip install --no-build-isolation -e .
@@ -25,6 +26,12 @@ except ImportError:  # pragma: no cover - message for people who skip the README
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Device-code flags. No --use_fast_math: it makes sqrtf and division approximate and
+# flushes denormals, which breaks the exact diagonal of the ReLU family (sqrt(q*q) == q)
+# and moves float32 results away from the CPU's. The IEEE settings are nvcc's defaults,
+# spelled out so that no later edit drops them silently. scripts/ptx_check.py reads this
+# list (a literal, parsed without running setup.py) and checks the PTX it produces.
+NVCC_FLAGS = ["-O3", "-lineinfo", "-prec-sqrt=true", "-prec-div=true", "-ftz=false"]
 
 
 def _want_cuda() -> bool:
@@ -58,10 +65,10 @@ def get_extensions():
     define_macros = []
     if _want_cuda():
         if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         define_macros.append(("TORCH_NTK_WITH_CUDA", None))
-        nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo"]
+        nvcc_flags = list(NVCC_FLAGS)
         return [
             CUDAExtension(
                 "torch_ntk._C",

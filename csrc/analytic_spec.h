@@ -190,8 +190,14 @@ AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor&
   p.layers = make_hidden_layers<T>(args);
   p.gh_nodes = gh_nodes.to(x1.options()).contiguous();
   p.gh_weights = gh_weights.to(x1.options()).contiguous();
-  p.sq1 = symmetric ? gram.diagonal().contiguous() : x1.mul(x1).sum(1);
-  p.sq2 = symmetric ? p.sq1 : x2.mul(x2).sum(1);
+  // Rectangular: the squared norms in float64 rounded once, like the Gram entries
+  // (full_precision_gram), so a point present in x1 and x2 sees the same <x, x> in both.
+  auto sq_norms = [&](const at::Tensor& x) {
+    const at::Tensor xd = x.to(at::kDouble);
+    return xd.mul(xd).sum(1).to(x.scalar_type());
+  };
+  p.sq1 = symmetric ? gram.diagonal().contiguous() : sq_norms(x1);
+  p.sq2 = symmetric ? p.sq1 : sq_norms(x2);
   const int64_t rows = std::max<int64_t>(static_cast<int64_t>(p.layers.size()), 1);
   p.var1 = at::empty({rows, p.n1}, x1.options());
   p.var2 = symmetric ? p.var1 : at::empty({rows, p.n2}, x1.options());
@@ -205,7 +211,9 @@ AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor&
       b = at::empty({rows, K, n}, x1.options());
       na = at::empty({rows, n}, x1.options());
       nb = at::empty({rows, n}, x1.options());
-      tails = at::empty({rows, 2, C, n}, f64);
+      // Zeros: rows of layers that are not series layers are never written, yet
+      // finish_hermite reduces over every row (their result is discarded).
+      tails = at::zeros({rows, 2, C, n}, f64);
     };
     alloc(p.n1, p.ha1, p.hb1, p.hna1, p.hnb1, p.htails1);
     if (symmetric) {
@@ -215,6 +223,25 @@ AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor&
     }
   }
   return p;
+}
+
+// gram = x1 x2^T [N1, N2] in the inputs' dtype, in full precision whatever torch's matmul
+// settings say: a float32 product is formed in float64 and rounded once, so neither TF32
+// (torch.backends.cuda.matmul.allow_tf32, torch.set_float32_matmul_precision("high"))
+// nor bfloat16 passes ("medium") reach the angles: with TF32, a point present in both x1
+// and x2 would get an angle off by ~0.03 rad. The float64 temporaries are bounded by
+// forming ~32 MB row blocks; the DGEMM costs 2 N1 N2 n0 flops, small beside the pair pass.
+inline at::Tensor full_precision_gram(const at::Tensor& x1, const at::Tensor& x2) {
+  if (x1.scalar_type() != at::kFloat) return at::mm(x1, x2.t());
+  const at::Tensor x2d = x2.to(at::kDouble);
+  const int64_t n1 = x1.size(0), n2 = x2.size(0);
+  at::Tensor gram = at::empty({n1, n2}, x1.options());
+  const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(n2, 1));
+  for (int64_t r = 0; r < n1; r += rows) {
+    const int64_t m = std::min(rows, n1 - r);
+    gram.narrow(0, r, m).copy_(at::mm(x1.narrow(0, r, m).to(at::kDouble), x2d.t()));
+  }
+  return gram;
 }
 
 // The analytic_kernels op (schema in csrc/torch_ntk.cpp) on one backend, which supplies
@@ -240,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
   const bool symmetric = !x2_in.has_value();
   const at::Tensor x1 = x1_in.contiguous();
   const at::Tensor x2 = symmetric ? x1 : x2_in->contiguous();
-  const at::Tensor gram = at::mm(x1, x2.t());
+  const at::Tensor gram = full_precision_gram(x1, x2);
   at::Tensor nngp, ntk;
   if (Backend::kGramIsOutput) {
     (want_nngp ? nngp : ntk) = gram;
@@ -250,9 +277,10 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
     if (want_ntk) ntk = at::empty_like(gram);
   }
   AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "analytic_kernels", [&] {
-    Backend::template run<scalar_t>(
-        make_analytic_problem<scalar_t>(x1, x2, symmetric, gram, args, gh_nodes, gh_weights),
-        nngp, ntk);
+    // A named (non-const) problem: the backends' finish_hermite may update it in place.
+    auto problem =
+        make_analytic_problem<scalar_t>(x1, x2, symmetric, gram, args, gh_nodes, gh_weights);
+    Backend::template run<scalar_t>(problem, nngp, ntk);
   });
   const auto empty = at::empty({0}, x1.options());
   return {want_nngp ? nngp : empty, want_ntk ? ntk : empty};

@@ -45,6 +45,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "empirical_cuda_kernel": (f"{RESULTS}/empirical_cuda.json", "doc_tables:render_empirical_kernel"),
     "empirical_cuda_cases": (f"{RESULTS}/empirical_cuda.json", "doc_tables:render_empirical_cases"),
     "cnn_cpu": (f"{RESULTS}/cnn_cpu.json", "torch_ntk.bench.cnn:render_cnn"),
+    "cnn_model": (f"{RESULTS}/cnn_model.json", "cnn_model:render_cnn_model"),
     "cnn_structured_cpu": (f"{RESULTS}/cnn_structured_cpu.json",
                            "torch_ntk.bench.cnn_structured:render_cnn_structured"),
     "tracker_cpu": (f"{RESULTS}/tracker_cpu.json", "torch_ntk.bench.tracker:render_tracker"),

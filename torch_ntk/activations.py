@@ -45,8 +45,8 @@ __all__ = [
 # quadrature, used when a spec mixes activations and none is given: the largest
 # per-activation default below (sigmoid and softplus 24, SiLU and GELU 32, tanh, ELU and
 # SELU 64). Since the Hermite series (csrc/math/hermite.h) serves tanh, sigmoid, SiLU,
-# GELU and softplus in the CPU op by default, the quadrature runs for them only with an
-# explicit ``quadrature_degree`` (and on CUDA); ELU and SELU always use it.
+# GELU and softplus in the CPU and CUDA ops by default, the quadrature runs for them only
+# with an explicit ``quadrature_degree``; ELU and SELU always use it.
 #
 # Accuracy of each activation's expectations E[φφ], E[φ′φ′] (float64, relative to the
 # Cauchy–Schwarz scale, max over q = q11 = q22 ∈ {0.1, 1, 10} and ρ ∈ {−0.9, 0, 0.5, 0.9,

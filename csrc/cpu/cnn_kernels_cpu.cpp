@@ -21,6 +21,7 @@ namespace {
 
 // One thread per pair: every step runs over the whole plane.
 struct SerialTeam {
+  static constexpr bool kSerial = true;  // the one-thread paths of csrc/math/cnn_recursion.h
   int64_t begin() const { return 0; }
   int64_t step() const { return 1; }
   void sync() const {}

@@ -25,7 +25,6 @@ namespace {
 
 constexpr int kTileDim = 32;     // output tile is kTileDim x kTileDim
 constexpr int kBlockRows = 8;    // threads per block: kTileDim x kBlockRows
-constexpr int kMaxGaussHermite = 256;
 
 template <typename T>
 struct DeviceProblem {
@@ -44,6 +43,10 @@ struct DeviceProblem {
   // Hermite-series tables (AnalyticProblem::ha1 ...; nullptr when no layer is kHermite).
   const T *ha1, *hb1, *ha2, *hb2, *hna1, *hnb1, *hra1, *hrb1, *hra2, *hrb2;
   const int* hterms;  // [num_layers] K of each series layer
+  // Whether the kernels stage the layer table and the quadrature rule in dynamic shared
+  // memory (they fit the default per-block budget) or read them from global memory
+  // (deep nets, large degrees: warp-uniform, L1-cached loads); see table_placement.
+  bool tables_in_shared;
 };
 
 // One pair's expectations in a Hermite-series layer l (csrc/math/hermite.h): the series,
@@ -76,7 +79,8 @@ __device__ void series_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T
   }
 }
 
-// The layer table and the quadrature rule, copied into dynamic shared memory.
+// The layer table and the quadrature rule: copied into dynamic shared memory when
+// P.tables_in_shared, else read in place from global memory.
 template <typename T>
 struct SharedTables {
   const math::HiddenLayer<T>* layers;
@@ -85,6 +89,9 @@ struct SharedTables {
 
 template <typename T>
 __device__ SharedTables<T> load_shared(const DeviceProblem<T>& P) {
+  if (!P.tables_in_shared) {  // uniform over the launch: no barrier needed
+    return {P.layers, {P.gh_nodes, P.gh_weights, P.gh_degree}};
+  }
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* layers = reinterpret_cast<math::HiddenLayer<T>*>(smem_raw);
   T* nodes = reinterpret_cast<T*>(layers + P.num_layers);
@@ -217,6 +224,22 @@ size_t shared_bytes(const DeviceProblem<T>& P) {
   return sizeof(math::HiddenLayer<T>) * P.num_layers + 2 * sizeof(T) * P.gh_degree;
 }
 
+// Where a launch of `kernel` keeps the tables: the dynamic shared bytes to launch with
+// (0 for global memory) and P.tables_in_shared. Shared memory only when the tables fit
+// next to the kernel's static shared memory within the device's default per-block
+// budget (48 KB), so no opt-in is needed; beyond it (about 500 hidden layers in float64)
+// the tables stay in global memory, so any depth launches.
+template <typename T, typename Kernel>
+size_t table_placement(Kernel kernel, int device, DeviceProblem<T>& P) {
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  int budget = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&budget, cudaDevAttrMaxSharedMemoryPerBlock, device));
+  const size_t want = shared_bytes(P);
+  P.tables_in_shared = want + attr.sharedSizeBytes <= static_cast<size_t>(budget);
+  return P.tables_in_shared ? want : 0;
+}
+
 template <typename T>
 __global__ void activation_kernel(const T* x, T* out, int64_t n, int id, T param,
                                   bool derivative) {
@@ -228,9 +251,11 @@ __global__ void activation_kernel(const T* x, T* out, int64_t n, int id, T param
 
 // The CUDA backend of analytic_kernels_op and activation_op (csrc/analytic_spec.h).
 struct CudaAnalytic {
-  // The pair kernels read the Gram matrix and write outputs tile by tile; a separate
-  // Gram buffer keeps reads and writes of different blocks from overlapping.
-  static constexpr bool kGramIsOutput = false;
+  // The Gram matrix may be overwritten by the first output: in pair_kernel each thread
+  // reads gram[i, j] before it writes (i, j), and nothing else touches that entry; in
+  // pair_kernel_symmetric block (bi, bj >= bi) reads only its own tile, before its
+  // barrier, and the mirrored tile (bj, bi) belongs to a block that exits at once.
+  static constexpr bool kGramIsOutput = true;
   static constexpr bool kHermiteSeries = true;
 
   template <typename T>
@@ -248,11 +273,7 @@ struct CudaAnalytic {
                                       {table_bytes}, at::TensorOptions().dtype(at::kByte));
       layer_bytes.copy_(host);  // synchronous: p.layers outlives the copy
     }
-    TORCH_CHECK_VALUE(p.gh_nodes.numel() <= kMaxGaussHermite,
-                      "analytic_kernels: the CUDA op supports quadrature degrees up to ",
-                      kMaxGaussHermite, "; got ", p.gh_nodes.numel());
-
-    DeviceProblem<T> P;
+    DeviceProblem<T> P{};  // value-initialized: no indeterminate pointer reaches a kernel
     P.layers = reinterpret_cast<const math::HiddenLayer<T>*>(layer_bytes.data_ptr());
     P.num_layers = num_layers;
     P.gh_nodes = p.gh_nodes.template data_ptr<T>();
@@ -264,11 +285,12 @@ struct CudaAnalytic {
     P.gram = p.gram.template data_ptr<T>();
     P.nngp = nngp.defined() ? nngp.data_ptr<T>() : nullptr;
     P.ntk = ntk.defined() ? ntk.data_ptr<T>() : nullptr;
-    const size_t smem = shared_bytes(P);
+    const int device = p.x1.get_device();
     const dim3 block(kTileDim, kBlockRows);
 
     const int per_block = kTileDim * kBlockRows;
     const math::HermiteSampleTables<T> none{nullptr, nullptr, nullptr, nullptr, nullptr};
+    size_t smem = table_placement(sample_variance_kernel<T>, device, P);
     sample_variance_kernel<T><<<(n1 + per_block - 1) / per_block, block, smem, stream>>>(
         P, p.sq1.template data_ptr<T>(), n1, p.var1.template data_ptr<T>(), p.hermite,
         p.hermite ? hermite_tables(p, 1) : none);
@@ -306,8 +328,10 @@ struct CudaAnalytic {
     TORCH_CHECK_VALUE(grid.y <= 65535, "analytic_kernels: x1 has too many rows for one launch (",
                       n1, "); split it into chunks of at most ", 65535LL * kTileDim);
     if (p.symmetric) {
+      smem = table_placement(pair_kernel_symmetric<T>, device, P);
       pair_kernel_symmetric<T><<<grid, block, smem, stream>>>(P);
     } else {
+      smem = table_placement(pair_kernel<T>, device, P);
       pair_kernel<T><<<grid, block, smem, stream>>>(P);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();

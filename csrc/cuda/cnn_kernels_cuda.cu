@@ -4,7 +4,8 @@
 // One block per pair (a grid of blocks loops over the pairs): the block's threads split
 // every plane of the pair and synchronize between layers. The 4 planes live in dynamic
 // shared memory when they fit (up to the device's opt-in limit), else in a global
-// scratch buffer with one slice per block (the grid is then sized to a memory budget).
+// scratch buffer with one slice per block (the grid is then sized from the free device
+// memory, to a few blocks per SM: scratch_blocks).
 // A first launch runs the self pairs (x, x) and records the variance rows; with
 // x2 = None the pair launch covers j >= i only and writes both (i, j) and (j, i).
 #include <algorithm>
@@ -23,13 +24,32 @@
 namespace torch_ntk {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 4096;
-constexpr int64_t kScratchBudget = int64_t(1) << 30;  // global scratch, bytes
+constexpr int64_t kScratchBlocksPerSm = 4;                 // global-scratch mode: blocks per SM
+constexpr int64_t kScratchMin = int64_t(1) << 30;          // scratch allowed even if less is free
+constexpr int64_t kScratchCap = int64_t(16) << 30;         // never more than this, bytes
+
+// Blocks of a global-scratch launch over `items` pairs, each block owning a slice of
+// slice_bytes: enough for kScratchBlocksPerSm blocks on every SM (e.g. 528 on an H100:
+// CIFAR GAP planes of 16 MiB in float32 then take 8.3 GiB), limited to half the free
+// device memory (cudaMemGetInfo; at least kScratchMin, at most kScratchCap). The old
+// fixed 1 GiB budget gave 32-64 blocks on 132 SMs for full 32 x 32 planes.
+inline int64_t scratch_blocks(int device, int64_t items, int64_t slice_bytes) {
+  size_t free_bytes = 0, total_bytes = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  int sms = 1;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t budget =
+      std::min(kScratchCap, std::max(kScratchMin, static_cast<int64_t>(free_bytes / 2)));
+  const int64_t want = std::min<int64_t>({items, kMaxBlocks, kScratchBlocksPerSm * sms});
+  return std::max<int64_t>(1, std::min(want, budget / slice_bytes));
+}
 
 // The threads of one block sharing a pair; red [2 * kThreads] in shared memory.
 template <typename T>
 struct BlockTeam {
+  static constexpr bool kSerial = false;  // the team paths of csrc/math/cnn_recursion.h
   T* red;
   TNTK_HD int64_t begin() const {
 #ifdef __CUDA_ARCH__
@@ -142,7 +162,7 @@ struct CudaCnn {
                                     at::TensorOptions().dtype(at::kByte));
     layer_bytes.copy_(host);  // synchronous: p.layers outlives the copy
 
-    Launch<T> a;
+    Launch<T> a{};  // value-initialized: no indeterminate pointer reaches a kernel
     a.prog = p.prog;
     a.prog.layers = reinterpret_cast<const math::CnnLayer<T>*>(layer_bytes.data_ptr());
     a.prog.gh = {p.gh_nodes.template data_ptr<T>(), p.gh_weights.template data_ptr<T>(),
@@ -172,8 +192,7 @@ struct CudaCnn {
       a.items = items;
       int64_t blocks = std::min<int64_t>(items, kMaxBlocks);
       if (!in_shared) {
-        blocks = std::max<int64_t>(
-            1, std::min<int64_t>(blocks, kScratchBudget / static_cast<int64_t>(plane_bytes)));
+        blocks = scratch_blocks(p.x1.get_device(), items, static_cast<int64_t>(plane_bytes));
         if (!scratch.defined() || scratch.numel() < blocks * 4 * p.prog.plane) {
           scratch = at::empty({blocks * 4 * p.prog.plane}, p.x1.options());
         }

@@ -3,7 +3,10 @@
 // libm's acos/atan2 are scalar calls that stop the compiler from vectorizing the
 // per-pair loop on the CPU. These versions use only +, *, sqrt and selects, so
 // the loop over a tile of pairs vectorizes, and the very same arithmetic runs on
-// the GPU.
+// the GPU: nvcc compiles it with IEEE sqrt and division and without flush-to-zero
+// (setup.py has no --use_fast_math; scripts/ptx_check.sh fails on sqrt.approx or
+// div.approx in the float32 kernels). Results may still differ in the last bits where
+// one compiler contracts a*b+c into an FMA and the other does not.
 //
 // Method: for |x| <= 1/2, asin(x) = x + x^3 R(x^2) with R a polynomial fitted
 // (Chebyshev interpolation of (asin(sqrt z) - sqrt z) / z^{3/2} on [0, 1/4],

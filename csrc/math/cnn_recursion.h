@@ -23,14 +23,15 @@
 // same pass run on the pair (x, x) (a "self" pass), which records them.
 //
 // Every step takes a Team: the threads sharing one pair's planes. The CPU runs a pair on
-// one thread (begin 0, step 1, sync a no-op); a CUDA block splits each plane over its
-// threads and synchronizes between steps.
+// one thread (begin 0, step 1, sync a no-op, Team::kSerial true); a CUDA block splits each
+// plane over its threads and synchronizes between steps (kSerial false).
 #pragma once
 
 #include <cstdint>
 
 #include "activations.h"
 #include "hostdevice.h"
+#include "plane_cursor.h"
 #include "quadrature.h"
 #include "recursion.h"
 
@@ -99,13 +100,11 @@ template <typename T, typename Team>
 TNTK_HD void cnn_input(const CnnProgram<T>& prog, const Team& team, const T* x, const T* xp,
                        T* sigma, T* theta) {
   const int64_t P = static_cast<int64_t>(prog.h0) * prog.w0;
-  const int64_t n = cnn_plane_size(prog.full, P);
   const T inv_c = T(1) / T(prog.c0);
-  for (int64_t e = team.begin(); e < n; e += team.step()) {
-    const int64_t p = prog.full ? e / P : e;
-    const int64_t pp = prog.full ? e % P : e;
+  for (PlaneCursor cur(prog.full, P, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
     T acc = T(0);
-    for (int c = 0; c < prog.c0; ++c) acc += x[c * P + p] * xp[c * P + pp];
+    for (int c = 0; c < prog.c0; ++c) acc += x[c * P + cur.p] * xp[c * P + cur.pp];
     sigma[e] = acc * inv_c;
     theta[e] = T(0);
   }
@@ -129,13 +128,11 @@ TNTK_HD void cnn_conv_entries(const CnnProgram<T>& prog, const CnnLayer<T>& L, c
                               T* theta_out) {
   const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
   const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
-  const int64_t n = cnn_plane_size(prog.full, p_out);
   const T inv_taps = T(1) / T(L.kh * L.kw);
-  for (int64_t e = team.begin(); e < n; e += team.step()) {
-    const int64_t p = prog.full ? e / p_out : e;
-    const int64_t pp = prog.full ? e % p_out : e;
-    const int a = static_cast<int>(p / L.w_out), b = static_cast<int>(p % L.w_out);
-    const int a2 = static_cast<int>(pp / L.w_out), b2 = static_cast<int>(pp % L.w_out);
+  for (PlaneCursor cur(prog.full, p_out, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
+    const int a = cur.p / L.w_out, b = cur.p % L.w_out;  // 32-bit
+    const int a2 = cur.pp / L.w_out, b2 = cur.pp % L.w_out;
     T acc_s = T(0), acc_t = T(0);
     for (int qh = 0; qh < L.kh; ++qh) {
       const int r = cnn_source(a, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
@@ -338,17 +335,20 @@ TNTK_HD void cnn_conv_separable(const CnnLayer<T>& L, const T* sigma_in, const T
 template <typename T, typename Team>
 TNTK_HD bool cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                       T* sigma, T* theta, T* sigma_next, T* theta_next) {
-  if (team.step() != 1) {
+  // Team::kSerial selects the path at compile time, so the one-thread paths (with their
+  // local arrays) are not compiled into the CUDA kernel.
+  if constexpr (!Team::kSerial) {
     cnn_conv_entries(prog, L, team, sigma, theta, sigma_next, theta_next);
     return true;
+  } else {
+    const int64_t tmp_side = static_cast<int64_t>(L.h_in) * L.w_out;
+    if (prog.full && L.kw <= 64 && L.kh * L.kw > 1 && tmp_side * tmp_side <= prog.plane) {
+      cnn_conv_separable(L, sigma, theta, sigma_next, theta_next, sigma, theta);
+      return false;
+    }
+    cnn_conv_rows(prog, L, sigma, theta, sigma_next, theta_next);
+    return true;
   }
-  const int64_t tmp_side = static_cast<int64_t>(L.h_in) * L.w_out;
-  if (prog.full && L.kw <= 64 && L.kh * L.kw > 1 && tmp_side * tmp_side <= prog.plane) {
-    cnn_conv_separable(L, sigma, theta, sigma_next, theta_next, sigma, theta);
-    return false;
-  }
-  cnn_conv_rows(prog, L, sigma, theta, sigma_next, theta_next);
-  return true;
 }
 
 // The expectations of one activation kind, as a functor for cnn_activation_rows.
@@ -409,7 +409,7 @@ template <typename T, typename Team>
 TNTK_HD void cnn_activation(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                             const T* var1, const T* var2, T* sigma, T* theta) {
   const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
-  if (team.step() == 1) {
+  if constexpr (Team::kSerial) {
     switch (L.act.kind) {
       case kAbRelu:
         cnn_activation_rows(prog.full, P, var1, var2, sigma, theta,
@@ -424,12 +424,10 @@ TNTK_HD void cnn_activation(const CnnProgram<T>& prog, const CnnLayer<T>& L, con
         return;
     }
   }
-  const int64_t n = cnn_plane_size(prog.full, P);
-  for (int64_t e = team.begin(); e < n; e += team.step()) {
-    const int64_t p = prog.full ? e / P : e;
-    const int64_t pp = prog.full ? e % P : e;
+  for (PlaneCursor cur(prog.full, P, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
     T e_phi, e_dphi;
-    layer_expectations(L.act, prog.gh, var1[p], var2[pp], sigma[e], e_phi, e_dphi);
+    layer_expectations(L.act, prog.gh, var1[cur.p], var2[cur.pp], sigma[e], e_phi, e_dphi);
     sigma[e] = e_phi;
     theta[e] = e_dphi * theta[e];
   }
@@ -452,11 +450,11 @@ TNTK_HD void cnn_avgpool(const CnnLayer<T>& L, const Team& team, const T* sigma_
   const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
   const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
   const T inv = T(1) / (T(L.kh * L.kw) * T(L.kh * L.kw));
-  for (int64_t e = team.begin(); e < p_out * p_out; e += team.step()) {
-    const int64_t p = e / p_out, pp = e % p_out;
-    const int a = static_cast<int>(p / L.w_out) * L.sh, b = static_cast<int>(p % L.w_out) * L.sw;
-    const int a2 = static_cast<int>(pp / L.w_out) * L.sh;
-    const int b2 = static_cast<int>(pp % L.w_out) * L.sw;
+  for (PlaneCursor cur(true, p_out, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
+    const int a = cur.p / L.w_out * L.sh, b = cur.p % L.w_out * L.sw;  // 32-bit
+    const int a2 = cur.pp / L.w_out * L.sh;
+    const int b2 = cur.pp % L.w_out * L.sw;
     T acc_s = T(0), acc_t = T(0);
     for (int i = 0; i < L.kh; ++i) {
       for (int j = 0; j < L.kw; ++j) {

@@ -17,7 +17,9 @@ namespace torch_ntk {
 namespace math {
 
 // Overloads that pick the float or double libm/CUDA function, so templates
-// never silently promote float arithmetic to double.
+// never silently promote float arithmetic to double. Under nvcc sqrtf and '/' are the
+// IEEE (correctly rounded) instructions because the build has no --use_fast_math, so
+// fsqrt(q * q) == q exactly, on which the exact diagonal of the ReLU family rests.
 TNTK_HD float fsqrt(float x) { return sqrtf(x); }
 TNTK_HD double fsqrt(double x) { return sqrt(x); }
 TNTK_HD float fexp(float x) { return expf(x); }

@@ -137,7 +137,10 @@ def analytic_kernels(
     Precision: the angle between nearly coincident inputs from different batches (x in
     both x1 and x2) is resolved to about √eps (3e-4 in float32, 1e-8 in float64), so such
     entries carry that relative error for kinked activations; with x2=None the diagonal is
-    exact. Prefer float64 when entries for (near-)duplicate points matter.
+    exact. Prefer float64 when entries for (near-)duplicate points matter. The fused MLP
+    op forms the Gram ⟨x, x′⟩ of float32 inputs in float64 and rounds it once, so torch's
+    reduced-precision matmul settings (``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.set_float32_matmul_precision("high")`` or ``"medium"``) do not reach it.
 
     Raises:
         TypeError: non-floating inputs. ValueError: wrong shapes, empty batches,
