@@ -25,6 +25,16 @@ or a module whose forward torch.fx reads as a chain of such layers)
     Σ_p δ_p ⊗ π_p then one Gram GEMM, or the patch Gram times the cotangent Gram
     (:mod:`torch_ntk.empirical.rules.conv`; ``NTKInfo.contractions`` names the choice). The
     dense layers after the readout go through the fused op.
+``"hooks"`` (any model)
+    The hook engine (:mod:`torch_ntk.empirical.hooks`): forward hooks keep each
+    parameterized module's input, one batched backward gives every module's output
+    cotangents for the n_L outputs, and each module's term comes from its registered rule
+    (:mod:`torch_ntk.empirical.rules`: Linear on any leading dims, Conv1d/2d/3d with groups,
+    ConvTranspose, Embedding, LayerNorm/GroupNorm/BatchNorm in eval mode) in the order a FLOP
+    model picks — input Gram ⊙ cotangent Gram summed over positions, or per-sample
+    gradients then one Gram. Parameters no rule covers (other module types, free
+    parameters, tied weights) get their term from ``vmap(jacrev)`` on those parameters
+    only. ``NTKInfo.contractions`` names each module's order and what torch.func computed.
 ``"jacobian"`` (any model)
     Jacobian contraction, the method of PyTorch's NTK tutorial: per-sample Jacobians
     by ``vmap(jacrev)`` for a chunk of samples, contracted parameter block by
@@ -36,7 +46,7 @@ or a module whose forward torch.fx reads as a chain of such layers)
     O(N1 N2 n_L P) time; memory O(P) per column in flight, never a Jacobian.
 
 ``"auto"`` picks "structured" when the model lifts and the op is available on the
-inputs' device, else "jacobian"; ``return_info=True`` reports the choice and why.
+inputs' device, else "hooks"; ``return_info=True`` reports the choice and why.
 
 Modes: ``"full"`` [N1, N2, n_L, n_L] (entry [i, j, k, k′] = Θ_kk′(x1_i, x2_j)),
 ``"trace"`` [N1, N2] = (1/n_L) Σ_k Θ_kk (the **mean** over outputs, in every method: the
@@ -90,7 +100,7 @@ logger = logging.getLogger(__name__)
 class NTKInfo:
     """How :func:`empirical_ntk` computed its result.
 
-    method: "structured", "jacobian" or "ntk_vp" — the path actually taken.
+    method: "structured", "hooks", "jacobian" or "ntk_vp" — the path actually taken.
     reason: why (the request, or auto's reason for choosing it / falling back).
     mode: "full", "trace" or "diagonal".
     row_chunk, col_chunk: samples of x1 and x2 per block.
@@ -99,7 +109,9 @@ class NTKInfo:
     seconds: wall-clock time of the call.
     contractions: for a CNN's structured kernel, per conv layer "position: order", the
         order being "gradients" (per-sample weight gradients, then a Gram GEMM) or "grams"
-        (patch Gram times cotangent Gram); empty otherwise.
+        (patch Gram times cotangent Gram); for the hook engine, per ruled module
+        "name (type): order" and a last entry naming the parameters differentiated by
+        torch.func and why no rule covers them; empty otherwise.
     """
 
     method: str
@@ -165,7 +177,8 @@ def empirical_ntk(
             exactly symmetric, Θ_kk′(x_i, x_j) = Θ_k′k(x_j, x_i) bit for bit.
         mode: "full" → [N1, N2, n_L, n_L]; "trace" → [N1, N2], (1/n_L) Σ_k Θ_kk (the mean);
             "diagonal" → [N1, N2, n_L], Θ_kk.
-        method: "auto", "structured", "jacobian" or "ntk_vp" (see the module docstring).
+        method: "auto", "structured", "hooks", "jacobian" or "ntk_vp" (see the module
+            docstring).
         chunk_size: samples of x1 and of x2 per block; None sizes blocks from
             ``memory_budget``. Every chunking gives the same result up to rounding.
         memory_budget: bytes of working memory to stay within (inputs, parameters and
@@ -278,7 +291,8 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
                           f"{function} ({method})")
     if out is not None:
         result = out
-    contractions = () if plan is None else tuple(plan.layer_names())
+    contractions = tuple(plan.layer_names() if plan is not None
+                         else getattr(engine, "contractions", ()))
     info = NTKInfo(method, reason, mode, min(chunk, n1), min(chunk, n2), blocks, memory_budget,
                    time.perf_counter() - start, contractions)
     logger.debug("%s: %s", function, info)

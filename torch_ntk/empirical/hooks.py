@@ -1,0 +1,367 @@
+"""The hook engine: the empirical NTK of any model, module by module (``method="hooks"``).
+
+For a batch, forward hooks keep each ruled module's input a and output z; one backward over
+the n_L output directions gives every module's output cotangents δ_k = ∂f_k/∂z
+[N, n_L, *z] (one batched backward, ``vmap`` over the basis e_1 … e_{n_L} of output
+cotangents, or n_L backward passes when the batched one would not fit the budget or cannot
+run); each module's term
+
+    Θ_module,kk′(x, x′) = Σ_{θ ∈ module} ⟨δ_k(x), ∂z(x)/∂θ⟩ ⟨δ_k′(x′), ∂z(x′)/∂θ⟩
+
+is then assembled by its registered rule (:mod:`torch_ntk.empirical.rules`: input Gram ⊙
+cotangent Gram summed over positions, or per-sample gradients then one Gram, chosen per
+module by :meth:`~torch_ntk.empirical.rules.parts.ModuleFactors.choose`), and
+
+    Θ = Σ_ruled modules Θ_module + J_rest(x) J_rest(x′)ᵀ,
+
+J_rest the per-sample Jacobian (``torch.func.vmap(jacrev)``) of the trainable parameters
+no rule covers, and of them only: modules without a rule, parameters outside any module's
+own (a free ``nn.Parameter`` used in ``forward``), parameters shared by several modules
+(weight tying), modules never called through their ``forward`` (``MultiheadAttention``'s
+``out_proj``), modules whose output is not one tensor or whose samples are not one dim of
+their input and output, subclasses that override a ruled type's ``forward``. A module
+called several times in one forward (weight sharing) has J = Σ_calls J_c: its calls'
+per-sample gradients are added (every cross term), never dropped.
+
+Costs (c = n_L² in "full", n_L otherwise): one forward and one batched backward per chunk
+of samples, each ruled module's contraction (:func:`~torch_ntk.empirical.rules.parts.part_flops`),
+and for J_rest the Jacobian method's O(N n_L P_rest) memory and O(N1 N2 c P_rest) time.
+``NTKInfo.contractions`` lists every module's order and the parameters left to torch.func.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .._utils.modes import channels
+from . import budget as budget_model
+from .budget import square_chunk
+from .rules import NTK_RULES
+from .rules.parts import Direct, ModuleFactors
+
+__all__ = ["HookBlocks", "ModulePlan", "plan_modules"]
+
+
+def _forward(model: nn.Module, x):
+    """The one place the engine calls the model: f(x) for a batch x."""
+    return model(x)
+
+
+def _rows(x, start: int, stop: int):
+    """Samples start:stop of a batch (split along dim 0)."""
+    return x[start:stop]
+
+
+def _repeat(x, times: int):
+    """The first sample of x, ``times`` times (a probe batch)."""
+    return torch.cat([x[:1]] * times)
+
+
+@dataclass
+class ModulePlan:
+    """A module computed by its rule: its name, rule, calls per forward, the dim of its input
+    and output that holds the samples, and the contraction order."""
+
+    name: str
+    module: nn.Module
+    rule: object
+    calls: int
+    dims: list = field(default_factory=list)
+    order: str = "grams"
+    probe: Optional[ModuleFactors] = None
+
+    def describe(self) -> str:
+        kind = type(self.module).__name__
+        if self.calls > 1:
+            return f"{self.name} ({kind}, {self.calls} calls): gradients, summed over calls"
+        return f"{self.name} ({kind}): {self.order}"
+
+
+def _ruled_type(module: nn.Module):
+    """The rule of ``module``'s type (or its nearest registered base) and why not, if none:
+    a subclass that overrides the registered type's ``forward`` computes something else."""
+    for t in type(module).__mro__:
+        if t in NTK_RULES:
+            if type(module).forward is not t.forward:
+                return None, f"{type(module).__name__} overrides {t.__name__}.forward"
+            return NTK_RULES[t], ""
+    return None, f"no rule for {type(module).__name__}"
+
+
+def _sample_dim(small, large, n_small: int, n_large: int) -> Optional[int]:
+    """The one dim whose size is the batch size in both probes (others equal), else None."""
+    if not (isinstance(small, Tensor) and isinstance(large, Tensor)) or small.dim() != large.dim():
+        return None
+    dims = [i for i, (a, b) in enumerate(zip(small.shape, large.shape)) if a != b]
+    if len(dims) == 1 and small.shape[dims[0]] == n_small and large.shape[dims[0]] == n_large:
+        return dims[0]
+    return None
+
+
+def plan_modules(model: nn.Module, trainable: dict, x, n_out: int):
+    """(the ruled modules as :class:`ModulePlan`, the trainable parameter names left to
+    torch.func, why each module or parameter is left: {name: reason}).
+
+    Two probe forwards on copies of x's first sample (batches of 1 and 2) count each
+    module's calls and find the dim holding the samples; the rule then runs once on the
+    probe so that a configuration it does not handle (ValueError) is left to torch.func.
+    """
+    name_of = {id(p): n for n, p in trainable.items()}
+    owners: dict[int, int] = {}
+    for _, m in model.named_modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    left: dict[str, str] = {}
+    candidates = {}
+    for mname, m in model.named_modules():
+        own = [p for p in m.parameters(recurse=False) if id(p) in name_of]
+        if not own:
+            continue
+        rule, why = _ruled_type(m)
+        if rule is None:
+            left[mname or type(m).__name__] = why
+        elif any(owners[id(p)] > 1 for p in m.parameters(recurse=False)):
+            left[mname] = "a parameter shared with another module"
+        else:
+            candidates[mname] = (m, rule)
+
+    records = {name: [] for name in candidates}
+
+    def keep(name):
+        def hook(_module, args, output):
+            records[name].append((args[0] if args else None, output))
+        return hook
+
+    handles = [m.register_forward_hook(keep(name)) for name, (m, _) in candidates.items()]
+    try:
+        with torch.enable_grad():
+            _forward(model, _repeat(x, 1))
+            first = {name: list(r) for name, r in records.items()}
+            for r in records.values():
+                r.clear()
+            _forward(model, _repeat(x, 2))
+    finally:
+        for h in handles:
+            h.remove()
+
+    plans = []
+    for name, (m, rule) in candidates.items():
+        calls, calls2 = first[name], records[name]
+        if not calls or len(calls) != len(calls2):
+            left[name] = (f"{type(m).__name__} never called through its forward" if not calls
+                          else "a different number of calls per batch size")
+            continue
+        dims = [(_sample_dim(a, b, 1, 2), _sample_dim(z, w, 1, 2))
+                for (a, z), (b, w) in zip(calls, calls2)]
+        if any(d is None or d[0] is None or d[1] is None for d in dims):
+            left[name] = "its input or output is not one tensor with one dim of samples"
+            continue
+        if any(d != (0, 0) for d in dims) and not rule.positionwise:
+            left[name] = "its samples are not dim 0 of its input and output"
+            continue
+        try:
+            a, z = calls[0]
+            a = a.detach().movedim(dims[0][0], 0)
+            zero = z.detach().movedim(dims[0][1], 0).unsqueeze(1).expand(
+                z.shape[dims[0][1]], n_out, *[s for i, s in enumerate(z.shape) if i != dims[0][1]])
+            probe = rule.module_factors(m, a, torch.zeros_like(zero))
+        except (ValueError, RuntimeError, TypeError) as error:
+            left[name] = str(error)
+            continue
+        plans.append(ModulePlan(name, m, rule, len(calls), dims, probe=probe))
+    covered = {id(p) for plan in plans for p in plan.module.parameters(recurse=False)}
+    rest = [n for n, p in trainable.items() if id(p) not in covered]
+    return plans, rest, left
+
+
+class _Cache:
+    """Per-chunk factors kept while they fit ``limit`` bytes (the current row pinned)."""
+
+    def __init__(self, limit: int = 0):
+        self.limit, self.used, self.items, self.pinned = limit, 0, {}, None
+
+    def get(self, key, make, pin: bool = False):
+        if self.pinned is not None and self.pinned[0] == key:
+            return self.pinned[1]
+        value = self.items.get(key)
+        if value is None:
+            value = make()
+            size = sum(t.numel() * t.element_size() for f in value for t in f)
+            if self.used + size <= self.limit:
+                self.items[key] = value
+                self.used += size
+        if pin:
+            self.pinned = (key, value)
+        return value
+
+
+class HookBlocks:
+    """The hook engine's blocks (see the module docstring); the engine interface of
+    :mod:`torch_ntk.empirical.engines`: ``size_blocks`` then ``block``."""
+
+    def __init__(self, model: nn.Module, trainable: dict, x1, x2, mode: str, n_out: int):
+        self.model, self.trainable = model, trainable
+        self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
+        self.plans, self.rest, self.left = plan_modules(model, trainable, x1, n_out)
+        self.rest_numel = sum(trainable[n].numel() for n in self.rest)
+        try:
+            self.act = budget_model.forward_numel(model, _rows(x1, 0, 1))
+        except Exception:  # noqa: BLE001 — an estimate: the ruled modules' outputs instead
+            self.act = 4 * sum(sum(t.numel() for t in p.probe) for p in self.plans)
+        self.batched = n_out > 1
+        self.workspace = 1 << 28
+        self.cache = _Cache()
+
+    @property
+    def contractions(self) -> list[str]:
+        """Per ruled module its order; then the parameters left to torch.func, and why."""
+        out = [p.describe() for p in self.plans]
+        if self.rest:
+            why = "; ".join(f"{k}: {v}" for k, v in self.left.items())
+            out.append(f"torch.func on {len(self.rest)} parameter tensors "
+                       f"({', '.join(self.rest)})" + (f" [{why}]" if why else ""))
+        return out
+
+    def size_blocks(self, budget: int, chunk_size: Optional[int],
+                    split_for_progress: bool) -> int:
+        """Samples per block, each module's order for that block and the backward's form.
+
+        Per sample: the factors in their orders, J_rest (n_L·P_rest), the forward's
+        activations A and their cotangents (n_L·A batched, A a pass at a time); per pair the
+        block, its parts and a copy (3·c_mode). The batched backward is taken when its
+        n_L·A per sample fits a quarter of the budget for the chunk."""
+        x1, x2, nl = self.x1, self.x2, self.n_out
+        n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
+        s = x1.element_size()
+        pair = channels(self.mode, nl) * s * 3
+        self.workspace = max(1, min(1 << 28, int(budget) // 8))
+        c = n if chunk_size is None else min(chunk_size, n)
+        for _ in range(2):  # the orders depend on the chunk, the chunk on their memory
+            for p in self.plans:
+                p.order = "gradients" if p.calls > 1 else p.probe.choose(c, c, self.mode)
+            feat = sum(p.probe.bytes_per_sample(p.order, s) * p.calls for p in self.plans)
+            feat += nl * self.rest_numel * s * 3 + self.act * s * 3
+            if chunk_size is None:
+                room = budget - self.workspace
+                c = square_chunk(n, 2 * feat, pair, room / 2)
+        self.batched = nl > 1 and c * nl * self.act * s * 3 <= budget / 4
+        self.cache = _Cache(max(0, budget - 2 * c * feat - c * c * pair - self.workspace))
+        return c
+
+    def _factors(self, side: int, start: int, stop: int) -> list:
+        x = self.x1 if side == 1 or self.x2 is None else self.x2
+        key = (1 if self.x2 is None else side, start, stop)
+        return self.cache.get(key, lambda: self.features(_rows(x, start, stop)), pin=side == 1)
+
+    def features(self, x) -> list[ModuleFactors]:
+        """Every ruled module's factors, then J_rest's, for a batch x."""
+        try:
+            return self._features(x, clone_inputs=False)
+        except _ModifiedInput:  # an input changed in place after its module read it
+            return self._features(x, clone_inputs=True)
+
+    def _features(self, x, clone_inputs: bool) -> list[ModuleFactors]:
+        records = {p.name: [] for p in self.plans}
+
+        def keep(name):
+            def hook(_module, args, output):
+                a = args[0].detach()
+                records[name].append((a.clone() if clone_inputs else a, a._version, output))
+                return output.clone()  # later in-place ops act on the copy, not on z
+            return hook
+
+        handles = [p.module.register_forward_hook(keep(p.name)) for p in self.plans]
+        try:
+            with torch.enable_grad():
+                y = _forward(self.model, x)
+                y = y.reshape(y.shape[0], -1)
+        finally:
+            for h in handles:
+                h.remove()
+        zs = [z for p in self.plans for (_, _, z) in records[p.name]]
+        grads = iter(self._cotangents(y, zs))
+        out = []
+        for p in self.plans:
+            if len(records[p.name]) != p.calls:
+                raise RuntimeError(
+                    f"hook engine: {p.name} ({type(p.module).__name__}) was called "
+                    f"{len(records[p.name])} times in this batch's forward but {p.calls} times "
+                    "in the probe's; method='jacobian' computes the kernel of such a model")
+            calls = []
+            for (a, version, _), (din, dout) in zip(records[p.name], p.dims):
+                if a._version != version:
+                    raise _ModifiedInput
+                g = next(grads)
+                if g is None:  # z does not reach f: no term
+                    continue
+                cot = g.movedim(1 + dout, 0)  # [N, n_L, *rest]
+                calls.append(p.rule.module_factors(p.module, a.movedim(din, 0), cot))
+            if not calls:
+                out.append(ModuleFactors([]))
+            elif len(calls) > 1:
+                out.append(ModuleFactors.summed(calls))
+            else:
+                out.append(calls[0].in_order(p.order))
+        if self.rest:
+            out.append(ModuleFactors([Direct(j) for j in self._rest_jacobian(x)], "gradients"))
+        return out
+
+    def _cotangents(self, y: Tensor, zs: list) -> list:
+        """∂f_k/∂z for every z and output k: [n_L, *z.shape] each (None where z does not
+        reach f), by one batched backward or n_L passes."""
+        if not zs:
+            return []
+        nl = y.shape[1]
+        basis = torch.eye(nl, dtype=y.dtype, device=y.device).unsqueeze(1).expand(nl, *y.shape)
+        if self.batched:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # vmap's per-op fallback performance notes
+                    return list(torch.autograd.grad(y, zs, basis, retain_graph=True,
+                                                    is_grads_batched=True, allow_unused=True))
+            except RuntimeError:  # an op without a batching rule: one pass per output
+                self.batched = False
+        per_output = [torch.autograd.grad(y, zs, basis[k], retain_graph=k + 1 < nl,
+                                          allow_unused=True) for k in range(nl)]
+        return [None if parts[0] is None else torch.stack(parts)
+                for parts in zip(*per_output)]
+
+    def _rest_jacobian(self, x) -> list[Tensor]:
+        """Per-sample Jacobians [n, n_L, numel] of the parameters no rule covers."""
+        params = {k: v.detach() for k, v in self.trainable.items() if k in self.rest}
+        fixed = {k: v.detach() for k, v in self.model.named_parameters() if k not in params}
+        fixed.update(dict(self.model.named_buffers()))
+
+        def single(p, xi):
+            y = torch.func.functional_call(self.model, (p, fixed), (xi.unsqueeze(0),))
+            return y.reshape(-1)
+
+        with torch.enable_grad():
+            jac = torch.func.vmap(torch.func.jacrev(single), in_dims=(None, 0))(params, x)
+        return [j.flatten(2) for j in jac.values()]
+
+    def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
+        f1 = self._factors(1, i0, i1)
+        f2 = None if diagonal else self._factors(2, j0, j1)
+        total = None
+        for a, b in zip(f1, f2 if f2 is not None else [None] * len(f1)):
+            if not a.parts:
+                continue
+            part = a.ntk(b, self.mode, self.workspace)
+            total = part if total is None else total.add_(part)
+        if total is None:
+            n2 = i1 - i0 if diagonal else j1 - j0
+            shape = {"full": (i1 - i0, n2, self.n_out, self.n_out), "trace": (i1 - i0, n2),
+                     "diagonal": (i1 - i0, n2, self.n_out)}[self.mode]
+            total = self.x1.new_zeros(shape)
+        return total.detach()
+
+
+class _ModifiedInput(Exception):
+    """A module's input was changed in place after the module read it."""
+
