@@ -213,7 +213,7 @@ class HookBlocks:
             self.act = budget_model.forward_numel(model, _rows(x1, 0, 1))
         except Exception:  # noqa: BLE001 — an estimate: the ruled modules' outputs instead
             self.act = 4 * sum(sum(t.numel() for t in p.probe) for p in self.plans)
-        self.batched = n_out > 1
+        self.out_group = n_out
         self.workspace = 1 << 28
         self.cache = _Cache()
 
@@ -232,9 +232,9 @@ class HookBlocks:
         """Samples per block, each module's order for that block and the backward's form.
 
         Per sample: the factors in their orders, J_rest (n_L·P_rest), the forward's
-        activations A and their cotangents (n_L·A batched, A a pass at a time); per pair the
-        block, its parts and a copy (3·c_mode). The batched backward is taken when its
-        n_L·A per sample fits a quarter of the budget for the chunk."""
+        activations A; per pair the block, its parts and a copy (3·c_mode). The backward runs
+        over groups of outputs as large as fit a quarter of the budget (b·A per sample for
+        b outputs at once: one batched backward when all n_L fit)."""
         x1, x2, nl = self.x1, self.x2, self.n_out
         n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
         s = x1.element_size()
@@ -249,7 +249,7 @@ class HookBlocks:
             if chunk_size is None:
                 room = budget - self.workspace
                 c = square_chunk(n, 2 * feat, pair, room / 2)
-        self.batched = nl > 1 and c * nl * self.act * s * 3 <= budget / 4
+        self.out_group = max(1, min(nl, int(budget / 4 // max(1, c * self.act * s * 3))))
         self.cache = _Cache(max(0, budget - 2 * c * feat - c * c * pair - self.workspace))
         return c
 
@@ -306,30 +306,39 @@ class HookBlocks:
             elif len(calls) > 1:
                 out.append(ModuleFactors.summed(calls))
             else:
-                out.append(calls[0].in_order(p.order))
+                out.append(calls[0].stored(p.order, a.element_size()))
         if self.rest:
             out.append(ModuleFactors([Direct(j) for j in self._rest_jacobian(x)], "gradients"))
         return out
 
     def _cotangents(self, y: Tensor, zs: list) -> list:
         """∂f_k/∂z for every z and output k: [n_L, *z.shape] each (None where z does not
-        reach f), by one batched backward or n_L passes."""
+        reach f), by batched backwards over groups of ``out_group`` outputs (vmap over
+        those rows of the basis), or one pass per output (groups of 1, or an op without a
+        batching rule)."""
         if not zs:
             return []
         nl = y.shape[1]
         basis = torch.eye(nl, dtype=y.dtype, device=y.device).unsqueeze(1).expand(nl, *y.shape)
-        if self.batched:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # vmap's per-op fallback performance notes
-                    return list(torch.autograd.grad(y, zs, basis, retain_graph=True,
-                                                    is_grads_batched=True, allow_unused=True))
-            except RuntimeError:  # an op without a batching rule: one pass per output
-                self.batched = False
-        per_output = [torch.autograd.grad(y, zs, basis[k], retain_graph=k + 1 < nl,
-                                          allow_unused=True) for k in range(nl)]
-        return [None if parts[0] is None else torch.stack(parts)
-                for parts in zip(*per_output)]
+        groups = []
+        for k0 in range(0, nl, self.out_group):
+            k1 = min(nl, k0 + self.out_group)
+            last = k1 == nl
+            if k1 - k0 > 1 and self.out_group > 1:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # vmap's per-op fallback notes
+                        groups.append(torch.autograd.grad(
+                            y, zs, basis[k0:k1], retain_graph=not last,
+                            is_grads_batched=True, allow_unused=True))
+                    continue
+                except RuntimeError:  # an op without a batching rule: a pass per output
+                    self.out_group = 1
+            for k in range(k0, k1):
+                parts = torch.autograd.grad(y, zs, basis[k], retain_graph=k + 1 < nl,
+                                            allow_unused=True)
+                groups.append([None if g is None else g.unsqueeze(0) for g in parts])
+        return [None if parts[0] is None else torch.cat(parts) for parts in zip(*groups)]
 
     def _rest_jacobian(self, x) -> list[Tensor]:
         """Per-sample Jacobians [n, n_L, numel] of the parameters no rule covers."""

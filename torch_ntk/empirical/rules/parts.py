@@ -182,11 +182,13 @@ def part_bytes(part: Part, order: str, itemsize: int) -> int:
 
 
 class ModuleFactors:
-    """One module's factors for a batch: its parts in one contraction order.
+    """One module's factors for a batch: its parts and the order they are contracted in.
 
-    ``order`` "grams" keeps Outer/Tokens parts as they are; "gradients" turns every part
-    into its :class:`Direct` per-sample Jacobian. ``ntk(other, mode)`` is the module's Θ
-    in :func:`torch_ntk.empirical_ntk`'s mode shapes (other None: x′ = x).
+    ``order`` "grams": Outer/Tokens parts by :func:`_ghost`; "gradients": every part's
+    per-sample Jacobian, formed when contracted (in slices of the output features that fit
+    the workspace) unless it is held as a :class:`Direct` part already (:meth:`stored`
+    keeps whichever layout is smaller). ``ntk(other, mode)`` is the module's Θ in
+    :func:`torch_ntk.empirical_ntk`'s mode shapes (other None: x′ = x).
     """
 
     def __init__(self, parts: list, order: str = "grams"):
@@ -204,12 +206,26 @@ class ModuleFactors:
         """These factors in ``order`` ("gradients": every part materialized)."""
         if order not in ORDERS:
             raise ValueError(f"ModuleFactors: order must be one of {ORDERS}; got {order!r}")
-        if order == self.order:
+        if order == self.order and (order == "grams" or all(
+                isinstance(p, Direct) for p in self.parts)):
             return self
         if order == "grams":
-            raise ValueError("ModuleFactors: per-sample gradients cannot go back to the "
-                             "grams layout")
+            if any(isinstance(p, Direct) for p in self.parts) and self.order == "gradients":
+                raise ValueError("ModuleFactors: per-sample gradients cannot go back to the "
+                                 "grams layout")
+            return ModuleFactors(self.parts, "grams")
         return ModuleFactors([Direct(p.gradient()) for p in self.parts], "gradients")
+
+    def stored(self, order: str, itemsize: int) -> "ModuleFactors":
+        """For contraction in ``order``: "gradients" materializes a part's Jacobian now only
+        where it is smaller than its factors (it is formed slice by slice when contracted
+        otherwise)."""
+        if order == "grams":
+            return self.in_order("grams")
+        parts = [Direct(p.gradient()) if not isinstance(p, Direct) and
+                 part_bytes(p, "gradients", itemsize) <= part_bytes(p, "grams", itemsize)
+                 else p for p in self.parts]
+        return ModuleFactors(parts, "gradients")
 
     @staticmethod
     def summed(calls: list["ModuleFactors"]) -> "ModuleFactors":
@@ -224,7 +240,11 @@ class ModuleFactors:
         return sum(part_flops(p, order, n1, n2, _n_out(p), mode) for p in self.parts)
 
     def bytes_per_sample(self, order: str, itemsize: int) -> int:
-        return sum(part_bytes(p, order, itemsize) for p in self.parts)
+        """Bytes per sample of the factors as :meth:`stored` keeps them for ``order``."""
+        if order == "grams":
+            return sum(part_bytes(p, "grams", itemsize) for p in self.parts)
+        return sum(min(part_bytes(p, "gradients", itemsize), part_bytes(p, "grams", itemsize))
+                   for p in self.parts)
 
     def choose(self, n1: int, n2: int, mode: str) -> str:
         """The cheaper order (by :func:`part_flops`) for an n1 × n2 block."""
@@ -237,12 +257,42 @@ class ModuleFactors:
         total = None
         others = self.parts if other is None else other.parts
         for p1, p2 in zip(self.parts, others):
-            if isinstance(p1, Direct):
-                part = contract(p1.j, None if other is None else p2.j, mode)
-            else:
+            q2 = None if other is None else p2
+            if isinstance(p1, Direct) and (q2 is None or isinstance(q2, Direct)):
+                part = contract(p1.j, None if q2 is None else q2.j, mode)
+            elif self.order == "grams":
                 part = _ghost(p1, p2, mode, workspace_bytes)
+            else:
+                part = _sliced_gradients(p1, q2, mode, workspace_bytes)
             total = part if total is None else total.add_(part)
         return total
+
+
+def _sliced_gradients(p1: Part, p2: Optional[Part], mode: str, workspace_bytes: int) -> Tensor:
+    """J(x) J(x′)ᵀ of a part whose Jacobian is formed here: over slices of its output
+    features D (Θ is a sum over parameters, so the slices' Grams add) that keep both sides'
+    J within ``workspace_bytes``; p2 None: x′ = x."""
+    if isinstance(p1, Direct) or (p2 is not None and isinstance(p2, Direct)):
+        j1 = p1.gradient()
+        return contract(j1, None if p2 is None else p2.gradient(), mode)
+    n = p1.d.shape[0] + (0 if p2 is None else p2.d.shape[0])
+    g, _, a, d = p1.sizes()
+    per_feature = n * _n_out(p1) * g * a * p1.d.element_size()
+    step = max(1, min(d, workspace_bytes // max(1, per_feature)))
+    total = None
+    for d0 in range(0, d, step):
+        j1 = _feature_slice(p1, d0, d0 + step).gradient()
+        j2 = None if p2 is None else _feature_slice(p2, d0, d0 + step).gradient()
+        part = contract(j1, j2, mode)
+        total = part if total is None else total.add_(part)
+    return total
+
+
+def _feature_slice(part: Part, d0: int, d1: int) -> Part:
+    """The part restricted to output features d0:d1 (its parameters' rows d0:d1)."""
+    if isinstance(part, Tokens):
+        return Tokens(part.ids, part.d[..., d0:d1], part.vocab)
+    return Outer(part.a, part.d[..., d0:d1])
 
 
 def _n_out(part: Part) -> int:
