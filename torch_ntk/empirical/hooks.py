@@ -259,19 +259,16 @@ class HookBlocks:
         return self.cache.get(key, lambda: self.features(_rows(x, start, stop)), pin=side == 1)
 
     def features(self, x) -> list[ModuleFactors]:
-        """Every ruled module's factors, then J_rest's, for a batch x."""
-        try:
-            return self._features(x, clone_inputs=False)
-        except _ModifiedInput:  # an input changed in place after its module read it
-            return self._features(x, clone_inputs=True)
+        """Every ruled module's factors, then J_rest's, for a batch x.
 
-    def _features(self, x, clone_inputs: bool) -> list[ModuleFactors]:
+        A module's input changed in place after the module read it would make its stored
+        input wrong; autograd refuses such a graph (the module saved that input for its
+        weight's gradient: "modified by an inplace operation"), so the backward raises."""
         records = {p.name: [] for p in self.plans}
 
         def keep(name):
             def hook(_module, args, output):
-                a = args[0].detach()
-                records[name].append((a.clone() if clone_inputs else a, a._version, output))
+                records[name].append((args[0].detach(), output))
                 return output.clone()  # later in-place ops act on the copy, not on z
             return hook
 
@@ -283,7 +280,7 @@ class HookBlocks:
         finally:
             for h in handles:
                 h.remove()
-        zs = [z for p in self.plans for (_, _, z) in records[p.name]]
+        zs = [z for p in self.plans for (_, z) in records[p.name]]
         grads = iter(self._cotangents(y, zs))
         out = []
         for p in self.plans:
@@ -293,9 +290,7 @@ class HookBlocks:
                     f"{len(records[p.name])} times in this batch's forward but {p.calls} times "
                     "in the probe's; method='jacobian' computes the kernel of such a model")
             calls = []
-            for (a, version, _), (din, dout) in zip(records[p.name], p.dims):
-                if a._version != version:
-                    raise _ModifiedInput
+            for (a, _), (din, dout) in zip(records[p.name], p.dims):
                 g = next(grads)
                 if g is None:  # z does not reach f: no term
                     continue
@@ -323,19 +318,18 @@ class HookBlocks:
         groups = []
         for k0 in range(0, nl, self.out_group):
             k1 = min(nl, k0 + self.out_group)
-            last = k1 == nl
             if k1 - k0 > 1 and self.out_group > 1:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # vmap's per-op fallback notes
                         groups.append(torch.autograd.grad(
-                            y, zs, basis[k0:k1], retain_graph=not last,
+                            y, zs, basis[k0:k1], retain_graph=True,
                             is_grads_batched=True, allow_unused=True))
                     continue
                 except RuntimeError:  # an op without a batching rule: a pass per output
                     self.out_group = 1
             for k in range(k0, k1):
-                parts = torch.autograd.grad(y, zs, basis[k], retain_graph=k + 1 < nl,
+                parts = torch.autograd.grad(y, zs, basis[k], retain_graph=True,
                                             allow_unused=True)
                 groups.append([None if g is None else g.unsqueeze(0) for g in parts])
         return [None if parts[0] is None else torch.cat(parts) for parts in zip(*groups)]
@@ -369,8 +363,4 @@ class HookBlocks:
                      "diagonal": (i1 - i0, n2, self.n_out)}[self.mode]
             total = self.x1.new_zeros(shape)
         return total.detach()
-
-
-class _ModifiedInput(Exception):
-    """A module's input was changed in place after the module read it."""
 
