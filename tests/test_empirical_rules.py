@@ -138,7 +138,15 @@ CASES = {
     nn.BatchNorm3d: [
         ("batchnorm3d", lambda: _stats(nn.BatchNorm3d(2)), (2, 2, 2, 2)),
     ],
+    nn.MultiheadAttention: [  # called as self-attention m(x, x, x) by the Probe
+        ("mha", lambda: nn.MultiheadAttention(4, 2, batch_first=True), (3, 4)),
+        ("mha-frozen-in-proj", lambda: frozen(nn.MultiheadAttention(4, 2, batch_first=True),
+                                              "in_proj_weight"), (3, 4)),
+    ],
 }
+
+# Modules called otherwise than m(x) by the Probe.
+CALLS = {nn.MultiheadAttention: lambda m, x: m(x, x, x, need_weights=False)[0]}
 
 TABLE = [pytest.param(t, make, shape, id=name)
          for t, cases in CASES.items() for name, make, shape in cases]
@@ -153,7 +161,8 @@ class Probe(nn.Module):
         self.register_buffer("readout", readout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x).flatten(1) @ self.readout.T
+        call = CALLS.get(type(self.module), lambda m, a: m(a))
+        return call(self.module, x).flatten(1) @ self.readout.T
 
 
 def _setup(make, shape, seed):
@@ -165,7 +174,7 @@ def _setup(make, shape, seed):
         x1 = torch.randn(4, *shape, dtype=D)
         x2 = torch.randn(3, *shape, dtype=D)
     with torch.no_grad():
-        out_shape = module(x1[:1]).shape[1:]
+        out_shape = CALLS.get(type(module), lambda m, a: m(a))(module, x1[:1]).shape[1:]
     readout = torch.randn(N_OUT, out_shape.numel(), dtype=D)
     return module, Probe(module, readout), x1, x2, readout.view(N_OUT, *out_shape)
 
@@ -260,9 +269,9 @@ def test_rule_matches_jacobian_contraction(module_type, make, shape):
 def test_coefficients_zero_exactly_the_frozen_terms(module_type, make, shape):
     module, *_ = _setup(make, shape, seed=1)
     cw, cb = rule_for(module).coefficients(module)
-    assert (cw != 0) == module.weight.requires_grad
-    bias = getattr(module, "bias", None)
-    assert (cb != 0) == (bias is not None and bias.requires_grad)
+    named = list(module.named_parameters())  # MultiheadAttention: in_proj_*, out_proj.*
+    assert (cw != 0) == any(p.requires_grad for n, p in named if n.endswith("weight"))
+    assert (cb != 0) == any(p.requires_grad for n, p in named if n.endswith("bias"))
 
 
 @pytest.mark.parametrize("module_type, make, shape", TABLE)

@@ -23,7 +23,7 @@ from torch_ntk.empirical.rules import NTK_RULES
 from torch_ntk.empirical.rules import parts as parts_module
 
 from oracles import func_ntk_modes
-from test_empirical_rules import CASES
+from test_empirical_rules import CALLS, CASES
 
 D = torch.float64
 MODES = ("full", "trace", "diagonal")
@@ -44,7 +44,8 @@ class Probe(nn.Module):
         self.register_buffer("readout", readout)
 
     def forward(self, x):
-        return self.module(x.long() if self.ids else x).flatten(1) @ self.readout.T
+        call = CALLS.get(type(self.module), lambda m, a: m(a))
+        return call(self.module, x.long() if self.ids else x).flatten(1) @ self.readout.T
 
 
 def probe_case(make, shape, seed=0, n_out=3):
@@ -54,7 +55,8 @@ def probe_case(make, shape, seed=0, n_out=3):
     x1 = shape(4).to(D) if ids else torch.randn(4, *shape, dtype=D)
     x2 = shape(3).to(D) if ids else torch.randn(3, *shape, dtype=D)
     with torch.no_grad():
-        size = module(x1[:1].long() if ids else x1[:1]).numel()
+        call = CALLS.get(type(module), lambda m, a: m(a))
+        size = call(module, x1[:1].long() if ids else x1[:1]).numel()
     return Probe(module, torch.randn(n_out, size, dtype=D), ids), x1, x2
 
 
@@ -327,16 +329,49 @@ def test_small_resnet_with_batchnorm_and_downsample():
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_small_transformer_encoder(batch_first):
-    """Linear and LayerNorm by rules (samples on dim 1 when batch_first=False), the
-    attention's packed projections by torch.func; dropout off (eval)."""
+    """Linear, LayerNorm and MultiheadAttention by rules (samples on dim 1 when
+    batch_first=False); dropout off (eval)."""
     torch.manual_seed(11)
-    model = Encoder(3, 8, 2, 16, layers=2, n_out=2, batch_first=batch_first).to(D).train()
+    model = Encoder(3, 8, 2, 16, layers=2, n_out=2, batch_first=batch_first).to(D)
     x1, x2 = torch.randn(3, 4, 3, dtype=D), torch.randn(2, 4, 3, dtype=D)
-    model.eval()
     info = check_all_ways(model, x1, x2, chunks=(None, 2))
     text = " | ".join(info.contractions)
     assert "encoder.layers.1.linear2 (Linear)" in text and "norm1 (LayerNorm)" in text
-    assert "self_attn" in info.contractions[-1]
+    assert "encoder.layers.0.self_attn (MultiheadAttention)" in text
+    assert "torch.func" not in text
+
+
+class CrossAttention(nn.Module):
+    """Queries from one sequence, keys and values from another, a causal mask, a key
+    padding mask from the data, samples on dim 1 (batch_first=False)."""
+
+    def __init__(self, **options):
+        super().__init__()
+        self.q, self.kv = nn.Linear(3, 4), nn.Linear(3, 4)
+        self.mha = nn.MultiheadAttention(4, 2, **options)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        q = self.q(x[:, :3]).transpose(0, 1)
+        kv = torch.tanh(self.kv(x)).transpose(0, 1)
+        mask = torch.ones(3, 5, dtype=torch.bool).triu(3)
+        pad = x[:, :, 0] > 1.5  # padding where the first feature is large
+        pad[:, 0] = False
+        out, _ = self.mha(q, kv, kv * 2, attn_mask=mask, key_padding_mask=pad,
+                          need_weights=False)
+        return self.head(out.mean(0))
+
+
+@pytest.mark.parametrize("options, ruled", [({}, True), ({"add_bias_kv": True}, False),
+                                            ({"add_zero_attn": True}, False)])
+def test_attention_with_masks_and_options_it_does_not_model(options, ruled):
+    torch.manual_seed(15)
+    model = CrossAttention(**options).to(D)
+    x1, x2 = torch.randn(4, 5, 3, dtype=D), torch.randn(3, 5, 3, dtype=D)
+    info = check_all_ways(model, x1, x2, chunks=(None, 3))
+    text = " | ".join(info.contractions)
+    assert ("mha (MultiheadAttention): " in text) == ruled
+    assert ("bias_k/bias_v/add_zero_attn" in text) == (not ruled)
 
 
 def test_token_language_model():

@@ -42,6 +42,7 @@ from .._utils.modes import channels
 from . import budget as budget_model
 from .budget import square_chunk
 from .rules import NTK_RULES
+from .rules.attention import ModuleCall
 from .rules.parts import Direct, ModuleFactors
 
 __all__ = ["HookBlocks", "ModulePlan", "plan_modules"]
@@ -132,12 +133,13 @@ def plan_modules(model: nn.Module, trainable: dict, x, n_out: int):
 
     records = {name: [] for name in candidates}
 
-    def keep(name):
-        def hook(_module, args, output):
-            records[name].append((args[0] if args else None, output))
+    def keep(name, rule):
+        def hook(_module, args, kwargs, output):
+            records[name].append((args, kwargs, _output(rule, output)))
         return hook
 
-    handles = [m.register_forward_hook(keep(name)) for name, (m, _) in candidates.items()]
+    handles = [m.register_forward_hook(keep(name, rule), with_kwargs=True)
+               for name, (m, rule) in candidates.items()]
     try:
         with torch.enable_grad():
             _forward(model, _repeat(x, 1))
@@ -156,27 +158,62 @@ def plan_modules(model: nn.Module, trainable: dict, x, n_out: int):
             left[name] = (f"{type(m).__name__} never called through its forward" if not calls
                           else "a different number of calls per batch size")
             continue
-        dims = [(_sample_dim(a, b, 1, 2), _sample_dim(z, w, 1, 2))
-                for (a, z), (b, w) in zip(calls, calls2)]
-        if any(d is None or d[0] is None or d[1] is None for d in dims):
+        dims = [(_sample_dim(_first(c[0], c[1]), _first(d[0], d[1]), 1, 2),
+                 _sample_dim(c[2], d[2], 1, 2)) for c, d in zip(calls, calls2)]
+        if any(d[0] is None or d[1] is None for d in dims):
             left[name] = "its input or output is not one tensor with one dim of samples"
             continue
-        if any(d != (0, 0) for d in dims) and not rule.positionwise:
+        if any(d != (0, 0) for d in dims) and not rule.positionwise and not (
+                rule.whole_call and all(d[0] == d[1] for d in dims)):
             left[name] = "its samples are not dim 0 of its input and output"
             continue
         try:
-            a, z = calls[0]
-            a = a.detach().movedim(dims[0][0], 0)
+            args, kwargs, z = calls[0]
             zero = z.detach().movedim(dims[0][1], 0).unsqueeze(1).expand(
                 z.shape[dims[0][1]], n_out, *[s for i, s in enumerate(z.shape) if i != dims[0][1]])
-            probe = rule.module_factors(m, a, torch.zeros_like(zero))
-        except (ValueError, RuntimeError, TypeError) as error:
+            probe = rule.module_factors(m, _rule_input(rule, args, kwargs, z, dims[0][0]),
+                                        torch.zeros_like(zero))
+        except (ValueError, RuntimeError, TypeError, KeyError) as error:
             left[name] = str(error)
             continue
         plans.append(ModulePlan(name, m, rule, len(calls), dims, probe=probe))
-    covered = {id(p) for plan in plans for p in plan.module.parameters(recurse=False)}
+    covered = set()
+    for plan in plans:
+        covered.update(id(p) for p in plan.module.parameters(recurse=plan.rule.whole_call))
+        if plan.rule.whole_call:  # its submodules are its rule's: not left
+            left = {k: v for k, v in left.items() if not k.startswith(plan.name + ".")}
     rest = [n for n, p in trainable.items() if id(p) not in covered]
     return plans, rest, left
+
+
+def _first(args: tuple, kwargs: dict):
+    """The call's first tensor argument (where its samples' dim is read)."""
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, Tensor):
+            return v
+    return None
+
+
+def _output(rule, output):
+    """The output the rule differentiates: the first tensor of a whole-call rule's tuple."""
+    if rule.whole_call and isinstance(output, (tuple, list)):
+        return output[0]
+    return output
+
+
+def _rule_input(rule, args: tuple, kwargs: dict, z: Tensor, dim: int):
+    """What a rule receives as ``inputs``: the input with its samples' dim first, or for a
+    whole-call rule the :class:`~torch_ntk.empirical.rules.attention.ModuleCall` (tensors
+    detached, one tensor passed as several arguments kept one object)."""
+    if not rule.whole_call:
+        return args[0].detach().movedim(dim, 0)
+    memo: dict = {}
+
+    def detach(v):
+        return memo.setdefault(id(v), v.detach()) if isinstance(v, Tensor) else v
+
+    return ModuleCall(tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
+                      z.detach())
 
 
 class _Cache:
@@ -266,13 +303,16 @@ class HookBlocks:
         weight's gradient: "modified by an inplace operation"), so the backward raises."""
         records = {p.name: [] for p in self.plans}
 
-        def keep(name):
-            def hook(_module, args, output):
-                records[name].append((args[0].detach(), output))
-                return output.clone()  # later in-place ops act on the copy, not on z
+        def keep(name, rule):
+            def hook(_module, args, kwargs, output):
+                z = _output(rule, output)
+                records[name].append((args, kwargs, z))
+                copy = z.clone()  # later in-place ops act on the copy, not on z
+                return copy if z is output else (copy, *output[1:])
             return hook
 
-        handles = [p.module.register_forward_hook(keep(p.name)) for p in self.plans]
+        handles = [p.module.register_forward_hook(keep(p.name, p.rule), with_kwargs=True)
+                   for p in self.plans]
         try:
             with torch.enable_grad():
                 y = _forward(self.model, x)
@@ -280,7 +320,7 @@ class HookBlocks:
         finally:
             for h in handles:
                 h.remove()
-        zs = [z for p in self.plans for (_, z) in records[p.name]]
+        zs = [z for p in self.plans for (_, _, z) in records[p.name]]
         grads = iter(self._cotangents(y, zs))
         out = []
         for p in self.plans:
@@ -290,18 +330,19 @@ class HookBlocks:
                     f"{len(records[p.name])} times in this batch's forward but {p.calls} times "
                     "in the probe's; method='jacobian' computes the kernel of such a model")
             calls = []
-            for (a, _), (din, dout) in zip(records[p.name], p.dims):
+            for (args, kwargs, z), (din, dout) in zip(records[p.name], p.dims):
                 g = next(grads)
                 if g is None:  # z does not reach f: no term
                     continue
                 cot = g.movedim(1 + dout, 0)  # [N, n_L, *rest]
-                calls.append(p.rule.module_factors(p.module, a.movedim(din, 0), cot))
+                calls.append(p.rule.module_factors(
+                    p.module, _rule_input(p.rule, args, kwargs, z, din), cot))
             if not calls:
                 out.append(ModuleFactors([]))
             elif len(calls) > 1:
                 out.append(ModuleFactors.summed(calls))
             else:
-                out.append(calls[0].stored(p.order, a.element_size()))
+                out.append(calls[0].stored(p.order, y.element_size()))
         if self.rest:
             out.append(ModuleFactors([Direct(j) for j in self._rest_jacobian(x)], "gradients"))
         return out
