@@ -166,7 +166,7 @@ CASES = {
 }
 
 
-def make_case(name: str, n: int, quick: bool):
+def make_case(name: str, n: int, quick: bool, device: str = "cpu"):
     """(model in eval mode, inputs) of a case, seeded; quick: the same architecture tiny."""
     torch.manual_seed(0)
     if name == "resnet18":
@@ -177,21 +177,22 @@ def make_case(name: str, n: int, quick: bool):
         x = torch.randn(n, 4 if quick else 16, 8 if quick else 32)
     else:
         model = TokenLM(50, 4, 16, 2, 32) if quick else TokenLM()
-        x = torch.randint(0, 50 if quick else 1000, (n, 4 if quick else 16))
-    return model.eval(), x
+        # float token ids (the model casts them): empirical_ntk takes floating inputs here
+        x = torch.randint(0, 50 if quick else 1000, (n, 4 if quick else 16)).float()
+    return model.eval().to(device), x.to(device)
 
 
-def _call(name: str, n: int, mode: str, quick: bool, method: str):
+def _call(name: str, n: int, mode: str, quick: bool, method: str, device: str = "cpu"):
     """A picklable setup for ``peak_memory``: builds the case, returns the call."""
-    model, x = make_case(name, n, quick)
+    model, x = make_case(name, n, quick, device)
     if method == "hooks":
         return lambda: tn.empirical_ntk(model, x, mode=mode, method="hooks", progress=False)
     return lambda: torch_func_ntk(model, x, mode)
 
 
-def run_case(case: tuple, repeats: int, quick: bool) -> dict:
+def run_case(case: tuple, repeats: int, quick: bool, device: str = "cpu") -> dict:
     name, n, mode, with_baseline = case
-    model, x = make_case(name, n, quick)
+    model, x = make_case(name, n, quick, device)
     with torch.no_grad():
         n_out = model(x[:1]).shape[-1]
     row = {"model": name, "N": n, "n_L": n_out, "mode": mode,
@@ -210,10 +211,10 @@ def run_case(case: tuple, repeats: int, quick: bool) -> dict:
         del calls["torch_func"]
     for fn in calls.values():  # warm-up (and the results compared below)
         fn()
-    times = interleaved(calls, repeats, "cpu")
+    times = interleaved(calls, repeats, device)
     for key in calls:
         row[f"{key}_s"] = float(f"{summary(times[key])['median_s']:.4g}")
-        mem = peak_memory(functools.partial(_call, name, n, mode, quick, key))
+        mem = peak_memory(functools.partial(_call, name, n, mode, quick, key, device), device)
         row[f"{key}_peak_mb"] = (round(mem["peak_extra_bytes"] / 2**20, 1)
                                  if "peak_extra_bytes" in mem else mem.get("error"))
     if with_baseline:
@@ -243,8 +244,11 @@ COLUMNS = [
 
 def render_models(payload: dict) -> str:
     """The markdown table of a payload of this benchmark and its machine line
-    (docs/benchmarks.md)."""
-    return "\n".join([
+    (docs/benchmarks.md); a quick payload says that it is one."""
+    quick = (["Quick mode: the three architectures at tiny sizes (a smoke run of the code, "
+              "not the issue's cases; their full run is for a quiet machine).", ""]
+             if payload.get("quick") else [])
+    return "\n".join(quick + [
         markdown_table(payload["rows"], COLUMNS), "",
         f"{machine_line(payload['machine'])}; medians of {payload.get('repeats', '?')} "
         f"interleaved rounds after a warm-up; peak memory beyond the inputs in a fresh "
@@ -255,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny models (a smoke run)")
-    parser.add_argument("--device", default="cpu", choices=["cpu"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=None,
                         help="JSON path (default benchmarks/results/models_cpu.json)")
@@ -268,7 +272,7 @@ def main(argv=None, *, default_dir: str | None = None,
     parser = build_parser()
     args, argv = parse_suite_args(parser, argv, prog)
     t0 = time.perf_counter()
-    rows = [run_case(case, args.repeats, args.quick) for case in CASES[args.quick]]
+    rows = [run_case(case, args.repeats, args.quick, args.device) for case in CASES[args.quick]]
     payload = {"benchmark": "models", "machine": machine_info(args.device),
                "quick": args.quick, "repeats": args.repeats, "rows": rows,
                "wall_s": round(time.perf_counter() - t0, 1),
