@@ -105,6 +105,26 @@ def test_both_orders_and_a_small_budget(order, monkeypatch):
         assert all(c.endswith(order) for c in info.contractions), info.contractions
 
 
+@pytest.mark.parametrize("outputs_per_backward", [1, 2])
+def test_backward_by_groups_of_outputs(outputs_per_backward, monkeypatch):
+    """The cotangents by groups of outputs (one pass per output, or vmap over two), the
+    factors joined along the outputs: the same kernel."""
+    from torch_ntk.empirical.hooks import HookBlocks
+
+    sized = HookBlocks.size_blocks
+
+    def small_groups(self, *args):
+        c = sized(self, *args)
+        self.out_group = outputs_per_backward
+        return c
+
+    monkeypatch.setattr(HookBlocks, "size_blocks", small_groups)
+    torch.manual_seed(16)
+    model = Encoder(3, 8, 2, 16, layers=1, n_out=5).to(D)
+    check_all_ways(model, torch.randn(3, 4, 3, dtype=D), torch.randn(2, 4, 3, dtype=D),
+                   chunks=(None,))
+
+
 def test_linear_on_sequences_hand_formula():
     """Θ_kk′ = Σ_{t,s} ⟨a_t, a′_s⟩⟨R_kt, R_k′s⟩ + ⟨Σ_t R_kt, Σ_s R_k′s⟩ for f = R·vec(W a + b)
     on [T, n_in] inputs (numpy)."""

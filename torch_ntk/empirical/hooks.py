@@ -75,6 +75,7 @@ class ModulePlan:
     dims: list = field(default_factory=list)
     order: str = "grams"
     probe: Optional[ModuleFactors] = None
+    out_numel: int = 0
 
     def describe(self) -> str:
         kind = type(self.module).__name__
@@ -176,7 +177,9 @@ def plan_modules(model: nn.Module, trainable: dict, x, n_out: int):
         except (ValueError, RuntimeError, TypeError, KeyError) as error:
             left[name] = str(error)
             continue
-        plans.append(ModulePlan(name, m, rule, len(calls), dims, probe=probe))
+        out_numel = sum(c[2].numel() for c in calls)  # one sample's outputs, every call
+        plans.append(ModulePlan(name, m, rule, len(calls), dims, probe=probe,
+                                out_numel=out_numel))
     covered = set()
     for plan in plans:
         covered.update(id(p) for p in plan.module.parameters(recurse=plan.rule.whole_call))
@@ -266,28 +269,34 @@ class HookBlocks:
 
     def size_blocks(self, budget: int, chunk_size: Optional[int],
                     split_for_progress: bool) -> int:
-        """Samples per block, each module's order for that block and the backward's form.
+        """Samples per block c, each module's order for that block, and the outputs per
+        backward b (``out_group``).
 
-        Per sample: the factors in their orders, J_rest (n_L·P_rest), the forward's
-        activations A; per pair the block, its parts and a copy (3·c_mode). The backward runs
-        over groups of outputs as large as fit a quarter of the budget (b·A per sample for
-        b outputs at once: one batched backward when all n_L fit)."""
+        Memory model (s the dtype's size): per sample, the factors as stored for their
+        orders (a row and a column chunk: 2×), J_rest (n_L·P_rest, formed by vmap(jacrev):
+        3×) and the forward's activations A; per pair the block, its parts and a copy
+        (3·c_mode); while a chunk's factors are built, b·(A + Z) per sample for the
+        backward of b outputs at once (every op's cotangent, and the Z numbers of the ruled
+        modules' outputs, dropped group by group); the contraction workspace. b is the
+        largest that fits what the chunk leaves: one batched backward when all n_L fit."""
         x1, x2, nl = self.x1, self.x2, self.n_out
         n = max(x1.shape[0], 0 if x2 is None else x2.shape[0])
         s = x1.element_size()
         pair = channels(self.mode, nl) * s * 3
         self.workspace = max(1, min(1 << 28, int(budget) // 8))
+        room = budget - self.workspace
+        group = (self.act + sum(p.out_numel for p in self.plans)) * s
         c = n if chunk_size is None else min(chunk_size, n)
         for _ in range(2):  # the orders depend on the chunk, the chunk on their memory
             for p in self.plans:
                 p.order = "gradients" if p.calls > 1 else p.probe.choose(c, c, self.mode)
             feat = sum(p.probe.bytes_per_sample(p.order, s) * p.calls for p in self.plans)
-            feat += nl * self.rest_numel * s * 3 + self.act * s * 3
+            feat += 3 * nl * self.rest_numel * s + self.act * s
             if chunk_size is None:
-                room = budget - self.workspace
-                c = square_chunk(n, 2 * feat, pair, room / 2)
-        self.out_group = max(1, min(nl, int(budget / 4 // max(1, c * self.act * s * 3))))
-        self.cache = _Cache(max(0, budget - 2 * c * feat - c * c * pair - self.workspace))
+                c = square_chunk(n, 2 * feat + group, pair, room)
+        left = room - 2 * c * feat - c * c * pair
+        self.out_group = max(1, min(nl, int(left // max(1, c * group))))
+        self.cache = _Cache(max(0, left - c * group * self.out_group))
         return c
 
     def _factors(self, side: int, start: int, stop: int) -> list:
@@ -321,22 +330,29 @@ class HookBlocks:
             for h in handles:
                 h.remove()
         zs = [z for p in self.plans for (_, _, z) in records[p.name]]
-        grads = iter(self._cotangents(y, zs))
-        out = []
         for p in self.plans:
             if len(records[p.name]) != p.calls:
                 raise RuntimeError(
                     f"hook engine: {p.name} ({type(p.module).__name__}) was called "
                     f"{len(records[p.name])} times in this batch's forward but {p.calls} times "
                     "in the probe's; method='jacobian' computes the kernel of such a model")
-            calls = []
-            for (args, kwargs, z), (din, dout) in zip(records[p.name], p.dims):
-                g = next(grads)
-                if g is None:  # z does not reach f: no term
-                    continue
-                cot = g.movedim(1 + dout, 0)  # [N, n_L, *rest]
-                calls.append(p.rule.module_factors(
-                    p.module, _rule_input(p.rule, args, kwargs, z, din), cot))
+        # per module and call, its factors for each group of outputs (the group's
+        # cotangents are dropped once its rules have run)
+        pieces: list = [[[] for _ in range(p.calls)] for p in self.plans]
+        for grads in self._cotangents(y, zs):
+            grads = iter(grads)
+            for p, calls in zip(self.plans, pieces):
+                for (args, kwargs, z), (din, dout), got in zip(records[p.name], p.dims, calls):
+                    g = next(grads)
+                    if g is None:  # z does not reach f: no term
+                        continue
+                    cot = g.movedim(1 + dout, 0)  # [N, outputs of the group, *rest]
+                    got.append(p.rule.module_factors(
+                        p.module, _rule_input(p.rule, args, kwargs, z, din), cot))
+            del grads
+        out = []
+        for p, calls in zip(self.plans, pieces):
+            calls = [ModuleFactors.concat(c) for c in calls if c]
             if not calls:
                 out.append(ModuleFactors([]))
             elif len(calls) > 1:
@@ -347,33 +363,32 @@ class HookBlocks:
             out.append(ModuleFactors([Direct(j) for j in self._rest_jacobian(x)], "gradients"))
         return out
 
-    def _cotangents(self, y: Tensor, zs: list) -> list:
-        """∂f_k/∂z for every z and output k: [n_L, *z.shape] each (None where z does not
-        reach f), by batched backwards over groups of ``out_group`` outputs (vmap over
-        those rows of the basis), or one pass per output (groups of 1, or an op without a
-        batching rule)."""
+    def _cotangents(self, y: Tensor, zs: list):
+        """Yields, per group of ``out_group`` outputs, ∂f_k/∂z for every z and output k of
+        the group: [outputs, *z.shape] each (None where z does not reach f), by one batched
+        backward (vmap over those rows of the basis), or a pass per output (groups of 1, or
+        an op without a batching rule)."""
         if not zs:
-            return []
+            return
         nl = y.shape[1]
         basis = torch.eye(nl, dtype=y.dtype, device=y.device).unsqueeze(1).expand(nl, *y.shape)
-        groups = []
         for k0 in range(0, nl, self.out_group):
             k1 = min(nl, k0 + self.out_group)
-            if k1 - k0 > 1 and self.out_group > 1:
+            if k1 - k0 > 1:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # vmap's per-op fallback notes
-                        groups.append(torch.autograd.grad(
-                            y, zs, basis[k0:k1], retain_graph=True,
-                            is_grads_batched=True, allow_unused=True))
-                    continue
+                        grads = torch.autograd.grad(y, zs, basis[k0:k1], retain_graph=True,
+                                                    is_grads_batched=True, allow_unused=True)
                 except RuntimeError:  # an op without a batching rule: a pass per output
                     self.out_group = 1
+                else:
+                    yield grads
+                    continue
             for k in range(k0, k1):
                 parts = torch.autograd.grad(y, zs, basis[k], retain_graph=True,
                                             allow_unused=True)
-                groups.append([None if g is None else g.unsqueeze(0) for g in parts])
-        return [None if parts[0] is None else torch.cat(parts) for parts in zip(*groups)]
+                yield [None if g is None else g.unsqueeze(0) for g in parts]
 
     def _rest_jacobian(self, x) -> list[Tensor]:
         """Per-sample Jacobians [n, n_L, numel] of the parameters no rule covers."""

@@ -228,6 +228,23 @@ class ModuleFactors:
         return ModuleFactors(parts, "gradients")
 
     @staticmethod
+    def concat(groups: list["ModuleFactors"]) -> "ModuleFactors":
+        """The factors of one call computed for consecutive groups of outputs, joined along
+        the outputs' dim (the inputs a, ids are the same in every group: the first kept)."""
+        if len(groups) == 1:
+            return groups[0]
+        parts = []
+        for ps in zip(*(g.parts for g in groups)):
+            first = ps[0]
+            if isinstance(first, Direct):
+                parts.append(Direct(torch.cat([p.j for p in ps], 1)))
+            elif isinstance(first, Tokens):
+                parts.append(Tokens(first.ids, torch.cat([p.d for p in ps], 1), first.vocab))
+            else:
+                parts.append(Outer(first.a, torch.cat([p.d for p in ps], 1)))
+        return ModuleFactors(parts, groups[0].order)
+
+    @staticmethod
     def summed(calls: list["ModuleFactors"]) -> "ModuleFactors":
         """The factors of a module called several times in one forward (weight sharing):
         its per-sample Jacobian is the sum over calls, J = Σ_c J_c, so Θ has every cross
