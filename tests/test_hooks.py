@@ -449,7 +449,7 @@ def test_a_wrong_rule_is_caught(monkeypatch):
         f = good(module, inputs, cotangents)
         outer = f.parts[0]
         n, _, t, _ = outer.a.shape
-        eye = torch.eye(t, dtype=outer.a.dtype)
+        eye = torch.eye(t, dtype=outer.a.dtype).view(1, 1, t, 1, t)  # [G, r, T, N2, S]
 
         class Diag(parts_module.Outer):
             def gram_a(self, other, r0, r1):
