@@ -16,7 +16,8 @@ The models are written here (torchvision's wheels do not always match the instal
 
 Each case (float32, x2 = None, in one process, interleaved rounds after a warm-up) times
 ``empirical_ntk(model, x, mode, method="hooks")`` and the tutorial's ``vmap(jacrev)``
-contraction (:func:`torch_func_ntk`; skipped where its Jacobian would not fit), reports
+contraction (:func:`torch_func_ntk`; skipped where its Jacobian would not fit; the hook
+engine then runs within a stated ``memory_budget``), reports
 their ratio, the relative difference of the kernels, the hook engine's per-module
 orders, and each method's peak memory beyond its inputs in a fresh child process
 (``common.peak_memory``: the peak resident set, VmHWM). Full mode is for a quiet machine;
@@ -157,12 +158,13 @@ def torch_func_ntk(model: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor
     return total
 
 
-# (model, N, mode, time the baseline): full mode is the issue's targets
+# (model, N, mode, time the baseline, the hook engine's memory_budget or None): full mode is
+# the issue's targets; the language model's is "within 4 GB", so it gets a 3 GiB budget.
 CASES = {
-    False: [("resnet18", 8, "full", True), ("encoder", 64, "full", True),
-            ("token_lm", 16, "trace", False)],
-    True: [("resnet18", 2, "full", True), ("encoder", 4, "full", True),
-           ("token_lm", 2, "trace", True)],
+    False: [("resnet18", 8, "full", True, None), ("encoder", 64, "full", True, None),
+            ("token_lm", 16, "trace", False, 3 << 30)],
+    True: [("resnet18", 2, "full", True, None), ("encoder", 4, "full", True, None),
+           ("token_lm", 2, "trace", True, 64 << 20)],
 }
 
 
@@ -182,26 +184,29 @@ def make_case(name: str, n: int, quick: bool, device: str = "cpu"):
     return model.eval().to(device), x.to(device)
 
 
-def _call(name: str, n: int, mode: str, quick: bool, method: str, device: str = "cpu"):
+def _call(name: str, n: int, mode: str, quick: bool, method: str, device: str = "cpu",
+          budget=None):
     """A picklable setup for ``peak_memory``: builds the case, returns the call."""
     model, x = make_case(name, n, quick, device)
     if method == "hooks":
-        return lambda: tn.empirical_ntk(model, x, mode=mode, method="hooks", progress=False)
+        return lambda: tn.empirical_ntk(model, x, mode=mode, method="hooks", progress=False,
+                                        memory_budget=budget)
     return lambda: torch_func_ntk(model, x, mode)
 
 
 def run_case(case: tuple, repeats: int, quick: bool, device: str = "cpu") -> dict:
-    name, n, mode, with_baseline = case
+    name, n, mode, with_baseline, budget = case
     model, x = make_case(name, n, quick, device)
     with torch.no_grad():
         n_out = model(x[:1]).shape[-1]
-    row = {"model": name, "N": n, "n_L": n_out, "mode": mode,
+    row = {"model": name, "N": n, "n_L": n_out, "mode": mode, "memory_budget": budget,
            "params": sum(p.numel() for p in model.parameters())}
     results: dict = {}
 
     def hooks():
         results["hooks"], results["info"] = tn.empirical_ntk(
-            model, x, mode=mode, method="hooks", progress=False, return_info=True)
+            model, x, mode=mode, method="hooks", progress=False, memory_budget=budget,
+            return_info=True)
 
     def baseline():
         results["torch_func"] = torch_func_ntk(model, x, mode)
@@ -214,7 +219,8 @@ def run_case(case: tuple, repeats: int, quick: bool, device: str = "cpu") -> dic
     times = interleaved(calls, repeats, device)
     for key in calls:
         row[f"{key}_s"] = float(f"{summary(times[key])['median_s']:.4g}")
-        mem = peak_memory(functools.partial(_call, name, n, mode, quick, key, device), device)
+        mem = peak_memory(functools.partial(_call, name, n, mode, quick, key, device, budget),
+                          device)
         row[f"{key}_peak_mb"] = (round(mem["peak_extra_bytes"] / 2**20, 1)
                                  if "peak_extra_bytes" in mem else mem.get("error"))
     if with_baseline:

@@ -3,8 +3,9 @@
 For a batch, forward hooks keep each ruled module's input a and output z; one backward over
 the n_L output directions gives every module's output cotangents δ_k = ∂f_k/∂z
 [N, n_L, *z] (one batched backward, ``vmap`` over the basis e_1 … e_{n_L} of output
-cotangents, or n_L backward passes when the batched one would not fit the budget or cannot
-run); each module's term
+cotangents; or, when that would not fit the memory budget, one per group of outputs, the
+rules run group by group; a pass per output where an op has no batching rule); each
+module's term
 
     Θ_module,kk′(x, x′) = Σ_{θ ∈ module} ⟨δ_k(x), ∂z(x)/∂θ⟩ ⟨δ_k′(x′), ∂z(x′)/∂θ⟩
 
@@ -18,8 +19,11 @@ J_rest the per-sample Jacobian (``torch.func.vmap(jacrev)``) of the trainable pa
 no rule covers, and of them only: modules without a rule, parameters outside any module's
 own (a free ``nn.Parameter`` used in ``forward``), parameters shared by several modules
 (weight tying), modules never called through their ``forward`` (``MultiheadAttention``'s
-``out_proj``), modules whose output is not one tensor or whose samples are not one dim of
-their input and output, subclasses that override a ruled type's ``forward``. A module
+``out_proj`` when its parent has no rule), modules whose output is not one tensor or whose
+samples are not one dim of their input and output, modules called a different number of
+times for different batch sizes (a per-sample loop), a configuration a rule refuses
+(ValueError from the rule on a probe), subclasses that override a ruled type's
+``forward``. A module
 called several times in one forward (weight sharing) has J = Σ_calls J_c: its calls'
 per-sample gradients are added (every cross term), never dropped.
 
@@ -46,6 +50,10 @@ from .rules.attention import ModuleCall
 from .rules.parts import Direct, ModuleFactors
 
 __all__ = ["HookBlocks", "ModulePlan", "plan_modules"]
+
+
+# The engine touches inputs only through these three (a tensor today; input structures
+# such as tuples and dicts, and output_fn, plug in here).
 
 
 def _forward(model: nn.Module, x):
@@ -336,38 +344,50 @@ class HookBlocks:
                     f"hook engine: {p.name} ({type(p.module).__name__}) was called "
                     f"{len(records[p.name])} times in this batch's forward but {p.calls} times "
                     "in the probe's; method='jacobian' computes the kernel of such a model")
-        # per module and call, its factors for each group of outputs (the group's
-        # cotangents are dropped once its rules have run)
-        pieces: list = [[[] for _ in range(p.calls)] for p in self.plans]
-        for grads in self._cotangents(y, zs):
+        # per module and call, its factors for all outputs, filled group by group of
+        # outputs (each group's cotangents dropped once its rules have run; the buffers
+        # allocated once, so that the groups' transients do not fragment the heap)
+        nl = y.shape[1]
+        pieces: list = [[None] * p.calls for p in self.plans]
+        for k0, k1, grads in self._cotangents(y, zs):
             grads = iter(grads)
             for p, calls in zip(self.plans, pieces):
-                for (args, kwargs, z), (din, dout), got in zip(records[p.name], p.dims, calls):
+                for c, ((args, kwargs, z), (din, dout)) in enumerate(zip(records[p.name],
+                                                                         p.dims)):
                     g = next(grads)
                     if g is None:  # z does not reach f: no term
                         continue
                     cot = g.movedim(1 + dout, 0)  # [N, outputs of the group, *rest]
-                    got.append(p.rule.module_factors(
-                        p.module, _rule_input(p.rule, args, kwargs, z, din), cot))
+                    factors = p.rule.module_factors(
+                        p.module, _rule_input(p.rule, args, kwargs, z, din), cot)
+                    # per-sample gradients formed now where they are kept (smaller than
+                    # the factors, or a shared module's)
+                    factors = (factors.stored(p.order, y.element_size(), nl) if p.calls == 1
+                               else factors.in_order("gradients"))
+                    if calls[c] is None:
+                        calls[c] = factors if k1 - k0 == nl else factors.allocated(nl)
+                    if k1 - k0 < nl:
+                        calls[c].write(factors, k0, k1)
+                    del factors, cot, g
             del grads
         out = []
         for p, calls in zip(self.plans, pieces):
-            calls = [ModuleFactors.concat(c) for c in calls if c]
+            calls = [c for c in calls if c is not None]
             if not calls:
                 out.append(ModuleFactors([]))
             elif len(calls) > 1:
                 out.append(ModuleFactors.summed(calls))
             else:
-                out.append(calls[0].stored(p.order, y.element_size()))
+                out.append(calls[0])
         if self.rest:
             out.append(ModuleFactors([Direct(j) for j in self._rest_jacobian(x)], "gradients"))
         return out
 
     def _cotangents(self, y: Tensor, zs: list):
-        """Yields, per group of ``out_group`` outputs, ∂f_k/∂z for every z and output k of
-        the group: [outputs, *z.shape] each (None where z does not reach f), by one batched
+        """Yields, per group of ``out_group`` outputs k0:k1, (k0, k1, ∂f_k/∂z for every z and
+        output k of the group: [k1 − k0, *z.shape] each (None where z does not reach f), by one batched
         backward (vmap over those rows of the basis), or a pass per output (groups of 1, or
-        an op without a batching rule)."""
+        an op without a batching rule))."""
         if not zs:
             return
         nl = y.shape[1]
@@ -383,12 +403,12 @@ class HookBlocks:
                 except RuntimeError:  # an op without a batching rule: a pass per output
                     self.out_group = 1
                 else:
-                    yield grads
+                    yield k0, k1, grads
                     continue
             for k in range(k0, k1):
                 parts = torch.autograd.grad(y, zs, basis[k], retain_graph=True,
                                             allow_unused=True)
-                yield [None if g is None else g.unsqueeze(0) for g in parts]
+                yield k, k + 1, [None if g is None else g.unsqueeze(0) for g in parts]
 
     def _rest_jacobian(self, x) -> list[Tensor]:
         """Per-sample Jacobians [n, n_L, numel] of the parameters no rule covers."""

@@ -174,12 +174,13 @@ def part_flops(part: Part, order: str, n1: int, n2: int, n_out: int, mode: str) 
     return gram_a + n1 * n2 * g * t * t * c * (2 * d + 1)
 
 
-def part_bytes(part: Part, order: str, itemsize: int) -> int:
-    """Bytes of one sample's factors of a part in ``order``."""
+def part_bytes(part: Part, order: str, itemsize: int, n_out: Optional[int] = None) -> int:
+    """Bytes of one sample's factors of a part in ``order`` (for ``n_out`` outputs: by
+    default those it holds)."""
     if isinstance(part, Direct):
-        return part.j[0].numel() * itemsize
+        return part.j[0, 0].numel() * (n_out or part.j.shape[1]) * itemsize
     g, t, a, d = part.sizes()
-    n_out = part.d.shape[1]
+    n_out = n_out or part.d.shape[1]
     if order == "gradients":
         return n_out * g * d * a * itemsize
     return (g * t * (1 if isinstance(part, Tokens) else a) + n_out * g * t * d) * itemsize
@@ -220,33 +221,37 @@ class ModuleFactors:
             return ModuleFactors(self.parts, "grams")
         return ModuleFactors([Direct(p.gradient()) for p in self.parts], "gradients")
 
-    def stored(self, order: str, itemsize: int) -> "ModuleFactors":
+    def stored(self, order: str, itemsize: int, n_out: Optional[int] = None
+               ) -> "ModuleFactors":
         """For contraction in ``order``: "gradients" materializes a part's Jacobian now only
         where it is smaller than its factors (it is formed slice by slice when contracted
-        otherwise)."""
+        otherwise), judged for ``n_out`` outputs (default: those held; the same choice
+        for every group of outputs of a call)."""
         if order == "grams":
             return self.in_order("grams")
         parts = [Direct(p.gradient()) if not isinstance(p, Direct) and
-                 part_bytes(p, "gradients", itemsize) <= part_bytes(p, "grams", itemsize)
+                 part_bytes(p, "gradients", itemsize, n_out)
+                 <= part_bytes(p, "grams", itemsize, n_out)
                  else p for p in self.parts]
         return ModuleFactors(parts, "gradients")
 
-    @staticmethod
-    def concat(groups: list["ModuleFactors"]) -> "ModuleFactors":
-        """The factors of one call computed for consecutive groups of outputs, joined along
-        the outputs' dim (the inputs a, ids are the same in every group: the first kept)."""
-        if len(groups) == 1:
-            return groups[0]
-        parts = []
-        for ps in zip(*(g.parts for g in groups)):
-            first = ps[0]
-            if isinstance(first, Direct):
-                parts.append(Direct(torch.cat([p.j for p in ps], 1)))
-            elif isinstance(first, Tokens):
-                parts.append(Tokens(first.ids, torch.cat([p.d for p in ps], 1), first.vocab))
-            else:
-                parts.append(Outer(first.a, torch.cat([p.d for p in ps], 1)))
-        return ModuleFactors(parts, groups[0].order)
+    def allocated(self, n_out: int) -> "ModuleFactors":
+        """Empty factors like these for all ``n_out`` outputs (the input side, a and ids,
+        shared), for :meth:`write` to fill group by group."""
+        def grown(t: Tensor) -> Tensor:
+            return t.new_empty((t.shape[0], n_out, *t.shape[2:]))
+
+        parts = [Direct(grown(p.j)) if isinstance(p, Direct) else
+                 Tokens(p.ids, grown(p.d), p.vocab) if isinstance(p, Tokens) else
+                 Outer(p.a, grown(p.d)) for p in self.parts]
+        return ModuleFactors(parts, self.order)
+
+    def write(self, group: "ModuleFactors", k0: int, k1: int) -> "ModuleFactors":
+        """Copy the factors of outputs k0:k1 (``group``, the same call's) into these."""
+        for p, q in zip(self.parts, group.parts):
+            (p.j if isinstance(p, Direct) else p.d)[:, k0:k1].copy_(
+                q.j if isinstance(q, Direct) else q.d)
+        return self
 
     @staticmethod
     def summed(calls: list["ModuleFactors"]) -> "ModuleFactors":
