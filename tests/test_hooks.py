@@ -260,6 +260,27 @@ def test_weight_sharing_keeps_every_cross_term():
     assert "out.weight" in text and "shared with another module" in text
 
 
+class TiedHead(nn.Module):
+    """An embedding whose table is also the output layer through a functional call."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mix = nn.Embedding(6, 4), nn.Linear(4, 4)
+
+    def forward(self, ids):
+        h = torch.tanh(self.mix(self.embed(ids.long()))).mean(1)
+        return h @ self.embed.weight.T
+
+
+def test_a_parameter_used_outside_its_module_goes_to_torch_func():
+    torch.manual_seed(17)
+    model = TiedHead().to(D)
+    x1, x2 = torch.randint(0, 6, (4, 3)).to(D), torch.randint(0, 6, (3, 3)).to(D)
+    info = check_all_ways(model, x1, x2, modes=("full", "trace"))
+    assert "embed.weight" in info.contractions[-1] and "outside its forward" in info.contractions[-1]
+    assert info.contractions[0].startswith("mix (Linear): ")
+
+
 class DoubledLinear(nn.Linear):
     def forward(self, x):
         return 2 * super().forward(x)
@@ -493,3 +514,17 @@ class _SumOfKernels(parts_module.ModuleFactors):
                                                mode)
             total = part if total is None else total + part
         return total
+
+
+def test_missing_the_outside_use_is_caught(monkeypatch):
+    """Without the probe's check for parameters used outside their module's forward, the
+    tied embedding's head term is lost: off by percents."""
+    from torch_ntk.empirical import hooks
+
+    monkeypatch.setattr(hooks._OutsideUse, "__torch_function__",
+                        lambda self, func, types, args=(), kwargs=None: func(*args,
+                                                                             **(kwargs or {})))
+    torch.manual_seed(17)
+    model, x = TiedHead().to(D), torch.randint(0, 6, (4, 3)).to(D)
+    k = tn.empirical_ntk(model, x, method="hooks")
+    assert rel_err(k, func_ntk_modes(model, x)["full"]) > 1e-2

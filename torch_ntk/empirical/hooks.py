@@ -135,22 +135,33 @@ def plan_modules(model: nn.Module, trainable: dict, x, n_out: int):
         rule, why = _ruled_type(m)
         if rule is None:
             left[mname or type(m).__name__] = why
-        elif any(owners[id(p)] > 1 for p in m.parameters(recurse=False)):
+        elif any(owners[id(p)] > 1 for p in m.parameters(recurse=rule.whole_call)):
             left[mname] = "a parameter shared with another module"
         else:
             candidates[mname] = (m, rule)
 
     records = {name: [] for name in candidates}
+    active: list = []  # the candidates whose forward is running
 
     def keep(name, rule):
         def hook(_module, args, kwargs, output):
             records[name].append((args, kwargs, _output(rule, output)))
+            active.remove(name)
         return hook
 
+    def enter(name):
+        def hook(_module, args):
+            active.append(name)
+        return hook
+
+    owner_of = {id(p): name for name, (m, rule) in candidates.items()
+                for p in m.parameters(recurse=rule.whole_call)}
     handles = [m.register_forward_hook(keep(name, rule), with_kwargs=True)
                for name, (m, rule) in candidates.items()]
+    handles += [m.register_forward_pre_hook(enter(name)) for name, (m, _) in candidates.items()]
+    outside = _OutsideUse(owner_of, active)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), outside:
             _forward(model, _repeat(x, 1))
             first = {name: list(r) for name, r in records.items()}
             for r in records.values():
@@ -163,6 +174,10 @@ def plan_modules(model: nn.Module, trainable: dict, x, n_out: int):
     plans = []
     for name, (m, rule) in candidates.items():
         calls, calls2 = first[name], records[name]
+        if name in outside.names:
+            left[name] = ("a parameter also used outside its forward (e.g. a weight tied "
+                          "through a functional call)")
+            continue
         if not calls or len(calls) != len(calls2):
             left[name] = (f"{type(m).__name__} never called through its forward" if not calls
                           else "a different number of calls per batch size")
@@ -195,6 +210,24 @@ def plan_modules(model: nn.Module, trainable: dict, x, n_out: int):
             left = {k: v for k, v in left.items() if not k.startswith(plan.name + ".")}
     rest = [n for n, p in trainable.items() if id(p) not in covered]
     return plans, rest, left
+
+
+class _OutsideUse(torch.overrides.TorchFunctionMode):
+    """Records the candidates whose parameters a torch function receives while their own
+    forward is not running (``h @ embedding.weight.T``: a use no hook sees)."""
+
+    def __init__(self, owner_of: dict, active: list):
+        super().__init__()
+        self.owner_of, self.active, self.names = owner_of, active, set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for v in (*args, *kwargs.values()):
+            for t in (v if isinstance(v, (list, tuple)) else (v,)):
+                name = self.owner_of.get(id(t)) if isinstance(t, Tensor) else None
+                if name is not None and name not in self.active:
+                    self.names.add(name)
+        return func(*args, **kwargs)
 
 
 def _first(args: tuple, kwargs: dict):
