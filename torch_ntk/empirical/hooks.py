@@ -154,8 +154,10 @@ def plan_modules(model: nn.Module, trainable: dict, x, n_out: int):
             active.append(name)
         return hook
 
-    owner_of = {id(p): name for name, (m, rule) in candidates.items()
-                for p in m.parameters(recurse=rule.whole_call)}
+    owner_of: dict = {}  # parameter → the candidates it belongs to (MHA and its out_proj)
+    for name, (m, rule) in candidates.items():
+        for p in m.parameters(recurse=rule.whole_call):
+            owner_of.setdefault(id(p), []).append(name)
     handles = [m.register_forward_hook(keep(name, rule), with_kwargs=True)
                for name, (m, rule) in candidates.items()]
     handles += [m.register_forward_pre_hook(enter(name)) for name, (m, _) in candidates.items()]
@@ -224,9 +226,8 @@ class _OutsideUse(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         for v in (*args, *kwargs.values()):
             for t in (v if isinstance(v, (list, tuple)) else (v,)):
-                name = self.owner_of.get(id(t)) if isinstance(t, Tensor) else None
-                if name is not None and name not in self.active:
-                    self.names.add(name)
+                names = self.owner_of.get(id(t), ()) if isinstance(t, Tensor) else ()
+                self.names.update(n for n in names if n not in self.active)
         return func(*args, **kwargs)
 
 
