@@ -23,7 +23,8 @@ own (a free ``nn.Parameter`` used in ``forward``), parameters shared by several 
 samples are not one dim of their input and output, modules called a different number of
 times for different batch sizes (a per-sample loop), a configuration a rule refuses
 (ValueError from the rule on a probe), subclasses that override a ruled type's
-``forward``. A module
+``forward``, modules whose parameters a torch function also receives outside their
+forward (``h @ embedding.weight.T``: a torch-function mode watches the probe). A module
 called several times in one forward (weight sharing) has J = Σ_calls J_c: its calls'
 per-sample gradients are added (every cross term), never dropped.
 
