@@ -23,7 +23,7 @@ from torch_ntk.empirical.engines import JacobianBlocks
 from conftest import EXACT_F64, rel_err
 
 F64 = torch.float64
-METHODS = ("auto", "jacobian", "ntk_vp")
+METHODS = ("auto", "hooks", "jacobian", "ntk_vp")
 
 
 # ---------------------------------------------------------------------------------
@@ -162,9 +162,12 @@ def test_inputs_as_people_pass_them_match_the_jacobian_contraction(case, method)
                 got, info = tn.empirical_ntk(model, x1, second, mode=mode, method=method,
                                              chunk_size=chunk, output_fn=output_fn,
                                              return_info=True)
-                assert info.method == ("jacobian" if method == "auto" else method)
+                assert info.method == ("hooks" if method == "auto" else method)
                 assert got.dtype == F64 and got.shape == ref.shape
                 assert rel_err(got, ref) <= EXACT_F64, (case, method, mode, chunk, second)
+                if info.method == "hooks":  # every module by its rule, none left to torch.func
+                    assert info.contractions and not any(
+                        "torch.func" in c for c in info.contractions), info.contractions
                 if chunk is not None:
                     assert info.blocks > 1
 
