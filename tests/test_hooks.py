@@ -35,8 +35,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class Probe(nn.Module):
-    """f(x) = R·vec(m(x)) with a fixed readout R (a buffer); ids: x arrives as float token
-    ids and m receives them as int64."""
+    """f(x) = R·vec(m(x)) with a fixed readout R (a buffer); ids: x holds int64 token ids
+    (passed to empirical_ntk as they are)."""
 
     def __init__(self, module: nn.Module, readout: torch.Tensor, ids: bool):
         super().__init__()
@@ -45,18 +45,18 @@ class Probe(nn.Module):
 
     def forward(self, x):
         call = CALLS.get(type(self.module), lambda m, a: m(a))
-        return call(self.module, x.long() if self.ids else x).flatten(1) @ self.readout.T
+        return call(self.module, x).flatten(1) @ self.readout.T
 
 
 def probe_case(make, shape, seed=0, n_out=3):
     torch.manual_seed(seed)
     module = make().to(D)
     ids = callable(shape)
-    x1 = shape(4).to(D) if ids else torch.randn(4, *shape, dtype=D)
-    x2 = shape(3).to(D) if ids else torch.randn(3, *shape, dtype=D)
+    x1 = shape(4) if ids else torch.randn(4, *shape, dtype=D)
+    x2 = shape(3) if ids else torch.randn(3, *shape, dtype=D)
     with torch.no_grad():
         call = CALLS.get(type(module), lambda m, a: m(a))
-        size = call(module, x1[:1].long() if ids else x1[:1]).numel()
+        size = call(module, x1[:1]).numel()
     return Probe(module, torch.randn(n_out, size, dtype=D), ids), x1, x2
 
 
@@ -182,8 +182,8 @@ def test_embedding_hand_formula():
     torch.manual_seed(4)
     vocab, dim, t = 5, 3, 4
     model = Probe(nn.Embedding(vocab, dim).to(D), torch.randn(2, t * dim, dtype=D), True)
-    x1 = torch.randint(0, vocab, (4, t)).to(D)
-    x2 = torch.randint(0, vocab, (3, t)).to(D)
+    x1 = torch.randint(0, vocab, (4, t))
+    x2 = torch.randint(0, vocab, (3, t))
     r = model.readout.numpy().reshape(2, t, dim)
     i1, i2 = x1.long().numpy(), x2.long().numpy()
     expected = np.zeros((4, 3, 2, 2))
@@ -268,14 +268,14 @@ class TiedHead(nn.Module):
         self.embed, self.mix = nn.Embedding(6, 4), nn.Linear(4, 4)
 
     def forward(self, ids):
-        h = torch.tanh(self.mix(self.embed(ids.long()))).mean(1)
+        h = torch.tanh(self.mix(self.embed(ids))).mean(1)
         return h @ self.embed.weight.T
 
 
 def test_a_parameter_used_outside_its_module_goes_to_torch_func():
     torch.manual_seed(17)
     model = TiedHead().to(D)
-    x1, x2 = torch.randint(0, 6, (4, 3)).to(D), torch.randint(0, 6, (3, 3)).to(D)
+    x1, x2 = torch.randint(0, 6, (4, 3)), torch.randint(0, 6, (3, 3))
     info = check_all_ways(model, x1, x2, modes=("full", "trace"))
     assert "embed.weight" in info.contractions[-1] and "outside its forward" in info.contractions[-1]
     assert info.contractions[0].startswith("mix (Linear): ")
@@ -313,8 +313,8 @@ def test_rule_refusing_a_configuration_falls_back():
     torch.manual_seed(8)
     emb = nn.Embedding(6, 3, scale_grad_by_freq=True).to(D)
     model = Probe(emb, torch.randn(2, 9, dtype=D), True)
-    x1 = torch.randint(0, 6, (4, 3)).to(D)
-    info = check_all_ways(model, x1, torch.randint(0, 6, (2, 3)).to(D), modes=("full",))
+    x1 = torch.randint(0, 6, (4, 3))
+    info = check_all_ways(model, x1, torch.randint(0, 6, (2, 3)), modes=("full",))
     assert "scale_grad_by_freq have no rule" in info.contractions[-1]
 
 
@@ -418,11 +418,16 @@ def test_attention_with_masks_and_options_it_does_not_model(options, ruled):
 def test_token_language_model():
     torch.manual_seed(12)
     model = TokenLM(vocab=7, tokens=3, d=8, heads=2, ff=8, layers=1).to(D)
-    x1 = torch.randint(0, 7, (3, 3)).to(D)
-    x2 = torch.randint(0, 7, (2, 3)).to(D)
+    x1 = torch.randint(0, 7, (3, 3))
+    x2 = torch.randint(0, 7, (2, 3))
+    assert x1.dtype == torch.int64  # real token ids, as a user passes them
     info = check_all_ways(model, x1, x2, chunks=(None, 2))
     text = " | ".join(info.contractions)
     assert "embed (Embedding)" in text and "position (Embedding)" in text
+    assert "torch.func" not in text
+    k, info = tn.empirical_ntk(model, x1, x2, mode="trace", return_info=True)
+    assert info.method == "hooks" and "not one floating-point tensor" in info.reason
+    assert rel_err(k, func_ntk_modes(model, x1, x2)["trace"]) <= REL
 
 
 def test_auto_keeps_the_structured_path_for_chains():
@@ -525,6 +530,6 @@ def test_missing_the_outside_use_is_caught(monkeypatch):
                         lambda self, func, types, args=(), kwargs=None: func(*args,
                                                                              **(kwargs or {})))
     torch.manual_seed(17)
-    model, x = TiedHead().to(D), torch.randint(0, 6, (4, 3)).to(D)
+    model, x = TiedHead().to(D), torch.randint(0, 6, (4, 3))
     k = tn.empirical_ntk(model, x, method="hooks")
     assert rel_err(k, func_ntk_modes(model, x)["full"]) > 1e-2

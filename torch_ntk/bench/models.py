@@ -134,7 +134,6 @@ class TokenLM(nn.Module):
         self.head = nn.Linear(d, vocab)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.long()  # token ids (also as floats, which empirical_ntk checks today)
         positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
         h = self.encoder(self.embed(ids) + self.position(positions))
         return self.head(h[:, -1])
@@ -179,8 +178,7 @@ def make_case(name: str, n: int, quick: bool, device: str = "cpu"):
         x = torch.randn(n, 4 if quick else 16, 8 if quick else 32)
     else:
         model = TokenLM(50, 4, 16, 2, 32) if quick else TokenLM()
-        # float token ids (the model casts them): empirical_ntk takes floating inputs here
-        x = torch.randint(0, 50 if quick else 1000, (n, 4 if quick else 16)).float()
+        x = torch.randint(0, 50 if quick else 1000, (n, 4 if quick else 16))  # int64 ids
     return model.eval().to(device), x.to(device)
 
 
