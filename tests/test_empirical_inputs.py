@@ -1,4 +1,5 @@
-"""Inputs as people pass them (issue 27a) and memory by parameter blocks (27c).
+"""Inputs as people pass them (issue 27a) and memory by parameter blocks (27c), through
+every engine that takes them: "hooks" (what "auto" runs on them), "jacobian", "ntk_vp".
 
 Reference for every kernel: the torch.func contraction written below (per-sample
 Jacobians by ``vmap(jacrev)`` of a function that calls the model itself, then
