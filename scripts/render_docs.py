@@ -48,6 +48,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "cnn_model": (f"{RESULTS}/cnn_model.json", "cnn_model:render_cnn_model"),
     "cnn_structured_cpu": (f"{RESULTS}/cnn_structured_cpu.json",
                            "torch_ntk.bench.cnn_structured:render_cnn_structured"),
+    "models_cpu": (f"{RESULTS}/models_cpu.json", "torch_ntk.bench.models:render_models"),
     "tracker_cpu": (f"{RESULTS}/tracker_cpu.json", "torch_ntk.bench.tracker:render_tracker"),
     "tracker_cuda": (f"{RESULTS}/tracker_cuda.json", "torch_ntk.bench.tracker:render_tracker"),
     "distributed": (f"{RESULTS}/distributed_cpu.json", "benchmarks.distributed:render_distributed"),

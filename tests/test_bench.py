@@ -297,6 +297,21 @@ def test_cnn_script_is_a_thin_wrapper():
     assert "python benchmarks/cnn.py" in done.stdout
 
 
+def test_bench_models_quick(tmp_path, capsys):
+    """The suite runs its three architectures (tiny) and the hook engine agrees with
+    vmap(jacrev) in float32 (1e-4); peak memory is measured in a child process."""
+    assert main(["bench", "models", "--quick", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    payload = read_json(tmp_path / "models_cpu.json")
+    assert payload["benchmark"] == "models" and payload["quick"]
+    assert [r["model"] for r in payload["rows"]] == ["resnet18", "encoder", "token_lm"]
+    for row in payload["rows"]:
+        assert row["hooks_rel_diff"] <= 1e-4, row
+        assert row["hooks_s"] > 0 and row["torch_func_s"] > 0 and row["contractions"]
+        assert isinstance(row["hooks_peak_mb"], float), row
+    text = capsys.readouterr().out
+    assert "| model |" in text and "models_cpu.json" in text
+
+
 def test_bench_cnn_structured_quick(tmp_path, capsys):
     """The suite runs and every method agrees with vmap(jacrev) (float32, 1e-4)."""
     assert main(["bench", "cnn_structured", "--quick", "--repeats", "1",

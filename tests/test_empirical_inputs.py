@@ -1,4 +1,5 @@
-"""Inputs as people pass them (issue 27a) and memory by parameter blocks (27c).
+"""Inputs as people pass them (issue 27a) and memory by parameter blocks (27c), through
+every engine that takes them: "hooks" (what "auto" runs on them), "jacobian", "ntk_vp".
 
 Reference for every kernel: the torch.func contraction written below (per-sample
 Jacobians by ``vmap(jacrev)`` of a function that calls the model itself, then
@@ -17,13 +18,14 @@ import torch
 from torch import nn
 
 import torch_ntk as tn
-from torch_ntk.empirical import engines, inputs
+from torch_ntk.empirical import engines, hooks, inputs
 from torch_ntk.empirical.engines import JacobianBlocks
+from torch_ntk.empirical.hooks import HookBlocks
 
 from conftest import EXACT_F64, rel_err
 
 F64 = torch.float64
-METHODS = ("auto", "jacobian", "ntk_vp")
+METHODS = ("auto", "hooks", "jacobian", "ntk_vp")
 
 
 # ---------------------------------------------------------------------------------
@@ -162,9 +164,12 @@ def test_inputs_as_people_pass_them_match_the_jacobian_contraction(case, method)
                 got, info = tn.empirical_ntk(model, x1, second, mode=mode, method=method,
                                              chunk_size=chunk, output_fn=output_fn,
                                              return_info=True)
-                assert info.method == ("jacobian" if method == "auto" else method)
+                assert info.method == ("hooks" if method == "auto" else method)
                 assert got.dtype == F64 and got.shape == ref.shape
                 assert rel_err(got, ref) <= EXACT_F64, (case, method, mode, chunk, second)
+                if info.method == "hooks":  # every module by its rule, none left to torch.func
+                    assert info.contractions and not any(
+                        "torch.func" in c for c in info.contractions), info.contractions
                 if chunk is not None:
                     assert info.blocks > 1
 
@@ -185,6 +190,69 @@ def test_chunking_that_forgets_the_offset_is_caught(monkeypatch):
     monkeypatch.setattr(engines, "take", wrong_take)
     got = tn.empirical_ntk(model, x1, method="jacobian", chunk_size=2)
     assert rel_err(got, right) > 1e-3
+
+
+def test_the_hook_engine_chunking_that_forgets_the_offset_is_caught(monkeypatch):
+    """The same wrong chunking, in the hook engine, fails the check above."""
+    model, x1, _, _ = cases()["dict"]
+    right = reference_full(model, x1)
+    wrong_take = lambda x, start, stop: inputs.take(x, 0, stop - start)  # noqa: E731
+    monkeypatch.setattr(hooks, "take", wrong_take)
+    got = tn.empirical_ntk(model, x1, method="hooks", chunk_size=2)
+    assert rel_err(got, right) > 1e-3
+
+
+class FreeScale(nn.Module):
+    """model(image=..., ids=...) → an output object; a free parameter (no module's own:
+    the hook engine leaves it to torch.func, vmapped over the dict's leaves) and an
+    Embedding of the integer ids (its rule)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(7, 4, dtype=F64)
+        self.lin = nn.Linear(6, 4, dtype=F64)
+        self.scale = nn.Parameter(torch.randn(4, dtype=F64))
+        self.head = nn.Linear(4, 3, dtype=F64)
+
+    def forward(self, image, ids):
+        h = torch.tanh(self.lin(image) * self.scale + self.embed(ids).mean(1))
+        return Output(logits=self.head(h), hidden=h)
+
+
+def test_the_hook_engine_leaves_free_parameters_to_torch_func_on_dicts_with_output_fn():
+    torch.manual_seed(8)
+    model = FreeScale()
+    x1 = {"image": torch.randn(5, 6, dtype=F64), "ids": torch.randint(0, 7, (5, 3))}
+    x2 = {"image": torch.randn(3, 6, dtype=F64), "ids": torch.randint(0, 7, (3, 3))}
+    fn = lambda out: out.logits  # noqa: E731
+    for second in (None, x2):
+        want = modes_of(reference_full(model, x1, second, fn))
+        for mode, ref in want.items():
+            for chunk in (None, 2):
+                got, info = tn.empirical_ntk(model, x1, second, mode=mode, chunk_size=chunk,
+                                             output_fn=fn, return_info=True)
+                assert info.method == "hooks" and rel_err(got, ref) <= EXACT_F64
+    text = " | ".join(info.contractions)
+    assert "embed (Embedding)" in text and "torch.func on 1 parameter tensors (scale)" in text
+
+
+def test_the_hook_engine_stays_within_a_small_budget_on_tuples():
+    """A budget that forces chunks of samples (and backward passes by groups of outputs)
+    on tuple inputs: the same kernel as the reference."""
+    torch.manual_seed(5)
+    model = Wide()
+    x = (torch.randn(6, 40, dtype=F64), torch.rand(6, 1, dtype=F64) + 0.5)
+    ref = modes_of(reference_full(model, x))
+    trainable = dict(model.named_parameters())
+    for budget, chunked in ((400_000, True), (1_000_000, False)):
+        engine = HookBlocks(model, trainable, x, None, "full", 5)
+        c = engine.size_blocks(budget, None, False)
+        assert (c < 6) == chunked and engine.out_group < 5  # outputs by groups
+        for mode in ("full", "trace"):
+            got, info = tn.empirical_ntk(model, x, mode=mode, memory_budget=budget,
+                                         return_info=True)
+            assert info.method == "hooks" and (info.blocks > 1) == chunked
+            assert rel_err(got, ref[mode]) <= EXACT_F64, (budget, mode)
 
 
 def test_integer_and_float_tensors_and_a_plain_float_with_output_fn():
@@ -288,7 +356,8 @@ def test_a_small_budget_splits_a_parameter_into_row_blocks():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tn.MemoryBudgetWarning)
         for mode in ("full", "trace"):
-            blocked = tn.empirical_ntk(model, x, mode=mode, memory_budget=budget)
+            blocked = tn.empirical_ntk(model, x, mode=mode, method="jacobian",
+                                       memory_budget=budget)
             assert rel_err(blocked, modes_of(unblocked)[mode]) <= 1e-12
         diag = tn.empirical_ntk(model, x, mode="sample_diagonal", memory_budget=budget)
     assert rel_err(unblocked, ref) <= EXACT_F64

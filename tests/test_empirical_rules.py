@@ -43,7 +43,18 @@ def frozen(module: nn.Module, *names: str) -> nn.Module:
     return module
 
 
-# module type → [(case id, module factory, one sample's input shape)]
+def _stats(module: nn.Module) -> nn.Module:
+    """A batch norm in eval mode with random running statistics and affine parameters."""
+    with torch.no_grad():
+        module.running_mean.normal_()
+        module.running_var.uniform_(0.5, 2.0)
+        module.weight.normal_()
+        module.bias.normal_()
+    return module.eval()
+
+
+# module type → [(case id, module factory, one sample's input shape or a function n → a
+# batch of n inputs (integer token ids))]
 CASES = {
     nn.Linear: [
         ("linear", lambda: nn.Linear(4, 5), (4,)),
@@ -85,7 +96,57 @@ CASES = {
          lambda: frozen(NTKConv2d(2, 3, (2, 3), dilation=(2, 1), bias_std=0.6), "weight"),
          (2, 6, 5)),
     ],
+    nn.Conv3d: [
+        ("conv3d-groups", lambda: nn.Conv3d(4, 6, (2, 3, 2), padding=(1, 0, 1), groups=2),
+         (4, 3, 4, 3)),
+    ],
+    nn.ConvTranspose1d: [
+        ("convtranspose1d", lambda: nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1), (2, 5)),
+    ],
+    nn.ConvTranspose2d: [
+        ("convtranspose2d-groups",
+         lambda: nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0),
+                                    output_padding=(1, 0), dilation=(1, 2), groups=2),
+         (4, 3, 4)),
+        ("convtranspose2d-frozen-bias",
+         lambda: frozen(nn.ConvTranspose2d(2, 3, 2, stride=2), "bias"), (2, 3, 3)),
+    ],
+    nn.ConvTranspose3d: [
+        ("convtranspose3d", lambda: nn.ConvTranspose3d(2, 2, 2, stride=2), (2, 2, 2, 3)),
+    ],
+    nn.Embedding: [
+        ("embedding", lambda: nn.Embedding(5, 3), lambda n: torch.randint(0, 5, (n, 4))),
+        ("embedding-padding-idx", lambda: nn.Embedding(5, 3, padding_idx=1),
+         lambda n: torch.randint(0, 5, (n, 2, 3))),
+    ],
+    nn.LayerNorm: [
+        ("layernorm-sequence", lambda: nn.LayerNorm(4), (3, 4)),
+        ("layernorm-2d-frozen-bias", lambda: frozen(nn.LayerNorm((2, 3)), "bias"), (2, 3)),
+    ],
+    nn.GroupNorm: [
+        ("groupnorm", lambda: nn.GroupNorm(2, 4), (4, 3, 2)),
+    ],
+    nn.BatchNorm1d: [
+        ("batchnorm1d", lambda: _stats(nn.BatchNorm1d(3)), (3,)),
+        ("batchnorm1d-sequence", lambda: _stats(nn.BatchNorm1d(3)), (3, 5)),
+    ],
+    nn.BatchNorm2d: [
+        ("batchnorm2d", lambda: _stats(nn.BatchNorm2d(3)), (3, 2, 3)),
+        ("batchnorm2d-frozen-weight", lambda: frozen(_stats(nn.BatchNorm2d(2)), "weight"),
+         (2, 3, 3)),
+    ],
+    nn.BatchNorm3d: [
+        ("batchnorm3d", lambda: _stats(nn.BatchNorm3d(2)), (2, 2, 2, 2)),
+    ],
+    nn.MultiheadAttention: [  # called as self-attention m(x, x, x) by the Probe
+        ("mha", lambda: nn.MultiheadAttention(4, 2, batch_first=True), (3, 4)),
+        ("mha-frozen-in-proj", lambda: frozen(nn.MultiheadAttention(4, 2, batch_first=True),
+                                              "in_proj_weight"), (3, 4)),
+    ],
 }
+
+# Modules called otherwise than m(x) by the Probe.
+CALLS = {nn.MultiheadAttention: lambda m, x: m(x, x, x, need_weights=False)[0]}
 
 TABLE = [pytest.param(t, make, shape, id=name)
          for t, cases in CASES.items() for name, make, shape in cases]
@@ -100,16 +161,20 @@ class Probe(nn.Module):
         self.register_buffer("readout", readout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x).flatten(1) @ self.readout.T
+        call = CALLS.get(type(self.module), lambda m, a: m(a))
+        return call(self.module, x).flatten(1) @ self.readout.T
 
 
 def _setup(make, shape, seed):
     torch.manual_seed(seed)
     module = make().to(D)
-    x1 = torch.randn(4, *shape, dtype=D)
-    x2 = torch.randn(3, *shape, dtype=D)
+    if callable(shape):
+        x1, x2 = shape(4), shape(3)
+    else:
+        x1 = torch.randn(4, *shape, dtype=D)
+        x2 = torch.randn(3, *shape, dtype=D)
     with torch.no_grad():
-        out_shape = module(x1[:1]).shape[1:]
+        out_shape = CALLS.get(type(module), lambda m, a: m(a))(module, x1[:1]).shape[1:]
     readout = torch.randn(N_OUT, out_shape.numel(), dtype=D)
     return module, Probe(module, readout), x1, x2, readout.view(N_OUT, *out_shape)
 
@@ -167,9 +232,9 @@ def test_registry_errors():
         ntk_rule(nn.Linear, coefficients=lambda m: (1.0, 1.0))(lambda m, a, d: None)
     with pytest.raises(TypeError, match="nn.Module types"):
         ntk_rule(int, coefficients=lambda m: (1.0, 1.0))
-    with pytest.raises(ValueError, match=r"no empirical NTK rule for LayerNorm; registered: "
-                                         r"Conv1d, .*method='jacobian'"):
-        rule_for(nn.LayerNorm(3))
+    with pytest.raises(ValueError, match=r"no empirical NTK rule for Softmax; registered: "
+                                         r"BatchNorm1d, .*method='jacobian'"):
+        rule_for(nn.Softmax(-1))
 
 
 def test_subclass_finds_its_base_rule():
@@ -204,8 +269,9 @@ def test_rule_matches_jacobian_contraction(module_type, make, shape):
 def test_coefficients_zero_exactly_the_frozen_terms(module_type, make, shape):
     module, *_ = _setup(make, shape, seed=1)
     cw, cb = rule_for(module).coefficients(module)
-    assert (cw != 0) == module.weight.requires_grad
-    assert (cb != 0) == (module.bias is not None and module.bias.requires_grad)
+    named = list(module.named_parameters())  # MultiheadAttention: in_proj_*, out_proj.*
+    assert (cw != 0) == any(p.requires_grad for n, p in named if n.endswith("weight"))
+    assert (cb != 0) == any(p.requires_grad for n, p in named if n.endswith("bias"))
 
 
 @pytest.mark.parametrize("module_type, make, shape", TABLE)

@@ -420,7 +420,7 @@ def test_what_is_not_a_chain_names_the_node_and_the_methods_that_work(cls, match
     with warnings.catch_warnings():  # auto falls back silently for a class of one's own ...
         warnings.simplefilter("error")
         k, info = tn.empirical_ntk(model, x, mode="full", return_info=True)
-    assert info.method == "jacobian"
+    assert info.method == "hooks"
     assert message.split("; ", 1)[1][:40] in info.reason  # ... and says why when asked
     assert rel_err(k, jacobian_ntk(model, x, x)) <= TOL
     with pytest.raises(ValueError, match=rf"NTK.limit: {cls.__name__} has no infinite-width"):

@@ -11,13 +11,15 @@ markdown table.
 - :mod:`torch_ntk.bench.cnn` — the fused infinite-width CNN kernel op against the eager
   plain-torch recursion, and its FLOP/s against a float32 matmul;
 - :mod:`torch_ntk.bench.cnn_structured` — the structured finite-width CNN NTK against
-  torch.func's vmap(jacrev), ``method="jacobian"`` and the Gram GEMMs alone.
+  torch.func's vmap(jacrev), ``method="jacobian"`` and the Gram GEMMs alone;
+- :mod:`torch_ntk.bench.models` — the hook engine on ResNet-18, a transformer encoder and
+  a token language model against the tutorial's vmap(jacrev), time and peak memory.
 
 Timings are medians after warm-up (CUDA events on a GPU); ratios against baselines run
 in the same process are the claim, never an assertion in a test.
 """
 
-SUITES = ("analytic", "empirical", "tracker", "cnn", "cnn_structured")
+SUITES = ("analytic", "empirical", "tracker", "cnn", "cnn_structured", "models")
 
 # The help of ``torch-ntk bench``.
 HELP = """\
@@ -33,6 +35,9 @@ Run the benchmark suites of torch_ntk.bench (the same code as benchmarks/*.py):
              the eager plain-torch recursion; its FLOP/s against a float32 matmul
   cnn_structured  the structured finite-width CNN NTK against vmap(jacrev), the
              Jacobian method and the Gram GEMMs alone (CPU)
+  models     the hook engine (method="hooks") on ResNet-18, a 2-layer transformer
+             encoder and a token language model against vmap(jacrev): time and peak
+             memory in a child process (CPU)
 
 Each suite writes OUT/<suite>_<device>.json and prints its markdown table; times are
 medians after warm-up (CUDA events on a GPU). --quick runs small cases (seconds to a

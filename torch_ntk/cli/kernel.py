@@ -137,7 +137,7 @@ def add_kernel_command(sub, parents, number_types: dict, parse_bytes) -> argpars
     k.add_argument("--mode", choices=["trace", "full", "diagonal"], default=None,
                    help="empirical only: trace [N1, N2], the mean over the nL outputs "
                         "(default), full [N1, N2, nL, nL] or diagonal [N1, N2, nL]")
-    k.add_argument("--method", choices=["auto", "structured", "jacobian", "ntk_vp"],
+    k.add_argument("--method", choices=["auto", "structured", "hooks", "jacobian", "ntk_vp"],
                    default="auto", help="empirical only: empirical_ntk's method (default auto)")
     k.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     k.add_argument("--precision", choices=["highest", "bf16", "bf16x3"], default=None,

@@ -142,7 +142,7 @@ class TileSource:
     c = a) takes the symmetric path, exactly symmetric. ``feature_samples`` counts the
     samples whose structured features were computed and ``feature_passes`` the
     passes (empirical, structured method; each band once when the cache holds them);
-    ``method`` names the engine ("analytic", "structured", "jacobian", "ntk_vp").
+    ``method`` names the engine ("analytic", "structured", "hooks", "jacobian", "ntk_vp").
     """
 
     def __init__(self, kind: str, model_or_spec, x1: Tensor, x2: Optional[Tensor], *,

@@ -4,7 +4,8 @@ Each engine computes Θ for (x1 rows i0:i1, x2 columns j0:j1) and sizes its bloc
 memory budget: the structured op on an MLP plan's factors (:class:`StructuredBlocks`), a
 CNN plan's conv contractions plus the fused op (:class:`ConvStructuredBlocks`), per-sample
 Jacobians by ``vmap(jacrev)`` (:class:`JacobianBlocks`), NTK-vector products
-(:class:`NTKVPBlocks`).
+(:class:`NTKVPBlocks`), any model module by module (:class:`HookBlocks`, from
+``torch_ntk.empirical.hooks``: each module's registered rule, the rest by torch.func).
 
 An engine is built on (x1, x2 or None, mode); ``size_blocks(budget, chunk_size,
 split_for_progress)`` chooses the samples per block (and sizes its caches) and returns it;
@@ -29,6 +30,7 @@ from ..lifting.lift import lift
 from .._utils.modes import channels
 from .._utils.runtime import check_built_for
 from .cnn_plan import ConvStructuredPlan
+from .hooks import HookBlocks
 from .mlp_plan import StructuredPlan
 from . import budget as budget_model
 from .budget import square_chunk
@@ -39,6 +41,7 @@ from .rules.conv import choose_order, contract, conv_layer_ntk
 __all__ = [
     "ConvStructuredBlocks",
     "FuncModel",
+    "HookBlocks",
     "JacobianBlocks",
     "METHODS",
     "MethodFallbackWarning",
@@ -52,12 +55,12 @@ __all__ = [
     "structured_plan",
 ]
 
-METHODS = ("auto", "structured", "jacobian", "ntk_vp")
+METHODS = ("auto", "structured", "hooks", "jacobian", "ntk_vp")
 
 
 class MethodFallbackWarning(UserWarning):
-    """``method="auto"`` on an ``nn.Sequential`` that does not lift: the slower Jacobian
-    method runs, and the warning says which module stopped the fused path."""
+    """``method="auto"`` on an ``nn.Sequential`` that does not lift: the hook engine runs
+    instead of the fused path, and the warning says which module stopped the fused path."""
 
 # Estimated work (floating-point operations) above which a single block is split so
 # the progress bar has something to show (a few seconds on a CPU).
@@ -438,7 +441,8 @@ class NTKVPBlocks:
 # the one method choice
 
 Plan = Union[StructuredPlan, ConvStructuredPlan]
-Engine = Union["StructuredBlocks", "ConvStructuredBlocks", "JacobianBlocks", "NTKVPBlocks"]
+Engine = Union["StructuredBlocks", "ConvStructuredBlocks", "HookBlocks", "JacobianBlocks",
+               "NTKVPBlocks"]
 
 # The engine that contracts a plan's factors, and what the plan's model is.
 _STRUCTURED = {StructuredPlan: StructuredBlocks, ConvStructuredPlan: ConvStructuredBlocks}
@@ -458,16 +462,16 @@ def _choose(function: str, model: nn.Module, method: str, x, plan: Optional[Plan
     """(method, reason, structured plan or None); see :func:`make_engine`."""
     if method not in METHODS:
         raise ValueError(f"{function}: method must be one of {METHODS}; got {method!r}")
-    if method in ("jacobian", "ntk_vp"):
+    if method in ("jacobian", "ntk_vp", "hooks"):
         return method, "requested", None
     if not is_plain(x) or output_fn is not None:
         what = "output_fn is given" if is_plain(x) else "x1 is not one floating-point tensor"
         if method == "structured":
             raise ValueError(
                 f"{function}: method='structured' is not available: {what} (the structured "
-                "plans take one float tensor and the model's own output); method='jacobian' "
-                "or 'ntk_vp' computes the kernel of any model and inputs")
-        return "jacobian", f"{what}, which the structured plans do not take", None
+                "plans take one float tensor and the model's own output); method='hooks', "
+                "'jacobian' or 'ntk_vp' computes the kernel of any model and inputs")
+        return "hooks", f"{what}, which the structured plans do not take", None
     if plan is None:
         try:
             plan = structured_plan(model)
@@ -477,17 +481,18 @@ def _choose(function: str, model: nn.Module, method: str, x, plan: Optional[Plan
                     f"{function}: method='structured' is not available: {error}; "
                     "method='jacobian' or 'ntk_vp' computes the kernel of any model"
                 ) from error
-            reason = f"the model does not lift to an MLP or CNN ({error})"
+            reason = (f"the model does not lift to an MLP or CNN ({error}); the hook engine "
+                      "runs each module's rule")
             if isinstance(model, nn.Sequential):  # one that looks meant to lift: say why not
                 warnings.warn(MethodFallbackWarning(
-                    f"{function}: method='auto' runs the Jacobian method (slower) because "
-                    f"{reason}; pass method='jacobian' to silence this warning"),
+                    f"{function}: method='auto' runs the hook engine (slower than the fused "
+                    f"path) because {reason}; pass method='hooks' to silence this warning"),
                     stacklevel=stacklevel + 1)
-            return "jacobian", reason, None
+            return "hooks", reason, None
     if x.is_cuda and not ops.cuda_built():
         if method == "structured":
             check_built_for(function, x)
-        return "jacobian", "torch_ntk was built without CUDA, so the fused op cannot run", None
+        return "hooks", "torch_ntk was built without CUDA, so the fused op cannot run", None
     kind = _PLAN_KIND[type(plan)]
     reason = "requested" if method == "structured" else f"the model lifts to {kind}"
     return "structured", reason, plan
@@ -502,25 +507,27 @@ def make_engine(function: str, model: nn.Module, x1: Tensor, x2: Optional[Tensor
 
     ``method``: "structured" runs the model's structured plan (:func:`structured_plan`:
     the MLP plan, or the CNN plan) and raises ValueError, naming the module, when the
-    model does not lift; "jacobian" and "ntk_vp" run as asked; "auto" runs the structured
-    plan when the model lifts and the fused op runs on the inputs' device, else "jacobian"
-    — with a :class:`MethodFallbackWarning` naming the module that stopped the fused path
-    when the model is an ``nn.Sequential`` (one that looks meant to lift).
+    model does not lift; "hooks" (:class:`~torch_ntk.empirical.hooks.HookBlocks`: each
+    module by its registered rule, the rest by torch.func), "jacobian" and "ntk_vp" run as
+    asked; "auto" runs the structured plan when the model lifts, x1 is one float tensor,
+    ``output_fn`` is None and the fused op runs on the inputs' device, else "hooks" — with
+    a :class:`MethodFallbackWarning` naming the module that stopped the fused path when the
+    model is an ``nn.Sequential`` (one that looks meant to lift).
 
     Args:
         function: the entry point the user called (errors and warnings name it).
         model: the nn.Module; ``trainable`` its parameters with requires_grad (name →
-            tensor), the ones the Jacobian engines differentiate.
+            tensor), the ones the hook and Jacobian engines differentiate.
         x1, x2: checked batches [N1, ...], [N2, ...] or None (x2 = x1): tensors, or leaf
             structures (tuples, dicts: ``torch_ntk.empirical.inputs``) which the
-            Jacobian engines take; a plan checks (and may flatten) them for the
+            hook and Jacobian engines take ("auto" runs "hooks" on them); a plan checks (and may flatten) them for the
             network's input shape.
         mode: "full", "trace" or "diagonal".
         precision: "highest", or "bf16"/"bf16x3" (structured method, float32 only).
         plan: the structured plan if the caller already built it (None: built here).
         stacklevel: the warning's stack level, counted from the caller of make_engine.
         output_fn: picks the output to differentiate from the model's output (None: the
-            output itself); given, the Jacobian engines run.
+            output itself); given, "auto" runs the hook engine.
         dtype: the kernel's dtype (default: x1's for a float tensor, else the parameters').
 
     Returns:
@@ -547,7 +554,7 @@ def make_engine(function: str, model: nn.Module, x1: Tensor, x2: Optional[Tensor
         n_out = plan.n_out
     else:
         n_out = output_size(function, model, x1, output_fn)
-        blocks = JacobianBlocks if method == "jacobian" else NTKVPBlocks
+        blocks = {"jacobian": JacobianBlocks, "ntk_vp": NTKVPBlocks, "hooks": HookBlocks}[method]
         engine = blocks(model, trainable, x1, x2, mode, n_out, output_fn, dtype)
         engine.function = function
     engine.method, engine.reason, engine.plan, engine.n_out = method, reason, plan, n_out

@@ -25,6 +25,16 @@ or a module whose forward torch.fx reads as a chain of such layers)
     Σ_p δ_p ⊗ π_p then one Gram GEMM, or the patch Gram times the cotangent Gram
     (:mod:`torch_ntk.empirical.rules.conv`; ``NTKInfo.contractions`` names the choice). The
     dense layers after the readout go through the fused op.
+``"hooks"`` (any model)
+    The hook engine (:mod:`torch_ntk.empirical.hooks`): forward hooks keep each
+    parameterized module's input, one batched backward gives every module's output
+    cotangents for the n_L outputs, and each module's term comes from its registered rule
+    (:mod:`torch_ntk.empirical.rules`: Linear on any leading dims, Conv1d/2d/3d with groups,
+    ConvTranspose, Embedding, LayerNorm/GroupNorm/BatchNorm in eval mode) in the order a FLOP
+    model picks — input Gram ⊙ cotangent Gram summed over positions, or per-sample
+    gradients then one Gram. Parameters no rule covers (other module types, free
+    parameters, tied weights) get their term from ``vmap(jacrev)`` on those parameters
+    only. ``NTKInfo.contractions`` names each module's order and what torch.func computed.
 ``"jacobian"`` (any model)
     Jacobian contraction, the method of PyTorch's NTK tutorial: per-sample Jacobians
     by ``vmap(jacrev)`` for a chunk of samples, contracted parameter block by
@@ -35,13 +45,13 @@ or a module whose forward torch.fx reads as a chain of such layers)
     J(x′_j)ᵀ e_k′, one ``jvp`` over the x1 chunk gives J(x1) J(x′_j)ᵀ e_k′. Cost
     O(N1 N2 n_L P) time; memory O(P) per column in flight, never a Jacobian.
 
-``"auto"`` picks "structured" when the model lifts and the op is available on the
-inputs' device, else "jacobian"; ``return_info=True`` reports the choice and why.
+``"auto"`` picks "structured" when the model lifts, x1 is one float tensor, ``output_fn``
+is None and the op is available on the inputs' device, else "hooks"; ``return_info=True`` reports the choice and why.
 
-Inputs: x1/x2 may be a float tensor (every method), or — for the Jacobian and ntk_vp
-methods — a tensor of any dtype (token ids), a tuple (``model(*x)``) or a dict
-(``model(**x)``) of tensors sharing batch dimension 0; ``output_fn`` picks the output to
-differentiate (``torch_ntk.empirical.inputs``).
+Inputs: x1/x2 may be a float tensor (every method), or — for the hooks, Jacobian and
+ntk_vp methods ("auto" runs "hooks") — a tensor of any dtype (token ids), a tuple
+(``model(*x)``) or a dict (``model(**x)``) of tensors sharing batch dimension 0;
+``output_fn`` picks the output to differentiate (``torch_ntk.empirical.inputs``).
 
 Modes: ``"full"`` [N1, N2, n_L, n_L] (entry [i, j, k, k′] = Θ_kk′(x1_i, x2_j)),
 ``"trace"`` [N1, N2] = (1/n_L) Σ_k Θ_kk (the **mean** over outputs, in every method: the
@@ -100,7 +110,7 @@ logger = logging.getLogger(__name__)
 class NTKInfo:
     """How :func:`empirical_ntk` computed its result.
 
-    method: "structured", "jacobian" or "ntk_vp" — the path actually taken.
+    method: "structured", "hooks", "jacobian" or "ntk_vp" — the path actually taken.
     reason: why (the request, or auto's reason for choosing it / falling back).
     mode: "full", "trace" or "diagonal".
     row_chunk, col_chunk: samples of x1 and x2 per block.
@@ -109,7 +119,9 @@ class NTKInfo:
     seconds: wall-clock time of the call.
     contractions: for a CNN's structured kernel, per conv layer "position: order", the
         order being "gradients" (per-sample weight gradients, then a Gram GEMM) or "grams"
-        (patch Gram times cotangent Gram); empty otherwise.
+        (patch Gram times cotangent Gram); for the hook engine, per ruled module
+        "name (type): order" and a last entry naming the parameters differentiated by
+        torch.func and why no rule covers them; empty otherwise.
     """
 
     method: str
@@ -175,8 +187,8 @@ def empirical_ntk(
             (integer token ids: the NTK is taken w.r.t. the parameters, never the
             inputs), a tuple (called as ``model(*x1)``) or a dict (``model(**x1)``) of
             tensors, each with the N1 samples along dimension 0 (chunking splits every
-            leaf). Such inputs, and ``output_fn``, run the Jacobian or ntk_vp method
-            (``torch_ntk.empirical.inputs``); the kernel then has the dtype of the
+            leaf). Such inputs, and ``output_fn``, run the hooks ("auto"), Jacobian or
+            ntk_vp method (``torch_ntk.empirical.inputs``); the kernel then has the dtype of the
             trainable parameters.
         x2: [N2, ...] like x1 (the same structure and leaf dtypes), or None (or x1
             itself) for x2 = x1: the result is then exactly symmetric,
@@ -185,8 +197,10 @@ def empirical_ntk(
             "diagonal" → [N1, N2, n_L], Θ_kk; "sample_diagonal" → [N1, n_L],
             Θ_kk(x_i, x_i) = Σ_p (∂f_k(x_i)/∂θ_p)², the per-sample squared gradient norm
             per output (x2 must be None; n_L backward passes vmapped over the samples,
-            by parameter groups within ``memory_budget``; method "auto" or "jacobian").
-        method: "auto", "structured", "jacobian" or "ntk_vp" (see the module docstring).
+            by parameter groups within ``memory_budget``; method "auto" or "jacobian":
+            the Jacobian engine computes it).
+        method: "auto", "structured", "hooks", "jacobian" or "ntk_vp" (see the module
+            docstring).
         chunk_size: samples of x1 and of x2 per block; None sizes blocks from
             ``memory_budget``. Every chunking gives the same result up to rounding.
         memory_budget: bytes of working memory to stay within (inputs, parameters and
@@ -318,7 +332,8 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
                           progress, method, f"{function} ({method})", dtype, device)
     if out is not None:
         result = out
-    contractions = () if plan is None else tuple(plan.layer_names())
+    contractions = tuple(plan.layer_names() if plan is not None
+                         else getattr(engine, "contractions", ()))
     info = NTKInfo(method, reason, mode, min(chunk, n1), min(chunk, n2), blocks, memory_budget,
                    time.perf_counter() - start, contractions)
     logger.debug("%s: %s", function, info)

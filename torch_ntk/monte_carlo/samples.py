@@ -34,7 +34,7 @@ class MonteCarloKernels(NamedTuple):
     nngp_stderr, ntk_stderr: [N1, N2] float64, the standard error of each mean entry,
         s/√P with s the sample standard deviation (divisor P − 1); NaN while P = 1.
     n_samples: P, the number of networks averaged.
-    method: the path ``empirical_ntk`` took ("structured", "jacobian", "ntk_vp"; several
+    method: the path ``empirical_ntk`` took ("structured", "hooks", "jacobian", "ntk_vp"; several
         joined by "," if the models differed); None when the NTK was not requested.
     """
 

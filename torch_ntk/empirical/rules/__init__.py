@@ -51,6 +51,17 @@ class NTKRule:
     factors: Callable[[nn.Module, Tensor, Tensor], object]
     coefficients: Callable[[nn.Module], tuple[float, float]]
     input_vjp: Optional[Callable[[nn.Module, tuple, Tensor], Tensor]] = None
+    hook: Optional[Callable[[nn.Module, Tensor, Tensor], object]] = None
+    positionwise: bool = False
+    base: Optional[type] = None
+    whole_call: bool = False
+
+    @property
+    def module_factors(self) -> Callable[[nn.Module, Tensor, Tensor], object]:
+        """The hook engine's rule: ``(module, inputs, cotangents) -> ModuleFactors``
+        (``rules.parts``), any leading dims; ``hook`` when the plans' ``factors`` is
+        another API (Linear, Conv), else ``factors`` itself."""
+        return self.hook if self.hook is not None else self.factors
 
 
 NTK_RULES: dict[type, NTKRule] = {}
@@ -58,8 +69,17 @@ NTK_RULES: dict[type, NTKRule] = {}
 
 
 def ntk_rule(*module_types: type, coefficients: Callable[[nn.Module], tuple[float, float]],
-             input_vjp: Optional[Callable] = None):
+             input_vjp: Optional[Callable] = None, hook: Optional[Callable] = None,
+             positionwise: bool = False, whole_call: bool = False):
     """Register the decorated ``factors(module, inputs, cotangents)`` for ``module_types``.
+
+    ``hook``: the hook engine's ``(module, inputs, cotangents) -> ModuleFactors`` when
+    ``factors`` returns the plans' factors instead. ``positionwise``: the module treats
+    every leading dim of its input alike (Linear, Embedding, LayerNorm), so the hook engine
+    may move the samples' dim to the front when a model keeps them elsewhere (``[T, N, d]``).
+    ``whole_call``: the rule takes the module's whole call (``rules.attention.ModuleCall``:
+    every argument, the output to reproduce) in the module's own layout, and its term covers
+    the parameters of the module's submodules too (MultiheadAttention's ``out_proj``).
 
     Raises ValueError when a type already has a rule (one rule per type: the registry is
     the single place that says what a module means to the empirical NTK).
@@ -70,12 +90,12 @@ def ntk_rule(*module_types: type, coefficients: Callable[[nn.Module], tuple[floa
                         f"{module_types!r}")
 
     def register(factors):
-        rule = NTKRule(factors.__name__, factors, coefficients, input_vjp)
         for t in module_types:
             if t in NTK_RULES:
                 raise ValueError(f"ntk_rule: {t.__name__} already has the rule "
                                  f"{NTK_RULES[t].name!r}; a module type has one rule")
-            NTK_RULES[t] = rule
+            NTK_RULES[t] = NTKRule(factors.__name__, factors, coefficients, input_vjp, hook,
+                                   positionwise, t, whole_call)
         return factors
 
     return register
@@ -113,3 +133,4 @@ def parameter_coefficients(module: nn.Module, fan_in: int) -> tuple[float, float
 
 # The rule files register themselves on import (after the decorator above exists).
 from . import conv, linear  # noqa: E402,F401
+from . import attention, conv_transpose, embedding, norm  # noqa: E402,F401

@@ -25,66 +25,12 @@ from torch import Tensor, nn
 
 from ...nn import NTKConv1d, NTKConv2d, conv_padding
 from . import ntk_rule, parameter_coefficients
+from .parts import ORDERS, Direct, ModuleFactors, Outer, contract, symmetric_gram
 
 __all__ = ["ORDERS", "ConvFactors", "ConvGeometry", "channels_of", "choose_order", "contract",
-           "conv", "conv_coefficients", "conv_input_vjp", "conv_layer_ntk", "order_bytes",
-           "order_flops", "patches", "symmetric_gram"]
-
-ORDERS = ("gradients", "grams")
-
-
-def symmetric_gram(a: Tensor, tiles: int = 6, min_tile: int = 512) -> Tensor:
-    """a aᵀ for a [..., M, K], exactly symmetric. With M ≥ 2·min_tile, from the tiles on and
-    above the diagonal (about (t + 1)/(2t) of the products for t tiles per side); smaller
-    M in one product (tiles of a few rows against a long K run far below a GEMM's rate:
-    measured 4× slower at M = 256, K = 147,584 in ``torch-ntk bench cnn_structured``)."""
-    m = a.shape[-2]
-    t = max(1, min(tiles, m // min_tile))
-    bounds = [m * i // t for i in range(t + 1)]
-    out = a.new_empty((*a.shape[:-2], m, m))
-    for i in range(t):
-        rows = slice(bounds[i], bounds[i + 1])
-        for j in range(i, t):
-            cols = slice(bounds[j], bounds[j + 1])
-            block = torch.matmul(a[..., rows, :], a[..., cols, :].transpose(-1, -2))
-            if j != i:
-                out[..., rows, cols] = block
-                out[..., cols, rows] = block.transpose(-1, -2)
-            else:  # a diagonal tile rounds asymmetrically: mirror its upper triangle
-                upper = torch.triu(block)
-                out[..., rows, cols] = upper.add_(torch.triu(block, 1).transpose(-1, -2))
-    return out
-
-
-def contract(j1, j2, mode: str) -> Tensor:
-    """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p],
-    or a list of such parts (concatenated along p: their contractions add).
-
-    j2 None means j2 = j1: the result is then exactly symmetric and about half the
-    products are computed (:func:`symmetric_gram`).
-    """
-    if isinstance(j1, (list, tuple)):
-        parts = [contract(a, None if j2 is None else b, mode)
-                 for a, b in zip(j1, j1 if j2 is None else j2)]
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        return total
-    n1, nl, p = j1.shape
-    if j2 is None:
-        if mode == "trace":
-            return symmetric_gram(j1.reshape(n1, nl * p)).div_(nl)
-        if mode == "diagonal":
-            return symmetric_gram(j1.transpose(0, 1)).permute(1, 2, 0)
-        return symmetric_gram(j1.reshape(n1 * nl, p)).view(n1, nl, n1, nl).permute(0, 2, 1, 3)
-    n2 = j2.shape[0]
-    if mode == "trace":
-        return torch.mm(j1.reshape(n1, nl * p), j2.reshape(n2, nl * p).t()).div_(nl)
-    if mode == "diagonal":
-        return torch.bmm(j1.transpose(0, 1), j2.transpose(0, 1).transpose(1, 2)).permute(1, 2, 0)
-    full = torch.mm(j1.reshape(n1 * nl, p), j2.reshape(n2 * nl, p).t())
-    return full.view(n1, nl, n2, nl).permute(0, 2, 1, 3)
-
+           "conv", "conv3d", "conv_coefficients", "conv_input_vjp", "conv_layer_ntk",
+           "conv_parts", "order_bytes", "order_flops", "patches", "symmetric_gram",
+           "window_patches"]
 
 class ConvFactors:
     """One conv layer's factors for a chunk of samples, in the layer's contraction order.
@@ -303,8 +249,72 @@ def conv_coefficients(module: nn.Module) -> tuple[float, float]:
     return parameter_coefficients(module, fan_in)
 
 
+_PAD_MODES = {"zeros": "constant", "circular": "circular", "reflect": "reflect",
+              "replicate": "replicate"}
+
+
+def window_patches(a: Tensor, kernel: tuple, stride: tuple, dilation: tuple,
+                   padding: tuple, padding_mode: str = "zeros") -> Tensor:
+    """Patches [N, P, C, |Q|] of a [N, C, *spatial] (any number of spatial dims) for a
+    window (kernel, stride, dilation), after padding ((before, after) per dim, in
+    ``padding_mode``): the entries a convolution's output at each of its P positions reads."""
+    pad = [v for pair in reversed(padding) for v in pair]
+    if any(pad):
+        a = F.pad(a, pad, mode=_PAD_MODES[padding_mode])
+    dims = len(kernel)
+    for i, (k, s, d) in enumerate(zip(kernel, stride, dilation)):
+        a = a.unfold(2 + i, d * (k - 1) + 1, s)
+    a = a[(Ellipsis, *(slice(None, None, d) for d in dilation))]
+    n, c = a.shape[:2]
+    order = (0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims))
+    return a.permute(order).reshape(n, -1, c, math.prod(kernel))
+
+
+def conv_parts(module: nn.Module, inputs: Tensor, cotangents: Tensor):
+    """The hook engine's factors of nn.Conv1d/2d/3d (any groups, any padding mode) or
+    NTKConv1d/2d: inputs [N, C_in, *in], cotangents [N, n_L, C_out, *out] → per group g the
+    weight's Outer part (patches [N, G, P, C_in/G·|Q|], √c_w·δ [N, n_L, G, P, C_out/G]) and
+    the bias' Direct part √c_b·Σ_p δ_p [N, n_L, C_out]."""
+    dims = len(module.kernel_size)
+    n, nl = cotangents.shape[:2]
+    if inputs.dim() != dims + 2 or cotangents.dim() != dims + 3 or inputs.shape[0] != n:
+        raise ValueError(f"conv rule: inputs must be [N, C_in, *{dims} dims] and cotangents "
+                         f"[N, n_L, C_out, *{dims} dims]; got {list(inputs.shape)} and "
+                         f"{list(cotangents.shape)}")
+    if module.padding_mode not in _PAD_MODES:
+        raise ValueError(f"conv rule: padding_mode={module.padding_mode!r}")
+    kernel, stride, dilation = (tuple(module.kernel_size), tuple(module.stride),
+                                tuple(module.dilation))
+    pairs = getattr(module, "padding_pairs", None)
+    if pairs is None:
+        pairs = conv_padding("conv rule", module.padding, kernel, stride, dilation)
+    cw, cb = conv_coefficients(module)
+    g = getattr(module, "groups", 1)
+    c_out = cotangents.shape[2]
+    delta = cotangents.reshape(n, nl, g, c_out // g, -1).transpose(3, 4)  # [N, n_L, G, P, D]
+    parts = []
+    if cw:
+        pat = window_patches(inputs, kernel, stride, dilation, pairs, module.padding_mode)
+        p, q = pat.shape[1], pat.shape[3]
+        if p != delta.shape[3]:
+            raise ValueError(f"conv rule: {p} patches but cotangents at {delta.shape[3]} "
+                             "positions")
+        a = pat.reshape(n, p, g, -1, q).permute(0, 2, 1, 3, 4).reshape(n, g, p, -1)
+        parts.append(Outer(a, delta if cw == 1 else delta * cw ** 0.5))
+    if cb:
+        bias = delta.sum(3).reshape(n, nl, c_out)
+        parts.append(Direct(bias if cb == 1 else bias * cb ** 0.5))
+    return ModuleFactors(parts)
+
+
+@ntk_rule(nn.Conv3d, coefficients=conv_coefficients)
+def conv3d(module: nn.Module, inputs: Tensor, cotangents: Tensor):
+    """nn.Conv3d (no structured plan lifts it): :func:`conv_parts`."""
+    return conv_parts(module, inputs, cotangents)
+
+
 @ntk_rule(nn.Conv1d, nn.Conv2d, NTKConv1d, NTKConv2d, coefficients=conv_coefficients,
-          input_vjp=conv_input_vjp)
+          input_vjp=conv_input_vjp, hook=conv_parts)
 def conv(module: nn.Module, inputs: Tensor, cotangents: Tensor) -> ConvFactors:
     """Factors of a convolution in the "grams" layout: inputs [N, C_in, ...] (unpadded),
     cotangents [N, n_L, C_out, ...] (its output's positions) → patches [N, P, C_in|Q|]
