@@ -68,6 +68,8 @@ def cnn_op_args(spec: LayerSpec) -> Optional[tuple[list[int], list[int], list[fl
     if spec.is_mlp:
         raise ValueError("cnn_op_args: an MLP spec; its op arguments are "
                          "torch_ntk.analytic.compiled_op_args")
+    if spec.is_graph:  # the op has no skip registers yet: the torch walker runs graphs
+        return None
     codes: list[int] = []
     ints: list[int] = []
     floats: list[float] = []
@@ -75,7 +77,10 @@ def cnn_op_args(spec: LayerSpec) -> Optional[tuple[list[int], list[int], list[fl
         encode = rule_of(OP_ENCODINGS, layer)
         if encode is None:
             return None
-        code, layer_ints, layer_floats = encode(layer)
+        encoded = encode(layer)
+        if encoded is None:  # settings the op has no code for (a padded AvgPool)
+            return None
+        code, layer_ints, layer_floats = encoded
         codes.append(code)
         ints += layer_ints
         floats += layer_floats

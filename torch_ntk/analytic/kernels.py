@@ -179,8 +179,9 @@ def _differentiable(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: t
 
 def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
               quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
-    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op."""
-    if not spec.is_mlp:
+    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op (a graph spec: the
+    torch walker, until the ops have skip registers)."""
+    if not spec.is_mlp or spec.is_graph:
         return _cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
                      flatten=spec.flatten_input)
@@ -215,7 +216,7 @@ def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tupl
     :func:`torch_ntk.analytic.fused.cnn_op_args`), or, when a layer kind has no op encoding,
     by the same recursion in plain torch (:func:`torch_ntk.analytic.cnn.cnn_kernels`, also
     the tests' and benchmarks' reference)."""
-    program = cnn_op_args(spec)
+    program = None if spec.is_graph else cnn_op_args(spec)
     if program is None:  # a layer kind without an op encoding: the torch walker runs it
         got = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
         return Kernels(got.nngp, got.ntk)
