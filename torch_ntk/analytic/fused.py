@@ -5,7 +5,12 @@
 - CNN specs: :func:`cnn_op_args`, the program of :func:`torch_ntk.ops.cnn_kernels`: one
   layer code per layer with its ints and floats, each asked of the layer's kind (its
   ``@op_encoding`` in :mod:`torch_ntk.layers`). A kind without an encoding makes
-  it None, and :func:`torch_ntk.analytic.cnn.cnn_kernels` runs the spec.
+  it None, and :func:`torch_ntk.analytic.cnn.cnn_kernels` runs the spec;
+- graph specs (CNN or MLP): :func:`cnn_op_args` too, the DAG linearized by
+  :func:`graph_program` into the same op's program with skip registers (PUSH at a fork,
+  LOAD to start another branch, JOIN at an Add or a Concat). An MLP graph runs on the op as
+  1 x 1 images (its Dense layers as 1 x 1 CONVs, the output Dense after a GLOBAL_AVGPOOL of
+  the single position).
 """
 
 from __future__ import annotations
@@ -14,14 +19,20 @@ from typing import Optional
 
 from ..activations import quadrature_degree_for
 from ..layers.activation import ACTIVATION
+from ..layers.add import Add
 from ..layers.base import OP_ENCODINGS, rule_of
+from ..layers.concat import Concat
 from ..layers.conv import CONV
-from ..layers.dense import DENSE
+from ..layers.dense import DENSE, Dense, law_floats
 from ..layers.pool import AVGPOOL, FLATTEN, GLOBAL_AVGPOOL
 from ..lifting.spec import LayerSpec
 
-__all__ = ["ACTIVATION", "AVGPOOL", "CONV", "DENSE", "FLATTEN", "GLOBAL_AVGPOOL",
-           "cnn_op_args", "compiled_op_args", "default_quadrature_degree"]
+__all__ = ["ACTIVATION", "AVGPOOL", "CONV", "DENSE", "FLATTEN", "GLOBAL_AVGPOOL", "JOIN",
+           "LOAD", "MAX_SLOTS", "PUSH", "cnn_op_args", "compiled_op_args",
+           "default_quadrature_degree", "graph_program"]
+
+PUSH, LOAD, JOIN = 6, 7, 8  # the op's skip-register codes (csrc/math/cnn_graph.h)
+MAX_SLOTS = 8  # the op's skip registers (math::kCnnMaxSlots)
 
 
 def default_quadrature_degree(spec: LayerSpec, force_quadrature: bool = False) -> int:
@@ -63,13 +74,15 @@ def cnn_op_args(spec: LayerSpec) -> Optional[tuple[list[int], list[int], list[fl
     One code per layer (CONV 0, ACTIVATION 1, AVGPOOL 2, GLOBAL_AVGPOOL 3, FLATTEN 4,
     DENSE 5), its ints and floats appended in order: CONV — kh, kw, sh, sw, dh, dw,
     ph_before, ph_after, pw_before, pw_after, circular | σ_w², σ_b², tw, tb (1-D as kh = 1);
-    ACTIVATION — act_id | param; AVGPOOL — kh, kw, sh, sw; DENSE — | σ_w², σ_b², tw, tb.
+    ACTIVATION — act_id | param; AVGPOOL — kh, kw, sh, sw; DENSE — | σ_w², σ_b², tw, tb;
+    the graph codes (PUSH 6, LOAD 7, JOIN 8, LAYERNORM 9, AVGPOOL_PAD 10, GLOBAL_SUMPOOL
+    11) as in csrc/torch_ntk.cpp. A graph spec (also an MLP's): :func:`graph_program`.
     """
+    if spec.is_graph:
+        return graph_program(spec)
     if spec.is_mlp:
         raise ValueError("cnn_op_args: an MLP spec; its op arguments are "
                          "torch_ntk.analytic.compiled_op_args")
-    if spec.is_graph:  # the op has no skip registers yet: the torch walker runs graphs
-        return None
     codes: list[int] = []
     ints: list[int] = []
     floats: list[float] = []
@@ -84,4 +97,98 @@ def cnn_op_args(spec: LayerSpec) -> Optional[tuple[list[int], list[int], list[fl
         codes.append(code)
         ints += layer_ints
         floats += layer_floats
+    return codes, ints, floats
+
+
+def _join_weights(layer) -> Optional[list[float]]:
+    """The weights a_i of a join's inputs in K ← Σ_i a_i·K_i (Add: c_i²; Concat: w_i/Σw)."""
+    if isinstance(layer, Add):
+        return [c * c for c in layer.coefficients]
+    if isinstance(layer, Concat):
+        return [w / layer.width for w in layer.widths]
+    return None
+
+
+def graph_program(spec: LayerSpec) -> Optional[tuple[list[int], list[int], list[float]]]:
+    """(layer_codes, layer_ints, layer_floats) of a graph spec's DAG for the CNN op, or None
+    (the torch walker runs it) when a node's kind has no encoding or more than
+    :data:`MAX_SLOTS` values are live at once.
+
+    The nodes run in their (topological) order; the op's current state is the last node's
+    value. A value read by any node other than as the current input of the next one is
+    PUSHed into a free skip register when computed, and its register is freed after its
+    last reader. A node whose input is not the current state LOADs it first; a join of
+    inputs r_0, …, r_m with weights a_i starts from the current state when it is one of
+    them (else LOADs r_0) and JOINs each other input: the first JOIN scales the current
+    state by its own weight, the next ones by 1. An MLP graph runs as 1 x 1 images: each
+    Dense but the last as a 1 x 1 CONV, the last after a GLOBAL_AVGPOOL (the mean of its
+    one position) as the DENSE readout.
+    """
+    nodes = spec.nodes
+    mlp = spec.is_mlp
+    last = len(nodes) - 1
+    readers: dict = {}
+    for k, node in enumerate(nodes):
+        for i in node.inputs:
+            readers.setdefault(i, []).append(k)
+    codes: list[int] = []
+    ints: list[int] = []
+    floats: list[float] = []
+    slot_of: dict = {}
+    free = list(range(MAX_SLOTS))
+
+    def emit(code: int, i: list, f: list) -> None:
+        codes.append(code)
+        ints.extend(i)
+        floats.extend(f)
+
+    def save(value: int) -> bool:
+        """PUSH the current state (node ``value``) when a later node needs it from a slot."""
+        if readers.get(value, []) == [value + 1]:  # read only as the next node's current
+            return True
+        if not free:
+            return False
+        slot_of[value] = free.pop(0)
+        emit(PUSH, [slot_of[value]], [])
+        return True
+
+    if not save(-1):
+        return None
+    current = -1
+    for k, node in enumerate(nodes):
+        layer, reads = node.layer, node.inputs
+        weights = _join_weights(layer)
+        if weights is not None:
+            first = next((n for n, r in enumerate(reads) if r == current), None)
+            if first is None:
+                first = 0
+                emit(LOAD, [slot_of[reads[0]]], [])
+            own = weights[first]
+            for n in range(len(reads)):
+                if n == first:
+                    continue
+                emit(JOIN, [slot_of[reads[n]]], [float(own), float(weights[n])])
+                own = 1.0
+        else:
+            if reads[0] != current:
+                emit(LOAD, [slot_of[reads[0]]], [])
+            if mlp and isinstance(layer, Dense):
+                if k == last:
+                    emit(GLOBAL_AVGPOOL, [], [])
+                    emit(DENSE, [], law_floats(layer))
+                else:
+                    emit(CONV, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0], law_floats(layer))
+            else:
+                encode = rule_of(OP_ENCODINGS, layer)
+                encoded = None if encode is None else encode(layer)
+                if encoded is None:
+                    return None
+                emit(*encoded)
+        current = k
+        for i in set(reads):  # free the registers whose last reader this was
+            if i in slot_of and readers[i][-1] == k:
+                free.append(slot_of.pop(i))
+                free.sort()
+        if k < last and not save(k):
+            return None
     return codes, ints, floats

@@ -179,8 +179,8 @@ def _differentiable(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: t
 
 def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
               quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
-    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op (a graph spec: the
-    torch walker, until the ops have skip registers)."""
+    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op (a graph spec, also
+    an MLP's: the CNN op's program with skip registers, ``torch_ntk.analytic.fused``)."""
     if not spec.is_mlp or spec.is_graph:
         return _cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
@@ -216,14 +216,17 @@ def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tupl
     :func:`torch_ntk.analytic.fused.cnn_op_args`), or, when a layer kind has no op encoding,
     by the same recursion in plain torch (:func:`torch_ntk.analytic.cnn.cnn_kernels`, also
     the tests' and benchmarks' reference)."""
-    program = None if spec.is_graph else cnn_op_args(spec)
+    program = cnn_op_args(spec)
     if program is None:  # a layer kind without an op encoding: the torch walker runs it
         got = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
         return Kernels(got.nngp, got.ntk)
     x1 = spec.check_input("analytic_kernels", "x1", x1)
     if x2 is not None:
         x2 = spec.check_input("analytic_kernels", "x2", x2, like=x1)
-    if spec.spatial_dims == 1:  # [N, C, L] runs as [N, C, 1, L]
+    if spec.is_mlp:  # an MLP graph runs as [N, n0, 1, 1] (fused.graph_program)
+        x1 = x1[:, :, None, None]
+        x2 = None if x2 is None else x2[:, :, None, None]
+    elif spec.spatial_dims == 1:  # [N, C, L] runs as [N, C, 1, L]
         x1 = x1.unsqueeze(2)
         x2 = None if x2 is None else x2.unsqueeze(2)
     if quadrature_degree is None:
