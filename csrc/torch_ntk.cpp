@@ -39,9 +39,23 @@ TORCH_LIBRARY(torch_ntk, m) {
   //   2 AVGPOOL         ints kh, kw, sh, sw
   //   3 GLOBAL_AVGPOOL  4 FLATTEN  (no arguments)
   //   5 DENSE           floats weight_var, bias_var, ntk_weight, ntk_bias
-  // The program ends with a DENSE; a DENSE follows GLOBAL_AVGPOOL, FLATTEN or DENSE
-  // (+ ACTIVATION). Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not wanted
-  // is an empty tensor of shape [0].
+  // Graph steps (csrc/math/cnn_graph.h for the formulas), for DAGs of layers:
+  //   6 PUSH            ints slot: copy the current planes into skip register slot (0..7)
+  //   7 LOAD            ints slot: the current planes <- the register (another branch)
+  //   8 JOIN            ints slot; floats a, b: Sigma <- a Sigma + b Sigma_slot, Theta
+  //                     likewise (an Add of coefficients c: a, b = c^2; a Concat of widths
+  //                     w: a, b = w / sum w); the register keeps its planes
+  //   9 LAYERNORM       ints over (0 per position, 1 over the positions), affine (0/1);
+  //                     floats eps (>= 0)
+  //  10 AVGPOOL_PAD     ints kh, kw, sh, sw, ph, pw (2 ph <= kh, 2 pw <= kw),
+  //                     count_include_pad (0/1)
+  //  11 GLOBAL_SUMPOOL  (no arguments)
+  // LOAD and JOIN need a register an earlier PUSH filled (JOIN: of the same positions);
+  // an ACTIVATION needs Gaussian features (a CONV or DENSE since the last activation, in
+  // every branch a JOIN sums). The program ends with a DENSE, or with graph steps on the
+  // scalars of DENSE layers; a DENSE follows GLOBAL_AVGPOOL, GLOBAL_SUMPOOL, FLATTEN or
+  // DENSE (+ ACTIVATION). Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not
+  // wanted is an empty tensor of shape [0].
   m.def(
       "cnn_kernels(Tensor x1, Tensor? x2, int[] layer_codes, int[] layer_ints, "
       "float[] layer_floats, Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, "

@@ -334,9 +334,10 @@ def cnn_kernels(
 
     x1 [N1, C0, H, W] (a 1-D input as [N, C, 1, L]), x2 [N2, C0, H, W] or None (x2 = x1:
     exactly symmetric results, half the pairs). The network is a program: ``layer_codes``
-    (0 CONV, 1 ACTIVATION, 2 AVGPOOL, 3 GLOBAL_AVGPOOL, 4 FLATTEN, 5 DENSE), each layer
-    taking its arguments in order from ``layer_ints`` and ``layer_floats`` (the table in
-    csrc/torch_ntk.cpp). ``gh_nodes``/``gh_weights`` [degree] are the Gauss–Hermite rule
+    (0 CONV, 1 ACTIVATION, 2 AVGPOOL, 3 GLOBAL_AVGPOOL, 4 FLATTEN, 5 DENSE; the graph steps
+    6 PUSH, 7 LOAD, 8 JOIN of skip registers, 9 LAYERNORM, 10 AVGPOOL_PAD, 11
+    GLOBAL_SUMPOOL), each layer taking its arguments in order from ``layer_ints`` and
+    ``layer_floats`` (the table in csrc/torch_ntk.cpp). ``gh_nodes``/``gh_weights`` [degree] are the Gauss–Hermite rule
     for activations without a closed form. An output not wanted is an empty tensor [0].
     """
     check_built_for("torch_ntk.cnn_kernels", x1, x2)
