@@ -217,3 +217,83 @@ def test_grad_routes_to_the_walker():
     nngp, ntk = ops.cnn_kernels(y, None, codes, ints, floats, empty, empty)
     with pytest.raises(RuntimeError):
         ntk.sum().backward()
+
+
+# ----------------------------------------------------------------------------- the MLP op
+
+
+def smooth_residual_mlp(name):
+    """A residual MLP of a smooth activation (the MLP op's Hermite-series or quadrature
+    layers, whose per-sample tables follow the graph program's variances)."""
+    act = from_name(name)
+    layers = (Dense(5, 8, 1.6, 0.1), act, Dense(8, 8, 1.9, 0.05), LayerNorm(1e-5, True,
+              "features", 8), act, Dense(8, 8, 1.4, 0.2), Add((1.0, 0.8)), act, Dense(8, 1))
+    inputs = ((-1,), (0,), (1,), (2,), (3,), (4,), (0, 5), (6,), (7,))
+    return LayerSpec(layers, inputs=inputs)
+
+
+def test_mlp_op_declines_a_second_reader_of_the_input():
+    """The MLP op's state starts after the input layer: a graph reading the input twice
+    (concat of two input layers) has no MLP program and runs on the CNN op (checked
+    against the walker by test_fused_graph_matches_walker)."""
+    assert fused.mlp_graph_args(MLPS["concat"]) is None
+    assert fused.cnn_op_args(MLPS["concat"]) is not None
+
+
+@pytest.mark.parametrize("name", [n for n in MLPS if n != "concat"])
+def test_mlp_graphs_run_on_the_mlp_op(name):
+    """The MLP op's graph program (CPU) and the CNN op on 1 x 1 images give the walker's
+    kernels; both programs exist for these graphs."""
+    spec = MLPS[name]
+    args = fused.mlp_graph_args(spec)
+    assert args is not None and args["graph_codes"]
+    x1, x2 = data("mlp")
+    nodes, weights = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    for b in (None, x2):
+        want = walker(spec, x1, b)
+        got = ops.analytic_kernels(x1, b, **args, gh_nodes=nodes, gh_weights=weights)
+        assert rel_err(got[0], want.nngp) < TOL and rel_err(got[1], want.ntk) < TOL
+        images = None if b is None else b[:, :, None, None]
+        got = ops.cnn_kernels(x1[:, :, None, None], images, *fused.graph_program(spec),
+                              nodes, weights)
+        assert rel_err(got[0], want.nngp) < TOL and rel_err(got[1], want.ntk) < TOL
+
+
+@pytest.mark.parametrize("name", ["erf", "tanh", "gelu"])
+def test_mlp_op_graph_smooth_activations(name):
+    """With the same Gauss–Hermite rule as the walker (quadrature_degree=48: the op's
+    quadrature layers) at 1e-10; by default (erf closed form, tanh/GELU by their Hermite
+    series, whose per-sample tables follow the program's variances) within 1e-6 of the
+    walker at degree 160."""
+    spec = smooth_residual_mlp(name)
+    assert fused.mlp_graph_args(spec) is not None
+    x1, x2 = data("mlp")
+    for b in (None, x2):
+        got, want = analytic_kernels(spec, x1, b, quadrature_degree=48), walker(
+            spec, x1, b, quadrature_degree=48)
+        assert rel_err(got.nngp, want.nngp) < TOL and rel_err(got.ntk, want.ntk) < TOL
+        got, want = analytic_kernels(spec, x1, b), walker(spec, x1, b, quadrature_degree=160)
+        tol = TOL if name == "erf" else 1e-6
+        assert rel_err(got.nngp, want.nngp) < tol and rel_err(got.ntk, want.ntk) < tol
+
+
+MLP_BAD = [
+    (dict(graph_codes=[1, 0, 3], graph_ints=[4, 0], graph_floats=[1.0, 1.0]),
+     "slot = 4 is out of range"),
+    (dict(graph_codes=[0, 3], graph_ints=[1], graph_floats=[1.0, 1.0]),
+     "which no earlier PUSH filled"),
+    (dict(graph_codes=[0, 4], graph_ints=[0], graph_floats=[-1e-5]),
+     "eps = -1e-05 in graph_floats must be >= 0"),
+    (dict(graph_codes=[0, 0]), "HIDDEN"),
+    (dict(graph_codes=[5], graph_floats=[1.0, 0.0, 1.0, 0.0]), "runs 0 HIDDEN steps"),
+    (dict(graph_codes=[0, 9]), "is not a step code"),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", MLP_BAD, ids=[m for _, m in MLP_BAD])
+def test_mlp_op_bad_graph_programs(kwargs, match):
+    x = torch.randn(3, 4, dtype=torch.float64)
+    empty = torch.zeros(0, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        ops.analytic_kernels(x, None, 0.5, 0.1, 0.5, 0.1, [1], [0.0], [2.0], [0.1], [2.0], [0.1],
+                             empty, empty, **kwargs)

@@ -32,7 +32,7 @@ from .. import ops
 from ..activations import hermite_rule, quadrature_degree_for
 from ..lifting.lift import LayerSpec, lift
 from .cnn import cnn_kernels, pair_floats
-from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree
+from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree, mlp_graph_args
 from .refusal import no_limit_error
 from .autograd import differentiable_kernels, needs_grad, with_variances
 from .._utils.validation import check_batch, check_choices
@@ -179,9 +179,11 @@ def _differentiable(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: t
 
 def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
               quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
-    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op (a graph spec, also
-    an MLP's: the CNN op's program with skip registers, ``torch_ntk.analytic.fused``)."""
-    if not spec.is_mlp or spec.is_graph:
+    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op (an MLP graph on the
+    CPU: the MLP op's graph program when it has one; other graphs: the CNN op's program
+    with skip registers; ``torch_ntk.analytic.fused``)."""
+    graph = mlp_graph_args(spec) if spec.is_mlp and spec.is_graph else None
+    if not spec.is_mlp or (spec.is_graph and (graph is None or x1.device.type != "cpu")):
         return _cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
                      flatten=spec.flatten_input)
@@ -193,7 +195,7 @@ def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
         quadrature_degree = default_quadrature_degree(spec, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)
     nngp, ntk = ops.analytic_kernels(
-        x1, x2, **compiled_op_args(spec), gh_nodes=nodes.to(x1.device),
+        x1, x2, **(graph or compiled_op_args(spec)), gh_nodes=nodes.to(x1.device),
         gh_weights=weights.to(x1.device),
         force_quadrature=force_quadrature, want_nngp="nngp" in wanted, want_ntk="ntk" in wanted,
         hermite_series=series,

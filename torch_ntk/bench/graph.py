@@ -15,8 +15,9 @@ Two comparisons, float32, x2 = None, on the same inputs in the same process:
 - **residual MLP, depth 10** (10 dense layers: the input layer, four blocks
   h + dense(relu(dense(relu(h)))), the readout after a ReLU) against the chain MLP op
   (``torch_ntk::analytic_kernels``) of 10 dense layers with ReLUs, N = 4000 on 32
-  features; target: the residual MLP within 1.5× of the chain. (The residual MLP runs on
-  the CNN op as 1×1 images: the MLP op has no skip registers.)
+  features; target: the residual MLP within 1.5× of the chain. (On the CPU the residual
+  MLP runs on the MLP op's graph program, ``torch_ntk.analytic.fused.mlp_graph_args``; on
+  CUDA on the CNN op as 1×1 images.)
 
 Times are medians after a warm-up (``torch_ntk.bench.cnn.timed``); each row also gives
 max |fused − reference| / max |reference|. The payload records the machine (CPU model and
