@@ -297,3 +297,18 @@ def test_mlp_op_bad_graph_programs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ops.analytic_kernels(x, None, 0.5, 0.1, 0.5, 0.1, [1], [0.0], [2.0], [0.1], [2.0], [0.1],
                              empty, empty, **kwargs)
+
+
+def test_grad_of_an_mlp_graph_routes_to_the_walker():
+    """An MLP graph with inputs that require grad: the walker's gradient, equal to finite
+    differences of the fused (MLP op) forward."""
+    spec = MLPS["residual projection alpha beta"]
+    x1, x2 = data("mlp")
+    x = x1.clone().requires_grad_(True)
+    analytic_kernels(spec, x, x2).ntk.sum().backward()
+    direction = torch.randn_like(x1)
+    h = 1e-6
+    fd = (analytic_kernels(spec, x1 + h * direction, x2).ntk.sum()
+          - analytic_kernels(spec, x1 - h * direction, x2).ntk.sum()) / (2 * h)
+    assert abs(float((x.grad * direction).sum() - fd)) < 1e-6 * max(1.0, abs(float(fd)))
+

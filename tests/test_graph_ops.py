@@ -316,6 +316,19 @@ def test_the_checks_see_a_wrong_join():
     assert rel_err(run_op(pooled_cnn(3, 2, 1, False), x1, x2)[1], ref) > 1e-3
 
 
+def test_the_checks_see_a_wrong_layernorm():
+    """A LayerNorm that ignores eps, or normalizes per position where GroupNorm(1, C)
+    normalizes by the positions' mean, is far from the reference."""
+    x1, x2 = inputs("cnn")
+    good = ln_cnn(0, False)
+    ref = torch.from_numpy(reference(good, x1.numpy(), x2.numpy())[1])
+    no_eps = [("ln", 0, False, 0.0) if s[0] == "ln" else s for s in good]
+    ref_eps = torch.from_numpy(reference([("ln", 0, False, 0.5) if s[0] == "ln" else s
+                                          for s in good], x1.numpy(), x2.numpy())[1])
+    assert rel_err(run_op(no_eps, x1, x2)[1], ref_eps) > 1e-3
+    assert rel_err(run_op(ln_cnn(1, False), x1, x2)[1], ref) > 1e-3
+
+
 def test_layernorm_zero_features_give_zero_not_nan():
     """q = ε = 0 (a zero input through a bias-free layer): 0, the ε → 0+ limit, not NaN."""
     net = [("flatten",), ("dense", 1.0, 0.0), ("ln", 0, False, 0.0), ("dense", 1.0, 0.0)]
