@@ -104,8 +104,9 @@ class _Builder:
         if len(value.terms) == 1:
             (k, c), = value.terms
             if c != 1.0:
-                raise ValueError(f"a scalar multiple ({c} × a layer's output) lifts only as a "
-                                 "term of a sum (α·h + β·f(h))")
+                where = describe_node(value.made_by) if value.made_by is not None else "it"
+                raise ValueError(f"{where} scales a layer's output by {c}: a scalar multiple "
+                                 "lifts only as a term of a sum (α·h + β·f(h))")
             return k
         if value.terms not in self.sums:
             made_by = value.made_by or node
@@ -239,7 +240,7 @@ class _Builder:
             raise ValueError("a scalar multiple of a channels-last tensor does not lift")
         value = self.settled(value)
         self.values[node] = _Value(tuple((k, factor * c) for k, c in value.terms), value.dims,
-                                   made_by=value.made_by)
+                                   made_by=value.made_by if len(value.terms) > 1 else node)
 
     def concat(self, node: fx.Node) -> None:
         args = dict(zip(("tensors", "dim"), node.args), **node.kwargs)

@@ -42,6 +42,7 @@ from ..layers.base import (EMPIRICAL_HINT, LIFTERS, Lifter, LiftOptions, Positio
                            refusal)
 from .fx import FxChain, fx_chain
 from .graph import fx_graph
+from .graph_spec import GraphSpecError
 from .spec import Layer, LayerSpec, mlp_spec, role
 
 __all__ = ["AvgPool", "Conv", "Dense", "EMPIRICAL_HINT", "Flatten", "GlobalAvgPool", "LIFTERS",
@@ -291,5 +292,7 @@ def _lift_links(
         )
     try:
         return LayerSpec(tuple(layers), flatten_input and not convolutional)
+    except GraphSpecError as error:  # a LayerNorm's input: name where else to go
+        raise ValueError(f"lift: {str(error).rstrip('.')}. {EMPIRICAL_HINT}") from error
     except ValueError as error:
         raise ValueError(f"lift: {error}") from error
