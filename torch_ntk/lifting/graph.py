@@ -41,7 +41,7 @@ from ..layers.conv import Conv
 from ..layers.layernorm import LayerNorm
 from ..layers.pool import Flatten
 from .fx import FunctionalCall, describe_node, functional_modules, trace_forward
-from .graph_spec import GraphSpecError, node_shapes
+from .graph_spec import GraphSpecError, node_shapes, non_feature_axis
 from .spec import LayerSpec, role
 
 __all__ = ["fx_graph"]
@@ -192,12 +192,7 @@ class _Builder:
                 value = _Value(((k, 1.0),), value.dims, True)
                 continue
             if isinstance(layer, LayerNorm) and layer.over == "features" and value.dims:
-                axis = "W (the width)" if value.dims == 2 else "L (the length)"
-                raise ValueError(f"a LayerNorm over the last axis of a {value.dims}-D CNN's "
-                                 f"[N, C, {'H, W' if value.dims == 2 else 'L'}] normalizes "
-                                 f"the position axis {axis}, not the channels; lift one over "
-                                 "the channels between x.permute(0, 2, 3, 1) and "
-                                 ".permute(0, 3, 1, 2), or nn.GroupNorm(1, C) over (C, H, W)")
+                raise ValueError(non_feature_axis(value.dims))
             k = self.push(layer, (self.index(value, node),), node)
             dims = (layer.dims if isinstance(layer, Conv) else
                     None if role(layer) in ("readout", "dense") else value.dims)

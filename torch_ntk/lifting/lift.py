@@ -292,7 +292,9 @@ def _lift_links(
         )
     try:
         return LayerSpec(tuple(layers), flatten_input and not convolutional)
-    except GraphSpecError as error:  # a LayerNorm's input: name where else to go
-        raise ValueError(f"lift: {str(error).rstrip('.')}. {EMPIRICAL_HINT}") from error
+    except GraphSpecError as error:  # a LayerNorm's input: name the node, where else to go
+        at = getattr(layers[error.node], "position", None)
+        context = where(at) if where is not None and at is not None else ""
+        raise _with_context(ValueError(f"lift: {error}"), context) from error
     except ValueError as error:
         raise ValueError(f"lift: {error}") from error
