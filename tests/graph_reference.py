@@ -15,7 +15,8 @@ after a readout, has P = 1). Every map is written from its formula:
 - global average / sum: the mean / sum of all entries; flatten: the mean of the diagonal;
 - add: Σ c_i²·(K_i, T_i); concat: Σ (w_i/Σw)·(K_i, T_i);
 - layer norm: K/√((q_a + ε)(q_b + ε)), T likewise, + K_LN + 1 with affine; q the
-  variance at each position ("channels"), or its mean over positions ("positions").
+  variance at each position ("channels"), or its mean over positions ("positions"); a relu
+  right after an affine one: T ← E[φ′φ′]·(T − K) + E[φφ] (the gain's term u·v per feature).
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def _variances(state: dict, pair: str):
 
 
 def activation(state: dict, name: str) -> dict:
+    """E[φφ], E[φ′φ′]·T; right after an affine layer norm (``state["gain"]``) the gain's
+    per-feature term u·v gives E[φ′(u)φ′(v)uv] = E[φφ] (relu: φ′(u)u = φ(u)) in place of
+    E[φ′φ′]·K."""
     def one(pair, kk, tt):
         qa, qb = _variances(state, pair)
         q1, q2 = qa[:, None], qb[None, :]
@@ -97,6 +101,9 @@ def activation(state: dict, name: str) -> dict:
             d = 4 / math.pi / np.sqrt(den - 4 * kk ** 2)
         else:
             raise ValueError(name)
+        if state.get("gain"):
+            assert name == "relu"
+            return e, d * (tt - kk) + e
         return e, d * tt
     return _each(state, one)
 
@@ -153,7 +160,7 @@ def layer_norm(state: dict, eps: float, affine: bool, over: str = "channels") ->
         scale = 1.0 / np.sqrt((qa[:, None] + eps) * (qb[None, :] + eps))
         kn, tn_ = kk * scale, tt * scale
         return kn, (tn_ + kn + 1.0 if affine else tn_)
-    return _each(state, one)
+    return {**_each(state, one), "gain": affine}
 
 
 def kernels(forward, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

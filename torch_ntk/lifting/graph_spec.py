@@ -21,7 +21,9 @@
   is Gaussian — a weight layer's output, or a pool, sum, concatenation or LayerNorm of
   Gaussians — and of one variance per position (not straight after a concatenation,
   whose parts differ); a LayerNorm's input is a zero-mean Gaussian (not the output of a
-  nonlinearity, whose mean E φ(√q z) ≠ 0). A ResNet-v1 block ``relu(x + f(x))`` with x a
+  nonlinearity, whose mean E φ(√q z) ≠ 0); an activation reading an affine LayerNorm's
+  gain term (``torch_ntk.layers.layernorm``) is a ReLU-family one right after the
+  LayerNorm. A ResNet-v1 block ``relu(x + f(x))`` with x a
   post-ReLU output is refused; the pre-activation block ``x + conv(relu(norm(x)))`` is
   exact.
 
@@ -36,6 +38,7 @@ from typing import Optional
 from ..activations import Activation
 from ..layers.conv import Conv
 from ..layers.dense import Dense
+from ..layers.layernorm import HOMOGENEOUS
 
 __all__ = ["GraphSpecError", "NodeShape", "check_graph", "node_shapes", "non_feature_axis"]
 
@@ -163,12 +166,15 @@ def _describe(shape: NodeShape) -> str:
 
 def _check_laws(layers: tuple, inputs: tuple) -> None:
     """Independence at each Add, Gaussian inputs of activations and LayerNorms (module doc)."""
-    gaussian, homogeneous, fresh = {-1: False}, {-1: True}, {-1: False}
+    gaussian, homogeneous, fresh, gain = {-1: False}, {-1: True}, {-1: False}, {-1: False}
     roots: dict = {-1: frozenset()}
     ancestors: dict = {-1: frozenset({-1})}
     for k, (layer, reads) in enumerate(zip(layers, inputs)):
         role = _role(layer)
         ancestors[k] = frozenset({k}).union(*(ancestors[i] for i in reads))
+        # an affine LayerNorm's gain term, carried through linear maps to a weight layer
+        gain[k] = (role == "norm" and layer.affine) or not isinstance(layer, (
+            Dense, Conv, Activation)) and any(gain[i] for i in reads)
         if isinstance(layer, (Dense, Conv)):
             gaussian[k], homogeneous[k], fresh[k], roots[k] = True, True, True, frozenset({k})
             continue
@@ -181,6 +187,13 @@ def _check_laws(layers: tuple, inputs: tuple) -> None:
                             "would be wrong. A ResNet-v1 block relu(x + f(x)) with x a "
                             "post-activation output is such a case; the pre-activation "
                             "block x + f(relu(norm(x))) is exact")
+            if gain[i] and not (_role(layers[i]) == "norm" and layer.name in HOMOGENEOUS):
+                raise _fail(k, layer, f"follows {_source(i, layers)}, which carries the NTK "
+                            "term of an affine LayerNorm's gain (the product of the normalized "
+                            "features): exact only for a ReLU-family activation "
+                            f"({', '.join(HOMOGENEOUS)}) right after the LayerNorm; use "
+                            "elementwise_affine=False (GroupNorm: affine=False) or such an "
+                            "activation")
             if not homogeneous[i]:
                 raise _fail(k, layer, f"applies a nonlinearity to {_source(i, layers)}, a "
                             "concatenation whose parts have different variances; apply it "
