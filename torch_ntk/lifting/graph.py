@@ -9,11 +9,11 @@ forward that is not a chain is read here node by node into a graph spec
   ``LIFTERS`` and functional tables as the chains), reading the node of its input;
   ``nn.Identity``, ``nn.Dropout`` (and ``x.contiguous()``) are no nodes;
 - ``a + b``, ``a += b``, ``torch.add(a, b, alpha=α)``, ``a - b``, with Python-number
-  multiples (``α * h``, ``h * α``, ``h / α``, ``-h``): one :class:`~torch_ntk.layers.add.Add`
+  multiples (``α * h``, ``h * α``, ``h / α``, ``-h``): one ``Add`` (``torch_ntk.layers.add``)
   node with the coefficients, nested sums merged (``a + b + c`` is one node of three inputs);
   a scalar multiple outside a sum, a sum with a constant, a product of tensors are refused;
 - ``torch.cat([a, b], dim=1)`` (``dim=-1`` for features): a
-  :class:`~torch_ntk.layers.concat.Concat` with the parts' widths;
+  ``Concat`` (``torch_ntk.layers.concat``) with the parts' widths;
 - ``nn.LayerNorm(C)`` between channels-last permutes of a CNN (``x.permute(0, 2, 3, 1)``
   … ``.permute(0, 3, 1, 2)``): a LayerNorm over the channels; ``nn.LayerNorm`` on the last
   axis of a CNN's ``[N, C, H, W]`` (a position axis) is refused with the axis named;
