@@ -292,3 +292,37 @@ def test_gradients_of_a_graph_kernel_match_finite_differences():
             minus = tn.analytic_kernels(model, (x1 - e).detach(), x2).ntk.sum()
             numeric[i, j] = (plus - minus) / 2e-6
     torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+class FlatCNN(nn.Module):
+    """No pooling before a Flatten readout (the walker keeps same-position diagonals only):
+    a GroupNorm(1) pre-activation block, a LayerNorm over channels, a concatenation with a
+    1×1-conv branch of the input."""
+
+    def __init__(self, c=3):
+        super().__init__()
+        self.stem, self.body = conv(2, c), conv(c, c, ws=0.9, bs=0.2)
+        self.gn = nn.GroupNorm(1, c, dtype=D)
+        self.ln = nn.LayerNorm(c, dtype=D)
+        self.side = conv(2, 2, k=1, pad=0, ws=0.8, bs=0.5)
+        self.head = lin((c + 2) * 16, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + self.body(F.relu(self.gn(h)))
+        h = self.ln(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(torch.cat([F.relu(h), self.side(x)], 1).flatten(1))
+
+
+def test_graph_cnn_on_same_position_diagonals():
+    from torch_ntk.analytic.graph import requirements
+    assert not requirements(tn.lift(FlatCNN())).planes
+
+    def forward(s):
+        h = ref.conv(s, (4, 4), 3, 1, 1.2, 0.3)
+        u = ref.activation(ref.layer_norm(h, 1e-5, True, "positions"), "relu")
+        h = ref.add([h, ref.conv(u, (4, 4), 3, 1, 0.9, 0.2)], [1.0, 1.0])
+        h = ref.activation(ref.layer_norm(h, 1e-5, True, "channels"), "relu")
+        both = ref.concat([h, ref.conv(s, (4, 4), 1, 0, 0.8, 0.5)], [3, 2])
+        return ref.dense(ref.flatten(both), 1.3, 0.4)
+    check(FlatCNN(), forward, (2, 4, 4))
