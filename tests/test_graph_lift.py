@@ -332,6 +332,11 @@ def test_the_fused_path_declines_graphs_and_padded_pools():
     nngp, ntk = ref.kernels(forward, x1.numpy(), x2.numpy())
     np.testing.assert_allclose(got.nngp.numpy(), nngp, rtol=1e-10, atol=0)
     np.testing.assert_allclose(got.ntk.numpy(), ntk, rtol=1e-10, atol=0)
+    # a padded pool in a chain: the structured finite-width engine runs it (through the
+    # module itself), against the torch.func oracle
+    k, info = tn.empirical_ntk(chain, x1, mode="full", return_info=True)
+    assert info.method == "structured"
+    torch.testing.assert_close(k, func_ntk_modes(chain, x1)["full"], rtol=1e-10, atol=1e-12)
 
 
 def test_activation_descriptor_is_the_graph_activation():
