@@ -58,6 +58,10 @@ def compiled_op_args(spec: LayerSpec) -> dict:
     MLP specs only (ValueError for a CNN spec: see :func:`cnn_op_args`).
     """
     spec.require_mlp("compiled_op_args")
+    if spec.is_graph:
+        raise ValueError("compiled_op_args: a graph spec (residual sums, concatenation, "
+                         "LayerNorm) has no chain arguments; the torch walker runs it "
+                         "(torch_ntk.analytic.cnn.cnn_kernels)")
     first, rest = spec.dense_layers[0], spec.dense_layers[1:]
     return dict(
         input_weight_var=first.weight_var / first.in_features,

@@ -89,6 +89,6 @@ def walk(spec: LayerSpec, state: KernelState, variances: Optional[tuple],
                 recorded.append(None)
                 v1 = view(variances[0][a], 1, state.sets)
                 v2 = view(variances[1][a], 2, state.sets)
-            state = state.replace(var1=v1, var2=v2)
+            state = state.replace(var1=v1, var2=v2, gain_term=state.gain_term)
         states[index] = rule.fn(node.layer, state)
     return states[len(nodes) - 1], recorded

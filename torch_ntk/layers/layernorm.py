@@ -18,6 +18,14 @@ gain γ and bias β add ∂y/∂γ_c = LN(h)_c and ∂y/∂β_c = 1 per channel,
 layer's weight law:
 
     T ← T / √(…) + K_LN + 1     (K_LN the normalized K above)
+
+The gain's term is the product u·u′ of the normalized features themselves, so it is K_LN
+only in the mean over features: for a weight layer (or a pool, a sum) after the LayerNorm.
+An activation right after it sees E[φ′(u)φ′(v)·u·v], which equals E[φ(u)φ(v)] for the
+positively homogeneous activations (:data:`HOMOGENEOUS`: φ′(u)·u = φ(u)), so the activation
+rule computes T ← E[φ′φ′]·(T − K_LN) + E[φφ] (``KernelState.gain_term``); an affine
+LayerNorm before any other activation is refused by the spec (use
+``elementwise_affine=False``, or a ReLU-family activation).
 """
 
 from __future__ import annotations
@@ -30,11 +38,14 @@ from torch import Tensor, nn
 from .base import LiftOptions, Position, kernel_rule, lifts, op_encoding, refusal
 from .state import KernelState
 
-__all__ = ["LAYERNORM", "LAYERNORM_AXES", "LayerNorm"]
+__all__ = ["HOMOGENEOUS", "LAYERNORM", "LAYERNORM_AXES", "LayerNorm"]
 
 LAYERNORM = 9  # the fused CNN op's layer code
 
 LAYERNORM_AXES = ("features", "channels", "channels_positions")
+# Activations with φ′(u)·u = φ(u) (positively homogeneous of degree 1): exact after an affine
+# LayerNorm (module doc).
+HOMOGENEOUS = ("identity", "relu", "leaky_relu", "abs")
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,7 @@ def layer_norm_kernel(layer: LayerNorm, state: KernelState) -> KernelState:
     nngp, ntk = state.nngp * scale, state.ntk * scale
     if layer.affine:
         ntk = ntk + nngp + 1.0
-    return state.replace(nngp=nngp, ntk=ntk)
+    return state.replace(nngp=nngp, ntk=ntk, gain_term=layer.affine)
 
 
 @op_encoding(LayerNorm)

@@ -11,16 +11,19 @@
   the ``widths`` of a Concat, a LayerNorm's ``width``; a LayerNorm over ``"features"``
   reads features, over ``"channels"``/``"channels_positions"`` channels before the readout;
 - **independence** (what makes the sum of kernels exact): an Add's inputs are distinct and
-  all but at most one are *fresh*: the output of a weight layer (Dense, Conv), possibly
-  through linear maps (pools, readouts, LayerNorm, sums and concatenations of fresh nodes),
-  whose weight layers are not ancestors of the other inputs. Such an input is zero-mean and
-  independent of the others, so the cross terms of the sum vanish (``x + relu(x)``,
-  ``x + x``, two branches through one weight layer are refused);
+  of every two of them one is *fresh* with respect to the other: the output of a weight
+  layer (Dense, Conv), possibly through linear maps (pools, readouts, LayerNorm, sums and
+  concatenations of fresh nodes), whose weight layers the other input does not read. That
+  one is then zero-mean and independent of the other, so their cross terms (in K and in
+  T) vanish (``x + relu(x)``, ``x + x``, two branches through one weight layer are
+  refused);
 - **Gaussianity** (what makes the dual-activation recursion exact): an activation's input
   is Gaussian — a weight layer's output, or a pool, sum, concatenation or LayerNorm of
   Gaussians — and of one variance per position (not straight after a concatenation,
   whose parts differ); a LayerNorm's input is a zero-mean Gaussian (not the output of a
-  nonlinearity, whose mean E φ(√q z) ≠ 0). A ResNet-v1 block ``relu(x + f(x))`` with x a
+  nonlinearity, whose mean E φ(√q z) ≠ 0); an activation reading an affine LayerNorm's
+  gain term (``torch_ntk.layers.layernorm``) is a ReLU-family one right after the
+  LayerNorm. A ResNet-v1 block ``relu(x + f(x))`` with x a
   post-ReLU output is refused; the pre-activation block ``x + conv(relu(norm(x)))`` is
   exact.
 
@@ -35,8 +38,9 @@ from typing import Optional
 from ..activations import Activation
 from ..layers.conv import Conv
 from ..layers.dense import Dense
+from ..layers.layernorm import HOMOGENEOUS
 
-__all__ = ["GraphSpecError", "NodeShape", "check_graph", "node_shapes"]
+__all__ = ["GraphSpecError", "NodeShape", "check_graph", "node_shapes", "non_feature_axis"]
 
 NodeShape = tuple  # ("features", n) | ("channels", c) | ("flat", c): c channels × positions
 
@@ -134,11 +138,8 @@ def node_shapes(layers: tuple, inputs: tuple) -> dict:
             if kind != wanted:
                 raise _fail(k, layer, f"normalizes over {layer.over}; its input gives "
                             f"{_describe(got[0])}" + (
-                                ": a LayerNorm over the last axis of a CNN's [N, C, H, W] "
-                                "normalizes the width axis W, not the features; use "
-                                "GroupNorm(1, C) (over (C, H, W)) or a LayerNorm over the "
-                                "channels between channels-last permutes"
-                                if kind == "channels" else ""))
+                                f": {non_feature_axis(first.dims)}" if kind == "channels"
+                                else ""))
             if layer.width is not None and layer.width != width:
                 raise _fail(k, layer, f"normalizes {layer.width} features; its input gives "
                             f"{_describe(got[0])}")
@@ -146,6 +147,15 @@ def node_shapes(layers: tuple, inputs: tuple) -> dict:
         else:  # an activation or another kind keeping the shape
             shapes[k] = got[0]
     return shapes
+
+
+def non_feature_axis(dims: int) -> str:
+    """Why a LayerNorm over the last axis of a CNN's output is refused, the axis named."""
+    shape, axis = ("H, W", "W (the width)") if dims == 2 else ("L", "L (the length)")
+    return (f"a LayerNorm over the last axis of a {dims}-D CNN's [N, C, {shape}] normalizes "
+            f"the position axis {axis}, not the channels; lift one over the channels between "
+            "x.permute(0, 2, 3, 1) and .permute(0, 3, 1, 2), or nn.GroupNorm(1, C) over "
+            "(C, H, W)")
 
 
 def _describe(shape: NodeShape) -> str:
@@ -156,12 +166,15 @@ def _describe(shape: NodeShape) -> str:
 
 def _check_laws(layers: tuple, inputs: tuple) -> None:
     """Independence at each Add, Gaussian inputs of activations and LayerNorms (module doc)."""
-    gaussian, homogeneous, fresh = {-1: False}, {-1: True}, {-1: False}
+    gaussian, homogeneous, fresh, gain = {-1: False}, {-1: True}, {-1: False}, {-1: False}
     roots: dict = {-1: frozenset()}
     ancestors: dict = {-1: frozenset({-1})}
     for k, (layer, reads) in enumerate(zip(layers, inputs)):
         role = _role(layer)
         ancestors[k] = frozenset({k}).union(*(ancestors[i] for i in reads))
+        # an affine LayerNorm's gain term, carried through linear maps to a weight layer
+        gain[k] = (role == "norm" and layer.affine) or not isinstance(layer, (
+            Dense, Conv, Activation)) and any(gain[i] for i in reads)
         if isinstance(layer, (Dense, Conv)):
             gaussian[k], homogeneous[k], fresh[k], roots[k] = True, True, True, frozenset({k})
             continue
@@ -174,6 +187,13 @@ def _check_laws(layers: tuple, inputs: tuple) -> None:
                             "would be wrong. A ResNet-v1 block relu(x + f(x)) with x a "
                             "post-activation output is such a case; the pre-activation "
                             "block x + f(relu(norm(x))) is exact")
+            if gain[i] and not (_role(layers[i]) == "norm" and layer.name in HOMOGENEOUS):
+                raise _fail(k, layer, f"follows {_source(i, layers)}, which carries the NTK "
+                            "term of an affine LayerNorm's gain (the product of the normalized "
+                            "features): exact only for a ReLU-family activation "
+                            f"({', '.join(HOMOGENEOUS)}) right after the LayerNorm; use "
+                            "elementwise_affine=False (GroupNorm: affine=False) or such an "
+                            "activation")
             if not homogeneous[i]:
                 raise _fail(k, layer, f"applies a nonlinearity to {_source(i, layers)}, a "
                             "concatenation whose parts have different variances; apply it "
@@ -211,16 +231,19 @@ def _check_independent(k: int, layer, reads: tuple, fresh: dict, roots: dict,
         raise _fail(k, layer, f"adds {_source(reads[0], layers)} to itself (inputs {reads}): "
                     "the branches are one process, not independent ones, so the sum of "
                     "their kernels would be wrong")
-    independent = [j for j in reads if fresh[j] and not any(
-        roots[j] & ancestors[other] for other in reads if other != j)]
-    if len(independent) < len(reads) - 1:
-        dependent = [j for j in reads if j not in independent]
-        raise _fail(k, layer, "adds branches that are not independent given their fork: "
-                    f"{' and '.join(_source(j, layers) for j in dependent)} do not each start "
-                    "with their own weight layer (x + relu(x), x + x, two branches through "
-                    "one weight layer), so the sum of their kernels would be wrong; one "
-                    "branch may be the identity of the fork, the others must each start "
-                    "with a Dense/Conv used only there")
+    def apart(i: int, j: int) -> bool:  # i zero-mean and independent of j
+        return fresh[i] and not roots[i] & ancestors[j]
+
+    for a, i in enumerate(reads):
+        for j in reads[a + 1:]:
+            if not (apart(i, j) or apart(j, i)):
+                raise _fail(k, layer, "adds branches that are not independent given their "
+                            f"fork: neither {_source(i, layers)} nor {_source(j, layers)} starts "
+                            "with a weight layer the other does not read (x + relu(x), x + x, "
+                            "two branches through one weight layer), so the sum of their "
+                            "kernels would be wrong; one branch may be the identity of the "
+                            "fork, the others must each start with a Dense/Conv used only "
+                            "there")
 
 
 def check_graph(layers: tuple, inputs: tuple) -> None:

@@ -1,8 +1,8 @@
 """The layer spec: a model's architecture as the kernels read it.
 
 A spec is a list of nodes, each a layer (a descriptor of :mod:`torch_ntk.layers`) with the
-indices of the nodes it reads (:class:`Node`; -1 is the model's input). Today every spec is
-a chain — each node reads the one before — written in one of two grammars:
+indices of the nodes it reads (:class:`Node`; -1 is the model's input). A chain — each node
+reads the one before — is written in one of two grammars:
 
 - an MLP: ``Dense, Activation, Dense, …, Dense`` (L ≥ 1 dense layers);
 - a CNN: ``Conv, [Activation], [pool], …, readout, Dense, [Activation, Dense …]``: a Conv
@@ -14,8 +14,8 @@ A layer kind says where it goes by its class attribute ``role`` ("dense", "spati
 whether the next Dense takes channels × positions (Flatten) or the channels (global pools).
 
 A **graph** spec gives each node's inputs: ``LayerSpec(layers, inputs=((-1,), (0,), (-1,
-1), …))`` in topological order, the last node the output. Joins — :class:`Add` (a residual
-sum), :class:`Concat` — read several nodes; :attr:`LayerSpec.layers` stays the nodes'
+1), …))`` in topological order, the last node the output. Joins — ``Add`` (a residual
+sum), ``Concat`` — read several nodes; :attr:`LayerSpec.layers` stays the nodes'
 layers in order. A spec holding a join or a LayerNorm is always a graph (its ``inputs``
 default to the chain's); its checks (topology, shapes, independence of summed branches,
 Gaussian inputs of activations) are ``torch_ntk.lifting.graph_spec``.
