@@ -52,8 +52,11 @@ def test_op_args_coefficients():
 @pytest.mark.parametrize(
     "model, match",
     [
-        (nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1)),
-         r"module 1 \(LayerNorm\) does not lift"),
+        (nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),
+         r"module 1 \(BatchNorm1d\) does not lift"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.LayerNorm(4), nn.Linear(4, 1)),
+         r"node 2 \(LayerNorm at 2\) normalizes node 1 \(Activation\), which is not a "
+         "zero-mean Gaussian"),
         (nn.Sequential(nn.ReLU(), nn.Linear(3, 1)), r"module 0 \(ReLU\) comes before the first dense"),
         (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Tanh(), nn.Linear(4, 1)),
          r"module 2 \(Tanh\) follows another activation"),
@@ -61,7 +64,7 @@ def test_op_args_coefficients():
         (nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.ReLU(), nn.Conv1d(1, 1, 1))),
          r"module 1.1 \(Conv1d\) does not lift"),
         (nn.Sequential(), "has no dense layer"),
-        (nn.LayerNorm(3), "must be an nn.Sequential or a module whose forward"),
+        (nn.BatchNorm1d(3), "must be an nn.Sequential or a module whose forward"),
     ],
 )
 def test_lift_errors_name_the_module(model, match):

@@ -412,10 +412,13 @@ def test_torch_conv_lifts_like_standard_ntk_conv():
     (nn.BatchNorm2d(4), r"module 2 \(BatchNorm2d\) does not lift"),
     (nn.Conv2d(4, 4, 1, groups=2), r"module 2 \(Conv2d\) does not lift: groups=2"),
     (nn.AdaptiveAvgPool2d(2), r"module 2 \(AdaptiveAvgPool2d\) does not lift: output_size=2"),
-    (nn.AvgPool2d(2, padding=1), r"module 2 \(AvgPool2d\) does not lift: only padding=0"),
+    (nn.AvgPool2d(2, divisor_override=3), r"module 2 \(AvgPool2d\) does not lift: only "
+     "ceil_mode=False and no divisor_override"),
     (nn.AvgPool2d(2, ceil_mode=True), r"module 2 \(AvgPool2d\) does not lift"),
     (nn.Conv2d(4, 4, 1, padding_mode="reflect"), r"module 2 \(Conv2d\) does not lift: padding_m"),
-    (nn.LayerNorm(5), r"module 2 \(LayerNorm\) does not lift"),
+    (nn.LayerNorm(5), r"node 2 \(LayerNorm at 2\) normalizes over features; its input gives 4 "
+     r"channels: a LayerNorm over the last axis of a 2-D CNN's \[N, C, H, W\] normalizes the "
+     r"position axis W"),
     (nn.Linear(5, 4), r"module 2 \(Linear\) does not lift: a dense layer after convolutions"),
 ])
 def test_unsupported_layers_are_refused_by_name(layer, match):

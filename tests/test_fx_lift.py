@@ -328,13 +328,17 @@ def test_a_parameterless_module_may_be_called_twice():
 # ------------------------------------------------------------------ what does not lift
 
 
-class Concat(nn.Module):
+class Dependent(nn.Module):
+    """h + tanh(h): a sum of dependent branches (a concatenation or a residual block whose
+    branch starts with a weight layer lifts: a graph, tests/test_graph_lift.py)."""
+
     def __init__(self):
         super().__init__()
-        self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(6, 2)
+        self.a, self.c = nn.Linear(4, 3), nn.Linear(3, 2)
 
     def forward(self, x):
-        return self.c(torch.cat([self.a(x), self.b(x)], 1))
+        h = self.a(x)
+        return self.c(h + torch.tanh(h))
 
 
 class UsedTwice(nn.Module):
@@ -388,16 +392,18 @@ class TwoInputs(nn.Module):
 
 FILE = r"test_fx_lift\.py:\d+"
 NOT_LIFTING = [
-    (Concat, r"the output of node x \(placeholder x\) is used by 2 nodes \(node a \(call_module "
-             rf"a, at .*{FILE}: return self\.c\(torch\.cat"),
-    (UsedTwice, rf"the output of node a \(call_module a, at .*{FILE}: h = self\.a\(x\)\) is used "
-                r"by 2 nodes \(node tanh \(call_function torch\.tanh"),
+    (Dependent, r"node 2 \(Add at add\) adds branches that are not independent given their "
+                rf"fork: .*; node add \(call_function _operator\.add, at .*{FILE}: return "
+                r"self\.c\(h \+ torch\.tanh\(h\)\)\)"),
+    (UsedTwice, rf"node mul \(call_function _operator\.mul, at .*{FILE}: return self\.b\("
+                r"torch\.tanh\(h\) \* h\)\): only a layer's output times or divided by a "
+                "Python number lifts"),
     (DataDependent, rf"torch\.fx cannot trace DataDependent\.forward, at .*{FILE}: "
                     r"if h\.sum\(\) > 0: \(TraceError"),
     (Sine, rf"node sin \(call_function torch\.sin, at .*{FILE}: return self\.b\(torch\.sin"
            r"\(self\.a\(x\)\)\)\) is not a supported layer"),
-    (Shared, r"node a_1 \(call_module a, .*\) calls a module already called by node a "),
-    (TwoInputs, r"forward takes 2 inputs \(x, y\)"),
+    (Shared, r"node a_1 \(call_module a, .*\): it calls a module already called by node a "),
+    (TwoInputs, r"node y \(placeholder y\): forward takes a second input"),
 ]
 
 
@@ -408,7 +414,7 @@ def test_what_is_not_a_chain_names_the_node_and_the_methods_that_work(cls, match
         lift(model)
     message = str(error.value)
     assert message.startswith(f"lift: the model must be an nn.Sequential or a module whose "
-                              f"forward torch.fx reads as a chain of supported layers; "
+                              f"forward torch.fx reads as a graph of supported layers; "
                               f"{cls.__name__}: ")
     assert message.endswith("empirical_ntk(..., method='jacobian' or 'ntk_vp')")
     if cls in (TwoInputs, DataDependent):  # (vmap refuses data-dependent control flow too)
@@ -428,8 +434,9 @@ def test_what_is_not_a_chain_names_the_node_and_the_methods_that_work(cls, match
 
 
 @pytest.mark.parametrize("readout, match", [
-    (lambda x: F.avg_pool2d(x, 2, padding=1).flatten(1), r"module avg_pool2d \(AvgPool2d\) does "
-     rf"not lift: only padding=0.*; node avg_pool2d \(call_function .*avg_pool2d, at .*{FILE}"),
+    (lambda x: F.avg_pool2d(x, 2, ceil_mode=True).flatten(1), r"module avg_pool2d \(AvgPool2d\) "
+     rf"does not lift: only ceil_mode=False.*; node avg_pool2d \(call_function .*avg_pool2d, "
+     rf"at .*{FILE}"),
     (lambda x: x.view(x.size(0), 2, -1).flatten(1),
      r"node view .*only x\.view\(x\.size\(0\), -1\)"),
     (lambda x: torch.flatten(x), r"node flatten .* flattens from dim 0; only start_dim=1"),

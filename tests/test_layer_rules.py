@@ -28,15 +28,16 @@ import pytest
 import torch
 from torch import nn
 
+import graph_reference
 import independent
 import torch_ntk as tn
 from oracles import func_ntk
-from torch_ntk.activations import Activation
+from torch_ntk.activations import Activation, Erf
 from torch_ntk.analytic.cnn import cnn_kernels
 from torch_ntk.analytic.fused import cnn_op_args
 from torch_ntk.layers.base import rule_of
-from torch_ntk.layers import (KERNEL_RULES, OP_ENCODINGS, AvgPool, Conv, Dense, Flatten,
-                              GlobalAvgPool, GlobalSumPool, SumPool)
+from torch_ntk.layers import (KERNEL_RULES, OP_ENCODINGS, Add, AvgPool, Concat, Conv, Dense,
+                              Flatten, GlobalAvgPool, GlobalSumPool, LayerNorm, SumPool)
 from torch_ntk.nn import NTKConv1d, NTKConv2d, NTKLinear
 
 D = torch.float64
@@ -64,10 +65,45 @@ class SumReadout(nn.Module):
         return self.head(self.conv2(self.act(self.conv(x))).sum((2, 3)))
 
 
+class Residual(nn.Module):
+    """A linear residual CNN: h + 0.5·conv(h) (Add), or a concatenation of two conv
+    branches of w and 2w channels (Concat), then Flatten and a dense head."""
+
+    def __init__(self, width, join):
+        super().__init__()
+        self.join = join
+        self.stem = conv2d(2, width, 3, padding=1)
+        self.other = conv2d(width, width, 3, padding=1) if join == "add" else conv2d(
+            2, 2 * width, 3, padding=1)
+        self.head = dense((width if join == "add" else 3 * width) * 25, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + 0.5 * self.other(h) if self.join == "add" else torch.cat([h, self.other(x)], 1)
+        return self.head(h.flatten(1))
+
+
+class Doubled(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.a, self.b = dense(4, width), dense(width, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h + h)
+
+
+def layer_norm_mlp(s):
+    """The reference of CASES[LayerNorm]: dense(4, w), LayerNorm (affine), relu, dense(w, 1)."""
+    h = graph_reference.layer_norm(graph_reference.dense(s, 1.0, 0.1), 1e-5, True)
+    return graph_reference.dense(graph_reference.activation(h, "relu"), 1.0, 0.1)
+
+
 class Case(NamedTuple):
     """make(width) → model; the per-sample input shape; the independent reference:
-    "linear" (Monte Carlo of narrow linear networks) or "mlp" (tests/independent.py, with
-    ``mlp`` the oracle's description); ``formula``: (model, model of the related kind,
+    "linear" (Monte Carlo of narrow linear networks), "mlp" (tests/independent.py, with
+    ``mlp`` the oracle's description) or "graph" (tests/graph_reference.py, ``graph`` the
+    reference's forward); ``formula``: (model, model of the related kind,
     factor); ``refuse``: settings of the kind's modules that must not lift."""
 
     make: Callable
@@ -75,6 +111,7 @@ class Case(NamedTuple):
     reference: str
     mlp: Optional[Callable] = None
     formula: Optional[tuple] = None
+    graph: Optional[Callable] = None
     wide: int = 256
     refuse: tuple = ()  # (model, regex of the ValueError lift raises)
 
@@ -111,6 +148,18 @@ CASES: dict[type, Case] = {
                             nn.Sequential(conv2d(2, w, 3), nn.ReLU(), conv2d(w, w, 2, padding=1),
                                           nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                           dense(w, 1, bias=False))), 16 ** 2)),
+    # graphs (issue 26): tests/test_graph_kernels.py has the deeper checks
+    Add: Case(lambda w: Residual(w, "add"), (2, 5, 5), "linear",
+              refuse=((Doubled(3), r"adds node 0 \(Dense at a\) to itself"),)),
+    Concat: Case(lambda w: Residual(w, "cat"), (2, 5, 5), "linear"),
+    LayerNorm: Case(lambda w: nn.Sequential(dense(4, w), nn.LayerNorm(w, dtype=D), nn.ReLU(),
+                                            dense(w, 1)), (4,), "graph",
+                    graph=layer_norm_mlp, wide=4096,
+                    refuse=((nn.Sequential(dense(4, 6), nn.LayerNorm((2, 3))),
+                             r"module 1 \(LayerNorm\) does not lift: normalized_shape=\(2, 3\)"),
+                            (nn.Sequential(dense(4, 6), nn.LayerNorm(6), Erf(), dense(6, 1)),
+                             r"node 2 \(Activation\) follows node 1 \(LayerNorm at 1\), which "
+                             "carries the NTK term of an affine LayerNorm's gain"))),
 }
 
 
@@ -158,6 +207,11 @@ def test_limit_against_independent_reference(kind):
     case = CASES[kind]
     x1, x2 = inputs(case.shape, 1)
     limit = tn.analytic_kernels(case.make(3), x1, x2)
+    if case.reference == "graph":
+        nngp, ntk = graph_reference.kernels(case.graph, x1.numpy(), x2.numpy())
+        assert independent.rel_err(limit.nngp.numpy(), nngp) < 1e-10
+        assert independent.rel_err(limit.ntk.numpy(), ntk) < 1e-10
+        return
     if case.reference == "mlp":
         nngp, ntk = independent.kernels(case.mlp(), x1.numpy(), x2.numpy())
         assert independent.rel_err(limit.nngp.numpy(), nngp) < 1e-9
@@ -187,14 +241,21 @@ def test_fused_op_equals_the_torch_rules(kind):
     model = case.make(4)
     spec = tn.lift(model)
     x1, x2 = inputs(case.shape, 2)
-    if not spec.is_mlp and any(rule_of(OP_ENCODINGS, layer) is None for layer in spec.layers):
+    if not spec.is_mlp and any(rule_of(OP_ENCODINGS, layer) is None
+                               and getattr(layer, "role", None) != "join"  # the op's JOINs
+                               for layer in spec.layers):
         assert cnn_op_args(spec) is None  # a kind without op encoding: the walker runs it
     for second in (x2, None):
         fused, walker = tn.analytic_kernels(model, x1, second), cnn_kernels(spec, x1, second)
         for name in ("nngp", "ntk"):
-            ref = getattr(walker, name)
-            torch.testing.assert_close(getattr(fused, name), ref, rtol=1e-10,
-                                       atol=1e-10 * ref.abs().max().item())
+            ref, got = getattr(walker, name), getattr(fused, name)
+            if second is None:  # the diagonal pairs (x, x): the ops set their angle exactly
+                # to 0; the walker's cosine can be 1 − ulp there, and arccos turns that into
+                # ~1e-8 (√(2·ulp)), ~1e-9 in E[φ′φ′]: the diagonal within 1e-8
+                torch.testing.assert_close(got.diagonal(), ref.diagonal(), rtol=1e-8, atol=0)
+                got, ref = got - got.diagonal().diag(), ref - ref.diagonal().diag()
+            torch.testing.assert_close(got, ref, rtol=1e-10,
+                                       atol=1e-10 * getattr(walker, name).abs().max().item())
 
 
 @pytest.mark.parametrize("kind", list(CASES), ids=lambda k: k.__name__)

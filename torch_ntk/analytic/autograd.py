@@ -271,7 +271,7 @@ def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wa
     """(nngp, ntk) by the torch composite (MLP: :func:`mlp_kernels`; CNN: the walker
     :func:`torch_ntk.analytic.cnn.cnn_kernels`), for :func:`torch_ntk.analytic_kernels`
     when something requires grad; x1/x2 already validated (MLP: [N, n0])."""
-    if spec.is_mlp:
+    if spec.is_mlp and not spec.is_graph:
         nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature)
     else:
         from .cnn import cnn_kernels

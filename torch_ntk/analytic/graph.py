@@ -6,8 +6,9 @@ looks the rules up and switches on no layer type:
 
 - :func:`requirements` folds what the rules declare: full position planes when any rule
   needs them (pooling, global average/sum readouts), else same-position diagonals;
-- :func:`walk` runs the nodes in order from an input state, each rule on the state of the
-  node it reads; for a rule that reads the per-side variances (activations) it sets
+- :func:`walk` runs the nodes of any DAG in topological order from an input state, each
+  rule on the state of the node it reads (a join's rule, ``joins=True``, on the tuple of its
+  inputs' states), keeping a state until its last reader; for a rule that reads the per-side variances (activations) it sets
   ``var1``/``var2`` first — from the state itself on a self-pair run (recording them), or
   from the recorded self-pair variances on a cross run.
 """
@@ -62,11 +63,22 @@ def walk(spec: LayerSpec, state: KernelState, variances: Optional[tuple],
     Returns:
         (the output node's state, the recorded variances in node order).
     """
+    nodes = spec.nodes
+    last_reader = {i: k for k, node in enumerate(nodes) for i in node.inputs}
     states, recorded = {-1: state}, []
-    for index, node in enumerate(spec.nodes):
+    for index, node in enumerate(nodes):
         rule = kernel_rule_of(node.layer)
-        (source,) = node.inputs  # a chain; joins (several inputs) come with their node kinds
-        state = states.pop(source)
+        inputs = tuple(states[i] for i in node.inputs)
+        for i in set(node.inputs):  # keep a state until its last reader
+            if last_reader[i] == index:
+                del states[i]
+        if rule.joins:
+            states[index] = rule.fn(node.layer, inputs)
+            continue
+        if len(inputs) != 1:
+            raise ValueError(f"analytic_kernels: node {index} ({type(node.layer).__name__}) "
+                             f"reads {len(inputs)} nodes; its kind's rule is not a join")
+        (state,) = inputs
         if rule.variances:
             if variances is None:
                 var = state.variance()
@@ -77,6 +89,6 @@ def walk(spec: LayerSpec, state: KernelState, variances: Optional[tuple],
                 recorded.append(None)
                 v1 = view(variances[0][a], 1, state.sets)
                 v2 = view(variances[1][a], 2, state.sets)
-            state = state.replace(var1=v1, var2=v2)
+            state = state.replace(var1=v1, var2=v2, gain_term=state.gain_term)
         states[index] = rule.fn(node.layer, state)
-    return states[len(spec.nodes) - 1], recorded
+    return states[len(nodes) - 1], recorded

@@ -10,8 +10,9 @@ from ..lifting.lift import EMPIRICAL_HINT
 __all__ = ["LIMIT_ALTERNATIVES", "no_limit_error"]
 
 LIMIT_ALTERNATIVES = (
-    "Closed-form limits exist for MLPs and CNNs of the layers torch_ntk.lift accepts "
-    "(no residual connections, normalization or attention yet). What works for any "
+    "Closed-form limits exist for MLPs and CNNs of the layers torch_ntk.lift accepts, "
+    "chains or graphs of independent branches (residual sums, concatenation, LayerNorm; "
+    "no attention yet). What works for any "
     "architecture today: torch_ntk.monte_carlo_kernels(model_fn, x), a Monte-Carlo estimate "
     "of the infinite-width NNGP/NTK with standard errors (model_fn(seed) returns a freshly "
     "initialized model; wider models are closer to the limit), and {empirical} for the "

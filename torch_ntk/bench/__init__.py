@@ -14,12 +14,14 @@ markdown table.
   torch.func's vmap(jacrev), ``method="jacobian"`` and the Gram GEMMs alone;
 - :mod:`torch_ntk.bench.models` — the hook engine on ResNet-18, a transformer encoder and
   a token language model against the tutorial's vmap(jacrev), time and peak memory.
+- :mod:`torch_ntk.bench.graph` — graph kernels on the fused op: a residual CNN against
+  the torch walker, a residual MLP against the chain MLP op.
 
 Timings are medians after warm-up (CUDA events on a GPU); ratios against baselines run
 in the same process are the claim, never an assertion in a test.
 """
 
-SUITES = ("analytic", "empirical", "tracker", "cnn", "cnn_structured", "models")
+SUITES = ("analytic", "empirical", "tracker", "cnn", "cnn_structured", "models", "graph")
 
 # The help of ``torch-ntk bench``.
 HELP = """\
@@ -38,6 +40,8 @@ Run the benchmark suites of torch_ntk.bench (the same code as benchmarks/*.py):
   models     the hook engine (method="hooks") on ResNet-18, a 2-layer transformer
              encoder and a token language model against vmap(jacrev): time and peak
              memory in a child process (CPU)
+  graph      graph kernels on the fused op: a residual CNN (two blocks, GAP) against
+             the torch walker, a residual MLP (depth 10) against the chain MLP op
 
 Each suite writes OUT/<suite>_<device>.json and prints its markdown table; times are
 medians after warm-up (CUDA events on a GPU). --quick runs small cases (seconds to a

@@ -41,6 +41,7 @@ from .rules.conv import choose_order, contract, conv_layer_ntk
 __all__ = [
     "ConvStructuredBlocks",
     "FuncModel",
+    "GRAPH_REASON",
     "HookBlocks",
     "JacobianBlocks",
     "METHODS",
@@ -449,11 +450,17 @@ _STRUCTURED = {StructuredPlan: StructuredBlocks, ConvStructuredPlan: ConvStructu
 _PLAN_KIND = {StructuredPlan: "an MLP", ConvStructuredPlan: "a CNN"}
 
 
+GRAPH_REASON = ("the model lifts to a graph (residual sums, concatenations or LayerNorm), and "
+                "the structured engine runs chains only")
+
+
 def structured_plan(model: nn.Module) -> Plan:
     """The structured plan of ``model``: :class:`StructuredPlan` for an MLP spec,
     :class:`ConvStructuredPlan` for a CNN spec. ValueError (from :func:`torch_ntk.lift`, or
     a layer without an empirical rule) when it has none."""
     spec = lift(model)
+    if spec.is_graph:
+        raise ValueError(f"{GRAPH_REASON} (lift: a graph of {len(spec.layers)} nodes)")
     return StructuredPlan(spec) if spec.is_mlp else ConvStructuredPlan(spec)
 
 
@@ -481,6 +488,9 @@ def _choose(function: str, model: nn.Module, method: str, x, plan: Optional[Plan
                     f"{function}: method='structured' is not available: {error}; "
                     "method='jacobian' or 'ntk_vp' computes the kernel of any model"
                 ) from error
+            if str(error).startswith(GRAPH_REASON):
+                return "hooks", (f"{error}; the hook engine runs each module's rule "
+                                 "(exact for any model)"), None
             reason = (f"the model does not lift to an MLP or CNN ({error}); the hook engine "
                       "runs each module's rule")
             if isinstance(model, nn.Sequential):  # one that looks meant to lift: say why not

@@ -8,7 +8,9 @@ csrc). Infinite width, position by position (planes or diagonals alike):
     Cov(u, v) = K_{p,p′}
 
 (closed forms where the activation has one, else Gauss–Hermite quadrature of
-``state.degree`` in chunks). ``nn.Identity`` and ``nn.Dropout`` lift to nothing.
+``state.degree`` in chunks). ``nn.Identity`` and ``nn.Dropout`` lift to nothing. Right
+after an affine LayerNorm the gain's NTK term changes the rule
+(``torch_ntk.layers.layernorm``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from ..activations import Activation, from_module, gaussian_expectations, module_types
 from .base import LiftOptions, Position, kernel_rule, lifts, op_encoding
+from .layernorm import HOMOGENEOUS
 from .state import KernelState
 
 __all__ = ["ACTIVATION", "QUADRATURE_ELEMENTS", "expectations"]
@@ -52,9 +55,15 @@ def expectations(act: Activation, q11: Tensor, q22: Tensor, q12: Tensor, degree:
 
 @kernel_rule(Activation, variances=True)
 def activation_kernel(layer: Activation, state: KernelState) -> KernelState:
-    """K ← E[φ(u)φ(v)], T ← E[φ′(u)φ′(v)] ⊙ T (module doc)."""
+    """K ← E[φ(u)φ(v)], T ← E[φ′(u)φ′(v)] ⊙ T (module doc); after an affine LayerNorm
+    (``state.gain_term``, a ReLU-family φ) T ← E[φ′φ′] ⊙ (T − K) + E[φφ]."""
     e_phi, e_dphi = expectations(layer, state.var1, state.var2, state.nngp, state.degree,
                                  state.force_quadrature)
+    if state.gain_term:
+        if layer.name not in HOMOGENEOUS:
+            raise ValueError(f"analytic_kernels: the activation {layer.name!r} after an affine "
+                             f"LayerNorm has no exact rule (only {HOMOGENEOUS})")
+        return state.replace(nngp=e_phi, ntk=e_dphi * (state.ntk - state.nngp) + e_phi)
     return state.replace(nngp=e_phi, ntk=e_dphi * state.ntk)
 
 

@@ -9,11 +9,12 @@ each consumer, each registered by a decorator of this module:
 - ``@lifts_functional((op, target), ...)``: ``(call, *args, **kwargs) -> [modules]``, the
   modules computing a functional call that torch.fx records (:data:`FUNCTIONALS`, read by
   ``torch_ntk.lifting.fx`` after its own table);
-- ``@kernel_rule(Kind, planes=..., variances=...)``: ``(layer, state) -> state``, the
-  layer's infinite-width map on a :class:`~torch_ntk.layers.state.KernelState`
+- ``@kernel_rule(Kind, planes=..., variances=..., joins=...)``: ``(layer, state) ->
+  state``, the layer's infinite-width map on a :class:`~torch_ntk.layers.state.KernelState`
   (:data:`KERNEL_RULES`, walked by :mod:`torch_ntk.analytic.graph`); ``planes=True``
   when the rule needs full position–position planes (not only same-position diagonals),
-  ``variances=True`` when it reads the per-side variances ``state.var1``/``var2``;
+  ``variances=True`` when it reads the per-side variances ``state.var1``/``var2``,
+  ``joins=True`` for a node of several inputs: ``(layer, states) -> state``;
 - ``@op_encoding(Kind)``: ``layer -> (code, ints, floats)``, the layer in the fused CNN
   op's program (:data:`OP_ENCODINGS`, read by :mod:`torch_ntk.analytic.fused`); a kind
   without one makes the torch walker run the spec.
@@ -126,6 +127,7 @@ class KernelRule(NamedTuple):
     fn: Callable
     planes: bool = False
     variances: bool = False
+    joins: bool = False
 
 
 KERNEL_RULES: dict[type, KernelRule] = {}
@@ -160,12 +162,20 @@ def lifts_functional(*keys: tuple) -> Callable:
     return register
 
 
-def kernel_rule(kind: type, *, planes: bool = False, variances: bool = False) -> Callable:
+def kernel_rule(kind: type, *, planes: bool = False, variances: bool = False,
+                joins: bool = False) -> Callable:
     """Register ``fn(layer, state) -> state`` as the infinite-width map of layers of
     ``kind``. ``planes``: the rule needs position–position planes (the walker then keeps
-    planes for the whole spec); ``variances``: it reads ``state.var1``/``state.var2``."""
+    planes for the whole spec); ``variances``: it reads ``state.var1``/``state.var2``;
+    ``joins``: a join of several nodes (a residual sum, a concatenation), registered as
+    ``fn(layer, states) -> state`` with ``states`` the tuple of its inputs' states in the
+    order of the node's inputs."""
+    if joins and variances:
+        raise ValueError("kernel_rule: a join rule reads no per-side variances")
+
     def register(fn: Callable) -> Callable:
-        _register(KERNEL_RULES, (kind,), KernelRule(fn, planes, variances), "kernel_rule")
+        _register(KERNEL_RULES, (kind,), KernelRule(fn, planes, variances, joins),
+                  "kernel_rule")
         return fn
     return register
 

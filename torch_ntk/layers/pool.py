@@ -4,6 +4,9 @@ infinite-width rules, op encodings.
 Infinite width, with B a pooling window and P the positions:
 
     AvgPool:        K_{p,p′} ← (1/|B|²) Σ_{q∈B(p), q′∈B(p′)} K_{q,q′}, T likewise (needs planes)
+                    padded (K = 0 in the zero padding): with count_include_pad the same;
+                    without, 1/(n_p n_p′) for the 1/|B|², n_p = |B(p) ∩ image| the positions
+                    of window p inside the image (torch's divisor)
     GlobalAvgPool:  K ← (1/P²) Σ_{p,p′} K_{p,p′}, T likewise (needs planes; a readout)
     Flatten:        K ← (1/P) Σ_p K_{p,p}, T likewise (a readout; diagonals suffice)
 """
@@ -14,16 +17,17 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .base import LiftOptions, Position, describe, kernel_rule, lifts, op_encoding, refusal
 from .conv import window_mean
 from .state import KernelState
 
-__all__ = ["AVGPOOL", "AvgPool", "FLATTEN", "Flatten", "GLOBAL_AVGPOOL", "GlobalAvgPool",
+__all__ = ["AVGPOOL", "AVGPOOL_PAD", "AvgPool", "FLATTEN", "Flatten", "GLOBAL_AVGPOOL", "GlobalAvgPool",
            "pool_planes"]
 
 AVGPOOL, GLOBAL_AVGPOOL, FLATTEN = 2, 3, 4  # the fused CNN op's layer codes
+AVGPOOL_PAD = 10  # the padded average pool's code
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,33 @@ class WindowPool:
 
 @dataclass(frozen=True)
 class AvgPool(WindowPool):
-    """Average pooling over windows of ``kernel_size`` every ``stride`` (no padding, floor)."""
+    """Average pooling over windows of ``kernel_size`` every ``stride`` (floor), with zero
+    ``padding`` per spatial dim (() or zeros: none) and torch's ``count_include_pad`` (True:
+    divide by |B|; False: by the window's positions inside the image)."""
+
+    padding: tuple = field(default=(), kw_only=True)
+    count_include_pad: bool = field(default=True, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        padding = tuple(int(p) for p in self.padding) or (0,) * self.dims
+        object.__setattr__(self, "padding", padding)
+        if len(padding) != self.dims or min(padding) < 0:
+            raise ValueError(f"AvgPool: padding needs one non-negative entry per spatial dim; "
+                             f"got {self.padding}")
+        if any(2 * p > k for p, k in zip(padding, self.kernel_size)):
+            raise ValueError(f"AvgPool: padding {padding} must be at most half of kernel_size "
+                             f"{self.kernel_size} (as torch requires)")
+
+    @property
+    def padded(self) -> bool:
+        return any(self.padding)
+
+    def window(self) -> tuple[tuple, tuple, tuple, tuple]:
+        """(kernel, stride, dilation 1, padding ((p, p) per dim)) as 2-D."""
+        k, s, d, _ = super().window()
+        p = self.padding if self.dims == 2 else (0,) + self.padding
+        return k, s, d, tuple((q, q) for q in p)
 
 
 @dataclass(frozen=True)
@@ -92,12 +122,12 @@ class Flatten:
 def lift_avg_pool(position: Position, module: nn.Module, options: LiftOptions) -> AvgPool:
     dims = 1 if isinstance(module, nn.AvgPool1d) else 2
     as_tuple = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims)
-    if any(as_tuple(module.padding)) or module.ceil_mode or getattr(
-            module, "divisor_override", None) is not None:
-        raise refusal(position, module, "only padding=0, ceil_mode=False and no "
-                      "divisor_override lift")
+    if module.ceil_mode or getattr(module, "divisor_override", None) is not None:
+        raise refusal(position, module, "only ceil_mode=False and no divisor_override lift")
     stride = module.stride if module.stride not in (None, (), []) else module.kernel_size
-    return AvgPool(as_tuple(module.kernel_size), as_tuple(stride), position, module)
+    return AvgPool(as_tuple(module.kernel_size), as_tuple(stride), position, module,
+                   padding=as_tuple(module.padding),
+                   count_include_pad=bool(module.count_include_pad))
 
 
 @lifts(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
@@ -138,10 +168,25 @@ def pool_planes(state: KernelState, window: tuple, scale: float = 1.0) -> Kernel
     return state.replace(nngp=nngp, ntk=ntk)
 
 
+def window_counts(window: tuple, size: tuple, like: Tensor) -> Tensor:
+    """n_p [H′, W′]: the positions of each window inside an image of ``size`` (H, W)."""
+    k, s, d, p = window
+    ones = torch.ones(size, dtype=like.dtype, device=like.device)
+    return window_mean(ones, (0, 1), k, s, d, p, False) * (k[0] * k[1])
+
+
 @kernel_rule(AvgPool, planes=True)
 def avg_pool_kernel(layer: AvgPool, state: KernelState) -> KernelState:
-    """K_{p,p′} ← (1/|B|²) Σ_{q∈B(p), q′∈B(p′)} K_{q,q′}; T likewise."""
-    return pool_planes(state, layer.window())
+    """K_{p,p′} ← (1/|B|²) Σ_{q∈B(p), q′∈B(p′)} K_{q,q′} (K = 0 in the padding); T
+    likewise; without ``count_include_pad`` each index divides by n_p instead of |B|."""
+    window = layer.window()
+    out = pool_planes(state, window)
+    if not layer.padded or layer.count_include_pad:
+        return out
+    size = tuple(state.nngp.shape[-2:])
+    factor = (window[0][0] * window[0][1]) / window_counts(window, size, state.nngp)
+    plane = factor[:, :, None, None] * factor[None, None, :, :]  # [H′, W′, H′, W′]
+    return out.replace(nngp=out.nngp * plane, ntk=out.ntk * plane)
 
 
 @kernel_rule(GlobalAvgPool, planes=True)
@@ -170,8 +215,11 @@ def flatten_kernel(layer: Flatten, state: KernelState) -> KernelState:
 
 @op_encoding(AvgPool)
 def avg_pool_encoding(layer: AvgPool) -> tuple[int, list[int], list[float]]:
-    """AVGPOOL | kh, kw, sh, sw |."""
-    k, s, _, _ = layer.window()
+    """AVGPOOL | kh, kw, sh, sw |; padded: AVGPOOL_PAD | kh, kw, sh, sw, ph, pw,
+    count_include_pad |."""
+    k, s, _, p = layer.window()
+    if layer.padded:
+        return AVGPOOL_PAD, [*k, *s, p[0][0], p[1][0], int(layer.count_include_pad)], []
     return AVGPOOL, [*k, *s], []
 
 

@@ -14,7 +14,11 @@ For a batch of input pairs (x, x′) the state after a layer holds
 - ``var1``, ``var2``: the variances K(x, x)_{p,p} and K(x′, x′)_{p′,p′} of the current
   features, viewed to broadcast against ``nngp`` (set by the walker for rules registered
   with ``variances=True``, None otherwise);
-- ``degree``, ``force_quadrature``: how activations without a closed form integrate.
+- ``degree``, ``force_quadrature``: how activations without a closed form integrate;
+- ``gain_term``: True right after an affine LayerNorm, whose trained gain γ adds to each
+  feature's NTK the product u·u′ of the features themselves (``ntk`` holds its mean, the
+  normalized K): an activation then needs E[φ′(u)φ′(v)·u·v], not E[φ′φ′]·K (set by the
+  LayerNorm rule, read by the activation rule, dropped by every other ``replace``).
 
 A rule returns ``state.replace(nngp=..., ntk=..., sets=...)`` and switches on no other
 layer type.
@@ -43,6 +47,7 @@ class KernelState:
     var2: Optional[Tensor] = None
     degree: int = 0
     force_quadrature: bool = False
+    gain_term: bool = False
 
     @classmethod
     def of_inputs(cls, gram: Tensor, sets: int, degree: int = 0,
@@ -51,10 +56,11 @@ class KernelState:
         return cls(gram, torch.zeros_like(gram), sets, None, None, degree, force_quadrature)
 
     def replace(self, **changes) -> "KernelState":
-        """A copy with ``changes`` (the per-side variances are dropped unless given: they
-        belong to one layer's input)."""
+        """A copy with ``changes`` (the per-side variances and ``gain_term`` are dropped
+        unless given: they belong to one layer's input)."""
         changes.setdefault("var1", None)
         changes.setdefault("var2", None)
+        changes.setdefault("gain_term", False)
         return dataclasses.replace(self, **changes)
 
     def variance(self) -> Tensor:

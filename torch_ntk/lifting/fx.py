@@ -69,7 +69,8 @@ from ..activations import Abs, Erf
 from ..layers.base import FUNCTIONALS as KIND_FUNCTIONALS
 from ..nn import NTKConv1d, NTKConv2d
 
-__all__ = ["FUNCTIONALS", "FxChain", "describe_node", "fx_chain"]
+__all__ = ["FUNCTIONALS", "FunctionalCall", "FxChain", "describe_node", "functional_modules",
+           "fx_chain", "trace_forward"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -136,7 +137,7 @@ def _len(obj):
     return builtins.len(obj)
 
 
-def _trace(model: nn.Module, leaf_types: tuple[type, ...]) -> fx.Graph:
+def trace_forward(model: nn.Module, leaf_types: tuple[type, ...]) -> fx.Graph:
     """The fx graph of ``model.forward``; ``len(x)`` is recorded (fx refuses it by default:
     it is patched into the globals of every traced ``forward`` for the duration)."""
     scopes = {}
@@ -254,7 +255,7 @@ def _walk(graph: fx.Graph) -> list[tuple[fx.Node, fx.Node, set]]:
 
 
 @dataclass
-class _Call:
+class FunctionalCall:
     """What a functional builder sees: the node, the node its input comes from, the batch
     size nodes of that input, and the spatial dims of the last convolution (None after a
     readout or before any)."""
@@ -265,7 +266,7 @@ class _Call:
     dims: Optional[int]
 
 
-def _constant(call: _Call, name: str, value):
+def _constant(call: FunctionalCall, name: str, value):
     if isinstance(value, fx.Node) or (isinstance(value, (tuple, list)) and any(
             isinstance(v, fx.Node) for v in value)):
         raise ValueError(f"{describe_node(call.node)}: argument {name} is computed at run "
@@ -379,7 +380,7 @@ FUNCTIONALS: dict[tuple[str, object], Callable] = {
 }
 
 
-def _functional_modules(call: _Call) -> list[nn.Module]:
+def functional_modules(call: FunctionalCall) -> list[nn.Module]:
     """The modules computing a functional node (ValueError naming it if it is not listed)."""
     node = call.node
     build = FUNCTIONALS.get((node.op, node.target)) or KIND_FUNCTIONALS.get((node.op,
@@ -452,7 +453,7 @@ def fx_chain(model: nn.Module, leaf_types: tuple[type, ...]) -> FxChain:
     """
     if isinstance(model, leaf_types):
         return FxChain([(0, model)], {})
-    graph = _trace(model, leaf_types)
+    graph = trace_forward(model, leaf_types)
     chain, dims, called = FxChain(), None, {}
     for node, previous, batch in _walk(graph):
         if node.op == "call_module":
@@ -467,7 +468,7 @@ def fx_chain(model: nn.Module, leaf_types: tuple[type, ...]) -> FxChain:
                 called[id(module)] = node
             modules, position = [module], node.target
         else:
-            modules = _functional_modules(_Call(node, previous, batch, dims))
+            modules = functional_modules(FunctionalCall(node, previous, batch, dims))
             for m in modules:
                 m.fx_node = node
             position = node.name

@@ -41,6 +41,8 @@ from ..layers import AvgPool, Conv, Dense, Flatten, GlobalAvgPool
 from ..layers.base import (EMPIRICAL_HINT, LIFTERS, Lifter, LiftOptions, Position, describe,
                            refusal)
 from .fx import FxChain, fx_chain
+from .graph import fx_graph
+from .graph_spec import GraphSpecError
 from .spec import Layer, LayerSpec, mlp_spec, role
 
 __all__ = ["AvgPool", "Conv", "Dense", "EMPIRICAL_HINT", "Flatten", "GlobalAvgPool", "LIFTERS",
@@ -126,13 +128,45 @@ def lift(
             nn.Sequential, a forward that is not such a chain (naming the fx node: op,
             target and source line).
     """
-    chain = _chain(model)
+    inner = unwrap(model)
+    if not isinstance(inner, tuple(LIFTERS)) and (not isinstance(inner, nn.Sequential) or any(
+            _user_block(m) for _, m in flat_modules(inner))):
+        try:
+            chain = _chain(model)
+        except ValueError:  # not a chain: read the forward as a graph
+            return _lift_graph(inner, linear_weight_var, linear_bias_var)
+    else:
+        chain = _chain(model)
     if isinstance(model, nn.Sequential) and not chain.nodes:
         return _lift_links(chain.links, linear_weight_var, linear_bias_var)
     try:
         return _lift_links(chain.links, linear_weight_var, linear_bias_var, chain.where)
     except ValueError as error:
         raise _with_context(error, "") from error
+
+
+def _user_block(module: nn.Module) -> bool:
+    """A module of the user's own class (neither a type that lifts nor one of torch's)."""
+    return not isinstance(module, tuple(LIFTERS)) and not type(module).__module__.startswith(
+        "torch.")
+
+
+def _lift_graph(model: nn.Module, linear_weight_var: Optional[float],
+                linear_bias_var: Optional[float]) -> LayerSpec:
+    """The graph spec of a forward that is not a chain (``torch_ntk.lifting.graph``)."""
+    def lift_one(module: nn.Module, position: Position) -> Optional[Layer]:
+        return lift_module(module, position, linear_weight_var, linear_bias_var)
+
+    try:
+        return fx_graph(model, tuple(LIFTERS), lift_one)
+    except ValueError as error:
+        message = str(error)
+        if message.endswith(EMPIRICAL_HINT):
+            message = message[:-len(EMPIRICAL_HINT)].rstrip()
+        raise ValueError(
+            "lift: the model must be an nn.Sequential or a module whose forward torch.fx "
+            f"reads as a graph of supported layers; {type(model).__name__}: "
+            f"{message.rstrip('.')}. {EMPIRICAL_HINT}") from error
 
 
 def chain_modules(model: nn.Module) -> list[tuple[Position, nn.Module]]:
@@ -209,6 +243,12 @@ def _lift_links(
                 elif not layers:
                     flatten_input = True
                 continue  # otherwise a no-op (inside an MLP, or after global pooling)
+            if role(layer) == "norm":  # LayerNorm / GroupNorm(1): the spec checks its input
+                if not layers:
+                    raise ValueError(f"lift: {describe(position, module)} comes before the "
+                                     "first dense layer or convolution")
+                layers.append(layer)
+                continue
             if role(layer) in ("spatial", "readout"):  # Flatten is handled above
                 if isinstance(layer, Conv) and not layers:
                     convolutional = True
@@ -252,5 +292,9 @@ def _lift_links(
         )
     try:
         return LayerSpec(tuple(layers), flatten_input and not convolutional)
+    except GraphSpecError as error:  # a LayerNorm's input: name the node, where else to go
+        at = getattr(layers[error.node], "position", None)
+        context = where(at) if where is not None and at is not None else ""
+        raise _with_context(ValueError(f"lift: {error}"), context) from error
     except ValueError as error:
         raise ValueError(f"lift: {error}") from error

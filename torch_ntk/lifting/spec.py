@@ -1,8 +1,8 @@
 """The layer spec: a model's architecture as the kernels read it.
 
 A spec is a list of nodes, each a layer (a descriptor of :mod:`torch_ntk.layers`) with the
-indices of the nodes it reads (:class:`Node`; -1 is the model's input). Today every spec is
-a chain — each node reads the one before — written in one of two grammars:
+indices of the nodes it reads (:class:`Node`; -1 is the model's input). A chain — each node
+reads the one before — is written in one of two grammars:
 
 - an MLP: ``Dense, Activation, Dense, …, Dense`` (L ≥ 1 dense layers);
 - a CNN: ``Conv, [Activation], [pool], …, readout, Dense, [Activation, Dense …]``: a Conv
@@ -10,10 +10,15 @@ a chain — each node reads the one before — written in one of two grammars:
   layer of role ``"readout"`` (GlobalAvgPool, Flatten, …), an MLP tail.
 
 A layer kind says where it goes by its class attribute ``role`` ("dense", "spatial",
-"readout"; activations have none); a readout's ``keeps_positions`` says whether the next
-Dense takes channels × positions (Flatten) or the channels (global pools). Joins (residual
-add, concatenation) will be nodes with several inputs; :attr:`LayerSpec.layers` stays the
-chain's view.
+"readout", "join", "norm"; activations have none); a readout's ``keeps_positions`` says
+whether the next Dense takes channels × positions (Flatten) or the channels (global pools).
+
+A **graph** spec gives each node's inputs: ``LayerSpec(layers, inputs=((-1,), (0,), (-1,
+1), …))`` in topological order, the last node the output. Joins — ``Add`` (a residual
+sum), ``Concat`` — read several nodes; :attr:`LayerSpec.layers` stays the nodes'
+layers in order. A spec holding a join or a LayerNorm is always a graph (its ``inputs``
+default to the chain's); its checks (topology, shapes, independence of summed branches,
+Gaussian inputs of activations) are ``torch_ntk.lifting.graph_spec``.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from ..layers.base import window_output
 from ..layers.conv import Conv
 from ..layers.dense import Dense
 from .._utils.validation import check_batch
+from .graph_spec import check_graph, node_shapes
 
-__all__ = ["Layer", "LayerSpec", "Node", "mlp_spec", "role"]
+__all__ = ["GRAPH_ROLES", "Layer", "LayerSpec", "Node", "mlp_spec", "role"]
 
 Layer = object  # a descriptor of torch_ntk.layers or an Activation
+
+GRAPH_ROLES = ("join", "norm")  # kinds only a graph spec holds
 
 
 def role(layer) -> Optional[str]:
@@ -97,16 +105,30 @@ class LayerSpec:
 
     ``flatten_input`` is True when an MLP starts with ``nn.Flatten``: inputs of
     any shape [N, ...] are then flattened to [N, n_0].
+
+    ``inputs``: None for a chain, else one tuple per node of the nodes it reads (-1: the
+    model's input), a graph (module doc); a spec with a join or a LayerNorm gets the
+    chain's inputs when none are given.
     """
 
     layers: tuple
     flatten_input: bool = False
+    inputs: Optional[tuple] = None
 
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
         object.__setattr__(self, "layers", layers)
         if not layers:
             raise ValueError("LayerSpec: a spec needs at least one Dense layer")
+        inputs = self.inputs
+        if inputs is None and any(role(layer) in GRAPH_ROLES for layer in layers):
+            inputs = tuple((k - 1,) for k in range(len(layers)))
+        if inputs is not None:
+            inputs = tuple(tuple(reads) if isinstance(reads, (tuple, list)) else reads
+                           for reads in inputs)
+            object.__setattr__(self, "inputs", inputs)
+            check_graph(layers, inputs)
+            return
         if isinstance(layers[0], Conv):
             _check_cnn(layers)
             return
@@ -129,9 +151,18 @@ class LayerSpec:
 
     @property
     def nodes(self) -> tuple[Node, ...]:
-        """The graph view of the spec, in which node k is layer k reading node k − 1 (-1 is
-        the input); a chain is the special case of a graph."""
-        return tuple(Node(layer, (k - 1,)) for k, layer in enumerate(self.layers))
+        """The graph view of the spec: node k is layer k reading ``inputs[k]`` (a chain's
+        node k reads k − 1; -1 is the input); the last node is the output."""
+        if self.inputs is None:
+            return tuple(Node(layer, (k - 1,)) for k, layer in enumerate(self.layers))
+        return tuple(Node(layer, reads) for layer, reads in zip(self.layers, self.inputs))
+
+    @property
+    def is_graph(self) -> bool:
+        """True for a graph spec (``inputs`` given, or a join or LayerNorm in it): only
+        the torch walker and the Jacobian/ntk_vp engines run it, not the chains' fused and
+        structured paths."""
+        return self.inputs is not None
 
     @property
     def is_mlp(self) -> bool:
@@ -184,7 +215,10 @@ class LayerSpec:
 
     def output_size(self, size: tuple) -> Optional[tuple]:
         """The spatial size (H, W) at the readout for inputs of spatial size ``size`` (2-D;
-        1-D as (1, L)), or None when a layer's output would be empty."""
+        1-D as (1, L)), or None when a layer's output would be empty (or, in a graph, the
+        inputs of a join differ in size)."""
+        if self.is_graph:
+            return self._graph_output_size(tuple(size))
         for layer in self.layers:
             if role(layer) == "spatial":
                 size = window_output(layer.window(), size)
@@ -192,9 +226,31 @@ class LayerSpec:
                     return None
         return tuple(size)
 
+    def _graph_output_size(self, size: tuple) -> Optional[tuple]:
+        sizes: dict = {-1: size}
+        for k, (layer, reads) in enumerate(self.nodes):
+            got = {sizes[i] for i in reads}
+            if None in got or len(got) != 1:
+                sizes[k] = None
+                continue
+            (now,) = got
+            if role(layer) == "spatial":
+                now = window_output(layer.window(), now)
+                now = now if min(now) >= 1 else None
+            sizes[k] = now
+            if role(layer) == "readout":
+                return now
+        return None
+
     def readout_positions(self) -> Optional[int]:
         """P at a readout that keeps positions (the next Dense's in_features / channels),
         None for a global pool (or an MLP)."""
+        if self.is_graph:
+            shapes = node_shapes(self.layers, self.inputs)
+            for k, (layer, reads) in enumerate(self.nodes):
+                if isinstance(layer, Dense) and shapes[reads[0]][0] == "flat":
+                    return layer.in_features // shapes[reads[0]][1]
+            return None
         k = next((k for k, layer in enumerate(self.layers) if role(layer) == "readout"), None)
         if k is None or not self.layers[k].keeps_positions:
             return None
