@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <vector>
 
@@ -13,6 +14,7 @@
 
 #include "checks.h"
 #include "math/hermite.h"
+#include "math/mlp_graph.h"
 #include "math/recursion.h"
 
 namespace torch_ntk {
@@ -24,7 +26,100 @@ struct AnalyticArgs {
   at::ArrayRef<double> act_params, weight_var, bias_var, ntk_weight, ntk_bias;
   bool force_quadrature;
   bool hermite_series;  // smooth activations by their Hermite series (math/hermite.h)
+  at::IntArrayRef graph_codes, graph_ints;  // a graph program (math/mlp_graph.h); empty:
+  at::ArrayRef<double> graph_floats;        // the hidden layers in order
 };
+
+// A validated graph program: its steps (empty for a chain) and the LayerNorms' variance
+// rows (after the hidden layers' rows).
+struct MlpGraph {
+  std::vector<math::MlpStep<double>> steps;
+  int64_t norms = 0;
+};
+
+inline const char* mlp_code_name(int64_t code) {
+  static const char* names[] = {"HIDDEN", "PUSH", "LOAD", "JOIN", "LAYERNORM", "LINEAR"};
+  return code >= 0 && code < math::kMlpNumCodes ? names[code] : "?";
+}
+
+// Reads graph_codes with their graph_ints and graph_floats (csrc/torch_ntk.cpp) for a
+// network of `hidden` hidden layers.
+inline MlpGraph make_mlp_graph(const AnalyticArgs& a, int64_t hidden) {
+  const char* op = "analytic_kernels";
+  MlpGraph g;
+  if (a.graph_codes.empty()) {
+    TORCH_CHECK_VALUE(a.graph_ints.empty() && a.graph_floats.empty(), op, ": graph_ints and "
+                      "graph_floats must be empty without graph_codes");
+    return g;
+  }
+  static const int kInts[] = {0, 1, 1, 1, 1, 0};
+  static const int kFloats[] = {0, 0, 0, 2, 1, 4};
+  size_t ni = 0, nf = 0;
+  int64_t next_hidden = 0;
+  bool filled[math::kMlpMaxSlots] = {false, false, false, false};
+  for (size_t k = 0; k < a.graph_codes.size(); ++k) {
+    const int64_t code = a.graph_codes[k];
+    TORCH_CHECK_VALUE(code >= 0 && code < math::kMlpNumCodes, op, ": graph_codes[", k, "] = ",
+                      code, " is not a step code (0 HIDDEN, 1 PUSH, 2 LOAD, 3 JOIN, 4 LAYERNORM, "
+                      "5 LINEAR)");
+    const char* name = mlp_code_name(code);
+    TORCH_CHECK_VALUE(ni + kInts[code] <= a.graph_ints.size() &&
+                          nf + kFloats[code] <= a.graph_floats.size(),
+                      op, ": step ", k, " (", name, ") needs ", kInts[code], " graph_ints from "
+                      "index ", ni, " and ", kFloats[code], " graph_floats from index ", nf,
+                      "; got ", a.graph_ints.size(), " and ", a.graph_floats.size());
+    math::MlpStep<double> st{};
+    st.code = static_cast<int>(code);
+    for (int f = 0; f < kFloats[code]; ++f) {
+      st.f[f] = a.graph_floats[nf + f];
+      TORCH_CHECK_VALUE(std::isfinite(st.f[f]), op, ": graph_floats[", nf + f, "] (step ", k,
+                        ", ", name, ") is ", st.f[f], "; it must be finite");
+    }
+    const int64_t I = kInts[code] ? a.graph_ints[ni] : 0;
+    ni += kInts[code];
+    nf += kFloats[code];
+    if (code == math::kMlpHidden) {
+      TORCH_CHECK_VALUE(next_hidden < hidden, op, ": step ", k, " (HIDDEN) is hidden layer ",
+                        next_hidden, "; act_ids has only ", hidden);
+      st.index = static_cast<int>(next_hidden++);
+    } else if (code == math::kMlpLayerNorm) {
+      TORCH_CHECK_VALUE(I == 0 || I == 1, op, ": step ", k, " (LAYERNORM): affine = ", I,
+                        " in graph_ints must be 0 or 1");
+      TORCH_CHECK_VALUE(st.f[0] >= 0, op, ": step ", k, " (LAYERNORM): eps = ", st.f[0],
+                        " in graph_floats must be >= 0");
+      st.affine = static_cast<int>(I);
+      st.index = static_cast<int>(hidden + g.norms++);
+    } else if (code == math::kMlpLinear) {
+      TORCH_CHECK_VALUE(st.f[0] >= 0 && st.f[1] >= 0 && st.f[2] >= 0 && st.f[3] >= 0, op,
+                        ": step ", k, " (LINEAR): weight_var, bias_var, ntk_weight and ntk_bias "
+                        "must be non-negative; got ", st.f[0], ", ", st.f[1], ", ", st.f[2], ", ",
+                        st.f[3]);
+    } else {
+      TORCH_CHECK_VALUE(I >= 0 && I < math::kMlpMaxSlots, op, ": step ", k, " (", name,
+                        "): slot = ", I, " is out of range; graph_ints must name a skip "
+                        "register 0..", math::kMlpMaxSlots - 1);
+      st.index = static_cast<int>(I);
+      if (code == math::kMlpPush) {
+        filled[I] = true;
+      } else {
+        TORCH_CHECK_VALUE(filled[I], op, ": step ", k, " (", name, ") reads slot ", I,
+                          ", which no earlier PUSH filled; PUSH the fork's state first");
+      }
+      if (code == math::kMlpJoin) {
+        TORCH_CHECK_VALUE(st.f[0] >= 0 && st.f[1] >= 0, op, ": step ", k, " (JOIN): the "
+                          "coefficients in graph_floats must be non-negative; got ", st.f[0],
+                          " and ", st.f[1]);
+      }
+    }
+    g.steps.push_back(st);
+  }
+  TORCH_CHECK_VALUE(next_hidden == hidden, op, ": the program runs ", next_hidden, " HIDDEN "
+                    "steps; act_ids has ", hidden, " hidden layers");
+  TORCH_CHECK_VALUE(ni == a.graph_ints.size() && nf == a.graph_floats.size(), op,
+                    ": the program consumes ", ni, " graph_ints and ", nf, " graph_floats; got ",
+                    a.graph_ints.size(), " and ", a.graph_floats.size());
+  return g;
+}
 
 inline void check_analytic_args(const at::Tensor& x1, const c10::optional<at::Tensor>& x2,
                                 const AnalyticArgs& a, const at::Tensor& gh_nodes,
@@ -105,12 +200,14 @@ struct AnalyticProblem {
   at::Tensor gram;                           // [N1, N2] <x1_i, x2_j>
   math::InputLayer<T> input;
   std::vector<math::HiddenLayer<T>> layers;  // [L - 1]
+  std::vector<math::MlpStep<T>> steps;       // a graph program (empty: a chain)
   at::Tensor gh_nodes, gh_weights;           // [degree] in x1's dtype, on x1's device
   // [N1], [N2] squared norms; from the Gram diagonal when symmetric, so that pair (i, i)
   // sees exactly the variances of sample i and its angle is exactly zero.
   at::Tensor sq1, sq2;
-  // [max(L - 1, 1), N1], [.., N2]: for the backend to fill with math::sample_variances;
-  // var2 aliases var1 when symmetric.
+  // [max(L - 1 + LayerNorms, 1), N1], [.., N2]: for the backend to fill with
+  // math::sample_variances (math::mlp_graph_variances for a graph); var2 aliases var1
+  // when symmetric.
   at::Tensor var1, var2;
   // Hermite-series tables (when a layer is math::kHermite; else undefined), per sample set
   // (the second aliases the first when symmetric), laid out as math::HermiteSampleTables:
@@ -176,7 +273,8 @@ void finish_hermite(AnalyticProblem<T>& p) {
 template <typename T>
 AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor& x2,
                                          bool symmetric, const at::Tensor& gram,
-                                         const AnalyticArgs& args, const at::Tensor& gh_nodes,
+                                         const AnalyticArgs& args, const MlpGraph& graph,
+                                         const at::Tensor& gh_nodes,
                                          const at::Tensor& gh_weights) {
   AnalyticProblem<T> p;
   p.symmetric = symmetric;
@@ -188,13 +286,20 @@ AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor&
   p.input = {static_cast<T>(args.input.weight_var), static_cast<T>(args.input.bias_var),
              static_cast<T>(args.input.ntk_weight), static_cast<T>(args.input.ntk_bias)};
   p.layers = make_hidden_layers<T>(args);
+  for (const auto& st : graph.steps) {
+    math::MlpStep<T> t{st.code, st.index, st.affine, {}};
+    for (int f = 0; f < 4; ++f) t.f[f] = static_cast<T>(st.f[f]);
+    p.steps.push_back(t);
+  }
   p.gh_nodes = gh_nodes.to(x1.options()).contiguous();
   p.gh_weights = gh_weights.to(x1.options()).contiguous();
   p.sq1 = symmetric ? gram.diagonal().contiguous() : x1.mul(x1).sum(1);
   p.sq2 = symmetric ? p.sq1 : x2.mul(x2).sum(1);
   const int64_t rows = std::max<int64_t>(static_cast<int64_t>(p.layers.size()), 1);
-  p.var1 = at::empty({rows, p.n1}, x1.options());
-  p.var2 = symmetric ? p.var1 : at::empty({rows, p.n2}, x1.options());
+  const int64_t var_rows = std::max<int64_t>(
+      static_cast<int64_t>(p.layers.size()) + graph.norms, 1);
+  p.var1 = at::empty({var_rows, p.n1}, x1.options());
+  p.var2 = symmetric ? p.var1 : at::empty({var_rows, p.n2}, x1.options());
   for (const auto& h : p.layers) p.hermite |= h.kind == math::kHermite;
   if (p.hermite) {
     const int64_t K = math::kHermiteMaxTerms, C = math::kHermiteCheckpoints;
@@ -231,11 +336,18 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
     at::IntArrayRef act_ids, at::ArrayRef<double> act_params, at::ArrayRef<double> weight_var,
     at::ArrayRef<double> bias_var, at::ArrayRef<double> ntk_weight,
     at::ArrayRef<double> ntk_bias, const at::Tensor& gh_nodes, const at::Tensor& gh_weights,
-    bool force_quadrature, bool want_nngp, bool want_ntk, bool hermite_series) {
+    bool force_quadrature, bool want_nngp, bool want_ntk, bool hermite_series,
+    at::IntArrayRef graph_codes, at::IntArrayRef graph_ints, at::ArrayRef<double> graph_floats) {
   const AnalyticArgs args{{input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias},
                           act_ids,    act_params, weight_var, bias_var, ntk_weight, ntk_bias,
-                          force_quadrature, hermite_series && Backend::kHermiteSeries};
+                          force_quadrature, hermite_series && Backend::kHermiteSeries,
+                          graph_codes, graph_ints, graph_floats};
   check_analytic_args(x1_in, x2_in, args, gh_nodes, gh_weights, want_nngp, want_ntk);
+  const MlpGraph graph = make_mlp_graph(args, static_cast<int64_t>(act_ids.size()));
+  TORCH_CHECK_VALUE(graph.steps.empty() || x1_in.device().is_cpu(), "analytic_kernels: a "
+                    "graph program (graph_codes) runs on the CPU; on ", x1_in.device(),
+                    " run the graph with cnn_kernels on [N, n0, 1, 1] inputs "
+                    "(torch_ntk.analytic.fused.graph_program)");
 
   const bool symmetric = !x2_in.has_value();
   const at::Tensor x1 = x1_in.contiguous();
@@ -251,7 +363,8 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
   }
   AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "analytic_kernels", [&] {
     Backend::template run<scalar_t>(
-        make_analytic_problem<scalar_t>(x1, x2, symmetric, gram, args, gh_nodes, gh_weights),
+        make_analytic_problem<scalar_t>(x1, x2, symmetric, gram, args, graph, gh_nodes,
+                                        gh_weights),
         nngp, ntk);
   });
   const auto empty = at::empty({0}, x1.options());

@@ -26,6 +26,12 @@ inline const char* cnn_code_name(int64_t code) {
     case math::kCnnGlobalAvgPool: return "GLOBAL_AVGPOOL";
     case math::kCnnFlatten: return "FLATTEN";
     case math::kCnnDense: return "DENSE";
+    case math::kCnnPush: return "PUSH";
+    case math::kCnnLoad: return "LOAD";
+    case math::kCnnJoin: return "JOIN";
+    case math::kCnnLayerNorm: return "LAYERNORM";
+    case math::kCnnAvgPoolPad: return "AVGPOOL_PAD";
+    case math::kCnnGlobalSumPool: return "GLOBAL_SUMPOOL";
     default: return "?";
   }
 }
@@ -37,6 +43,7 @@ struct CnnPlan {
   bool needs_quadrature = false;
   int64_t plane = 1;    // entries of the largest plane
   int64_t var_len = 0;  // entries of one sample's variance row
+  int num_slots = 0;    // skip registers used (1 + the largest slot index)
 
   template <typename T>
   std::vector<math::CnnLayer<T>> cast() const {
@@ -49,6 +56,10 @@ struct CnnPlan {
       b.kh = a.kh; b.kw = a.kw; b.sh = a.sh; b.sw = a.sw; b.dh = a.dh; b.dw = a.dw;
       b.ph = a.ph; b.pw = a.pw; b.circular = a.circular;
       b.var_offset = a.var_offset;
+      b.slot = a.slot; b.mode = a.mode; b.affine = a.affine;
+      b.coef = static_cast<T>(a.coef);
+      b.coef_slot = static_cast<T>(a.coef_slot);
+      b.eps = static_cast<T>(a.eps);
       b.act.act = a.act.act;
       b.act.kind = a.act.kind;
       b.act.param = static_cast<T>(a.act.param);
@@ -77,16 +88,26 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
   // DENSE may follow), or scalars (after GLOBAL_AVGPOOL or DENSE).
   enum { kSpatial, kFlat, kScalar } state = kSpatial;
   bool gaussian = false;  // a CONV or DENSE since the last ACTIVATION
+  bool dense = false;     // the current features are a DENSE's (+ graph steps)
   int64_t h = h0, w = w0, max_positions = h0 * w0;
   bool pooled = false;
+  // The skip registers: what a PUSH saved (the state's kind, size and flags).
+  struct Slot {
+    bool filled = false;
+    int state = 0;
+    int64_t h = 0, w = 0;
+    bool gaussian = false, dense = false;
+  };
+  Slot slots[math::kCnnMaxSlots];
   for (size_t l = 0; l < codes.size(); ++l) {
     const int64_t code = codes[l];
     TORCH_CHECK_VALUE(code >= 0 && code < math::kCnnNumCodes, op, ": layer_codes[", l, "] = ",
                       code, " is not a layer code (0 CONV, 1 ACTIVATION, 2 AVGPOOL, "
-                      "3 GLOBAL_AVGPOOL, 4 FLATTEN, 5 DENSE)");
+                      "3 GLOBAL_AVGPOOL, 4 FLATTEN, 5 DENSE, 6 PUSH, 7 LOAD, 8 JOIN, "
+                      "9 LAYERNORM, 10 AVGPOOL_PAD, 11 GLOBAL_SUMPOOL)");
     const char* name = cnn_code_name(code);
-    static const int kInts[] = {11, 1, 4, 0, 0, 0};
-    static const int kFloats[] = {4, 1, 0, 0, 0, 4};
+    static const int kInts[] = {11, 1, 4, 0, 0, 0, 1, 1, 1, 2, 7, 0};
+    static const int kFloats[] = {4, 1, 0, 0, 0, 4, 0, 0, 2, 1, 0, 0};
     TORCH_CHECK_VALUE(ni + kInts[code] <= ints.size(), op, ": layer ", l, " (", name,
                       ") needs ", kInts[code], " entries of layer_ints from index ", ni,
                       "; layer_ints has only ", ints.size());
@@ -110,7 +131,85 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
     } else {
       L.h_in = L.w_in = 1;
     }
-    if (code == math::kCnnConv || code == math::kCnnDense) {
+    if (code == math::kCnnPush || code == math::kCnnLoad || code == math::kCnnJoin) {
+      TORCH_CHECK_VALUE(I[0] >= 0 && I[0] < math::kCnnMaxSlots, op, ": layer ", l, " (", name,
+                        "): slot = ", I[0], " is out of range; layer_ints must name a skip "
+                        "register 0..", math::kCnnMaxSlots - 1);
+      L.slot = static_cast<int>(I[0]);
+      Slot& S = slots[L.slot];
+      plan.num_slots = std::max(plan.num_slots, L.slot + 1);
+      if (code == math::kCnnPush) {
+        S.filled = true;
+        S.state = state; S.h = h; S.w = w; S.gaussian = gaussian; S.dense = dense;
+      } else {
+        TORCH_CHECK_VALUE(S.filled, op, ": layer ", l, " (", name, ") reads slot ", L.slot,
+                          ", which no earlier PUSH filled; PUSH the fork's state first");
+        if (code == math::kCnnLoad) {
+          state = static_cast<decltype(state)>(S.state);
+          h = S.h; w = S.w; gaussian = S.gaussian; dense = S.dense;
+        } else {
+          TORCH_CHECK_VALUE(S.state == state && (state != kSpatial || (S.h == h && S.w == w)), op, ": layer ", l,
+                            " (JOIN): slot ", L.slot, " holds features of ", S.h, " x ", S.w,
+                            " positions", S.state == kFlat ? " (flattened)" : "", " and the "
+                            "current ones have ", h, " x ", w, state == kFlat ? " (flattened)" : "",
+                            "; a join needs the same positions and kind");
+          TORCH_CHECK_VALUE(F[0] >= 0 && F[1] >= 0, op, ": layer ", l, " (JOIN): the "
+                            "coefficients in layer_floats must be non-negative; got ", F[0],
+                            " and ", F[1]);
+          L.coef = F[0];
+          L.coef_slot = F[1];
+          gaussian = gaussian && S.gaussian;
+          dense = dense && S.dense;
+        }
+      }
+      if (state != kSpatial) L.h_in = L.w_in = 1;
+      else { L.h_in = static_cast<int>(h); L.w_in = static_cast<int>(w); }
+      L.h_out = L.h_in;
+      L.w_out = L.w_in;
+    } else if (code == math::kCnnLayerNorm) {
+      TORCH_CHECK_VALUE(state != kFlat, op, ": layer ", l, " (LAYERNORM) follows a FLATTEN; a "
+                        "DENSE must come first");
+      TORCH_CHECK_VALUE(I[0] == 0 || I[0] == 1, op, ": layer ", l, " (LAYERNORM): over = ", I[0],
+                        " in layer_ints must be 0 (per position) or 1 (over the positions)");
+      TORCH_CHECK_VALUE(I[1] == 0 || I[1] == 1, op, ": layer ", l, " (LAYERNORM): affine = ",
+                        I[1], " in layer_ints must be 0 or 1");
+      TORCH_CHECK_VALUE(F[0] >= 0, op, ": layer ", l, " (LAYERNORM): eps = ", F[0], " in "
+                        "layer_floats must be >= 0");
+      L.mode = static_cast<int>(I[0]);
+      L.affine = static_cast<int>(I[1]);
+      L.eps = F[0];
+      L.var_offset = plan.var_len;
+      plan.var_len += L.mode == 0 ? static_cast<int64_t>(L.h_in) * L.w_in : 1;
+      L.h_out = L.h_in;
+      L.w_out = L.w_in;
+    } else if (code == math::kCnnAvgPoolPad) {
+      TORCH_CHECK_VALUE(state == kSpatial, op, ": layer ", l, " is an AVGPOOL_PAD after a "
+                        "FLATTEN, GLOBAL_AVGPOOL or DENSE; pooling must come before them");
+      for (int k = 0; k < 4; ++k) {
+        TORCH_CHECK_VALUE(I[k] >= 1, op, ": layer ", l, " (AVGPOOL_PAD): kernel size and stride "
+                          "must be >= 1; got kh, kw, sh, sw = ", I[0], ", ", I[1], ", ", I[2],
+                          ", ", I[3]);
+      }
+      TORCH_CHECK_VALUE(I[4] >= 0 && I[5] >= 0 && 2 * I[4] <= I[0] && 2 * I[5] <= I[1], op,
+                        ": layer ", l, " (AVGPOOL_PAD): padding must be >= 0 and at most half "
+                        "the window; got ph, pw = ", I[4], ", ", I[5], " for a ", I[0], " x ",
+                        I[1], " window");
+      TORCH_CHECK_VALUE(I[6] == 0 || I[6] == 1, op, ": layer ", l, " (AVGPOOL_PAD): "
+                        "count_include_pad = ", I[6], " must be 0 or 1");
+      TORCH_CHECK_VALUE(I[0] <= h + 2 * I[4] && I[1] <= w + 2 * I[5], op, ": layer ", l,
+                        " (AVGPOOL_PAD): the window (", I[0], " x ", I[1], ") is larger than "
+                        "its padded input (", h + 2 * I[4], " x ", w + 2 * I[5], ")");
+      L.kh = static_cast<int>(I[0]); L.kw = static_cast<int>(I[1]);
+      L.sh = static_cast<int>(I[2]); L.sw = static_cast<int>(I[3]);
+      L.ph = static_cast<int>(I[4]); L.pw = static_cast<int>(I[5]);
+      L.mode = static_cast<int>(I[6]);
+      h = (h + 2 * L.ph - L.kh) / L.sh + 1;
+      w = (w + 2 * L.pw - L.kw) / L.sw + 1;
+      L.h_out = static_cast<int>(h);
+      L.w_out = static_cast<int>(w);
+      pooled = true;
+      dense = false;
+    } else if (code == math::kCnnConv || code == math::kCnnDense) {
       if (code == math::kCnnConv) {
         TORCH_CHECK_VALUE(state == kSpatial, op, ": layer ", l, " is a CONV after a ",
                           "FLATTEN, GLOBAL_AVGPOOL or DENSE; convolutions must come before them");
@@ -145,6 +244,7 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
         state = kScalar;
         L.h_out = L.w_out = 1;
       }
+      dense = code == math::kCnnDense;
       TORCH_CHECK_VALUE(F[0] >= 0 && F[1] >= 0 && F[2] >= 0 && F[3] >= 0, op, ": layer ", l, " (",
                         name, "): weight_var, bias_var, ntk_weight and ntk_bias must be "
                         "non-negative; got ", F[0], ", ", F[1], ", ", F[2], ", ", F[3]);
@@ -177,6 +277,7 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
       L.h_out = L.h_in;
       L.w_out = L.w_in;
       gaussian = false;
+      dense = false;
     } else if (code == math::kCnnAvgPool) {
       TORCH_CHECK_VALUE(state == kSpatial, op, ": layer ", l, " is an AVGPOOL after a FLATTEN, "
                         "GLOBAL_AVGPOOL or DENSE; pooling must come before them");
@@ -194,18 +295,21 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
       L.h_out = static_cast<int>(h);
       L.w_out = static_cast<int>(w);
       pooled = true;
-    } else {  // GLOBAL_AVGPOOL, FLATTEN
+      dense = false;
+    } else {  // GLOBAL_AVGPOOL, GLOBAL_SUMPOOL, FLATTEN
       TORCH_CHECK_VALUE(state == kSpatial, op, ": layer ", l, " (", name, ") must act on images; "
                         "it follows a FLATTEN, GLOBAL_AVGPOOL or DENSE");
-      if (code == math::kCnnGlobalAvgPool) pooled = true;
+      if (code != math::kCnnFlatten) pooled = true;
       state = code == math::kCnnFlatten ? kFlat : kScalar;
+      dense = false;
       L.h_out = L.w_out = 1;
     }
     max_positions = std::max<int64_t>(max_positions, static_cast<int64_t>(L.h_out) * L.w_out);
     plan.layers.push_back(L);
   }
-  TORCH_CHECK_VALUE(codes.back() == math::kCnnDense, op, ": the program must end with a DENSE "
-                    "layer (code 5); its last layer is ", cnn_code_name(codes.back()));
+  TORCH_CHECK_VALUE(state == kScalar && dense, op, ": the program must end with a DENSE "
+                    "layer (code 5), or with graph steps (LOAD, JOIN, LAYERNORM) on the scalars "
+                    "of DENSE layers; its last layer is ", cnn_code_name(codes.back()));
   TORCH_CHECK_VALUE(ni == ints.size() && nf == floats.size(), op, ": the program consumes ", ni,
                     " layer_ints and ", nf, " layer_floats; got ", ints.size(), " and ",
                     floats.size());
@@ -288,6 +392,7 @@ std::tuple<at::Tensor, at::Tensor> cnn_kernels_op(
     p.prog.w0 = static_cast<int>(x1_in.size(3));
     p.prog.plane = plan.plane;
     p.prog.var_len = std::max<int64_t>(plan.var_len, 1);  // the rows' stride
+    p.prog.num_slots = plan.num_slots;
     p.prog.gh = {nullptr, nullptr, 0};
     if (plan.needs_quadrature) {
       p.gh_nodes = gh_nodes.to(x1.options()).contiguous();

@@ -20,6 +20,15 @@ TORCH_LIBRARY(torch_ntk, m) {
   // hermite_series: smooth activations (tanh, sigmoid, SiLU, GELU, softplus) by their
   // Hermite series (csrc/math/hermite.h), the gh rule serving the pairs outside its
   // bound; false: by the 2-D gh rule throughout. force_quadrature overrides both.
+  // graph_codes (CPU only; empty: the hidden layers in order) runs a graph program
+  // between the hidden layers (csrc/math/mlp_graph.h), each step taking its arguments in
+  // order from graph_ints and graph_floats:
+  //   0 HIDDEN      the next hidden layer (each exactly once, in order)
+  //   1 PUSH, 2 LOAD  ints slot (0..3): register <- state / state <- register
+  //   3 JOIN        ints slot; floats a, b: Sigma <- a Sigma + b Sigma_slot, Theta likewise
+  //   4 LAYERNORM   ints affine (0/1); floats eps (>= 0)
+  //   5 LINEAR      floats weight_var, bias_var, ntk_weight, ntk_bias (a dense layer on
+  //                 the current pre-activations: a projection shortcut)
   // Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not wanted is an empty
   // tensor of shape [0].
   m.def(
@@ -27,7 +36,8 @@ TORCH_LIBRARY(torch_ntk, m) {
       "float input_ntk_weight, float input_ntk_bias, int[] act_ids, float[] act_params, "
       "float[] weight_var, float[] bias_var, float[] ntk_weight, float[] ntk_bias, "
       "Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, bool want_nngp, "
-      "bool want_ntk, bool hermite_series=True) -> (Tensor, Tensor)");
+      "bool want_ntk, bool hermite_series=True, int[] graph_codes=[], int[] graph_ints=[], "
+      "float[] graph_floats=[]) -> (Tensor, Tensor)");
   // Infinite-width NNGP and NTK of a CNN (csrc/math/cnn_recursion.h for the formulas).
   // x1 [N1, C0, H, W] (1-D inputs as [N, C, 1, L]), x2 [N2, C0, H, W] or None (x2 = x1,
   // result exactly symmetric). The network is a program: one code per layer, each taking
@@ -39,9 +49,23 @@ TORCH_LIBRARY(torch_ntk, m) {
   //   2 AVGPOOL         ints kh, kw, sh, sw
   //   3 GLOBAL_AVGPOOL  4 FLATTEN  (no arguments)
   //   5 DENSE           floats weight_var, bias_var, ntk_weight, ntk_bias
-  // The program ends with a DENSE; a DENSE follows GLOBAL_AVGPOOL, FLATTEN or DENSE
-  // (+ ACTIVATION). Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not wanted
-  // is an empty tensor of shape [0].
+  // Graph steps (csrc/math/cnn_graph.h for the formulas), for DAGs of layers:
+  //   6 PUSH            ints slot: copy the current planes into skip register slot (0..7)
+  //   7 LOAD            ints slot: the current planes <- the register (another branch)
+  //   8 JOIN            ints slot; floats a, b: Sigma <- a Sigma + b Sigma_slot, Theta
+  //                     likewise (an Add of coefficients c: a, b = c^2; a Concat of widths
+  //                     w: a, b = w / sum w); the register keeps its planes
+  //   9 LAYERNORM       ints over (0 per position, 1 over the positions), affine (0/1);
+  //                     floats eps (>= 0)
+  //  10 AVGPOOL_PAD     ints kh, kw, sh, sw, ph, pw (2 ph <= kh, 2 pw <= kw),
+  //                     count_include_pad (0/1)
+  //  11 GLOBAL_SUMPOOL  (no arguments)
+  // LOAD and JOIN need a register an earlier PUSH filled (JOIN: of the same positions);
+  // an ACTIVATION needs Gaussian features (a CONV or DENSE since the last activation, in
+  // every branch a JOIN sums). The program ends with a DENSE, or with graph steps on the
+  // scalars of DENSE layers; a DENSE follows GLOBAL_AVGPOOL, GLOBAL_SUMPOOL, FLATTEN or
+  // DENSE (+ ACTIVATION). Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not
+  // wanted is an empty tensor of shape [0].
   m.def(
       "cnn_kernels(Tensor x1, Tensor? x2, int[] layer_codes, int[] layer_ints, "
       "float[] layer_floats, Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, "

@@ -54,6 +54,9 @@ def analytic_kernels(
     want_nngp: bool = True,
     want_ntk: bool = True,
     hermite_series: bool = True,
+    graph_codes: Sequence[int] = (),
+    graph_ints: Sequence[int] = (),
+    graph_floats: Sequence[float] = (),
 ) -> tuple[Tensor, Tensor]:
     """Infinite-width (NNGP [N1, N2], NTK [N1, N2]) of an MLP; see csrc/math/recursion.h.
 
@@ -64,8 +67,11 @@ def analytic_kernels(
     come from :func:`torch_ntk.analytic.compiled_op_args`. ``gh_nodes``/``gh_weights``
     [degree] float64 are the Gauss–Hermite rule for activations without a closed form
     (with ``hermite_series``, the smooth ones use their Hermite series, csrc/math/hermite.h,
-    and the rule only where the series' bound is not met). An output not wanted is an
-    empty tensor [0].
+    and the rule only where the series' bound is not met). ``graph_codes`` (CPU only)
+    with ``graph_ints``/``graph_floats``: a graph program between the hidden layers
+    (0 HIDDEN, 1 PUSH, 2 LOAD, 3 JOIN, 4 LAYERNORM, 5 LINEAR; csrc/math/mlp_graph.h, the
+    table in csrc/torch_ntk.cpp; from :func:`torch_ntk.analytic.fused.mlp_graph_args`);
+    empty: the hidden layers in order. An output not wanted is an empty tensor [0].
     """
     check_built_for("torch_ntk.analytic_kernels", x1, x2)
     return torch.ops.torch_ntk.analytic_kernels.default(
@@ -74,7 +80,8 @@ def analytic_kernels(
         [float(p) for p in act_params], [float(v) for v in weight_var],
         [float(v) for v in bias_var], [float(v) for v in ntk_weight],
         [float(v) for v in ntk_bias], gh_nodes, gh_weights, bool(force_quadrature),
-        bool(want_nngp), bool(want_ntk), bool(hermite_series),
+        bool(want_nngp), bool(want_ntk), bool(hermite_series), [int(c) for c in graph_codes],
+        [int(i) for i in graph_ints], [float(f) for f in graph_floats],
     )
 
 
@@ -83,6 +90,7 @@ def _analytic_kernels_fake(
     x1, x2, input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias, act_ids,
     act_params, weight_var, bias_var, ntk_weight, ntk_bias,
     gh_nodes, gh_weights, force_quadrature, want_nngp, want_ntk, hermite_series=True,
+    graph_codes=(), graph_ints=(), graph_floats=(),
 ):
     torch._check(x1.dim() == 2, lambda: f"analytic_kernels: x1 must be 2-D; got {x1.shape}")
     if x2 is not None:
@@ -334,9 +342,10 @@ def cnn_kernels(
 
     x1 [N1, C0, H, W] (a 1-D input as [N, C, 1, L]), x2 [N2, C0, H, W] or None (x2 = x1:
     exactly symmetric results, half the pairs). The network is a program: ``layer_codes``
-    (0 CONV, 1 ACTIVATION, 2 AVGPOOL, 3 GLOBAL_AVGPOOL, 4 FLATTEN, 5 DENSE), each layer
-    taking its arguments in order from ``layer_ints`` and ``layer_floats`` (the table in
-    csrc/torch_ntk.cpp). ``gh_nodes``/``gh_weights`` [degree] are the Gauss–Hermite rule
+    (0 CONV, 1 ACTIVATION, 2 AVGPOOL, 3 GLOBAL_AVGPOOL, 4 FLATTEN, 5 DENSE; the graph steps
+    6 PUSH, 7 LOAD, 8 JOIN of skip registers, 9 LAYERNORM, 10 AVGPOOL_PAD, 11
+    GLOBAL_SUMPOOL), each layer taking its arguments in order from ``layer_ints`` and
+    ``layer_floats`` (the table in csrc/torch_ntk.cpp). ``gh_nodes``/``gh_weights`` [degree] are the Gauss–Hermite rule
     for activations without a closed form. An output not wanted is an empty tensor [0].
     """
     check_built_for("torch_ntk.cnn_kernels", x1, x2)

@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include "../analytic_spec.h"
+#include "../math/mlp_graph.h"
 #include "../math/recursion.h"
 #include "clones.h"
 
@@ -49,13 +50,16 @@ struct PairProblem {
   math::GaussHermite<T> gh;
   const SeriesLayer<T>* series;  // [num_layers]; used for math::kHermite layers
   math::InputLayer<T> input;
-  const T* var1;  // [num_layers, N1]: Sigma^(l)(x1_i, x1_i) entering hidden layer l
-  const T* var2;  // [num_layers, N2]
+  const T* var1;  // [rows, N1]: Sigma^(l)(x1_i, x1_i) entering hidden layer l (then the
+                  // LayerNorms' rows of a graph program)
+  const T* var2;  // [rows, N2]
   int64_t n1, n2;
   T* gram;        // [N1, N2] input Gram, overwritten by the first wanted output
   T* nngp;        // [N1, N2] or nullptr
   T* ntk;         // [N1, N2] or nullptr
   bool symmetric;
+  const math::MlpStep<T>* steps;  // a graph program (math/mlp_graph.h), or nullptr: a chain
+  int num_steps;
 };
 
 // A Hermite-series layer on the pairs (i, j0..j0+n): both series by Horner in rho over
@@ -115,16 +119,12 @@ inline __attribute__((always_inline)) void series_layer(const PairProblem<T>& P,
   for (int64_t k = 0; k < n; ++k) math::apply_layer(layer, ea[k], eb[k], sigma[k], theta[k]);
 }
 
-// Runs all layers for pairs (i, j0..j0+n) into sigma[0..n) and theta[0..n).
+// Hidden layer l on the pairs (i, j0..j0+n), in place.
 template <typename T>
-inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, int64_t i,
-                                                     int64_t j0, int64_t n, T* sigma, T* theta) {
-  const T* g = P.gram + i * P.n2 + j0;
-  for (int64_t k = 0; k < n; ++k) {
-    sigma[k] = P.input.sigma(g[k]);
-    theta[k] = P.input.theta(g[k]);
-  }
-  for (int64_t l = 0; l < P.num_layers; ++l) {
+inline __attribute__((always_inline)) void hidden_tile(const PairProblem<T>& P, int64_t l,
+                                                       int64_t i, int64_t j0, int64_t n,
+                                                       T* sigma, T* theta) {
+  {
     const math::HiddenLayer<T> layer = P.layers[l];
     const T q11 = P.var1[l * P.n1 + i];
     const T* q22 = P.var2 + l * P.n2 + j0;
@@ -160,6 +160,67 @@ inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, in
         break;
     }
   }
+}
+
+// A graph program's steps on the pairs (i, j0..j0+n), in place; its skip registers are
+// tiles of kTile pairs on the stack.
+template <typename T>
+inline __attribute__((always_inline)) void graph_tile(const PairProblem<T>& P, int64_t i,
+                                                      int64_t j0, int64_t n, T* sigma,
+                                                      T* theta) {
+  T slot_s[math::kMlpMaxSlots][kTile];
+  T slot_t[math::kMlpMaxSlots][kTile];
+  for (int k = 0; k < P.num_steps; ++k) {
+    const math::MlpStep<T> st = P.steps[k];
+    switch (st.code) {
+      case math::kMlpHidden:
+        hidden_tile(P, st.index, i, j0, n, sigma, theta);
+        break;
+      case math::kMlpPush:
+        std::copy(sigma, sigma + n, slot_s[st.index]);
+        std::copy(theta, theta + n, slot_t[st.index]);
+        break;
+      case math::kMlpLoad:
+        std::copy(slot_s[st.index], slot_s[st.index] + n, sigma);
+        std::copy(slot_t[st.index], slot_t[st.index] + n, theta);
+        break;
+      case math::kMlpJoin: {
+        const T a = st.f[0], b = st.f[1];
+        const T* ss = slot_s[st.index];
+        const T* tt = slot_t[st.index];
+        for (int64_t c = 0; c < n; ++c) {
+          sigma[c] = a * sigma[c] + b * ss[c];
+          theta[c] = a * theta[c] + b * tt[c];
+        }
+        break;
+      }
+      case math::kMlpLayerNorm: {
+        const T q11 = P.var1[st.index * P.n1 + i];
+        const T* q22 = P.var2 + st.index * P.n2 + j0;
+        for (int64_t c = 0; c < n; ++c) math::mlp_layernorm(st, q11, q22[c], sigma[c], theta[c]);
+        break;
+      }
+      default:  // kMlpLinear
+        for (int64_t c = 0; c < n; ++c) math::mlp_linear(st, sigma[c], theta[c]);
+        break;
+    }
+  }
+}
+
+// Runs all layers for pairs (i, j0..j0+n) into sigma[0..n) and theta[0..n).
+template <typename T>
+inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, int64_t i,
+                                                     int64_t j0, int64_t n, T* sigma, T* theta) {
+  const T* g = P.gram + i * P.n2 + j0;
+  for (int64_t k = 0; k < n; ++k) {
+    sigma[k] = P.input.sigma(g[k]);
+    theta[k] = P.input.theta(g[k]);
+  }
+  if (P.num_steps > 0) {
+    graph_tile(P, i, j0, n, sigma, theta);
+    return;
+  }
+  for (int64_t l = 0; l < P.num_layers; ++l) hidden_tile(P, l, i, j0, n, sigma, theta);
 }
 
 // All pairs of row i, written in place (x2 given).
@@ -244,6 +305,24 @@ void sample_pass(const AnalyticProblem<T>& p, const math::GaussHermite<T>& gh, i
   const int64_t n = sq.numel();
   const int64_t num_layers = static_cast<int64_t>(p.layers.size());
   const math::HiddenLayer<T>* layers = p.layers.data();
+  if (!p.steps.empty()) {  // a graph program: its steps on q, per sample
+    const math::HermiteSampleTables<T> tables =
+        p.hermite ? hermite_tables(p, set) : math::HermiteSampleTables<T>{};
+    const int num_steps = static_cast<int>(p.steps.size());
+    at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        auto next = [&](int l, T q) {
+          const auto& layer = layers[l];
+          if (layer.kind != math::kHermite) return math::next_variance(layer, gh, q);
+          const double e = math::hermite_sample(layer.act, layer.param, q, l, n, s, tables);
+          return layer.weight_var * static_cast<T>(e) + layer.bias_var;
+        };
+        math::mlp_graph_variances(p.steps.data(), num_steps, p.input.sigma(sq_norms[s]), n, s,
+                                  v, next);
+      }
+    });
+    return;
+  }
   if (!p.hermite) {
     at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
@@ -314,7 +393,9 @@ struct CpuAnalytic {
                            p.gram.template data_ptr<T>(),
                            nngp.defined() ? nngp.data_ptr<T>() : nullptr,
                            ntk.defined() ? ntk.data_ptr<T>() : nullptr,
-                           p.symmetric};
+                           p.symmetric,
+                           p.steps.empty() ? nullptr : p.steps.data(),
+                           static_cast<int>(p.steps.size())};
     const int64_t n1 = p.n1;
     if (p.symmetric) {
       // Block b holds rows [b kRows, ...) and its pairs j >= i: pairing block k with block

@@ -1,7 +1,8 @@
 // CPU implementation of cnn_kernels (csrc/math/cnn_recursion.h for the formulas).
 //
 // One thread runs one pair at a time through every layer, with the pair's planes in a
-// per-thread scratch buffer of 4 planes (Sigma, Theta and the next layer's two). A
+// per-thread scratch buffer of 4 planes (Sigma, Theta and the next layer's two) and 2
+// per skip register of a graph program. A
 // parallel pass over the samples first runs each pair (x, x) and records its variance
 // row; then a parallel pass over the pairs (j >= i only when x2 is None, mirrored, so
 // the result is exactly symmetric) writes the [N1, N2] outputs.
@@ -62,7 +63,7 @@ struct CpuCnn {
                static_cast<int>(p.gh_nodes.numel())};
     const int64_t dim = p.x1.size(1);
     const int64_t var_len = prog.var_len;
-    const int64_t scratch_len = 4 * prog.plane;
+    const int64_t scratch_len = math::cnn_scratch_len(prog.plane, prog.num_slots);
 
     auto self_pass = [&](const at::Tensor& x, const at::Tensor& var) {
       const T* xs = x.data_ptr<T>();

@@ -2,7 +2,8 @@
 // (csrc/math/cnn_recursion.h).
 //
 // One block per pair (a grid of blocks loops over the pairs): the block's threads split
-// every plane of the pair and synchronize between layers. The 4 planes live in dynamic
+// every plane of the pair and synchronize between layers. The 4 planes (and 2 per skip
+// register of a graph program) live in dynamic
 // shared memory when they fit (up to the device's opt-in limit), else in a global
 // scratch buffer with one slice per block (the grid is then sized to a memory budget).
 // A first launch runs the self pairs (x, x) and records the variance rows; with
@@ -88,14 +89,14 @@ struct Launch {
   int64_t items;             // samples (self launch) or pairs
   T* nngp;                   // [n1, n2] or nullptr
   T* ntk;                    // [n1, n2] or nullptr
-  T* scratch;                // global scratch [gridDim.x, 4 * plane], or nullptr: shared
+  T* scratch;                // global scratch [gridDim.x, cnn_scratch_len], or nullptr: shared
 };
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) cnn_kernel(Launch<T> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* red = reinterpret_cast<T*>(smem_raw);
-  const int64_t per_block = 4 * a.prog.plane;
+  const int64_t per_block = math::cnn_scratch_len(a.prog.plane, a.prog.num_slots);
   T* scratch = a.scratch != nullptr ? a.scratch + blockIdx.x * per_block : red + 2 * blockDim.x;
   const BlockTeam<T> team{red};
   const int64_t var_len = a.prog.var_len;
@@ -156,7 +157,8 @@ struct CudaCnn {
 
     // Shared memory: the reduction buffer, and the planes when they fit.
     const size_t red_bytes = 2 * kThreads * sizeof(T);
-    const size_t plane_bytes = 4 * static_cast<size_t>(p.prog.plane) * sizeof(T);
+    const int64_t per_pair = math::cnn_scratch_len(p.prog.plane, p.prog.num_slots);
+    const size_t plane_bytes = static_cast<size_t>(per_pair) * sizeof(T);
     int optin = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                           p.x1.get_device()));
@@ -174,8 +176,8 @@ struct CudaCnn {
       if (!in_shared) {
         blocks = std::max<int64_t>(
             1, std::min<int64_t>(blocks, kScratchBudget / static_cast<int64_t>(plane_bytes)));
-        if (!scratch.defined() || scratch.numel() < blocks * 4 * p.prog.plane) {
-          scratch = at::empty({blocks * 4 * p.prog.plane}, p.x1.options());
+        if (!scratch.defined() || scratch.numel() < blocks * per_pair) {
+          scratch = at::empty({blocks * per_pair}, p.x1.options());
         }
         a.scratch = scratch.template data_ptr<T>();
       } else {

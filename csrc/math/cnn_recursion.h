@@ -30,6 +30,7 @@
 #include <cstdint>
 
 #include "activations.h"
+#include "cnn_graph.h"
 #include "hostdevice.h"
 #include "quadrature.h"
 #include "recursion.h"
@@ -45,7 +46,13 @@ enum CnnCode : int {
   kCnnGlobalAvgPool = 3,
   kCnnFlatten = 4,
   kCnnDense = 5,
-  kCnnNumCodes = 6,
+  kCnnPush = 6,            // the graph steps: csrc/math/cnn_graph.h
+  kCnnLoad = 7,
+  kCnnJoin = 8,
+  kCnnLayerNorm = 9,
+  kCnnAvgPoolPad = 10,
+  kCnnGlobalSumPool = 11,
+  kCnnNumCodes = 12,
 };
 
 // One layer of a validated program, with the geometry of its input and output (a
@@ -57,7 +64,12 @@ struct CnnLayer {
   int kh, kw, sh, sw, dh, dw;  // CONV and AVGPOOL (dilation 1 for pools)
   int ph, pw;                  // CONV: padding before the first row / column
   int circular;                // CONV: 1 circular padding, 0 zeros
-  int64_t var_offset;          // ACTIVATION: where its P_in variances sit in a variance row
+  int64_t var_offset;          // ACTIVATION, LAYERNORM: where its variances sit in a row
+  int slot;                    // PUSH, LOAD, JOIN: the skip register
+  int mode;                    // LAYERNORM: over (0 per position, 1 position mean);
+                               // AVGPOOL_PAD: count_include_pad
+  int affine;                  // LAYERNORM: 1 with a trained gain and bias
+  T coef, coef_slot, eps;      // JOIN: Sigma <- coef Sigma + coef_slot Sigma_slot; LAYERNORM eps
   HiddenLayer<T> act;          // ACTIVATION: act, kind, param, slopes (weights unused);
                                // CONV/DENSE: weight_var, bias_var, ntk_weight, ntk_bias
 };
@@ -70,6 +82,7 @@ struct CnnProgram {
   int c0, h0, w0;    // input channels and image size
   int64_t plane;     // entries of the largest plane (max P^2 full, max P diagonal)
   int64_t var_len;   // stride of a sample's variance row (>= sum of P_in over activations)
+  int num_slots;     // skip registers in use (2 planes each after the 4 working planes)
   GaussHermite<T> gh;
 };
 
@@ -482,8 +495,9 @@ template <typename T, typename Team>
 TNTK_HD void cnn_reduce(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                         const T* sigma_in, const T* theta_in, T* sigma_out, T* theta_out) {
   const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
-  const bool all = L.code == kCnnGlobalAvgPool;
+  const bool all = L.code == kCnnGlobalAvgPool || L.code == kCnnGlobalSumPool;
   const int64_t n = all ? P * P : P;
+  const T divisor = L.code == kCnnGlobalSumPool ? T(1) : T(n);
   T acc_s = T(0), acc_t = T(0);
   for (int64_t e = team.begin(); e < n; e += team.step()) {
     const int64_t k = all ? e : cnn_index(prog.full, P, e, e);
@@ -492,8 +506,8 @@ TNTK_HD void cnn_reduce(const CnnProgram<T>& prog, const CnnLayer<T>& L, const T
   }
   team.sum2(acc_s, acc_t);
   if (team.begin() == 0) {
-    sigma_out[0] = acc_s / T(n);
-    theta_out[0] = acc_t / T(n);
+    sigma_out[0] = acc_s / divisor;
+    theta_out[0] = acc_t / divisor;
   }
 }
 
@@ -509,7 +523,8 @@ TNTK_HD void upper_triangle_pair(int64_t n, int64_t k, int64_t& i, int64_t& j) {
 }
 
 // Runs the whole program on the pair (x, xp) [C0, H0 * W0] and returns its NNGP and NTK.
-// scratch holds 4 * prog.plane entries. var1/var2 are the samples' variance rows; a self
+// scratch holds cnn_scratch_len(prog.plane, prog.num_slots) entries (the working planes,
+// then the skip registers). var1/var2 are the samples' variance rows; a self
 // pass (x = xp) passes var_out, into which it records them (var1 = var2 = var_out).
 template <typename T, typename Team>
 TNTK_HD void cnn_pair(const CnnProgram<T>& prog, const Team& team, const T* x, const T* xp,
@@ -542,7 +557,45 @@ TNTK_HD void cnn_pair(const CnnProgram<T>& prog, const Team& team, const T* x, c
       case kCnnAvgPool:
         cnn_avgpool(L, team, sigma, theta, sigma_next, theta_next);
         break;
-      default:  // kCnnGlobalAvgPool, kCnnFlatten
+      case kCnnAvgPoolPad:
+        cnn_avgpool_padded(L, team, sigma, theta, sigma_next, theta_next);
+        break;
+      case kCnnPush:
+      case kCnnLoad: {
+        T* slot_s = cnn_slot_sigma(scratch, prog.plane, L.slot);
+        T* slot_t = slot_s + prog.plane;
+        const int64_t n = cnn_plane_size(prog.full, static_cast<int64_t>(L.h_in) * L.w_in);
+        if (L.code == kCnnPush) {
+          cnn_copy_planes(team, n, sigma, theta, slot_s, slot_t);
+        } else {
+          cnn_copy_planes(team, n, static_cast<const T*>(slot_s), static_cast<const T*>(slot_t),
+                          sigma, theta);
+        }
+        swap = false;
+        break;
+      }
+      case kCnnJoin: {
+        const T* slot_s = cnn_slot_sigma(scratch, prog.plane, L.slot);
+        const int64_t n = cnn_plane_size(prog.full, static_cast<int64_t>(L.h_in) * L.w_in);
+        cnn_join(team, n, L.coef, L.coef_slot, slot_s, slot_s + prog.plane, sigma, theta);
+        swap = false;
+        break;
+      }
+      case kCnnLayerNorm: {
+        const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
+        if (var_out != nullptr) {
+          cnn_layernorm_record(prog.full, P, L.mode, team, sigma, var_out + L.var_offset);
+          team.sync();
+          cnn_layernorm(prog.full, P, L.mode, L.affine, L.eps, team, var_out + L.var_offset,
+                        var_out + L.var_offset, sigma, theta);
+        } else {
+          cnn_layernorm(prog.full, P, L.mode, L.affine, L.eps, team, var1 + L.var_offset,
+                        var2 + L.var_offset, sigma, theta);
+        }
+        swap = false;
+        break;
+      }
+      default:  // kCnnGlobalAvgPool, kCnnGlobalSumPool, kCnnFlatten
         cnn_reduce(prog, L, team, sigma, theta, sigma_next, theta_next);
         break;
     }

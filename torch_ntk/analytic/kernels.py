@@ -32,7 +32,7 @@ from .. import ops
 from ..activations import hermite_rule, quadrature_degree_for
 from ..lifting.lift import LayerSpec, lift
 from .cnn import cnn_kernels, pair_floats
-from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree
+from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree, mlp_graph_args
 from .refusal import no_limit_error
 from .autograd import differentiable_kernels, needs_grad, with_variances
 from .._utils.validation import check_batch, check_choices
@@ -179,9 +179,11 @@ def _differentiable(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: t
 
 def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
               quadrature_degree: Optional[int], force_quadrature: bool) -> Kernels:
-    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op (a graph spec: the
-    torch walker, until the ops have skip registers)."""
-    if not spec.is_mlp or spec.is_graph:
+    """Both kernels of (x1, x2) by one call of the fused MLP or CNN op (an MLP graph on the
+    CPU: the MLP op's graph program when it has one; other graphs: the CNN op's program
+    with skip registers; ``torch_ntk.analytic.fused``)."""
+    graph = mlp_graph_args(spec) if spec.is_mlp and spec.is_graph else None
+    if not spec.is_mlp or (spec.is_graph and (graph is None or x1.device.type != "cpu")):
         return _cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     x1 = check_batch("analytic_kernels", "x1", x1, features=spec.input_features,
                      flatten=spec.flatten_input)
@@ -193,7 +195,7 @@ def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
         quadrature_degree = default_quadrature_degree(spec, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)
     nngp, ntk = ops.analytic_kernels(
-        x1, x2, **compiled_op_args(spec), gh_nodes=nodes.to(x1.device),
+        x1, x2, **(graph or compiled_op_args(spec)), gh_nodes=nodes.to(x1.device),
         gh_weights=weights.to(x1.device),
         force_quadrature=force_quadrature, want_nngp="nngp" in wanted, want_ntk="ntk" in wanted,
         hermite_series=series,
@@ -216,14 +218,17 @@ def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tupl
     :func:`torch_ntk.analytic.fused.cnn_op_args`), or, when a layer kind has no op encoding,
     by the same recursion in plain torch (:func:`torch_ntk.analytic.cnn.cnn_kernels`, also
     the tests' and benchmarks' reference)."""
-    program = None if spec.is_graph else cnn_op_args(spec)
+    program = cnn_op_args(spec)
     if program is None:  # a layer kind without an op encoding: the torch walker runs it
         got = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
         return Kernels(got.nngp, got.ntk)
     x1 = spec.check_input("analytic_kernels", "x1", x1)
     if x2 is not None:
         x2 = spec.check_input("analytic_kernels", "x2", x2, like=x1)
-    if spec.spatial_dims == 1:  # [N, C, L] runs as [N, C, 1, L]
+    if spec.is_mlp:  # an MLP graph runs as [N, n0, 1, 1] (fused.graph_program)
+        x1 = x1[:, :, None, None]
+        x2 = None if x2 is None else x2[:, :, None, None]
+    elif spec.spatial_dims == 1:  # [N, C, L] runs as [N, C, 1, L]
         x1 = x1.unsqueeze(2)
         x2 = None if x2 is None else x2.unsqueeze(2)
     if quadrature_degree is None:

@@ -11,13 +11,15 @@ markdown table.
 - :mod:`torch_ntk.bench.cnn` — the fused infinite-width CNN kernel op against the eager
   plain-torch recursion, and its FLOP/s against a float32 matmul;
 - :mod:`torch_ntk.bench.cnn_structured` — the structured finite-width CNN NTK against
-  torch.func's vmap(jacrev), ``method="jacobian"`` and the Gram GEMMs alone.
+  torch.func's vmap(jacrev), ``method="jacobian"`` and the Gram GEMMs alone;
+- :mod:`torch_ntk.bench.graph` — graph kernels on the fused op: a residual CNN against
+  the torch walker, a residual MLP against the chain MLP op.
 
 Timings are medians after warm-up (CUDA events on a GPU); ratios against baselines run
 in the same process are the claim, never an assertion in a test.
 """
 
-SUITES = ("analytic", "empirical", "tracker", "cnn", "cnn_structured")
+SUITES = ("analytic", "empirical", "tracker", "cnn", "cnn_structured", "graph")
 
 # The help of ``torch-ntk bench``.
 HELP = """\
@@ -33,6 +35,8 @@ Run the benchmark suites of torch_ntk.bench (the same code as benchmarks/*.py):
              the eager plain-torch recursion; its FLOP/s against a float32 matmul
   cnn_structured  the structured finite-width CNN NTK against vmap(jacrev), the
              Jacobian method and the Gram GEMMs alone (CPU)
+  graph      graph kernels on the fused op: a residual CNN (two blocks, GAP) against
+             the torch walker, a residual MLP (depth 10) against the chain MLP op
 
 Each suite writes OUT/<suite>_<device>.json and prints its markdown table; times are
 medians after warm-up (CUDA events on a GPU). --quick runs small cases (seconds to a

@@ -13,7 +13,7 @@
         it in tiles over the ranks, resumable (torch_ntk.kernel_command).
     torch-ntk quickstart
         The infinite-width kernels against averages of random networks, printed.
-    torch-ntk bench [analytic|empirical|tracker|cnn|cnn_structured|all] [--device cpu|cuda] [--quick] [--out DIR]
+    torch-ntk bench [analytic|empirical|tracker|cnn|cnn_structured|graph|all] [--device cpu|cuda] [--quick] [--out DIR]
         The benchmark suites (torch_ntk.bench): the fused ops against their baselines in
         the same process; writes DIR/<suite>_<device>.json and prints markdown tables.
 

@@ -35,10 +35,12 @@ from typing import ClassVar, Optional, Union
 
 from torch import Tensor, nn
 
-from .base import LiftOptions, Position, kernel_rule, lifts, refusal
+from .base import LiftOptions, Position, kernel_rule, lifts, op_encoding, refusal
 from .state import KernelState
 
-__all__ = ["HOMOGENEOUS", "LAYERNORM_AXES", "LayerNorm"]
+__all__ = ["HOMOGENEOUS", "LAYERNORM", "LAYERNORM_AXES", "LayerNorm"]
+
+LAYERNORM = 9  # the fused CNN op's layer code
 
 LAYERNORM_AXES = ("features", "channels", "channels_positions")
 # Activations with φ′(u)·u = φ(u) (positively homogeneous of degree 1): exact after an affine
@@ -136,3 +138,10 @@ def layer_norm_kernel(layer: LayerNorm, state: KernelState) -> KernelState:
     if layer.affine:
         ntk = ntk + nngp + 1.0
     return state.replace(nngp=nngp, ntk=ntk, gain_term=layer.affine)
+
+
+@op_encoding(LayerNorm)
+def layer_norm_encoding(layer: LayerNorm) -> tuple[int, list[int], list[float]]:
+    """LAYERNORM | over (0: per position, "features" and "channels"; 1: the mean over the
+    positions, "channels_positions"), affine | eps."""
+    return LAYERNORM, [int(layer.over == "channels_positions"), int(layer.affine)], [layer.eps]

@@ -23,10 +23,11 @@ from .base import LiftOptions, Position, describe, kernel_rule, lifts, op_encodi
 from .conv import window_mean
 from .state import KernelState
 
-__all__ = ["AVGPOOL", "AvgPool", "FLATTEN", "Flatten", "GLOBAL_AVGPOOL", "GlobalAvgPool",
+__all__ = ["AVGPOOL", "AVGPOOL_PAD", "AvgPool", "FLATTEN", "Flatten", "GLOBAL_AVGPOOL", "GlobalAvgPool",
            "pool_planes"]
 
 AVGPOOL, GLOBAL_AVGPOOL, FLATTEN = 2, 3, 4  # the fused CNN op's layer codes
+AVGPOOL_PAD = 10  # the padded average pool's code
 
 
 @dataclass(frozen=True)
@@ -213,12 +214,12 @@ def flatten_kernel(layer: Flatten, state: KernelState) -> KernelState:
 
 
 @op_encoding(AvgPool)
-def avg_pool_encoding(layer: AvgPool) -> Optional[tuple[int, list[int], list[float]]]:
-    """AVGPOOL | kh, kw, sh, sw |; None (no code: the torch walker runs the spec) when
-    padded."""
+def avg_pool_encoding(layer: AvgPool) -> tuple[int, list[int], list[float]]:
+    """AVGPOOL | kh, kw, sh, sw |; padded: AVGPOOL_PAD | kh, kw, sh, sw, ph, pw,
+    count_include_pad |."""
+    k, s, _, p = layer.window()
     if layer.padded:
-        return None
-    k, s, _, _ = layer.window()
+        return AVGPOOL_PAD, [*k, *s, p[0][0], p[1][0], int(layer.count_include_pad)], []
     return AVGPOOL, [*k, *s], []
 
 

@@ -12,8 +12,8 @@ kernels are bilinear in the features, so each position index contributes a facto
     SumPool:        K_{p,p′} ← Σ_{q∈B(p), q′∈B(p′)} K_{q,q′} = |B|²·(AvgPool's K), T likewise
     GlobalSumPool:  K ← Σ_{p,p′} K_{p,p′} = P²·(GlobalAvgPool's K), T likewise (a readout)
 
-Both need full position planes. The fused CNN op has no sum-pool code, so a spec with one
-runs on the torch walker (:mod:`torch_ntk.analytic.graph`).
+Both need full position planes. The fused CNN op has a GLOBAL_SUMPOOL code; a spec with a
+windowed SumPool runs on the torch walker (:mod:`torch_ntk.analytic.graph`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import LiftOptions, Position, kernel_rule, lifts, lifts_functional, refusal
+from .base import (LiftOptions, Position, kernel_rule, lifts, lifts_functional, op_encoding,
+                   refusal)
 from .pool import WindowPool, pool_planes
 from .state import KernelState
 
-__all__ = ["GlobalSumPool", "SpatialSum", "SumPool", "WindowSum"]
+__all__ = ["GLOBAL_SUMPOOL", "GlobalSumPool", "SpatialSum", "SumPool", "WindowSum"]
+
+GLOBAL_SUMPOOL = 11  # the fused CNN op's layer code
 
 
 @dataclass(frozen=True)
@@ -143,3 +146,9 @@ def global_sum_pool_kernel(layer: GlobalSumPool, state: KernelState) -> KernelSt
     """K ← Σ_{p,p′} K_{p,p′}; T likewise. The readout: no positions after it."""
     dims = tuple(range(-2 * state.sets, 0))
     return state.replace(nngp=state.nngp.sum(dims), ntk=state.ntk.sum(dims), sets=0)
+
+
+@op_encoding(GlobalSumPool)
+def global_sum_pool_encoding(layer: GlobalSumPool) -> tuple[int, list[int], list[float]]:
+    """GLOBAL_SUMPOOL | no ints | no floats."""
+    return GLOBAL_SUMPOOL, [], []
