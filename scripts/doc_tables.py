@@ -38,6 +38,7 @@ def render_demo(payload: dict) -> str:
 
 
 _DIGIT_METHODS = [("cntk-gap", "CNTK-GAP"), ("cntk-flatten", "CNTK-Flatten"),
+                  ("cntk-resnet", "Residual CNTK (WRN-style)"), ("myrtle-5", "Myrtle-5 CNTK"),
                   ("mlp-ntk", "MLP NTK"), ("mlp-nngp", "MLP NNGP")]
 
 
