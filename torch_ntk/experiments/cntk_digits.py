@@ -14,13 +14,13 @@ Methods (test accuracy = argmax of the 10 outputs against the label):
   NTKLinear (:func:`torch_ntk.analytic_kernels`, the fused CNN op);
 - ``cntk-flatten``: the same convolutions with a Flatten → NTKLinear readout;
 - ``cntk-resnet``: the infinite-width NTK of a small WideResNet-style network written as a
-  PyTorch class (:class:`ResNet`: pre-activation residual blocks ``x + block(x)`` of 3×3
+  PyTorch class (``ResNet``: pre-activation residual blocks ``x + block(x)`` of 3×3
   convolutions, identity shortcuts, a 1×1 projection shortcut where the channels double and
   the image halves, global average pooling), lifted as a graph by
   :func:`torch_ntk.analytic_kernels` from the class itself;
 - ``myrtle-5``: the Myrtle-5 kernel of Shankar et al. (2020, "Neural kernels without
   tangents"), a chain of 3×3 'same' ReLU convolutions and 2×2 average pools
-  (:func:`myrtle`), adapted to 8×8 images: the paper's network on 32×32 images is
+  (``myrtle``), adapted to 8×8 images: the paper's network on 32×32 images is
   conv, conv, pool, conv, pool, conv, pool, pool, pool (32 → 16 → 8 → 4 → 2 → 1); on
   8×8 images the last three pools become one (8 → 4 → 2 → 1), so every conv sits where it
   sits in the paper relative to the pools and the readout still sees a 1×1 map;
@@ -188,7 +188,7 @@ class ResNet(nn.Module):
 
 
 def resnet(config: Config, width: int, device=None, dtype=None) -> ResNet:
-    """The ``cntk-resnet`` network (:class:`ResNet`) with the config's σ_w, σ_b."""
+    """The ``cntk-resnet`` network (``ResNet``) with the config's σ_w, σ_b."""
     return ResNet(width, config.weight_std, config.bias_std, device=device, dtype=dtype)
 
 
