@@ -70,6 +70,9 @@ def test_cntk_digits_tiny_run(tmp_path, capsys):
     assert not set(saved["results"]["test_indices"]) & {
         i for draw in saved["results"]["train_indices"] for i in draw}
     assert saved["seconds"]["kernel cntk-gap"] > 0 and saved["environment"]["torch"]
+    assert saved["seconds"]["kernel cntk-resnet"] > 0 and saved["seconds"]["kernel myrtle-5"] > 0
+    assert len(summary["load_average"]) == 2 and min(summary["load_average"]) >= 0
+    assert 0 < summary["cpu_seconds"]
     png = tmp_path / "cntk-digits.png"
     if importlib.util.find_spec("matplotlib") is not None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

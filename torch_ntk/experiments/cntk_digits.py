@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -297,6 +298,7 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
     """
     device = resolve_device(config.device)
     watch = Stopwatch()
+    load_before, cpu_before = os.getloadavg()[0], time.process_time()
     images, labels, test, draws = data(config)
     union = torch.unique(torch.cat(draws))            # sorted indices of all training images
     where = {int(i): j for j, i in enumerate(union)}  # image index → row of the kernels
@@ -329,6 +331,11 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
                 trained[f"cnn-{w}"][s][d] = result
     summary: dict[str, Any] = {"sizes": list(config.sizes), "test": config.test,
                                "chance": 1 / CLASSES, "training": "Adam, cross-entropy",
+                               # the machine's 1-minute load average at the start and the
+                               # end, and this process's CPU seconds: run times on a shared
+                               # machine mean little without them
+                               "load_average": [load_before, os.getloadavg()[0]],
+                               "cpu_seconds": time.process_time() - cpu_before,
                                "methods": {}}
     for m in methods:
         t = torch.tensor(acc[m], dtype=torch.float64)
