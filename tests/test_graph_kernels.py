@@ -326,3 +326,26 @@ def test_graph_cnn_on_same_position_diagonals():
         both = ref.concat([h, ref.conv(s, (4, 4), 1, 0, 0.8, 0.5)], [3, 2])
         return ref.dense(ref.flatten(both), 1.3, 0.4)
     check(FlatCNN(), forward, (2, 4, 4))
+
+
+class MeanBranches(nn.Module):
+    """h + 0.5·relu(W₁h) − 2·erf(W₂h): branches that start with their own weight layer and
+    end in an activation; of every two, one has mean zero (h, and erf: odd)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.w1, self.w2, self.out = lin(3, 4), lin(4, 4, 0.9), lin(4, 4, 1.1, 0.2), \
+            lin(4, 1)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + 0.5 * torch.relu(self.w1(h)) - 2 * torch.erf(self.w2(h)))
+
+
+def test_branches_ending_in_activations_with_a_zero_mean_partner():
+    def forward(s):
+        h = ref.dense(s, 1.3, 0.4)
+        a = ref.activation(ref.dense(h, 0.9, 0.4), "relu")
+        b = ref.activation(ref.dense(h, 1.1, 0.2), "erf")
+        return ref.dense(ref.add([h, a, b], [1.0, 0.5, -2.0]), 1.3, 0.4)
+    check(MeanBranches(), forward, (3,))

@@ -143,6 +143,7 @@ class Refused(nn.Module):
         super().__init__()
         self.case = case
         self.a, self.b, self.o = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 1)
+        self.c = nn.Linear(4, 4)
         self.conv, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3, 1)
         self.ln = nn.LayerNorm(5)
 
@@ -161,6 +162,9 @@ class Refused(nn.Module):
         if self.case == "resnet-v1":
             h = torch.relu(self.a(x))
             return self.o(torch.relu(h + self.b(h)))
+        if self.case == "two means":
+            h = self.a(x)
+            return self.o(torch.relu(self.b(h)) + torch.relu(self.c(h)))
         if self.case == "layernorm on W":
             return self.head(self.ln(self.conv(x)).mean((2, 3)))
         if self.case == "unsupported":
@@ -183,6 +187,8 @@ REFUSALS = [
                       "called by node a"),
     ("shared weight layer", r"adds branches that are not independent given their fork: neither "
                             r"node 0 \(Conv at conv\) nor node 1 \(AvgPool at avg_pool2d\)"),
+    ("two means", r"adds node 2 \(Activation\) and node 4 \(Activation\), neither of which "
+                  r"has mean zero .*node add \(call_function _operator\.add"),
     ("resnet-v1", r"applies a nonlinearity to node 3 \(Add at add\), which is not Gaussian .*"
                   rf"ResNet-v1 .*node relu_1 \(call_function torch\.relu, at .*{FILE}"),
     ("layernorm on W", r"node 1 \(LayerNorm at ln\) normalizes over features; its input gives 3 "
