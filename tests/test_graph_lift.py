@@ -348,3 +348,38 @@ def test_the_fused_path_declines_graphs_and_padded_pools():
 def test_activation_descriptor_is_the_graph_activation():
     spec = tn.lift(Residual())
     assert isinstance(spec.layers[1], Activation) and spec.layers[1].name == "tanh"
+
+
+class OneD(nn.Module):
+    """A 1-D residual CNN (LayerNorm over channels by permute(0, 2, 1), padded avg_pool1d),
+    or the same network as 2-D with (1, k) windows on [N, C, 1, L]."""
+
+    def __init__(self, two_d):
+        super().__init__()
+        self.two_d = two_d
+        if two_d:
+            self.a = NTKConv2d(2, 3, (1, 3), padding=(0, 1), dtype=D)
+            self.b = NTKConv2d(3, 3, (1, 3), padding=(0, 1), weight_std=0.8, dtype=D)
+        else:
+            self.a = tn.nn.NTKConv1d(2, 3, 3, padding=1, dtype=D)
+            self.b = tn.nn.NTKConv1d(3, 3, 3, padding=1, weight_std=0.8, dtype=D)
+        self.ln, self.o = nn.LayerNorm(3, dtype=D), NTKLinear(3, 1, dtype=D)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = h + self.b(F.relu(h))
+        if self.two_d:
+            h = self.ln(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            h = F.avg_pool2d(h, (1, 3), (1, 2), padding=(0, 1), count_include_pad=False)
+            return self.o(h.mean((2, 3)))
+        h = self.ln(h.permute(0, 2, 1)).permute(0, 2, 1)
+        return self.o(F.avg_pool1d(h, 3, 2, padding=1, count_include_pad=False).mean(2))
+
+
+def test_a_1d_graph_equals_the_2d_graph_of_height_one():
+    x1, x2 = torch.randn(3, 2, 7, dtype=D), torch.randn(2, 2, 7, dtype=D)
+    one = tn.analytic_kernels(OneD(False), x1, x2)
+    two = tn.analytic_kernels(OneD(True), x1[:, :, None], x2[:, :, None])
+    assert tn.lift(OneD(False)).spatial_dims == 1
+    for name in ("nngp", "ntk"):
+        torch.testing.assert_close(getattr(one, name), getattr(two, name), rtol=1e-12, atol=0)
