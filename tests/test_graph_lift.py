@@ -266,6 +266,9 @@ def test_more_refusals(model, match):
 
 
 @pytest.mark.parametrize("layers, inputs, match", [
+    ((Dense(3, 4), LayerNorm(affine=True), LayerNorm(), Activation("relu"), Dense(4, 1)),
+     ((-1,), (0,), (1,), (2,), (3,)), r"node 3 \(Activation\) follows node 2 \(LayerNorm\), "
+     "which carries the NTK term of an affine LayerNorm's gain"),
     ((Dense(3, 4), Dense(4, 1)), ((-1,), (1,)), r"node 1 \(Dense\) reads \(1,\)"),
     ((Dense(3, 4), Dense(3, 4), Add((1.0, 1.0)), Dense(4, 1)), ((-1,), (-1,), (0,), (2,)),
      r"node 2 \(Add\) reads 1 nodes; its layer takes 2"),

@@ -191,7 +191,9 @@ def _check_laws(layers: tuple, inputs: tuple) -> None:
                             "would be wrong. A ResNet-v1 block relu(x + f(x)) with x a "
                             "post-activation output is such a case; the pre-activation "
                             "block x + f(relu(norm(x))) is exact")
-            if gain[i] and not (_role(layers[i]) == "norm" and layer.name in HOMOGENEOUS):
+            right_after = (_role(layers[i]) == "norm" and layers[i].affine
+                           and not gain[inputs[i][0]])  # one gain term: the LayerNorm's own
+            if gain[i] and not (right_after and layer.name in HOMOGENEOUS):
                 raise _fail(k, layer, f"follows {_source(i, layers)}, which carries the NTK "
                             "term of an affine LayerNorm's gain (the product of the normalized "
                             "features): exact only for a ReLU-family activation "
