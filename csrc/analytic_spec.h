@@ -57,6 +57,8 @@ inline MlpGraph make_mlp_graph(const AnalyticArgs& a, int64_t hidden) {
   size_t ni = 0, nf = 0;
   int64_t next_hidden = 0;
   bool filled[math::kMlpMaxSlots] = {false, false, false, false};
+  bool gain = false;  // right after an affine LAYERNORM (kept by PUSH/LOAD registers)
+  bool slot_gain[math::kMlpMaxSlots] = {false, false, false, false};
   for (size_t k = 0; k < a.graph_codes.size(); ++k) {
     const int64_t code = a.graph_codes[k];
     TORCH_CHECK_VALUE(code >= 0 && code < math::kMlpNumCodes, op, ": graph_codes[", k, "] = ",
@@ -81,6 +83,11 @@ inline MlpGraph make_mlp_graph(const AnalyticArgs& a, int64_t hidden) {
     if (code == math::kMlpHidden) {
       TORCH_CHECK_VALUE(next_hidden < hidden, op, ": step ", k, " (HIDDEN) is hidden layer ",
                         next_hidden, "; act_ids has only ", hidden);
+      const int64_t id = a.act_ids[next_hidden];
+      TORCH_CHECK_VALUE(!gain || id <= math::kAbs, op, ": step ", k, " (HIDDEN): act_ids[",
+                        next_hidden, "] = ", id, " right after an affine LAYERNORM has no exact "
+                        "rule; only identity, relu, leaky_relu and abs (ids 0..3) do");
+      st.affine = gain ? 1 : 0;
       st.index = static_cast<int>(next_hidden++);
     } else if (code == math::kMlpLayerNorm) {
       TORCH_CHECK_VALUE(I == 0 || I == 1, op, ": step ", k, " (LAYERNORM): affine = ", I,
@@ -101,6 +108,7 @@ inline MlpGraph make_mlp_graph(const AnalyticArgs& a, int64_t hidden) {
       st.index = static_cast<int>(I);
       if (code == math::kMlpPush) {
         filled[I] = true;
+        slot_gain[I] = gain;
       } else {
         TORCH_CHECK_VALUE(filled[I], op, ": step ", k, " (", name, ") reads slot ", I,
                           ", which no earlier PUSH filled; PUSH the fork's state first");
@@ -112,6 +120,11 @@ inline MlpGraph make_mlp_graph(const AnalyticArgs& a, int64_t hidden) {
       }
     }
     g.steps.push_back(st);
+    if (code == math::kMlpLoad) {
+      gain = slot_gain[st.index];
+    } else if (code != math::kMlpPush) {
+      gain = code == math::kMlpLayerNorm && st.affine == 1;
+    }
   }
   TORCH_CHECK_VALUE(next_hidden == hidden, op, ": the program runs ", next_hidden, " HIDDEN "
                     "steps; act_ids has ", hidden, " hidden layers");

@@ -89,6 +89,7 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
   enum { kSpatial, kFlat, kScalar } state = kSpatial;
   bool gaussian = false;  // a CONV or DENSE since the last ACTIVATION
   bool dense = false;     // the current features are a DENSE's (+ graph steps)
+  bool gain = false;      // right after an affine LAYERNORM (its gain's NTK term)
   int64_t h = h0, w = w0, max_positions = h0 * w0;
   bool pooled = false;
   // The skip registers: what a PUSH saved (the state's kind, size and flags).
@@ -96,7 +97,7 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
     bool filled = false;
     int state = 0;
     int64_t h = 0, w = 0;
-    bool gaussian = false, dense = false;
+    bool gaussian = false, dense = false, gain = false;
   };
   Slot slots[math::kCnnMaxSlots];
   for (size_t l = 0; l < codes.size(); ++l) {
@@ -141,12 +142,13 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
       if (code == math::kCnnPush) {
         S.filled = true;
         S.state = state; S.h = h; S.w = w; S.gaussian = gaussian; S.dense = dense;
+        S.gain = gain;
       } else {
         TORCH_CHECK_VALUE(S.filled, op, ": layer ", l, " (", name, ") reads slot ", L.slot,
                           ", which no earlier PUSH filled; PUSH the fork's state first");
         if (code == math::kCnnLoad) {
           state = static_cast<decltype(state)>(S.state);
-          h = S.h; w = S.w; gaussian = S.gaussian; dense = S.dense;
+          h = S.h; w = S.w; gaussian = S.gaussian; dense = S.dense; gain = S.gain;
         } else {
           TORCH_CHECK_VALUE(S.state == state && (state != kSpatial || (S.h == h && S.w == w)), op, ": layer ", l,
                             " (JOIN): slot ", L.slot, " holds features of ", S.h, " x ", S.w,
@@ -160,6 +162,7 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
           L.coef_slot = F[1];
           gaussian = gaussian && S.gaussian;
           dense = dense && S.dense;
+          gain = false;
         }
       }
       if (state != kSpatial) L.h_in = L.w_in = 1;
@@ -182,6 +185,9 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
       plan.var_len += L.mode == 0 ? static_cast<int64_t>(L.h_in) * L.w_in : 1;
       L.h_out = L.h_in;
       L.w_out = L.w_in;
+      plan.layers.push_back(L);
+      gain = L.affine == 1;  // the next ACTIVATION sees the gain's term
+      continue;
     } else if (code == math::kCnnAvgPoolPad) {
       TORCH_CHECK_VALUE(state == kSpatial, op, ": layer ", l, " is an AVGPOOL_PAD after a "
                         "FLATTEN, GLOBAL_AVGPOOL or DENSE; pooling must come before them");
@@ -267,6 +273,12 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
         TORCH_CHECK_VALUE(F[0] > 0, op, ": layer ", l, " (ACTIVATION): softplus beta must be "
                           "positive; got ", F[0]);
       }
+      // After an affine LAYERNORM its gain adds u u' to the NTK: exact for the positively
+      // homogeneous activations (phi'(u) u = phi(u)), Theta <- E[phi'phi'] (Theta - K) + E[phi phi].
+      TORCH_CHECK_VALUE(!gain || id <= math::kAbs, op, ": layer ", l, " (ACTIVATION): act_id = ",
+                        id, " right after an affine LAYERNORM has no exact rule; only identity, "
+                        "relu, leaky_relu and abs (ids 0..3) do");
+      L.affine = gain ? 1 : 0;
       L.act.act = static_cast<int>(id);
       L.act.kind = math::expectation_kind(L.act.act, force_quadrature);
       L.act.param = F[0];
@@ -306,6 +318,7 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
     }
     max_positions = std::max<int64_t>(max_positions, static_cast<int64_t>(L.h_out) * L.w_out);
     plan.layers.push_back(L);
+    if (code != math::kCnnPush && code != math::kCnnLoad) gain = false;
   }
   TORCH_CHECK_VALUE(state == kScalar && dense, op, ": the program must end with a DENSE "
                     "layer (code 5), or with graph steps (LOAD, JOIN, LAYERNORM) on the scalars "

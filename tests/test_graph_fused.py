@@ -226,7 +226,7 @@ def smooth_residual_mlp(name):
     """A residual MLP of a smooth activation (the MLP op's Hermite-series or quadrature
     layers, whose per-sample tables follow the graph program's variances)."""
     act = from_name(name)
-    layers = (Dense(5, 8, 1.6, 0.1), act, Dense(8, 8, 1.9, 0.05), LayerNorm(1e-5, True,
+    layers = (Dense(5, 8, 1.6, 0.1), act, Dense(8, 8, 1.9, 0.05), LayerNorm(1e-5, False,
               "features", 8), act, Dense(8, 8, 1.4, 0.2), Add((1.0, 0.8)), act, Dense(8, 1))
     inputs = ((-1,), (0,), (1,), (2,), (3,), (4,), (0, 5), (6,), (7,))
     return LayerSpec(layers, inputs=inputs)
@@ -287,6 +287,8 @@ MLP_BAD = [
     (dict(graph_codes=[0, 0]), "HIDDEN"),
     (dict(graph_codes=[5], graph_floats=[1.0, 0.0, 1.0, 0.0]), "runs 0 HIDDEN steps"),
     (dict(graph_codes=[0, 9]), "is not a step code"),
+    (dict(graph_codes=[4, 0], graph_ints=[1], graph_floats=[0.0], act_ids=[4]),
+     "right after an affine LAYERNORM has no exact rule"),
 ]
 
 
@@ -295,5 +297,22 @@ def test_mlp_op_bad_graph_programs(kwargs, match):
     x = torch.randn(3, 4, dtype=torch.float64)
     empty = torch.zeros(0, dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
-        ops.analytic_kernels(x, None, 0.5, 0.1, 0.5, 0.1, [1], [0.0], [2.0], [0.1], [2.0], [0.1],
-                             empty, empty, **kwargs)
+        args = dict(act_ids=[1], act_params=[0.0], weight_var=[2.0], bias_var=[0.1],
+                    ntk_weight=[2.0], ntk_bias=[0.1], gh_nodes=empty, gh_weights=empty)
+        args.update(kwargs)
+        ops.analytic_kernels(x, None, 0.5, 0.1, 0.5, 0.1, **args)
+
+
+def test_grad_of_an_mlp_graph_routes_to_the_walker():
+    """An MLP graph with inputs that require grad: the walker's gradient, equal to finite
+    differences of the fused (MLP op) forward."""
+    spec = MLPS["residual projection alpha beta"]
+    x1, x2 = data("mlp")
+    x = x1.clone().requires_grad_(True)
+    analytic_kernels(spec, x, x2).ntk.sum().backward()
+    direction = torch.randn_like(x1)
+    h = 1e-6
+    fd = (analytic_kernels(spec, x1 + h * direction, x2).ntk.sum()
+          - analytic_kernels(spec, x1 - h * direction, x2).ntk.sum()) / (2 * h)
+    assert abs(float((x.grad * direction).sum() - fd)) < 1e-6 * max(1.0, abs(float(fd)))
+

@@ -317,17 +317,17 @@ def test_auto_chooses_the_jacobian_method_for_graphs_and_says_why(model, shape):
         tn.empirical_ntk(model, x, method="structured")
 
 
-def test_the_fused_path_declines_graphs_and_padded_pools():
-    """Graph specs and a chain with a padded pool run on the torch walker (no op program),
-    and the padded chain equals the independent reference."""
-    assert cnn_op_args(tn.lift(ChannelsLast())) is None
+def test_the_fused_path_runs_graphs_and_padded_pools():
+    """Graph specs and a chain with a padded pool run on the fused op (its program with skip
+    registers and AVGPOOL_PAD), and the padded chain equals the independent reference."""
+    assert cnn_op_args(tn.lift(ChannelsLast())) is not None
     torch.manual_seed(0)
     chain = nn.Sequential(NTKConv2d(2, 3, 3, padding=1, weight_std=1.2, bias_std=0.3,
                                        dtype=D), nn.ReLU(),
                           nn.AvgPool2d(3, 2, padding=1, count_include_pad=False), nn.Flatten(),
                           NTKLinear(27, 1, weight_std=1.3, bias_std=0.4, dtype=D))
     spec = tn.lift(chain)
-    assert not spec.is_graph and cnn_op_args(spec) is None
+    assert not spec.is_graph and cnn_op_args(spec)[0][2] == 10  # AVGPOOL_PAD
     unpadded = tn.lift(nn.Sequential(nn.Conv2d(2, 3, 3), nn.AvgPool2d(2), nn.Flatten(),
                                      nn.Linear(3, 1)))
     assert cnn_op_args(unpadded) is not None

@@ -7,8 +7,9 @@ blocks), and writes each step as matrix algebra: a convolution tap q is a block-
 selection matrix S_q, A(K) = (1/|Q|) Σ_q S_q K S_qᵀ; a pool is B K Bᵀ with B holding the
 window weights (1/n_p at the valid positions of window p); LayerNorm divides K by
 √((q_i + ε)(q_j + ε)) with q the diagonal of K (or its per-sample mean over positions);
-ReLU is the arc-cosine closed form on (diag K_i, diag K_j, K_ij); a join is the weighted
-sum of the stored matrices. The op's result is the [N1, N2] block of the last state.
+ReLU is the arc-cosine closed form on (diag K_i, diag K_j, K_ij) (right after an affine
+LayerNorm its gain's term u·u′ makes Θ ← E[φ′φ′]·(Θ − K) + E[φφ], φ′(u)·u = φ(u) for ReLU);
+a join is the weighted sum of the stored matrices. The op's result is the [N1, N2] block of the last state.
 """
 
 import math
@@ -43,9 +44,9 @@ def encode(net):
             codes.append(CONV)
             ints += [k, k, 1, 1, 1, 1, pad, pad, pad, pad, 0]
             floats += [wv, bv, wv, bv]
-        elif kind == "relu":
+        elif kind in ("relu", "tanh"):
             codes.append(ACT)
-            ints.append(RELU)
+            ints.append(RELU if kind == "relu" else 6)
             floats.append(0.0)
         elif kind == "dense":
             codes.append(DENSE)
@@ -125,9 +126,11 @@ def reference(net, x1, x2=None):
     T = np.zeros_like(K)
     slots = {}
     eye = np.eye(n)
+    gain = False  # right after an affine LayerNorm (kept in a slot by push/load)
     for step in net:
         kind = step[0]
         P = h * w
+        gain_in, gain = gain, False
         if kind == "conv":
             _, k, pad, wv, bv = step
             AK, AT = 0.0, 0.0
@@ -145,7 +148,7 @@ def reference(net, x1, x2=None):
             K, T = wv * K + bv, wv * K + bv + wv * T
         elif kind == "relu":
             e_phi, e_dphi = relu_maps(K)
-            K, T = e_phi, e_dphi * T
+            K, T = e_phi, (e_dphi * (T - K) + e_phi if gain_in else e_dphi * T)
         elif kind in ("gap", "gsum", "pool_pad", "flatten"):
             if kind == "flatten":
                 idx = np.arange(n)[:, None] * P + np.arange(P)[None, :]
@@ -169,12 +172,15 @@ def reference(net, x1, x2=None):
             K, T = K * s, T * s
             if affine:
                 T = T + K + 1.0
+                gain = True
         elif kind == "push":
-            slots[step[1]] = (K.copy(), T.copy(), h, w)
+            slots[step[1]] = (K.copy(), T.copy(), h, w, gain_in)
+            gain = gain_in
         elif kind == "load":
-            K, T, h, w = (a.copy() if isinstance(a, np.ndarray) else a for a in slots[step[1]])
+            K, T, h, w, gain = (a.copy() if isinstance(a, np.ndarray) else a
+                                for a in slots[step[1]])
         elif kind == "join":
-            Ks, Ts, hs, ws = slots[step[1]]
+            Ks, Ts, hs, ws, _ = slots[step[1]]
             assert (hs, ws) == (h, w)
             K, T = step[2] * K + step[3] * Ks, step[2] * T + step[3] * Ts
         else:
@@ -316,6 +322,19 @@ def test_the_checks_see_a_wrong_join():
     assert rel_err(run_op(pooled_cnn(3, 2, 1, False), x1, x2)[1], ref) > 1e-3
 
 
+def test_the_checks_see_a_wrong_layernorm():
+    """A LayerNorm that ignores eps, or normalizes per position where GroupNorm(1, C)
+    normalizes by the positions' mean, is far from the reference."""
+    x1, x2 = inputs("cnn")
+    good = ln_cnn(0, False)
+    ref = torch.from_numpy(reference(good, x1.numpy(), x2.numpy())[1])
+    no_eps = [("ln", 0, False, 0.0) if s[0] == "ln" else s for s in good]
+    ref_eps = torch.from_numpy(reference([("ln", 0, False, 0.5) if s[0] == "ln" else s
+                                          for s in good], x1.numpy(), x2.numpy())[1])
+    assert rel_err(run_op(no_eps, x1, x2)[1], ref_eps) > 1e-3
+    assert rel_err(run_op(ln_cnn(1, False), x1, x2)[1], ref) > 1e-3
+
+
 def test_layernorm_zero_features_give_zero_not_nan():
     """q = ε = 0 (a zero input through a bias-free layer): 0, the ε → 0+ limit, not NaN."""
     net = [("flatten",), ("dense", 1.0, 0.0), ("ln", 0, False, 0.0), ("dense", 1.0, 0.0)]
@@ -347,6 +366,9 @@ BAD = [
     ("activation of a sum with a non-Gaussian branch",
      [("flatten",), ("dense", 1.0, 0.0), ("relu",), ("push", 0), ("dense", 1.0, 0.0),
       ("join", 0, 1.0, 1.0), ("relu",), ("dense", 1.0, 0.0)], "must follow a CONV or DENSE"),
+    ("tanh after an affine layernorm", [("flatten",), ("dense", 1.0, 0.0), ("ln", 0, True, 0.0),
+                                         ("tanh",), ("dense", 1.0, 0.0)],
+     "right after an affine LAYERNORM has no exact rule"),
     ("pool padding over half the window", [("conv", 3, 1, 1.0, 0.0), ("pool_pad", 2, 2, 2, True),
                                            ("gap",), ("dense", 1.0, 0.0)],
      "at most half the window"),

@@ -70,7 +70,7 @@ def analytic_kernels(
     and the rule only where the series' bound is not met). ``graph_codes`` (CPU only)
     with ``graph_ints``/``graph_floats``: a graph program between the hidden layers
     (0 HIDDEN, 1 PUSH, 2 LOAD, 3 JOIN, 4 LAYERNORM, 5 LINEAR; csrc/math/mlp_graph.h, the
-    table in csrc/torch_ntk.cpp; from :func:`torch_ntk.analytic.fused.mlp_graph_args`);
+    table in csrc/torch_ntk.cpp; from ``torch_ntk.analytic.fused.mlp_graph_args``);
     empty: the hidden layers in order. An output not wanted is an empty tensor [0].
     """
     check_built_for("torch_ntk.analytic_kernels", x1, x2)

@@ -174,7 +174,14 @@ inline __attribute__((always_inline)) void graph_tile(const PairProblem<T>& P, i
     const math::MlpStep<T> st = P.steps[k];
     switch (st.code) {
       case math::kMlpHidden:
+        if (st.affine) {  // the gain term (math/mlp_graph.h): Theta - Sigma in, + wv E[phi phi]
+          for (int64_t c = 0; c < n; ++c) theta[c] -= sigma[c];
+        }
         hidden_tile(P, st.index, i, j0, n, sigma, theta);
+        if (st.affine) {
+          const T bias_var = P.layers[st.index].bias_var;
+          for (int64_t c = 0; c < n; ++c) theta[c] += sigma[c] - bias_var;
+        }
         break;
       case math::kMlpPush:
         std::copy(sigma, sigma + n, slot_s[st.index]);

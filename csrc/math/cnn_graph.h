@@ -20,6 +20,10 @@
 //                 positions i of window p and j of window p' of in_{i,j} / (n_p n_p'),
 //                 n_p = kh kw (count_include_pad) or the valid positions of window p.
 //   GLOBAL_SUMPOOL: the scalar sum_{p,p'} (cnn_reduce).
+// An ACTIVATION right after an affine LAYERNORM (flagged by the plan) sees the gain's NTK
+// term u u' (whose mean is Sigma): Theta <- E[phi'phi'] (Theta - Sigma) + E[phi phi], exact
+// for the positively homogeneous activations (phi'(u) u = phi(u)): cnn_gain_term
+// subtracts Sigma before the activation and adds the new Sigma after it.
 #pragma once
 
 #include <cstdint>
@@ -50,6 +54,17 @@ TNTK_HD void cnn_copy_planes(const Team& team, int64_t n, const T* src_s, const 
     dst_s[e] = src_s[e];
     dst_t[e] = src_t[e];
   }
+}
+
+// Theta += sign Sigma over the layer's plane (the gain term around an ACTIVATION).
+template <typename T, typename Prog, typename Layer, typename Team>
+TNTK_HD void cnn_gain_term(const Prog& prog, const Layer& L, const Team& team, T sign,
+                           const T* sigma, T* theta) {
+  const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
+  const int64_t n = prog.full ? P * P : P;
+  team.sync();
+  for (int64_t e = team.begin(); e < n; e += team.step()) theta[e] += sign * sigma[e];
+  team.sync();
 }
 
 // JOIN: (sigma, theta) <- a (sigma, theta) + b (slot planes), n entries.

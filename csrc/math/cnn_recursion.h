@@ -68,7 +68,8 @@ struct CnnLayer {
   int slot;                    // PUSH, LOAD, JOIN: the skip register
   int mode;                    // LAYERNORM: over (0 per position, 1 position mean);
                                // AVGPOOL_PAD: count_include_pad
-  int affine;                  // LAYERNORM: 1 with a trained gain and bias
+  int affine;                  // LAYERNORM: 1 with a trained gain and bias; ACTIVATION: 1
+                               // right after one (cnn_gain_term)
   T coef, coef_slot, eps;      // JOIN: Sigma <- coef Sigma + coef_slot Sigma_slot; LAYERNORM eps
   HiddenLayer<T> act;          // ACTIVATION: act, kind, param, slopes (weights unused);
                                // CONV/DENSE: weight_var, bias_var, ntk_weight, ntk_bias
@@ -544,6 +545,7 @@ TNTK_HD void cnn_pair(const CnnProgram<T>& prog, const Team& team, const T* x, c
         swap = cnn_conv(prog, L, team, sigma, theta, sigma_next, theta_next);
         break;
       case kCnnActivation:
+        if (L.affine) cnn_gain_term(prog, L, team, T(-1), sigma, theta);
         if (var_out != nullptr) {
           cnn_record_variances(prog, L, team, sigma, var_out + L.var_offset);
           team.sync();
@@ -552,6 +554,7 @@ TNTK_HD void cnn_pair(const CnnProgram<T>& prog, const Team& team, const T* x, c
         } else {
           cnn_activation(prog, L, team, var1 + L.var_offset, var2 + L.var_offset, sigma, theta);
         }
+        if (L.affine) cnn_gain_term(prog, L, team, T(1), sigma, theta);
         swap = false;
         break;
       case kCnnAvgPool:

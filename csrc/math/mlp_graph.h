@@ -4,7 +4,10 @@
 // A program is a list of steps on the pair's (Sigma, Theta) of pre-activations, starting
 // from the input layer's Sigma^(1), Theta^(1), with up to kMlpMaxSlots skip registers:
 //
-//   HIDDEN              the next hidden layer (activation, then dense), in order
+//   HIDDEN              the next hidden layer (activation, then dense), in order; right
+//                       after an affine LAYERNORM (flag `affine`, set by the op's checks)
+//                       the gain's term changes the activation's NTK to
+//                       E[phi'phi'] (Theta - Sigma) + E[phi phi] (homogeneous phi only)
 //   PUSH s / LOAD s     register s <- (Sigma, Theta) / (Sigma, Theta) <- register s
 //   JOIN s | a, b       Sigma <- a Sigma + b Sigma_s, Theta likewise (an Add of
 //                       coefficients c: c^2; a Concat of widths w: w / sum w)
@@ -48,7 +51,7 @@ struct MlpStep {
   int code;
   int index;   // PUSH/LOAD/JOIN: the register; HIDDEN: the hidden layer; LAYERNORM: its
                // row in the variance table
-  int affine;  // LAYERNORM
+  int affine;  // LAYERNORM: a trained gain and bias; HIDDEN: right after such a LayerNorm
   T f[4];
 };
 
