@@ -38,6 +38,7 @@ def render_demo(payload: dict) -> str:
 
 
 _DIGIT_METHODS = [("cntk-gap", "CNTK-GAP"), ("cntk-flatten", "CNTK-Flatten"),
+                  ("cntk-resnet", "Residual CNTK (WRN-style)"), ("myrtle-5", "Myrtle-5 CNTK"),
                   ("mlp-ntk", "MLP NTK"), ("mlp-nngp", "MLP NNGP")]
 
 
@@ -56,7 +57,10 @@ def render_cntk_digits(payload: dict) -> str:
     if sec:
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in sec.items() if k != "total")
         lines += ["", f"Run time {sec['total']:.0f} s ({parts}) with {env.get('threads', '?')} "
-                  f"threads on {env.get('cpu_model', '?')}, torch {env.get('torch', '?')}."]
+                  f"threads on {env.get('cpu_model', '?')}, torch {env.get('torch', '?')}. "
+                  f"Load average (1 min) {s['load_average'][0]:.1f} at the start, "
+                  f"{s['load_average'][1]:.1f} at the end; {s['cpu_seconds']:.0f} s of CPU "
+                  f"time in the process."]
     return "\n".join(lines)
 
 

@@ -3,8 +3,9 @@ numpy recursion of tests/graph_reference.py, written per model here (not the pac
 walker), float64, relative error ≤ 1e-10 — residual MLPs with and without LayerNorm,
 α/β scalars, concatenation, residual CNNs with GroupNorm(1), LayerNorm over channels,
 projection shortcuts, padded average pools (count_include_pad both ways), global sum
-pooling. Each reference is also shown to catch a deliberately wrong rule (a forgotten
-square of α, equal instead of width weights, the unpadded divisor, no affine terms).
+pooling, and random stacks of residual/concatenation/projection blocks (hypothesis). Each
+reference is also shown to catch a deliberately wrong rule (a forgotten square of α, equal
+instead of width weights, the other pool divisor, no affine terms).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import graph_reference as ref
@@ -326,3 +328,103 @@ def test_graph_cnn_on_same_position_diagonals():
         both = ref.concat([h, ref.conv(s, (4, 4), 1, 0, 0.8, 0.5)], [3, 2])
         return ref.dense(ref.flatten(both), 1.3, 0.4)
     check(FlatCNN(), forward, (2, 4, 4))
+
+
+class MeanBranches(nn.Module):
+    """h + 0.5·relu(W₁h) − 2·erf(W₂h): branches that start with their own weight layer and
+    end in an activation; of every two, one has mean zero (h, and erf: odd)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.w1, self.w2, self.out = lin(3, 4), lin(4, 4, 0.9), lin(4, 4, 1.1, 0.2), \
+            lin(4, 1)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + 0.5 * torch.relu(self.w1(h)) - 2 * torch.erf(self.w2(h)))
+
+
+def test_branches_ending_in_activations_with_a_zero_mean_partner():
+    def forward(s):
+        h = ref.dense(s, 1.3, 0.4)
+        a = ref.activation(ref.dense(h, 0.9, 0.4), "relu")
+        b = ref.activation(ref.dense(h, 1.1, 0.2), "erf")
+        return ref.dense(ref.add([h, a, b], [1.0, 0.5, -2.0]), 1.3, 0.4)
+    check(MeanBranches(), forward, (3,))
+
+
+# ------------------------------------------------------------------ random residual MLPs
+
+
+BLOCK = st.one_of(
+    st.tuples(st.just("res"), st.sampled_from([0.5, 1.0, -1.5]), st.sampled_from([1.0, 0.7]),
+              st.sampled_from(["relu", "erf"]), st.sampled_from([None, "ln", "ln_affine"])),
+    st.tuples(st.just("cat"), st.integers(1, 3), st.integers(1, 3),
+              st.sampled_from(["relu", "erf"])),
+    st.tuples(st.just("proj"), st.sampled_from(["relu", "erf"])))
+
+
+class RandomGraph(nn.Module):
+    """Blocks on a width-4 stream: "res" h ← β·h + α·fc(act(norm(h))); "cat" h ←
+    fc(cat(act(fa h), act(fb h))) with parts of widths w1, w2; "proj" h ← fs(h) +
+    fc(act(h))."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks, self.inp, self.out = blocks, lin(3, 4), lin(4, 1)
+        self.mods = nn.ModuleList()
+        for b in blocks:
+            if b[0] == "res":
+                norm = (nn.Identity() if b[4] is None else
+                        nn.LayerNorm(4, elementwise_affine=b[4] == "ln_affine", dtype=D))
+                self.mods.append(nn.ModuleList([norm, lin(4, 4, 0.9, 0.2)]))
+            elif b[0] == "cat":
+                self.mods.append(nn.ModuleList([lin(4, b[1], 1.1, 0.3), lin(4, b[2], 0.8, 0.5),
+                                                lin(b[1] + b[2], 4)]))
+            else:
+                self.mods.append(nn.ModuleList([lin(4, 4, 1.0, 0.0), lin(4, 4, 0.7, 0.1)]))
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b, m in zip(self.blocks, self.mods):
+            name = b[3] if b[0] != "proj" else b[1]
+            act = torch.relu if name == "relu" else torch.erf
+            if b[0] == "res":
+                h = b[2] * h + b[1] * m[1](act(m[0](h)))
+            elif b[0] == "cat":
+                h = m[2](torch.cat([act(m[0](h)), act(m[1](h))], 1))
+            else:
+                h = m[0](h) + m[1](act(h))
+        return self.out(h)
+
+
+def random_graph_reference(blocks):
+    def forward(s):
+        h = ref.dense(s, 1.3, 0.4)
+        for b in blocks:
+            if b[0] == "res":
+                u = h if b[4] is None else ref.layer_norm(h, 1e-5, b[4] == "ln_affine")
+                f = ref.dense(ref.activation(u, b[3]), 0.9, 0.2)
+                h = ref.add([h, f], [b[2], b[1]])
+            elif b[0] == "cat":
+                parts = [ref.activation(ref.dense(h, 1.1, 0.3), b[3]),
+                         ref.activation(ref.dense(h, 0.8, 0.5), b[3])]
+                h = ref.dense(ref.concat(parts, [b[1], b[2]]), 1.3, 0.4)
+            else:
+                h = ref.add([ref.dense(h, 1.0, 0.0),
+                             ref.dense(ref.activation(h, b[1]), 0.7, 0.1)], [1.0, 1.0])
+        return ref.dense(h, 1.3, 0.4)
+    return forward
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(BLOCK, min_size=1, max_size=3))
+def test_random_residual_mlps_against_the_reference(blocks):
+    """Random stacks of residual (with/without LayerNorm, α/β), concatenation and projection
+    blocks (an affine LayerNorm before erf is refused, as the spec says)."""
+    model = RandomGraph(blocks)
+    if any(b[0] == "res" and b[4] == "ln_affine" and b[3] == "erf" for b in blocks):
+        with pytest.raises(ValueError, match="carries the NTK term of an affine LayerNorm"):
+            tn.lift(model)
+        return
+    check(model, random_graph_reference(blocks), (3,))

@@ -143,6 +143,7 @@ class Refused(nn.Module):
         super().__init__()
         self.case = case
         self.a, self.b, self.o = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 1)
+        self.c = nn.Linear(4, 4)
         self.conv, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3, 1)
         self.ln = nn.LayerNorm(5)
 
@@ -161,6 +162,9 @@ class Refused(nn.Module):
         if self.case == "resnet-v1":
             h = torch.relu(self.a(x))
             return self.o(torch.relu(h + self.b(h)))
+        if self.case == "two means":
+            h = self.a(x)
+            return self.o(torch.relu(self.b(h)) + torch.relu(self.c(h)))
         if self.case == "layernorm on W":
             return self.head(self.ln(self.conv(x)).mean((2, 3)))
         if self.case == "unsupported":
@@ -183,6 +187,8 @@ REFUSALS = [
                       "called by node a"),
     ("shared weight layer", r"adds branches that are not independent given their fork: neither "
                             r"node 0 \(Conv at conv\) nor node 1 \(AvgPool at avg_pool2d\)"),
+    ("two means", r"adds node 2 \(Activation\) and node 4 \(Activation\), neither of which "
+                  r"has mean zero .*node add \(call_function _operator\.add"),
     ("resnet-v1", r"applies a nonlinearity to node 3 \(Add at add\), which is not Gaussian .*"
                   rf"ResNet-v1 .*node relu_1 \(call_function torch\.relu, at .*{FILE}"),
     ("layernorm on W", r"node 1 \(LayerNorm at ln\) normalizes over features; its input gives 3 "
@@ -260,6 +266,9 @@ def test_more_refusals(model, match):
 
 
 @pytest.mark.parametrize("layers, inputs, match", [
+    ((Dense(3, 4), LayerNorm(affine=True), LayerNorm(), Activation("relu"), Dense(4, 1)),
+     ((-1,), (0,), (1,), (2,), (3,)), r"node 3 \(Activation\) follows node 2 \(LayerNorm\), "
+     "which carries the NTK term of an affine LayerNorm's gain"),
     ((Dense(3, 4), Dense(4, 1)), ((-1,), (1,)), r"node 1 \(Dense\) reads \(1,\)"),
     ((Dense(3, 4), Dense(3, 4), Add((1.0, 1.0)), Dense(4, 1)), ((-1,), (-1,), (0,), (2,)),
      r"node 2 \(Add\) reads 1 nodes; its layer takes 2"),
@@ -342,3 +351,38 @@ def test_the_fused_path_runs_graphs_and_padded_pools():
 def test_activation_descriptor_is_the_graph_activation():
     spec = tn.lift(Residual())
     assert isinstance(spec.layers[1], Activation) and spec.layers[1].name == "tanh"
+
+
+class OneD(nn.Module):
+    """A 1-D residual CNN (LayerNorm over channels by permute(0, 2, 1), padded avg_pool1d),
+    or the same network as 2-D with (1, k) windows on [N, C, 1, L]."""
+
+    def __init__(self, two_d):
+        super().__init__()
+        self.two_d = two_d
+        if two_d:
+            self.a = NTKConv2d(2, 3, (1, 3), padding=(0, 1), dtype=D)
+            self.b = NTKConv2d(3, 3, (1, 3), padding=(0, 1), weight_std=0.8, dtype=D)
+        else:
+            self.a = tn.nn.NTKConv1d(2, 3, 3, padding=1, dtype=D)
+            self.b = tn.nn.NTKConv1d(3, 3, 3, padding=1, weight_std=0.8, dtype=D)
+        self.ln, self.o = nn.LayerNorm(3, dtype=D), NTKLinear(3, 1, dtype=D)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = h + self.b(F.relu(h))
+        if self.two_d:
+            h = self.ln(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            h = F.avg_pool2d(h, (1, 3), (1, 2), padding=(0, 1), count_include_pad=False)
+            return self.o(h.mean((2, 3)))
+        h = self.ln(h.permute(0, 2, 1)).permute(0, 2, 1)
+        return self.o(F.avg_pool1d(h, 3, 2, padding=1, count_include_pad=False).mean(2))
+
+
+def test_a_1d_graph_equals_the_2d_graph_of_height_one():
+    x1, x2 = torch.randn(3, 2, 7, dtype=D), torch.randn(2, 2, 7, dtype=D)
+    one = tn.analytic_kernels(OneD(False), x1, x2)
+    two = tn.analytic_kernels(OneD(True), x1[:, :, None], x2[:, :, None])
+    assert tn.lift(OneD(False)).spatial_dims == 1
+    for name in ("nngp", "ntk"):
+        torch.testing.assert_close(getattr(one, name), getattr(two, name), rtol=1e-12, atol=0)

@@ -100,10 +100,27 @@ def z_scores(mc, limit, name):
     return ((mean - getattr(limit, name)) / se).abs()
 
 
+class MeanBranches(nn.Module):
+    """h + 0.5·relu(W₁h) − 2·erf(W₂h) → fc: branches ending in activations (one zero-mean
+    of every two), 3 outputs."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.inp = NTKLinear(3, w, weight_std=1.2, bias_std=0.3, dtype=D)
+        self.w1 = NTKLinear(w, w, weight_std=1.4, bias_std=0.2, dtype=D)
+        self.w2 = NTKLinear(w, w, weight_std=0.8, bias_std=0.4, dtype=D)
+        self.out = NTKLinear(w, 3, dtype=D)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + 0.5 * torch.relu(self.w1(h)) - 2 * torch.erf(self.w2(h)))
+
+
 CASES = {
     "residual mlp": (lambda seed: ResMLP(512), (3,), ("unsquared", "equal widths",
                                                              "no affine")),
     "residual cnn": (lambda seed: ResCNN(96), (2, 5, 5), ("divisor",)),
+    "mean branches": (lambda seed: MeanBranches(512), (3,), ("unsquared",)),
 }
 
 

@@ -49,8 +49,9 @@ Reproduce the experiments of Jacot, Gabriel & Hongler (NeurIPS 2018), §6:
 and, not part of "all", the small-data comparison of Arora et al. (2020) and §3 for a
 non-quadratic cost:
 
-  cntk-digits  test accuracy of kernel regression with CNTK-GAP, CNTK-Flatten, the MLP
-           NTK and NNGP against trained CNNs of widths 16, 64, 128, on 20 … 1000 of
+  cntk-digits  test accuracy of kernel regression with CNTK-GAP, CNTK-Flatten, a residual
+           CNTK (WideResNet-style), Myrtle-5, the MLP NTK and NNGP against trained CNNs
+           of widths 16, 64, 128, on 20 … 1000 of
            scikit-learn's 8×8 digits (estimated 12 min on 2 idle CPU cores; --quick 2 min)
   classification  networks of widths 64 … 2048 (4 inits, 400 steps) trained by
            full-batch GD with cross-entropy on 4 digit classes against kernel gradient

@@ -13,6 +13,17 @@ Methods (test accuracy = argmax of the 10 outputs against the label):
   ``depth`` × [NTKConv2d(k×k, 'same') → ReLU] → AdaptiveAvgPool2d(1) → Flatten →
   NTKLinear (:func:`torch_ntk.analytic_kernels`, the fused CNN op);
 - ``cntk-flatten``: the same convolutions with a Flatten → NTKLinear readout;
+- ``cntk-resnet``: the infinite-width NTK of a small WideResNet-style network written as a
+  PyTorch class (``ResNet``: pre-activation residual blocks ``x + block(x)`` of 3×3
+  convolutions, identity shortcuts, a 1×1 projection shortcut where the channels double and
+  the image halves, global average pooling), lifted as a graph by
+  :func:`torch_ntk.analytic_kernels` from the class itself;
+- ``myrtle-5``: the Myrtle-5 kernel of Shankar et al. (2020, "Neural kernels without
+  tangents"), a chain of 3×3 'same' ReLU convolutions and 2×2 average pools
+  (``myrtle``), adapted to 8×8 images: the paper's network on 32×32 images is
+  conv, conv, pool, conv, pool, conv, pool, pool, pool (32 → 16 → 8 → 4 → 2 → 1); on
+  8×8 images the last three pools become one (8 → 4 → 2 → 1), so every conv sits where it
+  sits in the paper relative to the pools and the readout still sees a 1×1 map;
 - ``mlp-ntk`` and ``mlp-nngp``: the NTK and NNGP of an MLP with ``depth`` ReLU hidden
   layers on the 64 flattened pixels;
 - ``cnn-<width>``: the CNN of ``cntk-gap`` with ``width`` channels per conv layer (NTK
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -53,7 +65,7 @@ from .common import (
 from .figure3 import digits_available, load_digits
 
 NAME = "cntk-digits"
-KERNEL_METHODS = ("cntk-gap", "cntk-flatten", "mlp-ntk", "mlp-nngp")
+KERNEL_METHODS = ("cntk-gap", "cntk-flatten", "cntk-resnet", "myrtle-5", "mlp-ntk", "mlp-nngp")
 CLASSES = 10
 EXTRA_HINT = ("cntk-digits uses scikit-learn's bundled handwritten digits (no download), an "
               "optional dependency: pip install 'torch-ntk[digits]' (or pip install scikit-learn)")
@@ -71,7 +83,8 @@ class Config:
     sizes: tuple[int, ...] = (20, 50, 100, 200, 500, 1000)   # training-set sizes n
     test: int = 500                                          # held-out test images
     draws: int = 3                                           # training subsets (and inits) per n
-    depth: int = 3                                           # conv (and MLP hidden) layers
+    depth: int = 3                                           # conv layers of cntk-gap/-flatten
+                                                             # (and MLP hidden layers)
     kernel_size: int = 3
     widths: tuple[int, ...] = (16, 64, 128)                  # channels of the trained CNNs
     epochs: int = 100
@@ -136,6 +149,74 @@ def standardized_digits() -> tuple[Tensor, Tensor]:
     return (pixels / pixels.std(1, correction=0, keepdim=True)).reshape(-1, 1, 8, 8), labels
 
 
+class PreActBlock(nn.Module):
+    """A pre-activation (ResNet-v2) residual block without normalization: ``x +
+    conv2(relu(conv1(relu(x))))`` with 3×3 convolutions (padding 1; ``conv1`` of stride
+    ``stride``), or, where the channels or the size change, ``proj(relu(x)) +
+    conv2(relu(conv1(relu(x))))`` with ``proj`` a 1×1 convolution of stride ``stride`` (the
+    projection shortcut of a WideResNet). [N, c_in, H, W] → [N, c_out, H/stride, W/stride].
+
+    Each summed branch starts with its own weight layer (or is the identity of a conv's
+    Gaussian output), so at infinite width the kernel of the sum is the sum of the branches'
+    kernels (``NTK_MATH.md`` §8)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, weight_std: float, bias_std: float,
+                 **factory) -> None:
+        super().__init__()
+        law = {"weight_std": weight_std, "bias_std": bias_std, **factory}
+        self.conv1 = NTKConv2d(c_in, c_out, 3, stride=stride, padding=1, **law)
+        self.conv2 = NTKConv2d(c_out, c_out, 3, padding=1, **law)
+        self.proj = (NTKConv2d(c_in, c_out, 1, stride=stride, **law)
+                     if c_in != c_out or stride != 1 else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        o = torch.relu(x)
+        y = self.conv2(torch.relu(self.conv1(o)))
+        return x + y if self.proj is None else self.proj(o) + y
+
+
+class ResNet(nn.Module):
+    """A small WideResNet-style network on [N, 1, 8, 8] digits: a 3×3 conv stem (``width``
+    channels), a block at 8×8 with an identity shortcut, a block to ``2·width`` channels at
+    4×4 (stride 2, projection shortcut), ReLU, global average pooling and a dense readout
+    → [N, 10]. (A WideResNet's BatchNorm couples the images of a batch and has no
+    infinite-width kernel; the blocks here have no normalization.)"""
+
+    def __init__(self, width: int, weight_std: float, bias_std: float, **factory) -> None:
+        super().__init__()
+        law = {"weight_std": weight_std, "bias_std": bias_std, **factory}
+        self.stem = NTKConv2d(1, width, 3, padding=1, **law)
+        self.block1 = PreActBlock(width, width, 1, **law)
+        self.block2 = PreActBlock(width, 2 * width, 2, **law)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = NTKLinear(2 * width, CLASSES, bias_std=bias_std, **factory)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.block2(self.block1(self.stem(x)))
+        return self.head(self.pool(torch.relu(h)).flatten(1))
+
+
+def resnet(config: Config, width: int, device=None, dtype=None) -> ResNet:
+    """The ``cntk-resnet`` network (``ResNet``) with the config's σ_w, σ_b."""
+    return ResNet(width, config.weight_std, config.bias_std, device=device, dtype=dtype)
+
+
+def myrtle(config: Config, width: int, device=None, dtype=None) -> nn.Sequential:
+    """Myrtle-5 on 8×8 images: [conv → ReLU] × 2 → AvgPool2d(2) → conv → ReLU →
+    AvgPool2d(2) → conv → ReLU → AvgPool2d(2) → Flatten → NTKLinear(width, 10) (3×3
+    'same' convs with the config's σ_w, σ_b; 8×8 → 4×4 → 2×2 → 1×1). Input [N, 1, 8, 8]
+    → output [N, 10]."""
+    factory = {"device": device, "dtype": dtype}
+
+    def conv(c_in: int) -> list[nn.Module]:
+        return [NTKConv2d(c_in, width, 3, padding="same", weight_std=config.weight_std,
+                          bias_std=config.bias_std, **factory), nn.ReLU()]
+    layers = (conv(1) + conv(width) + [nn.AvgPool2d(2)] + conv(width) + [nn.AvgPool2d(2)]
+              + conv(width) + [nn.AvgPool2d(2), nn.Flatten(),
+                               NTKLinear(width, CLASSES, bias_std=config.bias_std, **factory)])
+    return nn.Sequential(*layers)
+
+
 def data(config: Config) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """Standardized images [1797, 1, 8, 8] float64, labels [1797], the test indices
     [test] and per draw the indices of its training images [sizes[-1]] (the first n of
@@ -161,9 +242,9 @@ def kernels(config: Config, images: Tensor, train: Tensor, test: Tensor, device:
     out: dict[str, tuple[Tensor, Tensor]] = {}
     mlp = mlp_spec([64] + [1] * config.depth + [CLASSES], "relu", weight_std=config.weight_std,
                    bias_std=config.bias_std)
-    models = {"cntk-gap": cnn(config, 1, "gap"), "cntk-flatten": cnn(config, 1, "flatten")}
-    for name in with_progress(["cntk-gap", "cntk-flatten", "mlp"], "cntk-digits kernels",
-                              enabled=progress):
+    models = {"cntk-gap": cnn(config, 1, "gap"), "cntk-flatten": cnn(config, 1, "flatten"),
+              "cntk-resnet": resnet(config, 1), "myrtle-5": myrtle(config, 1)}
+    for name in with_progress(list(models) + ["mlp"], "cntk-digits kernels", enabled=progress):
         with watch(f"kernel {name}"):
             if name == "mlp":
                 flat, flat_test = x.flatten(1), x_test.flatten(1)
@@ -223,6 +304,7 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
     """
     device = resolve_device(config.device)
     watch = Stopwatch()
+    load_before, cpu_before = os.getloadavg()[0], time.process_time()
     images, labels, test, draws = data(config)
     union = torch.unique(torch.cat(draws))            # sorted indices of all training images
     where = {int(i): j for j, i in enumerate(union)}  # image index → row of the kernels
@@ -255,6 +337,11 @@ def run(config: Config = Config(), out: Optional[Union[str, os.PathLike]] = None
                 trained[f"cnn-{w}"][s][d] = result
     summary: dict[str, Any] = {"sizes": list(config.sizes), "test": config.test,
                                "chance": 1 / CLASSES, "training": "Adam, cross-entropy",
+                               # the machine's 1-minute load average at the start and the
+                               # end, and this process's CPU seconds: run times on a shared
+                               # machine mean little without them
+                               "load_average": [load_before, os.getloadavg()[0]],
+                               "cpu_seconds": time.process_time() - cpu_before,
                                "methods": {}}
     for m in methods:
         t = torch.tensor(acc[m], dtype=torch.float64)

@@ -31,10 +31,11 @@ table and activation registry):
 and the functional forms the layer kinds register with
 :func:`torch_ntk.layers.base.lifts_functional` (:data:`torch_ntk.layers.FUNCTIONALS`).
 
-Anything else — two consumers of one output (a branch, a concatenation, a product), a
-second input, a parameter used outside a module, a layer module called twice, an
-unknown function, control flow that depends on data — is a ValueError naming the node
-(its op, target and the line of ``forward`` it came from).
+Anything else — two consumers of one output (a branch, a concatenation, a product:
+:func:`torch_ntk.lift` then reads the forward as a graph, ``torch_ntk.lifting.graph``), a
+second input, a parameter used outside a module, a layer module called twice, an unknown
+function, control flow that depends on data — is a ValueError naming the node (its op,
+target and the line of ``forward`` it came from).
 
 Example::
 
@@ -225,8 +226,9 @@ def _walk(graph: fx.Graph) -> list[tuple[fx.Node, fx.Node, set]]:
             users = "; ".join(describe_node(u) for u in main) or "nothing"
             raise _not_a_chain(
                 f"the output of {describe_node(current)} is used by {len(main)} nodes "
-                f"({users}): a residual (skip) connection or a branch, which has no closed-form "
-                "limit in torch_ntk; in a chain each output feeds only the next layer")
+                f"({users}): a residual (skip) connection or a branch, which a chain cannot "
+                "hold (torch_ntk.lift reads such a forward as a graph); in a chain each output "
+                "feeds only the next layer")
         (nxt,) = main
         for b in batch:
             stray = [u for u in b.users if u is not nxt]

@@ -136,8 +136,8 @@ class _Builder:
         tensors = [a for a in node.all_input_nodes if isinstance(self.values.get(a), _Value)]
         if node.op == "call_module":
             self.module(node)
-        elif _batch_helper(node, self.values):
-            self.values[node] = _batch_helper(node, self.values)
+        elif (helper := _batch_helper(node, self.values)) is not None:
+            self.values[node] = helper
         elif key in _ADD or key in _SUB:
             self.sum(node, -1.0 if key in _SUB else 1.0)
         elif key in _MUL or key in _DIV or key in _NEG:

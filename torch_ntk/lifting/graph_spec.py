@@ -11,12 +11,14 @@
   the ``widths`` of a Concat, a LayerNorm's ``width``; a LayerNorm over ``"features"``
   reads features, over ``"channels"``/``"channels_positions"`` channels before the readout;
 - **independence** (what makes the sum of kernels exact): an Add's inputs are distinct and
-  of every two of them one is *fresh* with respect to the other: the output of a weight
-  layer (Dense, Conv), possibly through linear maps (pools, readouts, LayerNorm, sums and
-  concatenations of fresh nodes), whose weight layers the other input does not read. That
-  one is then zero-mean and independent of the other, so their cross terms (in K and in
-  T) vanish (``x + relu(x)``, ``x + x``, two branches through one weight layer are
-  refused);
+  of every two of them one *starts with its own weight layer* — it is a function of the
+  outputs of weight layers (Dense, Conv) alone, which the other input does not read, so it
+  is independent of the other at infinite width — and one has *mean zero* (a weight
+  layer's output, through linear maps, sums, concatenations, LayerNorm or odd activations:
+  identity, erf, tanh). Then their cross terms in K (E z·E z′) and in T (through the
+  independent weights) vanish. ``x + relu(x)``, ``x + x``, two branches through one
+  weight layer, ``relu(a(x)) + relu(b(x))`` (both means positive) are refused;
+  ``x + relu(W x)`` is exact;
 - **Gaussianity** (what makes the dual-activation recursion exact): an activation's input
   is Gaussian — a weight layer's output, or a pool, sum, concatenation or LayerNorm of
   Gaussians — and of one variance per position (not straight after a concatenation,
@@ -39,6 +41,8 @@ from ..activations import Activation
 from ..layers.conv import Conv
 from ..layers.dense import Dense
 from ..layers.layernorm import HOMOGENEOUS
+
+ODD = ("identity", "erf", "tanh")  # activations with φ(−u) = −φ(u): E φ(u) = 0 on N(0, q)
 
 __all__ = ["GraphSpecError", "NodeShape", "check_graph", "node_shapes", "non_feature_axis"]
 
@@ -166,8 +170,8 @@ def _describe(shape: NodeShape) -> str:
 
 def _check_laws(layers: tuple, inputs: tuple) -> None:
     """Independence at each Add, Gaussian inputs of activations and LayerNorms (module doc)."""
-    gaussian, homogeneous, fresh, gain = {-1: False}, {-1: True}, {-1: False}, {-1: False}
-    roots: dict = {-1: frozenset()}
+    gaussian, homogeneous, zero_mean, gain = {-1: False}, {-1: True}, {-1: False}, {-1: False}
+    bases: dict = {-1: None}  # the weight layers a node is a function of alone (None: others)
     ancestors: dict = {-1: frozenset({-1})}
     for k, (layer, reads) in enumerate(zip(layers, inputs)):
         role = _role(layer)
@@ -176,7 +180,7 @@ def _check_laws(layers: tuple, inputs: tuple) -> None:
         gain[k] = (role == "norm" and layer.affine) or not isinstance(layer, (
             Dense, Conv, Activation)) and any(gain[i] for i in reads)
         if isinstance(layer, (Dense, Conv)):
-            gaussian[k], homogeneous[k], fresh[k], roots[k] = True, True, True, frozenset({k})
+            gaussian[k], homogeneous[k], zero_mean[k], bases[k] = True, True, True, frozenset({k})
             continue
         (i, *_) = reads
         if role == "activation":
@@ -187,7 +191,9 @@ def _check_laws(layers: tuple, inputs: tuple) -> None:
                             "would be wrong. A ResNet-v1 block relu(x + f(x)) with x a "
                             "post-activation output is such a case; the pre-activation "
                             "block x + f(relu(norm(x))) is exact")
-            if gain[i] and not (_role(layers[i]) == "norm" and layer.name in HOMOGENEOUS):
+            right_after = (_role(layers[i]) == "norm" and layers[i].affine
+                           and not gain[inputs[i][0]])  # one gain term: the LayerNorm's own
+            if gain[i] and not (right_after and layer.name in HOMOGENEOUS):
                 raise _fail(k, layer, f"follows {_source(i, layers)}, which carries the NTK "
                             "term of an affine LayerNorm's gain (the product of the normalized "
                             "features): exact only for a ReLU-family activation "
@@ -198,18 +204,17 @@ def _check_laws(layers: tuple, inputs: tuple) -> None:
                 raise _fail(k, layer, f"applies a nonlinearity to {_source(i, layers)}, a "
                             "concatenation whose parts have different variances; apply it "
                             "in each branch before the concatenation")
-            gaussian[k], homogeneous[k], fresh[k], roots[k] = False, True, False, frozenset()
-        elif role == "join" and hasattr(layer, "coefficients"):
-            _check_independent(k, layer, reads, fresh, roots, ancestors, layers)
-            gaussian[k] = all(gaussian[j] for j in reads)
-            homogeneous[k] = all(homogeneous[j] for j in reads)
-            fresh[k] = all(fresh[j] for j in reads)
-            roots[k] = frozenset().union(*(roots[j] for j in reads))
+            gaussian[k], homogeneous[k], bases[k] = False, True, bases[i]
+            zero_mean[k] = layer.name in ODD and zero_mean[i]  # E φ(u) = 0 for odd φ
         elif role == "join":
+            if hasattr(layer, "coefficients"):
+                _check_independent(k, layer, reads, zero_mean, bases, ancestors, layers)
             gaussian[k] = all(gaussian[j] for j in reads)
-            homogeneous[k] = False
-            fresh[k] = all(fresh[j] for j in reads)
-            roots[k] = frozenset().union(*(roots[j] for j in reads))
+            homogeneous[k] = hasattr(layer, "coefficients") and all(
+                homogeneous[j] for j in reads)
+            zero_mean[k] = all(zero_mean[j] for j in reads)
+            bases[k] = (None if any(bases[j] is None for j in reads)
+                        else frozenset().union(*(bases[j] for j in reads)))
         else:  # linear in the limit: pools, readouts, LayerNorm (h/σ(x))
             if role == "norm" and not gaussian[i]:
                 raise _fail(k, layer, f"normalizes {_source(i, layers)}, which is not a "
@@ -218,21 +223,25 @@ def _check_laws(layers: tuple, inputs: tuple) -> None:
                             "normalized kernel; normalize a weight layer's output (or a sum "
                             "of such) instead")
             gaussian[k], homogeneous[k] = gaussian[i], homogeneous[i]
-            fresh[k], roots[k] = fresh[i], roots[i]
+            zero_mean[k], bases[k] = zero_mean[i], bases[i]
 
 
 def _source(i: int, layers: tuple) -> str:
     return "the model's input" if i < 0 else _name(i, layers[i])
 
 
-def _check_independent(k: int, layer, reads: tuple, fresh: dict, roots: dict,
+def _check_independent(k: int, layer, reads: tuple, zero_mean: dict, bases: dict,
                        ancestors: dict, layers: tuple) -> None:
+    """Every two inputs i, j of a sum: one is a function of weight layers the other does not
+    read (so independent of it at infinite width), and one is zero-mean (so E[z_i z_j′] =
+    E z_i · E z_j′ = 0). Then the cross terms of K and T vanish."""
     if len(set(reads)) != len(reads):
         raise _fail(k, layer, f"adds {_source(reads[0], layers)} to itself (inputs {reads}): "
                     "the branches are one process, not independent ones, so the sum of "
                     "their kernels would be wrong")
-    def apart(i: int, j: int) -> bool:  # i zero-mean and independent of j
-        return fresh[i] and not roots[i] & ancestors[j]
+
+    def apart(i: int, j: int) -> bool:  # i is a function of weight layers j does not read
+        return bases[i] is not None and not bases[i] & ancestors[j]
 
     for a, i in enumerate(reads):
         for j in reads[a + 1:]:
@@ -244,6 +253,13 @@ def _check_independent(k: int, layer, reads: tuple, fresh: dict, roots: dict,
                             "kernels would be wrong; one branch may be the identity of the "
                             "fork, the others must each start with a Dense/Conv used only "
                             "there")
+            if not (zero_mean[i] or zero_mean[j]):
+                raise _fail(k, layer, f"adds {_source(i, layers)} and {_source(j, layers)}, "
+                            "neither of which has mean zero (the output of a non-odd "
+                            "activation such as ReLU, or the model's input), so their means "
+                            "add a cross term E z·E z′ the sum of kernels leaves out; keep one "
+                            "branch linear after its weight layer (or an odd activation: erf, "
+                            "tanh)")
 
 
 def check_graph(layers: tuple, inputs: tuple) -> None:
