@@ -75,7 +75,10 @@ def cnn_op_args(spec: LayerSpec) -> Optional[tuple[list[int], list[int], list[fl
         encode = rule_of(OP_ENCODINGS, layer)
         if encode is None:
             return None
-        code, layer_ints, layer_floats = encode(layer)
+        encoded = encode(layer)
+        if encoded is None:  # e.g. an activation no fused op computes
+            return None
+        code, layer_ints, layer_floats = encoded
         codes.append(code)
         ints += layer_ints
         floats += layer_floats

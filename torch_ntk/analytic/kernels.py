@@ -34,7 +34,8 @@ from ..lifting.lift import LayerSpec, lift
 from .cnn import cnn_kernels, pair_floats
 from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree
 from .refusal import no_limit_error
-from .autograd import differentiable_kernels, needs_grad, with_variances
+from .autograd import differentiable_kernels, mlp_kernels, needs_grad, with_variances
+from ..layers.elementwise import needs_numeric
 from .._utils.validation import check_batch, check_choices
 
 __all__ = ["Kernels", "analytic_kernels", "as_spec", "compiled_op_args",
@@ -188,6 +189,12 @@ def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
         x2 = check_batch("analytic_kernels", "x2", x2, like=x1, features=spec.input_features,
                          flatten=spec.flatten_input)
     series = quadrature_degree is None
+    if any(needs_numeric(a, series and not force_quadrature) for a in spec.activations):
+        # an activation no fused op computes: the recursion in torch (numeric series)
+        with torch.no_grad():
+            nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature,
+                                    numeric=True)
+        return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
     if quadrature_degree is None:
         quadrature_degree = default_quadrature_degree(spec, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)
@@ -216,7 +223,8 @@ def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tupl
     by the same recursion in plain torch (:func:`torch_ntk.analytic.cnn.cnn_kernels`, also
     the tests' and benchmarks' reference)."""
     program = cnn_op_args(spec)
-    if program is None:  # a layer kind without an op encoding: the torch walker runs it
+    series = quadrature_degree is None and not force_quadrature
+    if program is None or any(needs_numeric(a, series) for a in spec.activations):  # a layer kind without an op encoding: the torch walker runs it
         got = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
         return Kernels(got.nngp, got.ntk)
     x1 = spec.check_input("analytic_kernels", "x1", x1)

@@ -14,7 +14,9 @@ For a batch of input pairs (x, x′) the state after a layer holds
 - ``var1``, ``var2``: the variances K(x, x)_{p,p} and K(x′, x′)_{p′,p′} of the current
   features, viewed to broadcast against ``nngp`` (set by the walker for rules registered
   with ``variances=True``, None otherwise);
-- ``degree``, ``force_quadrature``: how activations without a closed form integrate.
+- ``degree``, ``force_quadrature``, ``series``: how activations without a closed form
+  integrate (``series``: ``quadrature_degree`` was left None, so ELU/SELU take the numeric
+  Hermite series of ``torch_ntk.layers.numeric_series``).
 
 A rule returns ``state.replace(nngp=..., ntk=..., sets=...)`` and switches on no other
 layer type.
@@ -43,12 +45,14 @@ class KernelState:
     var2: Optional[Tensor] = None
     degree: int = 0
     force_quadrature: bool = False
+    series: bool = False
 
     @classmethod
     def of_inputs(cls, gram: Tensor, sets: int, degree: int = 0,
-                  force_quadrature: bool = False) -> "KernelState":
+                  force_quadrature: bool = False, series: bool = False) -> "KernelState":
         """The state at the input: K the input Gram (over positions), T = 0."""
-        return cls(gram, torch.zeros_like(gram), sets, None, None, degree, force_quadrature)
+        return cls(gram, torch.zeros_like(gram), sets, None, None, degree, force_quadrature,
+                   series)
 
     def replace(self, **changes) -> "KernelState":
         """A copy with ``changes`` (the per-side variances are dropped unless given: they
