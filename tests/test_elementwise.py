@@ -23,6 +23,8 @@ from torch import nn
 
 import torch_ntk as tn
 from torch_ntk.activations import Elementwise
+from torch_ntk.layers import dual
+from torch_ntk.analytic.fused import cnn_op_args
 from torch_ntk.nn import NTKLinear
 
 SW2, SB2 = 1.5, 0.1  # σ_w², σ_b² of every layer
@@ -94,6 +96,40 @@ CASES = {
                         lambda x: np.sin(np.abs(x)), lambda x: np.sign(x) * np.cos(np.abs(x)),
                         (0,)),
 }
+
+# the closed-form families (torch_ntk.layers.dual), also lifted in the depth-3 test
+CLOSED = {
+    "sin": (lambda: dual.Sin(1.2, 0.7, 0.3), lambda x: 1.2 * np.sin(0.7 * x + 0.3),
+            lambda x: 0.84 * np.cos(0.7 * x + 0.3), ()),
+    "cos": (lambda: dual.Cos(0.9, 1.1), lambda x: 0.9 * np.cos(1.1 * x),
+            lambda x: -0.99 * np.sin(1.1 * x), ()),
+    "rbf": (lambda: dual.Rbf(0.5), lambda x: math.sqrt(2) * np.sin(x + math.pi / 4),
+            lambda x: math.sqrt(2) * np.cos(x + math.pi / 4), ()),
+    "gaussian": (lambda: dual.Gaussian(1.5, -0.4), lambda x: 1.5 * np.exp(-0.4 * x * x),
+                 lambda x: -1.2 * x * np.exp(-0.4 * x * x), ()),
+    "sign": (dual.Sign, np.sign, lambda x: 0 * x, (0,)),
+    "abrelu": (lambda: dual.ABReLU(-0.3, 1.7), lambda x: np.where(x > 0, 1.7 * x, -0.3 * x),
+               lambda x: np.where(x > 0, 1.7, -0.3), (0,)),
+    "abrelu_b0": (lambda: dual.ABReLU(0.8, 0.0), lambda x: np.where(x > 0, 0, 0.8 * x),
+                  lambda x: np.where(x > 0, 0, 0.8), (0,)),
+    "rect_monomial_0": (lambda: dual.RectifiedMonomial(0), lambda x: (x > 0).astype(float),
+                        lambda x: 0 * x, (0,)),
+    "rect_monomial_2": (lambda: dual.RectifiedMonomial(2), lambda x: np.maximum(x, 0) ** 2,
+                        lambda x: 2 * np.maximum(x, 0), (0,)),
+    "polynomial": (lambda: dual.Polynomial([0.1, 1.0, 0.3]),
+                   lambda x: 0.1 + x + 0.3 * x * x, lambda x: 1 + 0.6 * x, ()),
+}
+# fast-growing ones: checked on single expectations only
+POINT_ONLY = {
+    "exp": (lambda: dual.Exp(0.8, 0.6), lambda x: 0.8 * np.exp(0.6 * x),
+            lambda x: 0.48 * np.exp(0.6 * x), ()),
+    "rect_monomial_1": (lambda: dual.RectifiedMonomial(1), lambda x: np.maximum(x, 0),
+                        lambda x: (x > 0).astype(float), (0,)),
+    "rect_monomial_3": (lambda: dual.RectifiedMonomial(3), lambda x: np.maximum(x, 0) ** 3,
+                        lambda x: 3 * np.maximum(x, 0) ** 2, (0,)),
+    "monomial_3": (lambda: dual.Monomial(3), lambda x: x ** 3, lambda x: 3 * x * x, ()),
+}
+CASES.update(CLOSED)
 
 
 # ---- the independent reference -------------------------------------------------------
@@ -268,3 +304,158 @@ def test_a_wrong_kink_would_fail():
                                         derivative=lambda t: (t > 0).double())
                             if isinstance(m, nn.ReLU6) else m for m in model("relu6")])
     assert cs_error(tn.analytic_kernels(wrong, x).ntk, ref_ntk) > 1e-3
+
+
+@pytest.mark.parametrize("case", sorted({**CLOSED, **POINT_ONLY}))
+def test_closed_form_against_reference(case):
+    """Each closed-form family's (E[φφ], E[φ′φ′]) against the test's 2-D rule, 1e-10 relative
+    to the Cauchy–Schwarz scale, at q from 0.05 to 4 and ρ from −0.95 to 1; and the
+    family lifts to its closed form (not the series)."""
+    factory, phi, dphi, kinks = {**CLOSED, **POINT_ONLY}[case]
+    spec = tn.lift(nn.Sequential(nn.Linear(2, 4), factory(), nn.Linear(4, 1)))
+    act = spec.activations[0]
+    assert act.has_closed_form
+    for q11, q22, rho in ((0.05, 0.3, 0.5), (1.0, 2.0, -0.95), (4.0, 0.5, 0.9), (1.5, 1.5, 1.0),
+                          (2.0, 3.0, 0.0)):
+        q12 = rho * math.sqrt(q11 * q22)
+        got = act.closed_form(*(torch.tensor([v], dtype=torch.float64) for v in (q11, q22, q12)))
+        ref = gauss2d(phi, dphi, kinks, q11, q22, q12)
+        for k in range(2):
+            scale = math.sqrt(gauss2d(phi, dphi, kinks, q11, q11, q11)[k]
+                              * gauss2d(phi, dphi, kinks, q22, q22, q22)[k]) or 1.0
+            assert abs(float(got[k]) - ref[k]) <= 1e-10 * scale, (q11, q22, rho, k)
+
+
+def test_monte_carlo_of_a_user_function():
+    """Monte Carlo sanity: a user φ (x·σ(1.702x)) in a depth-2 NTK-parametrized network of
+    width 512, 48 random networks: |MC − limit| < 5 standard errors + 3% (the O(1/width)
+    bias) for the NNGP and the NTK."""
+    act = lambda: Elementwise(lambda t: t * torch.sigmoid(1.702 * t))  # noqa: E731
+
+    def build(seed):
+        return nn.Sequential(NTKLinear(3, 512, weight_std=math.sqrt(SW2), bias_std=math.sqrt(SB2)),
+                             act(), NTKLinear(512, 512, weight_std=math.sqrt(SW2),
+                                              bias_std=math.sqrt(SB2)),
+                             act(), NTKLinear(512, 1, weight_std=math.sqrt(SW2),
+                                              bias_std=math.sqrt(SB2))).double()
+
+    x = _inputs()[1:4]
+    limit = tn.analytic_kernels(build(0), x)
+    mc = tn.monte_carlo_kernels(build, x, n_samples=48, progress=False)
+    for name in ("nngp", "ntk"):
+        mean, se = getattr(mc, name), getattr(mc, name + "_stderr")
+        ref = getattr(limit, name)
+        assert ((mean - ref).abs() <= 5 * se + 0.03 * ref.abs()).all(), name
+
+
+def test_cnn_with_a_numeric_activation_equals_the_mlp():
+    """1×1 convolutions on 1×1 images are dense layers: the CNN walker with Mish, ReLU6 and
+    ELU between them equals the MLP kernels (1e-12), and the fused CNN op is not used."""
+    for act in (nn.Mish, nn.ReLU6, lambda: nn.ELU(1.3)):
+        torch.manual_seed(0)
+        cnn = nn.Sequential(tn.nn.NTKConv2d(3, 8, 1, weight_std=1.2), act(),
+                            tn.nn.NTKConv2d(8, 8, 1, weight_std=1.2), act(), nn.Flatten(),
+                            NTKLinear(8, 1, weight_std=1.2)).double()
+        mlp = nn.Sequential(NTKLinear(3, 8, weight_std=1.2), act(), NTKLinear(8, 8, weight_std=1.2),
+                            act(), NTKLinear(8, 1, weight_std=1.2)).double()
+        x = _inputs()[:4]
+        got = tn.analytic_kernels(cnn, x[:, :, None, None])
+        ref = tn.analytic_kernels(mlp, x)
+        assert torch.allclose(got.ntk, ref.ntk, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(got.nngp, ref.nngp, rtol=1e-12, atol=1e-12)
+    assert cnn_op_args(tn.lift(cnn)) is not None  # ELU has an op code …
+    mish = tn.lift(nn.Sequential(tn.nn.NTKConv2d(3, 8, 1), nn.Mish(), nn.Flatten(),
+                                 NTKLinear(8, 1)))
+    assert cnn_op_args(mish) is None  # … Mish has none: the walker runs
+
+
+def test_functional_forms_lift_like_their_modules():
+    """F.mish, F.hardtanh(min, max), F.relu6, F.softplus(β, threshold), F.celu, F.softshrink
+    in a forward read by torch.fx give the kernels of the module versions (exactly)."""
+    import torch.nn.functional as F
+
+    class Net(nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.a, self.b, self.fn = NTKLinear(3, 8), NTKLinear(8, 1), fn
+
+        def forward(self, x):
+            return self.b(self.fn(self.a(x)))
+
+    pairs = [(lambda t: F.mish(t), nn.Mish()), (lambda t: F.hardtanh(t, -0.5, 2.0),
+                                                 nn.Hardtanh(-0.5, 2.0)),
+             (lambda t: F.relu6(t), nn.ReLU6()), (lambda t: F.softplus(t, 2.0, 3.0),
+                                                  nn.Softplus(2.0, 3.0)),
+             (lambda t: F.celu(t, 0.7), nn.CELU(0.7)), (lambda t: F.softshrink(t, 0.5),
+                                                        nn.Softshrink(0.5))]
+    x = _inputs()[:3]
+    for functional, module in pairs:
+        spec = tn.lift(Net(functional).double())
+        (act,) = spec.activations
+        assert type(act.source) is type(module) and act.kinks == spec.activations[0].kinks
+        got = tn.analytic_kernels(spec, x)
+        ref = tn.analytic_kernels(nn.Sequential(NTKLinear(3, 8), module, NTKLinear(8, 1)), x)
+        assert torch.equal(got.ntk, ref.ntk)
+
+
+def test_elu_selu_exact_by_default_and_quadrature_on_request():
+    """ELU/SELU take the series split at 0 by default (1e-8: the depth-3 tests); an explicit
+    quadrature_degree still runs the op's 2-D Gauss–Hermite quadrature: on these inputs
+    (norms up to 10) its NTK is 8.3e-2 off (measured), the error the series removes."""
+    ref_nngp, ref_ntk = _reference_of("elu")
+    quad = tn.analytic_kernels(model("elu"), _inputs(), quadrature_degree=64)
+    assert 1e-3 < cs_error(quad.ntk, ref_ntk) < 0.2
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda x: x.softmax(-1), "not elementwise"),
+    (lambda x: x.sum(0), "not elementwise"),
+    (lambda x: x - x.mean(), "not elementwise"),
+])
+def test_a_function_that_is_not_elementwise_is_refused(fn, match):
+    with pytest.raises(ValueError, match=match):
+        Elementwise(fn)
+
+
+def test_bad_functions_and_arguments():
+    x = _inputs()
+    net = lambda act: nn.Sequential(NTKLinear(3, 4), act, NTKLinear(4, 1)).double()  # noqa
+    with pytest.raises(ValueError, match=r"φ is nan at x = .*finite on the real line"):
+        tn.analytic_kernels(net(Elementwise(torch.log)), x)
+    with pytest.raises(ValueError, match=r"grows too fast.*exp\(x²\)"):
+        tn.analytic_kernels(net(Elementwise(lambda t: torch.exp(t * t))), x)
+    from torch_ntk.layers.numeric_series import numeric_expectations
+    one = torch.ones(1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"grows too fast.*at variance q = 1 .*beyond \|z\|"):
+        numeric_expectations(lambda t: torch.exp(0.3 * t * t), lambda t: t, (), one, one, one)
+    with pytest.raises(ValueError, match="give both nngp_fn and ntk_fn"):
+        Elementwise(torch.sin, nngp_fn=lambda *q: q[0])
+    with pytest.raises(TypeError, match="fn must be callable"):
+        Elementwise(3.0)
+    with pytest.raises(TypeError, match="kinks must be a sequence of numbers"):
+        Elementwise(torch.sin, kinks=("a",))
+    with pytest.raises(ValueError, match="gradients through the activation"):
+        tn.analytic_kernels(net(nn.Mish()), x.clone().requires_grad_(True))
+    with pytest.raises(ValueError, match="degree must be 0, 1, 2 or 3"):
+        dual.RectifiedMonomial(4)
+    with pytest.raises(ValueError, match=r"Gaussian\(b=1.0\): E\[φ\(u\)²\] is infinite"):
+        tn.analytic_kernels(net(dual.Gaussian(1.0, 1.0)), x)
+
+
+def test_user_kernel_map_is_used():
+    """Elementwise(fn, nngp_fn, ntk_fn): the limit uses the given map (erf's, Williams 1997)
+    and equals the registered erf to rounding; a deliberately wrong map changes it."""
+    def nngp(q12, q11, q22):
+        return (2 / math.pi) * torch.asin(2 * q12 / torch.sqrt((1 + 2 * q11) * (1 + 2 * q22)))
+
+    def ntk(q12, q11, q22):
+        return (4 / math.pi) / torch.sqrt((1 + 2 * q11) * (1 + 2 * q22) - 4 * q12 * q12)
+
+    x = _inputs()
+    mk = lambda act: nn.Sequential(NTKLinear(3, 4), act, NTKLinear(4, 1)).double()  # noqa
+    got = tn.analytic_kernels(mk(Elementwise(torch.erf, nngp_fn=nngp, ntk_fn=ntk)), x)
+    ref = tn.analytic_kernels(mk(tn.nn.Erf()), x)
+    assert torch.allclose(got.ntk, ref.ntk, rtol=1e-13)
+    wrong = tn.analytic_kernels(mk(Elementwise(torch.erf, nngp_fn=nngp,
+                                               ntk_fn=lambda *q: 2 * ntk(*q))), x)
+    assert not torch.allclose(wrong.ntk, ref.ntk, rtol=1e-3)

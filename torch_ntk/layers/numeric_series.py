@@ -47,6 +47,8 @@ TOLERANCE = {torch.float64: 1e-11, torch.float32: 1e-8}
 _CHUNK_ELEMENTS = 1 << 22  # nodes × samples (or pairs) per evaluation chunk
 
 Fn = Callable[[Tensor], Tensor]
+_GROWTH_HINT = ("use a function of at most exponential growth, smaller inputs or weight "
+                "variances, or Elementwise(fn, nngp_fn=..., ntk_fn=...) with its kernel map")
 
 
 @lru_cache(maxsize=None)
@@ -92,6 +94,10 @@ def _evaluate(fn: Fn, x: Tensor, name: str, what: str) -> Tensor:
     bad = ~torch.isfinite(y)
     if bool(bad.any()):
         at = float(x[bad][0])
+        if not bool(torch.isnan(y[bad]).any()):
+            raise ValueError(f"{name}: {what} overflows ({float(y[bad][0])} at x = {at:.6g}, a "
+                             "node of the quadrature): it grows too fast for the Gaussian "
+                             f"expectations (e.g. exp(x²)); {_GROWTH_HINT}")
         raise ValueError(f"{name}: {what} is {float(y[bad][0])} at x = {at:.6g}, a node of "
                          "the quadrature of its Gaussian expectations; the limit needs a "
                          "function finite on the real line (clamp it, or give a kernel map "
@@ -127,8 +133,7 @@ def _tables_chunk(phi, dphi, kinks, q, name, terms):
         raise ValueError(f"{name}: φ grows too fast for the Gaussian expectations: at variance "
                          f"q = {qb:.4g} E[φ(√q z)²] has a share {float(mass[big][0] / na[big][0]):.2g} "
                          f"beyond |z| = {Z_MAX - 1.5} (e.g. exp(x²)); the series cannot represent "
-                         "it: use a function of at most exponential growth, smaller inputs or "
-                         "weight variances, or Elementwise(fn, nngp_fn=..., ntk_fn=...)")
+                         f"it: {_GROWTH_HINT}")
     a = torch.empty(q.shape[0], terms, dtype=torch.float64, device=q.device)
     b = torch.empty_like(a)
     h_prev, h = torch.ones_like(z), z.clone()
