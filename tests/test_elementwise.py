@@ -48,8 +48,8 @@ CASES = {
              lambda x: np.tanh(_softplus(x)) + x * (1 - np.tanh(_softplus(x)) ** 2) * _sig(x), ()),
     "hardswish": (nn.Hardswish, lambda x: x * np.clip(x + 3, 0, 6) / 6,
                   lambda x: np.where(x < -3, 0, np.where(x > 3, 1, (2 * x + 3) / 6)), (-3, 3)),
-    "hardtanh": (lambda: nn.Hardtanh(-0.5, 2.0), lambda x: np.clip(x, -0.5, 2.0),
-                 lambda x: ((x > -0.5) & (x < 2.0)).astype(float), (-0.5, 2.0)),
+    "hardtanh": (lambda: nn.Hardtanh(-0.37, 1.91), lambda x: np.clip(x, -0.37, 1.91),
+                 lambda x: ((x > -0.37) & (x < 1.91)).astype(float), (-0.37, 1.91)),
     "relu6": (nn.ReLU6, lambda x: np.clip(x, 0, 6), lambda x: ((x > 0) & (x < 6)).astype(float),
               (0, 6)),
     "softsign": (nn.Softsign, lambda x: x / (1 + np.abs(x)), lambda x: 1 / (1 + np.abs(x)) ** 2,
@@ -292,17 +292,19 @@ def test_depth3_float32_and_cross_batch(case):
 
 
 def test_a_wrong_kink_would_fail():
-    """Mutation check: the same φ with its kinks undeclared (ReLU6 as Elementwise without
-    kinks) misses 1e-8 (the split matters), and a wrong φ′ misses it by far."""
-    ref_nngp, ref_ntk = _reference_of("relu6")
+    """Mutation check: the same φ with its kinks undeclared (Hardtanh(−0.37, 1.91) as an
+    Elementwise without kinks; they are off the rules' grid of 0.5) misses 1e-8 (the split
+    matters), and a wrong φ′ misses it by far."""
+    ref_nngp, ref_ntk = _reference_of("hardtanh")
     x = _inputs()
-    undeclared = nn.Sequential(*[Elementwise(lambda t: torch.clamp(t, 0, 6), name="relu6")
-                                 if isinstance(m, nn.ReLU6) else m for m in model("relu6")])
+    clamp = lambda t: torch.clamp(t, -0.37, 1.91)  # noqa: E731
+    undeclared = nn.Sequential(*[Elementwise(clamp, name="hardtanh")
+                                 if isinstance(m, nn.Hardtanh) else m for m in model("hardtanh")])
     got = tn.analytic_kernels(undeclared, x)
     assert cs_error(got.ntk, ref_ntk) > 1e-8
-    wrong = nn.Sequential(*[Elementwise(lambda t: torch.clamp(t, 0, 6), kinks=(0, 6),
-                                        derivative=lambda t: (t > 0).double())
-                            if isinstance(m, nn.ReLU6) else m for m in model("relu6")])
+    wrong = nn.Sequential(*[Elementwise(clamp, kinks=(-0.37, 1.91),
+                                        derivative=lambda t: (t > -0.37).double())
+                            if isinstance(m, nn.Hardtanh) else m for m in model("hardtanh")])
     assert cs_error(tn.analytic_kernels(wrong, x).ntk, ref_ntk) > 1e-3
 
 

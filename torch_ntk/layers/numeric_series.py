@@ -155,7 +155,7 @@ def pair_expectations(phi: Fn, dphi: Fn, kinks: Sequence[float], q11: Tensor, q2
     composite Gauss–Legendre rule split at the kinks (module doc): z1 outer, and the
     conditional v | z1 = √q22 (ρ z1 + √(1−ρ²) z2) inner (one point when |ρ| = 1)."""
     s1, s2 = torch.sqrt(torch.clamp(q11, min=0)), torch.sqrt(torch.clamp(q22, min=0))
-    norm = s1 * s2
+    norm = torch.sqrt(torch.clamp(q11 * q22, min=0))  # exact for q11 = q22: ρ = 1 exactly
     rho = torch.where(norm > 0, q12 / torch.where(norm > 0, norm, 1), 0).clamp(-1, 1)
     perp = torch.sqrt(torch.clamp((1 - rho) * (1 + rho), min=0))
     e = torch.empty_like(q12)
