@@ -3,9 +3,9 @@ the kinks, the lifted torch modules, Elementwise, ELU/SELU exact.
 
 Reference: the NNGP/NTK recursion written out in numpy with every Gaussian expectation by
 an independent 2-D composite Gauss–Legendre rule in the variables (u, v) themselves
-(:func:`gauss2d`): u on ±13√q11 split at φ's kinks, every 2 on |u| ≤ 20, and graded
-towards the points where the conditional mean of v crosses a kink, v | u on its ±13 sd
-split likewise (kinks, every 2 on |v| ≤ 20), 3 panels of 20 nodes per piece; φ and
+(:func:`gauss2d`): u on ±13√q11 split at φ's kinks, every 2 in u, and graded towards
+the points where the conditional mean of v crosses a kink, v | u on its ±13 sd split
+likewise (kinks, every 2 in v), 3 panels of 20 nodes per piece; φ and
 φ′ written again in numpy from their definitions. :func:`test_reference_against_scipy`
 checks that rule against scipy.integrate.dblquad (split at the kinks) to 1e-9.
 Errors are measured against the Cauchy–Schwarz scale: |K − K_ref|_ij / √(K_ref,ii K_ref,jj).
@@ -130,12 +130,18 @@ POINT_ONLY = {
     "monomial_3": (lambda: dual.Monomial(3), lambda x: x ** 3, lambda x: 3 * x * x, ()),
 }
 CASES.update(CLOSED)
+OSCILLATING = {"sin", "cos", "rbf", "user_sin_kinked"}  # the reference's grid covers all x
 
 
 # ---- the independent reference -------------------------------------------------------
 
 _T, _W = np.polynomial.legendre.leggauss(20)
-GRID = np.arange(-20.0, 20.5, 2.0)  # breakpoints every 2 in x where φ turns
+
+
+def _grid(reach: float) -> np.ndarray:
+    """Breakpoints every 2 in x on |x| ≤ min(reach, 200) (φ may turn or oscillate anywhere)."""
+    r = 2.0 * math.ceil(min(reach, 200.0) / 2)
+    return np.arange(-r, r + 1.0, 2.0)
 
 
 def _rule(edges: np.ndarray, panels: int):
@@ -155,14 +161,15 @@ def _pdf(x, var):
     return np.exp(-x * x / (2 * var)) / np.sqrt(2 * np.pi * var)
 
 
-def gauss2d(phi, dphi, kinks, q11, q22, q12):
-    """(E[φ(u)φ(v)], E[φ′(u)φ′(v)]) by the composite rule of the module doc."""
+def gauss2d(phi, dphi, kinks, q11, q22, q12, oscillates=False):
+    """(E[φ(u)φ(v)], E[φ′(u)φ′(v)]) by the composite rule of the module doc (breakpoints
+    every 2 on |x| ≤ 20, or over the whole range when φ ``oscillates``)."""
     kinks = np.asarray(kinks, float)
     s1 = math.sqrt(q11)
     rho = max(-1.0, min(1.0, q12 / math.sqrt(q11 * q22)))
     sd = math.sqrt(max(q22 * (1 - rho * rho), 0.0))
     slope = rho * math.sqrt(q22) / s1  # E[v | u] = slope·u
-    edges = [-13 * s1, 13 * s1, *kinks, *GRID]
+    edges = [-13 * s1, 13 * s1, *kinks, *_grid(13 * s1 if oscillates else 20.0)]
     if slope != 0:
         width = sd / abs(slope)
         for t in kinks:
@@ -175,7 +182,8 @@ def gauss2d(phi, dphi, kinks, q11, q22, q12):
     if sd < 1e-300:
         g, dg = phi(mean), dphi(mean)
     else:
-        inner = np.concatenate([kinks, GRID])
+        reach = np.max(np.abs(mean)) + 13 * sd if oscillates else 20.0
+        inner = np.concatenate([kinks, _grid(reach)])
         e2 = np.sort(np.concatenate([np.stack([mean - 13 * sd, mean + 13 * sd], -1),
                                      np.clip(inner[None, :] + 0 * mean[:, None],
                                              (mean - 13 * sd)[:, None],
@@ -198,7 +206,7 @@ def reference(case: str, x: np.ndarray, depth: int = 3):
         for i in range(n):
             for j in range(i, n):
                 e[i, j], ed[i, j] = gauss2d(phi, dphi, kinks, sigma[i, i], sigma[j, j],
-                                            sigma[i, j])
+                                            sigma[i, j], case in OSCILLATING)
                 e[j, i], ed[j, i] = e[i, j], ed[i, j]
         theta = theta * SW2 * ed + SW2 * e + SB2
         sigma = SW2 * e + SB2
