@@ -9,8 +9,10 @@ then one pass over pairs that runs every layer in registers and writes only the
 requested outputs. Closed forms for the ReLU family and erf; Hermite series for the
 smooth activations (per sample the Hermite coefficients of φ(√q·z) and φ′(√q·z), per pair
 their power series in the correlation); 2-D Gauss–Hermite quadrature of degree
-``quadrature_degree`` for ELU/SELU, and for every activation without a closed form when
-``quadrature_degree`` is given. CNN specs (:mod:`torch_ntk.analytic.cnn`) take the
+``quadrature_degree`` for every activation without a closed form when it is given. Any
+other elementwise φ (torch modules without an op id, ``Elementwise``; ELU/SELU by default)
+takes the same series computed in torch with its kinks split
+(``torch_ntk.layers.numeric_series``), the recursion then running in torch. CNN specs (:mod:`torch_ntk.analytic.cnn`) take the
 convolutional recursion of Arora et al. 2019.
 
 Example::
@@ -101,9 +103,13 @@ def analytic_kernels(
             GELU, softplus) use their Hermite series (csrc/math/hermite.h;
             truncation bound 1e-11 relative in float64, 1e-7 in float32), and 2-D
             Gauss–Hermite quadrature of the spec's default degree serves the pairs where
-            that bound is not met and the other activations without a closed form (ELU,
-            SELU). An int: 2-D quadrature of this degree per dimension for every activation
-            without a closed form (cost ∝ degree²; the op's path before the series).
+            that bound is not met; ELU, SELU and every activation without an op id (any
+            torch elementwise module, ``torch_ntk.activations.Elementwise``) take the
+            numeric Hermite series split at their kinks, in torch
+            (``torch_ntk.layers.numeric_series``; 1e-11 relative per layer in float64).
+            An int: 2-D quadrature of this degree per dimension for every registered
+            activation without a closed form (cost ∝ degree²; the op's path before the
+            series); activations without an op id still take the numeric series.
         force_quadrature: integrate closed-form activations by quadrature too (for tests).
         progress: a tqdm bar on stderr counting the pairs (x1_i, x2_j) done. None (default):
             a long run (a FLOP estimate, then the measured time of its first row block,
