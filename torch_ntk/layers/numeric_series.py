@@ -155,21 +155,30 @@ def _tables_chunk(phi, dphi, kinks, q, name, terms, tolerance, min_terms):
                          f"q = {qb:.4g} E[φ(√q z)²] has a share {float(mass[big][0] / na[big][0]):.2g} "
                          f"beyond |z| = {Z_MAX - 1.5} (e.g. exp(x²)); the series cannot represent "
                          f"it: {_GROWTH_HINT}")
-    a = torch.empty(q.shape[0], terms, dtype=torch.float64, device=q.device)
-    b = torch.empty_like(a)
-    h_prev, h = torch.ones_like(z), z.clone()
-    a[:, 0], b[:, 0] = fw.sum(-1), dw.sum(-1)
-    kept_a, kept_b = a[:, 0] ** 2, b[:, 0] ** 2
-    for k in range(1, terms):
-        if k % STEP == 0 and k >= min_terms and tolerance > 0:
-            done = ((na - kept_a <= tolerance * na) & (nb - kept_b <= tolerance * nb)).all()
-            if bool(done):
-                terms = k
-                a, b = a[:, :k], b[:, :k]
+    # h_k(z) = He_k(z)/√k! by the recurrence h_{k+1} = (z h_k − √k h_{k−1})/√(k+1), 8 terms
+    # at a time into a block [M, nodes, 8]; the coefficients of φ and φ′ by one batched
+    # product of [M, 2, nodes] with it
+    fd = torch.stack([fw, dw], 1)
+    ab = torch.empty(q.shape[0], 2, terms, dtype=torch.float64, device=q.device)
+    block = torch.empty(*z.shape, STEP, dtype=torch.float64, device=q.device)
+    norms = torch.stack([na, nb], 1)
+    h_prev, h = None, torch.ones_like(z)
+    for k0 in range(0, terms, STEP):
+        if k0 >= max(min_terms, STEP) and tolerance > 0:
+            kept = (ab[:, :, :k0] ** 2).sum(-1)
+            if bool((norms - kept <= tolerance * norms).all()):
+                ab = ab[:, :, :k0]
                 break
-        a[:, k], b[:, k] = (fw * h).sum(-1), (dw * h).sum(-1)
-        kept_a, kept_b = kept_a + a[:, k] ** 2, kept_b + b[:, k] ** 2
-        h_prev, h = h, (z * h - math.sqrt(k) * h_prev) / math.sqrt(k + 1)
+        for j in range(STEP):
+            k = k0 + j
+            block[..., j] = h
+            if k == 0:
+                h_prev, h = h, z.clone()
+            else:
+                h_prev, h = h, torch.addcmul(h_prev * (-math.sqrt(k / (k + 1))), z, h,
+                                             value=1 / math.sqrt(k + 1))
+        ab[:, :, k0:k0 + STEP] = torch.bmm(fd, block)
+    a, b = ab[:, 0], ab[:, 1]
     tails = []
     for c, norm in ((a, na), (b, nb)):
         kept = torch.cumsum(c * c, -1)[:, STEP - 1::STEP]
