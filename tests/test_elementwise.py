@@ -469,3 +469,31 @@ def test_user_kernel_map_is_used():
     wrong = tn.analytic_kernels(mk(Elementwise(torch.erf, nngp_fn=nngp,
                                                ntk_fn=lambda *q: 2 * ntk(*q))), x)
     assert not torch.allclose(wrong.ntk, ref.ntk, rtol=1e-3)
+
+
+def test_gradients_are_refused_or_take_the_differentiable_path():
+    """Under grad: a numeric-series activation is refused (MLP and CNN), a closed-form
+    family is differentiated (autograd against central differences of the no-grad kernels,
+    1e-6), and ELU in a CNN takes the differentiable quadrature (autograd against central
+    differences of the no-grad kernels at quadrature_degree=64, 1e-5; a detached series
+    would miss the activation's share of the gradient)."""
+    x = _inputs()[:3].clone().requires_grad_(True)
+    cnn = nn.Sequential(tn.nn.NTKConv2d(3, 4, 1), nn.Mish(), nn.Flatten(), NTKLinear(4, 1))
+    with pytest.raises(ValueError, match="gradients through the activation"):
+        tn.analytic_kernels(cnn.double(), x[:, :, None, None])
+    sin = nn.Sequential(NTKLinear(3, 4), dual.Sin(1.0, 0.8), NTKLinear(4, 1)).double()
+    k = tn.analytic_kernels(sin, x)
+    (g,) = torch.autograd.grad(k.ntk.sum(), x)
+    d = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plus = tn.analytic_kernels(sin, x + 1e-5 * d).ntk.sum()
+        minus = tn.analytic_kernels(sin, x - 1e-5 * d).ntk.sum()
+    assert abs(float((g * d).sum()) - float(plus - minus) / 2e-5) < 1e-6 * max(1, float(g.abs().max()))
+    elu = nn.Sequential(tn.nn.NTKConv2d(3, 4, 1), nn.ELU(), nn.Flatten(),
+                        NTKLinear(4, 1)).double()
+    k = tn.analytic_kernels(elu, x[:, :, None, None])
+    (g,) = torch.autograd.grad(k.ntk.sum(), x)
+    with torch.no_grad():
+        plus, minus = (tn.analytic_kernels(elu, (x + s * 1e-5 * d)[:, :, None, None],
+                                           quadrature_degree=64).ntk.sum() for s in (1, -1))
+    assert abs(float((g * d).sum()) - float(plus - minus) / 2e-5) < 1e-5 * max(1, float(g.abs().max()))

@@ -287,9 +287,18 @@ def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wa
     """(nngp, ntk) by the torch composite (MLP: :func:`mlp_kernels`; CNN: the walker
     :func:`torch_ntk.analytic.cnn.cnn_kernels`), for :func:`torch_ntk.analytic_kernels`
     when something requires grad; x1/x2 already validated (MLP: [N, n0])."""
+    for act in spec.activations:
+        if isinstance(act, NumericActivation) and not act.has_closed_form:
+            raise ValueError(f"analytic_kernels: gradients through the activation {act.name} "
+                             "(numeric Hermite series) are not offered; compute the kernels "
+                             "under torch.no_grad() or give Elementwise(fn, nngp_fn=..., "
+                             "ntk_fn=...) in differentiable torch")
     if spec.is_mlp:
         nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature)
     else:
         from .cnn import cnn_kernels
+        if quadrature_degree is None and any(needs_numeric(a, True) for a in spec.activations):
+            # ELU/SELU: the differentiable 2-D quadrature, not the (detached) numeric series
+            quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
         nngp, ntk = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     return (nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)

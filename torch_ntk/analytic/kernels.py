@@ -133,7 +133,10 @@ def analytic_kernels(
     point paired with itself (x in x1 and x2) the ReLU family's NTK of depth ≥ 2 has a kink
     (|t|-like in the distance); the gradient there is the symmetric subgradient, as central
     differences give. No double backward. Gradients w.r.t. activation parameters are not
-    offered.
+    offered. Activations on the numeric Hermite series have no gradient path: those
+    without a kernel map in torch (``Elementwise(fn, nngp_fn=..., ntk_fn=...)``, the
+    closed-form families) are refused with a ValueError, and ELU/SELU take 2-D quadrature
+    of the default degree there (about 1e-2 off, as with an explicit ``quadrature_degree``).
 
     Returns:
         :class:`Kernels` with ``nngp`` and ``ntk`` of shape [N1, N2] (None if not
