@@ -12,7 +12,8 @@ their power series in the correlation); 2-D Gauss–Hermite quadrature of degree
 ``quadrature_degree`` for every activation without a closed form when it is given. Any
 other elementwise φ (torch modules without an op id, ``Elementwise``; ELU/SELU by default)
 takes the same series computed in torch with its kinks split
-(``torch_ntk.layers.numeric_series``), the recursion then running in torch. CNN specs (:mod:`torch_ntk.analytic.cnn`) take the
+(``torch_ntk.layers.numeric_series``), the recursion then running in torch.
+CNN specs (:mod:`torch_ntk.analytic.cnn`) take the
 convolutional recursion of Arora et al. 2019.
 
 Example::
@@ -233,7 +234,9 @@ def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tupl
     the tests' and benchmarks' reference)."""
     program = cnn_op_args(spec)
     series = quadrature_degree is None and not force_quadrature
-    if program is None or any(needs_numeric(a, series) for a in spec.activations):  # a layer kind without an op encoding: the torch walker runs it
+    # a layer kind without an op encoding, or an activation on the numeric series: the
+    # torch walker runs the spec
+    if program is None or any(needs_numeric(a, series) for a in spec.activations):
         got = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
         return Kernels(got.nngp, got.ntk)
     x1 = spec.check_input("analytic_kernels", "x1", x1)

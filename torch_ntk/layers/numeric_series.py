@@ -152,7 +152,8 @@ def _tables_chunk(phi, dphi, kinks, q, name, terms, tolerance, min_terms):
     if bool(big.any()):
         qb = float(q[big][0])
         raise ValueError(f"{name}: φ grows too fast for the Gaussian expectations: at variance "
-                         f"q = {qb:.4g} E[φ(√q z)²] has a share {float(mass[big][0] / na[big][0]):.2g} "
+                         f"q = {qb:.4g} E[φ(√q z)²] has a share "
+                         f"{float(mass[big][0] / na[big][0]):.2g} "
                          f"beyond |z| = {Z_MAX - 1.5} (e.g. exp(x²)); the series cannot represent "
                          f"it: {_GROWTH_HINT}")
     # h_k(z) = He_k(z)/√k! by the recurrence h_{k+1} = (z h_k − √k h_{k−1})/√(k+1), 8 terms
