@@ -380,8 +380,10 @@ def test_cnn_with_a_numeric_activation_equals_the_mlp():
 
 
 def test_functional_forms_lift_like_their_modules():
-    """F.mish, F.hardtanh(min, max), F.relu6, F.softplus(β, threshold), F.celu, F.softshrink
-    in a forward read by torch.fx give the kernels of the module versions (exactly)."""
+    """F.mish, F.hardtanh(min, max), F.relu6, F.softplus(β, threshold), F.celu, F.softshrink,
+    x.clamp(lo, hi), torch.clamp(x, min=0), torch.sin, x.exp(), torch.sign in a forward read
+    by torch.fx give the kernels of the module versions (1e-12: ReLU's closed form against
+    the series of a clamp)."""
     import torch.nn.functional as F
 
     class Net(nn.Module):
@@ -398,14 +400,18 @@ def test_functional_forms_lift_like_their_modules():
                                                   nn.Softplus(2.0, 3.0)),
              (lambda t: F.celu(t, 0.7), nn.CELU(0.7)), (lambda t: F.softshrink(t, 0.5),
                                                         nn.Softshrink(0.5))]
+    pairs += [(lambda t: t.clamp(-0.5, 2.0), nn.Hardtanh(-0.5, 2.0)),
+              (lambda t: torch.clamp(t, min=0.0), nn.ReLU()),
+              (lambda t: torch.sin(t), dual.Sin()), (lambda t: t.exp(), dual.Exp()),
+              (lambda t: torch.sign(t), dual.Sign())]
     x = _inputs()[:3]
     for functional, module in pairs:
         spec = tn.lift(Net(functional).double())
         (act,) = spec.activations
-        assert type(act.source) is type(module) and act.kinks == spec.activations[0].kinks
         got = tn.analytic_kernels(spec, x)
         ref = tn.analytic_kernels(nn.Sequential(NTKLinear(3, 8), module, NTKLinear(8, 1)), x)
-        assert torch.equal(got.ntk, ref.ntk)
+        assert torch.allclose(got.ntk, ref.ntk, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(got.nngp, ref.nngp, rtol=1e-12, atol=1e-12)
 
 
 def test_elu_selu_exact_by_default_and_quadrature_on_request():

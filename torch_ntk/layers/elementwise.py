@@ -20,7 +20,8 @@ What lifts here, each with the kinks its type implies:
     nn.LogSigmoid ()          nn.Softplus, threshold ≠ 20 (threshold/β)
     torch_ntk.activations.Elementwise (its declared kinks)
 
-and their functional forms under torch.fx (``F.mish``, ``F.hardtanh``, ``F.relu6``, …).
+and their functional forms under torch.fx (``F.mish``, ``F.hardtanh``, ``F.relu6``, …;
+``torch.clamp`` / ``x.clamp(lo, hi)`` as an Elementwise with kinks at lo and hi).
 ELU and SELU (registered ids) take the same series by default (kink at 0), since the
 op's 2-D Gauss–Hermite quadrature is 2–3% off at their kink.
 """
@@ -195,3 +196,14 @@ lifts_functional(("call_function", F.tanhshrink))(_module(nn.Tanhshrink))
 lifts_functional(("call_function", F.softshrink))(_module(nn.Softshrink, "lambd"))
 lifts_functional(("call_function", F.hardshrink))(_module(nn.Hardshrink, "lambd"))
 lifts_functional(("call_function", F.logsigmoid))(_module(nn.LogSigmoid))
+
+
+@lifts_functional(("call_function", torch.clamp), ("call_method", "clamp"))
+def _clamp(call, min=None, max=None):  # noqa: A002 - torch's argument names
+    """torch.clamp(x, lo, hi) / x.clamp(lo, hi): an Elementwise with kinks at lo and hi."""
+    for n, v in (("min", min), ("max", max)):
+        if isinstance(v, torch.fx.Node) or (v is not None and not isinstance(v, (int, float))):
+            raise ValueError(f"argument {n} must be a constant number to lift; got {v!r}")
+    kinks = tuple(float(v) for v in (min, max) if v is not None)
+    return [Elementwise(lambda t: torch.clamp(t, min, max), name=f"clamp({min}, {max})",
+                        kinks=kinks)]

@@ -27,3 +27,17 @@ from .sin import Cos, Rbf, Sin
 
 __all__ = ["ABReLU", "Cos", "Exp", "Gaussian", "Monomial", "Polynomial", "Rbf",
            "RectifiedMonomial", "Sign", "Sin"]
+
+
+def _register_functionals() -> None:
+    """torch.sin / x.sin(), cos, exp and sign under torch.fx lift to their families."""
+    import torch
+
+    from ..base import lifts_functional
+
+    for name, family in (("sin", Sin), ("cos", Cos), ("exp", Exp), ("sign", Sign)):
+        build = (lambda family: lambda call: [family()])(family)
+        lifts_functional(("call_function", getattr(torch, name)), ("call_method", name))(build)
+
+
+_register_functionals()
