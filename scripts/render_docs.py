@@ -37,6 +37,8 @@ TABLES: dict[str, tuple[str, str]] = {
     "analytic_cuda": (f"{RESULTS}/analytic_cuda.json", "doc_tables:render_analytic"),
     "analytic_paths_cpu": (f"{RESULTS}/analytic_cpu.json",
                            "torch_ntk.bench.analytic_paths:render_analytic_paths"),
+    "any_activation_cpu": (f"{RESULTS}/analytic_cpu.json",
+                           "torch_ntk.bench.any_activation:render_any_activation"),
     "activation_accuracy": (f"{RESULTS}/activation_accuracy.json",
                             "torch_ntk.bench.activation_accuracy:render_activation_accuracy"),
     "empirical_cpu_cases": (EMPIRICAL_CPU, "doc_tables:render_empirical_cases"),

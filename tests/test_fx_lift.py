@@ -363,13 +363,13 @@ class DataDependent(nn.Module):
         return self.b(h)
 
 
-class Sine(nn.Module):
+class Atan(nn.Module):  # torch.sin lifts since issue 31 (torch_ntk.layers.dual.Sin)
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
 
     def forward(self, x):
-        return self.b(torch.sin(self.a(x)))
+        return self.b(torch.atan(self.a(x)))
 
 
 class Shared(nn.Module):
@@ -400,7 +400,7 @@ NOT_LIFTING = [
                 "Python number lifts"),
     (DataDependent, rf"torch\.fx cannot trace DataDependent\.forward, at .*{FILE}: "
                     r"if h\.sum\(\) > 0: \(TraceError"),
-    (Sine, rf"node sin \(call_function torch\.sin, at .*{FILE}: return self\.b\(torch\.sin"
+    (Atan, rf"node atan \(call_function torch\.atan, at .*{FILE}: return self\.b\(torch\.atan"
            r"\(self\.a\(x\)\)\)\) is not a supported layer"),
     (Shared, r"node a_1 \(call_module a, .*\): it calls a module already called by node a "),
     (TwoInputs, r"node y \(placeholder y\): forward takes a second input"),

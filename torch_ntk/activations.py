@@ -31,6 +31,7 @@ from torch import Tensor, nn
 __all__ = [
     "Abs",
     "Activation",
+    "Elementwise",
     "Erf",
     "REGISTRY",
     "DEFAULT_QUADRATURE_DEGREE",
@@ -220,6 +221,10 @@ class _Entry:
     quadrature_degree: int = 0  # default Gauss–Hermite degree (0: closed form)
     modules: tuple[type, ...] = ()
     param_of: Callable[[nn.Module], float] = _no_param
+    # the kinks of φ (points where φ or φ′ is not smooth) as a function of the parameter,
+    # for an activation the numeric Hermite series serves by default
+    # (``torch_ntk.layers.numeric_series``); None: the op's closed form, series or quadrature
+    numeric_kinks: Optional[Callable[[float], tuple]] = None
 
 
 REGISTRY: dict[str, _Entry] = {
@@ -278,13 +283,13 @@ REGISTRY: dict[str, _Entry] = {
         10, lambda x, p: F.elu(x, alpha=p),
         lambda x, p: _where(x > 0, 1.0, p * torch.exp(x), x), None, 1.0,
         lambda p: nn.ELU(alpha=p), "φ(x) = x for x > 0, α(e^x − 1) otherwise", 64,
-        modules=(nn.ELU,), param_of=lambda m: float(m.alpha),
+        modules=(nn.ELU,), param_of=lambda m: float(m.alpha), numeric_kinks=lambda p: (0.0,),
     ),
     "selu": _Entry(
         11, lambda x, p: F.selu(x),
         lambda x, p: _SELU_SCALE * _where(x > 0, 1.0, _SELU_ALPHA * torch.exp(x), x),
         None, 0.0, lambda p: nn.SELU(), "φ(x) = λ·elu(x, α) with Klambauer et al.'s constants", 64,
-        modules=(nn.SELU,),
+        modules=(nn.SELU,), numeric_kinks=lambda p: (0.0,),
     ),
 }
 
@@ -449,3 +454,119 @@ def quadrature_degree_for(activations: Sequence[Activation], force_quadrature: b
 
 
 __all__.append("quadrature_degree_for")
+
+
+class Elementwise(nn.Module):
+    """Any elementwise φ as a module that lifts to the infinite-width limit.
+
+    Args:
+        fn: φ, a torch function applied elementwise (``torch.sin``,
+            ``lambda x: x * torch.sigmoid(1.702 * x)``); checked on a probe input: a function
+            that is not elementwise (its value at an entry depends on other entries, or the
+            shape changes) is refused.
+        derivative: φ′ (elementwise), or None: by autograd of ``fn`` (the derivative torch
+            trains with; where φ jumps it is the almost-everywhere derivative).
+        name: a label for reprs and refusals (default: ``fn``'s name).
+        kinks: the points t_j where φ or one of its first derivatives is not smooth (ReLU6:
+            (0, 6)). The numeric Hermite series integrates each smooth piece between them
+            separately (``torch_ntk.layers.numeric_series``); an undeclared kink costs
+            accuracy (algebraic instead of geometric convergence), never a crash.
+        nngp_fn, ntk_fn: the user's kernel map, both or neither: ``nngp_fn(q12, q11, q22)``
+            = E[φ(u)φ(v)] and ``ntk_fn(q12, q11, q22)`` = E[φ′(u)φ′(v)] for
+            (u, v) ~ N(0, [[q11, q12], [q12, q22]]), elementwise over broadcast tensors
+            (neural-tangents' ``Elementwise(fn, nngp_fn, d_nngp_fn)`` order). Used instead of
+            the numeric series.
+
+    Infinite width: E[φ(u)φ(v)] = Σ_k a_k(q11) a_k(q22) ρ^k (Mehler), a_k(q) the Hermite
+    coefficients of φ(√q·z), by a Gauss–Legendre rule split at the kinks; pairs the
+    truncated series does not meet to 1e-11 (float64) fall back to a 2-D rule split at the
+    kinks. φ must vary on scales ≳ 0.5 in x (the panel width of the rules) and have
+    E[φ(√q z)²] < ∞ with its mass inside |z| < 13 (exp(x²) is refused with a ValueError).
+
+    Example::
+
+        >>> act = Elementwise(lambda x: x * torch.sigmoid(1.702 * x), name="quick_gelu")
+        >>> model = nn.Sequential(nn.Linear(3, 64), act, nn.Linear(64, 1))
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor],
+                 derivative: Optional[Callable[[Tensor], Tensor]] = None,
+                 name: Optional[str] = None, kinks: Sequence[float] = (),
+                 nngp_fn: Optional[Callable] = None, ntk_fn: Optional[Callable] = None):
+        super().__init__()
+        for arg, value in (("fn", fn), ("derivative", derivative), ("nngp_fn", nngp_fn),
+                           ("ntk_fn", ntk_fn)):
+            if value is not None and not callable(value):
+                raise TypeError(f"Elementwise: {arg} must be callable; got "
+                                f"{type(value).__name__}")
+        if fn is None:
+            raise TypeError("Elementwise: fn must be callable; got None")
+        if (nngp_fn is None) != (ntk_fn is None):
+            raise ValueError("Elementwise: give both nngp_fn and ntk_fn (E[φ(u)φ(v)] and "
+                             "E[φ′(u)φ′(v)]) or neither (then the numeric series computes them)")
+        try:
+            kinks = tuple(sorted(float(t) for t in kinks))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"Elementwise: kinks must be a sequence of numbers; got "
+                            f"{kinks!r}") from error
+        if not all(math.isfinite(t) for t in kinks):
+            raise ValueError(f"Elementwise: kinks must be finite; got {kinks}")
+        self.fn, self.derivative_fn, self.kinks = fn, derivative, kinks
+        self.nngp_fn, self.ntk_fn = nngp_fn, ntk_fn
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        check_elementwise(self.name, fn)
+        if derivative is not None:
+            check_elementwise(self.name + " (derivative)", derivative)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        """φ′(x), elementwise (``derivative`` or autograd of ``fn``)."""
+        if self.derivative_fn is not None:
+            return self.derivative_fn(x)
+        return autograd_derivative(self.fn, x)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, kinks={self.kinks}" if self.kinks else self.name
+
+
+def autograd_derivative(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """φ′(x) of an elementwise ``fn`` by autograd (0 where fn does not depend on x)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        y = fn(x)
+        if not y.requires_grad:
+            return torch.zeros_like(x)
+        (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g.detach()
+
+
+def check_elementwise(name: str, fn: Callable[[Tensor], Tensor]) -> None:
+    """ValueError unless ``fn`` maps a probe tensor to one of its shape, entry by entry:
+    fn(x)[perm] equals fn(x[perm]) and fn of one entry equals that entry of fn(x)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64) * 2
+    hint = ("the limit needs an elementwise φ (one value per entry, from that entry only); "
+            "use torch_ntk.monte_carlo_kernels or empirical_ntk for other functions")
+    try:
+        y = fn(x)
+    except Exception as error:  # noqa: BLE001 - the user's function: report any failure
+        raise ValueError(f"Elementwise({name}): fn failed on a probe tensor [4, 5] float64 "
+                         f"({type(error).__name__}: {error}); {hint}") from error
+    if not isinstance(y, Tensor) or y.shape != x.shape:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"Elementwise({name}): fn is not elementwise: a [4, 5] input gave "
+                         f"{shape}; {hint}")
+    perm = torch.randperm(x.numel(), generator=g)
+    permuted = fn(x.reshape(-1)[perm].reshape(4, 5)).reshape(-1)
+    single = torch.stack([fn(x.reshape(-1)[i:i + 1])[0] for i in range(3)])
+    same = torch.allclose(permuted, y.reshape(-1)[perm], rtol=1e-12, atol=1e-12,
+                          equal_nan=True) and torch.allclose(
+        single, y.reshape(-1)[:3], rtol=1e-12, atol=1e-12, equal_nan=True)
+    if not same:
+        raise ValueError(f"Elementwise({name}): fn is not elementwise: its value at an entry "
+                         f"depends on the other entries (checked on a probe input); {hint}")
+
+
+__all__ += ["autograd_derivative", "check_elementwise"]

@@ -38,6 +38,8 @@ from torch import Tensor
 
 from ..activations import Activation, gaussian_expectations, quadrature_degree_for
 from ..layers import Conv, Dense
+from ..layers.elementwise import NumericActivation, needs_numeric
+from ..layers.elementwise import expectations as numeric_expectations
 from ..lifting.lift import LayerSpec
 
 __all__ = ["differentiable_kernels", "hermite_expectations", "mlp_kernels", "needs_grad",
@@ -211,7 +213,16 @@ def hermite_expectations(act: Activation, q11: Tensor, q22: Tensor, q12: Tensor,
 # ---- the recursions ---------------------------------------------------------------------
 
 def _expectations(act: Activation, q11, q22, q12, degree: int, force_quadrature: bool,
-                  series: bool):
+                  series: bool, numeric: bool = False):
+    if numeric and needs_numeric(act, series):  # no grad: the numeric Hermite series
+        return numeric_expectations(act, q11, q22, q12, force_quadrature)
+    if isinstance(act, NumericActivation):
+        if act.has_closed_form and not force_quadrature:
+            return act.closed_form(q11, q22, q12)
+        raise ValueError(f"analytic_kernels: gradients through the activation {act.name} "
+                         "(numeric Hermite series) are not offered; compute the kernels "
+                         "under torch.no_grad() or give Elementwise(fn, nngp_fn=..., "
+                         "ntk_fn=...) in differentiable torch")
     if act.has_closed_form and not force_quadrature:
         return act.closed_form(q11, q22, q12)
     if series and act.name in HERMITE_SERIES:
@@ -220,7 +231,8 @@ def _expectations(act: Activation, q11, q22, q12, degree: int, force_quadrature:
 
 
 def mlp_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], quadrature_degree:
-                Optional[int] = None, force_quadrature: bool = False) -> tuple[Tensor, Tensor]:
+                Optional[int] = None, force_quadrature: bool = False,
+                numeric: bool = False) -> tuple[Tensor, Tensor]:
     """(NNGP, NTK) [N1, N2] of an MLP spec by the layer recursion in torch, differentiable
     w.r.t. x1, x2 and the spec's variances when they are tensors (:func:`with_variances`).
 
@@ -228,12 +240,16 @@ def mlp_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], quadrature_de
     for the smooth activations when ``quadrature_degree`` is None, else (and for ELU/SELU)
     2-D Gauss–Hermite quadrature of the spec's default degree or ``quadrature_degree``.
     x2 = None: the per-sample variances come from the Gram diagonal, the diagonal pairs
-    use them exactly, the upper triangle is mirrored.
+    use them exactly, the upper triangle is mirrored. ``numeric``: the activations no fused
+    op computes (``torch_ntk.layers.elementwise``: any torch φ; ELU/SELU when
+    ``quadrature_degree`` is None) take the numeric Hermite series (not differentiable;
+    :func:`torch_ntk.analytic_kernels` asks for it under no grad); without it, ELU/SELU
+    take 2-D quadrature and a numeric activation without a closed form is refused.
     """
     series = quadrature_degree is None and not force_quadrature
     if quadrature_degree is None:
         quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
-    args = (quadrature_degree, force_quadrature, series)
+    args = (quadrature_degree, force_quadrature, series, numeric)
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
     if spec.flatten_input:
@@ -271,9 +287,18 @@ def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wa
     """(nngp, ntk) by the torch composite (MLP: :func:`mlp_kernels`; CNN: the walker
     :func:`torch_ntk.analytic.cnn.cnn_kernels`), for :func:`torch_ntk.analytic_kernels`
     when something requires grad; x1/x2 already validated (MLP: [N, n0])."""
+    for act in spec.activations:
+        if isinstance(act, NumericActivation) and not act.has_closed_form:
+            raise ValueError(f"analytic_kernels: gradients through the activation {act.name} "
+                             "(numeric Hermite series) are not offered; compute the kernels "
+                             "under torch.no_grad() or give Elementwise(fn, nngp_fn=..., "
+                             "ntk_fn=...) in differentiable torch")
     if spec.is_mlp and not spec.is_graph:
         nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature)
     else:
         from .cnn import cnn_kernels
+        if quadrature_degree is None and any(needs_numeric(a, True) for a in spec.activations):
+            # ELU/SELU: the differentiable 2-D quadrature, not the (detached) numeric series
+            quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
         nngp, ntk = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     return (nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)

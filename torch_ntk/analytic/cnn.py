@@ -112,6 +112,7 @@ def cnn_kernels(
     x2 = x1 if symmetric else spec.check_input(function, "x2", x2, like=x1)
     if spec.spatial_dims == 1:
         x1, x2 = x1.unsqueeze(2), x2.unsqueeze(2)
+    series = quadrature_degree is None and not force_quadrature
     if quadrature_degree is None:
         quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
     planes = requirements(spec).planes
@@ -125,7 +126,7 @@ def cnn_kernels(
             k = torch.einsum("achw,bcij->abhwij" if pairs else "nchw,ncij->nhwij", a, b) / c0
         else:
             k = torch.einsum("achw,bchw->abhw" if pairs else "nchw,nchw->nhw", a, b) / c0
-        return KernelState.of_inputs(k, sets, quadrature_degree, force_quadrature)
+        return KernelState.of_inputs(k, sets, quadrature_degree, force_quadrature, series)
 
     def self_view(var: Tensor, side: int, sets_now: int) -> Tensor:
         if sets_now == 2:

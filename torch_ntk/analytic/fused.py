@@ -101,7 +101,7 @@ def cnn_op_args(spec: LayerSpec) -> Optional[tuple[list[int], list[int], list[fl
         if encode is None:
             return None
         encoded = encode(layer)
-        if encoded is None:  # settings the op has no code for (a padded AvgPool)
+        if encoded is None:  # settings or activations the op has no code for
             return None
         code, layer_ints, layer_floats = encoded
         codes.append(code)

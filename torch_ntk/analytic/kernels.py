@@ -9,8 +9,11 @@ then one pass over pairs that runs every layer in registers and writes only the
 requested outputs. Closed forms for the ReLU family and erf; Hermite series for the
 smooth activations (per sample the Hermite coefficients of φ(√q·z) and φ′(√q·z), per pair
 their power series in the correlation); 2-D Gauss–Hermite quadrature of degree
-``quadrature_degree`` for ELU/SELU, and for every activation without a closed form when
-``quadrature_degree`` is given. CNN specs (:mod:`torch_ntk.analytic.cnn`) take the
+``quadrature_degree`` for every activation without a closed form when it is given. Any
+other elementwise φ (torch modules without an op id, ``Elementwise``; ELU/SELU by default)
+takes the same series computed in torch with its kinks split
+(``torch_ntk.layers.numeric_series``), the recursion then running in torch.
+CNN specs (:mod:`torch_ntk.analytic.cnn`) take the
 convolutional recursion of Arora et al. 2019.
 
 Example::
@@ -34,7 +37,8 @@ from ..lifting.lift import LayerSpec, lift
 from .cnn import cnn_kernels, pair_floats
 from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree, mlp_graph_args
 from .refusal import no_limit_error
-from .autograd import differentiable_kernels, needs_grad, with_variances
+from .autograd import differentiable_kernels, mlp_kernels, needs_grad, with_variances
+from ..layers.elementwise import needs_numeric
 from .._utils.validation import check_batch, check_choices
 
 __all__ = ["Kernels", "analytic_kernels", "as_spec", "compiled_op_args",
@@ -100,9 +104,13 @@ def analytic_kernels(
             GELU, softplus) use their Hermite series (csrc/math/hermite.h;
             truncation bound 1e-11 relative in float64, 1e-7 in float32), and 2-D
             Gauss–Hermite quadrature of the spec's default degree serves the pairs where
-            that bound is not met and the other activations without a closed form (ELU,
-            SELU). An int: 2-D quadrature of this degree per dimension for every activation
-            without a closed form (cost ∝ degree²; the op's path before the series).
+            that bound is not met; ELU, SELU and every activation without an op id (any
+            torch elementwise module, ``torch_ntk.activations.Elementwise``) take the
+            numeric Hermite series split at their kinks, in torch
+            (``torch_ntk.layers.numeric_series``; 1e-11 relative per layer in float64).
+            An int: 2-D quadrature of this degree per dimension for every registered
+            activation without a closed form (cost ∝ degree²; the op's path before the
+            series); activations without an op id still take the numeric series.
         force_quadrature: integrate closed-form activations by quadrature too (for tests).
         progress: a tqdm bar on stderr counting the pairs (x1_i, x2_j) done. None (default):
             a long run (a FLOP estimate, then the measured time of its first row block,
@@ -126,7 +134,10 @@ def analytic_kernels(
     point paired with itself (x in x1 and x2) the ReLU family's NTK of depth ≥ 2 has a kink
     (|t|-like in the distance); the gradient there is the symmetric subgradient, as central
     differences give. No double backward. Gradients w.r.t. activation parameters are not
-    offered.
+    offered. Activations on the numeric Hermite series have no gradient path: those
+    without a kernel map in torch (``Elementwise(fn, nngp_fn=..., ntk_fn=...)``, the
+    closed-form families) are refused with a ValueError, and ELU/SELU take 2-D quadrature
+    of the default degree there (about 1e-2 off, as with an explicit ``quadrature_degree``).
 
     Returns:
         :class:`Kernels` with ``nngp`` and ``ntk`` of shape [N1, N2] (None if not
@@ -194,6 +205,12 @@ def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
         x2 = check_batch("analytic_kernels", "x2", x2, like=x1, features=spec.input_features,
                          flatten=spec.flatten_input)
     series = quadrature_degree is None
+    if any(needs_numeric(a, series and not force_quadrature) for a in spec.activations):
+        # an activation no fused op computes: the recursion in torch (numeric series)
+        with torch.no_grad():
+            nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature,
+                                    numeric=True)
+        return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
     if quadrature_degree is None:
         quadrature_degree = default_quadrature_degree(spec, force_quadrature)
     nodes, weights = hermite_rule(quadrature_degree, torch.float64)
@@ -222,7 +239,10 @@ def _cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tupl
     by the same recursion in plain torch (:func:`torch_ntk.analytic.cnn.cnn_kernels`, also
     the tests' and benchmarks' reference)."""
     program = cnn_op_args(spec)
-    if program is None:  # a layer kind without an op encoding: the torch walker runs it
+    series = quadrature_degree is None and not force_quadrature
+    # a layer kind without an op encoding, or an activation on the numeric series: the
+    # torch walker runs the spec
+    if program is None or any(needs_numeric(a, series) for a in spec.activations):
         got = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
         return Kernels(got.nngp, got.ntk)
     x1 = spec.check_input("analytic_kernels", "x1", x1)

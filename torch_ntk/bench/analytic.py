@@ -21,7 +21,8 @@ the eager and compiled composites compute all N²; the rendered table prints tha
 (2N/(N+1)) beside their ratios and the ratio per pair. The X2_CASES rows time x2 ≠ x1
 (another batch of N), where every method computes the same N² pairs (factor 1).
 Every run written into the same JSON is kept (``runs``); the table shows the median and
-range over them.
+range over them. On the CPU the payload also holds "any_activation"
+(``torch_ntk.bench.any_activation``: Mish by the numeric series against the GELU series).
 """
 
 from __future__ import annotations
@@ -218,6 +219,10 @@ def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m to
                args.compile_backend, X2_CASES[(args.device, args.quick)])
     payload = {"benchmark": "analytic", "machine": machine_info(args.device), "quick": args.quick,
                "roofline": ceilings, "rows": rows}
+    if args.device == "cpu":  # issue 31: a numeric-series activation against the GELU series
+        from .any_activation import render_any_activation, run_any_activation
+        payload["any_activation"] = run_any_activation(quick=args.quick)
+        print(render_any_activation(payload))
     if args.paths and args.device == "cpu":
         from .analytic_paths import render_analytic_paths, run_paths
         payload["paths"] = run_paths(args.baseline_tree, quick=args.quick)

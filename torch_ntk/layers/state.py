@@ -14,7 +14,9 @@ For a batch of input pairs (x, x′) the state after a layer holds
 - ``var1``, ``var2``: the variances K(x, x)_{p,p} and K(x′, x′)_{p′,p′} of the current
   features, viewed to broadcast against ``nngp`` (set by the walker for rules registered
   with ``variances=True``, None otherwise);
-- ``degree``, ``force_quadrature``: how activations without a closed form integrate;
+- ``degree``, ``force_quadrature``, ``series``: how activations without a closed form
+  integrate (``series``: ``quadrature_degree`` was left None, so ELU/SELU take the numeric
+  Hermite series of ``torch_ntk.layers.numeric_series``);
 - ``gain_term``: True right after an affine LayerNorm, whose trained gain γ adds to each
   feature's NTK the product u·u′ of the features themselves (``ntk`` holds its mean, the
   normalized K): an activation then needs E[φ′(u)φ′(v)·u·v], not E[φ′φ′]·K (set by the
@@ -48,12 +50,14 @@ class KernelState:
     degree: int = 0
     force_quadrature: bool = False
     gain_term: bool = False
+    series: bool = False
 
     @classmethod
     def of_inputs(cls, gram: Tensor, sets: int, degree: int = 0,
-                  force_quadrature: bool = False) -> "KernelState":
+                  force_quadrature: bool = False, series: bool = False) -> "KernelState":
         """The state at the input: K the input Gram (over positions), T = 0."""
-        return cls(gram, torch.zeros_like(gram), sets, None, None, degree, force_quadrature)
+        return cls(gram, torch.zeros_like(gram), sets, None, None, degree, force_quadrature,
+                   series=series)
 
     def replace(self, **changes) -> "KernelState":
         """A copy with ``changes`` (the per-side variances and ``gain_term`` are dropped
