@@ -307,9 +307,9 @@ def test_bad_inputs_give_clear_errors():
 
 def test_unliftable_model_with_structured_is_rejected():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 8, dtype=F64), nn.Softsign(), nn.Linear(8, 1, dtype=F64))
+    model = nn.Sequential(nn.Linear(5, 8, dtype=F64), nn.Softmax(dim=1), nn.Linear(8, 1, dtype=F64))
     x = torch.randn(4, 5, dtype=F64)
-    with pytest.raises(ValueError, match=r"method='structured' is not available.*Softsign"):
+    with pytest.raises(ValueError, match=r"method='structured' is not available.*Softmax"):
         empirical_ntk(model, x, method="structured")
     got = empirical_ntk(model, x)  # auto falls back
     want = func_ntk_modes(model, x)["full"]  # per-sample Jacobians by torch.func

@@ -416,12 +416,12 @@ def test_what_is_not_a_chain_names_the_node_and_the_methods_that_work(cls, match
     assert message.startswith(f"lift: the model must be an nn.Sequential or a module whose "
                               f"forward torch.fx reads as a graph of supported layers; "
                               f"{cls.__name__}: ")
-    assert message.endswith("empirical_ntk(..., method='jacobian' or 'ntk_vp')")
+    assert message.endswith("empirical_ntk(..., method='hooks', 'jacobian' or 'ntk_vp')")
     if cls in (TwoInputs, DataDependent):  # (vmap refuses data-dependent control flow too)
         return
     x = torch.randn(3, 4, dtype=F64)
     with pytest.raises(ValueError, match=r"method='structured' is not available: lift: .*"
-                                         r"method='jacobian' or 'ntk_vp'"):
+                                         r"method='hooks', 'jacobian' or 'ntk_vp'"):
         tn.empirical_ntk(model, x, method="structured")
     with warnings.catch_warnings():  # auto falls back silently for a class of one's own ...
         warnings.simplefilter("error")

@@ -63,7 +63,7 @@ def residual_cnn(norm=None, readout=None, pool=None):
     """conv → two blocks h + conv(relu(conv(relu(h)))) [→ LayerNorm] [→ pool] → relu →
     readout → dense."""
     layers, inputs = [conv(2, 4, wv=1.7)], [(-1,)]
-    for _ in range(2):
+    for b in range(2):
         h = len(layers) - 1
         block = [RELU, conv(4, 4, wv=1.9, bv=0.05), RELU, conv(4, 4, wv=1.5, bv=0.2)]
         for layer in block:
@@ -71,7 +71,9 @@ def residual_cnn(norm=None, readout=None, pool=None):
             layers.append(layer)
         layers.append(Add((1.0, 1.0)))
         inputs.append((h, len(layers) - 2))
-        if norm is not None:
+        # An affine norm only after the last block: a sum that carries an earlier affine
+        # norm's gain term into another norm is refused by the graph checks (two gain terms).
+        if norm is not None and (b == 1 or not norm.affine):
             layers.append(norm)
             inputs.append((len(layers) - 2,))
     for layer in ([pool] if pool is not None else []) + [RELU, readout or GlobalAvgPool(),

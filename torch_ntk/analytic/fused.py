@@ -62,18 +62,24 @@ def compiled_op_args(spec: LayerSpec) -> dict:
         raise ValueError("compiled_op_args: a graph spec (residual sums, concatenation, "
                          "LayerNorm) has no chain arguments; the torch walker runs it "
                          "(torch_ntk.analytic.cnn.cnn_kernels)")
-    first, rest = spec.dense_layers[0], spec.dense_layers[1:]
+    return _mlp_op_layers(spec.dense_layers[0], list(zip(spec.activations,
+                                                         spec.dense_layers[1:])))
+
+
+def _mlp_op_layers(first: Dense, hidden: list) -> dict:
+    """The MLP op's layer arguments: the input layer ``first`` (Σ¹ = σ_w²⟨x, x′⟩/n₀ + σ_b²)
+    and one (activation, dense) pair per hidden layer."""
     return dict(
         input_weight_var=first.weight_var / first.in_features,
         input_bias_var=first.bias_var,
         input_ntk_weight=first.ntk_weight_coef,
         input_ntk_bias=first.ntk_bias_coef,
-        act_ids=[a.id for a in spec.activations],
-        act_params=[float(a.param) for a in spec.activations],
-        weight_var=[float(d.weight_var) for d in rest],
-        bias_var=[float(d.bias_var) for d in rest],
-        ntk_weight=[float(d.ntk_weight_coef * d.in_features) for d in rest],
-        ntk_bias=[float(d.ntk_bias_coef) for d in rest],
+        act_ids=[a.id for a, _ in hidden],
+        act_params=[float(a.param) for a, _ in hidden],
+        weight_var=[float(d.weight_var) for _, d in hidden],
+        bias_var=[float(d.bias_var) for _, d in hidden],
+        ntk_weight=[float(d.ntk_weight_coef * d.in_features) for _, d in hidden],
+        ntk_bias=[float(d.ntk_bias_coef) for _, d in hidden],
     )
 
 
@@ -262,17 +268,5 @@ def mlp_graph_args(spec: LayerSpec) -> Optional[dict]:
                          push_input=False)
     if program is None:
         return None
-    first = nodes[0].layer
-    return dict(
-        input_weight_var=first.weight_var / first.in_features,
-        input_bias_var=first.bias_var,
-        input_ntk_weight=first.ntk_weight_coef,
-        input_ntk_bias=first.ntk_bias_coef,
-        act_ids=[a.id for a, _ in hidden],
-        act_params=[float(a.param) for a, _ in hidden],
-        weight_var=[float(d.weight_var) for _, d in hidden],
-        bias_var=[float(d.bias_var) for _, d in hidden],
-        ntk_weight=[float(d.ntk_weight_coef * d.in_features) for _, d in hidden],
-        ntk_bias=[float(d.ntk_bias_coef) for _, d in hidden],
-        graph_codes=program[0], graph_ints=program[1], graph_floats=program[2],
-    )
+    return dict(_mlp_op_layers(nodes[0].layer, hidden), graph_codes=program[0],
+                graph_ints=program[1], graph_floats=program[2])

@@ -486,7 +486,7 @@ def _choose(function: str, model: nn.Module, method: str, x, plan: Optional[Plan
             if method == "structured":
                 raise ValueError(
                     f"{function}: method='structured' is not available: {error}; "
-                    "method='jacobian' or 'ntk_vp' computes the kernel of any model"
+                    "method='hooks', 'jacobian' or 'ntk_vp' computes the kernel of any model"
                 ) from error
             if str(error).startswith(GRAPH_REASON):
                 return "hooks", (f"{error}; the hook engine runs each module's rule "

@@ -41,7 +41,7 @@ Position = Union[int, str]  # a module's index in the model, "i.j" inside nested
 
 EMPIRICAL_HINT = ("A Monte-Carlo estimate of the infinite-width limit of any architecture: "
                   "torch_ntk.monte_carlo_kernels(model_fn, x); finite-width kernels of any "
-                  "model: empirical_ntk(..., method='jacobian' or 'ntk_vp')")
+                  "model: empirical_ntk(..., method='hooks', 'jacobian' or 'ntk_vp')")
 
 
 @dataclass(frozen=True)

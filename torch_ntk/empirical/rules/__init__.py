@@ -111,7 +111,7 @@ def rule_for(module: nn.Module) -> NTKRule:
             return NTK_RULES[t]
     known = ", ".join(sorted(t.__name__ for t in NTK_RULES))
     raise ValueError(f"no empirical NTK rule for {type(module).__name__}; registered: {known} "
-                     "(method='jacobian' or 'ntk_vp' computes the kernel of any model)")
+                     "(method='hooks', 'jacobian' or 'ntk_vp' computes the kernel of any model)")
 
 
 def parameter_coefficients(module: nn.Module, fan_in: int) -> tuple[float, float]:
