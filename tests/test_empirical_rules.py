@@ -233,7 +233,7 @@ def test_registry_errors():
     with pytest.raises(TypeError, match="nn.Module types"):
         ntk_rule(int, coefficients=lambda m: (1.0, 1.0))
     with pytest.raises(ValueError, match=r"no empirical NTK rule for Softmax; registered: "
-                                         r"BatchNorm1d, .*method='jacobian'"):
+                                         r"BatchNorm1d, .*'jacobian'"):
         rule_for(nn.Softmax(-1))
 
 
