@@ -51,6 +51,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "cnn_structured_cpu": (f"{RESULTS}/cnn_structured_cpu.json",
                            "torch_ntk.bench.cnn_structured:render_cnn_structured"),
     "models_cpu": (f"{RESULTS}/models_cpu.json", "torch_ntk.bench.models:render_models"),
+    "graph_cpu": (f"{RESULTS}/graph_cpu.json", "torch_ntk.bench.graph:render_graph"),
     "tracker_cpu": (f"{RESULTS}/tracker_cpu.json", "torch_ntk.bench.tracker:render_tracker"),
     "tracker_cuda": (f"{RESULTS}/tracker_cuda.json", "torch_ntk.bench.tracker:render_tracker"),
     "distributed": (f"{RESULTS}/distributed_cpu.json", "benchmarks.distributed:render_distributed"),
