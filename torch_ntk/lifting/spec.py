@@ -151,8 +151,8 @@ class LayerSpec:
 
     @property
     def nodes(self) -> tuple[Node, ...]:
-        """The graph view of the spec: node k is layer k reading ``inputs[k]`` (a chain's
-        node k reads k − 1; -1 is the input); the last node is the output."""
+        """The graph view of the spec, in which node k is layer k reading ``inputs[k]`` (a
+        chain's node k reads k − 1; -1 is the input) and the last node is the output."""
         if self.inputs is None:
             return tuple(Node(layer, (k - 1,)) for k, layer in enumerate(self.layers))
         return tuple(Node(layer, reads) for layer, reads in zip(self.layers, self.inputs))
