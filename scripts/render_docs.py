@@ -56,6 +56,8 @@ TABLES: dict[str, tuple[str, str]] = {
     "tracker_cuda": (f"{RESULTS}/tracker_cuda.json", "torch_ntk.bench.tracker:render_tracker"),
     "distributed": (f"{RESULTS}/distributed_cpu.json", "benchmarks.distributed:render_distributed"),
     "fx_tutorial": (f"{RESULTS}/fx_tutorial_cpu.json", "benchmarks.fx_tutorial:render_fx_tutorial"),
+    "neural_tangents_cpu": (f"{RESULTS}/neural_tangents_cpu.json",
+                            "benchmarks.neural_tangents:render_neural_tangents"),
     "mutation_check": (f"{RESULTS}/mutation_check.json", "mutation_check:render_mutation"),
     "setup_times": ("docs/figures/setup_times.json", "time_commands:render_setup_times"),
 }
