@@ -407,9 +407,10 @@ def render_neural_tangents(payload: dict) -> str:
                          f"closed form (correlation 1): torch_ntk {r['diag_exact_err_ours']:.2g}, "
                          f"neural-tangents {r['diag_exact_err_nt']:.2g} (relative).")
         if r["activation"] == "mish":
-            lines.append(f"- Mish N = {r['N']}: {r['ratio']}× faster than neural-tangents' "
-                         f"ElementwiseNumerical (issue 31's target ≥ 50×: "
-                         f"{'met' if r['ratio'] >= 50 else 'missed'}).")
+            verdict = ("not judged on a quick run" if payload.get("quick")
+                       else "met" if r["ratio"] >= 50 else "missed")
+            lines.append(f"- Mish N = {r['N']}: neural-tangents' ElementwiseNumerical time / "
+                         f"torch_ntk's = {r['ratio']} (issue 31's target ≥ 50: {verdict}).")
     return "\n".join(lines).rstrip()
 
 

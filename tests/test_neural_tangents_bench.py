@@ -112,4 +112,7 @@ def test_render_names_the_rows_that_disagree():
         "load_before": 0.5, "load_after": 0.6, "wall_s": 3.0, "quick": True}
     text = bench.render_neural_tangents(payload)
     assert "1 of 2 rows agree" in text and "mish MLP, depth 3 float32 N = 10 do not" in text
-    assert "target ≥ 50×: met" in text and "smoke run" in text
+    assert "target ≥ 50: not judged on a quick run" in text and "smoke run" in text
+    assert "target ≥ 50: met" in bench.render_neural_tangents({**payload, "quick": False})
+    slow = {**payload, "quick": False, "rows": [{**payload["rows"][1], "ratio": 49.0}]}
+    assert "target ≥ 50: missed" in bench.render_neural_tangents(slow)
