@@ -55,8 +55,10 @@ else
     tail -n 30 "$LOG" >&2
     exit 1
   fi
-  if ! found=$(TF_CPP_MIN_LOG_LEVEL=3 "$VPY" -c "$CHECK" "${VERSIONS[@]}" 2>&1); then
-    echo "setup_nt_venv: installed, but the check failed: ${found##*$'\n'}" >&2
+  if ! found=$(TF_CPP_MIN_LOG_LEVEL=3 "$VPY" -c "$CHECK" "${VERSIONS[@]}" 2>"$LOG.check"); then
+    echo "setup_nt_venv: installed, but the import check failed; the last 10 lines of" \
+         "$LOG.check:" >&2
+    tail -n 10 "$LOG.check" >&2
     exit 1
   fi
 fi
