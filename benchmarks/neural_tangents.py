@@ -36,12 +36,12 @@ its outputs are the values checked, as max over NNGP and NTK of |ours − NT| / 
 (in float64), off the diagonal and on it. Off the diagonal the bound is 1e-5 in float32
 and 1e-10 in float64 for the closed forms, MISH_TOL for Mish (NT's quadrature error). On
 the diagonal of a ReLU network the arc-cosine is ill-conditioned (the correlation is 1):
-there the bound is (ReLU layers)·√ε (:func:`tolerances`), and the ReLU MLP rows also give
-each side's error against the diagonal's closed form (:func:`relu_diagonal`), the Mish
+there the bound is (ReLU layers)·√ε (``tolerances``), and the ReLU MLP rows also give
+each side's error against the diagonal's closed form (``relu_diagonal``), the Mish
 rows each side's error against neural-tangents at degree 200 in float64
-(:func:`mish_accuracy`). The script
+(``mish_accuracy``). The script
 exits 1 after writing the JSON when a row disagrees. Then both are timed round after round
-(:func:`torch_ntk.bench.common.interleaved`), median of ``--repeats``.
+(``torch_ntk.bench.common.interleaved``), median of ``--repeats``.
 neural-tangents computes all N² pairs, our op one triangle for x2 = None: "sym. factor"
 (2N/(N+1)) is that part of the ratio, "× NT per pair" the ratio without it.
 
