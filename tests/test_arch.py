@@ -3,11 +3,12 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import torch_ntk as tn
 from torch_ntk.activations import Activation
 from torch_ntk.analytic import compiled_op_args
-from torch_ntk.layers import Dense
+from torch_ntk.layers import AvgPool, Conv, Dense, Flatten
 from torch_ntk.lifting import LayerSpec, lift
 
 
@@ -61,6 +62,9 @@ def test_op_args_coefficients():
         (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Tanh(), nn.Linear(4, 1)),
          r"module 2 \(Tanh\) follows another activation"),
         (nn.Sequential(nn.Linear(3, 4), nn.ReLU()), "ends with an activation"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(),
+                       nn.Linear(2, 1)),
+         r"module 3 \(ReLU\) does not lift: an activation of a pooled activation's output"),
         (nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.ReLU(), nn.Conv1d(1, 1, 1))),
          r"module 1.1 \(Conv1d\) does not lift"),
         (nn.Sequential(), "has no dense layer"),
@@ -79,6 +83,29 @@ def test_layer_spec_validation():
         LayerSpec((Dense(3, 4), Activation("relu"), Dense(5, 1)))
     with pytest.raises(ValueError, match="parametrization must be one of"):
         Dense(3, 4, parametrization="other")
+
+
+def test_an_activation_of_pooled_activations_is_refused_and_pooled_convolutions_lift():
+    """A pool of ReLU outputs is not Gaussian, so a second activation on it has no dual-map
+    limit; a pool of a convolution's output is, and a convolution in between restores it."""
+    conv, relu = Conv(1, 2, kernel_size=(3, 3)), Activation("relu")
+    pool, tail = AvgPool((2, 2), (2, 2)), (Flatten(), Dense(2, 1))
+    with pytest.raises(ValueError, match=r"layer 3 \(an Activation\) follows a pooling of an "
+                       "activation's output"):
+        LayerSpec((conv, relu, pool, relu) + tail)
+    LayerSpec((conv, pool, relu) + tail)  # pool of a Gaussian: lifts
+    LayerSpec((conv, relu, pool, Conv(2, 2, kernel_size=(1, 1)), relu) + tail)
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(1, 2, 3), nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.out(F.avg_pool2d(self.conv(x).relu(), 2).relu().flatten(1))
+
+    with pytest.raises(ValueError, match=r"an activation of a pooled activation's output.*"
+                       r"relu"):
+        lift(Chain())
 
 
 def test_subclass_that_overrides_forward_does_not_lift():

@@ -212,6 +212,14 @@ def _sequential_chain(model: nn.Sequential) -> FxChain:
     return chain
 
 
+def _pools_an_activation(layers: list) -> bool:
+    """Whether ``layers`` ends with pools (no convolution) after an activation."""
+    k = len(layers)
+    while k and role(layers[k - 1]) == "spatial" and not isinstance(layers[k - 1], Conv):
+        k -= 1
+    return k < len(layers) and k > 0 and isinstance(layers[k - 1], Activation)
+
+
 def _with_context(error: ValueError, context: str) -> ValueError:
     """``error``'s message with ``context`` (the fx node) and the empirical hint at its end."""
     message = str(error)
@@ -279,6 +287,10 @@ def _lift_links(
             if role(layers[-1]) == "readout":
                 raise refusal(position, module, "an activation between the readout and the "
                               "dense layer after it")
+            if _pools_an_activation(layers):
+                raise refusal(position, module, "an activation of a pooled activation's output "
+                              "(conv → activation → pool → activation): the pool's output is "
+                              "not Gaussian at infinite width; put a convolution between them")
             layers.append(layer)
         except ValueError as error:
             if where is None:

@@ -75,6 +75,10 @@ def _check_cnn(layers: tuple) -> None:
         if role(layer) == "activation" and (k == 0 or role(layers[k - 1]) == "activation"):
             raise ValueError(f"LayerSpec: layer {k} (an Activation) must follow a Conv or a "
                              "pooling layer")
+        if role(layer) == "activation" and _pooled_activation(layers, k):
+            raise ValueError(f"LayerSpec: layer {k} (an Activation) follows a pooling of an "
+                             "activation's output, which is not Gaussian at infinite width; "
+                             "put a Conv between them")
         if role(layer) == "spatial" and layer.dims != dims:
             raise ValueError(f"LayerSpec: layer {k} has {layer.dims} spatial dims; the first "
                              f"Conv has {dims}")
@@ -95,6 +99,15 @@ def _check_cnn(layers: tuple) -> None:
         raise ValueError(f"LayerSpec: the Dense after {_name(out)} has in_features={first}, not "
                          f"a multiple of the last Conv's {channels} channels")
     LayerSpec(tail)  # the MLP tail's own checks
+
+
+def _pooled_activation(layers: tuple, k: int) -> bool:
+    """Whether layer ``k``'s input is pools (no weight layer) of an activation's output."""
+    before = k - 1
+    while before >= 0 and role(layers[before]) == "spatial" and not isinstance(
+            layers[before], Conv):
+        before -= 1
+    return before < k - 1 and before >= 0 and role(layers[before]) == "activation"
 
 
 @dataclass(frozen=True)
