@@ -17,7 +17,11 @@ The module's term of the NTK is Σ_parts J Jᵀ′ (parts are disjoint parameter
 terms), contracted per part in one of two orders (NTK_MATH.md §6):
 
     "gradients": J = Σ_t d_t ⊗ a_t materialized [N, n_L, G·D·A], then one Gram GEMM;
-    "grams":     Σ_g Σ_{t,s} ⟨a_gt, a′_gs⟩ · ⟨d_kgt, d′_k′gs⟩ (the "ghost" order), never J.
+    "grams":     Σ_g Σ_{t,s} ⟨a_gt, a′_gs⟩ · ⟨d_kgt, d′_k′gs⟩ (the "ghost" order), never J:
+                 in "full" either the cotangent Gram [N·n_L·T]² times the input Gram, or
+                 (:func:`grams_path`) the cotangents projected first,
+                 E_{i t, j k′} = Σ_s ⟨a_it, a′_js⟩ d′_jk′s, then Σ_t ⟨d_ikt, E_{i t, j k′}⟩
+                 (T·n_L·D·(T + n_L) products per pair instead of T²·n_L²·D).
 
 :func:`part_flops` is the FLOP model that :meth:`ModuleFactors.choose` uses to pick the order
 per module; ``NTKInfo.contractions`` reports it.
@@ -33,8 +37,8 @@ from torch import Tensor
 
 from ..._utils.modes import channels
 
-__all__ = ["ORDERS", "Direct", "ModuleFactors", "Outer", "Part", "Tokens", "contract", "part_bytes",
-           "part_flops", "symmetric_gram"]
+__all__ = ["ORDERS", "Direct", "ModuleFactors", "Outer", "Part", "Tokens", "contract",
+           "grams_path", "part_bytes", "part_flops", "symmetric_gram"]
 
 ORDERS = ("gradients", "grams")
 
@@ -159,9 +163,12 @@ def part_flops(part: Part, order: str, n1: int, n2: int, n_out: int, mode: str) 
     """Floating-point operations of one part's contraction for an n1 × n2 block.
 
     Direct: 2·n1·n2·c·p (c = n_L² in "full", else n_L). Outer (G, T, A, D), p = G·D·A:
-    "gradients" 2·(n1 + n2)·n_L·G·T·D·A + 2·n1·n2·c·p; "grams" 2·n1·n2·G·T²·(A + c·D) plus
-    n1·n2·c·G·T² for the products (Tokens: the Gram of ids is T² comparisons, the
-    scatter-add n_L·T·D per sample).
+    "gradients" 2·(n1 + n2)·n_L·G·T·D·A + 2·n1·n2·c·p; "grams" by the cotangent Gram
+    2·n1·n2·G·T²·(A + c·D) plus n1·n2·c·G·T² for the products, or projected ("full",
+    :func:`grams_path`) 2·n1·n2·G·T²·A + 2·n1·n2·G·T·n_L·D·(T + n_L) (Tokens: the Gram of
+    ids is T² comparisons, the scatter-add n_L·T·D per sample). For x′ = x every order
+    computes about half of it (the triangle: ``symmetric_gram``, ``_ghost``); the model
+    counts the square, the same factor for every order.
     """
     c = n_out * n_out if mode == "full" else n_out
     if isinstance(part, Direct):
@@ -171,6 +178,8 @@ def part_flops(part: Part, order: str, n1: int, n2: int, n_out: int, mode: str) 
         form = (n1 + n2) * n_out * t * d * (1 if isinstance(part, Tokens) else 2 * g * a)
         return form + 2.0 * n1 * n2 * c * g * d * a
     gram_a = n1 * n2 * t * t * (1 if isinstance(part, Tokens) else 2 * g * a)
+    if grams_path(part, mode) == "projected":
+        return gram_a + 2.0 * n1 * n2 * g * t * n_out * d * (t + n_out)
     return gram_a + n1 * n2 * g * t * t * c * (2 * d + 1)
 
 
@@ -287,7 +296,7 @@ class ModuleFactors:
             if isinstance(p1, Direct) and (q2 is None or isinstance(q2, Direct)):
                 part = contract(p1.j, None if q2 is None else q2.j, mode)
             elif self.order == "grams":
-                part = _ghost(p1, p2, mode, workspace_bytes)
+                part = _ghost(p1, q2, mode, workspace_bytes)
             else:
                 part = _sliced_gradients(p1, q2, mode, workspace_bytes)
             total = part if total is None else total.add_(part)
@@ -330,38 +339,95 @@ def _grouped(part: Part) -> Tensor:
     return part.d.unsqueeze(2) if isinstance(part, Tokens) else part.d
 
 
-def _ghost(p1: Part, p2: Part, mode: str, workspace_bytes: int) -> Tensor:
-    """Σ_g Σ_{t,s} ⟨a_gt, a′_gs⟩ ⟨d_kgt, d′_k′gs⟩ in ``mode``, rows of x1 in slices whose
-    [G, r, c, T, N2, S] cotangent Gram fits ``workspace_bytes``; both Grams by batched
-    GEMMs (torch.einsum chose a path 7× slower on these shapes)."""
-    d1, d2 = _grouped(p1), _grouped(p2)
+def grams_path(part: Part, mode: str) -> str:
+    """How the "grams" order contracts an Outer/Tokens part: "cotangent" (the cotangent Gram
+    over position pairs, [N·n_L·T]² entries in "full") or "projected" (the cotangents
+    weighted by the input Gram first, E = Σ_s ⟨a_t, a′_s⟩ d′_k′s, then ⟨d_kt, E⟩: about
+    T·n_L·D·(T + n_L) products per pair instead of T²·n_L²·D), whichever
+    :func:`part_flops` counts fewer; "projected" only in "full" (with one output per pair
+    of samples the cotangent Gram is the cheaper)."""
+    t, nl = part.sizes()[1], _n_out(part)
+    return "projected" if mode == "full" and t + nl < t * nl else "cotangent"
+
+
+def _rows(part: Part, c0: int) -> Part:
+    """The part's samples c0: (the columns a symmetric row slice still needs)."""
+    if isinstance(part, Tokens):
+        return Tokens(part.ids[c0:], part.d[c0:], part.vocab)
+    return Outer(part.a[c0:], part.d[c0:])
+
+
+def _mirror(block: Tensor, mode: str) -> Tensor:
+    """Θ(x′, x) from Θ(x, x′): the sample axes swapped (and k, k′ in "full")."""
+    t = block.transpose(0, 1)
+    return t.transpose(2, 3) if mode == "full" else t
+
+
+def _ghost(p1: Part, p2: Optional[Part], mode: str, workspace_bytes: int) -> Tensor:
+    """Σ_g Σ_{t,s} ⟨a_gt, a′_gs⟩ ⟨d_kgt, d′_k′gs⟩ in ``mode`` by the path of
+    :func:`grams_path`, rows of x1 in slices whose transients fit ``workspace_bytes``;
+    every product a batched GEMM (torch.einsum chose a path 7× slower on these shapes).
+
+    p2 None (x′ = x): each row slice r0:r1 is contracted against the samples r0: only and
+    its block beyond its own rows mirrored (Θ(x_j, x_i) = Θ(x_i, x_j)ᵀ in k, k′): about half
+    the products of the full square."""
+    symmetric = p2 is None
+    q2 = p1 if symmetric else p2
+    d1, d2 = _grouped(p1), _grouped(q2)
     n1, nl, g, t, dd = d1.shape
     n2, s = d2.shape[0], d2.shape[3]
-    per_row = n2 * g * t * s * (2 + 2 * channels(mode, nl)) * d1.element_size()
+    path = grams_path(p1, mode)
+    if path == "projected":  # E [G, N2, r, T, n_L, D], its copy, the input Gram
+        per_row = n2 * g * t * (2 * nl * dd + 2 * s) * d1.element_size()
+    else:
+        per_row = n2 * g * t * s * (2 + 2 * channels(mode, nl)) * d1.element_size()
     rows = max(1, min(n1, workspace_bytes // max(1, per_row)))
-    if mode == "trace":  # Σ_k folded into the GEMM: [G, N·T, n_L·D]
-        right = d2.permute(2, 0, 3, 1, 4).reshape(g, n2 * s, nl * dd)
-    elif mode == "diagonal":  # batched over (g, k): [G·n_L, N·T, D]
-        right = d2.permute(2, 1, 0, 3, 4).reshape(g * nl, n2 * s, dd)
-    else:  # [G, N·n_L·T, D]
-        right = d2.permute(2, 0, 1, 3, 4).reshape(g, n2 * nl * s, dd)
-    right = right.transpose(1, 2)
-    out = []
+    out = d1.new_empty({"full": (n1, n2, nl, nl), "trace": (n1, n2),
+                        "diagonal": (n1, n2, nl)}[mode])
     for r0 in range(0, n1, rows):
         r1 = min(n1, r0 + rows)
-        r = r1 - r0
-        ga = p1.gram_a(p2, r0, r1)  # [G, r, T, N2, S]
-        x = d1[r0:r1]
-        if mode == "trace":
-            gd = torch.bmm(x.permute(2, 0, 3, 1, 4).reshape(g, r * t, nl * dd), right)
-            part = (gd.view(g, r, t, n2, s) * ga).sum((0, 2, 4)).div_(nl)
-        elif mode == "diagonal":
-            gd = torch.bmm(x.permute(2, 1, 0, 3, 4).reshape(g * nl, r * t, dd), right)
-            part = (gd.view(g, nl, r, t, n2, s) * ga.unsqueeze(1)).sum((0, 3, 5))
-            part = part.permute(1, 2, 0)
-        else:
-            gd = torch.bmm(x.permute(2, 0, 1, 3, 4).reshape(g, r * nl * t, dd), right)
-            gd = gd.view(g, r, nl, t, n2, nl, s) * ga.view(g, r, 1, t, n2, 1, s)
-            part = gd.sum((0, 3, 6)).permute(0, 2, 1, 3)
-        out.append(part)
-    return torch.cat(out)
+        c0 = r0 if symmetric else 0
+        other = _rows(q2, c0) if c0 else q2
+        ga = p1.gram_a(other, r0, r1)  # [G, r, T, M, S], M = N2 − c0
+        x, y = d1[r0:r1], d2[c0:]
+        part = (_projected(x, y, ga) if path == "projected"
+                else _cotangent_gram(x, y, ga, mode))
+        out[r0:r1, c0:] = part
+        if symmetric and r1 < n2:
+            out[r1:, r0:r1] = _mirror(part[:, r1 - r0:], mode)
+    return out
+
+
+def _cotangent_gram(x: Tensor, y: Tensor, ga: Tensor, mode: str) -> Tensor:
+    """Rows x [r, n_L, G, T, D] against y [M, n_L, G, S, D] with the input Gram ga
+    [G, r, T, M, S]: the cotangent Gram over position pairs, times ga, summed."""
+    r, nl, g, t, dd = x.shape
+    m, s = y.shape[0], y.shape[3]
+    if mode == "trace":  # Σ_k folded into the GEMM: [G, M·S, n_L·D]
+        right = y.permute(2, 0, 3, 1, 4).reshape(g, m * s, nl * dd).transpose(1, 2)
+        gd = torch.bmm(x.permute(2, 0, 3, 1, 4).reshape(g, r * t, nl * dd), right)
+        return (gd.view(g, r, t, m, s) * ga).sum((0, 2, 4)).div_(nl)
+    if mode == "diagonal":  # batched over (g, k): [G·n_L, M·S, D]
+        right = y.permute(2, 1, 0, 3, 4).reshape(g * nl, m * s, dd).transpose(1, 2)
+        gd = torch.bmm(x.permute(2, 1, 0, 3, 4).reshape(g * nl, r * t, dd), right)
+        part = (gd.view(g, nl, r, t, m, s) * ga.unsqueeze(1)).sum((0, 3, 5))
+        return part.permute(1, 2, 0)
+    right = y.permute(2, 0, 1, 3, 4).reshape(g, m * nl * s, dd).transpose(1, 2)
+    gd = torch.bmm(x.permute(2, 0, 1, 3, 4).reshape(g, r * nl * t, dd), right)
+    gd = gd.view(g, r, nl, t, m, nl, s) * ga.view(g, r, 1, t, m, 1, s)
+    return gd.sum((0, 3, 6)).permute(0, 2, 1, 3)
+
+
+def _projected(x: Tensor, y: Tensor, ga: Tensor) -> Tensor:
+    """"full" [r, M, n_L, n_L] of rows x [r, n_L, G, T, D] against y [M, n_L, G, S, D]:
+    E[g, j, i, t, k′] = Σ_s ga[g, i, t, j, s] y[j, k′, g, s] (a GEMM per (g, j) of
+    [r·T, S] × [S, n_L·D]), then Θ[i, j, k, k′] = Σ_{g,t} ⟨x[i, k, g, t], E[g, j, i, t, k′]⟩
+    (a GEMM per row i of [n_L, G·T·D] × [G·T·D, M·n_L])."""
+    r, nl, g, t, dd = x.shape
+    m, s = y.shape[0], y.shape[3]
+    left = ga.permute(0, 3, 1, 2, 4).reshape(g * m, r * t, s)
+    e = torch.bmm(left, y.permute(2, 0, 3, 1, 4).reshape(g * m, s, nl * dd))
+    right = e.view(g, m, r, t, nl, dd).permute(2, 0, 3, 5, 1, 4).reshape(r, g * t * dd, m * nl)
+    del e
+    part = torch.bmm(x.reshape(r, nl, g * t * dd), right)
+    return part.view(r, nl, m, nl).permute(0, 2, 1, 3)
