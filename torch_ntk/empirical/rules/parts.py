@@ -29,6 +29,7 @@ per module; ``NTKInfo.contractions`` reports it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -37,10 +38,16 @@ from torch import Tensor
 
 from ..._utils.modes import channels
 
-__all__ = ["ORDERS", "Direct", "ModuleFactors", "Outer", "Part", "Tokens", "contract",
-           "grams_path", "part_bytes", "part_flops", "symmetric_gram"]
+__all__ = ["ORDERS", "PROJECTED_SLOWDOWN", "Direct", "ModuleFactors", "Outer", "Part", "Tokens", "contract",
+           "grams_path", "part_bytes", "part_flops", "symmetric_gram",
+           "triangle_gram"]
 
 ORDERS = ("gradients", "grams")
+PROJECTED_SLOWDOWN = 3.0
+"""How much slower than a square GEMM a FLOP of the projected path runs (its GEMMs have
+K = T or N = n_L: 10–17 GFLOP/s against 33–42 GFLOP/s for square ones on one core of the
+2-core Xeon of ``bench models``, measured under load): the order choice weights its FLOPs
+by this; :func:`part_flops` counts them unweighted."""
 
 
 def symmetric_gram(a: Tensor, tiles: int = 6, min_tile: int = 512) -> Tensor:
@@ -66,12 +73,34 @@ def symmetric_gram(a: Tensor, tiles: int = 6, min_tile: int = 512) -> Tensor:
     return out
 
 
+def triangle_gram(a: Tensor, blocks: int = 4, min_rows: int = 128) -> Tensor:
+    """a aᵀ for a [..., M, K], exactly symmetric, from about (b + 1)/(2b) of the products:
+    the M rows split into b = min(blocks, M // min_rows) blocks, block i multiplied by the
+    rows from its own first row on (one GEMM of [M/b, K] × [K, M − i·M/b] each, wide
+    enough to run at a GEMM's rate, unlike the small tiles of :func:`symmetric_gram`), the
+    rest mirrored. b = 1 is one product, its upper triangle mirrored."""
+    m = a.shape[-2]
+    b = max(1, min(blocks, m // min_rows))
+    bounds = [m * i // b for i in range(b + 1)]
+    out = a.new_empty((*a.shape[:-2], m, m))
+    for i in range(b):
+        r0, r1 = bounds[i], bounds[i + 1]
+        block = torch.matmul(a[..., r0:r1, :], a[..., r0:, :].transpose(-1, -2))
+        upper = torch.triu(block[..., :, :r1 - r0])
+        out[..., r0:r1, r0:r1] = upper.add_(torch.triu(block[..., :, :r1 - r0], 1)
+                                            .transpose(-1, -2))
+        if r1 < m:
+            out[..., r0:r1, r1:] = block[..., :, r1 - r0:]
+            out[..., r1:, r0:r1] = block[..., :, r1 - r0:].transpose(-1, -2)
+    return out
+
+
 def contract(j1, j2, mode: str) -> Tensor:
     """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p],
     or a list of such parts (concatenated along p: their contractions add).
 
     j2 None means j2 = j1: the result is then exactly symmetric and about half the
-    products are computed (:func:`symmetric_gram`).
+    products are computed (:func:`triangle_gram`).
     """
     if isinstance(j1, (list, tuple)):
         parts = [contract(a, None if j2 is None else b, mode)
@@ -83,10 +112,10 @@ def contract(j1, j2, mode: str) -> Tensor:
     n1, nl, p = j1.shape
     if j2 is None:
         if mode == "trace":
-            return symmetric_gram(j1.reshape(n1, nl * p)).div_(nl)
+            return triangle_gram(j1.reshape(n1, nl * p)).div_(nl)
         if mode == "diagonal":
-            return symmetric_gram(j1.transpose(0, 1)).permute(1, 2, 0)
-        return symmetric_gram(j1.reshape(n1 * nl, p)).view(n1, nl, n1, nl).permute(0, 2, 1, 3)
+            return triangle_gram(j1.transpose(0, 1)).permute(1, 2, 0)
+        return triangle_gram(j1.reshape(n1 * nl, p)).view(n1, nl, n1, nl).permute(0, 2, 1, 3)
     n2 = j2.shape[0]
     if mode == "trace":
         return torch.mm(j1.reshape(n1, nl * p), j2.reshape(n2, nl * p).t()).div_(nl)
@@ -167,7 +196,7 @@ def part_flops(part: Part, order: str, n1: int, n2: int, n_out: int, mode: str) 
     2·n1·n2·G·T²·(A + c·D) plus n1·n2·c·G·T² for the products, or projected ("full",
     :func:`grams_path`) 2·n1·n2·G·T²·A + 2·n1·n2·G·T·n_L·D·(T + n_L) (Tokens: the Gram of
     ids is T² comparisons, the scatter-add n_L·T·D per sample). For x′ = x every order
-    computes about half of it (the triangle: ``symmetric_gram``, ``_ghost``); the model
+    computes about half of it (the triangle: :func:`triangle_gram`, ``_ghost``); the model
     counts the square, the same factor for every order.
     """
     c = n_out * n_out if mode == "full" else n_out
@@ -281,9 +310,15 @@ class ModuleFactors:
         return sum(min(part_bytes(p, "gradients", itemsize), part_bytes(p, "grams", itemsize))
                    for p in self.parts)
 
+    def cost(self, order: str, n1: int, n2: int, mode: str) -> float:
+        """:meth:`flops`, the projected path's weighted by :data:`PROJECTED_SLOWDOWN`."""
+        return sum(part_flops(p, order, n1, n2, _n_out(p), mode) * (
+            PROJECTED_SLOWDOWN if order == "grams" and not isinstance(p, Direct)
+            and grams_path(p, mode) == "projected" else 1.0) for p in self.parts)
+
     def choose(self, n1: int, n2: int, mode: str) -> str:
-        """The cheaper order (by :func:`part_flops`) for an n1 × n2 block."""
-        fg, fd = (self.flops(o, n1, n2, mode) for o in ORDERS)
+        """The cheaper order (by :meth:`cost`) for an n1 × n2 block."""
+        fg, fd = (self.cost(o, n1, n2, mode) for o in ORDERS)
         return "gradients" if fg <= fd else "grams"
 
     def ntk(self, other: Optional["ModuleFactors"], mode: str,
@@ -377,8 +412,8 @@ def _ghost(p1: Part, p2: Optional[Part], mode: str, workspace_bytes: int) -> Ten
     n1, nl, g, t, dd = d1.shape
     n2, s = d2.shape[0], d2.shape[3]
     path = grams_path(p1, mode)
-    if path == "projected":  # E [G, N2, r, T, n_L, D], its copy, the input Gram
-        per_row = n2 * g * t * (2 * nl * dd + 2 * s) * d1.element_size()
+    if path == "projected":  # the Gram [G, T, N2, S] and the block [N2, n_L, n_L]
+        per_row = n2 * (g * t * s + 2 * nl * nl) * d1.element_size()
     else:
         per_row = n2 * g * t * s * (2 + 2 * channels(mode, nl)) * d1.element_size()
     rows = max(1, min(n1, workspace_bytes // max(1, per_row)))
@@ -390,7 +425,7 @@ def _ghost(p1: Part, p2: Optional[Part], mode: str, workspace_bytes: int) -> Ten
         other = _rows(q2, c0) if c0 else q2
         ga = p1.gram_a(other, r0, r1)  # [G, r, T, M, S], M = N2 − c0
         x, y = d1[r0:r1], d2[c0:]
-        part = (_projected(x, y, ga) if path == "projected"
+        part = (_projected(x, y, ga, symmetric) if path == "projected"
                 else _cotangent_gram(x, y, ga, mode))
         out[r0:r1, c0:] = part
         if symmetric and r1 < n2:
@@ -418,16 +453,37 @@ def _cotangent_gram(x: Tensor, y: Tensor, ga: Tensor, mode: str) -> Tensor:
     return gd.sum((0, 3, 6)).permute(0, 2, 1, 3)
 
 
-def _projected(x: Tensor, y: Tensor, ga: Tensor) -> Tensor:
-    """"full" [r, M, n_L, n_L] of rows x [r, n_L, G, T, D] against y [M, n_L, G, S, D]:
-    E[g, j, i, t, k′] = Σ_s ga[g, i, t, j, s] y[j, k′, g, s] (a GEMM per (g, j) of
-    [r·T, S] × [S, n_L·D]), then Θ[i, j, k, k′] = Σ_{g,t} ⟨x[i, k, g, t], E[g, j, i, t, k′]⟩
-    (a GEMM per row i of [n_L, G·T·D] × [G·T·D, M·n_L])."""
+def _projected(x: Tensor, y: Tensor, ga: Tensor, diagonal: bool = False,
+               tile: int = 1 << 20) -> Tensor:
+    """"full" [r, M, n_L, n_L] of rows x [r, n_L, G, T, D] against y [M, n_L, G, S, D],
+    per group g and square tile of rows i and columns j: F[i, k, j, s] = Σ_t ga[g, i, t, j, s]
+    x[i, k, g, t] (GEMMs of [M·S, T] × [T, D] written in the layout the next one reads),
+    then Θ[i, j, k, k′] = Σ_s ⟨F[i, k, j, s], y[j, k′, g, s]⟩ (a GEMM per j of
+    [r·n_L, S·D] × [S·D, n_L]). The tiles keep F within ``tile`` numbers, so that it stays
+    in cache: both GEMMs are thin (K = T, N = n_L) and run below the rate of a square one,
+    which :data:`PROJECTED_SLOWDOWN` states to the order choice.
+
+    diagonal: y's first r samples are x's (a symmetric block): the tiles left of the
+    diagonal are not computed but mirrored from those right of it."""
     r, nl, g, t, dd = x.shape
     m, s = y.shape[0], y.shape[3]
-    left = ga.permute(0, 3, 1, 2, 4).reshape(g * m, r * t, s)
-    e = torch.bmm(left, y.permute(2, 0, 3, 1, 4).reshape(g * m, s, nl * dd))
-    right = e.view(g, m, r, t, nl, dd).permute(2, 0, 3, 5, 1, 4).reshape(r, g * t * dd, m * nl)
-    del e
-    part = torch.bmm(x.reshape(r, nl, g * t * dd), right)
-    return part.view(r, nl, m, nl).permute(0, 2, 1, 3)
+    out = x.new_zeros((r, m, nl, nl))
+    b = max(1, int(math.sqrt(tile / (nl * s * dd))))  # F has b²·n_L·S·D numbers
+    for h in range(g):
+        gram = ga[h].reshape(r, t, m, s)
+        right = y[:, :, h].reshape(m, nl, s * dd).transpose(1, 2)  # [M, S·D, n_L]
+        for i0 in range(0, r, b):
+            i1 = min(r, i0 + b)
+            xi = x[i0:i1, :, h]  # [bi, n_L, T, D]
+            for j0 in range(i0 if diagonal else 0, m, b):
+                j1 = min(m, j0 + b)
+                lhs = gram[i0:i1, :, j0:j1].reshape(i1 - i0, t, -1).transpose(1, 2)
+                f = torch.matmul(lhs.unsqueeze(1), xi)  # [bi, n_L, bj·S, D]
+                left = f.view((i1 - i0) * nl, j1 - j0, s * dd).transpose(0, 1)
+                block = torch.bmm(left, right[j0:j1]).view(j1 - j0, i1 - i0, nl, nl)
+                out[i0:i1, j0:j1] += block.transpose(0, 1)
+    if diagonal:  # Θ(x_j, x_i) = Θ(x_i, x_j)ᵀ for the tiles skipped (j-tile before i-tile)
+        for i0 in range(b, r, b):
+            i1 = min(r, i0 + b)
+            out[i0:i1, :i0] = _mirror(out[:i0, i0:i1], "full")
+    return out
