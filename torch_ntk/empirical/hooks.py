@@ -485,6 +485,21 @@ class HookBlocks:
             jac = torch.func.vmap(torch.func.jacrev(f.single), in_dims=(None, 0))(f.params, x)
         return [j.flatten(2) for j in jac.values()]
 
+    def sample_diagonal(self, i0: int, i1: int) -> Tensor:
+        """Θ_kk(x_i, x_i) [i1 − i0, n_L] of x1's samples i0:i1 (``mode="sample_diagonal"``):
+        Σ_modules the per-sample squared gradient norms of each module's parts
+        (:meth:`~torch_ntk.empirical.rules.parts.ModuleFactors.sample_norms`), from one
+        forward and one backward over the n_L output directions (by groups within the
+        budget); J_rest's by its per-sample Jacobian."""
+        total = None
+        for f in self.features(take(self.x1, i0, i1)):
+            if f.parts:
+                part = f.sample_norms()
+                total = part if total is None else total.add_(part)
+        if total is None:
+            return torch.zeros(i1 - i0, self.n_out, dtype=self.dtype, device=self.device)
+        return total.detach()
+
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         f1 = self._factors(1, i0, i1)
         f2 = None if diagonal else self._factors(2, j0, j1)

@@ -321,6 +321,15 @@ class ModuleFactors:
         fg, fd = (self.cost(o, n1, n2, mode) for o in ORDERS)
         return "gradients" if fg <= fd else "grams"
 
+    def sample_norms(self) -> Tensor:
+        """Θ_kk(x_i, x_i) of this module [N, n_L]: Σ_parts ‖J_ik‖² (per-sample squared
+        gradient norms, ``mode="sample_diagonal"``), each part by :func:`_sample_norm`."""
+        total = None
+        for p in self.parts:
+            part = _sample_norm(p)
+            total = part if total is None else total.add_(part)
+        return total
+
     def ntk(self, other: Optional["ModuleFactors"], mode: str,
             workspace_bytes: int = 1 << 28) -> Tensor:
         """Σ_parts J(x) J(x′)ᵀ in ``mode``; both sides in the same order."""
@@ -336,6 +345,31 @@ class ModuleFactors:
                 part = _sliced_gradients(p1, q2, mode, workspace_bytes)
             total = part if total is None else total.add_(part)
         return total
+
+
+def _sample_norm(part: Part, order: Optional[str] = None) -> Tensor:
+    """‖J_ik‖² [N, n_L] of one part: Direct Σ_p J²; Outer/Tokens by the per-sample Grams
+    Σ_g Σ_{t,s} ⟨a_gt, a_gs⟩ ⟨d_kgt, d_kgs⟩ ("grams", 2·n_L·G·T²·D + 2·G·T²·A FLOPs per
+    sample) or by the gradient J_k = Σ_t d_kt ⊗ a_t squared ("gradients",
+    2·n_L·G·T·D·A), ``order`` or else whichever is fewer."""
+    if isinstance(part, Direct):
+        return part.j.square().sum(-1)
+    g, t, a, d = part.sizes()
+    nl = _n_out(part)
+    tokens = isinstance(part, Tokens)
+    if order is None:
+        grams = 2 * nl * g * t * t * d + (t * t if tokens else 2 * g * t * t * a)
+        gradients = nl * t * d + nl * a * d if tokens else 2 * nl * g * t * d * a
+        order = "gradients" if gradients <= grams else "grams"
+    if order == "gradients":
+        return part.gradient().square().sum(-1)
+    dd = _grouped(part)  # [N, n_L, G, T, D]
+    h = torch.matmul(dd, dd.transpose(-1, -2))  # [N, n_L, G, T, T]
+    if tokens:
+        ga = (part.ids[:, :, None] == part.ids[:, None, :]).to(dd.dtype).unsqueeze(1)
+    else:
+        ga = torch.matmul(part.a, part.a.transpose(-1, -2))  # [N, G, T, T]
+    return (h * ga.unsqueeze(1)).sum((2, 3, 4))
 
 
 def _sliced_gradients(p1: Part, p2: Optional[Part], mode: str, workspace_bytes: int) -> Tensor:
