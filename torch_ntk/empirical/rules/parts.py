@@ -38,8 +38,8 @@ from torch import Tensor
 
 from ..._utils.modes import channels
 
-__all__ = ["ORDERS", "PROJECTED_SLOWDOWN", "Direct", "ModuleFactors", "Outer", "Part", "Tokens", "contract",
-           "grams_path", "part_bytes", "part_flops", "symmetric_gram",
+__all__ = ["ORDERS", "PROJECTED_SLOWDOWN", "Direct", "ModuleFactors", "Outer", "Part", "Tokens",
+           "contract", "grams_path", "part_bytes", "part_flops", "symmetric_gram",
            "triangle_gram"]
 
 ORDERS = ("gradients", "grams")
