@@ -141,7 +141,7 @@ def test_sample_diagonal_and_operator_refuse_bad_arguments():
     model, x = mlp(), torch.randn(6, 4, dtype=F64)
     with pytest.raises(ValueError, match="x2 must be None"):
         tn.empirical_ntk(model, x, x + 1, mode="sample_diagonal")
-    with pytest.raises(ValueError, match="method must be 'auto' or 'jacobian'"):
+    with pytest.raises(ValueError, match="method must be 'auto', 'hooks' or 'jacobian'"):
         tn.empirical_ntk(model, x, mode="sample_diagonal", method="ntk_vp")
     with pytest.raises(ValueError, match="mode must be one of .*'sample_diagonal'"):
         tn.empirical_ntk(model, x, mode="diag")

@@ -19,9 +19,11 @@ Each case (float32, x2 = None, in one process, interleaved rounds after a warm-u
 contraction (:func:`torch_func_ntk`; skipped where its Jacobian would not fit; the hook
 engine then runs within a stated ``memory_budget``), reports
 their ratio, the relative difference of the kernels, the hook engine's per-module
-orders, and each method's peak memory beyond its inputs in a fresh child process
-(``common.peak_memory``: the peak resident set, VmHWM). Full mode is for a quiet machine;
-``--quick`` runs the same three architectures at tiny sizes (seconds).
+orders, each method's contraction FLOPs by its model (:func:`torch_func_flops`,
+:func:`hooks_flops`: how far from the GEMM floor each runs), and each method's peak
+memory beyond its inputs in a fresh child process (``common.peak_memory``: the peak
+resident set, VmHWM). Full mode is for a quiet machine; ``--quick`` runs the same three
+architectures at tiny sizes (seconds).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from .common import (
     parse_suite_args, peak_memory, results_dir, runs_line, summary, write_json,
 )
 
-__all__ = ["BasicBlock", "Encoder", "ResNet", "TokenLM", "main", "make_case", "resnet18",
-           "torch_func_ntk"]
+__all__ = ["BasicBlock", "Encoder", "ResNet", "TokenLM", "hooks_flops", "main", "make_case",
+           "resnet18", "torch_func_flops", "torch_func_ntk"]
 
 
 class BasicBlock(nn.Module):
@@ -139,6 +141,28 @@ class TokenLM(nn.Module):
         return self.head(h[:, -1])
 
 
+def torch_func_flops(n: int, n_out: int, params: int, mode: str) -> float:
+    """The contraction FLOPs of :func:`torch_func_ntk` (x2 = x): its einsum computes every
+    pair, 2·(N·n_L)²·P in "full", 2·N²·n_L·P in "trace" (forming the Jacobians, N·n_L
+    backward passes, not counted)."""
+    return 2.0 * n * n * (n_out * n_out if mode == "full" else n_out) * params
+
+
+def hooks_flops(model: nn.Module, x: torch.Tensor, mode: str, budget=None) -> float:
+    """The contraction FLOPs of the hook engine on (model, x), x2 = None, by its FLOP model
+    in the orders it chooses (``HookBlocks.contraction_flops``: the triangle of sample
+    pairs; the forward and batched backward not counted)."""
+    from torch_ntk._utils.runtime import default_memory_budget
+    from torch_ntk.empirical.hooks import HookBlocks
+
+    trainable = {k: v for k, v in model.named_parameters() if v.requires_grad}
+    with torch.no_grad():
+        n_out = model(x[:1]).shape[-1]
+    engine = HookBlocks(model, trainable, x, None, mode, n_out)
+    engine.size_blocks(budget or default_memory_budget(x.device), None, False)
+    return engine.contraction_flops(x.shape[0])
+
+
 def torch_func_ntk(model: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
     """The PyTorch NTK tutorial's Jacobian contraction (x2 = x): [N, N, n_L, n_L] ("full")
     or the mean over outputs of its diagonal ("trace")."""
@@ -230,6 +254,9 @@ def run_case(case: tuple, repeats: int, quick: bool, device: str = "cpu") -> dic
                 row.get("hooks_peak_mb"), float):
             row["hooks_over_torch_func_memory"] = round(
                 row["hooks_peak_mb"] / max(row["torch_func_peak_mb"], 1e-9), 3)
+    # how far from the floor: each method's contraction FLOPs (the model's counts)
+    row["torch_func_gflop"] = round(torch_func_flops(n, n_out, row["params"], mode) / 1e9, 3)
+    row["hooks_gflop"] = round(hooks_flops(model, x, mode, budget) / 1e9, 3)
     row["contractions"] = list(results["info"].contractions)
     row["load"] = round(load_average(), 1)
     print({k: v for k, v in row.items() if k != "contractions"}, flush=True)
@@ -241,7 +268,8 @@ COLUMNS = [
     ("hooks_s", "hooks s"), ("torch_func_s", "vmap(jacrev) s"),
     ("torch_func_over_hooks", "× vmap(jacrev)"), ("hooks_peak_mb", "hooks peak MB"),
     ("torch_func_peak_mb", "vmap(jacrev) peak MB"),
-    ("hooks_over_torch_func_memory", "memory ratio"), ("hooks_rel_diff", "rel diff"),
+    ("hooks_over_torch_func_memory", "memory ratio"), ("hooks_gflop", "hooks GFLOP"),
+    ("torch_func_gflop", "vmap(jacrev) GFLOP"), ("hooks_rel_diff", "rel diff"),
     ("load", "load"),
 ]
 

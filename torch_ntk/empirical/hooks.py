@@ -55,7 +55,7 @@ from .inputs import (FuncModel, Inputs, OutputFn, batch_size, call_model, map_le
                      reference, select_output, take)
 from .rules import NTK_RULES
 from .rules.attention import ModuleCall
-from .rules.parts import Direct, ModuleFactors
+from .rules.parts import Direct, ModuleFactors, grams_path
 
 __all__ = ["HookBlocks", "ModulePlan", "plan_modules"]
 
@@ -89,11 +89,19 @@ class ModulePlan:
     probe: Optional[ModuleFactors] = None
     out_numel: int = 0
 
-    def describe(self) -> str:
+    def describe(self, mode: str = "full") -> str:
+        """"name (type): order", the grams order named "projected grams" where its
+        largest part takes the projected path in ``mode``
+        (:func:`~torch_ntk.empirical.rules.parts.grams_path`)."""
         kind = type(self.module).__name__
         if self.calls > 1:
             return f"{self.name} ({kind}, {self.calls} calls): gradients, summed over calls"
-        return f"{self.name} ({kind}): {self.order}"
+        order = self.order
+        outer = [p for p in self.probe.parts if not isinstance(p, Direct)]
+        if order == "grams" and outer and grams_path(
+                max(outer, key=lambda p: p.d[0].numel()), mode) == "projected":
+            order = "projected grams"
+        return f"{self.name} ({kind}): {order}"
 
 
 def _ruled_type(module: nn.Module):
@@ -315,12 +323,25 @@ class HookBlocks:
     @property
     def contractions(self) -> list[str]:
         """Per ruled module its order; then the parameters left to torch.func, and why."""
-        out = [p.describe() for p in self.plans]
+        out = [p.describe(self.mode) for p in self.plans]
         if self.rest:
             why = "; ".join(f"{k}: {v}" for k, v in self.left.items())
             out.append(f"torch.func on {len(self.rest)} parameter tensors "
                        f"({', '.join(self.rest)})" + (f" [{why}]" if why else ""))
         return out
+
+    def contraction_flops(self, n1: int, n2: Optional[int] = None) -> float:
+        """Floating-point operations of the contractions of an n1 × n2 kernel by the FLOP
+        model (after :meth:`size_blocks` chose the orders): each ruled module's in its
+        order (:meth:`~torch_ntk.empirical.rules.parts.ModuleFactors.flops`, one call's for a
+        shared module) plus J_rest's 2·n1·n2·c·P_rest (c = n_L² in "full", else n_L). n2 None
+        (x2 = x1): the triangle of sample pairs, (n1 + 1)/(2·n1) of the square, which the
+        symmetric contractions compute. Forming the factors (the forward and the batched
+        backward) is not counted."""
+        m = n1 if n2 is None else n2
+        total = sum(p.probe.flops(p.order, n1, m, self.mode) for p in self.plans)
+        total += 2.0 * n1 * m * channels(self.mode, self.n_out) * self.rest_numel
+        return total * (n1 + 1) / (2 * n1) if n2 is None else total
 
     def size_blocks(self, budget: int, chunk_size: Optional[int],
                     split_for_progress: bool) -> int:
@@ -463,6 +484,21 @@ class HookBlocks:
         with torch.enable_grad():
             jac = torch.func.vmap(torch.func.jacrev(f.single), in_dims=(None, 0))(f.params, x)
         return [j.flatten(2) for j in jac.values()]
+
+    def sample_diagonal(self, i0: int, i1: int) -> Tensor:
+        """Θ_kk(x_i, x_i) [i1 − i0, n_L] of x1's samples i0:i1 (``mode="sample_diagonal"``):
+        Σ_modules the per-sample squared gradient norms of each module's parts
+        (:meth:`~torch_ntk.empirical.rules.parts.ModuleFactors.sample_norms`), from one
+        forward and one backward over the n_L output directions (by groups within the
+        budget); J_rest's by its per-sample Jacobian."""
+        total = None
+        for f in self.features(take(self.x1, i0, i1)):
+            if f.parts:
+                part = f.sample_norms()
+                total = part if total is None else total.add_(part)
+        if total is None:
+            return torch.zeros(i1 - i0, self.n_out, dtype=self.dtype, device=self.device)
+        return total.detach()
 
     def block(self, i0: int, i1: int, j0: int, j1: int, diagonal: bool) -> Tensor:
         f1 = self._factors(1, i0, i1)

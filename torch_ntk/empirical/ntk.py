@@ -95,6 +95,7 @@ from .._utils.modes import MODES, kernel_shape
 from .._utils.runtime import default_memory_budget, progress_bar
 from .._utils.validation import check_batch, check_parameters_match
 from .engines import METHODS, JacobianBlocks, MethodFallbackWarning, make_engine, structured_plan
+from .hooks import HookBlocks
 from .inputs import (Inputs, OutputFn, batch_size, check_inputs, output_size, reference,
                      trainable_device)
 
@@ -196,9 +197,11 @@ def empirical_ntk(
         mode: "full" → [N1, N2, n_L, n_L]; "trace" → [N1, N2], (1/n_L) Σ_k Θ_kk (the mean);
             "diagonal" → [N1, N2, n_L], Θ_kk; "sample_diagonal" → [N1, n_L],
             Θ_kk(x_i, x_i) = Σ_p (∂f_k(x_i)/∂θ_p)², the per-sample squared gradient norm
-            per output (x2 must be None; n_L backward passes vmapped over the samples,
-            by parameter groups within ``memory_budget``; method "auto" or "jacobian":
-            the Jacobian engine computes it).
+            per output (x2 must be None; method "auto" or "hooks": the hook engine, one
+            forward and one backward over the n_L outputs per chunk, each module's
+            per-sample gradient norms from its factors; "jacobian": per-sample Jacobians,
+            n_L backward passes vmapped over the samples, by parameter groups; both
+            within ``memory_budget``).
         method: "auto", "structured", "hooks", "jacobian" or "ntk_vp" (see the module
             docstring).
         chunk_size: samples of x1 and of x2 per block; None sizes blocks from
@@ -296,9 +299,10 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
     if mode == SAMPLE_DIAGONAL and x2 is not None:
         raise ValueError(f"{function}: mode='sample_diagonal' is Θ(x_i, x_i) of x1's samples; "
                          "x2 must be None")
-    if mode == SAMPLE_DIAGONAL and method not in ("auto", "jacobian"):
-        raise ValueError(f"{function}: mode='sample_diagonal' runs per-sample gradients (the "
-                         f"Jacobian method); method must be 'auto' or 'jacobian', got {method!r}")
+    if mode == SAMPLE_DIAGONAL and method not in ("auto", "hooks", "jacobian"):
+        raise ValueError(f"{function}: mode='sample_diagonal' runs per-sample gradient norms "
+                         "(the hook engine, or the Jacobian method); method must be 'auto', "
+                         f"'hooks' or 'jacobian', got {method!r}")
 
     budget_given = memory_budget is not None
     if memory_budget is None:
@@ -311,7 +315,7 @@ def _compute(function, model, x1, x2, mode, method, chunk_size, memory_budget, o
     memory_budget = int(min(memory_budget, 2**62))
     if mode == SAMPLE_DIAGONAL:
         return _sample_diagonal(function, model, trainable, x1, chunk_size, memory_budget, out,
-                                output_fn, dtype, start, return_info)
+                                output_fn, dtype, start, return_info, method)
 
     # The one method choice (also the tiles' of torch_ntk.distributed): the engine, on the
     # inputs as its plan checked them (a CNN's shape, an MLP's flattened input).
@@ -349,23 +353,26 @@ def _check_budget_cost(engine, wanted: bool, device: torch.device) -> None:
 
 
 def _sample_diagonal(function, model, trainable, x1, chunk_size, budget, out, output_fn,
-                     dtype, start, return_info):
-    """mode="sample_diagonal": Θ_kk(x_i, x_i) [N, n_L] by per-sample gradients, chunk by
-    chunk and parameter group by group within the budget (JacobianBlocks' memory model)."""
+                     dtype, start, return_info, method="auto"):
+    """mode="sample_diagonal": Θ_kk(x_i, x_i) [N, n_L], chunk by chunk within the budget:
+    by the hook engine (method "auto" or "hooks": per module its per-sample squared
+    gradient norms from one backward over the n_L outputs) or by per-sample Jacobians
+    ("jacobian", parameter group by group)."""
     n_out = output_size(function, model, x1, output_fn)
     n = batch_size(x1)
     out = _check_out(function, out, (n, n_out), dtype)
-    engine = JacobianBlocks(model, trainable, x1, None, "diagonal", n_out, output_fn, dtype)
+    blocks = JacobianBlocks if method == "jacobian" else HookBlocks
+    engine = blocks(model, trainable, x1, None, "diagonal", n_out, output_fn, dtype)
     engine.function = function
     chunk = engine.size_blocks(budget, chunk_size, False)
     result = out if out is not None else torch.empty(n, n_out, dtype=dtype,
                                                      device=engine.device)
     for i0 in range(0, n, chunk):
         result[i0:i0 + chunk].copy_(engine.sample_diagonal(i0, min(i0 + chunk, n)))
-    blocks = -(-n // chunk)
-    info = NTKInfo("jacobian", "mode='sample_diagonal' takes per-sample gradients",
-                   SAMPLE_DIAGONAL, min(chunk, n), 1, blocks, budget,
-                   time.perf_counter() - start)
+    name = "jacobian" if method == "jacobian" else "hooks"
+    info = NTKInfo(name, f"mode='sample_diagonal' takes per-sample gradient norms ({name})",
+                   SAMPLE_DIAGONAL, min(chunk, n), 1, -(-n // chunk), budget,
+                   time.perf_counter() - start, tuple(getattr(engine, "contractions", ())))
     return (result, info) if return_info else result
 
 

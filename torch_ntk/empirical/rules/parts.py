@@ -17,7 +17,11 @@ The module's term of the NTK is Σ_parts J Jᵀ′ (parts are disjoint parameter
 terms), contracted per part in one of two orders (NTK_MATH.md §6):
 
     "gradients": J = Σ_t d_t ⊗ a_t materialized [N, n_L, G·D·A], then one Gram GEMM;
-    "grams":     Σ_g Σ_{t,s} ⟨a_gt, a′_gs⟩ · ⟨d_kgt, d′_k′gs⟩ (the "ghost" order), never J.
+    "grams":     Σ_g Σ_{t,s} ⟨a_gt, a′_gs⟩ · ⟨d_kgt, d′_k′gs⟩ (the "ghost" order), never J:
+                 in "full" either the cotangent Gram [N·n_L·T]² times the input Gram, or
+                 (:func:`grams_path`) the cotangents projected first,
+                 E_{i t, j k′} = Σ_s ⟨a_it, a′_js⟩ d′_jk′s, then Σ_t ⟨d_ikt, E_{i t, j k′}⟩
+                 (T·n_L·D·(T + n_L) products per pair instead of T²·n_L²·D).
 
 :func:`part_flops` is the FLOP model that :meth:`ModuleFactors.choose` uses to pick the order
 per module; ``NTKInfo.contractions`` reports it.
@@ -25,6 +29,7 @@ per module; ``NTKInfo.contractions`` reports it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -33,10 +38,16 @@ from torch import Tensor
 
 from ..._utils.modes import channels
 
-__all__ = ["ORDERS", "Direct", "ModuleFactors", "Outer", "Part", "Tokens", "contract", "part_bytes",
-           "part_flops", "symmetric_gram"]
+__all__ = ["ORDERS", "PROJECTED_SLOWDOWN", "Direct", "ModuleFactors", "Outer", "Part", "Tokens",
+           "contract", "grams_path", "part_bytes", "part_flops", "symmetric_gram",
+           "triangle_gram"]
 
 ORDERS = ("gradients", "grams")
+PROJECTED_SLOWDOWN = 3.0
+"""How much slower than a square GEMM a FLOP of the projected path runs (its GEMMs have
+K = T or N = n_L: 10–17 GFLOP/s against 33–42 GFLOP/s for square ones on one core of the
+2-core Xeon of ``bench models``, measured under load): the order choice weights its FLOPs
+by this; :func:`part_flops` counts them unweighted."""
 
 
 def symmetric_gram(a: Tensor, tiles: int = 6, min_tile: int = 512) -> Tensor:
@@ -62,12 +73,34 @@ def symmetric_gram(a: Tensor, tiles: int = 6, min_tile: int = 512) -> Tensor:
     return out
 
 
+def triangle_gram(a: Tensor, blocks: int = 4, min_rows: int = 128) -> Tensor:
+    """a aᵀ for a [..., M, K], exactly symmetric, from about (b + 1)/(2b) of the products:
+    the M rows split into b = min(blocks, M // min_rows) blocks, block i multiplied by the
+    rows from its own first row on (one GEMM of [M/b, K] × [K, M − i·M/b] each, wide
+    enough to run at a GEMM's rate, unlike the small tiles of :func:`symmetric_gram`), the
+    rest mirrored. b = 1 is one product, its upper triangle mirrored."""
+    m = a.shape[-2]
+    b = max(1, min(blocks, m // min_rows))
+    bounds = [m * i // b for i in range(b + 1)]
+    out = a.new_empty((*a.shape[:-2], m, m))
+    for i in range(b):
+        r0, r1 = bounds[i], bounds[i + 1]
+        block = torch.matmul(a[..., r0:r1, :], a[..., r0:, :].transpose(-1, -2))
+        upper = torch.triu(block[..., :, :r1 - r0])
+        out[..., r0:r1, r0:r1] = upper.add_(torch.triu(block[..., :, :r1 - r0], 1)
+                                            .transpose(-1, -2))
+        if r1 < m:
+            out[..., r0:r1, r1:] = block[..., :, r1 - r0:]
+            out[..., r1:, r0:r1] = block[..., :, r1 - r0:].transpose(-1, -2)
+    return out
+
+
 def contract(j1, j2, mode: str) -> Tensor:
     """Σ_p J1[i, k, p] J2[j, k′, p] in ``mode`` ("trace": the mean over k = k′); J [n, n_L, p],
     or a list of such parts (concatenated along p: their contractions add).
 
     j2 None means j2 = j1: the result is then exactly symmetric and about half the
-    products are computed (:func:`symmetric_gram`).
+    products are computed (:func:`triangle_gram`).
     """
     if isinstance(j1, (list, tuple)):
         parts = [contract(a, None if j2 is None else b, mode)
@@ -79,10 +112,10 @@ def contract(j1, j2, mode: str) -> Tensor:
     n1, nl, p = j1.shape
     if j2 is None:
         if mode == "trace":
-            return symmetric_gram(j1.reshape(n1, nl * p)).div_(nl)
+            return triangle_gram(j1.reshape(n1, nl * p)).div_(nl)
         if mode == "diagonal":
-            return symmetric_gram(j1.transpose(0, 1)).permute(1, 2, 0)
-        return symmetric_gram(j1.reshape(n1 * nl, p)).view(n1, nl, n1, nl).permute(0, 2, 1, 3)
+            return triangle_gram(j1.transpose(0, 1)).permute(1, 2, 0)
+        return triangle_gram(j1.reshape(n1 * nl, p)).view(n1, nl, n1, nl).permute(0, 2, 1, 3)
     n2 = j2.shape[0]
     if mode == "trace":
         return torch.mm(j1.reshape(n1, nl * p), j2.reshape(n2, nl * p).t()).div_(nl)
@@ -159,9 +192,12 @@ def part_flops(part: Part, order: str, n1: int, n2: int, n_out: int, mode: str) 
     """Floating-point operations of one part's contraction for an n1 × n2 block.
 
     Direct: 2·n1·n2·c·p (c = n_L² in "full", else n_L). Outer (G, T, A, D), p = G·D·A:
-    "gradients" 2·(n1 + n2)·n_L·G·T·D·A + 2·n1·n2·c·p; "grams" 2·n1·n2·G·T²·(A + c·D) plus
-    n1·n2·c·G·T² for the products (Tokens: the Gram of ids is T² comparisons, the
-    scatter-add n_L·T·D per sample).
+    "gradients" 2·(n1 + n2)·n_L·G·T·D·A + 2·n1·n2·c·p; "grams" by the cotangent Gram
+    2·n1·n2·G·T²·(A + c·D) plus n1·n2·c·G·T² for the products, or projected ("full",
+    :func:`grams_path`) 2·n1·n2·G·T²·A + 2·n1·n2·G·T·n_L·D·(T + n_L) (Tokens: the Gram of
+    ids is T² comparisons, the scatter-add n_L·T·D per sample). For x′ = x every order
+    computes about half of it (the triangle: :func:`triangle_gram`, ``_ghost``); the model
+    counts the square, the same factor for every order.
     """
     c = n_out * n_out if mode == "full" else n_out
     if isinstance(part, Direct):
@@ -171,6 +207,8 @@ def part_flops(part: Part, order: str, n1: int, n2: int, n_out: int, mode: str) 
         form = (n1 + n2) * n_out * t * d * (1 if isinstance(part, Tokens) else 2 * g * a)
         return form + 2.0 * n1 * n2 * c * g * d * a
     gram_a = n1 * n2 * t * t * (1 if isinstance(part, Tokens) else 2 * g * a)
+    if grams_path(part, mode) == "projected":
+        return gram_a + 2.0 * n1 * n2 * g * t * n_out * d * (t + n_out)
     return gram_a + n1 * n2 * g * t * t * c * (2 * d + 1)
 
 
@@ -272,10 +310,25 @@ class ModuleFactors:
         return sum(min(part_bytes(p, "gradients", itemsize), part_bytes(p, "grams", itemsize))
                    for p in self.parts)
 
+    def cost(self, order: str, n1: int, n2: int, mode: str) -> float:
+        """:meth:`flops`, the projected path's weighted by :data:`PROJECTED_SLOWDOWN`."""
+        return sum(part_flops(p, order, n1, n2, _n_out(p), mode) * (
+            PROJECTED_SLOWDOWN if order == "grams" and not isinstance(p, Direct)
+            and grams_path(p, mode) == "projected" else 1.0) for p in self.parts)
+
     def choose(self, n1: int, n2: int, mode: str) -> str:
-        """The cheaper order (by :func:`part_flops`) for an n1 × n2 block."""
-        fg, fd = (self.flops(o, n1, n2, mode) for o in ORDERS)
+        """The cheaper order (by :meth:`cost`) for an n1 × n2 block."""
+        fg, fd = (self.cost(o, n1, n2, mode) for o in ORDERS)
         return "gradients" if fg <= fd else "grams"
+
+    def sample_norms(self) -> Tensor:
+        """Θ_kk(x_i, x_i) of this module [N, n_L]: Σ_parts ‖J_ik‖² (per-sample squared
+        gradient norms, ``mode="sample_diagonal"``), each part by :func:`_sample_norm`."""
+        total = None
+        for p in self.parts:
+            part = _sample_norm(p)
+            total = part if total is None else total.add_(part)
+        return total
 
     def ntk(self, other: Optional["ModuleFactors"], mode: str,
             workspace_bytes: int = 1 << 28) -> Tensor:
@@ -287,11 +340,36 @@ class ModuleFactors:
             if isinstance(p1, Direct) and (q2 is None or isinstance(q2, Direct)):
                 part = contract(p1.j, None if q2 is None else q2.j, mode)
             elif self.order == "grams":
-                part = _ghost(p1, p2, mode, workspace_bytes)
+                part = _ghost(p1, q2, mode, workspace_bytes)
             else:
                 part = _sliced_gradients(p1, q2, mode, workspace_bytes)
             total = part if total is None else total.add_(part)
         return total
+
+
+def _sample_norm(part: Part, order: Optional[str] = None) -> Tensor:
+    """‖J_ik‖² [N, n_L] of one part: Direct Σ_p J²; Outer/Tokens by the per-sample Grams
+    Σ_g Σ_{t,s} ⟨a_gt, a_gs⟩ ⟨d_kgt, d_kgs⟩ ("grams", 2·n_L·G·T²·D + 2·G·T²·A FLOPs per
+    sample) or by the gradient J_k = Σ_t d_kt ⊗ a_t squared ("gradients",
+    2·n_L·G·T·D·A), ``order`` or else whichever is fewer."""
+    if isinstance(part, Direct):
+        return part.j.square().sum(-1)
+    g, t, a, d = part.sizes()
+    nl = _n_out(part)
+    tokens = isinstance(part, Tokens)
+    if order is None:
+        grams = 2 * nl * g * t * t * d + (t * t if tokens else 2 * g * t * t * a)
+        gradients = nl * t * d + nl * a * d if tokens else 2 * nl * g * t * d * a
+        order = "gradients" if gradients <= grams else "grams"
+    if order == "gradients":
+        return part.gradient().square().sum(-1)
+    dd = _grouped(part)  # [N, n_L, G, T, D]
+    h = torch.matmul(dd, dd.transpose(-1, -2))  # [N, n_L, G, T, T]
+    if tokens:
+        ga = (part.ids[:, :, None] == part.ids[:, None, :]).to(dd.dtype).unsqueeze(1)
+    else:
+        ga = torch.matmul(part.a, part.a.transpose(-1, -2))  # [N, G, T, T]
+    return (h * ga.unsqueeze(1)).sum((2, 3, 4))
 
 
 def _sliced_gradients(p1: Part, p2: Optional[Part], mode: str, workspace_bytes: int) -> Tensor:
@@ -330,38 +408,116 @@ def _grouped(part: Part) -> Tensor:
     return part.d.unsqueeze(2) if isinstance(part, Tokens) else part.d
 
 
-def _ghost(p1: Part, p2: Part, mode: str, workspace_bytes: int) -> Tensor:
-    """Σ_g Σ_{t,s} ⟨a_gt, a′_gs⟩ ⟨d_kgt, d′_k′gs⟩ in ``mode``, rows of x1 in slices whose
-    [G, r, c, T, N2, S] cotangent Gram fits ``workspace_bytes``; both Grams by batched
-    GEMMs (torch.einsum chose a path 7× slower on these shapes)."""
-    d1, d2 = _grouped(p1), _grouped(p2)
+def grams_path(part: Part, mode: str) -> str:
+    """How the "grams" order contracts an Outer/Tokens part: "cotangent" (the cotangent Gram
+    over position pairs, [N·n_L·T]² entries in "full") or "projected" (the cotangents
+    weighted by the input Gram first, E = Σ_s ⟨a_t, a′_s⟩ d′_k′s, then ⟨d_kt, E⟩: about
+    T·n_L·D·(T + n_L) products per pair instead of T²·n_L²·D), whichever
+    :func:`part_flops` counts fewer; "projected" only in "full" (with one output per pair
+    of samples the cotangent Gram is the cheaper)."""
+    t, nl = part.sizes()[1], _n_out(part)
+    return "projected" if mode == "full" and t + nl < t * nl else "cotangent"
+
+
+def _rows(part: Part, c0: int) -> Part:
+    """The part's samples c0: (the columns a symmetric row slice still needs)."""
+    if isinstance(part, Tokens):
+        return Tokens(part.ids[c0:], part.d[c0:], part.vocab)
+    return Outer(part.a[c0:], part.d[c0:])
+
+
+def _mirror(block: Tensor, mode: str) -> Tensor:
+    """Θ(x′, x) from Θ(x, x′): the sample axes swapped (and k, k′ in "full")."""
+    t = block.transpose(0, 1)
+    return t.transpose(2, 3) if mode == "full" else t
+
+
+def _ghost(p1: Part, p2: Optional[Part], mode: str, workspace_bytes: int) -> Tensor:
+    """Σ_g Σ_{t,s} ⟨a_gt, a′_gs⟩ ⟨d_kgt, d′_k′gs⟩ in ``mode`` by the path of
+    :func:`grams_path`, rows of x1 in slices whose transients fit ``workspace_bytes``;
+    every product a batched GEMM (torch.einsum chose a path 7× slower on these shapes).
+
+    p2 None (x′ = x): each row slice r0:r1 is contracted against the samples r0: only and
+    its block beyond its own rows mirrored (Θ(x_j, x_i) = Θ(x_i, x_j)ᵀ in k, k′): about half
+    the products of the full square."""
+    symmetric = p2 is None
+    q2 = p1 if symmetric else p2
+    d1, d2 = _grouped(p1), _grouped(q2)
     n1, nl, g, t, dd = d1.shape
     n2, s = d2.shape[0], d2.shape[3]
-    per_row = n2 * g * t * s * (2 + 2 * channels(mode, nl)) * d1.element_size()
+    path = grams_path(p1, mode)
+    if path == "projected":  # the Gram [G, T, N2, S] and the block [N2, n_L, n_L]
+        per_row = n2 * (g * t * s + 2 * nl * nl) * d1.element_size()
+    else:
+        per_row = n2 * g * t * s * (2 + 2 * channels(mode, nl)) * d1.element_size()
     rows = max(1, min(n1, workspace_bytes // max(1, per_row)))
-    if mode == "trace":  # Σ_k folded into the GEMM: [G, N·T, n_L·D]
-        right = d2.permute(2, 0, 3, 1, 4).reshape(g, n2 * s, nl * dd)
-    elif mode == "diagonal":  # batched over (g, k): [G·n_L, N·T, D]
-        right = d2.permute(2, 1, 0, 3, 4).reshape(g * nl, n2 * s, dd)
-    else:  # [G, N·n_L·T, D]
-        right = d2.permute(2, 0, 1, 3, 4).reshape(g, n2 * nl * s, dd)
-    right = right.transpose(1, 2)
-    out = []
+    out = d1.new_empty({"full": (n1, n2, nl, nl), "trace": (n1, n2),
+                        "diagonal": (n1, n2, nl)}[mode])
     for r0 in range(0, n1, rows):
         r1 = min(n1, r0 + rows)
-        r = r1 - r0
-        ga = p1.gram_a(p2, r0, r1)  # [G, r, T, N2, S]
-        x = d1[r0:r1]
-        if mode == "trace":
-            gd = torch.bmm(x.permute(2, 0, 3, 1, 4).reshape(g, r * t, nl * dd), right)
-            part = (gd.view(g, r, t, n2, s) * ga).sum((0, 2, 4)).div_(nl)
-        elif mode == "diagonal":
-            gd = torch.bmm(x.permute(2, 1, 0, 3, 4).reshape(g * nl, r * t, dd), right)
-            part = (gd.view(g, nl, r, t, n2, s) * ga.unsqueeze(1)).sum((0, 3, 5))
-            part = part.permute(1, 2, 0)
-        else:
-            gd = torch.bmm(x.permute(2, 0, 1, 3, 4).reshape(g, r * nl * t, dd), right)
-            gd = gd.view(g, r, nl, t, n2, nl, s) * ga.view(g, r, 1, t, n2, 1, s)
-            part = gd.sum((0, 3, 6)).permute(0, 2, 1, 3)
-        out.append(part)
-    return torch.cat(out)
+        c0 = r0 if symmetric else 0
+        other = _rows(q2, c0) if c0 else q2
+        ga = p1.gram_a(other, r0, r1)  # [G, r, T, M, S], M = N2 − c0
+        x, y = d1[r0:r1], d2[c0:]
+        part = (_projected(x, y, ga, symmetric) if path == "projected"
+                else _cotangent_gram(x, y, ga, mode))
+        out[r0:r1, c0:] = part
+        if symmetric and r1 < n2:
+            out[r1:, r0:r1] = _mirror(part[:, r1 - r0:], mode)
+    return out
+
+
+def _cotangent_gram(x: Tensor, y: Tensor, ga: Tensor, mode: str) -> Tensor:
+    """Rows x [r, n_L, G, T, D] against y [M, n_L, G, S, D] with the input Gram ga
+    [G, r, T, M, S]: the cotangent Gram over position pairs, times ga, summed."""
+    r, nl, g, t, dd = x.shape
+    m, s = y.shape[0], y.shape[3]
+    if mode == "trace":  # Σ_k folded into the GEMM: [G, M·S, n_L·D]
+        right = y.permute(2, 0, 3, 1, 4).reshape(g, m * s, nl * dd).transpose(1, 2)
+        gd = torch.bmm(x.permute(2, 0, 3, 1, 4).reshape(g, r * t, nl * dd), right)
+        return (gd.view(g, r, t, m, s) * ga).sum((0, 2, 4)).div_(nl)
+    if mode == "diagonal":  # batched over (g, k): [G·n_L, M·S, D]
+        right = y.permute(2, 1, 0, 3, 4).reshape(g * nl, m * s, dd).transpose(1, 2)
+        gd = torch.bmm(x.permute(2, 1, 0, 3, 4).reshape(g * nl, r * t, dd), right)
+        part = (gd.view(g, nl, r, t, m, s) * ga.unsqueeze(1)).sum((0, 3, 5))
+        return part.permute(1, 2, 0)
+    right = y.permute(2, 0, 1, 3, 4).reshape(g, m * nl * s, dd).transpose(1, 2)
+    gd = torch.bmm(x.permute(2, 0, 1, 3, 4).reshape(g, r * nl * t, dd), right)
+    gd = gd.view(g, r, nl, t, m, nl, s) * ga.view(g, r, 1, t, m, 1, s)
+    return gd.sum((0, 3, 6)).permute(0, 2, 1, 3)
+
+
+def _projected(x: Tensor, y: Tensor, ga: Tensor, diagonal: bool = False,
+               tile: int = 1 << 20) -> Tensor:
+    """"full" [r, M, n_L, n_L] of rows x [r, n_L, G, T, D] against y [M, n_L, G, S, D],
+    per group g and square tile of rows i and columns j: F[i, k, j, s] = Σ_t ga[g, i, t, j, s]
+    x[i, k, g, t] (GEMMs of [M·S, T] × [T, D] written in the layout the next one reads),
+    then Θ[i, j, k, k′] = Σ_s ⟨F[i, k, j, s], y[j, k′, g, s]⟩ (a GEMM per j of
+    [r·n_L, S·D] × [S·D, n_L]). The tiles keep F within ``tile`` numbers, so that it stays
+    in cache: both GEMMs are thin (K = T, N = n_L) and run below the rate of a square one,
+    which :data:`PROJECTED_SLOWDOWN` states to the order choice.
+
+    diagonal: y's first r samples are x's (a symmetric block): the tiles left of the
+    diagonal are not computed but mirrored from those right of it."""
+    r, nl, g, t, dd = x.shape
+    m, s = y.shape[0], y.shape[3]
+    out = x.new_zeros((r, m, nl, nl))
+    b = max(1, int(math.sqrt(tile / (nl * s * dd))))  # F has b²·n_L·S·D numbers
+    for h in range(g):
+        gram = ga[h].reshape(r, t, m, s)
+        right = y[:, :, h].reshape(m, nl, s * dd).transpose(1, 2)  # [M, S·D, n_L]
+        for i0 in range(0, r, b):
+            i1 = min(r, i0 + b)
+            xi = x[i0:i1, :, h]  # [bi, n_L, T, D]
+            for j0 in range(i0 if diagonal else 0, m, b):
+                j1 = min(m, j0 + b)
+                lhs = gram[i0:i1, :, j0:j1].reshape(i1 - i0, t, -1).transpose(1, 2)
+                f = torch.matmul(lhs.unsqueeze(1), xi)  # [bi, n_L, bj·S, D]
+                left = f.view((i1 - i0) * nl, j1 - j0, s * dd).transpose(0, 1)
+                block = torch.bmm(left, right[j0:j1]).view(j1 - j0, i1 - i0, nl, nl)
+                out[i0:i1, j0:j1] += block.transpose(0, 1)
+    if diagonal:  # Θ(x_j, x_i) = Θ(x_i, x_j)ᵀ for the tiles skipped (j-tile before i-tile)
+        for i0 in range(b, r, b):
+            i1 = min(r, i0 + b)
+            out[i0:i1, :i0] = _mirror(out[:i0, i0:i1], "full")
+    return out
