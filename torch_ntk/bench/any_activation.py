@@ -5,8 +5,10 @@ op's GELU series, in one process.
 
 Per case (activation, depth L = number of dense layers, N, float32, x2 = None, both
 outputs) on the same inputs: the median time of :func:`torch_ntk.analytic_kernels` for a
-model with ``nn.Mish`` (the numeric Hermite series of ``torch_ntk.layers.numeric_series``,
-in torch) and for the same model with ``nn.GELU`` (the fused op's series in C++), timed
+model with ``nn.Mish`` (the numeric Hermite series of ``torch_ntk.layers.numeric_series``:
+its per-sample tables in torch, recomputed every call (the tables' cache cleared), the pairs
+in the fused op, ``torch_ntk.analytic.tabled``) and for the same model with ``nn.GELU`` (the
+fused op's series in C++), timed
 round after round (:func:`~torch_ntk.bench.common.interleaved`); their ratio (target of
 issue 31: Mish within 2× of GELU). neural-tangents' ``ElementwiseNumerical`` is timed too
 when jax and neural-tangents are importable (its version recorded), else "not installed".
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 import torch_ntk as tn
+from torch_ntk.layers.numeric_series import clear_cache
 
 from .common import interleaved, markdown_table
 
@@ -64,13 +67,18 @@ def _neural_tangents(depth: int, x: torch.Tensor, repeats: int) -> tuple:
     return statistics.median(times), f"neural-tangents {nt.__version__}"
 
 
+def _fresh(model: nn.Module, x: torch.Tensor):
+    """analytic_kernels without the tables an earlier call on the same inputs left."""
+    clear_cache()
+    return tn.analytic_kernels(model, x, progress=False)
+
+
 def run_any_activation(quick: bool = False, repeats: int = REPEATS) -> list[dict]:
     """One row per case (module doc)."""
     rows = []
     for act, depth, n in QUICK_CASES if quick else CASES:
         x = torch.randn(n, 16, generator=torch.Generator().manual_seed(0))
-        calls = {name: (lambda m=_model(name, depth): tn.analytic_kernels(m, x, progress=False))
-                 for name in (act, "gelu")}
+        calls = {name: (lambda m=_model(name, depth): _fresh(m, x)) for name in (act, "gelu")}
         for fn in calls.values():
             fn()  # warm-up
         times = interleaved(calls, repeats, "cpu")

@@ -17,8 +17,10 @@ activations). Per sample the coefficients a_k, b_k (k < 128) come from a composi
 
 The truncation after K terms is bounded per pair by Cauchy–Schwarz,
 |Σ_{k≥K} a_k a′_k ρ^k| ≤ r_K(q11) r_K(q22) |ρ|^K · √(E[φ(u)²] E[φ(v)²]), r_K² the relative tail
-1 − Σ_{k<K} a_k²/E[φ²]; K is the smallest multiple of 8 that meets the tolerance (1e-11 relative
-in float64, 1e-8 in float32) for every pair the 128 terms can meet, and the other pairs (|ρ|
+1 − Σ_{k<K} a_k²/E[φ²]; K is the smallest multiple of 8 (at most 128) at which every
+sample's r_K² meets the tolerance (1e-11 relative in float64, 1e-8 in float32), one K per
+call (the fused op's tabled layers, ``torch_ntk.analytic.tabled``, sum the same K terms and
+flag the same pairs), and the pairs whose bound those terms do not meet (|ρ|
 near 1 for kinked φ, whose coefficients decay like powers of k) take a 2-D composite rule
 split at the kinks in both variables (:func:`pair_expectations`; the conditional of v given
 u has its kinks at (t_j − √q22 ρ z1)/(√q22 √(1−ρ²)), and the outer rule is graded towards the
@@ -39,7 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TERMS", "numeric_expectations", "pair_expectations", "series_tables"]
+__all__ = ["TERMS", "TOLERANCE", "clear_cache", "numeric_expectations", "pair_expectations", "paired_tables",
+           "rho_power", "series_tables", "table_expectations"]
 
 TERMS = 128  # K_max, as csrc/math/hermite.h
 STEP = 8  # K is a multiple of this
@@ -121,6 +124,12 @@ def series_tables(phi: Fn, dphi: Fn, kinks: Sequence[float], q: Tensor, name: st
     cached = _CACHE.get(key)
     if cached is not None and torch.equal(cached[0], q):
         return cached[1]
+    unique, inverse = torch.unique(q, return_inverse=True)
+    if unique.numel() < q.numel():  # samples of equal variance (e.g. inputs of one norm)
+        tables = tuple(t[inverse] for t in series_tables(phi, dphi, kinks, unique, name, terms,
+                                                         tolerance, min_terms))
+        _remember(key, q, tables)
+        return tables
     out = []
     step = max(1, _CHUNK_ELEMENTS // 2 // (16 * 64))
     for i in range(0, q.numel(), step):
@@ -132,10 +141,20 @@ def series_tables(phi: Fn, dphi: Fn, kinks: Sequence[float], q: Tensor, name: st
             phi, dphi, kinks, q[i * step:(i + 1) * step], name, terms, tolerance, k)
             for i, o in enumerate(out)]
     tables = tuple(torch.cat([o[j] for o in out]) for j in range(6))
+    _remember(key, q, tables)
+    return tables
+
+
+def clear_cache() -> None:
+    """Forget the tables :func:`series_tables` keeps for the variances last asked (the
+    benchmarks time a call without them)."""
+    _CACHE.clear()
+
+
+def _remember(key: tuple, q: Tensor, tables: tuple) -> None:
     if len(_CACHE) >= 4:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = (q.clone(), tables)
-    return tables
 
 
 def _tables_chunk(phi, dphi, kinks, q, name, terms, tolerance, min_terms):
@@ -238,50 +257,49 @@ def pair_expectations(phi: Fn, dphi: Fn, kinks: Sequence[float], q11: Tensor, q2
     return e, ed
 
 
-def numeric_expectations(phi: Fn, dphi: Fn, kinks: Sequence[float], q11: Tensor, q22: Tensor,
-                         q12: Tensor, name: str = "φ",
-                         tolerance: Optional[float] = None) -> tuple[Tensor, Tensor]:
-    """(E[φ(u)φ(v)], E[φ′(u)φ′(v)]) over the broadcast shape of q11, q22, q12 by the numeric
-    Hermite series, with the 2-D fallback for the pairs it does not meet to ``tolerance``
-    (relative to the Cauchy–Schwarz scale; default by the dtype, module doc). The tables
-    are computed once per element of q11 and of q22 (per sample when they are [N1, 1] and
-    [1, N2]). Not differentiable (the kernels' autograd path refuses these activations)."""
-    like = next(q for q in (q12, q11, q22) if isinstance(q, Tensor))
-    dtype = like.dtype
-    q11, q22, q12 = (torch.as_tensor(q, device=like.device).detach().to(torch.float64)
-                     for q in (q11, q22, q12))
-    if tolerance is None:
-        tolerance = TOLERANCE.get(dtype, 1e-8)
-    shape = torch.broadcast_shapes(q11.shape, q22.shape, q12.shape)
-    t1 = series_tables(phi, dphi, kinks, q11.reshape(-1), name, tolerance=tolerance)
-    t2 = series_tables(phi, dphi, kinks, q22.reshape(-1), name, tolerance=tolerance)
+def paired_tables(phi: Fn, dphi: Fn, kinks: Sequence[float], q1: Tensor, q2: Tensor,
+                  name: str = "φ", tolerance: float = 1e-11) -> tuple[tuple, tuple]:
+    """The :func:`series_tables` of q1 [M1] and q2 [M2] (float64) with the same K (the
+    bound of a pair needs both tails at one K): the larger of their own K."""
+    t1 = series_tables(phi, dphi, kinks, q1, name, tolerance=tolerance)
+    t2 = series_tables(phi, dphi, kinks, q2, name, tolerance=tolerance)
     k1, k2 = t1[0].shape[1], t2[0].shape[1]
-    if k1 < k2:  # both sides with the same terms (the bound needs their tails at one K)
-        t1 = series_tables(phi, dphi, kinks, q11.reshape(-1), name, tolerance=tolerance,
-                           min_terms=k2)
+    if k1 < k2:
+        t1 = series_tables(phi, dphi, kinks, q1, name, tolerance=tolerance, min_terms=k2)
     elif k2 < k1:
-        t2 = series_tables(phi, dphi, kinks, q22.reshape(-1), name, tolerance=tolerance,
-                           min_terms=k1)
-    t1 = [t.reshape(*q11.shape, -1) for t in t1]
-    t2 = [t.reshape(*q22.shape, -1) for t in t2]
-    a1, b1, ra1, rb1 = t1[0], t1[1], t1[4], t1[5]
-    a2, b2, ra2, rb2 = t2[0], t2[1], t2[4], t2[5]
+        t2 = series_tables(phi, dphi, kinks, q2, name, tolerance=tolerance, min_terms=k1)
+    return t1, t2
+
+
+def rho_power(rho: Tensor, terms: int) -> Tensor:
+    """|ρ|^K for K a positive multiple of 8, by the products of csrc/math/hermite.h's
+    ``hermite_rho_power`` (so that the fused op and torch flag the same pairs)."""
+    r2 = rho * rho
+    r8 = (r2 * r2) * (r2 * r2)
+    p = r8
+    for _ in range(STEP, terms, STEP):
+        p = p * r8
+    return p
+
+
+def table_expectations(phi: Fn, dphi: Fn, kinks: Sequence[float], t1: Sequence[Tensor],
+                       t2: Sequence[Tensor], q11: Tensor, q22: Tensor, q12: Tensor,
+                       name: str = "φ", tolerance: float = 1e-11) -> tuple[Tensor, Tensor]:
+    """(E[φ(u)φ(v)], E[φ′(u)φ′(v)]) (float64, the broadcast shape of q11, q22, q12) from
+    tables t1 = (a1, b1, ra1, rb1) of the q11 side (a, b [..., K] broadcasting like
+    q11 [...]; ra, rb [...] the relative tails at K) and t2 of the q22 side: the K-term
+    series by Horner in ρ, and the 2-D rule (:func:`pair_expectations`) for the pairs
+    whose bound r1 r2 |ρ|^K (of a or of b) exceeds ``tolerance``. The fused op's tabled
+    layers (``torch_ntk.analytic.tabled``) compute the same sum and flag the same pairs."""
+    a1, b1, ra1, rb1 = t1
+    a2, b2, ra2, rb2 = t2
+    terms = a1.shape[-1]
+    shape = torch.broadcast_shapes(q11.shape, q22.shape, q12.shape)
     norm = torch.sqrt(torch.clamp(q11 * q22, min=0))
     rho = torch.where(norm > 0, q12 / torch.where(norm > 0, norm, 1), 0).clamp(-1, 1)
     rho = rho.expand(shape)
-    checkpoints = a1.shape[-1] // STEP
-
-    def met(c: int) -> Tensor:
-        power = rho.abs() ** (STEP * (c + 1))
-        return ((ra1[..., c] * ra2[..., c] * power <= tolerance)
-                & (rb1[..., c] * rb2[..., c] * power <= tolerance))
-
-    final = met(checkpoints - 1)
-    terms = a1.shape[-1]
-    for c in range(checkpoints - 1):
-        if bool((met(c) | ~final).all()):
-            terms = STEP * (c + 1)
-            break
+    power = rho_power(rho, terms)
+    final = (ra1 * ra2 * power <= tolerance) & (rb1 * rb2 * power <= tolerance)
     ea = (a1[..., terms - 1] * a2[..., terms - 1]).expand(shape).clone()
     eb = (b1[..., terms - 1] * b2[..., terms - 1]).expand(shape).clone()
     for k in range(terms - 2, -1, -1):
@@ -293,4 +311,29 @@ def numeric_expectations(phi: Fn, dphi: Fn, kinks: Sequence[float], q11: Tensor,
                                   q22.expand(shape)[fallback], q12.expand(shape)[fallback],
                                   name)
         ea[fallback], eb[fallback] = e, ed
+    return ea, eb
+
+
+def numeric_expectations(phi: Fn, dphi: Fn, kinks: Sequence[float], q11: Tensor, q22: Tensor,
+                         q12: Tensor, name: str = "φ",
+                         tolerance: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """(E[φ(u)φ(v)], E[φ′(u)φ′(v)]) over the broadcast shape of q11, q22, q12 by the numeric
+    Hermite series, with the 2-D fallback for the pairs it does not meet to ``tolerance``
+    (relative to the Cauchy–Schwarz scale; default by the dtype, module doc). The tables
+    are computed once per element of q11 and of q22 (per sample when they are [N1, 1] and
+    [1, N2]; :func:`paired_tables`), the sum by :func:`table_expectations` with all K terms
+    of the tables. Not differentiable (the kernels' autograd path refuses these
+    activations)."""
+    like = next(q for q in (q12, q11, q22) if isinstance(q, Tensor))
+    dtype = like.dtype
+    q11, q22, q12 = (torch.as_tensor(q, device=like.device).detach().to(torch.float64)
+                     for q in (q11, q22, q12))
+    if tolerance is None:
+        tolerance = TOLERANCE.get(dtype, 1e-8)
+    t1, t2 = paired_tables(phi, dphi, kinks, q11.reshape(-1), q22.reshape(-1), name, tolerance)
+    t1 = [t.reshape(*q11.shape, -1) for t in t1]
+    t2 = [t.reshape(*q22.shape, -1) for t in t2]
+    side1 = (t1[0], t1[1], t1[4][..., -1], t1[5][..., -1])
+    side2 = (t2[0], t2[1], t2[4][..., -1], t2[5][..., -1])
+    ea, eb = table_expectations(phi, dphi, kinks, side1, side2, q11, q22, q12, name, tolerance)
     return ea.to(dtype), eb.to(dtype)
