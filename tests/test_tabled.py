@@ -11,9 +11,12 @@ scale |K − K_ref|_ij / √(K_ref,ii K_ref,jj); float32: 1e-5.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
+import numpy as np
 import pytest
 import torch
+from scipy import integrate, special
 from torch import nn
 
 import torch_ntk as tn
@@ -23,6 +26,8 @@ from torch_ntk.analytic import kernels as kernels_module
 from torch_ntk.analytic import tabled
 from torch_ntk.analytic.autograd import mlp_kernels
 from torch_ntk.analytic.kernels import as_spec
+from torch_ntk.layers import numeric_series
+from torch_ntk.layers.elementwise import dual_functions, numeric_activation
 from torch_ntk.nn import NTKLinear
 
 SW2, SB2 = 1.5, 0.1
@@ -225,3 +230,148 @@ def test_act_id_minus_one_needs_tables():
     x, args, _ = _op_args()
     with pytest.raises(ValueError, match=r"act_ids\[0\] = -1 .*-1 needs series_x1"):
         ops.analytic_kernels(x, None, **args)
+
+
+# ---- the tables themselves (torch_ntk.layers.numeric_series, "Tables") against scipy ----
+
+def _sp(x):
+    return np.logaddexp(0.0, x)
+
+
+# φ and φ′ written here in numpy (independent of the torch modules), with their kinks
+REFERENCE = {
+    "mish": (nn.Mish(), lambda x: x * np.tanh(_sp(x)),
+             lambda x: np.tanh(_sp(x)) + x / (1 + np.exp(-x)) * (1 - np.tanh(_sp(x)) ** 2), ()),
+    "hardswish": (nn.Hardswish(), lambda x: x * np.clip(x + 3, 0, 6) / 6,
+                  lambda x: np.where(x < -3, 0.0, np.where(x > 3, 1.0, (2 * x + 3) / 6)),
+                  (-3.0, 3.0)),
+    # two kinks in one panel of the shared layout at q = 1 (z = 0.2, 0.5 in [0, 1])
+    "hardtanh_0.2_0.5": (nn.Hardtanh(0.2, 0.5), lambda x: np.clip(x, 0.2, 0.5),
+                         lambda x: np.where((x > 0.2) & (x < 0.5), 1.0, 0.0), (0.2, 0.5)),
+    "celu": (nn.CELU(), lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+             lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0))), (0.0,)),
+}
+# across levels of the layout: below 1, the level-0 edge, a level edge (√q = 2^(4/8)),
+# fine inner panels (√q = 31.6)
+TABLE_Q = [0.3, 1.0, 1.0 + 1e-9, 2.0, 1e3]
+TABLE_K = [0, 1, 7, 40, 127]
+
+
+def _gaussian_quad(g, q: float, kinks) -> float:
+    """E[g(z)], z ~ N(0, 1), by scipy's adaptive quadrature on [−20, 20] cut at every unit
+    and at the kinks t/√q (each piece smooth)."""
+    s = math.sqrt(q)
+    cuts = sorted(set(np.arange(-20.0, 20.5, 1.0).tolist()
+                      + [t / s for t in kinks if abs(t / s) < 20]))
+    return sum(integrate.quad(lambda z: g(z) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
+                              a, b, limit=200, epsabs=1e-15, epsrel=1e-12)[0]
+               for a, b in zip(cuts[:-1], cuts[1:]))
+
+
+def _reference_coefficient(f, q: float, k: int, kinks) -> float:
+    """E[f(√q z) h_k(z)] (h_k = He_k/√k!, scipy's He_k)."""
+    s, norm = math.sqrt(q), math.exp(-0.5 * math.lgamma(k + 1))
+    return _gaussian_quad(lambda z: f(s * z) * special.eval_hermitenorm(k, z) * norm, q, kinks)
+
+
+def _reference_norm(f, q: float, kinks) -> float:
+    s = math.sqrt(q)
+    return _gaussian_quad(lambda z: f(s * z) ** 2, q, kinks)
+
+
+@lru_cache(maxsize=None)
+def _references(name: str) -> dict:
+    _, f, df, kinks = REFERENCE[name]
+    return {(q, k, which): _reference_coefficient(fn, q, k, kinks)
+            for q in TABLE_Q for k in TABLE_K for which, fn in (("a", f), ("b", df))} | {
+        (q, "norm", which): _reference_norm(fn, q, kinks)
+        for q in TABLE_Q for which, fn in (("a", f), ("b", df))}
+
+
+def _table_error(name: str) -> float:
+    """max over q, k of |a_k − ref|/√E[φ²] and |b_k − ref|/√E[φ′²], and of the relative
+    error of E[φ²], E[φ′²], from one series_tables call on all of TABLE_Q (several levels)."""
+    module, _, _, kinks = REFERENCE[name]
+    numeric_series.clear_cache()
+    phi, dphi, kinks = dual_functions(numeric_activation(module))
+    a, b, na, nb, _, _ = numeric_series.series_tables(
+        phi, dphi, kinks, torch.tensor(TABLE_Q, dtype=torch.float64), name, terms=128)
+    ref = _references(name)
+    worst = 0.0
+    for i, q in enumerate(TABLE_Q):
+        for which, got, norm in (("a", a, na), ("b", b, nb)):
+            scale = math.sqrt(ref[(q, "norm", which)])
+            worst = max(worst, abs(float(norm[i]) - ref[(q, "norm", which)]) / scale ** 2)
+            for k in TABLE_K:
+                worst = max(worst, abs(float(got[i, k]) - ref[(q, k, which)]) / scale)
+    return worst
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_tables_against_scipy(name):
+    """The coefficients a_k, b_k (k = 0 … 127) and E[φ²], E[φ′²] at five variances (four
+    levels of the shared layouts, kinks inside panels, on panel edges, two in one panel)
+    equal scipy's adaptive quadrature of the numpy φ, φ′ to 1e-12 on the scale √E[φ²]."""
+    assert _table_error(name) < 1e-12
+
+
+def test_tables_without_the_kink_split_fail(monkeypatch):
+    """A wrong implementation that does not split the panels holding a kink (the shared
+    nodes only) is more than 1e-8 off: the check above can fail."""
+    def unsplit(edges, s, kinks):
+        keep, ze, we = real(edges, s, kinks)
+        return torch.ones_like(keep), ze, torch.zeros_like(we)
+
+    real = numeric_series._kink_panels
+    monkeypatch.setattr(numeric_series, "_kink_panels", unsplit)
+    assert _table_error("hardswish") > 1e-8
+    assert _table_error("hardtanh_0.2_0.5") > 1e-8
+
+
+def test_tables_with_too_coarse_panels_fail(monkeypatch):
+    """A wrong layout whose fine panels stop at |x| = 2 (INNER = 2) is more than 1e-8 off
+    for Mish at q = 1e3 (x-panels of width 31 where φ turns)."""
+    monkeypatch.setattr(numeric_series, "INNER", 2)
+    numeric_series._layout.cache_clear()
+    try:
+        assert _table_error("mish") > 1e-8
+    finally:
+        monkeypatch.undo()
+        numeric_series._layout.cache_clear()
+        numeric_series.clear_cache()
+
+
+def test_terms_are_the_fewest_that_meet_the_tolerance():
+    """K is the smallest multiple of 8 at which every sample's squared tails r_K² (a and
+    b) are ≤ the tolerance, r_K² = 1 − Σ_{k<K} a_k²/E[φ²] recomputed here from the tables."""
+    phi, dphi, kinks = dual_functions(numeric_activation(nn.Mish()))
+    q = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
+    for tolerance in (1e-8, 1e-11):
+        numeric_series.clear_cache()
+        a, b, na, nb, ra, rb = numeric_series.series_tables(phi, dphi, kinks, q,
+                                                            tolerance=tolerance)
+        K = a.shape[1]
+        tails = [1 - torch.cumsum(c * c, 1)[:, 7::8] / n[:, None] for c, n in ((a, na), (b, nb))]
+        worst = torch.maximum(*tails).amax(0)  # [K/8]: the worst sample per checkpoint
+        assert 8 <= K < 128 and float(worst[-1]) <= tolerance
+        assert K == 8 or float(worst[-2]) > tolerance
+        torch.testing.assert_close(ra[:, -1] ** 2, tails[0][:, -1].clamp(min=0), atol=1e-15,
+                                   rtol=0)
+
+
+def test_cuda_specs_keep_the_torch_recursion():
+    """On CUDA the op refuses tables (CPU only), so the plan sends CUDA inputs to the torch
+    recursion (which computes the same tables in torch on the GPU)."""
+    spec = as_spec(model(nn.Mish()))
+    assert tabled.table_plan(spec, torch.device("cuda"), None, False) is None
+    assert tabled.table_plan(spec, torch.device("cpu"), None, False) == [True]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not ops.cuda_built(),
+                    reason="needs a CUDA build and a GPU")
+def test_cuda_op_refuses_tables():
+    x, args, tables = _op_args()
+    args = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    with pytest.raises(ValueError, match="series tables run on the CPU only"):
+        ops.analytic_kernels_tabled(x.cuda(), None, **args, series_x1=tables.cuda(),
+                                    series_terms=[8], series_tolerance=1e-11)
