@@ -8,9 +8,10 @@ is a torch function rather than a registered id. Its dual maps
 
 come from its closed form when it has one (the families in ``torch_ntk.layers.dual``, a
 user kernel map ``Elementwise(fn, nngp_fn=..., ntk_fn=...)``), else from the numeric
-Hermite series split at its kinks (``torch_ntk.layers.numeric_series``). No fused op
-computes them: ``analytic_kernels`` runs the torch recursion for specs holding one (MLP:
-``torch_ntk.analytic.autograd.mlp_kernels``; CNN: the walker).
+Hermite series split at its kinks (``torch_ntk.layers.numeric_series``): for MLP chains
+on the CPU its per-sample tables are computed in torch and the fused MLP op sums the
+series over the pairs (``torch_ntk.analytic.tabled``); graphs, CNNs and CUDA inputs run
+the torch recursion (``torch_ntk.analytic.autograd.mlp_kernels``, the walker).
 
 What lifts here, each with the kinks its type implies:
 
