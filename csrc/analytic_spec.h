@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -28,6 +29,12 @@ struct AnalyticArgs {
   bool hermite_series;  // smooth activations by their Hermite series (math/hermite.h)
   at::IntArrayRef graph_codes, graph_ints;  // a graph program (math/mlp_graph.h); empty:
   at::ArrayRef<double> graph_floats;        // the hidden layers in order
+  // Precomputed series tables (undefined: none; check_series_tables for the layout): the
+  // layers of act id -1 run math::kSeriesTable, K = series_terms[l] terms, and the pairs
+  // whose truncation bound exceeds series_tolerance are reported, not computed.
+  at::Tensor series1, series2;  // undefined: none (series2: x2 is None)
+  at::IntArrayRef series_terms;
+  double series_tolerance;
 };
 
 // A validated graph program: its steps (empty for a chain) and the LayerNorms' variance
@@ -134,6 +141,60 @@ inline MlpGraph make_mlp_graph(const AnalyticArgs& a, int64_t hidden) {
   return g;
 }
 
+// series_x1 (when given; series_x2 likewise for x2, given with it): per hidden layer l
+// and sample s the rows of [L-1, 2 K_max + 3, N] (x1's dtype and device, finite):
+//   0                 Sigma^(l)(x, x), the variance entering hidden layer l (all layers)
+//   1 .. K_max        a_k: the Hermite coefficients of phi(sqrt(q) z)
+//   K_max+1 .. 2K_max b_k: those of phi'(sqrt(q) z)
+//   2 K_max + 1, + 2  ra, rb: their relative tails r_K at K = series_terms[l]
+// (rows 1.. of layers with an op id are not read); series_terms [L-1]: K (a multiple of
+// math::kHermiteStep, at most K_max) for the layers of act id -1, 0 for the others.
+inline void check_series_tables(const at::Tensor& x1, const c10::optional<at::Tensor>& x2,
+                                const AnalyticArgs& a) {
+  const char* op = "analytic_kernels";
+  const int64_t L = static_cast<int64_t>(a.act_ids.size());
+  TORCH_CHECK_VALUE(a.series2.defined() == x2.has_value(), op, ": series_x2 must be given "
+                    "exactly when x2 is (the tables of x2's samples)");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(a.series_terms.size()) == L, op, ": series_terms must "
+                    "have one entry per hidden layer (", L, "); got ", a.series_terms.size());
+  TORCH_CHECK_VALUE(a.graph_codes.empty(), op, ": series tables with a graph program "
+                    "(graph_codes) are not supported; the torch walker runs such graphs");
+  TORCH_CHECK_VALUE(x1.device().is_cpu(), op, ": series tables run on the CPU only; on ",
+                    x1.device(), " torch_ntk.analytic_kernels runs the recursion in torch");
+  TORCH_CHECK_VALUE(a.series_tolerance > 0 && std::isfinite(a.series_tolerance), op,
+                    ": series_tolerance must be positive and finite with series tables; got ",
+                    a.series_tolerance);
+  const int64_t rows = a.series1.dim() == 3 ? a.series1.size(1) : 0;
+  for (int set = 1; set <= (x2.has_value() ? 2 : 1); ++set) {
+    const at::Tensor& t = set == 1 ? a.series1 : a.series2;
+    const char* name = set == 1 ? "series_x1" : "series_x2";
+    const int64_t n = (set == 1 ? x1 : *x2).size(0);
+    TORCH_CHECK_VALUE(t.scalar_type() == x1.scalar_type() && t.device() == x1.device(), op, ": ",
+                      name, " must have x1's dtype ", x1.scalar_type(), " and device ",
+                      x1.device(), "; got ", t.scalar_type(), " on ", t.device());
+    TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == L && t.size(1) == rows && rows >= 5 &&
+                          (rows - 3) % 2 == 0 && t.size(2) == n,
+                      op, ": ", name, " must have shape [L-1, 2 K_max + 3, N] = [", L, ", ",
+                      rows >= 5 && (rows - 3) % 2 == 0 ? rows : 2 * math::kHermiteMaxTerms + 3,
+                      ", ", n, "] (var, a, b, ra, rb rows per layer); got ", t.sizes());
+    TORCH_CHECK_VALUE(t.numel() == 0 || at::isfinite(t).all().item<bool>(), op, ": ", name,
+                      " must be finite");
+  }
+  const int64_t kmax = (rows - 3) / 2;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t K = a.series_terms[l];
+    if (a.act_ids[l] == -1) {
+      TORCH_CHECK_VALUE(K >= 1 && K <= kmax && K % math::kHermiteStep == 0, op,
+                        ": series_terms[", l, "] = ", K, " must be a positive multiple of ",
+                        math::kHermiteStep, " up to ", kmax, " (the K_max of the series "
+                        "tables) for a layer of act id -1");
+    } else {
+      TORCH_CHECK_VALUE(K == 0, op, ": series_terms[", l, "] = ", K, " must be 0: hidden layer ",
+                        l, " has the op id ", a.act_ids[l]);
+    }
+  }
+}
+
 inline void check_analytic_args(const at::Tensor& x1, const c10::optional<at::Tensor>& x2,
                                 const AnalyticArgs& a, const at::Tensor& gh_nodes,
                                 const at::Tensor& gh_weights, bool want_nngp, bool want_ntk) {
@@ -157,14 +218,18 @@ inline void check_analytic_args(const at::Tensor& x1, const c10::optional<at::Te
                     a.ntk_weight.size(), ", ", a.ntk_bias.size());
   // The series falls back to quadrature for the pairs its bound does not cover.
   bool needs_quadrature = false;
+  const bool tabled = a.series1.defined();
+  if (tabled) check_series_tables(x1, x2, a);
   for (size_t l = 0; l < n; ++l) {
     const int64_t id = a.act_ids[l];
-    TORCH_CHECK_VALUE(id >= 0 && id < math::kNumActivations, op, ": act_ids[", l,
-                      "] = ", id, " is not a registered activation id (0..",
-                      math::kNumActivations - 1, ")");
     TORCH_CHECK_VALUE(a.weight_var[l] >= 0 && a.bias_var[l] >= 0, op,
                       ": weight_var and bias_var must be non-negative; got ", a.weight_var[l],
                       " and ", a.bias_var[l], " at hidden layer ", l);
+    if (tabled && id == -1) continue;  // a layer on the given series tables
+    TORCH_CHECK_VALUE(id >= 0 && id < math::kNumActivations, op, ": act_ids[", l,
+                      "] = ", id, " is not a registered activation id (0..",
+                      math::kNumActivations - 1, tabled ? ", or -1 for a layer on the "
+                      "series tables)" : "; -1 needs series_x1)");
     if (id == math::kSoftplus) {
       TORCH_CHECK_VALUE(a.act_params[l] > 0, op, ": softplus beta must be positive; got ",
                         a.act_params[l], " at hidden layer ", l);
@@ -191,9 +256,13 @@ std::vector<math::HiddenLayer<T>> make_hidden_layers(const AnalyticArgs& a) {
     auto& h = layers[l];
     h.act = static_cast<int>(a.act_ids[l]);
     h.kind = math::expectation_kind(h.act, a.force_quadrature);
-    if (a.hermite_series && !a.force_quadrature && math::hermite_series_applies(h.act)) {
+    // With series tables the op's own series is off (its variances would not chain with
+    // the given ones): give such layers tables too (act id -1) for the series.
+    if (a.hermite_series && !a.force_quadrature && !a.series1.defined() &&
+        math::hermite_series_applies(h.act)) {
       h.kind = math::kHermite;
     }
+    if (h.act == -1) h.kind = math::kSeriesTable;
     h.param = static_cast<T>(a.act_params[l]);
     math::abrelu_slopes(h.act, h.param, h.slope_neg, h.slope_pos);
     h.weight_var = static_cast<T>(a.weight_var[l]);
@@ -231,6 +300,14 @@ struct AnalyticProblem {
   at::Tensor ha1, hb1, hna1, hnb1, htails1, ha2, hb2, hna2, hnb2, htails2;
   at::Tensor hra1, hrb1, hra2, hrb2;
   std::vector<int> hermite_terms;  // [L-1] K per layer (0 for other layers)
+  // Given series tables (AnalyticArgs::series1, series2): then var1/var2 are their var, no
+  // sample pass runs, and fallback [N1, N2] (bool) marks the pairs whose bound failed at a
+  // kSeriesTable layer (their outputs are to be recomputed by the caller).
+  bool tabled = false;
+  at::Tensor ta1, tb1, tra1, trb1, ta2, tb2, tra2, trb2;
+  std::vector<int> table_terms;  // [L-1] K per layer (0 for other layers)
+  double table_tolerance = 0;
+  at::Tensor fallback;
 };
 
 // The tables of sample set 1 or 2 as the math code wants them.
@@ -319,6 +396,32 @@ AnalyticProblem<T> make_analytic_problem(const at::Tensor& x1, const at::Tensor&
       static_cast<int64_t>(p.layers.size()) + graph.norms, 1);
   p.var1 = at::empty({var_rows, p.n1}, x1.options());
   p.var2 = symmetric ? p.var1 : at::empty({var_rows, p.n2}, x1.options());
+  p.tabled = args.series1.defined();
+  if (p.tabled) {  // checked by check_series_tables; rows var, a, b, ra, rb
+    const int64_t K = (args.series1.size(1) - 3) / 2;
+    auto split = [&](const at::Tensor& t, at::Tensor& var, at::Tensor& a, at::Tensor& b,
+                     at::Tensor& ra, at::Tensor& rb) {
+      var = t.select(1, 0).contiguous();
+      a = t.narrow(1, 1, K).contiguous();
+      b = t.narrow(1, 1 + K, K).contiguous();
+      ra = t.select(1, 2 * K + 1).contiguous();
+      rb = t.select(1, 2 * K + 2).contiguous();
+    };
+    at::Tensor v1, v2;
+    split(args.series1, v1, p.ta1, p.tb1, p.tra1, p.trb1);
+    if (symmetric) {
+      v2 = v1, p.ta2 = p.ta1, p.tb2 = p.tb1, p.tra2 = p.tra1, p.trb2 = p.trb1;
+    } else {
+      split(args.series2, v2, p.ta2, p.tb2, p.tra2, p.trb2);
+    }
+    if (!p.layers.empty()) {
+      p.var1 = v1;
+      p.var2 = v2;
+    }
+    p.table_terms.assign(args.series_terms.begin(), args.series_terms.end());
+    p.table_tolerance = args.series_tolerance;
+    p.fallback = at::zeros({p.n1, p.n2}, x1.options().dtype(at::kBool));
+  }
   for (const auto& h : p.layers) p.hermite |= h.kind == math::kHermite;
   if (p.hermite) {
     const int64_t K = math::kHermiteMaxTerms, C = math::kHermiteCheckpoints;
@@ -386,20 +489,26 @@ inline at::Tensor full_precision_gram(const at::Tensor& x1, const at::Tensor& x2
 //   Backend::kGramIsOutput: whether the first wanted output may overwrite the Gram matrix
 //     (each part of the Gram matrix is read before its outputs are written), and
 //   Backend::run<T>(const AnalyticProblem<T>&, at::Tensor& nngp, at::Tensor& ntk): the
-//     sample variances and the pair pass into the [N1, N2] outputs (undefined if unwanted).
+//     sample variances and the pair pass into the [N1, N2] outputs (undefined if unwanted);
+//     with series tables (CPU only) also the problem's fallback mask.
 template <typename Backend>
-std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> analytic_kernels_op(
     const at::Tensor& x1_in, const c10::optional<at::Tensor>& x2_in, double input_weight_var,
     double input_bias_var, double input_ntk_weight, double input_ntk_bias,
     at::IntArrayRef act_ids, at::ArrayRef<double> act_params, at::ArrayRef<double> weight_var,
     at::ArrayRef<double> bias_var, at::ArrayRef<double> ntk_weight,
     at::ArrayRef<double> ntk_bias, const at::Tensor& gh_nodes, const at::Tensor& gh_weights,
     bool force_quadrature, bool want_nngp, bool want_ntk, bool hermite_series,
-    at::IntArrayRef graph_codes, at::IntArrayRef graph_ints, at::ArrayRef<double> graph_floats) {
+    at::IntArrayRef graph_codes, at::IntArrayRef graph_ints, at::ArrayRef<double> graph_floats,
+    const c10::optional<at::Tensor>& series_x1, const c10::optional<at::Tensor>& series_x2,
+    at::IntArrayRef series_terms, double series_tolerance) {
   const AnalyticArgs args{{input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias},
                           act_ids,    act_params, weight_var, bias_var, ntk_weight, ntk_bias,
                           force_quadrature, hermite_series && Backend::kHermiteSeries,
-                          graph_codes, graph_ints, graph_floats};
+                          graph_codes, graph_ints, graph_floats,
+                          series_x1.has_value() ? *series_x1 : at::Tensor(),
+                          series_x2.has_value() ? *series_x2 : at::Tensor(), series_terms,
+                          series_tolerance};
   check_analytic_args(x1_in, x2_in, args, gh_nodes, gh_weights, want_nngp, want_ntk);
   const MlpGraph graph = make_mlp_graph(args, static_cast<int64_t>(act_ids.size()));
   TORCH_CHECK_VALUE(graph.steps.empty() || x1_in.device().is_cpu(), "analytic_kernels: a "
@@ -411,7 +520,7 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
   const at::Tensor x1 = x1_in.contiguous();
   const at::Tensor x2 = symmetric ? x1 : x2_in->contiguous();
   const at::Tensor gram = full_precision_gram(x1, x2, symmetric);
-  at::Tensor nngp, ntk;
+  at::Tensor nngp, ntk, fallback = at::empty({0}, x1.options().dtype(at::kBool));
   if (Backend::kGramIsOutput) {
     (want_nngp ? nngp : ntk) = gram;
     if (want_nngp && want_ntk) ntk = at::empty_like(gram);
@@ -424,9 +533,10 @@ std::tuple<at::Tensor, at::Tensor> analytic_kernels_op(
     auto problem = make_analytic_problem<scalar_t>(x1, x2, symmetric, gram, args, graph,
                                                    gh_nodes, gh_weights);
     Backend::template run<scalar_t>(problem, nngp, ntk);
+    if (problem.tabled) fallback = problem.fallback;
   });
   const auto empty = at::empty({0}, x1.options());
-  return {want_nngp ? nngp : empty, want_ntk ? ntk : empty};
+  return {want_nngp ? nngp : empty, want_ntk ? ntk : empty, fallback};
 }
 
 // The activation op (schema in csrc/torch_ntk.cpp) on one backend, which supplies

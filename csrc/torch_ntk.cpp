@@ -29,15 +29,24 @@ TORCH_LIBRARY(torch_ntk, m) {
   //   4 LAYERNORM   ints affine (0/1); floats eps (>= 0)
   //   5 LINEAR      floats weight_var, bias_var, ntk_weight, ntk_bias (a dense layer on
   //                 the current pre-activations: a projection shortcut)
-  // Returns (nngp [N1, N2], ntk [N1, N2]); an output that is not wanted is an empty
-  // tensor of shape [0].
+  // series_x1, series_x2 (CPU only, no graph_codes; None: none; series_x2 with x2):
+  // precomputed Hermite series tables for the hidden layers of act id -1 (any elementwise
+  // phi), [L-1, 2 K_max + 3, N] per sample set, rows var (the variances of every layer,
+  // used instead of the op's own), a_k, b_k, ra, rb (check_series_tables,
+  // csrc/analytic_spec.h); series_terms [L-1] the K of each such layer (0 elsewhere); the
+  // pairs whose truncation bound exceeds series_tolerance are marked in the third output.
+  // Returns (nngp [N1, N2], ntk [N1, N2], fallback [N1, N2] bool: the pairs to recompute,
+  // whose outputs hold the truncated series); an output that is not wanted, and fallback
+  // without series tables, is an empty tensor of shape [0].
   m.def(
       "analytic_kernels(Tensor x1, Tensor? x2, float input_weight_var, float input_bias_var, "
       "float input_ntk_weight, float input_ntk_bias, int[] act_ids, float[] act_params, "
       "float[] weight_var, float[] bias_var, float[] ntk_weight, float[] ntk_bias, "
       "Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, bool want_nngp, "
       "bool want_ntk, bool hermite_series=True, int[] graph_codes=[], int[] graph_ints=[], "
-      "float[] graph_floats=[]) -> (Tensor, Tensor)");
+      "float[] graph_floats=[], Tensor? series_x1=None, Tensor? series_x2=None, "
+      "int[] series_terms=[], "
+      "float series_tolerance=0.) -> (Tensor, Tensor, Tensor)");
   // Infinite-width NNGP and NTK of a CNN (csrc/math/cnn_recursion.h for the formulas).
   // x1 [N1, C0, H, W] (1-D inputs as [N, C, 1, L]), x2 [N2, C0, H, W] or None (x2 = x1,
   // result exactly symmetric). The network is a program: one code per layer, each taking

@@ -23,6 +23,7 @@ __all__ = [
     "PRECISIONS",
     "activation",
     "analytic_kernels",
+    "analytic_kernels_tabled",
     "cnn_kernels",
     "cuda_built",
     "structured_ntk",
@@ -73,7 +74,61 @@ def analytic_kernels(
     table in csrc/torch_ntk.cpp; from ``torch_ntk.analytic.fused.mlp_graph_args``);
     empty: the hidden layers in order. An output not wanted is an empty tensor [0].
     """
+    nngp, ntk, _ = analytic_kernels_tabled(
+        x1, x2, input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias, act_ids,
+        act_params, weight_var, bias_var, ntk_weight, ntk_bias, gh_nodes, gh_weights,
+        force_quadrature, want_nngp, want_ntk, hermite_series, graph_codes, graph_ints,
+        graph_floats)
+    return nngp, ntk
+
+
+def analytic_kernels_tabled(
+    x1: Tensor,
+    x2: Optional[Tensor],
+    input_weight_var: float,
+    input_bias_var: float,
+    input_ntk_weight: float,
+    input_ntk_bias: float,
+    act_ids: Sequence[int],
+    act_params: Sequence[float],
+    weight_var: Sequence[float],
+    bias_var: Sequence[float],
+    ntk_weight: Sequence[float],
+    ntk_bias: Sequence[float],
+    gh_nodes: Tensor,
+    gh_weights: Tensor,
+    force_quadrature: bool = False,
+    want_nngp: bool = True,
+    want_ntk: bool = True,
+    hermite_series: bool = True,
+    graph_codes: Sequence[int] = (),
+    graph_ints: Sequence[int] = (),
+    graph_floats: Sequence[float] = (),
+    series_x1: Optional[Tensor] = None,
+    series_x2: Optional[Tensor] = None,
+    series_terms: Sequence[int] = (),
+    series_tolerance: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`analytic_kernels` with precomputed Hermite series tables (CPU, no graph):
+    (NNGP [N1, N2], NTK [N1, N2], fallback [N1, N2] bool).
+
+    The hidden layers of act id −1 (any elementwise φ) take the series
+    Σ_{k<K} a_k(q11) a_k(q22) ρ^k (and b for φ′) from ``series_x1`` (and ``series_x2``,
+    given exactly when x2 is) [L−1, 2 K_max + 3, N] in x1's dtype, per layer the rows:
+    var (Σ^(l)(x, x) entering the layer, used instead of the op's own variances), a_0 …
+    a_{K_max−1}, b_0 … b_{K_max−1} (the coefficients of φ(√q z) and φ′(√q z) at q = var),
+    ra, rb (their relative tails r_K); ``series_terms`` [L−1]: K per such layer (a
+    multiple of 8; 0 for layers with an op id). A pair whose bound r_K(q11) r_K(q22) |ρ|^K
+    (for a or for b) exceeds ``series_tolerance`` at some layer is True in ``fallback``:
+    its outputs hold the truncated series and are to be recomputed (the caller's 2-D rule,
+    ``torch_ntk.analytic.tabled``). With tables the op's own series of the registered
+    smooth activations is off (give them tables too). Without tables: ``fallback`` is [0].
+    """
     check_built_for("torch_ntk.analytic_kernels", x1, x2)
+    for name, t in (("series_x1", series_x1), ("series_x2", series_x2)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"analytic_kernels: {name} must be a tensor [L-1, 2 K_max + 3, N] "
+                            f"or None; got {type(t).__name__}")
     return torch.ops.torch_ntk.analytic_kernels.default(
         x1, x2, float(input_weight_var), float(input_bias_var), float(input_ntk_weight),
         float(input_ntk_bias), [int(i) for i in act_ids],
@@ -81,7 +136,8 @@ def analytic_kernels(
         [float(v) for v in bias_var], [float(v) for v in ntk_weight],
         [float(v) for v in ntk_bias], gh_nodes, gh_weights, bool(force_quadrature),
         bool(want_nngp), bool(want_ntk), bool(hermite_series), [int(c) for c in graph_codes],
-        [int(i) for i in graph_ints], [float(f) for f in graph_floats],
+        [int(i) for i in graph_ints], [float(f) for f in graph_floats], series_x1, series_x2,
+        [int(k) for k in series_terms], float(series_tolerance),
     )
 
 
@@ -90,7 +146,8 @@ def _analytic_kernels_fake(
     x1, x2, input_weight_var, input_bias_var, input_ntk_weight, input_ntk_bias, act_ids,
     act_params, weight_var, bias_var, ntk_weight, ntk_bias,
     gh_nodes, gh_weights, force_quadrature, want_nngp, want_ntk, hermite_series=True,
-    graph_codes=(), graph_ints=(), graph_floats=(),
+    graph_codes=(), graph_ints=(), graph_floats=(), series_x1=None, series_x2=None,
+    series_terms=(), series_tolerance=0.0,
 ):
     torch._check(x1.dim() == 2, lambda: f"analytic_kernels: x1 must be 2-D; got {x1.shape}")
     if x2 is not None:
@@ -99,7 +156,14 @@ def _analytic_kernels_fake(
             x2.shape[1] == x1.shape[1],
             lambda: f"analytic_kernels: x2 must have n0={x1.shape[1]} columns; got {x2.shape}",
         )
-    return _fake_kernel_pair("analytic_kernels", x1, x2, want_nngp, want_ntk)
+    nngp, ntk = _fake_kernel_pair("analytic_kernels", x1, x2, want_nngp, want_ntk)
+    torch._check(
+        series_x1 is not None or series_x2 is None,
+        lambda: "analytic_kernels: series_x2 needs series_x1",
+    )
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    shape = (x1.shape[0], n2) if series_x1 is not None else (0,)
+    return nngp, ntk, x1.new_empty(shape, dtype=torch.bool)
 
 
 def _fake_kernel_pair(op: str, x1, x2, want_nngp: bool, want_ntk: bool):

@@ -41,6 +41,10 @@ struct SeriesLayer {
   const T* ra2;  // [N2]
   const T* rb2;
   int K;
+  // Tables given by the caller (math::kSeriesTable): the pairs whose bound fails are
+  // flagged in the tile's fail[] (their outputs recomputed by the caller), the diagonal
+  // pair takes the series like the others (na1, nb1 unused).
+  bool tabled;
 };
 
 template <typename T>
@@ -60,18 +64,22 @@ struct PairProblem {
   bool symmetric;
   const math::MlpStep<T>* steps;  // a graph program (math/mlp_graph.h), or nullptr: a chain
   int num_steps;
+  bool* fallback;  // [N1, N2] the pairs a kSeriesTable layer's bound failed, or nullptr
+  T tolerance;     // the kSeriesTable layers' truncation tolerance
 };
 
 // A Hermite-series layer on the pairs (i, j0..j0+n): both series by Horner in rho over
 // the tile (vectorized along j), the pairs whose truncation bound exceeds the tolerance
 // redone by composite 2-D quadrature (math::composite_expectations, in double), the
-// diagonal pair (i, i) from the exact norms.
+// diagonal pair (i, i) from the exact norms. Given tables (S.tabled): the pairs whose
+// bound exceeds P.tolerance are flagged in fail[] instead (as the torch path,
+// ``torch_ntk.layers.numeric_series``, decides: r1 r2 rho^K for a and for b).
 template <typename T>
 inline __attribute__((always_inline)) void series_layer(const PairProblem<T>& P,
                                                         const math::HiddenLayer<T>& layer,
                                                         const SeriesLayer<T>& S, int64_t l,
                                                         int64_t i, int64_t j0, int64_t n,
-                                                        T* sigma, T* theta) {
+                                                        T* sigma, T* theta, bool* fail) {
   T rho[kTile], ea[kTile], eb[kTile], bound[kTile];
   const T q11 = P.var1[l * P.n1 + i];
   const T* q22 = P.var2 + l * P.n2 + j0;
@@ -93,6 +101,16 @@ inline __attribute__((always_inline)) void series_layer(const PairProblem<T>& P,
   const T ra1 = S.ra1[i], rb1 = S.rb1[i];
   const T* ra2 = S.ra2 + j0;
   const T* rb2 = S.rb2 + j0;
+  if (S.tabled) {
+    const T tol = P.tolerance;
+    for (int64_t k = 0; k < n; ++k) {
+      const T p = math::hermite_rho_power(rho[k], S.K);
+      const T ba = ra1 * ra2[k], bb = rb1 * rb2[k];
+      fail[k] = fail[k] || !(ba * p <= tol) || !(bb * p <= tol);
+      math::apply_layer(layer, ea[k], eb[k], sigma[k], theta[k]);
+    }
+    return;
+  }
   bool any = false;
   for (int64_t k = 0; k < n; ++k) {
     const T p = math::hermite_rho_power(rho[k], S.K);
@@ -123,7 +141,7 @@ inline __attribute__((always_inline)) void series_layer(const PairProblem<T>& P,
 template <typename T>
 inline __attribute__((always_inline)) void hidden_tile(const PairProblem<T>& P, int64_t l,
                                                        int64_t i, int64_t j0, int64_t n,
-                                                       T* sigma, T* theta) {
+                                                       T* sigma, T* theta, bool* fail) {
   {
     const math::HiddenLayer<T> layer = P.layers[l];
     const T q11 = P.var1[l * P.n1 + i];
@@ -148,7 +166,8 @@ inline __attribute__((always_inline)) void hidden_tile(const PairProblem<T>& P, 
         }
         break;
       case math::kHermite:
-        series_layer(P, layer, P.series[l], l, i, j0, n, sigma, theta);
+      case math::kSeriesTable:
+        series_layer(P, layer, P.series[l], l, i, j0, n, sigma, theta, fail);
         break;
       default:
         for (int64_t k = 0; k < n; ++k) {
@@ -167,7 +186,7 @@ inline __attribute__((always_inline)) void hidden_tile(const PairProblem<T>& P, 
 template <typename T>
 inline __attribute__((always_inline)) void graph_tile(const PairProblem<T>& P, int64_t i,
                                                       int64_t j0, int64_t n, T* sigma,
-                                                      T* theta) {
+                                                      T* theta, bool* fail) {
   T slot_s[math::kMlpMaxSlots][kTile];
   T slot_t[math::kMlpMaxSlots][kTile];
   for (int k = 0; k < P.num_steps; ++k) {
@@ -177,7 +196,7 @@ inline __attribute__((always_inline)) void graph_tile(const PairProblem<T>& P, i
         if (st.affine) {  // the gain term (math/mlp_graph.h): Theta - Sigma in, + wv E[phi phi]
           for (int64_t c = 0; c < n; ++c) theta[c] -= sigma[c];
         }
-        hidden_tile(P, st.index, i, j0, n, sigma, theta);
+        hidden_tile(P, st.index, i, j0, n, sigma, theta, fail);
         if (st.affine) {
           const T bias_var = P.layers[st.index].bias_var;
           for (int64_t c = 0; c < n; ++c) theta[c] += sigma[c] - bias_var;
@@ -214,20 +233,23 @@ inline __attribute__((always_inline)) void graph_tile(const PairProblem<T>& P, i
   }
 }
 
-// Runs all layers for pairs (i, j0..j0+n) into sigma[0..n) and theta[0..n).
+// Runs all layers for pairs (i, j0..j0+n) into sigma[0..n) and theta[0..n); fail[0..n):
+// whether a kSeriesTable layer's bound failed for the pair.
 template <typename T>
 inline __attribute__((always_inline)) void pair_tile(const PairProblem<T>& P, int64_t i,
-                                                     int64_t j0, int64_t n, T* sigma, T* theta) {
+                                                     int64_t j0, int64_t n, T* sigma, T* theta,
+                                                     bool* fail) {
   const T* g = P.gram + i * P.n2 + j0;
   for (int64_t k = 0; k < n; ++k) {
     sigma[k] = P.input.sigma(g[k]);
     theta[k] = P.input.theta(g[k]);
+    fail[k] = false;
   }
   if (P.num_steps > 0) {
-    graph_tile(P, i, j0, n, sigma, theta);
+    graph_tile(P, i, j0, n, sigma, theta, fail);
     return;
   }
-  for (int64_t l = 0; l < P.num_layers; ++l) hidden_tile(P, l, i, j0, n, sigma, theta);
+  for (int64_t l = 0; l < P.num_layers; ++l) hidden_tile(P, l, i, j0, n, sigma, theta, fail);
 }
 
 // All pairs of row i, written in place (x2 given).
@@ -235,11 +257,13 @@ template <typename T>
 inline __attribute__((always_inline)) void pair_row(const PairProblem<T>& P, int64_t i) {
   T sigma[kTile];
   T theta[kTile];
+  bool fail[kTile];
   for (int64_t j0 = 0; j0 < P.n2; j0 += kTile) {
     const int64_t n = std::min(kTile, P.n2 - j0);
-    pair_tile(P, i, j0, n, sigma, theta);
+    pair_tile(P, i, j0, n, sigma, theta, fail);
     if (P.nngp != nullptr) std::copy(sigma, sigma + n, P.nngp + i * P.n2 + j0);
     if (P.ntk != nullptr) std::copy(theta, theta + n, P.ntk + i * P.n2 + j0);
+    if (P.fallback != nullptr) std::copy(fail, fail + n, P.fallback + i * P.n2 + j0);
   }
 }
 
@@ -270,16 +294,21 @@ inline __attribute__((always_inline)) void pair_block(const PairProblem<T>& P, i
                                                       int64_t rows) {
   T sigma[kRows * kTile];
   T theta[kRows * kTile];
+  bool fail[kRows * kTile];
   const int64_t N = P.n1;
   for (int64_t j0 = i0; j0 < N; j0 += kTile) {
     const int64_t n = std::min(kTile, N - j0);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
       const int64_t c0 = std::max<int64_t>(i - j0, 0);  // the row's pairs start at j = i
-      if (c0 < n) pair_tile(P, i, j0 + c0, n - c0, sigma + r * kTile + c0, theta + r * kTile + c0);
+      if (c0 < n) {
+        pair_tile(P, i, j0 + c0, n - c0, sigma + r * kTile + c0, theta + r * kTile + c0,
+                  fail + r * kTile + c0);
+      }
     }
     if (P.nngp != nullptr) write_block(P.nngp, N, i0, rows, j0, n, sigma);
     if (P.ntk != nullptr) write_block(P.ntk, N, i0, rows, j0, n, theta);
+    if (P.fallback != nullptr) write_block(P.fallback, N, i0, rows, j0, n, fail);
   }
 }
 
@@ -368,11 +397,28 @@ struct CpuAnalytic {
     const math::GaussHermite<T> gh{p.gh_nodes.template data_ptr<T>(),
                                    p.gh_weights.template data_ptr<T>(),
                                    static_cast<int>(p.gh_nodes.numel())};
-    sample_pass(p, gh, 1);
-    if (!p.symmetric) sample_pass(p, gh, 2);
+    if (!p.tabled) {  // given tables come with their variances
+      sample_pass(p, gh, 1);
+      if (!p.symmetric) sample_pass(p, gh, 2);
+    }
     AnalyticProblem<T>& pm = const_cast<AnalyticProblem<T>&>(p);
     finish_hermite(pm);
     std::vector<SeriesLayer<T>> series(num_layers);
+    for (int64_t l = 0; l < num_layers && p.tabled; ++l) {
+      const int64_t K = p.ta1.size(1);
+      series[l] = {p.ta1.template data_ptr<T>() + l * K * p.n1,
+                   p.tb1.template data_ptr<T>() + l * K * p.n1,
+                   p.ta2.template data_ptr<T>() + l * K * p.n2,
+                   p.tb2.template data_ptr<T>() + l * K * p.n2,
+                   nullptr,
+                   nullptr,
+                   p.tra1.template data_ptr<T>() + l * p.n1,
+                   p.trb1.template data_ptr<T>() + l * p.n1,
+                   p.tra2.template data_ptr<T>() + l * p.n2,
+                   p.trb2.template data_ptr<T>() + l * p.n2,
+                   p.table_terms[l],
+                   true};
+    }
     for (int64_t l = 0; l < num_layers && p.hermite; ++l) {
       const int64_t K = math::kHermiteMaxTerms;
       series[l] = {p.ha1.template data_ptr<T>() + l * K * p.n1,
@@ -385,7 +431,8 @@ struct CpuAnalytic {
                    p.hrb1.template data_ptr<T>() + l * p.n1,
                    p.hra2.template data_ptr<T>() + l * p.n2,
                    p.hrb2.template data_ptr<T>() + l * p.n2,
-                   p.hermite_terms[l]};
+                   p.hermite_terms[l],
+                   false};
     }
 
     const PairProblem<T> P{p.layers.data(),
@@ -402,7 +449,9 @@ struct CpuAnalytic {
                            ntk.defined() ? ntk.data_ptr<T>() : nullptr,
                            p.symmetric,
                            p.steps.empty() ? nullptr : p.steps.data(),
-                           static_cast<int>(p.steps.size())};
+                           static_cast<int>(p.steps.size()),
+                           p.tabled ? p.fallback.template data_ptr<bool>() : nullptr,
+                           static_cast<T>(p.table_tolerance)};
     const int64_t n1 = p.n1;
     if (p.symmetric) {
       // Block b holds rows [b kRows, ...) and its pairs j >= i: pairing block k with block

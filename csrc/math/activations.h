@@ -52,8 +52,11 @@ inline const char* activation_name(int id) {
 // How a layer's expectations are computed. kHermite (the Hermite series of hermite.h,
 // with kQuadrature for the pairs where its bound is not met) is chosen by the analytic
 // op's hermite_series argument (csrc/analytic_spec.h), never by expectation_kind; code
-// that does not know it treats it as kQuadrature.
-enum ExpectationKind : int { kAbRelu = 0, kErfClosed = 1, kQuadrature = 2, kHermite = 3 };
+// that does not know it treats it as kQuadrature. kSeriesTable (act id -1): the series
+// with per-sample tables given by the caller (the analytic op's series_tables, CPU only).
+enum ExpectationKind : int {
+  kAbRelu = 0, kErfClosed = 1, kQuadrature = 2, kHermite = 3, kSeriesTable = 4
+};
 
 inline int expectation_kind(int id, bool force_quadrature) {
   if (force_quadrature) return kQuadrature;

@@ -11,8 +11,9 @@ smooth activations (per sample the Hermite coefficients of φ(√q·z) and φ′
 their power series in the correlation); 2-D Gauss–Hermite quadrature of degree
 ``quadrature_degree`` for every activation without a closed form when it is given. Any
 other elementwise φ (torch modules without an op id, ``Elementwise``; ELU/SELU by default)
-takes the same series computed in torch with its kinks split
-(``torch_ntk.layers.numeric_series``), the recursion then running in torch.
+takes the same series with its kinks split (``torch_ntk.layers.numeric_series``): its
+per-sample tables computed in torch, the pair pass in the op (``torch_ntk.analytic.tabled``;
+graphs and CUDA tensors: the recursion in torch).
 CNN specs (:mod:`torch_ntk.analytic.cnn`) take the
 convolutional recursion of Arora et al. 2019.
 
@@ -38,6 +39,7 @@ from .cnn import cnn_kernels, pair_floats
 from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree, mlp_graph_args
 from .refusal import no_limit_error
 from .autograd import differentiable_kernels, mlp_kernels, needs_grad, with_variances
+from .tabled import table_plan, tabled_kernels
 from ..layers.elementwise import needs_numeric
 from .._utils.validation import check_batch, check_choices
 
@@ -106,8 +108,9 @@ def analytic_kernels(
             Gauss–Hermite quadrature of the spec's default degree serves the pairs where
             that bound is not met; ELU, SELU and every activation without an op id (any
             torch elementwise module, ``torch_ntk.activations.Elementwise``) take the
-            numeric Hermite series split at their kinks, in torch
-            (``torch_ntk.layers.numeric_series``; 1e-11 relative per layer in float64).
+            numeric Hermite series split at their kinks, the per-sample tables in torch
+            (``torch_ntk.layers.numeric_series``; 1e-11 relative per layer in float64) and,
+            for chains on the CPU, the pairs in the fused op (``torch_ntk.analytic.tabled``).
             An int: 2-D quadrature of this degree per dimension for every registered
             activation without a closed form (cost ∝ degree²; the op's path before the
             series); activations without an op id still take the numeric series.
@@ -205,8 +208,12 @@ def _one_call(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
         x2 = check_batch("analytic_kernels", "x2", x2, like=x1, features=spec.input_features,
                          flatten=spec.flatten_input)
     series = quadrature_degree is None
+    plan = table_plan(spec, x1.device, quadrature_degree, force_quadrature)
+    if plan is not None:  # numeric activations: the op on series tables (analytic.tabled)
+        nngp, ntk = tabled_kernels(spec, x1, x2, plan, quadrature_degree, force_quadrature)
+        return Kernels(nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
     if any(needs_numeric(a, series and not force_quadrature) for a in spec.activations):
-        # an activation no fused op computes: the recursion in torch (numeric series)
+        # graphs, CUDA, closed forms in torch: the recursion in torch (numeric series)
         with torch.no_grad():
             nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature,
                                     numeric=True)

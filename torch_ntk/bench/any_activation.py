@@ -5,8 +5,11 @@ op's GELU series, in one process.
 
 Per case (activation, depth L = number of dense layers, N, float32, x2 = None, both
 outputs) on the same inputs: the median time of :func:`torch_ntk.analytic_kernels` for a
-model with ``nn.Mish`` (the numeric Hermite series of ``torch_ntk.layers.numeric_series``,
-in torch) and for the same model with ``nn.GELU`` (the fused op's series in C++), timed
+model with ``nn.Mish`` (the numeric Hermite series of ``torch_ntk.layers.numeric_series``:
+its per-sample tables in torch, recomputed every call (their cache cleared; the per-level
+projections, constants of the quadrature rule, stay cached like Gauss nodes), the pairs in
+the fused op, ``torch_ntk.analytic.tabled``; the row's "path" says which path ran) and for
+the same model with ``nn.GELU`` (the fused op's series in C++, called as before), timed
 round after round (:func:`~torch_ntk.bench.common.interleaved`); their ratio (target of
 issue 31: Mish within 2× of GELU). neural-tangents' ``ElementwiseNumerical`` is timed too
 when jax and neural-tangents are importable (its version recorded), else "not installed".
@@ -21,6 +24,9 @@ import torch
 from torch import nn
 
 import torch_ntk as tn
+from torch_ntk.analytic.kernels import as_spec
+from torch_ntk.analytic.tabled import table_plan
+from torch_ntk.layers.numeric_series import clear_cache
 
 from .common import interleaved, markdown_table
 
@@ -64,13 +70,26 @@ def _neural_tangents(depth: int, x: torch.Tensor, repeats: int) -> tuple:
     return statistics.median(times), f"neural-tangents {nt.__version__}"
 
 
+def _fresh(model: nn.Module, x: torch.Tensor):
+    """analytic_kernels without the tables an earlier call on the same inputs left."""
+    clear_cache()
+    return tn.analytic_kernels(model, x, progress=False)
+
+
+def _path(model: nn.Module, x: torch.Tensor) -> str:
+    """Which path ``analytic_kernels`` takes for the model (the row records it)."""
+    plan = table_plan(as_spec(model), x.device, None, False)
+    return "fused op on series tables" if plan is not None else "torch recursion"
+
+
 def run_any_activation(quick: bool = False, repeats: int = REPEATS) -> list[dict]:
     """One row per case (module doc)."""
     rows = []
     for act, depth, n in QUICK_CASES if quick else CASES:
         x = torch.randn(n, 16, generator=torch.Generator().manual_seed(0))
-        calls = {name: (lambda m=_model(name, depth): tn.analytic_kernels(m, x, progress=False))
-                 for name in (act, "gelu")}
+        model, gelu = _model(act, depth), _model("gelu", depth)
+        calls = {act: lambda: _fresh(model, x),
+                 "gelu": lambda: tn.analytic_kernels(gelu, x, progress=False)}
         for fn in calls.values():
             fn()  # warm-up
         times = interleaved(calls, repeats, "cpu")
@@ -81,7 +100,8 @@ def run_any_activation(quick: bool = False, repeats: int = REPEATS) -> list[dict
                      "ratio_to_gelu": round(t_act / t_gelu, 2),
                      "neural_tangents_s": None if t_nt is None else round(t_nt, 4),
                      "speedup_vs_neural_tangents": None if t_nt is None else round(t_nt / t_act, 1),
-                     "neural_tangents": nt_version, "threads": torch.get_num_threads()})
+                     "neural_tangents": nt_version, "threads": torch.get_num_threads(),
+                     "path": _path(model, x)})
         print(rows[-1], flush=True)
     return rows
 

@@ -8,9 +8,10 @@ is a torch function rather than a registered id. Its dual maps
 
 come from its closed form when it has one (the families in ``torch_ntk.layers.dual``, a
 user kernel map ``Elementwise(fn, nngp_fn=..., ntk_fn=...)``), else from the numeric
-Hermite series split at its kinks (``torch_ntk.layers.numeric_series``). No fused op
-computes them: ``analytic_kernels`` runs the torch recursion for specs holding one (MLP:
-``torch_ntk.analytic.autograd.mlp_kernels``; CNN: the walker).
+Hermite series split at its kinks (``torch_ntk.layers.numeric_series``): for MLP chains
+on the CPU its per-sample tables are computed in torch and the fused MLP op sums the
+series over the pairs (``torch_ntk.analytic.tabled``); graphs, CNNs and CUDA inputs run
+the torch recursion (``torch_ntk.analytic.autograd.mlp_kernels``, the walker).
 
 What lifts here, each with the kinks its type implies:
 
@@ -39,7 +40,7 @@ from ..activations import REGISTRY, Activation, Elementwise, autograd_derivative
 from .base import LiftOptions, Position, lifts, lifts_functional
 from .numeric_series import numeric_expectations
 
-__all__ = ["MODULE_KINKS", "NumericActivation", "dual_functions", "needs_numeric",
+__all__ = ["MODULE_KINKS", "AutogradDerivative", "NumericActivation", "dual_functions", "needs_numeric",
            "numeric_activation"]
 
 
@@ -89,6 +90,26 @@ class NumericActivation(Activation):
         return self.closed(q11, q22, q12)
 
 
+class AutogradDerivative:
+    """φ′ of an elementwise module by autograd; ``with_value(x)`` gives (φ(x), φ′(x)) from
+    one forward pass (``torch_ntk.layers.numeric_series`` evaluates both on its nodes)."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return autograd_derivative(self.fn, x)
+
+    def with_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            y = self.fn(x)
+            if not y.requires_grad:
+                return y.detach(), torch.zeros_like(x)
+            (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+        return y.detach(), torch.zeros_like(x) if g is None else g.detach()
+
+
 def _softplus_kinks(m: nn.Softplus) -> tuple:
     return (m.threshold / m.beta,)
 
@@ -129,8 +150,8 @@ def numeric_activation(module: nn.Module) -> NumericActivation:
                                             ntk_fn(q12, q11, q22))
         return NumericActivation(module.name, 0.0, module, module.fn, module.derivative,
                                  module.kinks, closed)
-    return NumericActivation(repr(module), 0.0, module, module,
-                             lambda x: autograd_derivative(module, x), _kinks_of(module))
+    return NumericActivation(repr(module), 0.0, module, module, AutogradDerivative(module),
+                             _kinks_of(module))
 
 
 @lifts(*MODULE_KINKS, Elementwise)
@@ -151,7 +172,7 @@ def needs_numeric(act: Activation, series: bool) -> bool:
 def dual_functions(act: Activation) -> tuple[Callable, Callable, tuple]:
     """(φ, φ′, kinks) of an activation on the numeric path."""
     if isinstance(act, NumericActivation):
-        return act.fn, act.derivative, act.kinks
+        return act.fn, act.dfn if act.dfn is not None else act.derivative, act.kinks
     kinks = REGISTRY[act.name].numeric_kinks
     return act, act.derivative, tuple(kinks(act.param)) if kinks else ()
 
