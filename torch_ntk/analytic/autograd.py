@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import ops
 from ..activations import Activation, gaussian_expectations, quadrature_degree_for
 from ..layers import Conv, Dense
 from ..layers.elementwise import NumericActivation, needs_numeric
@@ -282,6 +283,47 @@ def mlp_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], quadrature_de
     return sigma, theta
 
 
+# ---- the fused MLP op with its compiled backward ---------------------------------------
+
+def op_backward_applies(spec: LayerSpec, force_quadrature: bool = False) -> bool:
+    """The rule: an MLP chain takes the fused op with its compiled backward
+    (``torch_ntk::analytic_kernels_backward``) when every activation is a registered one
+    whose expectations the op computes in closed form (:data:`torch_ntk.ops.BACKWARD_ACT_IDS`:
+    the ReLU family and erf), with a plain-number parameter, and quadrature is not forced."""
+    return not force_quadrature and all(
+        not isinstance(act, NumericActivation) and act.has_closed_form
+        and act.id in ops.BACKWARD_ACT_IDS and isinstance(act.param, (int, float))
+        for act in spec.activations)
+
+
+def op_coefficients(spec: LayerSpec, like: Tensor) -> Tensor:
+    """[hidden + 1, 4] float64 on ``like``'s device: the fused op's layer arguments
+    (:func:`torch_ntk.analytic.compiled_op_args`) as a tensor, row 0 (σ_w²/n₀, σ_b², c_w,
+    c_b) of the first dense layer, row l (σ_w², σ_b², c_w·n_in, c_b) of hidden layer l;
+    differentiable w.r.t. the spec's variances when they are tensors (:func:`with_variances`)."""
+    first = spec.dense_layers[0]
+    rows = [(first.weight_var / first.in_features, first.bias_var, first.ntk_weight_coef,
+             first.ntk_bias_coef)]
+    rows += [(d.weight_var, d.bias_var, d.ntk_weight_coef * d.in_features, d.ntk_bias_coef)
+             for d in spec.dense_layers[1:]]
+    return torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64, device=like.device)
+                                     for v in row]) for row in rows])
+
+
+def fused_mlp_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple):
+    """(nngp, ntk) of an MLP chain for which :func:`op_backward_applies`, by the fused op
+    :func:`torch_ntk.ops.analytic_kernels_differentiable`: its forward is the fused op, its
+    backward the compiled ``analytic_kernels_backward`` (gradients w.r.t. x1, x2 and the
+    variances; no double backward). x1/x2 already validated ([N, n0])."""
+    if spec.flatten_input:
+        x1 = x1.flatten(1)
+        x2 = None if x2 is None else x2.flatten(1)
+    nngp, ntk = ops.analytic_kernels_differentiable(
+        x1, x2, op_coefficients(spec, x1), [a.id for a in spec.activations],
+        [float(a.param) for a in spec.activations], "nngp" in wanted, "ntk" in wanted)
+    return (nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
+
+
 def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
                            quadrature_degree: Optional[int], force_quadrature: bool):
     """(nngp, ntk) by the torch composite (MLP: :func:`mlp_kernels`; CNN: the walker
@@ -293,6 +335,8 @@ def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wa
                              "(numeric Hermite series) are not offered; compute the kernels "
                              "under torch.no_grad() or give Elementwise(fn, nngp_fn=..., "
                              "ntk_fn=...) in differentiable torch")
+    if spec.is_mlp and not spec.is_graph and op_backward_applies(spec, force_quadrature):
+        return fused_mlp_kernels(spec, x1, x2, wanted)
     if spec.is_mlp and not spec.is_graph:
         nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature)
     else:
