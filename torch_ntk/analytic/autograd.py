@@ -111,6 +111,9 @@ def with_variances(spec: LayerSpec, x1: Tensor, weight_var=None, bias_var=None,
     """
     if weight_var is None and bias_var is None:
         return spec
+    if x1.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{function}: x1 must be float32 or float64; got {x1.dtype}. Convert "
+                        "it with .float() or .double()")
     index = _linear_layers(spec)
     layers = list(spec.layers)
     for name, value in (("weight_var", weight_var), ("bias_var", bias_var)):
