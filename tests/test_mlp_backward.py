@@ -24,6 +24,7 @@ import torch
 import torch_ntk
 from torch_ntk import analytic_kernels, mlp_spec, ops
 from torch_ntk.analytic import autograd as ag
+from torch_ntk.analytic import fused_backward as fb
 
 from conftest import CUDA, rel_err
 
@@ -150,10 +151,10 @@ def test_the_backward_op_directly():
     layer σ_w², σ_b², c_w·n_in, c_b), and the output shapes."""
     spec = _spec("erf", None, depth=2)
     x1, x2 = _inputs()
-    coefs = ag.op_coefficients(spec, x1).requires_grad_()
+    coefs = fb.op_coefficients(spec, x1).requires_grad_()
     g = torch.Generator().manual_seed(3)
     gn, gt = torch.randn(2, 5, 4, dtype=DTYPE, generator=g)
-    nngp, ntk = ops.analytic_kernels_differentiable(x1, x2, coefs, [4, 4], [0.0, 0.0], True,
+    nngp, ntk = fb.analytic_kernels_differentiable(x1, x2, coefs, [4, 4], [0.0, 0.0], True,
                                                     True)
     (ours,) = torch.autograd.grad((gn * nngp + gt * ntk).sum(), coefs)
     args = torch_ntk.analytic.compiled_op_args(spec)
@@ -183,8 +184,8 @@ def test_not_a_closed_form_keeps_the_composite():
     assert "Differentiable" not in analytic_kernels(_spec("tanh", None), x1).ntk.grad_fn.name()
     k = analytic_kernels(_spec("relu", None), x1, force_quadrature=True)
     assert "differentiable" not in k.ntk.grad_fn.name()
-    assert not ag.op_backward_applies(_spec("gelu", 0.0))
-    assert ag.op_backward_applies(_spec("leaky_relu", 0.1))
+    assert not fb.op_backward_applies(_spec("gelu", 0.0))
+    assert fb.op_backward_applies(_spec("leaky_relu", 0.1))
 
 
 def test_bad_input():
@@ -227,13 +228,13 @@ def test_non_contiguous_inputs_get_their_gradient():
 def test_opcheck():
     spec = _spec("leaky_relu", 0.1, depth=2)
     x1, x2 = _inputs()
-    coefs = ag.op_coefficients(spec, x1)
+    coefs = fb.op_coefficients(spec, x1)
     for b in (x2, None):
         args = (x1.requires_grad_(), None if b is None else b.requires_grad_(),
                 coefs.clone().requires_grad_(), [2, 2], [0.1, 0.1], True, True)
         # not the aot_dispatch tests: the op and its backward read the layer coefficients
         # to the host (the fused ops take them as numbers), data-dependent under fake tensors
-        torch.library.opcheck(ops.analytic_kernels_differentiable, args, test_utils=(
+        torch.library.opcheck(fb.analytic_kernels_differentiable, args, test_utils=(
             "test_schema", "test_autograd_registration", "test_faketensor"))
 
 

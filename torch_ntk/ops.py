@@ -25,7 +25,6 @@ __all__ = [
     "BACKWARD_ACT_IDS",
     "analytic_kernels",
     "analytic_kernels_backward",
-    "analytic_kernels_differentiable",
     "cnn_kernels",
     "cuda_built",
     "structured_ntk",
@@ -188,90 +187,6 @@ def _analytic_kernels_backward_fake(grad_nngp, grad_ntk, x1, x2, input_weight_va
     return (x1.new_empty((n1, n2)), x1.new_empty((n1,)),
             x1.new_empty((0,) if x2 is None else (n2,)),
             x1.new_empty((len(act_ids) + 1, 4), dtype=torch.float64))
-
-
-@torch.library.custom_op("torch_ntk::analytic_kernels_differentiable", mutates_args=())
-def analytic_kernels_differentiable(x1: Tensor, x2: Optional[Tensor], coefs: Tensor,
-                                    act_ids: list[int], act_params: list[float],
-                                    want_nngp: bool, want_ntk: bool) -> tuple[Tensor, Tensor]:
-    """(NNGP, NTK) [N1, N2] of a chain MLP of closed-form layers by the fused
-    :func:`analytic_kernels`, differentiable w.r.t. x1, x2 and ``coefs`` by
-    :func:`analytic_kernels_backward` (no double backward).
-
-    x1 [N1, n0], x2 [N2, n0] or None (x2 = x1); ``coefs`` [hidden + 1, 4] float64 on x1's
-    device: row 0 the input layer's (input_weight_var, input_bias_var, input_ntk_weight,
-    input_ntk_bias), row l the hidden layer l's (weight_var, bias_var, ntk_weight, ntk_bias)
-    of :func:`torch_ntk.analytic.compiled_op_args`; ``act_ids`` in
-    :data:`BACKWARD_ACT_IDS`. An output not wanted is an empty tensor [0].
-    """
-    rows = coefs.detach().to("cpu", torch.float64).tolist()
-    empty = torch.empty(0, dtype=torch.float64, device=x1.device)
-    nngp, ntk = analytic_kernels(
-        x1, x2, *rows[0], act_ids, act_params,
-        *([r[k] for r in rows[1:]] for k in range(4)), empty, empty, False, want_nngp,
-        want_ntk, False)
-    return nngp, ntk
-
-
-@analytic_kernels_differentiable.register_fake
-def _analytic_kernels_differentiable_fake(x1, x2, coefs, act_ids, act_params, want_nngp,
-                                          want_ntk):
-    torch._check(coefs.dim() == 2 and coefs.shape[0] == len(act_ids) + 1
-                 and coefs.shape[1] == 4, lambda: "analytic_kernels_differentiable: coefs must "
-                 f"have shape [{len(act_ids) + 1}, 4]; got {list(coefs.shape)}")
-    return _fake_kernel_pair("analytic_kernels_differentiable", x1, x2, want_nngp, want_ntk)
-
-
-def _differentiable_setup(ctx, inputs, output):
-    x1, x2, coefs, act_ids, act_params, _, _ = inputs
-    ctx.save_for_backward(x1, x2, coefs)
-    ctx.layers = (list(act_ids), list(act_params))
-
-
-class _NoDoubleBackward(torch.autograd.Function):
-    """Passes the first-order gradients through; their own backward raises (only reached
-    under ``create_graph=True``)."""
-
-    @staticmethod
-    def forward(ctx, anchor, *grads):
-        return tuple(None if g is None else g.clone() for g in grads)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            "torch_ntk::analytic_kernels_differentiable has no double backward: its "
-            "gradient (torch_ntk::analytic_kernels_backward) cannot differentiate twice. "
-            "Take first-order gradients only (no create_graph=True through the kernels).")
-
-
-def _differentiable_backward(ctx, g_nngp, g_ntk):
-    x1, x2, coefs = ctx.saved_tensors
-    act_ids, act_params = ctx.layers
-    with torch.no_grad():
-        rows = coefs.detach().to("cpu", torch.float64).tolist()
-        x1d = x1.detach()
-        x2d = None if x2 is None else x2.detach()
-        empty = x1d.new_empty((0,))
-        grad_gram, grad_sq1, grad_sq2, grad_coefs = analytic_kernels_backward(
-            empty if g_nngp is None or g_nngp.numel() == 0 else g_nngp,
-            empty if g_ntk is None or g_ntk.numel() == 0 else g_ntk, x1d, x2d, *rows[0],
-            act_ids, act_params, *([r[k] for r in rows[1:]] for k in range(4)))
-        if x2 is None:  # gram = x1 x1ᵀ and sq1 = diag(gram): dL/dx1 = (G + Gᵀ) x1
-            grad_gram.diagonal().add_(grad_sq1)
-            grad_x1 = (grad_gram + grad_gram.T) @ x1d
-            grad_x2 = None
-        else:  # gram = x1 x2ᵀ, sq = Σ x²
-            grad_x1 = grad_gram @ x2d + 2 * grad_sq1[:, None] * x1d
-            grad_x2 = grad_gram.T @ x1d + 2 * grad_sq2[:, None] * x2d
-        grad_coefs = grad_coefs.to(coefs.device)
-    if torch.is_grad_enabled():  # create_graph=True: a node that refuses to differentiate
-        grad_x1, grad_x2, grad_coefs = _NoDoubleBackward.apply(
-            x1, grad_x1, grad_x2, grad_coefs)
-    return grad_x1, grad_x2, grad_coefs, None, None, None, None
-
-
-torch.library.register_autograd("torch_ntk::analytic_kernels_differentiable",
-                                _differentiable_backward, setup_context=_differentiable_setup)
 
 
 def activation(x: Tensor, act_id: int, param: float = 0.0, derivative: bool = False) -> Tensor:

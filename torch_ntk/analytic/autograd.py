@@ -1,15 +1,23 @@
-"""Gradients of the infinite-width kernels (issue 30): the differentiable torch path.
+"""Gradients of the infinite-width kernels (issue 30): which path differentiates what.
 
-The fused ops ``torch_ntk::analytic_kernels`` and ``torch_ntk::cnn_kernels`` have no
-backward: their outputs carry an autograd node whose backward raises (registered in
-:mod:`torch_ntk.ops`), so a gradient through them is an error, never a wrong or missing
-one. :func:`torch_ntk.analytic_kernels` uses them whenever nothing requires grad. When an
-input (x1, x2) or a variance override (``weight_var``, ``bias_var``) requires grad under
-grad mode, it runs the same recursion as a torch composite instead, which autograd
-differentiates (:func:`differentiable_kernels`):
+The fused ops ``torch_ntk::analytic_kernels`` and ``torch_ntk::cnn_kernels`` called
+directly have no backward: their outputs carry an autograd node whose backward raises
+(registered in :mod:`torch_ntk.ops`), so a gradient through them is an error, never a
+wrong or missing one. :func:`torch_ntk.analytic_kernels` uses them whenever nothing
+requires grad. When an input (x1, x2) or a variance override (``weight_var``,
+``bias_var``) requires grad under grad mode, :func:`differentiable_kernels` picks, by one
+rule per path:
 
-- MLP specs: :func:`mlp_kernels` below (the layer recursion of Jacot et al. on [N1, N2]
-  matrices, as :func:`torch_ntk.analytic.reference.analytic_kernels_reference`);
+- an MLP chain whose every activation has a closed-form derivative in C++ (identity,
+  ReLU, LeakyReLU, Abs, erf; not forced to quadrature:
+  :func:`torch_ntk.analytic.fused_backward.op_backward_applies`): the fused op with its
+  compiled backward ``torch_ntk::analytic_kernels_backward``
+  (:func:`torch_ntk.analytic.fused_backward.fused_mlp_kernels`; CPU and CUDA; memory: the
+  inputs only, per pair the recursion is rerun with a per-chunk tape of its layers);
+- other MLP specs (Hermite series: tanh, sigmoid, SiLU, GELU, softplus; quadrature;
+  a closed form in torch only): :func:`mlp_kernels` below, the same recursion as a torch
+  composite that autograd differentiates (the layer recursion of Jacot et al. on
+  [N1, N2] matrices, as :func:`torch_ntk.analytic.reference.analytic_kernels_reference`);
 - CNN specs: the plain-torch walker :func:`torch_ntk.analytic.cnn.cnn_kernels`.
 
 The dual activations are made safe for autograd where their formulas are singular: the
@@ -19,10 +27,10 @@ subgradient 0), erf by its closed form (smooth), the smooth activations (tanh, s
 SiLU, GELU, softplus) by their Hermite series in torch (:func:`hermite_expectations`, as
 the fused MLP op), and the others by the 2-D Gauss–Hermite quadrature in torch.
 
-Limits: no double backward (the ReLU family's derivative raises on it; the others are
-not tested for it); memory O(N1·N2) per layer kept for the backward (O(N1·N2·P²) per layer
-for a CNN with pooling), time a few times the fused op's forward; gradients w.r.t.
-activation parameters are not offered.
+Limits of the composites: no double backward (the ReLU family's derivative and the
+compiled backward raise on it; the others are not tested for it); memory O(N1·N2) per
+layer kept for the backward (O(N1·N2·P²) per layer for a CNN with pooling), time a few
+times the fused op's forward; gradients w.r.t. activation parameters are not offered.
 """
 
 from __future__ import annotations
@@ -36,12 +44,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import ops
 from ..activations import Activation, gaussian_expectations, quadrature_degree_for
 from ..layers import Conv, Dense
 from ..layers.elementwise import NumericActivation, needs_numeric
 from ..layers.elementwise import expectations as numeric_expectations
 from ..lifting.lift import LayerSpec
+from .fused_backward import fused_mlp_kernels, op_backward_applies
 
 __all__ = ["differentiable_kernels", "hermite_expectations", "mlp_kernels", "needs_grad",
            "with_variances"]
@@ -284,47 +292,6 @@ def mlp_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], quadrature_de
         sigma = torch.triu(sigma) + torch.triu(sigma, 1).T
         theta = torch.triu(theta) + torch.triu(theta, 1).T
     return sigma, theta
-
-
-# ---- the fused MLP op with its compiled backward ---------------------------------------
-
-def op_backward_applies(spec: LayerSpec, force_quadrature: bool = False) -> bool:
-    """The rule: an MLP chain takes the fused op with its compiled backward
-    (``torch_ntk::analytic_kernels_backward``) when every activation is a registered one
-    whose expectations the op computes in closed form (:data:`torch_ntk.ops.BACKWARD_ACT_IDS`:
-    the ReLU family and erf), with a plain-number parameter, and quadrature is not forced."""
-    return not force_quadrature and all(
-        not isinstance(act, NumericActivation) and act.has_closed_form
-        and act.id in ops.BACKWARD_ACT_IDS and isinstance(act.param, (int, float))
-        for act in spec.activations)
-
-
-def op_coefficients(spec: LayerSpec, like: Tensor) -> Tensor:
-    """[hidden + 1, 4] float64 on ``like``'s device: the fused op's layer arguments
-    (:func:`torch_ntk.analytic.compiled_op_args`) as a tensor, row 0 (σ_w²/n₀, σ_b², c_w,
-    c_b) of the first dense layer, row l (σ_w², σ_b², c_w·n_in, c_b) of hidden layer l;
-    differentiable w.r.t. the spec's variances when they are tensors (:func:`with_variances`)."""
-    first = spec.dense_layers[0]
-    rows = [(first.weight_var / first.in_features, first.bias_var, first.ntk_weight_coef,
-             first.ntk_bias_coef)]
-    rows += [(d.weight_var, d.bias_var, d.ntk_weight_coef * d.in_features, d.ntk_bias_coef)
-             for d in spec.dense_layers[1:]]
-    return torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64, device=like.device)
-                                     for v in row]) for row in rows])
-
-
-def fused_mlp_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple):
-    """(nngp, ntk) of an MLP chain for which :func:`op_backward_applies`, by the fused op
-    :func:`torch_ntk.ops.analytic_kernels_differentiable`: its forward is the fused op, its
-    backward the compiled ``analytic_kernels_backward`` (gradients w.r.t. x1, x2 and the
-    variances; no double backward). x1/x2 already validated ([N, n0])."""
-    if spec.flatten_input:
-        x1 = x1.flatten(1)
-        x2 = None if x2 is None else x2.flatten(1)
-    nngp, ntk = ops.analytic_kernels_differentiable(
-        x1, x2, op_coefficients(spec, x1), [a.id for a in spec.activations],
-        [float(a.param) for a in spec.activations], "nngp" in wanted, "ntk" in wanted)
-    return (nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
 
 
 def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
