@@ -130,8 +130,9 @@ def _not_differentiable(op: str):
         raise RuntimeError(
             f"torch_ntk::{op} has no backward (no double backward either): the fused op is not "
             "differentiable. For gradients call torch_ntk.analytic_kernels (or NTK.limit): with "
-            "inputs or variance overrides that require grad it runs the differentiable torch "
-            "composite (torch_ntk.analytic.autograd) instead of this op. Otherwise detach the "
+            "inputs or variance overrides that require grad it runs a differentiable path "
+            "(torch_ntk.analytic.autograd: this op with a compiled backward for closed-form "
+            "layers, else a torch composite) instead of this op. Otherwise detach the "
             "inputs or call under torch.no_grad().")
     return backward
 
