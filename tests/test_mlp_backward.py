@@ -192,9 +192,11 @@ def test_bad_input():
     spec = _spec("relu", None)
     x1, x2 = _inputs()
     x1.requires_grad_()
-    (g,) = torch.autograd.grad(analytic_kernels(spec, x1, x2).ntk.sum(), x1, create_graph=True)
-    with pytest.raises(RuntimeError, match="no double backward.*differentiate twice"):
-        g.sum().backward()
+    for b in (x2, None):
+        (g,) = torch.autograd.grad(analytic_kernels(spec, x1, b).ntk.sum(), x1,
+                                   create_graph=True)
+        with pytest.raises(RuntimeError, match="no double backward.*differentiate twice"):
+            g.sum().backward()
     wv = torch.tensor(1.0, requires_grad=True)
     with pytest.raises(TypeError, match="x1 must be float32 or float64"):
         analytic_kernels(spec, torch.ones(3, 3, dtype=torch.int64), weight_var=wv)
