@@ -47,6 +47,20 @@ TORCH_LIBRARY(torch_ntk, m) {
       "float[] graph_floats=[], Tensor? series_x1=None, Tensor? series_x2=None, "
       "int[] series_terms=[], "
       "float series_tolerance=0.) -> (Tensor, Tensor, Tensor)");
+  // The backward of analytic_kernels for chains of closed-form layers (act_ids 0..4:
+  // identity, relu, leaky_relu, abs, erf; csrc/math/recursion_backward.h), the layer
+  // arguments as the forward's. For L = <grad_nngp, NNGP> + <grad_ntk, NTK> (each [N1, N2],
+  // or [0] for zero) returns (grad_gram [N1, N2]: dL/d<x1_i, x2_j> per pair, x2 None: the
+  // upper triangle; grad_sq1 [N1], grad_sq2 [N2] ([0] when x2 is None): dL/d<x, x> through
+  // the per-sample variances; grad_coefs [hidden + 1, 4] float64: dL/d(weight_var,
+  // bias_var, ntk_weight, ntk_bias), row 0 the input_* arguments). See
+  // csrc/analytic_backward_spec.h.
+  m.def(
+      "analytic_kernels_backward(Tensor grad_nngp, Tensor grad_ntk, Tensor x1, Tensor? x2, "
+      "float input_weight_var, float input_bias_var, float input_ntk_weight, "
+      "float input_ntk_bias, int[] act_ids, float[] act_params, float[] weight_var, "
+      "float[] bias_var, float[] ntk_weight, float[] ntk_bias) -> (Tensor, Tensor, Tensor, "
+      "Tensor)");
   // Infinite-width NNGP and NTK of a CNN (csrc/math/cnn_recursion.h for the formulas).
   // x1 [N1, C0, H, W] (1-D inputs as [N, C, 1, L]), x2 [N2, C0, H, W] or None (x2 = x1,
   // result exactly symmetric). The network is a program: one code per layer, each taking

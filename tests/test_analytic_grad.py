@@ -224,6 +224,12 @@ def test_variance_gradients(act):
         numeric = (c * (plus - minus)).sum() / (2 * step)
         assert abs(float(grad - numeric)) <= 1e-5 * max(1.0, abs(float(numeric)))
     fast = act == "tanh"
+    # gradcheck differences the forward, for the closed forms the fused op: at the point in
+    # both x1 and x2 it resolves the angle to ~√eps only (analytic_kernels' Precision note),
+    # which puts ~1e-3 of noise into differences of step 1e-6; move that point off x1 here
+    # (test_mlp_backward.py checks the gradient at a duplicate against the exact composite)
+    x2 = x2.clone()
+    x2[0] += 0.1
     assert torch.autograd.gradcheck(
         lambda w, b: analytic_kernels(spec, x1, x2, weight_var=w, bias_var=b), (wv, bv),
         fast_mode=fast)

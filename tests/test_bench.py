@@ -161,6 +161,10 @@ def test_bench_analytic_quick(tmp_path, capsys):
     distinct = [r for r in payload["rows"] if r["x2"] == "x2≠x1"]  # every method N² pairs
     assert distinct and all(r["max_rel_diff"] <= 1e-4 for r in distinct)
     assert len(payload["runs"]) == 1 and payload["runs"][0]["rows"] == payload["rows"]
+    # issue 30: the compiled MLP backward beside its forward and the composite's backward
+    assert payload["backward"] and all(r["max_rel_diff_grad"] <= 1e-4 and r["backward_s"] > 0
+                                       and r["backward_over_forward"] > 0
+                                       for r in payload["backward"])
     (mish,) = payload["any_activation"]  # issue 31: Mish (numeric series) beside GELU's
     assert mish["activation"] == "mish" and mish["s"] > 0 and mish["gelu_series_s"] > 0
     text = capsys.readouterr().out

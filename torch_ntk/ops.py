@@ -22,7 +22,9 @@ __all__ = [
     "DEFAULT_WORKSPACE_BYTES",
     "PRECISIONS",
     "activation",
+    "BACKWARD_ACT_IDS",
     "analytic_kernels",
+    "analytic_kernels_backward",
     "analytic_kernels_tabled",
     "cnn_kernels",
     "cuda_built",
@@ -192,8 +194,9 @@ def _not_differentiable(op: str):
         raise RuntimeError(
             f"torch_ntk::{op} has no backward (no double backward either): the fused op is not "
             "differentiable. For gradients call torch_ntk.analytic_kernels (or NTK.limit): with "
-            "inputs or variance overrides that require grad it runs the differentiable torch "
-            "composite (torch_ntk.analytic.autograd) instead of this op. Otherwise detach the "
+            "inputs or variance overrides that require grad it runs a differentiable path "
+            "(torch_ntk.analytic.autograd: this op with a compiled backward for closed-form "
+            "layers, else a torch composite) instead of this op. Otherwise detach the "
             "inputs or call under torch.no_grad().")
     return backward
 
@@ -204,6 +207,51 @@ def _not_differentiable(op: str):
 torch.library.register_autograd("torch_ntk::analytic_kernels",
                                 _not_differentiable("analytic_kernels"))
 torch.library.register_autograd("torch_ntk::cnn_kernels", _not_differentiable("cnn_kernels"))
+
+
+# ---- the MLP op's backward (issue 30) -----------------------------------------------
+
+#: Activation ids whose layers ``analytic_kernels_backward`` differentiates in closed form
+#: (identity, relu, leaky_relu, abs, erf: csrc/math/recursion_backward.h).
+BACKWARD_ACT_IDS = (0, 1, 2, 3, 4)
+_COEFS = ("weight_var", "bias_var", "ntk_weight", "ntk_bias")
+
+
+def analytic_kernels_backward(
+    grad_nngp: Tensor, grad_ntk: Tensor, x1: Tensor, x2: Optional[Tensor],
+    input_weight_var: float, input_bias_var: float, input_ntk_weight: float,
+    input_ntk_bias: float, act_ids: Sequence[int], act_params: Sequence[float],
+    weight_var: Sequence[float], bias_var: Sequence[float], ntk_weight: Sequence[float],
+    ntk_bias: Sequence[float],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward of :func:`analytic_kernels` for chains of closed-form layers.
+
+    For L = ⟨grad_nngp, NNGP⟩ + ⟨grad_ntk, NTK⟩ (each [N1, N2], or empty [0] for zero) of
+    the forward with the same arguments (no quadrature, no graph): (grad_gram [N1, N2] —
+    dL/d⟨x1_i, x2_j⟩ through each pair's own chain, for x2 = None only the upper triangle
+    j ≥ i that the forward computes; grad_sq1 [N1], grad_sq2 [N2] ([0] for x2 = None) —
+    dL/d⟨x, x⟩ through the per-sample variances; grad_coefs [hidden + 1, 4] float64 —
+    dL/d(σ_w², σ_b², ntk_weight, ntk_bias) per layer, row 0 the input layer's ``input_*``).
+    ``act_ids`` in :data:`BACKWARD_ACT_IDS`; csrc/math/recursion_backward.h has the formulas.
+    """
+    check_built_for("torch_ntk.analytic_kernels_backward", x1, x2)
+    return torch.ops.torch_ntk.analytic_kernels_backward.default(
+        grad_nngp, grad_ntk, x1, x2, float(input_weight_var), float(input_bias_var),
+        float(input_ntk_weight), float(input_ntk_bias), [int(i) for i in act_ids],
+        [float(p) for p in act_params], [float(v) for v in weight_var],
+        [float(v) for v in bias_var], [float(v) for v in ntk_weight],
+        [float(v) for v in ntk_bias])
+
+
+@torch.library.register_fake("torch_ntk::analytic_kernels_backward")
+def _analytic_kernels_backward_fake(grad_nngp, grad_ntk, x1, x2, input_weight_var,
+                                    input_bias_var, input_ntk_weight, input_ntk_bias, act_ids,
+                                    act_params, weight_var, bias_var, ntk_weight, ntk_bias):
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    return (x1.new_empty((n1, n2)), x1.new_empty((n1,)),
+            x1.new_empty((0,) if x2 is None else (n2,)),
+            x1.new_empty((len(act_ids) + 1, 4), dtype=torch.float64))
 
 
 def activation(x: Tensor, act_id: int, param: float = 0.0, derivative: bool = False) -> Tensor:

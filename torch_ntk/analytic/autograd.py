@@ -1,15 +1,23 @@
-"""Gradients of the infinite-width kernels (issue 30): the differentiable torch path.
+"""Gradients of the infinite-width kernels (issue 30): which path differentiates what.
 
-The fused ops ``torch_ntk::analytic_kernels`` and ``torch_ntk::cnn_kernels`` have no
-backward: their outputs carry an autograd node whose backward raises (registered in
-:mod:`torch_ntk.ops`), so a gradient through them is an error, never a wrong or missing
-one. :func:`torch_ntk.analytic_kernels` uses them whenever nothing requires grad. When an
-input (x1, x2) or a variance override (``weight_var``, ``bias_var``) requires grad under
-grad mode, it runs the same recursion as a torch composite instead, which autograd
-differentiates (:func:`differentiable_kernels`):
+The fused ops ``torch_ntk::analytic_kernels`` and ``torch_ntk::cnn_kernels`` called
+directly have no backward: their outputs carry an autograd node whose backward raises
+(registered in :mod:`torch_ntk.ops`), so a gradient through them is an error, never a
+wrong or missing one. :func:`torch_ntk.analytic_kernels` uses them whenever nothing
+requires grad. When an input (x1, x2) or a variance override (``weight_var``,
+``bias_var``) requires grad under grad mode, :func:`differentiable_kernels` picks, by one
+rule per path:
 
-- MLP specs: :func:`mlp_kernels` below (the layer recursion of Jacot et al. on [N1, N2]
-  matrices, as :func:`torch_ntk.analytic.reference.analytic_kernels_reference`);
+- an MLP chain whose every activation has a closed-form derivative in C++ (identity,
+  ReLU, LeakyReLU, Abs, erf; not forced to quadrature:
+  :func:`torch_ntk.analytic.fused_backward.op_backward_applies`): the fused op with its
+  compiled backward ``torch_ntk::analytic_kernels_backward``
+  (:func:`torch_ntk.analytic.fused_backward.fused_mlp_kernels`; CPU and CUDA; memory: the
+  inputs only, per pair the recursion is rerun with a per-chunk tape of its layers);
+- other MLP specs (Hermite series: tanh, sigmoid, SiLU, GELU, softplus; quadrature;
+  a closed form in torch only): :func:`mlp_kernels` below, the same recursion as a torch
+  composite that autograd differentiates (the layer recursion of Jacot et al. on
+  [N1, N2] matrices, as :func:`torch_ntk.analytic.reference.analytic_kernels_reference`);
 - CNN specs: the plain-torch walker :func:`torch_ntk.analytic.cnn.cnn_kernels`.
 
 The dual activations are made safe for autograd where their formulas are singular: the
@@ -19,10 +27,10 @@ subgradient 0), erf by its closed form (smooth), the smooth activations (tanh, s
 SiLU, GELU, softplus) by their Hermite series in torch (:func:`hermite_expectations`, as
 the fused MLP op), and the others by the 2-D Gauss–Hermite quadrature in torch.
 
-Limits: no double backward (the ReLU family's derivative raises on it; the others are
-not tested for it); memory O(N1·N2) per layer kept for the backward (O(N1·N2·P²) per layer
-for a CNN with pooling), time a few times the fused op's forward; gradients w.r.t.
-activation parameters are not offered.
+Limits of the composites: no double backward (the ReLU family's derivative and the
+compiled backward raise on it; the others are not tested for it); memory O(N1·N2) per
+layer kept for the backward (O(N1·N2·P²) per layer for a CNN with pooling), time a few
+times the fused op's forward; gradients w.r.t. activation parameters are not offered.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from ..layers import Conv, Dense
 from ..layers.elementwise import NumericActivation, needs_numeric
 from ..layers.elementwise import expectations as numeric_expectations
 from ..lifting.lift import LayerSpec
+from .fused_backward import fused_mlp_kernels, op_backward_applies
 
 __all__ = ["differentiable_kernels", "hermite_expectations", "mlp_kernels", "needs_grad",
            "with_variances"]
@@ -110,6 +119,9 @@ def with_variances(spec: LayerSpec, x1: Tensor, weight_var=None, bias_var=None,
     """
     if weight_var is None and bias_var is None:
         return spec
+    if x1.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{function}: x1 must be float32 or float64; got {x1.dtype}. Convert "
+                        "it with .float() or .double()")
     index = _linear_layers(spec)
     layers = list(spec.layers)
     for name, value in (("weight_var", weight_var), ("bias_var", bias_var)):
@@ -293,6 +305,8 @@ def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wa
                              "(numeric Hermite series) are not offered; compute the kernels "
                              "under torch.no_grad() or give Elementwise(fn, nngp_fn=..., "
                              "ntk_fn=...) in differentiable torch")
+    if spec.is_mlp and not spec.is_graph and op_backward_applies(spec, force_quadrature):
+        return fused_mlp_kernels(spec, x1, x2, wanted)
     if spec.is_mlp and not spec.is_graph:
         nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature)
     else:

@@ -22,7 +22,9 @@ the eager and compiled composites compute all N²; the rendered table prints tha
 (another batch of N), where every method computes the same N² pairs (factor 1).
 Every run written into the same JSON is kept (``runs``); the table shows the median and
 range over them. On the CPU the payload also holds "any_activation"
-(``torch_ntk.bench.any_activation``: Mish by the numeric series against the GELU series).
+(``torch_ntk.bench.any_activation``: Mish by the numeric series against the GELU series);
+on every device "backward" (``torch_ntk.bench.analytic_backward``: the compiled backward of
+the MLP op against its forward and the torch composite's backward).
 """
 
 from __future__ import annotations
@@ -223,6 +225,10 @@ def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m to
         from .any_activation import render_any_activation, run_any_activation
         payload["any_activation"] = run_any_activation(quick=args.quick)
         print(render_any_activation(payload))
+    # issue 30: the compiled backward of the MLP op against its forward and the composite's
+    from .analytic_backward import render_backward, run_backward
+    payload["backward"] = run_backward(quick=args.quick, device=args.device)
+    print(render_backward(payload))
     if args.paths and args.device == "cpu":
         from .analytic_paths import render_analytic_paths, run_paths
         payload["paths"] = run_paths(args.baseline_tree, quick=args.quick)
