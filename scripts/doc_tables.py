@@ -66,7 +66,9 @@ def render_cntk_digits(payload: dict) -> str:
 
 def render_kip_digits(payload: dict) -> str:
     """Test accuracy of learned and random support sets and of all training digits
-    (kip-digits.json): mean ± std over the seeds."""
+    (kip-digits.json): mean ± std over the seeds; the payload's optional ``note`` (added to
+    a full run's JSON: fewer seeds than the defaults, the load during the run) closes the
+    footer."""
     s, cfg = payload["summary"], payload["config"]
     lines = ["| kernel | support images | learned (KIP) | random real | gain | "
              f"all {s['train']} training digits |", "|---|---|---|---|---|---|"]
@@ -89,6 +91,8 @@ def render_kip_digits(payload: dict) -> str:
         lines[-1] += (f" Run time {sec['total']:.0f} s ({parts}) with {threads} "
                       f"thread{'' if threads == 1 else 's'} on {env.get('cpu_model', '?')}, "
                       f"torch {env.get('torch', '?')}.")
+    if payload.get("note"):  # how the run departs from the defaults, and the machine's load
+        lines[-1] += f" {payload['note']}"
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@
   of the fused ops, and the path of kinds without an op encoding);
 - ``reference``: the MLP recursion as an eager torch composite (the baseline);
 - ``autograd``: the differentiable torch path taken when inputs or variances require grad;
+- ``activation_params``: the activation layers' parameters as overrides (tensors: gradients);
 - ``fit``: ``fit_kernel_hyperparameters`` (σ_w², σ_b², ridge by the GP marginal likelihood).
 """
 

@@ -4,9 +4,10 @@ The fused ops ``torch_ntk::analytic_kernels`` and ``torch_ntk::cnn_kernels`` cal
 directly have no backward: their outputs carry an autograd node whose backward raises
 (registered in :mod:`torch_ntk.ops`), so a gradient through them is an error, never a
 wrong or missing one. :func:`torch_ntk.analytic_kernels` uses them whenever nothing
-requires grad. When an input (x1, x2) or a variance override (``weight_var``,
-``bias_var``) requires grad under grad mode, :func:`differentiable_kernels` picks, by one
-rule per path:
+requires grad. When an input (x1, x2), a variance override (``weight_var``,
+``bias_var``) or an activation parameter (``activation_params``:
+``torch_ntk.analytic.activation_params``) requires grad under grad mode,
+:func:`differentiable_kernels` picks, by one rule per path:
 
 - an MLP chain whose every activation has a closed-form derivative in C++ (identity,
   ReLU, LeakyReLU, Abs, erf; not forced to quadrature:
@@ -30,7 +31,10 @@ the fused MLP op), and the others by the 2-D Gauss–Hermite quadrature in torch
 Limits of the composites: no double backward (the ReLU family's derivative and the
 compiled backward raise on it; the others are not tested for it); memory O(N1·N2) per
 layer kept for the backward (O(N1·N2·P²) per layer for a CNN with pooling), time a few
-times the fused op's forward; gradients w.r.t. activation parameters are not offered.
+times the fused op's forward. Activation parameters are differentiated through their dual
+maps' torch formulas (closed forms, the Hermite series, the quadrature:
+``torch_ntk.analytic.activation_params``), always on the composites; those of activations
+on the numeric Hermite series are refused.
 """
 
 from __future__ import annotations

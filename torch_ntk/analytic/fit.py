@@ -11,7 +11,9 @@ noise variance, so gradient ascent on
 
 learns them (type-II maximum likelihood; Rasmussen & Williams 2006, §5.4). Each variance
 is parametrized by its logarithm (so it stays positive); L-BFGS (or Adam) runs on the
-logarithms.
+logarithms. Activation parameters (``activation_params={"negative_slope": 0.2}``, any
+name ``torch_ntk.analytic.activation_params`` lists, shared by every activation layer) can
+be fitted too: by their logarithm those that must stay positive (β, γ), directly the others.
 
 Example::
 
@@ -25,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Iterable, NamedTuple, Optional, Union
 
 import torch
@@ -34,6 +37,7 @@ from ..layers import Conv, Dense
 from ..lifting.lift import LayerSpec
 from ..predict import gp_marginal_likelihood
 from .._utils.validation import check_batch, check_choices, check_int
+from .activation_params import POSITIVE, with_activation_params
 from .autograd import with_variances
 from .kernels import analytic_kernels, as_spec
 
@@ -56,8 +60,12 @@ class FittedHyperparameters(NamedTuple):
         (Adam: before each step; L-BFGS: its line-search trials included, so not
         monotone), then at the fitted values.
 
-    spec: the input spec with the fitted variances (floats): pass it to
-        :func:`torch_ntk.analytic_kernels` or ``predict.gp_inference`` with ``diag_reg``.
+    spec: the input spec with the fitted variances and activation parameters (floats):
+        pass it to :func:`torch_ntk.analytic_kernels` or ``predict.gp_inference`` with
+        ``diag_reg``.
+
+    activation_params: {name: float} the fitted activation parameters ({} when none were
+        asked for).
     """
 
     weight_var: Tensor
@@ -65,6 +73,7 @@ class FittedHyperparameters(NamedTuple):
     diag_reg: Tensor
     log_evidence: Tensor
     spec: LayerSpec
+    activation_params: dict = {}
 
 
 def fit_kernel_hyperparameters(
@@ -79,6 +88,7 @@ def fit_kernel_hyperparameters(
     method: str = "lbfgs",
     steps: int = 100,
     lr: float = 0.05,
+    activation_params: Optional[Mapping] = None,
 ) -> FittedHyperparameters:
     """Learn σ_w², σ_b² and the ridge σ² of an architecture by gradient ascent on the GP
     marginal likelihood of (x, y) with the architecture's NNGP (or NTK) as prior.
@@ -100,6 +110,9 @@ def fit_kernel_hyperparameters(
             the step or gradient is negligible) or "adam" (``steps`` Adam steps of initial
             size ``lr`` with a cosine decay to 0; for noisy objectives, e.g. minibatches).
         steps: the iteration budget (see ``method``); lr: Adam's step (unused by L-BFGS).
+        activation_params: activation parameters to fit as well, {name: starting value}
+            (numbers), each shared by every activation layer (e.g. ``{"negative_slope":
+            0.2}`` for a leaky ReLU network); None: the activations stay as they are.
 
     Returns:
         :class:`FittedHyperparameters`. Cost per step: one differentiable kernel [N, N]
@@ -108,7 +121,8 @@ def fit_kernel_hyperparameters(
     Raises:
         TypeError / ValueError: x or y malformed (as ``analytic_kernels`` and
         ``gp_marginal_likelihood``), an unknown ``kernel`` or ``fit`` name, a fitted
-        variance that starts at 0, steps < 0 or lr ≤ 0.
+        variance that starts at 0, steps < 0 or lr ≤ 0, an activation parameter the
+        activations do not have (or ≤ 0 where it must be positive).
     """
     name = "fit_kernel_hyperparameters"
     spec = as_spec(model_or_spec, name)
@@ -128,6 +142,19 @@ def fit_kernel_hyperparameters(
     if y.shape[:1] != x.shape[:1]:
         raise ValueError(f"{name}: y must be a tensor [N] or [N, C] with N = {x.shape[0]} "
                          f"rows like x; got {list(y.shape)}")
+    if activation_params is not None and not isinstance(activation_params, Mapping):
+        raise TypeError(f"{name}: activation_params must be a mapping {{name: starting "
+                        f"value}}; got {type(activation_params).__name__}")
+    acts = {}
+    if activation_params:  # names and values checked against the activations first
+        spec = with_activation_params(spec, x, dict(activation_params), name)
+    for key, value in (activation_params or {}).items():
+        value = float(value)
+        if key in POSITIVE and not value > 0:
+            raise ValueError(f"{name}: activation_params[{key!r}] starts at {value!r}; it "
+                             f"must start > 0 (it is fitted by its logarithm)")
+        acts[key] = torch.tensor(math.log(value) if key in POSITIVE else value,
+                                 dtype=x.dtype, device=x.device).requires_grad_(True)
     if diag_reg is None:
         diag_reg = 0.1 * float(y.detach().double().square().mean())
     layers = [layer for layer in spec.layers if isinstance(layer, (Conv, Dense))]
@@ -163,14 +190,19 @@ def fit_kernel_hyperparameters(
                             current("bias_var").expand(len(biased)))
         return w, b, current("diag_reg")[0]
 
+    def activation_values() -> Optional[dict]:
+        return {k: v.exp() if k in POSITIVE else v for k, v in acts.items()} or None
+
     def objective() -> Tensor:
         w, b, noise = variances()
-        k = getattr(analytic_kernels(spec, x, get=kernel, weight_var=w, bias_var=b), kernel)
+        k = getattr(analytic_kernels(spec, x, get=kernel, weight_var=w, bias_var=b,
+                                     activation_params=activation_values()), kernel)
         return gp_marginal_likelihood(k, y, noise)
 
     trace = []
-    if logs and method == "lbfgs":
-        optimizer = torch.optim.LBFGS(list(logs.values()), lr=1.0, max_iter=steps,
+    fitted_tensors = list(logs.values()) + list(acts.values())
+    if fitted_tensors and method == "lbfgs":
+        optimizer = torch.optim.LBFGS(fitted_tensors, lr=1.0, max_iter=steps,
                                       max_eval=2 * steps, tolerance_grad=1e-9,
                                       tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
@@ -183,8 +215,8 @@ def fit_kernel_hyperparameters(
 
         if steps:
             optimizer.step(closure)
-    elif logs:
-        optimizer = torch.optim.Adam(list(logs.values()), lr=lr)
+    elif fitted_tensors:
+        optimizer = torch.optim.Adam(fitted_tensors, lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
@@ -196,8 +228,10 @@ def fit_kernel_hyperparameters(
     with torch.no_grad():
         trace.append(float(objective()))
         w, b, noise = variances()
+        fitted_acts = {k: float(v) for k, v in (activation_values() or {}).items()}
     fitted = with_variances(spec, x, [float(v) for v in w], [float(v) for v in b],
                             function=name)
+    fitted = with_activation_params(fitted, x, fitted_acts or None, name)
     return FittedHyperparameters(w.detach().clone(), b.detach().clone(), noise.detach().clone(),
-                                 torch.tensor(trace, dtype=torch.float64), fitted)
+                                 torch.tensor(trace, dtype=torch.float64), fitted, fitted_acts)
 

@@ -122,10 +122,13 @@ def op_backward_applies(spec: LayerSpec, force_quadrature: bool = False) -> bool
     """The rule: an MLP chain takes the fused op with its compiled backward
     (``torch_ntk::analytic_kernels_backward``) when every activation is a registered one
     whose expectations the op computes in closed form (:data:`torch_ntk.ops.BACKWARD_ACT_IDS`:
-    the ReLU family and erf), with a plain-number parameter, and quadrature is not forced."""
+    the ReLU family and erf), with a plain-number parameter that no gradient is asked of
+    (an ``activation_params`` tensor that requires grad, ``value``, takes the composite),
+    and quadrature is not forced."""
     return not force_quadrature and all(
         not isinstance(act, NumericActivation) and act.has_closed_form
         and act.id in ops.BACKWARD_ACT_IDS and isinstance(act.param, (int, float))
+        and not getattr(getattr(act, "value", None), "requires_grad", False)
         for act in spec.activations)
 
 

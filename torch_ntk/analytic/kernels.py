@@ -40,6 +40,7 @@ from .fused import cnn_op_args, compiled_op_args, default_quadrature_degree, mlp
 from .refusal import no_limit_error
 from .autograd import differentiable_kernels, mlp_kernels, needs_grad, with_variances
 from .tabled import table_plan, tabled_kernels
+from .activation_params import activation_param_tensors, with_activation_params
 from ..layers.elementwise import needs_numeric
 from .._utils.validation import check_batch, check_choices
 
@@ -89,6 +90,7 @@ def analytic_kernels(
     progress: Optional[bool] = None,
     weight_var=None,
     bias_var=None,
+    activation_params=None,
 ) -> Kernels:
     """The infinite-width NNGP and NTK of an MLP or CNN architecture, differentiable.
 
@@ -126,20 +128,28 @@ def analytic_kernels(
             per linear layer (a sequence of floats / 0-dim tensors, or a 1-D tensor). Tensors
             have x1's dtype and device and may require grad (hyperparameter fitting). With
             NTK parametrization the NTK's coefficients follow (c_w = σ_w²/n_in, c_b = σ_b²).
+        activation_params: override parameters of the activation layers: a mapping
+            ``{name: value}`` for every activation layer, or one mapping (or None) per
+            activation layer; values are numbers or 0-dim tensors of x1's dtype and device
+            that may require grad. Names: leaky_relu ``negative_slope``, elu ``alpha``,
+            softplus ``beta``; the closed-form families of ``torch_ntk.layers.dual``:
+            ABReLU, Exp, Gaussian ``a``, ``b``; Sin, Cos ``a``, ``b``, ``c``; Rbf ``gamma``;
+            Polynomial ``coef`` (one per coefficient). ``torch_ntk.analytic.activation_params``
+            has the table and what is refused.
 
     Gradients: when nothing requires grad (or under ``torch.no_grad()``) the fused ops
-    compute the kernels. When x1, x2 or a variance override requires grad under grad mode:
-    an MLP chain of closed-form activations (identity, ReLU, LeakyReLU, Abs, erf) runs the
-    fused op with its compiled backward (``torch_ntk.analytic.fused_backward``); every
-    other spec runs the same recursion as a torch composite
-    (``torch_ntk.analytic.autograd``) that autograd differentiates w.r.t. each of them,
-    on any device: slower (several [N1, N2] temporaries per layer, kept for the backward;
-    for a CNN with pooling [N1, N2, P, P] planes) and the values agree with the fused op's
-    to rounding (closed forms; the Hermite series and quadrature to their truncation). At a
-    point paired with itself (x in x1 and x2) the ReLU family's NTK of depth ≥ 2 has a kink
-    (|t|-like in the distance); the gradient there is the symmetric subgradient, as central
-    differences give. No double backward. Gradients w.r.t. activation parameters are not
-    offered. Activations on the numeric Hermite series have no gradient path: those
+    compute the kernels. When x1, x2, a variance override or an activation parameter
+    requires grad under grad mode: an MLP chain of closed-form activations (identity, ReLU,
+    LeakyReLU, Abs, erf) whose activation parameters do not require grad runs the fused op
+    with its compiled backward (``torch_ntk.analytic.fused_backward``); every other spec
+    runs the same recursion as a torch composite (``torch_ntk.analytic.autograd``) that
+    autograd differentiates w.r.t. each of them, on any device: slower (several [N1, N2]
+    temporaries per layer, kept for the backward; for a CNN with pooling [N1, N2, P, P]
+    planes) and the values agree with the fused op's to rounding (closed forms; the Hermite
+    series and quadrature to their truncation). At a point paired with itself (x in x1 and
+    x2) the ReLU family's NTK of depth ≥ 2 has a kink (|t|-like in the distance); the
+    gradient there is the symmetric subgradient, as central differences give. No double
+    backward. Activations on the numeric Hermite series have no gradient path: those
     without a kernel map in torch (``Elementwise(fn, nngp_fn=..., ntk_fn=...)``, the
     closed-form families) are refused with a ValueError, and ELU/SELU take 2-D quadrature
     of the default degree there (about 1e-2 off, as with an explicit ``quadrature_degree``).
@@ -160,8 +170,9 @@ def analytic_kernels(
 
     Raises:
         TypeError: non-floating inputs. ValueError: wrong shapes, empty batches,
-        NaN/Inf, an unknown ``get``, a model that does not lift, or a variance override of
-        the wrong shape, sign, dtype or device.
+        NaN/Inf, an unknown ``get``, a model that does not lift, a variance override of
+        the wrong shape, sign, dtype or device, or an activation parameter the activation
+        does not have (or of the wrong shape, dtype or device).
     """
     spec = as_spec(model_or_spec)
     wanted = check_choices("analytic_kernels", "get", get, KERNEL_NAMES)
@@ -169,7 +180,12 @@ def analytic_kernels(
         if not isinstance(x1, torch.Tensor):
             check_batch("analytic_kernels", "x1", x1)
         spec = with_variances(spec, x1, weight_var, bias_var)
-    if needs_grad(x1, x2, *_tensors(weight_var), *_tensors(bias_var)):
+    if activation_params is not None:
+        if not isinstance(x1, torch.Tensor):
+            check_batch("analytic_kernels", "x1", x1)
+        spec = with_activation_params(spec, x1, activation_params)
+    if needs_grad(x1, x2, *_tensors(weight_var), *_tensors(bias_var),
+                  *activation_param_tensors(activation_params)):
         return _differentiable(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     if progress is not False:
         x1, x2 = _checked_inputs(spec, x1, x2)

@@ -15,6 +15,12 @@ the closed form instead of the numeric series:
   Hermite series)
 
 φ′ is the derivative autograd computes (0 for Sign and the step n = 0, as torch trains).
+
+A family with real parameters names them in ``PARAMS`` (its constructor's arguments, read
+back as attributes) and gives ``kernel_map(q12, q11, q22, **params) -> (E[φφ], E[φ′φ′])``
+in torch that takes numbers or 0-dim tensors: ``analytic_kernels(...,
+activation_params=...)`` overrides them and differentiates through it
+(``torch_ntk.analytic.activation_params``). ``DISCRETE`` names integer settings (degrees).
 """
 
 from .abrelu import ABReLU

@@ -14,6 +14,7 @@ and φ′ = n·max(x, 0)^{n−1}, so E[φ′(u)φ′(v)] = n² (q11 q22)^{(n−1
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -43,6 +44,9 @@ def _expectation(n: int, q12: Tensor, q11: Tensor, q22: Tensor) -> Tensor:
 
 class RectifiedMonomial(Elementwise):
     """φ(x) = max(x, 0)^n, n ∈ {0, 1, 2, 3}, closed-form dual (module doc)."""
+
+    PARAMS: ClassVar[tuple[str, ...]] = ()
+    DISCRETE: ClassVar[tuple[str, ...]] = ("degree",)  # an integer: no gradient
 
     def __init__(self, degree: int = 1):
         if degree not in (0, 1, 2, 3):

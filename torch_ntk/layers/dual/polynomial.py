@@ -7,13 +7,14 @@ then has d + 1 terms:
     E[φ(u)φ(v)] = Σ_{k≤d} a_k(q11) a_k(q22) ρ^k,   a_k(q) = E[φ(√q z) He_k(z)]/√(k!),
 
 and likewise with φ′ (degree d − 1). Exact up to rounding (no truncation, no quadrature
-error).
+error). :meth:`Polynomial.kernel_map` takes the coefficients as numbers or 0-dim tensors
+(differentiable in them: the a_k are linear in the coefficients).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +56,16 @@ def _series(coef: Sequence[float], q12: Tensor, q11: Tensor, q22: Tensor) -> Ten
 class Polynomial(Elementwise):
     """φ(x) = Σ_i coef[i]·x^i, closed-form dual (module doc)."""
 
+    PARAMS: ClassVar[tuple[str, ...]] = ("coef",)
+
+    @staticmethod
+    def kernel_map(q12: Tensor, q11: Tensor, q22: Tensor, coef) -> tuple[Tensor, Tensor]:
+        """(E[φ(u)φ(v)], E[φ′(u)φ′(v)]) for coefficients ``coef`` (numbers or 0-dim
+        tensors, one per power; φ′'s are i·coef[i])."""
+        coef = list(coef)
+        dcoef = [i * c for i, c in enumerate(coef)][1:]
+        return _series(coef, q12, q11, q22), _series(dcoef, q12, q11, q22)
+
     def __init__(self, coef: Sequence[float]):
         coef = [float(c) for c in coef]
         if not coef or not all(math.isfinite(c) for c in coef):
@@ -76,6 +87,9 @@ class Polynomial(Elementwise):
 
 class Monomial(Polynomial):
     """φ(x) = x^n."""
+
+    PARAMS: ClassVar[tuple[str, ...]] = ()  # the degree is an integer (Polynomial: coef)
+    DISCRETE: ClassVar[tuple[str, ...]] = ("degree",)
 
     def __init__(self, degree: int):
         if not isinstance(degree, int) or degree < 0:
