@@ -34,30 +34,31 @@ struct SerialTeam {
 // One pair's backward (math::cnn_pair_backward on one thread), compiled per x86-64 level.
 TNTK_CPU_CLONES void pair_backward_float(const math::CnnProgram<float>& prog, const float* x,
                                          const float* xp, const float* var1, const float* var2,
-                                         const float* gv_self, float g_nngp, float g_ntk,
+                                         float* var_out, const float* gv_self, float g_nngp, float g_ntk,
                                          float* scratch, const math::CnnAdjointOut<float>& out) {
-  math::cnn_pair_backward(prog, SerialTeam{}, x, xp, var1, var2, gv_self, g_nngp, g_ntk, scratch,
-                          out);
+  math::cnn_pair_backward(prog, SerialTeam{}, x, xp, var1, var2, var_out, gv_self, g_nngp, g_ntk,
+                          scratch, out);
 }
 TNTK_CPU_CLONES void pair_backward_double(const math::CnnProgram<double>& prog, const double* x,
                                           const double* xp, const double* var1,
-                                          const double* var2, const double* gv_self,
+                                          const double* var2, double* var_out,
+                                          const double* gv_self,
                                           double g_nngp, double g_ntk, double* scratch,
                                           const math::CnnAdjointOut<double>& out) {
-  math::cnn_pair_backward(prog, SerialTeam{}, x, xp, var1, var2, gv_self, g_nngp, g_ntk, scratch,
-                          out);
+  math::cnn_pair_backward(prog, SerialTeam{}, x, xp, var1, var2, var_out, gv_self, g_nngp, g_ntk,
+                          scratch, out);
 }
 inline void pair_backward(const math::CnnProgram<float>& prog, const float* x, const float* xp,
-                          const float* var1, const float* var2, const float* gv_self,
-                          float g_nngp, float g_ntk, float* scratch,
+                          const float* var1, const float* var2, float* var_out,
+                          const float* gv_self, float g_nngp, float g_ntk, float* scratch,
                           const math::CnnAdjointOut<float>& out) {
-  pair_backward_float(prog, x, xp, var1, var2, gv_self, g_nngp, g_ntk, scratch, out);
+  pair_backward_float(prog, x, xp, var1, var2, var_out, gv_self, g_nngp, g_ntk, scratch, out);
 }
 inline void pair_backward(const math::CnnProgram<double>& prog, const double* x,
                           const double* xp, const double* var1, const double* var2,
-                          const double* gv_self, double g_nngp, double g_ntk, double* scratch,
-                          const math::CnnAdjointOut<double>& out) {
-  pair_backward_double(prog, x, xp, var1, var2, gv_self, g_nngp, g_ntk, scratch, out);
+                          double* var_out, const double* gv_self, double g_nngp, double g_ntk,
+                          double* scratch, const math::CnnAdjointOut<double>& out) {
+  pair_backward_double(prog, x, xp, var1, var2, var_out, gv_self, g_nngp, g_ntk, scratch, out);
 }
 
 struct CpuCnnBackward {
@@ -69,21 +70,19 @@ struct CpuCnnBackward {
     const int64_t var_len = prog.var_len;
     const int64_t n1 = p.n1, n2 = p.n2;
     const bool symmetric = p.symmetric;
-    const int64_t fwd_len = math::cnn_scratch_len(prog.plane, prog.num_slots);
     const int64_t bwd_len = math::cnn_backward_scratch_len(prog);
     const int64_t num_floats = static_cast<int64_t>(p.layers.size()) * math::kCnnFloatGrads;
 
-    // 1. the variance rows (the forward's self passes)
+    // 1. the variance rows: the self passes, by the backward's own compiled pass
+    const math::CnnAdjointOut<T> none{nullptr, nullptr, nullptr, nullptr, nullptr};
     auto self_pass = [&](const at::Tensor& x, const at::Tensor& var) {
       const T* xs = x.data_ptr<T>();
       T* v = var.data_ptr<T>();
       at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> scratch(fwd_len);
+        std::vector<T> scratch(bwd_len);
         for (int64_t s = begin; s < end; ++s) {
-          T* row = v + s * var_len;
-          T unused_nngp, unused_ntk;
-          math::cnn_pair(prog, SerialTeam{}, xs + s * dim, xs + s * dim, row, row, row,
-                         scratch.data(), unused_nngp, unused_ntk);
+          pair_backward(prog, xs + s * dim, xs + s * dim, nullptr, nullptr, v + s * var_len,
+                        nullptr, T(0), T(0), scratch.data(), none);
         }
       });
     };
@@ -136,8 +135,8 @@ struct CpuCnnBackward {
           const math::CnnAdjointOut<T> out{gx1 + i * dim, gx2 + j * dim, gv1 + i * var_len,
                                            gv2 + j * var_len, gf};
           pair_backward(prog, x1 + i * dim, x2 + j * dim, var1 + i * var_len,
-                        var2 + j * var_len, static_cast<const T*>(nullptr), g_nngp, g_ntk,
-                        scratch.data(), out);
+                        var2 + j * var_len, nullptr, nullptr, g_nngp, g_ntk, scratch.data(),
+                        out);
           if (++j == n2) {
             ++i;
             j = symmetric ? i : 0;
@@ -171,7 +170,7 @@ struct CpuCnnBackward {
             const math::CnnAdjointOut<T> out{gx + s * dim, gx + s * dim, nullptr, nullptr,
                                              facc_ptr + c * num_floats};
             pair_backward(prog, xs + s * dim, xs + s * dim, v + s * var_len, v + s * var_len,
-                          gv + s * var_len, T(0), T(0), scratch.data(), out);
+                          nullptr, gv + s * var_len, T(0), T(0), scratch.data(), out);
           }
         }
       });

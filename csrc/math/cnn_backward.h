@@ -174,10 +174,16 @@ TNTK_HD void cnn_activation_taped(bool full, int64_t P, const T* var1, const T* 
 }
 
 // The pair (x, xp) through the program (as cnn_pair, on one thread) with the variance rows
-// var1, var2 given, recording the tape. work: 4 planes.
+// var1, var2 given, recording the tape. work: 4 planes. var_out != nullptr: a self pass
+// (x = xp) that records its variance row there and uses it (var1, var2 unused). The
+// backward takes its variance rows from this function, not from cnn_pair: the ReLU
+// family's adjoint at a self pair's diagonal (q11 = q22 = q12, the kink) needs the very
+// same roundings on both sides (s = 0 exactly), which another compiled copy of the
+// arithmetic (other contractions into fused multiply-adds) does not guarantee.
 template <typename T, typename Team>
 TNTK_HD void cnn_pair_taped(const CnnProgram<T>& prog, const Team& team, const T* x,
-                            const T* xp, const T* var1, const T* var2, T* work, T* tape) {
+                            const T* xp, const T* var1, const T* var2, T* var_out, T* work,
+                            T* tape) {
   T* sigma = work;
   T* theta = work + prog.plane;
   T* sigma_next = work + 2 * prog.plane;
@@ -205,6 +211,10 @@ TNTK_HD void cnn_pair_taped(const CnnProgram<T>& prog, const Team& team, const T
         const int64_t P = static_cast<int64_t>(L.h_in) * L.w_in;
         const T* v1 = var1 + L.var_offset;
         const T* v2 = var2 + L.var_offset;
+        if (var_out != nullptr) {
+          for (int64_t p = 0; p < P; ++p) var_out[L.var_offset + p] = sigma[cnn_index(prog.full, P, p, p)];
+          v1 = v2 = var_out + L.var_offset;
+        }
         if (L.act.kind == kAbRelu) {
           cnn_activation_taped(prog.full, P, v1, v2, sigma, theta, tp + 2 * n,
                                AbReluExpectations<T>{L.act.slope_neg, L.act.slope_pos});
@@ -386,13 +396,16 @@ struct CnnAdjointOut {
 // adjoints (g_nngp, g_ntk). Self mode (gv_self != nullptr: x = xp, var1 = var2 = x's row):
 // the outputs' adjoints are normally 0, and gv_self [var_len] holds the adjoints of x's
 // variance row from the cross pairs; the var adjoints land on the planes' diagonals.
-// scratch: cnn_backward_scratch_len(prog) entries.
+// scratch: cnn_backward_scratch_len(prog) entries. var_out != nullptr: only x's self pass,
+// recording its variance row there (cnn_pair_taped), no sweep.
 template <typename T, typename Team>
 TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, const T* x,
-                               const T* xp, const T* var1, const T* var2, const T* gv_self,
-                               T g_nngp, T g_ntk, T* scratch, const CnnAdjointOut<T>& out) {
+                               const T* xp, const T* var1, const T* var2, T* var_out,
+                               const T* gv_self, T g_nngp, T g_ntk, T* scratch,
+                               const CnnAdjointOut<T>& out) {
   T* tape = scratch + 5 * prog.plane;
-  cnn_pair_taped(prog, team, x, xp, var1, var2, scratch, tape);
+  cnn_pair_taped(prog, team, x, xp, var1, var2, var_out, scratch, tape);
+  if (var_out != nullptr) return;
   T* gs = scratch;
   T* gt = scratch + prog.plane;
   T* gs_next = scratch + 2 * prog.plane;

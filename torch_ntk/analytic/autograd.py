@@ -353,8 +353,11 @@ class _FusedCNNKernels(torch.autograd.Function):
                                want_nngp="nngp" in wanted, want_ntk="ntk" in wanted)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_nngp, g_ntk):
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(
+                "analytic_kernels: the fused CNN op has no double backward (second derivatives "
+                "of the kernels are not offered); differentiate once (create_graph=False)")
         x1, x2, nodes, weights = ctx.saved_tensors
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
         grads = [g if g is not None and g.numel() else x1.new_zeros(x1.shape[0], n2)
