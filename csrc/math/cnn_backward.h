@@ -105,10 +105,10 @@ TNTK_HD int64_t cnn_tape_len(const CnnProgram<T>& prog) {
 }
 
 // Entries of one thread's backward scratch: 4 working planes, a row of var adjoints (self
-// mode) and the tape.
+// mode), two rows of per-sample factors (cnn_activation_adjoint) and the tape.
 template <typename T>
 TNTK_HD int64_t cnn_backward_scratch_len(const CnnProgram<T>& prog) {
-  return 5 * prog.plane + cnn_tape_len(prog);
+  return 7 * prog.plane + cnn_tape_len(prog);
 }
 
 // ---- the activations' adjoints -----------------------------------------------------------
@@ -116,12 +116,15 @@ TNTK_HD int64_t cnn_backward_scratch_len(const CnnProgram<T>& prog) {
 // ReLU family phi = a min(x, 0) + b max(x, 0), c = (b - a)^2, s = sqrt(q11 q22 - q12^2):
 //   dE/dq12 = Edot,  dE/dq11 = c s / (4 pi q11),  dEdot/dq12 = c / (2 pi s),
 //   dEdot/dq11 = -c q12 / (4 pi q11 s)   (q22 like q11).
-// Given the adjoints g_phi of E and g_dphi of Edot, and Edot itself: g11, g22, g12.
+// Given the adjoints g_phi of E and g_dphi of Edot, and Edot itself: g11, g22, g12. The
+// per-sample factors r = row_factor(q) (here 1/q, 0 for q = 0) are computed once per row
+// and column of a plane, so that the entries' loop divides only once (by s).
 template <typename T>
 struct AbReluAdjoint {
   T a, b;
-  TNTK_HD void operator()(T q11, T q22, T q12, T e_dphi, T g_phi, T g_dphi, T& g11, T& g22,
-                          T& g12) const {
+  TNTK_HD T row_factor(T q) const { return q > T(0) ? T(1) / (q > T(0) ? q : T(1)) : T(0); }
+  TNTK_HD void operator()(T q11, T q22, T r11, T r22, T q12, T e_dphi, T g_phi, T g_dphi,
+                          T& g11, T& g22, T& g12) const {
     const T c = (b - a) * (b - a);
     const T norm = fsqrt(q11 * q22);
     const T s = fsqrt(max0((norm - q12) * (norm + q12)));
@@ -129,8 +132,8 @@ struct AbReluAdjoint {
     const T inv_s = resolved ? T(1) / (resolved ? s : T(1)) : T(0);
     const T gd = g_dphi * c * Constants<T>::inv_two_pi * inv_s;
     const T common = g_phi * c * s * (T(0.5) * Constants<T>::inv_two_pi) - gd * T(0.5) * q12;
-    g11 = q11 > T(0) ? common / (q11 > T(0) ? q11 : T(1)) : T(0);
-    g22 = q22 > T(0) ? common / (q22 > T(0) ? q22 : T(1)) : T(0);
+    g11 = common * r11;
+    g22 = common * r22;
     g12 = g_phi * e_dphi + gd;
   }
 };
@@ -138,16 +141,18 @@ struct AbReluAdjoint {
 // erf: d = (1 + 2 q11)(1 + 2 q22), D = d - 4 q12^2, Edot = (4/pi)/sqrt(D):
 //   dE/dq12 = Edot, dE/dq11 = -Edot q12 / (1 + 2 q11),
 //   dEdot/dq12 = 4 q12 Edot / D, dEdot/dq11 = -(1 + 2 q22) Edot / D.
+// row_factor(q) = 1 / (1 + 2 q).
 template <typename T>
 struct ErfAdjoint {
-  TNTK_HD void operator()(T q11, T q22, T q12, T e_dphi, T g_phi, T g_dphi, T& g11, T& g22,
-                          T& g12) const {
+  TNTK_HD T row_factor(T q) const { return T(1) / (T(1) + T(2) * q); }
+  TNTK_HD void operator()(T q11, T q22, T r11, T r22, T q12, T e_dphi, T g_phi, T g_dphi,
+                          T& g11, T& g22, T& g12) const {
     const T a1 = T(1) + T(2) * q11, a2 = T(1) + T(2) * q22;
     const T k = g_dphi * e_dphi / (a1 * a2 - T(4) * q12 * q12);
     const T h = g_phi * e_dphi * q12;
     g12 = g_phi * e_dphi + T(4) * q12 * k;
-    g11 = -h / a1 - a2 * k;
-    g22 = -h / a2 - a1 * k;
+    g11 = -h * r11 - a2 * k;
+    g22 = -h * r22 - a1 * k;
   }
 };
 
@@ -347,14 +352,21 @@ TNTK_HD void cnn_avgpool_adjoint(const CnnLayer<T>& L, const T* out_s, const T* 
 // ACTIVATION's transpose, in place on the adjoint planes (gs, gt), from its tape tp (Sigma,
 // Theta, E[phi'phi'] of its input): gs <- g12, gt <- Edot gt; the var adjoints added to
 // acc1[p] (x) and acc2[p'] (x'), which may be the same row (self mode).
+// rows: 2 P entries for the per-sample factors.
 template <typename T, typename Adjoint>
 TNTK_HD void cnn_activation_adjoint(bool full, int64_t P, const T* var1, const T* var2,
-                                    const T* tp, T* gs, T* gt, T* acc1, T* acc2,
+                                    const T* tp, T* gs, T* gt, T* acc1, T* acc2, T* rows_buf,
                                     const Adjoint& adjoint) {
   const int64_t n = full ? P * P : P;
   const T* q12 = tp;
   const T* theta = tp + n;
   const T* e_dphi = tp + 2 * n;
+  T* r1 = rows_buf;
+  T* r2 = rows_buf + P;
+  for (int64_t p = 0; p < P; ++p) {
+    r1[p] = adjoint.row_factor(var1[p]);
+    r2[p] = adjoint.row_factor(var2[p]);
+  }
   const int64_t rows = full ? P : 1;
   for (int64_t p = 0; p < rows; ++p) {
     const int64_t base = p * (full ? P : 0);
@@ -362,8 +374,8 @@ TNTK_HD void cnn_activation_adjoint(bool full, int64_t P, const T* var1, const T
     for (int64_t c = 0; c < P; ++c) {
       const int64_t e = base + c;
       T g11, g22, g12;
-      adjoint(full ? var1[p] : var1[c], var2[c], q12[e], e_dphi[e], gs[e], gt[e] * theta[e],
-              g11, g22, g12);
+      adjoint(full ? var1[p] : var1[c], var2[c], full ? r1[p] : r1[c], r2[c], q12[e],
+              e_dphi[e], gs[e], gt[e] * theta[e], g11, g22, g12);
       gs[e] = g12;
       gt[e] = gt[e] * e_dphi[e];
       if (full) {
@@ -403,7 +415,7 @@ TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, cons
                                const T* xp, const T* var1, const T* var2, T* var_out,
                                const T* gv_self, T g_nngp, T g_ntk, T* scratch,
                                const CnnAdjointOut<T>& out) {
-  T* tape = scratch + 5 * prog.plane;
+  T* tape = scratch + 7 * prog.plane;
   cnn_pair_taped(prog, team, x, xp, var1, var2, var_out, scratch, tape);
   if (var_out != nullptr) return;
   T* gs = scratch;
@@ -411,6 +423,7 @@ TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, cons
   T* gs_next = scratch + 2 * prog.plane;
   T* gt_next = scratch + 3 * prog.plane;
   T* acc = scratch + 4 * prog.plane;  // self mode: a row of var adjoints
+  T* rows_buf = scratch + 5 * prog.plane;  // 2 planes: rows of per-sample factors
   const bool self = gv_self != nullptr;
   gs[0] = g_nngp;
   gt[0] = g_ntk;
@@ -458,10 +471,11 @@ TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, cons
           for (int64_t p = 0; p < P; ++p) acc[p] = gv_self[L.var_offset + p];
         }
         if (L.act.kind == kAbRelu) {
-          cnn_activation_adjoint(prog.full, P, v1, v2, tp, gs, gt, a1, a2,
+          cnn_activation_adjoint(prog.full, P, v1, v2, tp, gs, gt, a1, a2, rows_buf,
                                  AbReluAdjoint<T>{L.act.slope_neg, L.act.slope_pos});
         } else {
-          cnn_activation_adjoint(prog.full, P, v1, v2, tp, gs, gt, a1, a2, ErfAdjoint<T>{});
+          cnn_activation_adjoint(prog.full, P, v1, v2, tp, gs, gt, a1, a2, rows_buf,
+                                 ErfAdjoint<T>{});
         }
         if (self) {  // var_p = Sigma_{p,p}: its adjoint joins the diagonal's
           for (int64_t p = 0; p < P; ++p) gs[cnn_index(prog.full, P, p, p)] += acc[p];
