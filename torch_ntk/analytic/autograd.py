@@ -1,16 +1,20 @@
 """Gradients of the infinite-width kernels (issue 30): the differentiable torch path.
 
-The fused ops ``torch_ntk::analytic_kernels`` and ``torch_ntk::cnn_kernels`` have no
-backward: their outputs carry an autograd node whose backward raises (registered in
-:mod:`torch_ntk.ops`), so a gradient through them is an error, never a wrong or missing
-one. :func:`torch_ntk.analytic_kernels` uses them whenever nothing requires grad. When an
-input (x1, x2) or a variance override (``weight_var``, ``bias_var``) requires grad under
-grad mode, it runs the same recursion as a torch composite instead, which autograd
-differentiates (:func:`differentiable_kernels`):
+The fused CNN op ``torch_ntk::cnn_kernels`` has a compiled backward
+(``torch_ntk::cnn_kernels_backward``, csrc/math/cnn_backward.h, registered in
+:mod:`torch_ntk.ops`) for chain programs of convolutions, pools, readouts and the
+closed-form activations; for other programs it raises, as the MLP op's backward does, so a
+gradient through a fused op is an error, never a wrong or missing one.
+:func:`torch_ntk.analytic_kernels` uses the fused ops whenever nothing requires grad. When
+an input (x1, x2) or a variance override (``weight_var``, ``bias_var``) requires grad under
+grad mode (:func:`differentiable_kernels`):
 
+- CNN chain specs whose program the compiled backward covers: the fused op with it
+  (:func:`fused_cnn_kernels`; the variances through the program's floats);
 - MLP specs: :func:`mlp_kernels` below (the layer recursion of Jacot et al. on [N1, N2]
   matrices, as :func:`torch_ntk.analytic.reference.analytic_kernels_reference`);
-- CNN specs: the plain-torch walker :func:`torch_ntk.analytic.cnn.cnn_kernels`.
+- other CNN and graph specs: the plain-torch walker :func:`torch_ntk.analytic.cnn.cnn_kernels`,
+  which autograd differentiates.
 
 The dual activations are made safe for autograd where their formulas are singular: the
 ReLU family by its closed-form derivatives (:class:`torch_ntk.activations._ABReLUDual`;
@@ -19,10 +23,11 @@ subgradient 0), erf by its closed form (smooth), the smooth activations (tanh, s
 SiLU, GELU, softplus) by their Hermite series in torch (:func:`hermite_expectations`, as
 the fused MLP op), and the others by the 2-D Gauss–Hermite quadrature in torch.
 
-Limits: no double backward (the ReLU family's derivative raises on it; the others are
-not tested for it); memory O(N1·N2) per layer kept for the backward (O(N1·N2·P²) per layer
-for a CNN with pooling), time a few times the fused op's forward; gradients w.r.t.
-activation parameters are not offered.
+Limits: no double backward (the ReLU family's derivative raises on it, as the fused CNN
+op's backward does; the others are not tested for it); the torch paths keep O(N1·N2) per
+layer for the backward (O(N1·N2·P²) per layer for a CNN with pooling) — the fused CNN op's
+backward recomputes each pair's planes instead (per thread one pair's planes of every
+layer); gradients w.r.t. activation parameters are not offered.
 """
 
 from __future__ import annotations

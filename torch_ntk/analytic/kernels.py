@@ -125,8 +125,10 @@ def analytic_kernels(
             NTK parametrization the NTK's coefficients follow (c_w = σ_w²/n_in, c_b = σ_b²).
 
     Gradients: when nothing requires grad (or under ``torch.no_grad()``) the fused ops
-    compute the kernels (fast; they have no backward). When x1, x2 or a variance override
-    requires grad under grad mode, the same recursion runs as a torch composite
+    compute the kernels. When x1, x2 or a variance override requires grad under grad mode,
+    a CNN chain of convolutions, pools, readouts and closed-form activations (identity,
+    ReLU, LeakyReLU, Abs, erf) runs the fused CNN op with its compiled backward; other
+    specs run the same recursion as a torch composite
     (``torch_ntk.analytic.autograd``) that autograd differentiates w.r.t. each of them,
     on any device: slower (several [N1, N2] temporaries per layer, kept for the backward;
     for a CNN with pooling [N1, N2, P, P] planes) and the values agree with the fused op's
