@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cnn_kernels_backward_op(
                                      x1_in.size(3), force_quadrature);
   for (size_t l = 0; l < plan.layers.size(); ++l) {
     const auto& L = plan.layers[l];
-    TORCH_CHECK_VALUE(math::cnn_backward_supports(L), op, ": layer ", l, " (",
+    TORCH_CHECK_NOT_IMPLEMENTED(math::cnn_backward_supports(L), op, ": layer ", l, " (",
                       cnn_code_name(L.code),
                       L.code == math::kCnnActivation ? ", act_id " + std::to_string(L.act.act)
                                                      : std::string(),

@@ -76,7 +76,7 @@ TORCH_LIBRARY(torch_ntk, m) {
   // when x2 is None, grad_floats [len(layer_floats)]: each CONV/DENSE's weight_var,
   // bias_var, ntk_weight, ntk_bias gradients, 0 for the other floats). Programs of CONV,
   // DENSE, AVGPOOL, GLOBAL_AVGPOOL, GLOBAL_SUMPOOL, FLATTEN and closed-form activations
-  // (identity, relu, leaky_relu, abs, erf) only; others raise a ValueError.
+  // (identity, relu, leaky_relu, abs, erf) only; others raise a NotImplementedError.
   m.def(
       "cnn_kernels_backward(Tensor grad_nngp, Tensor grad_ntk, Tensor x1, Tensor? x2, "
       "int[] layer_codes, int[] layer_ints, float[] layer_floats, Tensor gh_nodes, "
