@@ -316,3 +316,15 @@ def test_bad_input_and_no_double_backward():
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad(analytic_kernels(spec, x1, x2, weight_var=wv).ntk.sum(), x1,
                             create_graph=True)
+
+
+def test_non_contiguous_inputs():
+    """A strided view that requires grad: the same gradient as the contiguous images."""
+    model, shape = SMALL["gap-d3"]
+    spec = lift(model.to(DTYPE))
+    x1, x2 = _inputs(shape, duplicate=False)
+    view = x1.detach().repeat_interleave(2, dim=3)[..., ::2].requires_grad_()
+    assert not view.is_contiguous()
+    (got,) = torch.autograd.grad(analytic_kernels(spec, view, x2.detach()).ntk.sum(), view)
+    (ref,) = torch.autograd.grad(analytic_kernels(spec, x1, x2.detach()).ntk.sum(), x1)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
