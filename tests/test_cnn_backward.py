@@ -61,6 +61,10 @@ def _models():
             NTKConv2d(2, 3, (3, 2), padding=1, bias=False), nn.LeakyReLU(1.0),
             nn.AvgPool2d(2, stride=1), NTKConv2d(3, 3, 3, padding=1), nn.ReLU(), SpatialSum(2),
             NTKLinear(3, 4), nn.ReLU(), NTKLinear(4, 1)), (2, 4, 5)),
+        "circular-dilated-gap": (nn.Sequential(
+            NTKConv2d(2, 3, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+            NTKConv2d(3, 3, 3, padding=2, dilation=2, stride=2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), NTKLinear(3, 1)), (2, 5, 6)),
         "conv1d-gap": (nn.Sequential(
             NTKConv1d(2, 3, 3, padding=1), nn.ReLU(), NTKConv1d(3, 3, 3, padding=1), Erf(),
             nn.AdaptiveAvgPool1d(1), nn.Flatten(), NTKLinear(3, 1)), (2, 7)),

@@ -1,7 +1,8 @@
 // CPU implementation of cnn_kernels_backward (csrc/math/cnn_backward.h for the formulas).
 //
 // Three passes, each one thread per pair or sample: the self passes record the variance rows
-// (as the forward); the pairs' backward (the forward rerun with a tape, then the sweep) runs
+// (by the backward's own taped pass, so that a self pair's kink sees the same roundings on
+// both sides; csrc/math/cnn_backward.h); the pairs' backward (the forward rerun with a tape, then the sweep) runs
 // over chunks of pairs, one chunk per thread, each chunk adding into its own gradient buffers
 // (images' gradients and variance-row adjoints of every sample, the layers' float gradients),
 // summed afterwards in chunk order (deterministic for a thread count, no atomics); then each
