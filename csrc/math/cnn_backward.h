@@ -45,6 +45,16 @@
 #include "cnn_recursion.h"
 #include "hostdevice.h"
 
+// A sum over a loop that the C++ compiler may vectorize (reassociate): GCC vectorizes no
+// floating-point reduction without it (OpenMP's simd reduction, the build has -fopenmp).
+// Nothing under nvcc, where each thread's loops run scalar anyway.
+#if defined(_OPENMP) && !defined(__CUDACC__)
+#define TNTK_BWD_PRAGMA(x) _Pragma(#x)
+#define TNTK_SIMD_SUM(...) TNTK_BWD_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+#else
+#define TNTK_SIMD_SUM(...)
+#endif
+
 namespace torch_ntk {
 namespace math {
 
@@ -105,10 +115,10 @@ TNTK_HD int64_t cnn_tape_len(const CnnProgram<T>& prog) {
 }
 
 // Entries of one thread's backward scratch: 4 working planes, a row of var adjoints (self
-// mode), two rows of per-sample factors (cnn_activation_adjoint) and the tape.
+// mode), three rows for cnn_activation_adjoint and the tape.
 template <typename T>
 TNTK_HD int64_t cnn_backward_scratch_len(const CnnProgram<T>& prog) {
-  return 7 * prog.plane + cnn_tape_len(prog);
+  return 8 * prog.plane + cnn_tape_len(prog);
 }
 
 // ---- the activations' adjoints -----------------------------------------------------------
@@ -352,7 +362,7 @@ TNTK_HD void cnn_avgpool_adjoint(const CnnLayer<T>& L, const T* out_s, const T* 
 // ACTIVATION's transpose, in place on the adjoint planes (gs, gt), from its tape tp (Sigma,
 // Theta, E[phi'phi'] of its input): gs <- g12, gt <- Edot gt; the var adjoints added to
 // acc1[p] (x) and acc2[p'] (x'), which may be the same row (self mode).
-// rows: 2 P entries for the per-sample factors.
+// rows_buf: 3 P entries (the per-sample factors, a row of g11 before its sum).
 template <typename T, typename Adjoint>
 TNTK_HD void cnn_activation_adjoint(bool full, int64_t P, const T* var1, const T* var2,
                                     const T* tp, T* gs, T* gt, T* acc1, T* acc2, T* rows_buf,
@@ -363,29 +373,43 @@ TNTK_HD void cnn_activation_adjoint(bool full, int64_t P, const T* var1, const T
   const T* e_dphi = tp + 2 * n;
   T* r1 = rows_buf;
   T* r2 = rows_buf + P;
+  T* g11_row = rows_buf + 2 * P;
   for (int64_t p = 0; p < P; ++p) {
     r1[p] = adjoint.row_factor(var1[p]);
     r2[p] = adjoint.row_factor(var2[p]);
   }
-  const int64_t rows = full ? P : 1;
-  for (int64_t p = 0; p < rows; ++p) {
-    const int64_t base = p * (full ? P : 0);
-    T row_acc = T(0);
+  if (!full) {  // diagonal planes: entry c is the pair of positions (c, c)
     for (int64_t c = 0; c < P; ++c) {
-      const int64_t e = base + c;
       T g11, g22, g12;
-      adjoint(full ? var1[p] : var1[c], var2[c], full ? r1[p] : r1[c], r2[c], q12[e],
-              e_dphi[e], gs[e], gt[e] * theta[e], g11, g22, g12);
-      gs[e] = g12;
-      gt[e] = gt[e] * e_dphi[e];
-      if (full) {
-        row_acc += g11;
-      } else {
-        acc1[c] += g11;
-      }
+      adjoint(var1[c], var2[c], r1[c], r2[c], q12[c], e_dphi[c], gs[c], gt[c] * theta[c], g11,
+              g22, g12);
+      gs[c] = g12;
+      gt[c] = gt[c] * e_dphi[c];
+      acc1[c] += g11;
       acc2[c] += g22;
     }
-    if (full) acc1[p] += row_acc;
+    return;
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    T* gs_row = gs + p * P;
+    T* gt_row = gt + p * P;
+    const T* q_row = q12 + p * P;
+    const T* t_row = theta + p * P;
+    const T* d_row = e_dphi + p * P;
+    const T v1 = var1[p], f1 = r1[p];
+    for (int64_t c = 0; c < P; ++c) {  // no reduction in the loop: it vectorizes
+      T g11, g22, g12;
+      adjoint(v1, var2[c], f1, r2[c], q_row[c], d_row[c], gs_row[c], gt_row[c] * t_row[c], g11,
+              g22, g12);
+      gs_row[c] = g12;
+      gt_row[c] = gt_row[c] * d_row[c];
+      g11_row[c] = g11;
+      acc2[c] += g22;
+    }
+    T row_acc = T(0);
+    TNTK_SIMD_SUM(row_acc)
+    for (int64_t c = 0; c < P; ++c) row_acc += g11_row[c];
+    acc1[p] += row_acc;
   }
 }
 
@@ -415,7 +439,7 @@ TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, cons
                                const T* xp, const T* var1, const T* var2, T* var_out,
                                const T* gv_self, T g_nngp, T g_ntk, T* scratch,
                                const CnnAdjointOut<T>& out) {
-  T* tape = scratch + 7 * prog.plane;
+  T* tape = scratch + 8 * prog.plane;
   cnn_pair_taped(prog, team, x, xp, var1, var2, var_out, scratch, tape);
   if (var_out != nullptr) return;
   T* gs = scratch;
@@ -423,7 +447,7 @@ TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, cons
   T* gs_next = scratch + 2 * prog.plane;
   T* gt_next = scratch + 3 * prog.plane;
   T* acc = scratch + 4 * prog.plane;  // self mode: a row of var adjoints
-  T* rows_buf = scratch + 5 * prog.plane;  // 2 planes: rows of per-sample factors
+  T* rows_buf = scratch + 5 * prog.plane;  // 3 planes: cnn_activation_adjoint's rows
   const bool self = gv_self != nullptr;
   gs[0] = g_nngp;
   gt[0] = g_ntk;
@@ -441,6 +465,7 @@ TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, cons
         const int64_t n_out = cnn_plane_size(prog.full, static_cast<int64_t>(L.h_out) * L.w_out);
         T* gf = out.gfloat + static_cast<int64_t>(l) * kCnnFloatGrads;
         T sum_s = T(0), sum_t = T(0);
+        TNTK_SIMD_SUM(sum_s, sum_t)
         for (int64_t e = 0; e < n_out; ++e) {
           sum_s += gs[e];
           sum_t += gt[e];
@@ -449,6 +474,7 @@ TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, cons
         const T inv_taps = T(1) / T(L.kh * L.kw);
         const T wv = L.act.weight_var, tw = L.act.ntk_weight;
         T d_wv = T(0), d_tw = T(0);
+        TNTK_SIMD_SUM(d_wv, d_tw)
         for (int64_t e = 0; e < n; ++e) {
           const T a_s = gs_next[e] * inv_taps, a_t = gt_next[e] * inv_taps;
           d_wv += tp[e] * a_s + tp[n + e] * a_t;
@@ -525,6 +551,7 @@ TNTK_HD void cnn_pair_backward(const CnnProgram<T>& prog, const Team& team, cons
       const T* row = gs + p * P0;
       const T xv = xc[p] * inv_c;
       T acc_row = T(0);
+      TNTK_SIMD_SUM(acc_row)
       for (int64_t pp = 0; pp < P0; ++pp) {
         acc_row += row[pp] * xpc[pp];
         gxpc[pp] += row[pp] * xv;
