@@ -172,15 +172,30 @@ struct ErfAdjoint {
 template <typename T, typename Expect>
 TNTK_HD void cnn_activation_taped(bool full, int64_t P, const T* var1, const T* var2, T* sigma,
                                   T* theta, T* e_dphi_out, const Expect& expect) {
-  const int64_t rows = full ? P : 1;
-  const int64_t cols = P;
-  for (int64_t p = 0; p < rows; ++p) {
-    T* s_row = sigma + p * (full ? P : 0);
-    T* t_row = theta + p * (full ? P : 0);
-    T* d_row = e_dphi_out + p * (full ? P : 0);
-    for (int64_t c = 0; c < cols; ++c) {
+  // one branch-free loop body per plane kind, over distinct buffers (restrict): it vectorizes
+  const T* __restrict__ v2 = var2;
+  if (!full) {
+    const T* __restrict__ v1 = var1;
+    T* __restrict__ s_row = sigma;
+    T* __restrict__ t_row = theta;
+    T* __restrict__ d_row = e_dphi_out;
+    for (int64_t c = 0; c < P; ++c) {
       T e_phi, e_dphi;
-      expect(full ? var1[p] : var1[c], var2[c], s_row[c], e_phi, e_dphi);
+      expect(v1[c], v2[c], s_row[c], e_phi, e_dphi);
+      s_row[c] = e_phi;
+      t_row[c] = e_dphi * t_row[c];
+      d_row[c] = e_dphi;
+    }
+    return;
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    T* __restrict__ s_row = sigma + p * P;
+    T* __restrict__ t_row = theta + p * P;
+    T* __restrict__ d_row = e_dphi_out + p * P;
+    const T v1 = var1[p];
+    for (int64_t c = 0; c < P; ++c) {
+      T e_phi, e_dphi;
+      expect(v1, v2[c], s_row[c], e_phi, e_dphi);
       s_row[c] = e_phi;
       t_row[c] = e_dphi * t_row[c];
       d_row[c] = e_dphi;
@@ -366,7 +381,8 @@ TNTK_HD void cnn_avgpool_adjoint(const CnnLayer<T>& L, const T* out_s, const T* 
 template <typename T, typename Adjoint>
 TNTK_HD void cnn_activation_adjoint(bool full, int64_t P, const T* var1, const T* var2,
                                     const T* tp, T* gs, T* gt, T* acc1, T* acc2, T* rows_buf,
-                                    const Adjoint& adjoint) {
+                                    const Adjoint adjoint) {  // by value: its fields stay in
+                                                              // registers (the loops vectorize)
   const int64_t n = full ? P * P : P;
   const T* q12 = tp;
   const T* theta = tp + n;
@@ -390,25 +406,31 @@ TNTK_HD void cnn_activation_adjoint(bool full, int64_t P, const T* var1, const T
     }
     return;
   }
+  // distinct buffers (working planes, tape, rows): restrict lets the loop vectorize
+  // without run-time alias checks
+  T* __restrict__ g11_out = g11_row;
+  T* __restrict__ acc_col = acc2;
+  const T* __restrict__ v2 = var2;
+  const T* __restrict__ f2 = r2;
   for (int64_t p = 0; p < P; ++p) {
-    T* gs_row = gs + p * P;
-    T* gt_row = gt + p * P;
-    const T* q_row = q12 + p * P;
-    const T* t_row = theta + p * P;
-    const T* d_row = e_dphi + p * P;
+    T* __restrict__ gs_row = gs + p * P;
+    T* __restrict__ gt_row = gt + p * P;
+    const T* __restrict__ q_row = q12 + p * P;
+    const T* __restrict__ t_row = theta + p * P;
+    const T* __restrict__ d_row = e_dphi + p * P;
     const T v1 = var1[p], f1 = r1[p];
     for (int64_t c = 0; c < P; ++c) {  // no reduction in the loop: it vectorizes
       T g11, g22, g12;
-      adjoint(v1, var2[c], f1, r2[c], q_row[c], d_row[c], gs_row[c], gt_row[c] * t_row[c], g11,
+      adjoint(v1, v2[c], f1, f2[c], q_row[c], d_row[c], gs_row[c], gt_row[c] * t_row[c], g11,
               g22, g12);
       gs_row[c] = g12;
       gt_row[c] = gt_row[c] * d_row[c];
-      g11_row[c] = g11;
-      acc2[c] += g22;
+      g11_out[c] = g11;
+      acc_col[c] += g22;
     }
     T row_acc = T(0);
     TNTK_SIMD_SUM(row_acc)
-    for (int64_t c = 0; c < P; ++c) row_acc += g11_row[c];
+    for (int64_t c = 0; c < P; ++c) row_acc += g11_out[c];
     acc1[p] += row_acc;
   }
 }
