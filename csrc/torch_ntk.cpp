@@ -93,6 +93,17 @@ TORCH_LIBRARY(torch_ntk, m) {
       "cnn_kernels(Tensor x1, Tensor? x2, int[] layer_codes, int[] layer_ints, "
       "float[] layer_floats, Tensor gh_nodes, Tensor gh_weights, bool force_quadrature, "
       "bool want_nngp, bool want_ntk) -> (Tensor, Tensor)");
+  // The backward of cnn_kernels (issue 30; csrc/math/cnn_backward.h): grad_nngp, grad_ntk
+  // [N1, N2] the adjoints of its outputs (zeros for one not used), the other arguments as
+  // cnn_kernels'. Returns (grad_x1 [N1, C0, H, W], grad_x2 [N2, C0, H, W] or an empty [0]
+  // when x2 is None, grad_floats [len(layer_floats)]: each CONV/DENSE's weight_var,
+  // bias_var, ntk_weight, ntk_bias gradients, 0 for the other floats). Programs of CONV,
+  // DENSE, AVGPOOL, GLOBAL_AVGPOOL, GLOBAL_SUMPOOL, FLATTEN and closed-form activations
+  // (identity, relu, leaky_relu, abs, erf) only; others raise a NotImplementedError.
+  m.def(
+      "cnn_kernels_backward(Tensor grad_nngp, Tensor grad_ntk, Tensor x1, Tensor? x2, "
+      "int[] layer_codes, int[] layer_ints, float[] layer_floats, Tensor gh_nodes, "
+      "Tensor gh_weights, bool force_quadrature) -> (Tensor, Tensor, Tensor)");
   // phi(x) (derivative=False) or phi'(x) (derivative=True) of a registered activation,
   // elementwise, evaluated by the same code the kernels use.
   m.def("activation(Tensor x, int act_id, float param, bool derivative) -> Tensor");

@@ -90,9 +90,12 @@ def test_fused_op_outputs_do_not_backpropagate():
         ntk.sum().backward()
     from torch_ntk.analytic.cnn import cnn_op_args
     from torch_ntk.lifting.lift import lift
+    # the CNN op differentiates closed-form programs (tests/test_cnn_backward.py); for the
+    # others its backward raises, naming the layer
     x = torch.randn(3, 1, 6, 6, dtype=DTYPE, requires_grad=True)
-    nngp, ntk = ops.cnn_kernels(x, None, *cnn_op_args(lift(_cnn())), nodes, weights)
-    with pytest.raises(RuntimeError, match="has no backward"):
+    tanh_cnn = nn.Sequential(NTKConv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), NTKLinear(4 * 16, 1))
+    nngp, ntk = ops.cnn_kernels(x, None, *cnn_op_args(lift(tanh_cnn)), nodes, weights)
+    with pytest.raises(NotImplementedError, match=r"layer 1 \(ACTIVATION, act_id 6\) has no backward"):
         ntk.sum().backward()
 
 

@@ -291,8 +291,12 @@ def test_bench_cnn_quick(tmp_path, capsys):
         assert isinstance(row["eager_s"], float) and row["speedup_vs_eager"] > 0
         assert row["max_rel_diff"] <= 1e-4  # float32: the fused op agrees with the recursion
         assert 0 <= row["expectations_share"] <= 1
+    assert {r["case"] for r in payload["backward_rows"]} == {"CNTK-GAP", "CNTK-Flatten"}
+    for row in payload["backward_rows"]:  # the compiled backward (issue 30); no timed asserts
+        assert row["forward_s"] > 0 and row["backward_s"] > 0
+        assert row["max_rel_diff"] <= 1e-4  # float32 gradient against the eager autograd
     text = capsys.readouterr().out
-    assert "| case |" in text and "cnn_cpu.json" in text
+    assert "| case |" in text and "cnn_cpu.json" in text and "backward / forward" in text
 
 
 def test_cnn_script_is_a_thin_wrapper():

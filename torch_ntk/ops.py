@@ -27,6 +27,7 @@ __all__ = [
     "analytic_kernels_backward",
     "analytic_kernels_tabled",
     "cnn_kernels",
+    "cnn_kernels_backward",
     "cuda_built",
     "structured_ntk",
     "structured_workspace_bytes",
@@ -206,7 +207,6 @@ def _not_differentiable(op: str):
 # torch_ntk.analytic_kernels never sends inputs that require grad here (issue 30).
 torch.library.register_autograd("torch_ntk::analytic_kernels",
                                 _not_differentiable("analytic_kernels"))
-torch.library.register_autograd("torch_ntk::cnn_kernels", _not_differentiable("cnn_kernels"))
 
 
 # ---- the MLP op's backward (issue 30) -----------------------------------------------
@@ -481,3 +481,113 @@ def _cnn_kernels_fake(x1, x2, layer_codes, layer_ints, layer_floats, gh_nodes, g
             f"got shape {x2.shape}",
         )
     return _fake_kernel_pair("cnn_kernels", x1, x2, want_nngp, want_ntk)
+
+
+# ---- the CNN op's backward (issue 30) -----------------------------------------------
+
+#: Layer codes and activation ids the compiled backward of ``cnn_kernels`` handles (the
+#: checks of csrc/cnn_backward_spec.h): CONV, ACTIVATION, AVGPOOL, GLOBAL_AVGPOOL, FLATTEN,
+#: DENSE, GLOBAL_SUMPOOL; identity, relu, leaky_relu, abs, erf (closed forms).
+CNN_BACKWARD_CODES = frozenset({0, 1, 2, 3, 4, 5, 11})
+CNN_BACKWARD_ACTIVATIONS = frozenset({0, 1, 2, 3, 4})
+
+
+def cnn_backward_supported(layer_codes: Sequence[int], layer_ints: Sequence[int],
+                           force_quadrature: bool = False) -> bool:
+    """Whether :func:`cnn_kernels_backward` differentiates this program: its codes in
+    :data:`CNN_BACKWARD_CODES`, its activations in closed form (not ``force_quadrature``)."""
+    if force_quadrature or any(int(c) not in CNN_BACKWARD_CODES for c in layer_codes):
+        return False
+    ints_per_code = {0: 11, 1: 1, 2: 4, 3: 0, 4: 0, 5: 0, 11: 0}
+    k = 0
+    for code in layer_codes:
+        if int(code) == 1 and int(layer_ints[k]) not in CNN_BACKWARD_ACTIVATIONS:
+            return False
+        k += ints_per_code[int(code)]
+    return True
+
+
+def cnn_kernels_backward(
+    grad_nngp: Tensor,
+    grad_ntk: Tensor,
+    x1: Tensor,
+    x2: Optional[Tensor],
+    layer_codes: Sequence[int],
+    layer_ints: Sequence[int],
+    layer_floats: Sequence[float],
+    gh_nodes: Tensor,
+    gh_weights: Tensor,
+    force_quadrature: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward of :func:`cnn_kernels` (csrc/math/cnn_backward.h).
+
+    ``grad_nngp``, ``grad_ntk`` [N1, N2]: the adjoints of its outputs (zeros for one not
+    used); the other arguments as :func:`cnn_kernels`'. Per pair the forward is rerun with a
+    tape of its planes and swept back (conv taps by their transposed sums, the closed-form
+    dual activations by Price's theorem, pools and readouts linear); x2 = None: the pair
+    (i, j) of the upper triangle takes grad[i, j] + grad[j, i]. Returns (grad_x1
+    [N1, C0, H, W], grad_x2 [N2, C0, H, W] or an empty [0] when x2 is None, grad_floats
+    [len(layer_floats)]: d/d(weight_var, bias_var, ntk_weight, ntk_bias) at each CONV's and
+    DENSE's place, 0 for the other floats, which are not differentiated). Programs outside
+    :func:`cnn_backward_supported` raise a NotImplementedError.
+    """
+    check_built_for("torch_ntk.cnn_kernels_backward", grad_nngp, grad_ntk, x1, x2)
+    return torch.ops.torch_ntk.cnn_kernels_backward.default(
+        grad_nngp, grad_ntk, x1, x2, [int(c) for c in layer_codes], [int(i) for i in layer_ints],
+        [float(f) for f in layer_floats], gh_nodes, gh_weights, bool(force_quadrature),
+    )
+
+
+@torch.library.register_fake("torch_ntk::cnn_kernels_backward")
+def _cnn_kernels_backward_fake(grad_nngp, grad_ntk, x1, x2, layer_codes, layer_ints,
+                               layer_floats, gh_nodes, gh_weights, force_quadrature):
+    torch._check(x1.dim() == 4,
+                 lambda: f"cnn_kernels_backward: x1 must have 4 dimensions; got {x1.shape}")
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    for name, g in (("grad_nngp", grad_nngp), ("grad_ntk", grad_ntk)):
+        torch._check(g.dim() == 2 and g.shape[0] == x1.shape[0] and g.shape[1] == n2,
+                     lambda: f"cnn_kernels_backward: {name} must have shape "
+                     f"[{x1.shape[0]}, {n2}]; got {g.shape}")
+    grad_x2 = x1.new_empty((0,)) if x2 is None else torch.empty_like(x2)
+    return (torch.empty_like(x1, memory_format=torch.contiguous_format), grad_x2,
+            x1.new_empty((len(layer_floats),)))
+
+
+def _cnn_setup_context(ctx, inputs, output):
+    (x1, x2, layer_codes, layer_ints, layer_floats, gh_nodes, gh_weights, force_quadrature,
+     want_nngp, want_ntk) = inputs
+    ctx.save_for_backward(x1, x2, gh_nodes, gh_weights)
+    ctx.program = (list(layer_codes), list(layer_ints), list(layer_floats), force_quadrature)
+
+
+def _output_grad(grad: Optional[Tensor], like: Tensor, n2: int) -> Tensor:
+    """The adjoint of one output [N1, N2] (zeros for an unused or unwanted output)."""
+    if grad is None or grad.numel() == 0:
+        return like.new_zeros((like.shape[0], n2))
+    return grad
+
+
+def _cnn_backward(ctx, grad_nngp, grad_ntk):
+    x1, x2, gh_nodes, gh_weights = ctx.saved_tensors
+    codes, ints, floats, force_quadrature = ctx.program
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    grad_x1, grad_x2, _ = cnn_kernels_backward(
+        _output_grad(grad_nngp, x1, n2), _output_grad(grad_ntk, x1, n2), x1, x2, codes, ints,
+        floats, gh_nodes, gh_weights, force_quadrature)
+    return (grad_x1, None if x2 is None else grad_x2, None, None, None, None, None, None, None,
+            None)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "torch_ntk::cnn_kernels_backward has no backward: the fused CNN op has no double "
+        "backward (second derivatives of the kernels are not offered); differentiate once, or "
+        "run the torch walker torch_ntk.analytic.cnn.cnn_kernels for higher derivatives.")
+
+
+# cnn_kernels' backward is the compiled cnn_kernels_backward (gradients w.r.t. x1 and x2;
+# torch_ntk.analytic.autograd.fused_cnn_kernels adds the layers' variances); its own output
+# carries a node that raises on a double backward.
+torch.library.register_autograd("torch_ntk::cnn_kernels", _cnn_backward,
+                                setup_context=_cnn_setup_context)
+torch.library.register_autograd("torch_ntk::cnn_kernels_backward", _no_double_backward)

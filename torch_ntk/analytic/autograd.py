@@ -1,25 +1,31 @@
 """Gradients of the infinite-width kernels (issue 30): which path differentiates what.
 
 The fused ops ``torch_ntk::analytic_kernels`` and ``torch_ntk::cnn_kernels`` called
-directly have no backward: their outputs carry an autograd node whose backward raises
-(registered in :mod:`torch_ntk.ops`), so a gradient through them is an error, never a
-wrong or missing one. :func:`torch_ntk.analytic_kernels` uses them whenever nothing
-requires grad. When an input (x1, x2), a variance override (``weight_var``,
-``bias_var``) or an activation parameter (``activation_params``:
-``torch_ntk.analytic.activation_params``) requires grad under grad mode,
-:func:`differentiable_kernels` picks, by one rule per path:
+directly have no backward beyond what their compiled backward ops cover (the CNN op's
+registered autograd, ``torch_ntk::cnn_kernels_backward``, for chain programs of
+convolutions, pools, readouts and the closed-form activations); otherwise their outputs
+carry an autograd node whose backward raises (registered in :mod:`torch_ntk.ops`), so a
+gradient through them is an error, never a wrong or missing one.
+:func:`torch_ntk.analytic_kernels` uses them whenever nothing requires grad. When an input
+(x1, x2), a variance override (``weight_var``, ``bias_var``) or an activation parameter
+(``activation_params``: ``torch_ntk.analytic.activation_params``) requires grad under grad
+mode, :func:`differentiable_kernels` picks, by one rule per path:
 
 - an MLP chain whose every activation has a closed-form derivative in C++ (identity,
-  ReLU, LeakyReLU, Abs, erf; not forced to quadrature:
-  :func:`torch_ntk.analytic.fused_backward.op_backward_applies`): the fused op with its
-  compiled backward ``torch_ntk::analytic_kernels_backward``
+  ReLU, LeakyReLU, Abs, erf; not forced to quadrature; no activation parameter that
+  requires grad: :func:`torch_ntk.analytic.fused_backward.op_backward_applies`): the
+  fused op with its compiled backward ``torch_ntk::analytic_kernels_backward``
   (:func:`torch_ntk.analytic.fused_backward.fused_mlp_kernels`; CPU and CUDA; memory: the
   inputs only, per pair the recursion is rerun with a per-chunk tape of its layers);
+- a CNN chain spec whose program the compiled CNN backward covers (same conditions): the
+  fused op with it (:func:`fused_cnn_kernels`; the variances through the program's floats;
+  memory: per thread one pair's planes of every layer);
 - other MLP specs (Hermite series: tanh, sigmoid, SiLU, GELU, softplus; quadrature;
   a closed form in torch only): :func:`mlp_kernels` below, the same recursion as a torch
   composite that autograd differentiates (the layer recursion of Jacot et al. on
   [N1, N2] matrices, as :func:`torch_ntk.analytic.reference.analytic_kernels_reference`);
-- CNN specs: the plain-torch walker :func:`torch_ntk.analytic.cnn.cnn_kernels`.
+- other CNN and graph specs: the plain-torch walker :func:`torch_ntk.analytic.cnn.cnn_kernels`,
+  which autograd differentiates.
 
 The dual activations are made safe for autograd where their formulas are singular: the
 ReLU family by its closed-form derivatives (:class:`torch_ntk.activations._ABReLUDual`;
@@ -49,14 +55,17 @@ import torch
 from torch import Tensor
 
 from ..activations import Activation, gaussian_expectations, quadrature_degree_for
+from .. import ops
 from ..layers import Conv, Dense
+from ..layers.base import OP_ENCODINGS, rule_of
 from ..layers.elementwise import NumericActivation, needs_numeric
 from ..layers.elementwise import expectations as numeric_expectations
 from ..lifting.lift import LayerSpec
 from .fused_backward import fused_mlp_kernels, op_backward_applies
+from .fused import cnn_op_args
 
-__all__ = ["differentiable_kernels", "hermite_expectations", "mlp_kernels", "needs_grad",
-           "with_variances"]
+__all__ = ["differentiable_kernels", "fused_cnn_kernels", "hermite_expectations", "mlp_kernels",
+           "needs_grad", "with_variances"]
 
 #: Activations whose expectations the fused MLP op takes from their Hermite series.
 HERMITE_SERIES = ("tanh", "sigmoid", "silu", "gelu", "softplus")
@@ -311,7 +320,10 @@ def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wa
                              "ntk_fn=...) in differentiable torch")
     if spec.is_mlp and not spec.is_graph and op_backward_applies(spec, force_quadrature):
         return fused_mlp_kernels(spec, x1, x2, wanted)
-    if spec.is_mlp and not spec.is_graph:
+    fused = None if spec.is_mlp else fused_cnn_kernels(spec, x1, x2, wanted, force_quadrature)
+    if fused is not None:
+        nngp, ntk = fused
+    elif spec.is_mlp and not spec.is_graph:
         nngp, ntk = mlp_kernels(spec, x1, x2, quadrature_degree, force_quadrature)
     else:
         from .cnn import cnn_kernels
@@ -320,3 +332,100 @@ def differentiable_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wa
             quadrature_degree = quadrature_degree_for(spec.activations, force_quadrature)
         nngp, ntk = cnn_kernels(spec, x1, x2, wanted, quadrature_degree, force_quadrature)
     return (nngp if "nngp" in wanted else None, ntk if "ntk" in wanted else None)
+
+
+# ---- the fused CNN op's backward (issue 30) ------------------------------------------------
+
+def _detached(spec: LayerSpec) -> LayerSpec:
+    """``spec`` with tensor variances replaced by their float values (for the op's floats)."""
+    layers = tuple(dataclasses.replace(layer, **{name: float(getattr(layer, name).detach())
+                                                for name in ("weight_var", "bias_var")
+                                                if isinstance(getattr(layer, name), Tensor)})
+                   if isinstance(layer, (Conv, Dense)) else layer for layer in spec.layers)
+    return dataclasses.replace(spec, layers=layers)
+
+
+def _program_floats(spec: LayerSpec, program: tuple, like: Tensor) -> Optional[Tensor]:
+    """The program's layer_floats [F] as a tensor of x1's dtype whose CONV/DENSE entries
+    (σ_w², σ_b², tw = c_w·n_in, tb = c_b) are computed from the spec's variances, so that
+    autograd carries their gradients to variance overrides that require grad; None when no
+    override requires grad (or the floats cannot be matched to the layers)."""
+    values: list = []
+    for layer in spec.layers:
+        if isinstance(layer, (Conv, Dense)):
+            values += [layer.weight_var, layer.bias_var,
+                       layer.ntk_weight_coef * layer.in_features, layer.ntk_bias_coef]
+        else:
+            values += list(rule_of(OP_ENCODINGS, layer)(layer)[2])
+    if len(values) != len(program[2]) or not needs_grad(*values):
+        return None
+    return torch.stack([v.to(like.dtype) if isinstance(v, Tensor) else
+                        torch.tensor(float(v), dtype=like.dtype, device=like.device)
+                        for v in values])
+
+
+class _FusedCNNKernels(torch.autograd.Function):
+    """(nngp, ntk) of ``torch_ntk::cnn_kernels`` with the gradients of the compiled
+    ``cnn_kernels_backward`` w.r.t. x1, x2 and the program's floats (a tensor [F])."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, floats, program, nodes, weights, wanted):
+        codes, ints, values = program
+        ctx.save_for_backward(x1, x2, nodes, weights)
+        ctx.program = program
+        return ops.cnn_kernels(x1, x2, codes, ints, values, nodes, weights,
+                               want_nngp="nngp" in wanted, want_ntk="ntk" in wanted)
+
+    @staticmethod
+    def backward(ctx, g_nngp, g_ntk):
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(
+                "analytic_kernels: the fused CNN op has no double backward (second derivatives "
+                "of the kernels are not offered); differentiate once (create_graph=False)")
+        x1, x2, nodes, weights = ctx.saved_tensors
+        n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        grads = [g if g is not None and g.numel() else x1.new_zeros(x1.shape[0], n2)
+                 for g in (g_nngp, g_ntk)]
+        gx1, gx2, gf = ops.cnn_kernels_backward(*grads, x1, x2, *ctx.program, nodes, weights)
+        return (gx1 if ctx.needs_input_grad[0] else None,
+                gx2 if x2 is not None and ctx.needs_input_grad[1] else None,
+                gf if ctx.needs_input_grad[2] else None, None, None, None, None)
+
+
+def _has_compiled_backward(device: torch.device) -> bool:
+    key = "CPU" if device.type == "cpu" else "CUDA" if device.type == "cuda" else None
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "torch_ntk::cnn_kernels_backward", key)
+
+
+def fused_cnn_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], wanted: tuple,
+                      force_quadrature: bool = False) -> Optional[tuple]:
+    """(nngp, ntk) [N1, N2] of a CNN chain spec by the fused op with its compiled backward
+    (``torch_ntk::cnn_kernels_backward``, csrc/math/cnn_backward.h): gradients w.r.t. x1,
+    x2 and the variance overrides of :func:`with_variances`; an output not in ``wanted`` is
+    an empty tensor. None (the torch walker runs) for graph specs, a program the backward
+    does not cover (:func:`torch_ntk.ops.cnn_backward_supported`: pooling, readouts, CONV,
+    DENSE and the closed-form activations identity, relu, leaky_relu, abs, erf), forced
+    quadrature, an activation parameter that requires grad (``activation_params``), or a
+    device without a compiled backward."""
+    if spec.is_mlp or spec.is_graph or force_quadrature or any(
+            getattr(getattr(act, "value", None), "requires_grad", False)
+            for act in spec.activations):  # an activation parameter's gradient: the walker
+        return None
+    program = cnn_op_args(_detached(spec))
+    if program is None or not ops.cnn_backward_supported(program[0], program[1]):
+        return None
+    x1 = spec.check_input("analytic_kernels", "x1", x1)
+    if x2 is not None:
+        x2 = spec.check_input("analytic_kernels", "x2", x2, like=x1)
+    if not _has_compiled_backward(x1.device):
+        return None
+    if spec.spatial_dims == 1:  # [N, C, L] runs as [N, C, 1, L]
+        x1 = x1.unsqueeze(2)
+        x2 = None if x2 is None else x2.unsqueeze(2)
+    nodes = weights = x1.new_zeros(0)  # closed forms: no quadrature rule
+    floats = _program_floats(spec, program, x1)
+    if floats is None:  # gradients w.r.t. x1, x2: the op's registered autograd
+        return ops.cnn_kernels(x1, x2, *program, nodes, weights, want_nngp="nngp" in wanted,
+                               want_ntk="ntk" in wanted)
+    return _FusedCNNKernels.apply(x1, x2, floats, program, nodes, weights, wanted)

@@ -141,7 +141,9 @@ def analytic_kernels(
     compute the kernels. When x1, x2, a variance override or an activation parameter
     requires grad under grad mode: an MLP chain of closed-form activations (identity, ReLU,
     LeakyReLU, Abs, erf) whose activation parameters do not require grad runs the fused op
-    with its compiled backward (``torch_ntk.analytic.fused_backward``); every other spec
+    with its compiled backward (``torch_ntk.analytic.fused_backward``), and so does a CNN
+    chain of convolutions, pools, readouts and those activations (the fused CNN op's
+    compiled backward); every other spec
     runs the same recursion as a torch composite (``torch_ntk.analytic.autograd``) that
     autograd differentiates w.r.t. each of them, on any device: slower (several [N1, N2]
     temporaries per layer, kept for the backward; for a CNN with pooling [N1, N2, P, P]

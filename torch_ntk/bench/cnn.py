@@ -19,7 +19,11 @@ float32. On the same inputs in the same process it reports:
 - the op's achieved FLOP/s by the count of :func:`recursion_flops` against a float32
   n×n matmul timed beside it (``matmul_flops``);
 - the time of the same network without its activations (``linear_s``), so that
-  1 − linear/fused is the share of the run spent in the activations' expectations.
+  1 − linear/fused is the share of the run spent in the activations' expectations;
+- ``backward_rows`` (BACKWARD_CASES): the op's compiled backward on images that require
+  grad, its median time against the forward's and the ratio (issue 30's target: ≤ 3×
+  for CNTK-GAP depth 3, 8×8, N = 200 on the CPU), and its gradient against the eager
+  composite's autograd where that fits.
 
 Times are medians after a warm-up call; a call longer than LONG_CALL_S counts its
 warm-up as a sample and is timed twice in all (the op has no lazy compilation).
@@ -63,6 +67,14 @@ CASES = {
     # The issue's CIFAR-shaped case (target ≥ 40 % of the FP32 peak), with a small twin.
     ("cuda", False): [("gap", 3, 1, 8, 1000), ("gap", 5, 3, 32, 2000)],
     ("cuda", True): [("gap", 3, 1, 8, 200), ("gap", 5, 3, 32, 64)],
+}
+# The compiled backward (issue 30): (readout, depth, c0, hw, N); x2 = None, float32. The
+# issue's target: backward ≤ 3× forward for CNTK-GAP depth 3, 8×8, N = 200 on the CPU.
+BACKWARD_CASES = {
+    ("cpu", False): [("gap", 3, 1, 8, 200), ("flatten", 3, 1, 8, 200), ("flatten", 3, 1, 8, 2000)],
+    ("cpu", True): [("gap", 3, 1, 8, 12), ("flatten", 3, 1, 8, 24)],
+    ("cuda", False): [("gap", 3, 1, 8, 200), ("flatten", 3, 1, 8, 2000)],
+    ("cuda", True): [("gap", 3, 1, 8, 12), ("flatten", 3, 1, 8, 24)],
 }
 EAGER_TENSORS = 6            # planes alive at once in the composite (K, T, windows, sums)
 EAGER_MAX_BYTES = 3 * 2**30  # skip the composite beyond this estimated peak
@@ -175,6 +187,43 @@ def run_case(case: tuple, device: str, repeats: int, eager_rates: dict, matmul_f
     return row
 
 
+def run_backward_case(case: tuple, device: str, repeats: int) -> dict:
+    """The fused op's forward and its compiled backward (``torch_ntk::cnn_kernels_backward``)
+    on images that require grad (x2 = None): median times, their ratio, and where the eager
+    composite fits, max |∇_fused − ∇_eager| / max |∇_eager| of the gradient of Σ c ⊙ Θ."""
+    readout, depth, c0, hw, n = case
+    name = f"CNTK-{'GAP' if readout == 'gap' else 'Flatten'}"
+    row = {"case": name, "depth": depth, "image": f"{c0}x{hw}x{hw}", "N": n, "x2": "None",
+           "dtype": "float32", "device": device}
+    spec = tn.lift(network(readout, depth, c0, hw))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c0, hw, hw, generator=g).to(device).requires_grad_()
+    c = torch.randn(n, n, generator=g).to(device)
+    forward, _ = timed(lambda: tn.analytic_kernels(spec, x, get="ntk").ntk, repeats, device)
+    times, grad = [], None
+    for _ in range(max(1, repeats) + 1):  # the first is a warm-up
+        k = tn.analytic_kernels(spec, x, get="ntk").ntk
+        times.append(elapsed(lambda: torch.autograd.grad(k, x, c), device))
+        grad = torch.autograd.grad(tn.analytic_kernels(spec, x, get="ntk").ntk, x, c)[0]
+    backward = summary(times[1:])
+    row["forward_s"] = round(forward["median_s"], 4)
+    row["backward_s"] = round(backward["median_s"], 4)
+    row["backward_over_forward"] = round(backward["median_s"] / forward["median_s"], 2)
+    if eager_bytes(readout, hw, n) <= EAGER_MAX_BYTES / 4:  # autograd keeps every plane
+        ref = torch.autograd.grad(eager_cnn_kernels(spec, x).ntk, x, c)[0]
+        row["max_rel_diff"] = float(f"{float((grad - ref).abs().max() / ref.abs().max()):.2e}")
+    print(row, flush=True)
+    return row
+
+
+BACKWARD_COLUMNS = [
+    ("case", "case"), ("depth", "conv layers"), ("image", "image"), ("N", "N"),
+    ("forward_s", "forward s"), ("backward_s", "backward s"),
+    ("backward_over_forward", "backward / forward"),
+    ("max_rel_diff", "max rel diff vs eager autograd"),
+]
+
+
 COLUMNS = [
     ("case", "case"), ("depth", "conv layers"), ("image", "image"), ("N", "N"), ("x2", "x2"),
     ("fused_s", "fused s"), ("eager_s", "eager s"), ("speedup_vs_eager", "× eager"),
@@ -240,6 +289,15 @@ def render_cnn(payload: dict) -> str:
                      f"triangle, the composite the square: factor {factor:.2f}). The op "
                      f"reaches {row['of_matmul']:.1%} of the float32 matmul rate by the FLOP "
                      f"count above.")
+    backward = payload.get("backward_rows")
+    if backward:
+        lines += ["", "The compiled backward (x2 = None, gradient w.r.t. the images):", "",
+                  markdown_table(backward, BACKWARD_COLUMNS), ""]
+        for row in backward:
+            if row["case"] == "CNTK-GAP" and row["N"] == 200 and row["device"] == "cpu":
+                ratio = row["backward_over_forward"]
+                lines.append(f"- Target backward ≤ 3× forward, CNTK-GAP depth 3, 8×8, N = 200, "
+                             f"CPU: {ratio}× (measured — {'met' if ratio <= 3 else 'missed'}).")
     return "\n".join(lines).rstrip()
 
 
@@ -266,9 +324,11 @@ def main(argv=None, *, default_dir: str | None = None, prog: str = "python -m to
     eager_rates: dict = {}
     rows = [run_case(case, args.device, args.repeats, eager_rates, matmul["flops"])
             for case in CASES[(args.device, args.quick)]]
+    backward_rows = [run_backward_case(case, args.device, args.repeats)
+                     for case in BACKWARD_CASES[(args.device, args.quick)]]
     payload = {"benchmark": "cnn", "machine": machine_info(args.device), "quick": args.quick,
                "matmul": matmul, "flop_count": recursion_flops.__doc__.strip(),
-               "rows": rows, "wall_s": round(time.perf_counter() - t0, 1),
+               "rows": rows, "backward_rows": backward_rows, "wall_s": round(time.perf_counter() - t0, 1),
                "load_before": load_before, "load_after": load_average(),
                "command": " ".join([prog, *argv])}
     out = args.out or os.path.join(default_dir or results_dir(), f"cnn_{args.device}.json")

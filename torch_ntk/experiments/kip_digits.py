@@ -18,9 +18,9 @@ parametrization, σ_w² = 2, σ_b² = 0.01):
 
 - ``mlp-ntk``: an MLP with ``depth`` ReLU hidden layers on the 64 pixels;
 - ``cntk``: ``depth`` × [3×3 'same' convolution → ReLU] then a ``cntk_readout`` readout:
-  "flatten" (default; the differentiable path keeps same-position covariances [B, S, 8, 8]
-  per layer) or "gap" (global average pooling; the path keeps full position planes
-  [B, S, 64, 64] per layer: about 100× slower on a CPU).
+  "flatten" (default; same-position covariances per pair) or "gap" (global average
+  pooling; full 64 × 64 position planes per pair: much slower). Both run the fused CNN op
+  and its compiled backward (``torch_ntk::cnn_kernels_backward``).
 
 For each kernel, support size n (class-balanced: n/10 images per digit) and seed, the
 support set starts as n random real training images. Reported (test accuracy of kernel
