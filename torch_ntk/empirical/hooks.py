@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 import torch
@@ -318,9 +318,17 @@ def _cached_plan(model: nn.Module, trainable: dict, x: Inputs, n_out: int,
     except TypeError:  # a callable without weak references: not cached
         _PLANS.pop(model, None)
     else:
-        _PLANS[model] = (sig, fn_ref, refs, [replace(p, module=None) for p in plans],
-                         list(rest), dict(left), act)
+        _PLANS[model] = (sig, fn_ref, refs, [replace(p, module=None, probe=_shapes(p.probe))
+                                             for p in plans], list(rest), dict(left), act)
     return [replace(p) for p in plans], rest, left, act, False
+
+
+def _shapes(factors: ModuleFactors) -> ModuleFactors:
+    """The probe's factors with every tensor on the meta device: what the orders, the FLOP
+    and memory models and ``describe`` read (shapes), kept without the numbers."""
+    parts = [replace(p, **{f.name: getattr(p, f.name).to("meta") for f in fields(p)
+                           if isinstance(getattr(p, f.name), Tensor)}) for p in factors.parts]
+    return ModuleFactors(parts, factors.order)
 
 
 class _Cache:
