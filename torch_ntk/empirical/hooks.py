@@ -33,6 +33,11 @@ token ids reach an ``nn.Embedding``'s rule as they are), a tuple (``model(*x)``)
 (``model(**x)``) of tensors with the samples along dim 0; a chunk takes rows of every leaf,
 and ``output_fn`` picks the output f [n, n_L] that the backward (and J_rest) differentiates.
 
+The plan (which module takes which rule, found by two probe forwards on one and two samples)
+is kept per model across calls while the model's modules, its trainable parameters, one
+sample's input shapes and ``output_fn`` are the same objects; a forward that contradicts a
+kept plan (a module called another number of times) is probed again.
+
 Costs (c = n_L² in "full", n_L otherwise): one forward and one batched backward per chunk
 of samples, each ruled module's contraction (:func:`~torch_ntk.empirical.rules.parts.part_flops`),
 and for J_rest the Jacobian method's O(N n_L P_rest) memory and O(N1 N2 c P_rest) time.
@@ -42,7 +47,8 @@ and for J_rest the Jacobian method's O(N n_L P_rest) memory and O(N1 N2 c P_rest
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 import torch
@@ -274,6 +280,62 @@ def _rule_input(rule, args: tuple, kwargs: dict, z: Tensor, dim: int):
                       z.detach())
 
 
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+"""model → its last plan (:func:`_cached_plan`), held weakly: it dies with the model."""
+
+
+def _signature(model: nn.Module, trainable: dict, x: Inputs, n_out: int) -> tuple:
+    """What a plan depends on besides ``output_fn``: every module (name, id, type, training
+    flag, hooks), the trainable parameters (name, id, shape, dtype), one sample's leaves
+    (structure, shapes, dtypes, devices) and n_L."""
+    modules = tuple((n, id(m), type(m), m.training, len(m._forward_hooks),
+                     len(m._forward_pre_hooks)) for n, m in model.named_modules())
+    params = tuple((n, id(p), tuple(p.shape), p.dtype) for n, p in trainable.items())
+    sample = repr(map_leaves(lambda t: (tuple(t.shape[1:]), t.dtype, t.device), x))
+    return modules, params, sample, n_out
+
+
+def _cached_plan(model: nn.Module, trainable: dict, x: Inputs, n_out: int,
+                 output_fn: OutputFn, function: str, fresh: bool = False):
+    """(plans, rest, left, forward numbers A, whether from the cache): :func:`plan_modules`
+    and ``budget.forward_numel``, reused while the model, its trainable parameters, the
+    inputs' per-sample shapes and ``output_fn`` are the same objects as last time (ids
+    checked with weak references, so a freed and reallocated object never matches). The
+    plans are copied (orders are per engine); ``HookBlocks.features`` re-plans when a
+    cached plan does not match a batch's forward (calls, samples' dims)."""
+    sig = _signature(model, trainable, x, n_out)
+    entry = None if fresh else _PLANS.get(model)
+    if entry is not None and entry[0] == sig and entry[1]() is output_fn and all(
+            r() is not None for r in entry[2]):
+        _, _, _, plans, rest, left, act = entry
+        modules = dict(model.named_modules())
+        return ([replace(p, module=modules[p.name]) for p in plans], list(rest), dict(left),
+                act, True)
+    plans, rest, left = plan_modules(model, trainable, x, n_out, output_fn, function)
+    try:
+        act = budget_model.forward_numel(model, x)
+    except Exception:  # noqa: BLE001 — an estimate: the ruled modules' outputs instead
+        act = 4 * sum(sum(t.numel() for t in p.probe) for p in plans)
+    refs = [weakref.ref(m) for _, m in model.named_modules()]
+    refs += [weakref.ref(p) for p in trainable.values()]
+    try:
+        fn_ref = (lambda: None) if output_fn is None else weakref.ref(output_fn)
+    except TypeError:  # a callable without weak references: not cached
+        _PLANS.pop(model, None)
+    else:
+        _PLANS[model] = (sig, fn_ref, refs, [replace(p, module=None, probe=_shapes(p.probe))
+                                             for p in plans], list(rest), dict(left), act)
+    return [replace(p) for p in plans], rest, left, act, False
+
+
+def _shapes(factors: ModuleFactors) -> ModuleFactors:
+    """The probe's factors with every tensor on the meta device: what the orders, the FLOP
+    and memory models and ``describe`` read (shapes), kept without the numbers."""
+    parts = [replace(p, **{f.name: getattr(p, f.name).to("meta") for f in fields(p)
+                           if isinstance(getattr(p, f.name), Tensor)}) for p in factors.parts]
+    return ModuleFactors(parts, factors.order)
+
+
 class _Cache:
     """Per-chunk factors kept while they fit ``limit`` bytes (the current row pinned)."""
 
@@ -308,17 +370,19 @@ class HookBlocks:
         self.x1, self.x2, self.mode, self.n_out = x1, x2, mode, n_out
         ref_dtype, self.device = reference(x1, trainable)
         self.dtype = dtype or ref_dtype
-        self.plans, self.rest, self.left = plan_modules(model, trainable, x1, n_out, output_fn,
-                                                        self.function)
-        self.rest_numel = sum(trainable[n].numel() for n in self.rest)
-        self.rest_f = FuncModel(model, {n: trainable[n] for n in self.rest}, output_fn)
-        try:
-            self.act = budget_model.forward_numel(model, x1)
-        except Exception:  # noqa: BLE001 — an estimate: the ruled modules' outputs instead
-            self.act = 4 * sum(sum(t.numel() for t in p.probe) for p in self.plans)
+        self._plan()
         self.out_group = n_out
         self.workspace = 1 << 28
         self.cache = _Cache()
+
+    def _plan(self, fresh: bool = False) -> None:
+        """The ruled modules' plans, the parameters left to torch.func and the forward's
+        numbers A (:func:`_cached_plan`; ``fresh``: probed again)."""
+        model, trainable = self.model, self.trainable
+        self.plans, self.rest, self.left, self.act, self.cached = _cached_plan(
+            model, trainable, self.x1, self.n_out, self.output_fn, self.function, fresh)
+        self.rest_numel = sum(trainable[n].numel() for n in self.rest)
+        self.rest_f = FuncModel(model, {n: trainable[n] for n in self.rest}, self.output_fn)
 
     @property
     def contractions(self) -> list[str]:
@@ -373,6 +437,7 @@ class HookBlocks:
         left = room - 2 * c * feat - c * c * pair
         self.out_group = max(1, min(nl, int(left // max(1, c * group))))
         self.cache = _Cache(max(0, left - c * group * self.out_group))
+        self.sizing = (budget, c, split_for_progress)
         return c
 
     def _factors(self, side: int, start: int, stop: int) -> list:
@@ -404,13 +469,25 @@ class HookBlocks:
         finally:
             for h in handles:
                 h.remove()
+        n = batch_size(x)
+        stale = [p.name for p in self.plans if len(records[p.name]) != p.calls or any(
+            _first(a, k).shape[din] != n or z.shape[dout] != n
+            for (a, k, z), (din, dout) in zip(records[p.name], p.dims))]
+        if stale and self.cached and not self.cache.items and self.cache.pinned is None:
+            # a plan from an earlier call that this forward contradicts: probe again
+            self._plan(fresh=True)
+            if hasattr(self, "sizing"):
+                budget, chunk, split = self.sizing
+                self.size_blocks(budget, chunk, split)
+            return self.features(x)
         zs = [z for p in self.plans for (_, _, z) in records[p.name]]
         for p in self.plans:
-            if len(records[p.name]) != p.calls:
+            if p.name in stale:
                 raise RuntimeError(
                     f"hook engine: {p.name} ({type(p.module).__name__}) was called "
                     f"{len(records[p.name])} times in this batch's forward but {p.calls} times "
-                    "in the probe's; method='jacobian' computes the kernel of such a model")
+                    "in the probe's (or its samples moved to another dim); "
+                    "method='jacobian' computes the kernel of such a model")
         # per module and call, its factors for all outputs, filled group by group of
         # outputs (each group's cotangents dropped once its rules have run; the buffers
         # allocated once, so that the groups' transients do not fragment the heap)
@@ -457,6 +534,8 @@ class HookBlocks:
         an op without a batching rule))."""
         if not zs:
             return
+        # one pass per output or a forward of x repeated n_L times, measured on ResNet-18
+        # (N = 8, n_L = 10): the same backward, or n_L forwards more; vmap is kept
         nl = y.shape[1]
         basis = torch.eye(nl, dtype=y.dtype, device=y.device).unsqueeze(1).expand(nl, *y.shape)
         for k0 in range(0, nl, self.out_group):

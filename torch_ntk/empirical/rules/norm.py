@@ -44,12 +44,16 @@ def _affine(module: nn.Module, xhat: Tensor, cotangents: Tensor, features: int) 
     else:  # channels at dim 1: positions after them
         d = cotangents.reshape(n, nl, features, -1).transpose(2, 3)
         x = xhat.reshape(n, 1, features, -1).transpose(2, 3)
-    parts = []
-    if cw:
-        parts.append(Direct((d * x).sum(2)))
-    if cb:
-        parts.append(Direct(d.sum(2)))
-    return ModuleFactors(parts)
+    if not (cw or cb):
+        return ModuleFactors([])
+    # one batched GEMM per (sample, feature): [n_L, T] × [T, (x̂, 1)], reading δ once in
+    # its own layout (a strided view; the product and sum in two passes were 1.5–2.5×
+    # slower on BatchNorm2d's [8, 10, 64, 1024] cotangents, measured single-threaded)
+    cols = ([x[:, 0].transpose(1, 2)] if cw else []) + (
+        [torch.ones_like(x[:, 0].transpose(1, 2))] if cb else [])
+    sums = torch.matmul(d.permute(0, 3, 1, 2), torch.stack(cols, -1))  # [N, F, n_L, m]
+    return ModuleFactors([Direct(sums[..., i].transpose(1, 2).contiguous())
+                          for i in range(len(cols))])
 
 
 def _check(name: str, inputs: Tensor, cotangents: Tensor) -> None:
