@@ -9,9 +9,11 @@
 // CPU op's one-thread paths never take. Each team owns a scratch slice of the working
 // planes, as a block does in the global-scratch mode, and takes items blockIdx,
 // blockIdx + blocks, ... as the grid-stride loop does. A missing barrier shows as a race
-// between host threads; a wrong index or stride as a wrong kernel.
-#include <barrier>
+// between host threads; a wrong index or stride as a wrong kernel; a barrier that not
+// every thread reaches as a hang (as on the GPU).
+#include <condition_variable>
 #include <limits>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -24,13 +26,37 @@
 namespace torch_ntk {
 namespace {
 
+// __syncthreads for n host threads: a reusable barrier (std::barrier would need a C++20
+// library, GCC 11 or later; the mutex also orders the threads' memory accesses).
+class HostBarrier {
+ public:
+  explicit HostBarrier(int n) : n_(n) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const long generation = generation_;
+    if (++waiting_ == n_) {
+      waiting_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    cv_.wait(lock, [&] { return generation_ != generation; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int n_, waiting_ = 0;
+  long generation_ = 0;
+};
+
 // One host thread of an emulated block: threadIdx.x = t of n, __syncthreads = the
 // team's barrier.
 template <typename T>
 struct HostTeam {
   static constexpr bool kSerial = false;  // the team paths, as BlockTeam
   int t, n;
-  std::barrier<>* bar;
+  HostBarrier* bar;
   T* red;  // [2 n]: team_sum2's partial sums
   int64_t begin() const { return t; }
   int64_t step() const { return n; }
@@ -67,7 +93,7 @@ struct EmulatedCnn {
     auto launch = [&](int64_t items) {
       a.items = items;
       for (int blk = 0; blk < shape.blocks; ++blk) {  // blocks one after another
-        std::barrier<> bar(shape.threads);
+        HostBarrier bar(shape.threads);
         std::vector<T> red(2 * static_cast<size_t>(shape.threads));
         std::vector<std::thread> threads;
         for (int t = 0; t < shape.threads; ++t) {
