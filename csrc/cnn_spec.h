@@ -244,6 +244,9 @@ inline CnnPlan make_cnn_plan(at::IntArrayRef codes, at::IntArrayRef ints,
         w = (wp - span_w) / L.sw + 1;
         L.h_out = static_cast<int>(h);
         L.w_out = static_cast<int>(w);
+        // The temporary plane of the separable taps, [h_in w_out]^2, fits a working plane
+        // (math::cnn_conv_is_separable: the CPU and the GPU take that path alike).
+        max_positions = std::max<int64_t>(max_positions, static_cast<int64_t>(L.h_in) * L.w_out);
       } else {
         TORCH_CHECK_VALUE(state != kSpatial, op, ": layer ", l, " is a DENSE on images; a DENSE "
                           "must follow a GLOBAL_AVGPOOL, FLATTEN or DENSE (+ ACTIVATION)");

@@ -22,7 +22,7 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/testing.md")
+DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/testing.md", "docs/cuda.md")
 RESULTS = "benchmarks/results"
 EMPIRICAL_CPU = f"{RESULTS}/empirical_cpu.json"
 
@@ -52,6 +52,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "empirical_cuda_cases": (f"{RESULTS}/empirical_cuda.json", "doc_tables:render_empirical_cases"),
     "cnn_cpu": (f"{RESULTS}/cnn_cpu.json", "torch_ntk.bench.cnn:render_cnn"),
     "cnn_model": (f"{RESULTS}/cnn_model.json", "cnn_model:render_cnn_model"),
+    "ptx_check": (f"{RESULTS}/ptx_check.json", "ptx_check:render_ptx_check"),
     "cnn_structured_cpu": (f"{RESULTS}/cnn_structured_cpu.json",
                            "torch_ntk.bench.cnn_structured:render_cnn_structured"),
     "models_cpu": (f"{RESULTS}/models_cpu.json", "torch_ntk.bench.models:render_models"),

@@ -10,6 +10,7 @@ exact-diagonal check elementwise (torch.testing.assert_close, rtol 1e-6) against
 CPU float32 diagonal, which --use_fast_math breaks (4.65e-5 measured on an H200).
 """
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -169,3 +170,102 @@ def test_cuda_large_symmetric_case():
     assert torch.equal(gpu, gpu.T)
     assert rel_err(gpu, cpu) <= 2e-6
     torch.testing.assert_close(gpu.diagonal().cpu(), cpu.diagonal(), rtol=1e-6, atol=0)
+
+
+# ---- issue 28, second round: the reworked kernels (compile-checked only until a GPU run)
+
+@pytest.mark.parametrize("name", ["pool_gap", "pool_flatten", "gap_only", "pool_k3_s2",
+                                  "pool_3x2_s1x2"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_cnn_separable_taps_match_cpu(name, dtype):
+    """Full planes: the CUDA block sums the taps separably (cnn_conv_separable_team) in the
+    CPU's order, so CUDA and CPU agree to rounding of the final reductions: 1e-13 in
+    float64, 1e-6 in float32 (both against the CPU in the same dtype); and the CPU float64
+    reference of tests/test_cnn_op.py at 1e-10 (float64)."""
+    import test_cnn_op as cnn_op
+    net = cnn_op.NETS[name]
+    g = torch.Generator().manual_seed(2)
+    x1 = torch.randn(7, 2, 6, 5, generator=g, dtype=torch.float64)
+    x2 = torch.randn(4, 2, 6, 5, generator=g, dtype=torch.float64)
+    codes, ints, floats, layers = cnn_op.encode(net, 2, 6, 5, "ntk")
+    nodes, weights = (torch.as_tensor(v) for v in np.polynomial.hermite.hermgauss(24))
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    for b in (None, x2):
+        args = (codes, ints, floats, nodes.to(dtype), weights.to(dtype))
+        cpu = tn.ops.cnn_kernels(x1.to(dtype), None if b is None else b.to(dtype), *args)
+        gpu = tn.ops.cnn_kernels(_cuda(x1, dtype), _cuda(b, dtype),
+                                 codes, ints, floats, nodes.to("cuda", dtype),
+                                 weights.to("cuda", dtype))
+        for g_, c_ in zip(gpu, cpu):
+            assert rel_err(g_.cpu(), c_) <= tol
+    if dtype == torch.float64:
+        ref = cnn_op.reference(layers, x1, x2)
+        gpu = tn.ops.cnn_kernels(x1.cuda(), x2.cuda(), codes, ints, floats, nodes.cuda(),
+                                 weights.cuda())
+        assert all(rel_err(g_.cpu(), r_) <= 1e-10 for g_, r_ in zip(gpu, ref))
+
+
+def test_cuda_cnn_wide_temporary_plane():
+    """A CONV whose output is wider and lower than its input (its separable temporary plane
+    is the largest plane: cnn_spec.h sizes the scratch for it), on a 9 x 11 image, float64,
+    against the CPU op (1e-13)."""
+    import test_cnn_op as cnn_op
+    net = [cnn_op.conv(3, (5, 5), pad=((0, 0), (3, 3))), cnn_op.act("relu"),
+           cnn_op.conv(2, (3, 3), pad=((1, 1), (1, 1))), cnn_op.act("relu"),
+           cnn_op.GAP_, cnn_op.dense()]
+    x = torch.randn(5, 2, 9, 11, dtype=torch.float64)
+    codes, ints, floats, _ = cnn_op.encode(net, 2, 9, 11, "ntk")
+    empty = torch.zeros(0, dtype=torch.float64)
+    cpu = tn.ops.cnn_kernels(x, None, codes, ints, floats, empty, empty)
+    gpu = tn.ops.cnn_kernels(x.cuda(), None, codes, ints, floats, empty.cuda(), empty.cuda())
+    assert all(rel_err(g_.cpu(), c_) <= 1e-13 for g_, c_ in zip(gpu, cpu))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_cuda_series_fallback_second_pass(symmetric):
+    """Inputs x 30, tanh depth 4: many pairs fail the series bound and go to the fallback
+    pass (fallback_kernel, after the pair kernels marked them in the mask). The first
+    wanted output overwrites the Gram buffer, so the pair kernels must leave those pairs'
+    entries unwritten for fallback_kernel to read: each wanted subset, both layouts, N1 =
+    100 (several 32-column mask words per row, ragged tiles), against the CPU (1e-12,
+    float64; one CPU call per layout, ~1 s on 16 cores), exactly symmetric when x2 = None."""
+    spec = tn.mlp_spec([5, 32, 32, 32, 32, 1], "tanh", 1.2, 0.2)
+    x1, x2 = _pair(100, 45, scale=30.0)
+    b = None if symmetric else x2
+    ref = tn.analytic_kernels(spec, x1, b)
+    for get in ("nngp", "ntk", ("nngp", "ntk")):
+        got = tn.analytic_kernels(spec, x1.cuda(), _cuda(b, torch.float64), get=get)
+        for field in (get,) if isinstance(get, str) else get:
+            g_, r_ = getattr(got, field).cpu(), getattr(ref, field)
+            assert rel_err(g_, r_) <= 1e-12, (get, field)
+            if symmetric:
+                assert torch.equal(g_, g_.T)
+
+
+def test_cuda_series_float32_work_buffer():
+    """float32 series tables accumulate their coefficients in a [2, K, n] double work
+    buffer shared by the x1 and x2 launches (n1 = 300 and n2 = 517: several blocks, two
+    sizes): against the CPU float32 result (EXACT_F32) and float64 (EXACT_F32)."""
+    spec = tn.mlp_spec([5, 32, 32, 1], "gelu", 1.2, 0.2)
+    x1, x2 = _pair(300, 517)
+    ref = tn.analytic_kernels(spec, x1, x2)
+    cpu32 = tn.analytic_kernels(spec, x1.float(), x2.float())
+    gpu = tn.analytic_kernels(spec, x1.float().cuda(), x2.float().cuda())
+    for field in ("ntk", "nngp"):
+        g_ = getattr(gpu, field).cpu()
+        assert rel_err(g_, getattr(cpu32, field)) <= EXACT_F32
+        assert rel_err(g_.double(), getattr(ref, field)) <= EXACT_F32
+
+
+@pytest.mark.parametrize("n_out", [3, 40])
+def test_cuda_structured_diagonal_tiles(n_out):
+    """mode 'diagonal' goes through accumulate_diagonal_kernel's 32 x 32 shared-memory
+    tiles: 40 channels (a full and a partial channel tile), 70 columns (ragged column
+    tiles), several layers (first and accumulating launches), against the CPU (1e-12)."""
+    from test_empirical import F64, op_inputs
+    for n2 in (None, 70):
+        a1, d1, a2, d2, cw, cb = op_inputs(150, n2, n_out, F64)
+        cpu = tn.ops.structured_ntk(a1, d1, a2, d2, cw, cb, "diagonal")
+        mv = lambda ts: None if ts is None else [t.cuda() for t in ts]  # noqa: E731
+        gpu = tn.ops.structured_ntk(mv(a1), mv(d1), mv(a2), mv(d2), cw, cb, "diagonal")
+        assert rel_err(gpu.cpu(), cpu) <= 1e-12

@@ -229,3 +229,20 @@ def test_series_with_zero_inputs():
         sub = tn.analytic_kernels(spec, x[keep], None if x2 is None else x2[[0, 2]])
         cols = keep if x2 is None else [0, 2]
         assert float((k.ntk[keep][:, cols] - sub.ntk).abs().max()) <= 1e-12
+
+
+def test_sqrt_table_is_correctly_rounded():
+    """csrc/math/hermite.h's table of sqrt(k), k = 0 .. K_max (constant memory on the GPU,
+    read by every thread at the same k, instead of a per-thread array): each entry is the
+    correctly rounded double of sqrt(k), i.e. what sqrt(double(k)) gives in IEEE
+    arithmetic, so the recurrence of h_k is unchanged by the table."""
+    import math
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "csrc" / "math" / "hermite.h").read_text()
+    body = re.search(r"#define TNTK_HERMITE_SQRT_K \{(.*?)\}", text, re.S).group(1)
+    values = [float(v) for v in body.replace("\\", " ").split(",") if v.strip()]
+    k_max = int(re.search(r"constexpr int kHermiteMaxTerms = (\d+);", text).group(1))
+    assert len(values) == k_max + 1
+    assert values == [math.sqrt(k) for k in range(k_max + 1)]

@@ -153,3 +153,61 @@ def test_cuda_depth_600_series_and_large_quadrature_degree(name):
     gpu = tn.analytic_kernels(spec, x1.cuda(), x2.cuda(), quadrature_degree=300,
                               force_quadrature=True)
     assert rel_err(gpu.ntk, cpu.ntk) <= 1e-12
+
+
+# ---- the differentiable (autograd) path: torch's own products (issue 28, item 6)
+
+def _small_cnn():
+    from torch import nn
+    return nn.Sequential(tn.nn.NTKConv2d(2, 8, 3, padding=1), nn.ReLU(),
+                         tn.nn.NTKConv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), tn.NTKLinear(8, 1))
+
+
+@pytest.mark.parametrize("device", devices)
+@pytest.mark.parametrize("setting", ["medium", "tf32"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_autograd_path_ignores_reduced_matmul_precision(device, setting, kind,
+                                                        matmul_precision):
+    """Inputs that require grad take the torch composite (torch_ntk.analytic.autograd, the
+    CNN walker); its Gram ⟨x, x′⟩ is formed in float64 and rounded once like the fused
+    op's, so "medium" (bf16 matmul on this CPU, checked) or TF32 leave the float32 kernels
+    unchanged to 1e-6 (elementwise) against the default "highest", and within 2e-6 of
+    float64. x1 and x2 share points (angle 0), where a bf16/TF32 Gram moves the ReLU NTK
+    by ~1e-2 (test_sensitivity_of_the_shared_point_check)."""
+    if kind == "mlp":
+        model = _relu_spec()
+        x1, x2 = _shared_points(device)
+    else:
+        model = _small_cnn().double().to(device)
+        g = torch.Generator().manual_seed(4)
+        x1 = torch.randn(5, 2, 6, 6, generator=g, dtype=torch.float64).to(device)
+        x2 = torch.cat([x1[:2], torch.randn(2, 2, 6, 6, generator=g,
+                                            dtype=torch.float64).to(device)])
+    ref64 = tn.analytic_kernels(model, x1, x2)
+    model32 = model if kind == "mlp" else model.float()
+
+    def run():
+        a, b = x1.float().requires_grad_(), x2.float().requires_grad_()
+        out = tn.analytic_kernels(model32, a, b)
+        out.ntk.sum().backward()  # the composite ran: gradients reached both inputs
+        assert a.grad is not None and b.grad is not None
+        return out
+
+    base = run()
+    if setting == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    else:
+        torch.set_float32_matmul_precision(setting)
+    got = run()
+    for a, b, r in ((got.ntk, base.ntk, ref64.ntk), (got.nngp, base.nngp, ref64.nngp)):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=0)
+        assert rel_err(a.detach().double(), r) <= 2e-6
+    if device == "cpu" and setting == "medium":  # the composite's own product, in float32
+        if kind == "mlp":
+            plain, exact = x1.float() @ x2.float().T, x1 @ x2.T
+        else:
+            eq = "achw,bcij->abhwij"  # the CNN walker's input planes
+            plain, exact = torch.einsum(eq, x1.float(), x2.float()), torch.einsum(eq, x1, x2)
+        assert rel_err(plain.double(), exact) > 1e-4, \
+            "bf16 products expected on this CPU under 'medium'; the test would not bite"

@@ -69,3 +69,48 @@ def test_setup_flags_have_no_fast_math():
     assert "--use_fast_math" not in flags and "-use_fast_math" not in flags
     for flag in ("-prec-sqrt=true", "-prec-div=true", "-ftz=false"):
         assert flag in flags
+
+
+LINES = """
+.visible .entry _Z6kernelIdEvPT_(
+    .param .u64 p
+)
+{
+	.loc	2 22 5
+	mul.lo.s64 	%rd3, %rd1, %rd2;
+	.loc	2 0 5
+	div.s64 	%rd4, %rd3, %rd2;
+	.loc	1 7 3, function_name $L__info_string0, inlined_at 2 30 1
+	rem.u64 	%rd5, %rd3, %rd2;
+	div.s32 	%r1, %r2, %r3;
+}
+	.file	1 "/x/csrc/math/plane_cursor.h"
+	.file	2 "/x/csrc/cuda/k.cu"
+"""
+
+
+def test_64_bit_divisions_are_attributed_to_source_lines():
+    """div/rem.s64|u64 counted (div.s32 not), each at the last .loc with a line: a .loc of
+    line 0 (code the optimizer moved) keeps the line before it; .file names come at the
+    end of the PTX."""
+    counts, bad, sites = ptx_check.scan_sites(LINES)
+    assert bad == [] and counts["_Z6kernelIdEvPT_"]["div/rem.64"] == 2
+    assert sites == {("_Z6kernelIdEvPT_", "/x/csrc/cuda/k.cu", 22): 1,
+                     ("_Z6kernelIdEvPT_", "/x/csrc/math/plane_cursor.h", 7): 1}
+
+
+def test_ptxas_report_is_parsed():
+    text = """ptxas info    : Compiling entry function '_Z1kv' for 'sm_90'
+ptxas info    : Function properties for _Z1kv
+    512 bytes stack frame, 68 bytes spill stores, 120 bytes spill loads
+ptxas info    : Used 128 registers, used 1 barriers, 512 bytes cumulative stack size, 4096 bytes smem
+ptxas info    : Compiling entry function '_Z1jv' for 'sm_90'
+ptxas info    : Function properties for _Z1jv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 16 registers, used 0 barriers
+"""
+    res = ptx_check.parse_ptxas(text)
+    assert res["_Z1kv"] == {"registers": 128, "stack": 512, "spill_stores": 68,
+                            "spill_loads": 120, "smem": 4096}
+    assert res["_Z1jv"] == {"registers": 16, "stack": 0, "spill_stores": 0, "spill_loads": 0,
+                            "smem": 0}

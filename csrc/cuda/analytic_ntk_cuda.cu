@@ -6,8 +6,11 @@
 // every layer of its pairs in registers (Hermite-series layers: the same per-sample tables
 // and per-pair arithmetic as the CPU, csrc/math/hermite.h). When x2 is None only tiles on or above the
 // diagonal run; each writes its tile and, through shared memory, the transposed
-// tile, so both halves are written coalesced and the result is exactly symmetric.
+// tile, so both halves are written coalesced and the result is exactly symmetric. Pairs
+// whose Hermite series misses its bound in some layer are marked in a bit mask and left to
+// a second pass (fallback_kernel), which integrates them 32 to a warp.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -47,19 +50,27 @@ struct DeviceProblem {
   // memory (they fit the default per-block budget) or read them from global memory
   // (deep nets, large degrees: warp-uniform, L1-cached loads); see table_placement.
   bool tables_in_shared;
+  // The pairs whose series bound failed in some layer (series layers only; else nullptr):
+  // bit j % 32 of word i * mask_words + j / 32, set by the pair kernels, whose results for
+  // those pairs fallback_kernel then overwrites.
+  unsigned* fallback_mask;
+  int64_t mask_words;  // words per row: ceil(n2 / 32)
 };
 
 // One pair's expectations in a Hermite-series layer l (csrc/math/hermite.h): the series,
-// or composite 2-D quadrature (double) where its bound exceeds the tolerance, or the exact
-// norms on the diagonal; as the CPU's series_layer.
-template <typename T>
-__device__ void series_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>& layer, int l,
+// or the exact norms on the diagonal; as the CPU's series_layer. Where the series' bound
+// exceeds the tolerance the CPU integrates the pair by composite 2-D quadrature (double,
+// ~4 10^5 evaluations of phi): kFallback does the same (fallback_kernel), else the pair
+// is only reported (returns true) and the pair kernels leave it to fallback_kernel, so
+// that their warps never wait on one lane's quadrature.
+template <bool kFallback, typename T>
+__device__ bool series_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>& layer, int l,
                             int64_t i, int64_t j, bool diagonal, T q11, T q22, T q12, T& e,
                             T& ed) {
   if (diagonal) {
     e = P.hna1[l * P.n1 + i];
     ed = P.hnb1[l * P.n1 + i];
-    return;
+    return false;
   }
   const int K = P.hterms[l];
   const T prod = q11 * q22;
@@ -70,12 +81,16 @@ __device__ void series_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T
   const T ba = P.hra1[l * P.n1 + i] * P.hra2[l * P.n2 + j];
   const T bb = P.hrb1[l * P.n1 + i] * P.hrb2[l * P.n2 + j];
   const T bound = (ba > bb ? ba : bb) * math::hermite_rho_power(rho, K);
-  if (bound > T(math::HermiteTolerance<T>::value)) {
+  if (!(bound > T(math::HermiteTolerance<T>::value))) return false;
+  if constexpr (kFallback) {
     double e64, ed64;
     math::composite_expectations<double>(layer.act, static_cast<double>(layer.param), q11, q22,
                                          q12, e64, ed64);
     e = static_cast<T>(e64);
     ed = static_cast<T>(ed64);
+    return false;
+  } else {
+    return true;
   }
 }
 
@@ -107,8 +122,11 @@ __device__ SharedTables<T> load_shared(const DeviceProblem<T>& P) {
   return {layers, {nodes, weights, P.gh_degree}};
 }
 
-template <typename T>
-__device__ void run_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>* layers,
+// One pair through every layer. kFallback = false (the pair kernels): returns true, with
+// sigma and theta unfinished, as soon as a series layer needs the quadrature fallback;
+// kFallback = true (fallback_kernel): the CPU's arithmetic throughout, returns false.
+template <bool kFallback, typename T>
+__device__ bool run_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>* layers,
                          const math::GaussHermite<T>& gh, int64_t i, int64_t j, bool diagonal,
                          T& sigma, T& theta) {
   const T g = P.gram[i * P.n2 + j];
@@ -120,20 +138,37 @@ __device__ void run_pair(const DeviceProblem<T>& P, const math::HiddenLayer<T>* 
     if (diagonal) sigma = q11;  // exact variance on the diagonal, as on the CPU
     T e, ed;
     if (layers[l].kind == math::kHermite) {
-      series_pair(P, layers[l], l, i, j, diagonal, q11, q22, sigma, e, ed);
+      if (series_pair<kFallback>(P, layers[l], l, i, j, diagonal, q11, q22, sigma, e, ed)) {
+        return true;
+      }
     } else {
       math::layer_expectations(layers[l], gh, q11, q22, sigma, e, ed);
     }
     math::apply_layer(layers[l], e, ed, sigma, theta);
   }
+  return false;
+}
+
+// Records in the fallback mask the pairs (i, j0 + lane) of one warp for which `needs`
+// holds: a ballot over the warp's 32 consecutive columns (j0 a multiple of 32) gives the
+// mask word. Every lane of the warp must call it.
+template <typename T>
+__device__ void mark_fallback(const DeviceProblem<T>& P, int64_t i, int64_t word, bool needs) {
+  if (P.fallback_mask == nullptr) return;  // uniform: no series layer
+  const unsigned bits = __ballot_sync(0xffffffffu, needs);
+  if (threadIdx.x == 0 && bits != 0u) P.fallback_mask[i * P.mask_words + word] = bits;
 }
 
 // The variances of one sample set; with series (hermite), the series tables too: layer by
 // layer, the next variance of a series layer from its exact E[phi^2] (as on the CPU).
+// The coefficients accumulate in global memory, column s of a [K, n] table
+// (math::hermite_sample_into): for T = double the output tables themselves, for float
+// `work` [2, K, n] (double). (A cap of 128 registers, __launch_bounds__(256, 2), made
+// the float kernel spill 1.4 KB per thread under nvcc 13.0: left to the compiler.)
 template <typename T>
-__global__ void sample_variance_kernel(DeviceProblem<T> P, const T* sq_norms, int64_t n,
-                                       T* var, bool hermite,
-                                       math::HermiteSampleTables<T> htables) {
+__global__ void __launch_bounds__(kTileDim * kBlockRows)
+    sample_variance_kernel(DeviceProblem<T> P, const T* sq_norms, int64_t n, T* var,
+                           bool hermite, math::HermiteSampleTables<T> htables, double* work) {
   const SharedTables<T> tables = load_shared(P);
   const math::HiddenLayer<T>* layers = tables.layers;
   const math::GaussHermite<T>& gh = tables.gh;
@@ -148,7 +183,16 @@ __global__ void sample_variance_kernel(DeviceProblem<T> P, const T* sq_norms, in
   for (int l = 0; l < P.num_layers; ++l) {
     var[static_cast<int64_t>(l) * n + s] = q;
     if (layers[l].kind == math::kHermite) {
-      const double e = math::hermite_sample(layers[l].act, layers[l].param, q, l, n, s, htables);
+      double *wa, *wb;
+      if constexpr (std::is_same_v<T, double>) {
+        wa = htables.a + l * math::kHermiteMaxTerms * n + s;
+        wb = htables.b + l * math::kHermiteMaxTerms * n + s;
+      } else {
+        wa = work + s;
+        wb = work + math::HermiteTerms<T>::value * n + s;
+      }
+      const double e = math::hermite_sample_into(layers[l].act, layers[l].param, q, l, n, s,
+                                                 htables, wa, wb, n);
       q = layers[l].weight_var * static_cast<T>(e) + layers[l].bias_var;
     } else {
       q = math::next_variance(layers[l], gh, q);
@@ -163,13 +207,18 @@ __global__ void pair_kernel(DeviceProblem<T> P) {
   const math::HiddenLayer<T>* layers = tables.layers;
   const math::GaussHermite<T>& gh = tables.gh;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kTileDim + threadIdx.x;
-  for (int r = threadIdx.y; r < kTileDim; r += kBlockRows) {
+  for (int r = threadIdx.y; r < kTileDim; r += kBlockRows) {  // a warp: one row i
     const int64_t i = static_cast<int64_t>(blockIdx.y) * kTileDim + r;
-    if (i >= P.n1 || j >= P.n2) continue;
-    T sigma, theta;
-    run_pair(P, layers, gh, i, j, false, sigma, theta);
-    if (P.nngp) P.nngp[i * P.n2 + j] = sigma;
-    if (P.ntk) P.ntk[i * P.n2 + j] = theta;
+    bool needs = false;
+    if (i < P.n1 && j < P.n2) {
+      T sigma, theta;
+      needs = run_pair<false>(P, layers, gh, i, j, false, sigma, theta);
+      if (!needs) {  // else gram[i, j] (which an output may overwrite) stays for fallback_kernel
+        if (P.nngp) P.nngp[i * P.n2 + j] = sigma;
+        if (P.ntk) P.ntk[i * P.n2 + j] = theta;
+      }
+    }
+    if (i < P.n1) mark_fallback(P, i, blockIdx.x, needs);  // uniform over the warp
   }
 }
 
@@ -184,6 +233,9 @@ __global__ void pair_kernel_symmetric(DeviceProblem<T> P) {
   const math::GaussHermite<T>& gh = tables.gh;
   __shared__ T tile_sigma[kTileDim][kTileDim + 1];
   __shared__ T tile_theta[kTileDim][kTileDim + 1];
+  // Pairs left to fallback_kernel: neither (i, j) nor (j, i) is written, so that gram
+  // (which an output may overwrite) keeps their entries.
+  __shared__ bool tile_fallback[kTileDim][kTileDim + 1];
 
   const int64_t n = P.n1;
   const int c = threadIdx.x;
@@ -191,12 +243,15 @@ __global__ void pair_kernel_symmetric(DeviceProblem<T> P) {
   for (int r = threadIdx.y; r < kTileDim; r += kBlockRows) {
     const int64_t i = static_cast<int64_t>(bi) * kTileDim + r;
     // Pairs below the diagonal inside a diagonal tile are filled from their mirror.
+    bool needs = false;
     if (i < n && j < n && j >= i) {
       T sigma, theta;
-      run_pair(P, layers, gh, i, j, i == j, sigma, theta);
+      needs = run_pair<false>(P, layers, gh, i, j, i == j, sigma, theta);
       tile_sigma[r][c] = sigma;
       tile_theta[r][c] = theta;
     }
+    tile_fallback[r][c] = needs;
+    if (i < n) mark_fallback(P, i, bj, needs);  // uniform over the warp (one row i)
   }
   __syncthreads();
   for (int r = threadIdx.y; r < kTileDim; r += kBlockRows) {
@@ -206,17 +261,66 @@ __global__ void pair_kernel_symmetric(DeviceProblem<T> P) {
       // Upper-tile entry (i, j): computed here, or mirrored from (j, i) in this tile.
       const T s = upper ? tile_sigma[r][c] : tile_sigma[c][r];
       const T t = upper ? tile_theta[r][c] : tile_theta[c][r];
-      if (P.nngp) P.nngp[i * n + j] = s;
-      if (P.ntk) P.ntk[i * n + j] = t;
+      if (!(upper ? tile_fallback[r][c] : tile_fallback[c][r])) {
+        if (P.nngp) P.nngp[i * n + j] = s;
+        if (P.ntk) P.ntk[i * n + j] = t;
+      }
     }
     // Transposed tile (bj, bi): entry (j', i') = (i', j') of this tile.
     const int64_t ti = static_cast<int64_t>(bj) * kTileDim + r;
     const int64_t tj = static_cast<int64_t>(bi) * kTileDim + c;
-    if (bi != bj && ti < n && tj < n) {
+    if (bi != bj && ti < n && tj < n && !tile_fallback[c][r]) {
       if (P.nngp) P.nngp[ti * n + tj] = tile_sigma[c][r];
       if (P.ntk) P.ntk[ti * n + tj] = tile_theta[c][r];
     }
   }
+}
+
+constexpr int kFallbackThreads = 256;
+constexpr int kFallbackWarps = kFallbackThreads / 32;
+
+// The second pass over the pairs of the fallback mask: each warp walks its words of the
+// mask (a grid stride), compacts the pairs they mark into a queue in shared memory and
+// runs them 32 at a time, one per lane, with the quadrature fallback (run_pair<true>: the
+// CPU's arithmetic), writing (i, j) and, when symmetric, (j, i). So the lanes of a warp
+// all integrate, instead of one lane stalling 31 closed-form pairs in the pair kernels.
+template <typename T>
+__global__ void __launch_bounds__(kFallbackThreads)
+    fallback_kernel(DeviceProblem<T> P, int64_t num_words, bool symmetric) {
+  const SharedTables<T> tables = load_shared(P);
+  __shared__ int64_t queue[kFallbackWarps][64];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int64_t* q = queue[warp];
+  auto run = [&](int64_t k) {
+    const int64_t i = k / P.n2, j = k - (k / P.n2) * P.n2;  // once per fallback pair
+    T sigma, theta;
+    run_pair<true>(P, tables.layers, tables.gh, i, j, false, sigma, theta);
+    if (P.nngp) P.nngp[i * P.n2 + j] = sigma;
+    if (P.ntk) P.ntk[i * P.n2 + j] = theta;
+    if (symmetric) {
+      if (P.nngp) P.nngp[j * P.n2 + i] = sigma;
+      if (P.ntk) P.ntk[j * P.n2 + i] = theta;
+    }
+  };
+  int queued = 0;  // the same in every lane
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kFallbackWarps;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * kFallbackWarps + warp; w < num_words;
+       w += stride) {
+    const unsigned bits = P.fallback_mask[w];
+    if (bits == 0u) continue;  // uniform: the warp reads one word
+    const int64_t first = (w / P.mask_words) * P.n2 + (w % P.mask_words) * 32;  // once per word
+    if ((bits >> lane) & 1u) q[queued + __popc(bits & ((1u << lane) - 1u))] = first + lane;
+    queued += __popc(bits);
+    __syncwarp();
+    if (queued >= 32) {
+      run(q[lane]);
+      __syncwarp();
+      if (lane < queued - 32) q[lane] = q[32 + lane];
+      queued -= 32;
+      __syncwarp();
+    }
+  }
+  if (lane < queued) run(q[lane]);
 }
 
 template <typename T>
@@ -254,7 +358,8 @@ struct CudaAnalytic {
   // The Gram matrix may be overwritten by the first output: in pair_kernel each thread
   // reads gram[i, j] before it writes (i, j), and nothing else touches that entry; in
   // pair_kernel_symmetric block (bi, bj >= bi) reads only its own tile, before its
-  // barrier, and the mirrored tile (bj, bi) belongs to a block that exits at once.
+  // barrier, and the mirrored tile (bj, bi) belongs to a block that exits at once; the
+  // pairs left to fallback_kernel are written by it alone, after it has read their entry.
   static constexpr bool kGramIsOutput = true;
   static constexpr bool kHermiteSeries = true;
 
@@ -290,15 +395,22 @@ struct CudaAnalytic {
 
     const int per_block = kTileDim * kBlockRows;
     const math::HermiteSampleTables<T> none{nullptr, nullptr, nullptr, nullptr, nullptr};
+    // float: the series coefficients' double accumulators, [2, K, n] (both launches).
+    at::Tensor work;
+    if (p.hermite && !std::is_same_v<T, double>) {
+      work = at::empty({2 * math::HermiteTerms<T>::value * std::max(n1, n2)},
+                       p.x1.options().dtype(at::kDouble));
+    }
+    double* work_ptr = work.defined() ? work.data_ptr<double>() : nullptr;
     size_t smem = table_placement(sample_variance_kernel<T>, device, P);
     sample_variance_kernel<T><<<(n1 + per_block - 1) / per_block, block, smem, stream>>>(
         P, p.sq1.template data_ptr<T>(), n1, p.var1.template data_ptr<T>(), p.hermite,
-        p.hermite ? hermite_tables(p, 1) : none);
+        p.hermite ? hermite_tables(p, 1) : none, work_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (!p.symmetric) {
       sample_variance_kernel<T><<<(n2 + per_block - 1) / per_block, block, smem, stream>>>(
           P, p.sq2.template data_ptr<T>(), n2, p.var2.template data_ptr<T>(), p.hermite,
-          p.hermite ? hermite_tables(p, 2) : none);
+          p.hermite ? hermite_tables(p, 2) : none, work_ptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     P.var1 = p.var1.template data_ptr<T>();
@@ -327,6 +439,14 @@ struct CudaAnalytic {
     const dim3 grid((n2 + kTileDim - 1) / kTileDim, (n1 + kTileDim - 1) / kTileDim);
     TORCH_CHECK_VALUE(grid.y <= 65535, "analytic_kernels: x1 has too many rows for one launch (",
                       n1, "); split it into chunks of at most ", 65535LL * kTileDim);
+    // Series layers: the mask of the pairs that need the quadrature fallback (zeros: the
+    // pair kernels write only the words with a bit set).
+    at::Tensor mask;
+    P.mask_words = (n2 + 31) / 32;
+    if (p.hermite) {
+      mask = at::zeros({n1 * P.mask_words}, p.x1.options().dtype(at::kInt));
+      P.fallback_mask = reinterpret_cast<unsigned*>(mask.data_ptr<int>());
+    }
     if (p.symmetric) {
       smem = table_placement(pair_kernel_symmetric<T>, device, P);
       pair_kernel_symmetric<T><<<grid, block, smem, stream>>>(P);
@@ -335,6 +455,15 @@ struct CudaAnalytic {
       pair_kernel<T><<<grid, block, smem, stream>>>(P);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (p.hermite) {
+      const int64_t words = n1 * P.mask_words;
+      const int64_t blocks =
+          std::min<int64_t>(4096, (words + 32 * kFallbackWarps - 1) / (32 * kFallbackWarps));
+      smem = table_placement(fallback_kernel<T>, device, P);
+      fallback_kernel<T><<<static_cast<unsigned>(blocks), kFallbackThreads, smem, stream>>>(
+          P, words, p.symmetric);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   }
 
   template <typename T>

@@ -2,7 +2,9 @@
 // (csrc/math/cnn_recursion.h).
 //
 // One block per pair (a grid of blocks loops over the pairs): the block's threads split
-// every plane of the pair and synchronize between layers. The 4 planes (and 2 per skip
+// every plane of the pair and synchronize between layers (csrc/math/cnn_block.h, the
+// block's code, which csrc/cpu/cnn_block_cpu.cpp also runs on host threads for the tests;
+// a CONV on full planes sums its taps separably, in the CPU's order). The 4 planes (and 2 per skip
 // register of a graph program) live in dynamic
 // shared memory when they fit (up to the device's opt-in limit), else in a global
 // scratch buffer with one slice per block (the grid is then sized from the free device
@@ -20,7 +22,7 @@
 #include <torch/library.h>
 
 #include "../cnn_spec.h"
-#include "../math/cnn_recursion.h"
+#include "../math/cnn_block.h"
 
 namespace torch_ntk {
 namespace {
@@ -47,7 +49,8 @@ inline int64_t scratch_blocks(int device, int64_t items, int64_t slice_bytes) {
   return std::max<int64_t>(1, std::min(want, budget / slice_bytes));
 }
 
-// The threads of one block sharing a pair; red [2 * kThreads] in shared memory.
+// The threads of one block sharing a pair (a Team of csrc/math/cnn_recursion.h); red
+// [2 * kThreads] in shared memory.
 template <typename T>
 struct BlockTeam {
   static constexpr bool kSerial = false;  // the team paths of csrc/math/cnn_recursion.h
@@ -73,81 +76,21 @@ struct BlockTeam {
   }
   // Totals of a and b over the block's threads, in a fixed order, given to every thread.
   TNTK_HD void sum2(T& a, T& b) const {
-#ifdef __CUDA_ARCH__
-    const int t = threadIdx.x, n = blockDim.x;
-    red[t] = a;
-    red[n + t] = b;
-    __syncthreads();
-    if (t == 0) {
-      T sa = T(0), sb = T(0);
-      for (int k = 0; k < n; ++k) {
-        sa += red[k];
-        sb += red[n + k];
-      }
-      red[0] = sa;
-      red[n] = sb;
-    }
-    __syncthreads();
-    a = red[0];
-    b = red[n];
-    __syncthreads();
-#endif
+    math::team_sum2(*this, red, static_cast<int>(begin()), static_cast<int>(step()), a, b);
   }
 };
 
+// One block per item (a grid-stride loop over the items): csrc/math/cnn_block.h, which the
+// host emulation of a block (csrc/cpu/cnn_block_cpu.cpp) runs too.
 template <typename T>
-struct Launch {
-  math::CnnProgram<T> prog;  // prog.layers points to device memory
-  const T* x1;               // [n1, dim]
-  const T* x2;               // [n2, dim]
-  int64_t dim;
-  const T* var1;             // [n1, var_len]
-  const T* var2;             // [n2, var_len]
-  T* var_self;               // self launch: the rows to fill ([n1, var_len]); else nullptr
-  int64_t n1, n2;
-  bool symmetric;
-  int64_t items;             // samples (self launch) or pairs
-  T* nngp;                   // [n1, n2] or nullptr
-  T* ntk;                    // [n1, n2] or nullptr
-  T* scratch;                // global scratch [gridDim.x, cnn_scratch_len], or nullptr: shared
-};
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads) cnn_kernel(Launch<T> a) {
+__global__ void __launch_bounds__(kThreads) cnn_kernel(math::CnnLaunch<T> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* red = reinterpret_cast<T*>(smem_raw);
   const int64_t per_block = math::cnn_scratch_len(a.prog.plane, a.prog.num_slots);
   T* scratch = a.scratch != nullptr ? a.scratch + blockIdx.x * per_block : red + 2 * blockDim.x;
   const BlockTeam<T> team{red};
-  const int64_t var_len = a.prog.var_len;
   for (int64_t k = blockIdx.x; k < a.items; k += gridDim.x) {
-    T s, t;
-    if (a.var_self != nullptr) {
-      T* row = a.var_self + k * var_len;
-      math::cnn_pair(a.prog, team, a.x1 + k * a.dim, a.x1 + k * a.dim, row, row, row, scratch, s,
-                     t);
-    } else {
-      int64_t i, j;
-      if (a.symmetric) {
-        math::upper_triangle_pair(a.n1, k, i, j);
-      } else {
-        i = k / a.n2;
-        j = k % a.n2;
-      }
-      math::cnn_pair(a.prog, team, a.x1 + i * a.dim, a.x2 + j * a.dim, a.var1 + i * var_len,
-                     a.var2 + j * var_len, static_cast<T*>(nullptr), scratch, s, t);
-      if (threadIdx.x == 0) {
-        if (a.nngp != nullptr) {
-          a.nngp[i * a.n2 + j] = s;
-          if (a.symmetric) a.nngp[j * a.n2 + i] = s;
-        }
-        if (a.ntk != nullptr) {
-          a.ntk[i * a.n2 + j] = t;
-          if (a.symmetric) a.ntk[j * a.n2 + i] = t;
-        }
-      }
-    }
-    __syncthreads();  // every thread has read the result before the planes are reused
+    math::cnn_block_item(a, team, scratch, k);
   }
 }
 
@@ -163,7 +106,7 @@ struct CudaCnn {
                                     at::TensorOptions().dtype(at::kByte));
     layer_bytes.copy_(host);  // synchronous: p.layers outlives the copy
 
-    Launch<T> a{};  // value-initialized: no indeterminate pointer reaches a kernel
+    math::CnnLaunch<T> a{};  // value-initialized: no indeterminate pointer reaches a kernel
     a.prog = p.prog;
     a.prog.layers = reinterpret_cast<const math::CnnLayer<T>*>(layer_bytes.data_ptr());
     a.prog.gh = {p.gh_nodes.template data_ptr<T>(), p.gh_weights.template data_ptr<T>(),

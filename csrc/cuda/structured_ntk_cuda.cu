@@ -50,6 +50,42 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+constexpr int kDiagTile = 32;
+
+// accumulate_layer_kernel for mode "diagonal", whose cotangent Gram is [C, ni, nj] (one
+// product per channel k) while the output row is [nj, C]: adjacent output entries are
+// adjacent channels, kept ni nj apart in gd. A block moves a tile of 32 columns j x 32
+// channels c through shared memory: read along j (adjacent threads, adjacent j), written
+// along (j, c) (adjacent threads, adjacent output entries); the same sums as
+// accumulate_layer_kernel. Grid: x column tiles, y rows (grid stride), z channel tiles.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    accumulate_diagonal_kernel(T* __restrict__ out, int64_t out_stride,
+                               const T* __restrict__ ga, const T* __restrict__ gd, int64_t ni,
+                               int64_t nj, int64_t channels, T cw, T cb, bool first) {
+  __shared__ T tile[kDiagTile][kDiagTile + 1];  // [c][j]; +1: no bank conflicts either way
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kDiagTile;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.z) * kDiagTile;
+  const int jn = static_cast<int>(nj - j0 < kDiagTile ? nj - j0 : kDiagTile);
+  const int cn = static_cast<int>(channels - c0 < kDiagTile ? channels - c0 : kDiagTile);
+  for (int64_t i = blockIdx.y; i < ni; i += gridDim.y) {
+    for (int e = threadIdx.x; e < kDiagTile * kDiagTile; e += blockDim.x) {
+      const int cl = e / kDiagTile, jl = e % kDiagTile;  // constant divisor: shifts
+      if (cl < cn && jl < jn) tile[cl][jl] = gd[((c0 + cl) * ni + i) * nj + j0 + jl];
+    }
+    __syncthreads();
+    T* row = out + i * out_stride + j0 * channels + c0;
+    for (int e = threadIdx.x; e < jn * cn; e += blockDim.x) {
+      const int jl = e / cn, cl = e - jl * cn;  // 32-bit, once per entry of the tile
+      const T gram_a = ga != nullptr ? ga[i * nj + j0 + jl] : T(0);
+      const T v = math::layer_term(cw, cb, gram_a, tile[cl][jl]);
+      T* o = row + static_cast<int64_t>(jl) * channels + cl;
+      *o = first ? v : *o + v;
+    }
+    __syncthreads();  // the tile is reloaded for the next row
+  }
+}
+
 // out [n, n, C]: Theta(x_i, x_j) for j < i from Theta(x_j, x_i), and on the diagonal
 // channel (k', k) from (k, k') for k < k'. Reads and writes disjoint entries.
 template <typename T>
@@ -142,9 +178,20 @@ struct CudaStructured {
           ga = ga_buf.data_ptr<T>();
         }
         cotangent_gram_out(s, l, gd_buf, i0, ni, j0, nj, product);
-        accumulate_layer_kernel<T><<<rows_grid(ni, nj * C), kThreads, 0, stream>>>(
-            out_ptr + (i0 * s.n2 + j0) * C, s.n2 * C, ga, gd_buf.data_ptr<T>(), ni, nj, nl, C,
-            s.mode, cw, cb, first);
+        if (s.mode == math::kModeDiagonal) {
+          const dim3 grid(static_cast<unsigned>((nj + kDiagTile - 1) / kDiagTile),
+                          static_cast<unsigned>(std::min<int64_t>(ni, kMaxGridY)),
+                          static_cast<unsigned>((C + kDiagTile - 1) / kDiagTile));
+          TORCH_CHECK(grid.z <= 65535, "structured_ntk: ", C, " output channels in mode "
+                      "'diagonal' exceed one launch (at most ", 65535 * kDiagTile, ")");
+          accumulate_diagonal_kernel<T><<<grid, kThreads, 0, stream>>>(
+              out_ptr + (i0 * s.n2 + j0) * C, s.n2 * C, ga, gd_buf.data_ptr<T>(), ni, nj, C,
+              cw, cb, first);
+        } else {
+          accumulate_layer_kernel<T><<<rows_grid(ni, nj * C), kThreads, 0, stream>>>(
+              out_ptr + (i0 * s.n2 + j0) * C, s.n2 * C, ga, gd_buf.data_ptr<T>(), ni, nj, nl,
+              C, s.mode, cw, cb, first);
+        }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       first = false;

@@ -29,6 +29,7 @@
 #include <cstdint>
 
 #include "hostdevice.h"
+#include "plane_cursor.h"
 
 namespace torch_ntk {
 namespace math {
@@ -106,11 +107,10 @@ TNTK_HD T cnn_layernorm_scale(T q1, T q2, T eps) {
 template <typename T, typename Team>
 TNTK_HD void cnn_layernorm(bool full, int64_t P, int over, int affine, T eps, const Team& team,
                            const T* var1, const T* var2, T* sigma, T* theta) {
-  const int64_t n = full ? P * P : P;
-  for (int64_t e = team.begin(); e < n; e += team.step()) {
-    const int64_t p = full ? e / P : e;
-    const int64_t pp = full ? e % P : e;
-    const T s = cnn_layernorm_scale(var1[over == 0 ? p : 0], var2[over == 0 ? pp : 0], eps);
+  for (PlaneCursor cur(full, P, team.begin(), team.step()); cur.valid(); cur.next()) {
+    const int64_t e = cur.offset();
+    const T s = cnn_layernorm_scale(var1[over == 0 ? cur.p : 0], var2[over == 0 ? cur.pp : 0],
+                                    eps);
     sigma[e] *= s;
     theta[e] = theta[e] * s + (affine ? sigma[e] + T(1) : T(0));
   }
@@ -131,16 +131,14 @@ template <typename T, typename Layer, typename Team>
 TNTK_HD void cnn_avgpool_padded(const Layer& L, const Team& team, const T* sigma_in,
                                 const T* theta_in, T* sigma_out, T* theta_out) {
   const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
-  const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
-  for (int64_t e = team.begin(); e < p_out * p_out; e += team.step()) {
-    const int64_t p = e / p_out, pp = e % p_out;
+  for (ImageCursor cur(true, L.h_out, L.w_out, team.begin(), team.step()); cur.valid();
+       cur.next()) {
+    const int64_t e = cur.offset();
     int r0, r1, nr, c0, c1, nc, r0b, r1b, nrb, c0b, c1b, ncb;
-    cnn_pad_window(static_cast<int>(p / L.w_out), L.kh, L.sh, L.ph, L.h_in, L.mode, r0, r1, nr);
-    cnn_pad_window(static_cast<int>(p % L.w_out), L.kw, L.sw, L.pw, L.w_in, L.mode, c0, c1, nc);
-    cnn_pad_window(static_cast<int>(pp / L.w_out), L.kh, L.sh, L.ph, L.h_in, L.mode, r0b, r1b,
-                   nrb);
-    cnn_pad_window(static_cast<int>(pp % L.w_out), L.kw, L.sw, L.pw, L.w_in, L.mode, c0b, c1b,
-                   ncb);
+    cnn_pad_window(cur.a, L.kh, L.sh, L.ph, L.h_in, L.mode, r0, r1, nr);
+    cnn_pad_window(cur.b, L.kw, L.sw, L.pw, L.w_in, L.mode, c0, c1, nc);
+    cnn_pad_window(cur.a2, L.kh, L.sh, L.ph, L.h_in, L.mode, r0b, r1b, nrb);
+    cnn_pad_window(cur.b2, L.kw, L.sw, L.pw, L.w_in, L.mode, c0b, c1b, ncb);
     T acc_s = T(0), acc_t = T(0);
     for (int i = r0; i < r1; ++i) {
       for (int j = c0; j < c1; ++j) {

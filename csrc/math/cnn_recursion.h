@@ -135,26 +135,24 @@ TNTK_HD void cnn_conv_finish(const HiddenLayer<T>& c, T inv_taps, T sum_s, T sum
 }
 
 // CONV (and DENSE): out = the layer applied to the planes in, one entry per team thread
-// (the CUDA path: the threads of a block split the entries).
+// (the CUDA path for the CONVs that cnn_conv_is_separable refuses, and every DENSE).
+// The taps in the order of cnn_conv_rows: qh outer, qw inner.
 template <typename T, typename Team>
 TNTK_HD void cnn_conv_entries(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                               const T* sigma_in, const T* theta_in, T* sigma_out,
                               T* theta_out) {
   const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
-  const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
   const T inv_taps = T(1) / T(L.kh * L.kw);
-  for (PlaneCursor cur(prog.full, p_out, team.begin(), team.step()); cur.valid(); cur.next()) {
-    const int64_t e = cur.offset();
-    const int a = cur.p / L.w_out, b = cur.p % L.w_out;  // 32-bit
-    const int a2 = cur.pp / L.w_out, b2 = cur.pp % L.w_out;
+  for (ImageCursor cur(prog.full, L.h_out, L.w_out, team.begin(), team.step()); cur.valid();
+       cur.next()) {
     T acc_s = T(0), acc_t = T(0);
     for (int qh = 0; qh < L.kh; ++qh) {
-      const int r = cnn_source(a, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
-      const int r2 = cnn_source(a2, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+      const int r = cnn_source(cur.a, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+      const int r2 = cnn_source(cur.a2, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
       if (r < 0 || r2 < 0) continue;
       for (int qw = 0; qw < L.kw; ++qw) {
-        const int s = cnn_source(b, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
-        const int s2 = cnn_source(b2, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
+        const int s = cnn_source(cur.b, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
+        const int s2 = cnn_source(cur.b2, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
         if (s < 0 || s2 < 0) continue;
         const int64_t k = cnn_index(prog.full, p_in, static_cast<int64_t>(r) * L.w_in + s,
                                     static_cast<int64_t>(r2) * L.w_in + s2);
@@ -162,7 +160,90 @@ TNTK_HD void cnn_conv_entries(const CnnProgram<T>& prog, const CnnLayer<T>& L, c
         acc_t += theta_in[k];
       }
     }
+    const int64_t e = cur.offset();
     cnn_conv_finish(L.act, inv_taps, acc_s, acc_t, sigma_out[e], theta_out[e]);
+  }
+}
+
+// Whether a CONV runs by separable taps (cnn_conv_separable on one thread,
+// cnn_conv_separable_team on a team): full planes, more than one tap, at most 64 columns of
+// taps (cnn_conv_separable's local arrays), and the temporary [h_in w_out]^2 plane within a
+// working plane (cnn_spec.h sizes prog.plane so that it is for every CONV). One rule for
+// both, so the CPU and the GPU form the same sums.
+template <typename T>
+TNTK_HD bool cnn_conv_is_separable(const CnnProgram<T>& prog, const CnnLayer<T>& L) {
+  const int64_t tmp_side = static_cast<int64_t>(L.h_in) * L.w_out;
+  return prog.full && L.kw <= 64 && L.kh * L.kw > 1 && tmp_side * tmp_side <= prog.plane;
+}
+
+// The W step of the separable CONV on one entry of the temporary plane:
+//   Tmp_{(r,b),(r2,b2)} = sum_qw M_{(r, s(b,qw)), (r2, s(b2,qw))},
+// the taps qw in increasing order, those reading the zero padding of either side skipped:
+// the sums cnn_conv_separable's row loops form (it adds tap qw to the columns b2 of
+// cnn_tap_range, which are those whose source is inside).
+template <typename T>
+TNTK_HD void cnn_separable_w_entry(const CnnLayer<T>& L, int64_t p_in, const T* sigma_in,
+                                   const T* theta_in, int r, int b, int r2, int b2, T& out_s,
+                                   T& out_t) {
+  const int64_t row = static_cast<int64_t>(r) * L.w_in;
+  const int64_t row2 = static_cast<int64_t>(r2) * L.w_in;
+  T acc_s = T(0), acc_t = T(0);
+  for (int qw = 0; qw < L.kw; ++qw) {
+    const int s = cnn_source(b, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
+    const int s2 = cnn_source(b2, qw, L.sw, L.dw, L.pw, L.w_in, L.circular);
+    if (s < 0 || s2 < 0) continue;
+    const int64_t k = (row + s) * p_in + row2 + s2;
+    acc_s += sigma_in[k];
+    acc_t += theta_in[k];
+  }
+  out_s = acc_s;
+  out_t = acc_t;
+}
+
+// The H step of the separable CONV on one output entry, then the layer's finish:
+//   out_{(a,b),(a2,b2)} = finish(sum_qh Tmp_{(r(a,qh), b), (r(a2,qh), b2)}),
+// the taps qh in increasing order (cnn_conv_separable's H step; tmp_side = h_in w_out).
+template <typename T>
+TNTK_HD void cnn_separable_h_entry(const CnnLayer<T>& L, int64_t tmp_side, T inv_taps,
+                                   const T* tmp_s, const T* tmp_t, int a, int b, int a2, int b2,
+                                   T& out_s, T& out_t) {
+  T acc_s = T(0), acc_t = T(0);
+  for (int qh = 0; qh < L.kh; ++qh) {
+    const int r = cnn_source(a, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+    const int r2 = cnn_source(a2, qh, L.sh, L.dh, L.ph, L.h_in, L.circular);
+    if (r < 0 || r2 < 0) continue;
+    const int64_t k = (static_cast<int64_t>(r) * L.w_out + b) * tmp_side +
+                      static_cast<int64_t>(r2) * L.w_out + b2;
+    acc_s += tmp_s[k];
+    acc_t += tmp_t[k];
+  }
+  cnn_conv_finish(L.act, inv_taps, acc_s, acc_t, out_s, out_t);
+}
+
+// CONV on full planes by separable taps, for a team (the CUDA path): the two steps of
+// cnn_conv_separable (below) one entry per team thread, with a barrier between them, so
+// that every entry gets the same sums in the same order as on the CPU (kh + kw adds per
+// entry instead of kh kw). Tmp [h_in w_out]^2 goes to tmp_*, the result to out_* (which
+// may be the input planes: the H step reads Tmp only).
+template <typename T, typename Team>
+TNTK_HD void cnn_conv_separable_team(const CnnLayer<T>& L, const Team& team, const T* sigma_in,
+                                     const T* theta_in, T* tmp_s, T* tmp_t, T* sigma_out,
+                                     T* theta_out) {
+  const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
+  const int64_t tmp_side = static_cast<int64_t>(L.h_in) * L.w_out;
+  for (ImageCursor cur(true, L.h_in, L.w_out, team.begin(), team.step()); cur.valid();
+       cur.next()) {
+    const int64_t e = cur.offset();
+    cnn_separable_w_entry(L, p_in, sigma_in, theta_in, cur.a, cur.b, cur.a2, cur.b2, tmp_s[e],
+                          tmp_t[e]);
+  }
+  team.sync();
+  const T inv_taps = T(1) / T(L.kh * L.kw);
+  for (ImageCursor cur(true, L.h_out, L.w_out, team.begin(), team.step()); cur.valid();
+       cur.next()) {
+    const int64_t e = cur.offset();
+    cnn_separable_h_entry(L, tmp_side, inv_taps, tmp_s, tmp_t, cur.a, cur.b, cur.a2, cur.b2,
+                          sigma_out[e], theta_out[e]);
   }
 }
 
@@ -344,19 +425,25 @@ TNTK_HD void cnn_conv_separable(const CnnLayer<T>& L, const T* sigma_in, const T
 
 // CONV (and DENSE): the layer applied to the planes (sigma, theta). Returns true when the
 // result is in (sigma_next, theta_next), false when it was written back into (sigma,
-// theta): cnn_conv_separable (full planes on one thread, when its temporary plane fits
-// the scratch), cnn_conv_rows (other planes on one thread) or cnn_conv_entries (a team).
+// theta). cnn_conv_is_separable decides, alike for both: separable taps
+// (cnn_conv_separable on one thread, cnn_conv_separable_team on a team; Tmp in the next
+// planes, the result back in sigma, theta), else the taps of every entry (cnn_conv_rows on
+// one thread, cnn_conv_entries on a team).
 template <typename T, typename Team>
 TNTK_HD bool cnn_conv(const CnnProgram<T>& prog, const CnnLayer<T>& L, const Team& team,
                       T* sigma, T* theta, T* sigma_next, T* theta_next) {
+  const bool separable = cnn_conv_is_separable(prog, L);
   // Team::kSerial selects the path at compile time, so the one-thread paths (with their
   // local arrays) are not compiled into the CUDA kernel.
   if constexpr (!Team::kSerial) {
+    if (separable) {
+      cnn_conv_separable_team(L, team, sigma, theta, sigma_next, theta_next, sigma, theta);
+      return false;
+    }
     cnn_conv_entries(prog, L, team, sigma, theta, sigma_next, theta_next);
     return true;
   } else {
-    const int64_t tmp_side = static_cast<int64_t>(L.h_in) * L.w_out;
-    if (prog.full && L.kw <= 64 && L.kh * L.kw > 1 && tmp_side * tmp_side <= prog.plane) {
+    if (separable) {
       cnn_conv_separable(L, sigma, theta, sigma_next, theta_next, sigma, theta);
       return false;
     }
@@ -462,13 +549,12 @@ template <typename T, typename Team>
 TNTK_HD void cnn_avgpool(const CnnLayer<T>& L, const Team& team, const T* sigma_in,
                          const T* theta_in, T* sigma_out, T* theta_out) {
   const int64_t p_in = static_cast<int64_t>(L.h_in) * L.w_in;
-  const int64_t p_out = static_cast<int64_t>(L.h_out) * L.w_out;
   const T inv = T(1) / (T(L.kh * L.kw) * T(L.kh * L.kw));
-  for (PlaneCursor cur(true, p_out, team.begin(), team.step()); cur.valid(); cur.next()) {
+  for (ImageCursor cur(true, L.h_out, L.w_out, team.begin(), team.step()); cur.valid();
+       cur.next()) {
     const int64_t e = cur.offset();
-    const int a = cur.p / L.w_out * L.sh, b = cur.p % L.w_out * L.sw;  // 32-bit
-    const int a2 = cur.pp / L.w_out * L.sh;
-    const int b2 = cur.pp % L.w_out * L.sw;
+    const int a = cur.a * L.sh, b = cur.b * L.sw;
+    const int a2 = cur.a2 * L.sh, b2 = cur.b2 * L.sw;
     T acc_s = T(0), acc_t = T(0);
     for (int i = 0; i < L.kh; ++i) {
       for (int j = 0; j < L.kw; ++j) {

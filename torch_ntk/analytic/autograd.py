@@ -61,6 +61,7 @@ from ..layers.base import OP_ENCODINGS, rule_of
 from ..layers.elementwise import NumericActivation, needs_numeric
 from ..layers.elementwise import expectations as numeric_expectations
 from ..lifting.lift import LayerSpec
+from .cnn import full_precision_product
 from .fused_backward import fused_mlp_kernels, op_backward_applies
 from .fused import cnn_op_args
 
@@ -279,11 +280,13 @@ def mlp_kernels(spec: LayerSpec, x1: Tensor, x2: Optional[Tensor], quadrature_de
     x2 = x1 if symmetric else x2
     if spec.flatten_input:
         x1, x2 = x1.flatten(1), x2.flatten(1)
-    gram = x1 @ x2.T
+    # In float64, rounded once for float32 inputs, as the fused op: torch's TF32/bf16
+    # matmul settings would move the angle of a point present in x1 and x2 by ~1e-2.
+    gram = full_precision_product(torch.matmul, x1, x2.T)
     if symmetric:
         sq1 = sq2 = torch.diagonal(gram)
     else:
-        sq1, sq2 = (x1 * x1).sum(1), (x2 * x2).sum(1)
+        sq1, sq2 = (full_precision_product(lambda a, b: (a * b).sum(1), x, x) for x in (x1, x2))
     first = spec.dense_layers[0]
     wv, bv = first.weight_var / first.in_features, first.bias_var
     sigma = wv * gram + bv

@@ -82,6 +82,19 @@ def pair_floats(spec: LayerSpec, x: Tensor) -> int:
     return 8 * (positions * positions if planes else positions)
 
 
+def full_precision_product(fn, a: Tensor, b: Tensor, *args) -> Tensor:
+    """``fn(a, b, *args)``, a product of the inputs (the input Gram ⟨x, x′⟩ and its
+    planes), formed in float64 and rounded once when a and b are float32, so that torch's
+    reduced float32 matmul settings (``torch.set_float32_matmul_precision("high" |
+    "medium")``, ``torch.backends.cuda.matmul.allow_tf32``: TF32 or bfloat16 products) do
+    not move the angles between inputs; the fused ops form their Gram the same way
+    (``csrc/analytic_spec.h`` full_precision_gram). Differentiable; other dtypes as they are.
+    """
+    if a.dtype != torch.float32:
+        return fn(a, b, *args)
+    return fn(a.double(), b.double(), *args).to(torch.float32)
+
+
 def cnn_kernels(
     spec: LayerSpec,
     x1: Tensor,
@@ -119,13 +132,15 @@ def cnn_kernels(
     sets = 0 if spec.is_mlp else 2 if planes else 1
     c0 = x1.shape[1]
 
-    def gram(a: Tensor, b: Tensor, pairs: bool) -> KernelState:
+    def products(a: Tensor, b: Tensor, pairs: bool) -> Tensor:
         if sets == 0:  # an MLP: K = ⟨x, x′⟩/n_0 of the flat inputs
-            k = (a @ b.T if pairs else (a * b).sum(1)) / c0
-        elif planes:
-            k = torch.einsum("achw,bcij->abhwij" if pairs else "nchw,ncij->nhwij", a, b) / c0
-        else:
-            k = torch.einsum("achw,bchw->abhw" if pairs else "nchw,nchw->nhw", a, b) / c0
+            return (a @ b.T if pairs else (a * b).sum(1)) / c0
+        if planes:
+            return torch.einsum("achw,bcij->abhwij" if pairs else "nchw,ncij->nhwij", a, b) / c0
+        return torch.einsum("achw,bchw->abhw" if pairs else "nchw,nchw->nhw", a, b) / c0
+
+    def gram(a: Tensor, b: Tensor, pairs: bool) -> KernelState:
+        k = full_precision_product(products, a, b, pairs)
         return KernelState.of_inputs(k, sets, quadrature_degree, force_quadrature, series)
 
     def self_view(var: Tensor, side: int, sets_now: int) -> Tensor:
