@@ -43,6 +43,8 @@ TABLES: dict[str, tuple[str, str]] = {
                            "torch_ntk.bench.analytic_paths:render_analytic_paths"),
     "any_activation_cpu": (f"{RESULTS}/analytic_cpu.json",
                            "torch_ntk.bench.any_activation:render_any_activation"),
+    "analytic_backward_cpu": (f"{RESULTS}/analytic_cpu.json",
+                              "torch_ntk.bench.analytic_backward:render_backward"),
     "activation_accuracy": (f"{RESULTS}/activation_accuracy.json",
                             "torch_ntk.bench.activation_accuracy:render_activation_accuracy"),
     "empirical_cpu_cases": (EMPIRICAL_CPU, "doc_tables:render_empirical_cases"),
