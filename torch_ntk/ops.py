@@ -529,7 +529,7 @@ def cnn_kernels_backward(
     [N1, C0, H, W], grad_x2 [N2, C0, H, W] or an empty [0] when x2 is None, grad_floats
     [len(layer_floats)]: d/d(weight_var, bias_var, ntk_weight, ntk_bias) at each CONV's and
     DENSE's place, 0 for the other floats, which are not differentiated). Programs outside
-    :func:`cnn_backward_supported` raise a NotImplementedError.
+    ``cnn_backward_supported`` raise a NotImplementedError.
     """
     check_built_for("torch_ntk.cnn_kernels_backward", grad_nngp, grad_ntk, x1, x2)
     return torch.ops.torch_ntk.cnn_kernels_backward.default(
